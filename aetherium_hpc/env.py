@@ -1,0 +1,70 @@
+"""Every AETHERIUM_* environment variable, in one place.
+
+The runtime sets these inside a job so that any process on the node (worker
+processes, other ``srun`` tasks, shell commands) reaches the node's metrics
+store with the ordinary ``log_*`` calls.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: Address of the node's metrics socket (a filesystem path of an AF_UNIX socket).
+METRICS_ADDR = "AETHERIUM_METRICS_ADDR"
+#: Hex-encoded authentication key of that socket (HMAC handshake of multiprocessing.connection).
+METRICS_KEY = "AETHERIUM_METRICS_KEY"
+#: Path of the node's database, for information (tools, ``aetherium-hpc log``).
+METRICS_DB = "AETHERIUM_METRICS_DB"
+#: Run directory of the current submission (set by the launcher).
+RUN_DIR = "AETHERIUM_RUN_DIR"
+#: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
+LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
+
+ALL = {
+    METRICS_ADDR: "AF_UNIX socket path of the node's metrics store (set by init_db / the runtime)",
+    METRICS_KEY: "hex authentication key for that socket",
+    METRICS_DB: "path of the node's live metrics database",
+    RUN_DIR: "run directory of the current submission",
+    LOCAL_DIR: "node-local folder for live databases and sockets",
+}
+
+
+@dataclass(frozen=True)
+class StoreAddress:
+    """Where a process that is not the writer sends its records."""
+
+    path: str
+    key: bytes
+
+    @classmethod
+    def from_environ(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> StoreAddress | None:
+        env = os.environ if environ is None else environ
+        path = env.get(METRICS_ADDR)
+        if not path:
+            return None
+        key_hex = env.get(METRICS_KEY)
+        if key_hex is None:
+            key_file = path + ".key"
+            try:
+                with open(key_file, encoding="ascii") as fh:
+                    key_hex = fh.read().strip()
+            except OSError:
+                return None
+        try:
+            key = bytes.fromhex(key_hex)
+        except ValueError:
+            return None
+        return cls(path, key)
+
+    def to_environ(self) -> dict[str, str]:
+        return {METRICS_ADDR: self.path, METRICS_KEY: self.key.hex()}
+
+
+def local_scratch_dir() -> str:
+    """Node-local folder for live databases: WAL needs a local filesystem, not NFS/Lustre/GPFS."""
+    for name in (LOCAL_DIR, "SLURM_TMPDIR", "TMPDIR"):
+        value = os.environ.get(name)
+        if value and os.path.isdir(value):
+            return value
+    return "/tmp"

@@ -1,0 +1,44 @@
+"""Exceptions of aetherium-hpc. Every message says what is wrong and how to fix it.
+
+The CLI turns an :class:`AetheriumError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+
+class AetheriumError(Exception):
+    """Base class: a problem the user can fix; its message says how."""
+
+    exit_code = 2
+
+
+class ConfigError(AetheriumError):
+    """A configuration file or override is invalid."""
+
+
+class StoreError(AetheriumError):
+    """The metrics store cannot be used as asked."""
+
+
+class SchemaError(StoreError):
+    """A database file is foreign, corrupt, or of another schema version."""
+
+
+class ForeignDatabaseError(SchemaError):
+    """The file is an SQLite database, but not one written by aetherium-hpc."""
+
+
+class NewerSchemaError(SchemaError):
+    """The database was written by a newer aetherium-hpc."""
+
+
+class OlderSchemaError(SchemaError):
+    """The database was written by an older aetherium-hpc with an incompatible schema."""
+
+
+class StoreNotReachableError(StoreError):
+    """No metrics store can be reached from this process."""
+
+
+class LaunchError(AetheriumError):
+    """A job could not be submitted or run."""

@@ -1,0 +1,1 @@
+"""The metrics store: log calls → queue → one writer thread → SQLite (see client.py)."""

@@ -1,0 +1,444 @@
+"""The store API the pipeline calls: init_db, log_*, get_db, shutdown_db.
+
+In the process that called :func:`init_db`, a log call appends a tuple to the
+writer's in-memory queue and returns (no disk, no lock). In any other process --
+a fork or spawn child, another ``srun`` task, a command started by the runtime --
+the same call appends to a per-process buffer that a :class:`SocketSink` sends to
+the node socket, found through ``AETHERIUM_METRICS_ADDR`` / ``AETHERIUM_METRICS_KEY``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from .. import env
+from ..errors import StoreError
+from . import records, schema
+from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
+from .transport import SocketServer, SocketSink, new_address
+from .writer import ON_FULL, SourceInfo, StoreWriter
+
+log = logging.getLogger(__name__)
+
+_lock = threading.RLock()
+_store: MetricsStore | None = None
+_sink: Any = None  # where this process's records go: a RecordQueue or a SocketSink
+_warned_uninitialized = False
+_time = time.time
+
+NOT_INITIALIZED = (
+    "Metrics database not initialized: call aetherium_hpc.init_db(path) in the main process "
+    "(or run under `aetherium-hpc run`); records logged until then are dropped"
+)
+
+
+class MetricsStore:
+    """One open metrics database: the writer thread, the node socket, and read queries.
+
+    Returned by :func:`init_db` and :func:`get_db`; query methods see every record
+    logged (in any process) before the call.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        buffer_size: int = 100,
+        flush_interval: float = 5.0,
+        max_queue: int = 1_000_000,
+        on_full: str = "block",
+        source: SourceInfo | None = None,
+        listen: bool = True,
+        socket_dir: str | None = None,
+    ) -> None:
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full={on_full!r}: use one of {', '.join(ON_FULL)}")
+        self.path = os.path.abspath(os.fspath(path))
+        if source is None:
+            host = socket.gethostname()
+            source = SourceInfo(node=os.environ.get("SLURMD_NODENAME", host), hostname=host)
+        self.source = source
+        self.started = time.time()
+        self.writer = StoreWriter(
+            self.path,
+            source=source,
+            buffer_size=buffer_size,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
+            on_full=on_full,
+        )
+        self.writer.start_and_wait()
+        self.queue = self.writer.queue
+        self.server: SocketServer | None = None
+        self._socket_dir: str | None = None
+        self._owner_pid = os.getpid()
+        self._closed = False
+        if listen:
+            self._listen(socket_dir)
+
+    def _listen(self, socket_dir: str | None) -> None:
+        try:
+            folder = tempfile.mkdtemp(prefix="aeth-", dir=socket_dir or env.local_scratch_dir())
+            self._socket_dir = folder
+            self.server = SocketServer(new_address(folder), self.queue.put_many)
+        except OSError as exc:
+            log.warning(
+                "aetherium-hpc: no node socket for %s (%s); only this process and its fork children "
+                "... cannot log: set AETHERIUM_LOCAL_DIR to a short local folder",
+                self.path, exc,
+            )  # fmt: skip
+            self.server = None
+
+    @property
+    def address(self) -> env.StoreAddress | None:
+        """Socket address and key other processes use (see :func:`worker_initializer`)."""
+        return None if self.server is None else self.server.address
+
+    # -- writing ----------------------------------------------------------------------------
+    def put(self, rec: Any) -> bool:
+        return self.queue.put(rec)
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything logged so far is committed: in this process, and what other
+        processes have already sent to the node socket."""
+        if self.server is not None:
+            self.server.settle()
+        return self.writer.flush(timeout)
+
+    def close(self) -> None:
+        """Stop the socket (reading what clients sent), drain the queue, commit, close. Idempotent."""
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        self._closed = True
+        if self.server is not None:
+            self.server.close()
+        self.writer.stop()
+        if self._socket_dir is not None:
+            try:
+                os.rmdir(self._socket_dir)
+            except OSError:
+                pass
+
+    # -- reading ----------------------------------------------------------------------------
+    def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
+        if not self._closed:
+            self.flush()
+        conn = schema.connect(self.path, readonly=True)
+        try:
+            cur = conn.execute(sql, tuple(params))
+            names = [d[0] for d in cur.description]
+            return [dict(zip(names, row)) for row in cur]
+        finally:
+            conn.close()
+
+    def query_resource_metrics(
+        self,
+        metric_type: str | None = None,
+        metric_name: str | None = None,
+        node: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Resource samples as dicts (timestamp, metric_type, metric_name, value, unit, node, device, ...)."""
+        where, params = _filters(
+            [("metric_type = ?", metric_type), ("metric_name = ?", metric_name), ("node = ?", node),
+             ("timestamp >= ?", since), ("timestamp <= ?", until)]
+        )  # fmt: skip
+        return self._read(f"SELECT * FROM resource_metrics{where} ORDER BY timestamp{_limit(limit)}", params)
+
+    def query_generation_metrics(
+        self, operation: str | None = None, round_number: int | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Data-generation rows (operation, round/chunk, duration_seconds, samples, memory)."""
+        where, params = _filters([("operation = ?", operation), ("round_number = ?", round_number)])
+        return self._read(f"SELECT * FROM generation_metrics{where} ORDER BY timestamp{_limit(limit)}", params)
+
+    def query_training_metrics(
+        self,
+        metric_name: str | None = None,
+        round_number: int | None = None,
+        phase: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Training rows (metric_name, metric_value, round, epoch, phase)."""
+        where, params = _filters(
+            [("metric_name = ?", metric_name), ("round_number = ?", round_number), ("phase = ?", phase)]
+        )
+        return self._read(f"SELECT * FROM training_metrics{where} ORDER BY timestamp{_limit(limit)}", params)
+
+    def get_summary_stats(self) -> dict[str, Any]:
+        """Counts, time span, size and the store's own counters (drops, bad records, write errors)."""
+        row = self._read(
+            """SELECT
+                (SELECT coalesce(sum(n), 0) FROM sample_chunks) + (SELECT coalesce(sum(n), 0) FROM open_chunks)
+                    AS resource_metrics_count,
+                (SELECT count(*) FROM generation_rows) AS generation_metrics_count,
+                (SELECT count(*) FROM training_rows) AS training_metrics_count,
+                (SELECT count(*) FROM series) AS series_count,
+                (SELECT min(t) FROM (SELECT min(t0) t FROM sample_chunks UNION ALL SELECT min(t0) FROM open_chunks
+                    UNION ALL SELECT min(timestamp) FROM generation_rows UNION ALL SELECT min(timestamp) FROM training_rows))
+                    AS first_timestamp,
+                (SELECT max(t) FROM (SELECT max(t1) t FROM sample_chunks UNION ALL SELECT max(t1) FROM open_chunks
+                    UNION ALL SELECT max(timestamp) FROM generation_rows UNION ALL SELECT max(timestamp) FROM training_rows))
+                    AS last_timestamp"""
+        )[0]
+        first, last = row.pop("first_timestamp"), row.pop("last_timestamp")
+        row["duration_minutes"] = 0.0 if first is None else (last - first) / 60.0
+        size = sum(os.path.getsize(p) for p in (self.path, self.path + "-wal") if os.path.exists(p))
+        row["db_size_mb"] = size / 2**20
+        row["db_path"] = self.path
+        for name, value in (
+            (r["name"], r["value"]) for r in self._read("SELECT name, value FROM store_stats WHERE source_id = 1")
+        ):
+            row[name] = int(value)
+        row["dropped"] = row.get("dropped_queue_full", 0) + row.get("dropped_client", 0) + self.queue.dropped
+        return row
+
+
+def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    clauses = [c for c, v in pairs if v is not None]
+    params = [v for _, v in pairs if v is not None]
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _limit(limit: int | None) -> str:
+    return "" if limit is None else f" LIMIT {int(limit)}"
+
+
+# -- life cycle of the process-wide store ----------------------------------------------------
+def init_db(
+    db_path: str | os.PathLike[str],
+    buffer_size: int = 100,
+    flush_interval: float = 5.0,
+    *,
+    max_queue: int = 1_000_000,
+    on_full: str = "block",
+    source: SourceInfo | None = None,
+    listen: bool = True,
+    socket_dir: str | None = None,
+) -> MetricsStore:
+    """Open (or create) the database at ``db_path`` and start its writer thread and node socket.
+
+    ``buffer_size`` records or ``flush_interval`` seconds, whichever comes first, make
+    one transaction. At most ``max_queue`` records wait in memory; beyond that,
+    ``on_full='block'`` makes log calls wait (nothing accepted is lost) and
+    ``on_full='drop'`` drops and counts. Calling it again with the same path returns
+    the open store.
+    """
+    global _store, _sink
+    with _lock:
+        path = os.path.abspath(os.fspath(db_path))
+        if _store is not None and not _store._closed:
+            if _store.path == path:
+                return _store
+            raise StoreError(
+                f"init_db({db_path!s}): a store is already open at {_store.path}; call shutdown_db() first"
+            )
+        store = MetricsStore(
+            path,
+            buffer_size=buffer_size,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
+            on_full=on_full,
+            source=source,
+            listen=listen,
+            socket_dir=socket_dir,
+        )
+        _store = store
+        _sink = store.queue
+        if store.address is not None:
+            os.environ.update(store.address.to_environ())
+        os.environ[env.METRICS_DB] = store.path
+        return store
+
+
+def get_db() -> MetricsStore | None:
+    """The store opened by :func:`init_db` in this process, or None."""
+    return _store if _store is not None and not _store._closed and _store._owner_pid == os.getpid() else None
+
+
+def shutdown_db() -> None:
+    """Drain every queue, commit, close the store (or flush this process's buffer). Safe to call twice."""
+    global _store, _sink
+    with _lock:
+        store, _store = _store, None
+        sink, _sink = _sink, None
+        if store is not None and store._owner_pid == os.getpid():
+            store.close()
+            if store.address is not None and os.environ.get(env.METRICS_ADDR) == store.address.path:
+                for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
+                    os.environ.pop(name, None)
+        elif isinstance(sink, SocketSink):
+            sink.close()
+
+
+atexit.register(shutdown_db)
+
+
+def _after_fork_in_child() -> None:
+    # The writer thread does not exist in a fork child: its records go through the socket.
+    global _store, _sink, _lock
+    _lock = threading.RLock()
+    _store = None
+    _sink = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _resolve_sink() -> Any:
+    """Find where this process's records go: the local store, or the node socket."""
+    global _sink, _warned_uninitialized
+    with _lock:
+        if _sink is not None:
+            return _sink
+        address = env.StoreAddress.from_environ()
+        if address is not None:
+            _sink = SocketSink(address)
+            return _sink
+        if not _warned_uninitialized:
+            _warned_uninitialized = True
+            warnings.warn(NOT_INITIALIZED, RuntimeWarning, stacklevel=3)
+        return None
+
+
+def worker_args() -> tuple[str, str]:
+    """``initargs`` for :func:`worker_initializer`: the node socket's address and key."""
+    store = get_db()
+    address = store.address if store is not None else env.StoreAddress.from_environ()
+    if address is None:
+        raise StoreError("worker_args(): no metrics store is open in this process; call init_db(path) first")
+    return address.path, address.key.hex()
+
+
+def worker_initializer(path: str, key_hex: str) -> None:
+    """Pool initializer for spawn/forkserver workers: connect this worker to the store.
+
+    ``Pool(n, initializer=worker_initializer, initargs=worker_args())``
+    """
+    global _sink
+    address = env.StoreAddress(path, bytes.fromhex(key_hex))
+    os.environ.update(address.to_environ())
+    with _lock:
+        if isinstance(_sink, SocketSink):
+            _sink.close()
+        _sink = SocketSink(address)
+
+
+# -- the log calls ---------------------------------------------------------------------------
+def log_data_generation_start(
+    operation: str = "data_generation", round_number: int | None = None, chunk_number: int | None = None
+) -> float:
+    """Mark the start of a data-generation chunk; returns the start time to pass to ``..._complete``."""
+    records.name(operation, "operation")
+    return _time()
+
+
+def log_data_generation_complete(
+    start_time: float,
+    operation: str = "data_generation",
+    samples_generated: int | None = None,
+    round_number: int | None = None,
+    chunk_number: int | None = None,
+    memory_used_mb: float | None = None,
+) -> float:
+    """Record one finished chunk; duration_seconds = now - start_time. Returns the duration."""
+    now = _time()
+    start = records.number(start_time, "start_time")
+    rec = (
+        GENERATION,
+        now,
+        records.name(operation, "operation"),
+        records.optional_int(round_number, "round_number"),
+        records.optional_int(chunk_number, "chunk_number"),
+        now - start,
+        records.optional_int(samples_generated, "samples_generated"),
+        None if memory_used_mb is None else records.number(memory_used_mb, "memory_used_mb"),
+        os.getpid(),
+    )
+    sink = _sink or _resolve_sink()
+    if sink is not None:
+        sink.put(rec)
+    return now - start
+
+
+def log_training_epoch_metric(
+    metric_name: str,
+    metric_value: float,
+    round_number: int | None = None,
+    epoch_number: int | None = None,
+    phase: str = "train",
+) -> None:
+    """Record one training metric (loss, accuracy, learning rate ...) of one epoch."""
+    if type(metric_name) is not str or not 0 < len(metric_name) <= MAX_NAME:
+        records.name(metric_name, "metric_name")
+    if type(metric_value) is not float:
+        metric_value = records.number(metric_value, "metric_value")
+    if type(round_number) is not int and round_number is not None:
+        round_number = records.optional_int(round_number, "round_number")
+    if type(epoch_number) is not int and epoch_number is not None:
+        epoch_number = records.optional_int(epoch_number, "epoch_number")
+    if type(phase) is not str or len(phase) > MAX_NAME:
+        records.name(phase, "phase")
+    sink = _sink or _resolve_sink()
+    if sink is not None:
+        sink.put((TRAINING, _time(), metric_name, metric_value, round_number, epoch_number, phase))
+
+
+def log_resource_metric(
+    metric_type: str,
+    metric_name: str,
+    value: float,
+    unit: str = "",
+    device: str = "",
+    timestamp: float | None = None,
+) -> None:
+    """Record one resource sample (the monitors use :func:`log_resource_samples`)."""
+    if type(metric_type) is not str or not 0 < len(metric_type) <= MAX_NAME:
+        records.name(metric_type, "metric_type")
+    if type(metric_name) is not str or not 0 < len(metric_name) <= MAX_NAME:
+        records.name(metric_name, "metric_name")
+    if type(value) is not float:
+        value = records.number(value, "value")
+    if type(unit) is not str or len(unit) > MAX_NAME:
+        unit = records.name(unit, "unit", optional=True)
+    if type(device) is not str or len(device) > MAX_NAME:
+        device = records.name(str(device) if isinstance(device, int) else device, "device", optional=True)
+    sink = _sink or _resolve_sink()
+    if sink is not None:
+        sink.put((RESOURCE, _time() if timestamp is None else timestamp, metric_type, metric_name, value, unit, device))
+
+
+def log_resource_samples(samples: Iterable[tuple[str, str, float, str, str]], timestamp: float | None = None) -> None:
+    """Record many samples taken at one moment: (metric_type, metric_name, value, unit, device) each."""
+    ts = _time() if timestamp is None else timestamp
+    recs = [(RESOURCE, ts, t, n, records.number(v, f"{t}/{n}"), u, d) for (t, n, v, u, d) in samples]
+    sink = _sink or _resolve_sink()
+    if sink is not None and recs:
+        sink.put_many(recs)
+
+
+def log_job(**fields: Any) -> None:
+    """Write or update this database's row in ``jobs`` (status, exit_code, start/end, config ...)."""
+    sink = _sink or _resolve_sink()
+    if sink is not None:
+        sink.put((JOB, _time(), fields))
+
+
+def log_stats(**counters: float) -> None:
+    """Add to the store's own counters (store_stats)."""
+    from .records import STATS
+
+    sink = _sink or _resolve_sink()
+    if sink is not None:
+        sink.put((STATS, _time(), counters))

@@ -1,0 +1,222 @@
+"""The SQLite schema: tables underneath, and the views users query with plain SQL.
+
+Resource samples are stored compactly: one row per *series* (metric_type,
+metric_name, unit, node, device) and one row per *chunk* of up to
+``CHUNK_SAMPLES`` samples of a series. A chunk holds two JSON arrays:
+
+* ``vals`` -- the values (7 significant digits; NaN as ``null``, ±inf as ``±9e999``);
+* ``jit``  -- per sample, the offset in milliseconds from the regular grid
+  ``t0 + k * dt_ms`` (mostly ``0``), so a timestamp is
+  ``t0 + (k * dt_ms + jit[k]) / 1000``.
+
+The view ``resource_metrics`` unpacks chunks with SQLite's built-in ``json_each``,
+so ``SELECT ... FROM resource_metrics`` works in the sqlite3 shell. The chunk a
+writer is still filling lives in ``open_chunks`` (rewritten at each flush);
+closed chunks are appended once to ``sample_chunks``, which keeps pages dense.
+
+Every row carries its provenance through ``source_id`` → ``sources`` (job id,
+array job/task id, node), so a node database and a merged database have the
+same schema.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+
+from ..errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, SchemaError
+
+#: PRAGMA application_id of every aetherium-hpc database ("AETH").
+APPLICATION_ID = 0x41455448
+#: PRAGMA user_version: bumped on every incompatible change of the tables below.
+SCHEMA_VERSION = 1
+#: Samples per closed chunk (about 3 minutes at 1 Hz).
+CHUNK_SAMPLES = 180
+
+_CHUNK_COLUMNS = """
+    series_id INTEGER NOT NULL REFERENCES series(series_id),
+    t0        REAL    NOT NULL,   -- epoch seconds of the first sample
+    t1        REAL    NOT NULL,   -- epoch seconds of the last sample
+    n         INTEGER NOT NULL,   -- number of samples
+    dt_ms     INTEGER NOT NULL,   -- nominal interval of the grid, milliseconds
+    jit       TEXT    NOT NULL,   -- JSON array: offset of each sample from the grid, ms
+    vals      TEXT    NOT NULL    -- JSON array: values
+"""
+
+DDL = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source_id     INTEGER PRIMARY KEY,
+    job_id        TEXT,
+    array_job_id  TEXT,
+    array_task_id INTEGER,
+    node          TEXT,
+    hostname      TEXT,
+    source_path   TEXT,
+    attempt       INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_id   INTEGER PRIMARY KEY,
+    source_id   INTEGER NOT NULL DEFAULT 1 REFERENCES sources(source_id),
+    metric_type TEXT NOT NULL,
+    metric_name TEXT NOT NULL,
+    unit        TEXT NOT NULL DEFAULT '',
+    node        TEXT NOT NULL DEFAULT '',
+    device      TEXT NOT NULL DEFAULT '',
+    UNIQUE (source_id, metric_type, metric_name, unit, node, device)
+);
+CREATE INDEX IF NOT EXISTS series_by_name ON series(metric_type, metric_name);
+CREATE TABLE IF NOT EXISTS sample_chunks ({_CHUNK_COLUMNS});
+CREATE INDEX IF NOT EXISTS sample_chunks_by_series ON sample_chunks(series_id, t0);
+CREATE TABLE IF NOT EXISTS open_chunks (
+    {_CHUNK_COLUMNS.replace("series_id INTEGER NOT NULL", "series_id INTEGER PRIMARY KEY", 1)}
+);
+CREATE TABLE IF NOT EXISTS generation_rows (
+    id                INTEGER PRIMARY KEY,
+    source_id         INTEGER NOT NULL DEFAULT 1 REFERENCES sources(source_id),
+    timestamp         REAL NOT NULL,
+    operation         TEXT NOT NULL,
+    round_number      INTEGER,
+    chunk_number      INTEGER,
+    duration_seconds  REAL,
+    samples_generated INTEGER,
+    memory_used_mb    REAL,
+    pid               INTEGER
+);
+CREATE TABLE IF NOT EXISTS training_rows (
+    id            INTEGER PRIMARY KEY,
+    source_id     INTEGER NOT NULL DEFAULT 1 REFERENCES sources(source_id),
+    timestamp     REAL NOT NULL,
+    metric_name   TEXT NOT NULL,
+    metric_value  REAL,
+    round_number  INTEGER,
+    epoch_number  INTEGER,
+    phase         TEXT
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    source_id     INTEGER PRIMARY KEY REFERENCES sources(source_id),
+    job_id        TEXT,
+    array_job_id  TEXT,
+    array_task_id INTEGER,
+    node          TEXT,
+    start_time    REAL,
+    end_time      REAL,
+    status        TEXT NOT NULL DEFAULT 'running',
+    exit_code     INTEGER,
+    config        TEXT,      -- JSON snapshot of the resolved configuration
+    requested     TEXT,      -- JSON: what was asked of the scheduler (mem, cpus, time, gpus)
+    detail        TEXT
+);
+CREATE TABLE IF NOT EXISTS store_stats (
+    source_id INTEGER NOT NULL DEFAULT 1,
+    name      TEXT NOT NULL,
+    value     REAL NOT NULL,
+    PRIMARY KEY (source_id, name)
+);
+
+CREATE VIEW IF NOT EXISTS resource_metrics AS
+SELECT c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 1000.0 AS timestamp,
+       s.metric_type, s.metric_name, j.value AS value, s.unit, s.node, s.device,
+       src.job_id, src.array_job_id, src.array_task_id, s.source_id
+FROM series s
+JOIN sources src ON src.source_id = s.source_id
+JOIN sample_chunks c ON c.series_id = s.series_id
+JOIN json_each(c.vals) j
+UNION ALL
+SELECT c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 1000.0,
+       s.metric_type, s.metric_name, j.value, s.unit, s.node, s.device,
+       src.job_id, src.array_job_id, src.array_task_id, s.source_id
+FROM series s
+JOIN sources src ON src.source_id = s.source_id
+JOIN open_chunks c ON c.series_id = s.series_id
+JOIN json_each(c.vals) j;
+
+CREATE VIEW IF NOT EXISTS generation_metrics AS
+SELECT g.timestamp, g.operation, g.round_number, g.chunk_number, g.duration_seconds,
+       g.samples_generated, g.memory_used_mb, g.pid,
+       src.job_id, src.array_job_id, src.array_task_id, src.node, g.source_id
+FROM generation_rows g JOIN sources src ON src.source_id = g.source_id;
+
+CREATE VIEW IF NOT EXISTS training_metrics AS
+SELECT t.timestamp, t.metric_name, t.metric_value, t.round_number, t.epoch_number, t.phase,
+       src.job_id, src.array_job_id, src.array_task_id, src.node, t.source_id
+FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
+"""
+
+#: Tables and views every aetherium-hpc database answers (the schema contract).
+CONTRACT_NAMES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")
+
+
+def connect(path: str, *, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open ``path``; read-only connections never create or change the file."""
+    if readonly:
+        uri = "file:" + _quote_uri_path(os.path.abspath(path)) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
+    return conn
+
+
+def _quote_uri_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(path, safe="/")
+
+
+def check_version(conn: sqlite3.Connection, path: str) -> bool:
+    """Return True if ``conn`` holds an aetherium-hpc database of this schema, False if empty.
+
+    Raises a :class:`SchemaError` for a foreign file, an unreadable file, or another version.
+    """
+    try:
+        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise SchemaError(f"{path}: not a readable SQLite database ({exc}); pass an aetherium-hpc .db file") from exc
+    if app_id == 0 and version == 0 and n_tables == 0:
+        return False
+    if app_id != APPLICATION_ID:
+        raise ForeignDatabaseError(
+            f"{path}: an SQLite database, but not one written by aetherium-hpc "
+            f"(application_id={app_id:#x}); choose another path so it is not overwritten"
+        )
+    if version > SCHEMA_VERSION:
+        raise NewerSchemaError(
+            f"{path}: schema version {version} is newer than this aetherium-hpc understands "
+            f"({SCHEMA_VERSION}); upgrade with `pip install -U aetherium-hpc`"
+        )
+    if version < SCHEMA_VERSION:
+        raise OlderSchemaError(
+            f"{path}: schema version {version} is older than {SCHEMA_VERSION} and is not rewritten; "
+            "read it with the aetherium-hpc version that wrote it, or write to a new path"
+        )
+    return True
+
+
+def create(conn: sqlite3.Connection) -> None:
+    """Create the schema in an empty database (inside one transaction)."""
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in _split(DDL):
+        conn.execute(statement)
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+    conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('application', 'aetherium-hpc')")
+    conn.execute("COMMIT")
+
+
+def _split(script: str) -> list[str]:
+    """Split the DDL into statements (sqlite3.complete_statement finds the boundaries)."""
+    out: list[str] = []
+    current = ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            if current.strip():
+                out.append(current.strip())
+            current = ""
+    return out
