@@ -28,6 +28,7 @@ from .metrics.client import (
     worker_args,
     worker_initializer,
 )
+from .monitors import ResourceMonitor, log_system_resources
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,8 @@ shutdown_metrics_db = shutdown_db
 
 __all__ = [
     "MetricsStore",
+    "ResourceMonitor",
+    "log_system_resources",
     "get_db",
     "get_metrics_db",
     "init_db",

@@ -34,6 +34,7 @@ _store: MetricsStore | None = None
 _sink: Any = None  # where this process's records go: a RecordQueue or a SocketSink
 _warned_uninitialized = False
 _time = time.time
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 NOT_INITIALIZED = (
     "Metrics database not initialized: call aetherium_hpc.init_db(path) in the main process "
@@ -136,7 +137,7 @@ class MetricsStore:
         try:
             cur = conn.execute(sql, tuple(params))
             names = [d[0] for d in cur.description]
-            return [dict(zip(names, row)) for row in cur]
+            return [dict(zip(names, row, strict=True)) for row in cur]
         finally:
             conn.close()
 
@@ -384,9 +385,9 @@ def log_training_epoch_metric(
         records.name(metric_name, "metric_name")
     if type(metric_value) is not float:
         metric_value = records.number(metric_value, "metric_value")
-    if type(round_number) is not int and round_number is not None:
+    if round_number is not None and (type(round_number) is not int or not _I64_MIN <= round_number <= _I64_MAX):
         round_number = records.optional_int(round_number, "round_number")
-    if type(epoch_number) is not int and epoch_number is not None:
+    if epoch_number is not None and (type(epoch_number) is not int or not _I64_MIN <= epoch_number <= _I64_MAX):
         epoch_number = records.optional_int(epoch_number, "epoch_number")
     if type(phase) is not str or len(phase) > MAX_NAME:
         records.name(phase, "phase")

@@ -43,7 +43,9 @@ def new_address(folder: str) -> StoreAddress:
     """A fresh socket path in ``folder`` and a random key; the key is also written to ``<socket>.key`` (0600)."""
     path = os.path.join(folder, "metrics.sock")
     if len(path.encode()) > MAX_SOCKET_PATH:
-        raise OSError(f"socket path {path!r} is longer than {MAX_SOCKET_PATH} bytes; set AETHERIUM_LOCAL_DIR to a short folder")
+        raise OSError(
+            f"socket path {path!r} is longer than {MAX_SOCKET_PATH} bytes; set AETHERIUM_LOCAL_DIR to a short folder"
+        )
     key = secrets.token_bytes(32)
     fd = os.open(path + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:

@@ -271,11 +271,7 @@ class StoreWriter(threading.Thread):
              os.path.abspath(self.path), 0 if row is None else row[0] + 1),
         )  # fmt: skip
         # A writer that died left its open chunks: close them so nothing is rewritten.
-        conn.execute(
-            "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals)"
-            " SELECT series_id, t0, t1, n, dt_ms, jit, vals FROM open_chunks"
-        )
-        conn.execute("DELETE FROM open_chunks")
+        _close_open_chunks(conn)
         for sid, mtype, mname, unit, device in conn.execute(
             "SELECT series_id, metric_type, metric_name, unit, device FROM series WHERE source_id = 1"
         ):
@@ -289,6 +285,10 @@ class StoreWriter(threading.Thread):
         if conn is None:
             return
         try:
+            conn.execute("BEGIN IMMEDIATE")
+            _close_open_chunks(conn)
+            conn.execute("COMMIT")
+            self._open.clear()
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             log.warning("aetherium-hpc: checkpoint of %s failed at close: %s", self.path, exc)
@@ -324,7 +324,7 @@ class StoreWriter(threading.Thread):
         if conn is None:
             return False
         started = time.perf_counter()
-        res: dict[tuple[str, str, str, str], list[tuple[float, float]]] = {}
+        res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]] = {}
         gen: list[tuple[Any, ...]] = []
         trn: list[tuple[Any, ...]] = []
         jobs: list[dict[str, Any]] = []
@@ -391,6 +391,11 @@ class StoreWriter(threading.Thread):
             self.stats.write_errors += 1
             self._keep_for_retry(batch)
             return False
+        except Exception as exc:  # a record no check caught: never retry it, never die
+            self._rollback(conn, snapshot, new_series)
+            self._report_error(exc)
+            self.stats.bad_records += len(batch)
+            return False
         stats.written += n_ok
         stats.bad_records += bad
         stats.batches += 1
@@ -400,7 +405,7 @@ class StoreWriter(threading.Thread):
     def _write_samples(
         self,
         conn: sqlite3.Connection,
-        res: dict[tuple[str, str, str, str], list[tuple[float, float]]],
+        res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
         closed: list[tuple[Any, ...]] = []
@@ -432,13 +437,23 @@ class StoreWriter(threading.Thread):
             else:
                 conn.execute("DELETE FROM open_chunks WHERE series_id = ?", (sid,))
         if closed:
-            conn.executemany("INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)", closed)
+            conn.executemany(
+                "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)", closed
+            )
         if open_rows:
-            conn.executemany("INSERT OR REPLACE INTO open_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)", open_rows)
+            conn.executemany(
+                "INSERT OR REPLACE INTO open_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)",
+                open_rows,
+            )
 
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> None:
         cols = [c for c in _JOB_COLUMNS if c in job]
-        values = [json.dumps(job[c]) if c in ("config", "requested") and not isinstance(job[c], str) and job[c] is not None else job[c] for c in cols]
+        values = [
+            json.dumps(job[c])
+            if c in ("config", "requested") and not isinstance(job[c], str) and job[c] is not None
+            else job[c]
+            for c in cols
+        ]
         if not cols:
             return
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols)
@@ -479,7 +494,7 @@ class StoreWriter(threading.Thread):
             batch = batch[lost:]
         self._retry = batch
 
-    def _report_error(self, exc: sqlite3.Error) -> None:
+    def _report_error(self, exc: Exception) -> None:
         text = str(exc)
         if text not in self._errors_seen:
             self._errors_seen.add(text)
@@ -491,12 +506,22 @@ class StoreWriter(threading.Thread):
             )
 
 
+def _close_open_chunks(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals)"
+        " SELECT series_id, t0, t1, n, dt_ms, jit, vals FROM open_chunks"
+    )
+    conn.execute("DELETE FROM open_chunks")
+
+
 _SQL_TYPES = (type(None), int, float, str)
 
 
 def _sql_row(row: tuple[Any, ...], width: int) -> tuple[Any, ...]:
     """Check a record from another process before it reaches executemany."""
-    if len(row) != width or not all(type(x) in _SQL_TYPES for x in row):
+    if len(row) != width or not all(
+        type(x) in _SQL_TYPES and (type(x) is not int or -(2**63) <= x < 2**63) for x in row
+    ):
         raise TypeError(f"malformed record {row!r:.120}")
     return row
 

@@ -1,0 +1,315 @@
+"""The sampling loop: a daemon thread that asks each collector for samples once per interval.
+
+Sampling and aggregation are kept apart (as in mlflow's system metrics): a
+:class:`Collector` only reads one resource and appends sample tuples; the
+:class:`ResourceMonitor` stamps them with the tick's time, hands them to the store
+and folds them into a :class:`SampleSummary` for the end-of-run JSON file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import units
+
+log = logging.getLogger(__name__)
+
+#: (metric_type, metric_name, value, unit, device), as log_resource_samples takes it.
+Sample = tuple[str, str, float, str, str]
+SampleSink = Callable[[list[Sample], float], object]
+
+
+class Collector:
+    """Reads one resource. ``start`` runs once in the monitor thread, then ``collect`` each tick."""
+
+    name = "collector"
+
+    def start(self) -> None:
+        """Open handles and take the baselines that rates need (runs in the monitor thread)."""
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        """Append this tick's samples to ``out``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release handles (runs in the monitor thread after the last tick)."""
+
+
+class MonitorTelemetry(Collector):
+    """The monitor watching itself: CPU per sample, and the store's queue depth and drops."""
+
+    name = "monitor"
+
+    def __init__(self, store_getter: Callable[[], Any] | None = None) -> None:
+        self._store_getter = store_getter
+        self._cpu0 = 0.0
+        self._dropped_seen = 0
+        self.dropped_total = 0
+
+    def begin(self) -> None:
+        """Mark the start of a tick: the CPU time up to :meth:`collect` is the sample's cost."""
+        self._cpu0 = time.thread_time()
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        out.append(units.MONITOR_SAMPLE_CPU.sample((time.thread_time() - self._cpu0) * 1000.0))
+        store = self._store_getter() if self._store_getter is not None else None
+        if store is None:
+            return
+        queue = store.queue
+        # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
+        dropped = queue.dropped
+        self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
+        self._dropped_seen = dropped
+        out.append(units.STORE_QUEUE_DEPTH.sample(float(len(queue))))
+        out.append(units.STORE_DROPPED.sample(float(self.dropped_total)))
+
+
+class SampleSummary:
+    """Running count / mean / max per metric, for the JSON summary written at stop."""
+
+    def __init__(self) -> None:
+        self._acc: dict[str, list[Any]] = {}  # key -> [n, sum, max, unit]
+
+    @staticmethod
+    def key(metric_type: str, metric_name: str, device: str) -> str:
+        # Per-process rows are pooled (a pool can start thousands of workers); GPUs stay apart.
+        if not device or metric_type == "process":
+            return f"{metric_type}/{metric_name}"
+        return f"{metric_type}/{metric_name}[{device}]"
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        acc = self._acc
+        for mtype, mname, value, unit, device in samples:
+            if value != value:  # NaN
+                continue
+            key = self.key(mtype, mname, device)
+            entry = acc.get(key)
+            if entry is None:
+                acc[key] = [1, value, value, unit]
+            else:
+                entry[0] += 1
+                entry[1] += value
+                if value > entry[2]:
+                    entry[2] = value
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {
+            key: {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
+            for key, (n, total, peak, unit) in sorted(self._acc.items())
+        }
+
+
+def _round(value: float) -> float | None:
+    return None if math.isinf(value) or value != value else float(f"{value:.6g}")
+
+
+def _store_sink(samples: list[Sample], timestamp: float) -> None:
+    from aetherium_hpc.metrics.client import log_resource_samples
+
+    log_resource_samples(samples, timestamp)
+
+
+def _get_store() -> Any:
+    from aetherium_hpc.metrics.client import get_db
+
+    return get_db()
+
+
+class ResourceMonitor:
+    """Samples CPU, memory, the process tree and the GPUs into the store, once per ``interval``.
+
+    A daemon thread runs a drift-free loop: tick k happens at start + k x interval;
+    a tick that could not run on time is skipped (counted in ``missed_ticks``), never
+    bunched up. ``stop()`` returns at once (the stop event's wait is the sleep),
+    writes the JSON summary to ``output_path`` if given, and is safe to call twice;
+    it is also called at interpreter exit. Use as a context manager or call
+    ``start()`` / ``stop()``.
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        *,
+        gpu: bool = True,
+        root_pid: int | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+        per_process: bool = True,
+        collectors: Sequence[Collector] | None = None,
+        sink: SampleSink | None = None,
+        store_getter: Callable[[], Any] | None = _get_store,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
+        self.interval = float(interval)
+        self.output_path = None if output_path is None else os.fspath(output_path)
+        self.root_pid = os.getpid() if root_pid is None else int(root_pid)
+        if collectors is None:
+            collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
+        self.telemetry = MonitorTelemetry(store_getter)
+        self.collectors: list[Collector] = [*collectors, self.telemetry]
+        self._sink: SampleSink = _store_sink if sink is None else sink
+        self.summary = SampleSummary()
+        self.samples_taken = 0
+        self.missed_ticks = 0
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self.thread_cpu_s = 0.0
+        self._stop_event = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._result: dict[str, Any] | None = None
+        self._failed: set[str] = set()
+        self._owner_pid = os.getpid()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> ResourceMonitor:
+        """Start the sampling thread (once); returns self."""
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                return self
+            self.started_at = time.time()
+            self._thread = threading.Thread(target=self._run, name="aetherium-resource-monitor", daemon=True)
+            self._thread.start()
+        atexit.register(self._stop_at_exit)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop_event.is_set()
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop sampling, write the summary (if ``output_path``) and return it. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return self._result or self._summary_dict()
+            self._stopped = True
+        atexit.unregister(self._stop_at_exit)
+        self._stop_event.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "aetherium-hpc: the resource monitor did not stop within %.0f s (a sample is hanging, "
+                    "often in NVML); leaving it behind as a daemon thread", timeout,
+                )  # fmt: skip
+        self.stopped_at = time.time()
+        self._result = self._summary_dict()
+        if self.output_path is not None:
+            self._write_summary(self.output_path, self._result)
+        return self._result
+
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self._owner_pid:
+            self.stop(timeout=2.0)
+
+    def __enter__(self) -> ResourceMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        cpu_start = time.thread_time()
+        for collector in self.collectors:
+            self._guard(collector, collector.start)
+        interval = self.interval
+        next_tick = time.monotonic() + interval
+        wait = self._stop_event.wait
+        try:
+            while not wait(max(0.0, next_tick - time.monotonic())):
+                self.sample_once()
+                next_tick += interval
+                now = time.monotonic()
+                if now > next_tick:  # this tick overran the next one: skip what was missed
+                    missed = math.ceil((now - next_tick) / interval)
+                    self.missed_ticks += missed
+                    next_tick += missed * interval
+        finally:
+            for collector in self.collectors:
+                self._guard(collector, collector.close)
+            self.thread_cpu_s = time.thread_time() - cpu_start
+
+    def sample_once(self, timestamp: float | None = None) -> list[Sample]:
+        """Take one sample from every collector, send it to the store and return it."""
+        ts = time.time() if timestamp is None else timestamp
+        self.telemetry.begin()
+        out: list[Sample] = []
+        for collector in self.collectors:
+            try:
+                collector.collect(out, ts)
+            except Exception as exc:  # one failing collector never stops the others
+                self._report_failure(collector, exc)
+        try:
+            self._sink(out, ts)
+        except Exception as exc:
+            self._report_failure(None, exc)
+        self.summary.add(out)
+        self.samples_taken += 1
+        return out
+
+    def _guard(self, collector: Collector, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            self._report_failure(collector, exc)
+
+    def _report_failure(self, collector: Collector | None, exc: Exception) -> None:
+        what = "store" if collector is None else collector.name
+        if what not in self._failed:
+            self._failed.add(what)
+            log.warning(
+                "aetherium-hpc: resource monitor: %s failed: %s: %s (reported once; the monitor carries on)",
+                what, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG),
+            )  # fmt: skip
+
+    # -- summary ----------------------------------------------------------------------------
+    def _summary_dict(self) -> dict[str, Any]:
+        end = self.stopped_at if self.stopped_at is not None else time.time()
+        duration = 0.0 if self.started_at is None else max(0.0, end - self.started_at)
+        return {
+            "started": self.started_at,
+            "stopped": self.stopped_at,
+            "duration_s": round(duration, 3),
+            "interval_s": self.interval,
+            "samples": self.samples_taken,
+            "missed_ticks": self.missed_ticks,
+            "monitor_cpu_s": round(self.thread_cpu_s, 6),
+            "monitor_cpu_percent_of_one_core": round(100.0 * self.thread_cpu_s / duration, 4) if duration else 0.0,
+            "root_pid": self.root_pid,
+            "metrics": self.summary.as_dict(),
+        }
+
+    @staticmethod
+    def _write_summary(path: str, summary: dict[str, Any]) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2, allow_nan=False)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except (OSError, ValueError) as exc:
+            log.warning("aetherium-hpc: could not write the monitor summary to %s: %s", path, exc)
+
+
+def default_collectors(*, gpu: bool = True, root_pid: int | None = None, per_process: bool = True) -> list[Collector]:
+    """Host CPU/RAM, the process tree of ``root_pid``, and (if ``gpu``) the job's GPUs."""
+    from .host import HostCollector, ProcessTreeCollector
+
+    tree = ProcessTreeCollector(root_pid, per_process=per_process)
+    collectors: list[Collector] = [HostCollector(), tree]
+    if gpu:
+        from .gpu import GpuCollector
+
+        collectors.append(GpuCollector(tree_pids=tree.pids))
+    return collectors

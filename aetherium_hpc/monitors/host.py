@@ -1,0 +1,239 @@
+"""Node CPU and memory, and the job's process tree, with psutil.
+
+The tree collector keeps one entry per pid across ticks; CPU % comes from
+user + system time deltas. Each tick costs, per process of the tree, one read of
+``/proc/<pid>/stat`` on Linux (state, utime, stime and rss are all on that line),
+else psutil's ``cpu_times`` + ``memory_info`` inside ``oneshot()`` -- the Linux
+read costs about a quarter of psutil's two (bench/monitor_overhead.py).
+
+New descendants are found each tick through ``/proc/<pid>/task/<tid>/children``
+(a few reads for the tree only); where the kernel lacks that file it falls back to
+psutil's ``children(recursive=True)``, which reads the stat file of every process
+on the node and costs about ten times more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import KeysView
+
+import psutil
+
+from . import units
+from .base import Collector, Sample
+
+log = logging.getLogger(__name__)
+
+_MB = units.BYTES_PER_MB
+_LINUX_PROC = os.path.exists(f"/proc/{os.getpid()}/stat")
+_CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if _LINUX_PROC else 100.0
+_PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
+
+
+class HostCollector(Collector):
+    """System-wide CPU % and memory of the node."""
+
+    name = "host"
+
+    def start(self) -> None:
+        # psutil keeps the cpu_percent baseline per calling thread: prime it in the monitor thread.
+        psutil.cpu_percent(None)
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        out.append(units.CPU_SYSTEM_TOTAL.sample(psutil.cpu_percent(None)))
+        vm = psutil.virtual_memory()
+        out.append(units.RAM_SYSTEM_USED.sample(vm.used / _MB))
+        out.append(units.RAM_SYSTEM_PERCENT.sample(float(vm.percent)))
+
+
+class _Tracked:
+    """One process of the tree, kept across ticks."""
+
+    __slots__ = ("proc", "device", "cpu")
+
+    def __init__(self, proc: psutil.Process, device: str, cpu: float | None) -> None:
+        self.proc = proc
+        self.device = device
+        self.cpu = cpu  # user + system seconds at the previous tick, None before the first
+
+
+class ProcessTreeCollector(Collector):
+    """CPU and RSS of ``root_pid`` and all its descendants, followed as they start and end."""
+
+    name = "process_tree"
+
+    def __init__(self, root_pid: int | None = None, *, per_process: bool = True, read_proc: bool | None = None) -> None:
+        self.root_pid = os.getpid() if root_pid is None else int(root_pid)
+        if not psutil.pid_exists(self.root_pid):
+            raise ValueError(f"root_pid={self.root_pid}: no such process; pass the pid of the job's main process")
+        self.per_process = per_process
+        # read_proc: read /proc/<pid>/stat directly (Linux); False: psutil only.
+        self.read_proc = _LINUX_PROC if read_proc is None else read_proc and _LINUX_PROC
+        self._procs: dict[int, _Tracked] = {}
+        self._root: psutil.Process | None = None
+        self._last_mono = 0.0
+        self._proc_children = os.path.exists(f"/proc/{self.root_pid}/task/{self.root_pid}/children")
+        self._root_gone = False
+        self._ended: set[int] = set()  # zombies (and unreadable pids) not to pick up again
+
+    def pids(self) -> KeysView[int]:
+        """The pids of the tree at the last tick (a live view)."""
+        return self._procs.keys()
+
+    def start(self) -> None:
+        self._root = psutil.Process(self.root_pid)
+        self._last_mono = time.monotonic()
+        self._update_tree(None)
+        for tracked in self._procs.values():
+            reading = self._read(tracked)
+            if reading is not None:
+                tracked.cpu = reading[0]
+
+    # -- finding the tree -------------------------------------------------------------------
+    def _descendants(self) -> list[int]:
+        if self._proc_children:
+            return _proc_descendants(self.root_pid)
+        assert self._root is not None
+        return [p.pid for p in self._root.children(recursive=True)]
+
+    def _update_tree(self, baseline: float | None) -> None:
+        """Add processes that appeared since the last tick, forget those that are gone.
+
+        A pid absent from the previous walk can only be a process born since (a process
+        cannot join a tree later), so ``baseline=0.0`` charges it all of its CPU time.
+        """
+        if self._root_gone:
+            return
+        try:
+            found = self._descendants()
+        except (psutil.Error, OSError):
+            return  # keep the tree as it was; the next tick tries again
+        found.append(self.root_pid)
+        procs = self._procs
+        alive = set(found)
+        for pid in [pid for pid in procs if pid not in alive]:
+            del procs[pid]
+        ended = self._ended
+        if ended:
+            ended.intersection_update(alive)  # zombies still listed by their parent
+        for pid in found:
+            if pid in procs or pid in ended:
+                continue
+            try:
+                proc = self._root if pid == self.root_pid and self._root is not None else psutil.Process(pid)
+                device = f"{pid}:{proc.name()}"
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                continue
+            procs[pid] = _Tracked(proc, device, baseline)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def _read(self, tracked: _Tracked) -> tuple[float, float] | None:
+        """(cpu seconds, rss bytes) of one process, or None once it is gone or a zombie."""
+        if self.read_proc:
+            return _read_proc_stat(tracked.proc.pid)
+        proc = tracked.proc
+        try:
+            with proc.oneshot():
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    return None
+                times = proc.cpu_times()
+                rss = proc.memory_info().rss
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            return None
+        return times.user + times.system, float(rss)
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        now = time.monotonic()
+        elapsed = now - self._last_mono
+        self._update_tree(0.0)
+        self._last_mono = now
+        procs = self._procs
+        per_process = self.per_process
+        scale = 100.0 / elapsed if elapsed > 0 else 0.0
+        p_cpu = units.PROCESS_CPU
+        p_rss = units.PROCESS_RSS
+        cpu_total = 0.0
+        rss_total = 0.0
+        gone: list[int] = []
+        for pid, tracked in procs.items():
+            reading = self._read(tracked)
+            if reading is None:
+                gone.append(pid)
+                continue
+            cpu, rss = reading
+            rss_total += rss
+            previous = tracked.cpu
+            tracked.cpu = cpu
+            if per_process:
+                out.append((p_rss.metric_type, p_rss.metric_name, rss / _MB, p_rss.unit, tracked.device))
+            if previous is None or cpu < previous:  # no baseline yet (or a reused pid)
+                continue
+            percent = (cpu - previous) * scale
+            cpu_total += percent
+            if per_process:
+                out.append((p_cpu.metric_type, p_cpu.metric_name, percent, p_cpu.unit, tracked.device))
+        for pid in gone:
+            del procs[pid]
+            self._ended.add(pid)
+            if pid == self.root_pid:
+                self._root_gone = True
+                log.info(
+                    "aetherium-hpc: monitored process %d has ended; only its remaining descendants are sampled", pid
+                )
+        if procs:
+            out.append(units.CPU_PROCESS_TREE.sample(cpu_total))
+            out.append(units.RAM_PROCESS_TREE_RSS.sample(rss_total / _MB))
+
+
+def _read_proc_stat(pid: int) -> tuple[float, float] | None:
+    """(utime + stime seconds, rss bytes) from one read of /proc/<pid>/stat; None if gone or a zombie."""
+    try:
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
+    fields = data[data.rfind(b")") + 2 :].split()
+    if len(fields) < 22 or fields[0] in (b"Z", b"X"):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
+
+
+def _proc_descendants(root: int) -> list[int]:
+    """All descendants of ``root`` from /proc/<pid>/task/<tid>/children (Linux >= 3.5)."""
+    found: list[int] = []
+    seen = {root}
+    stack = [root]
+    while stack:
+        pid = stack.pop()
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                data = b""
+                while chunk := os.read(fd, 8192):  # procfs may return less than asked: read to EOF
+                    data += chunk
+            except OSError:
+                data = b""
+            finally:
+                os.close(fd)
+            for child in data.split():
+                cpid = int(child)
+                if cpid not in seen:
+                    seen.add(cpid)
+                    found.append(cpid)
+                    stack.append(cpid)
+    return found

@@ -1,0 +1,96 @@
+"""Every metric the monitors write, with its unit and meaning: the one place units live.
+
+docs/METRICS.md is the same table for readers; a test checks the two agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PERCENT = "%"
+MB = "MB"  # mebibytes (2**20 bytes), like the store's db_size_mb
+WATT = "W"
+CELSIUS = "C"
+MS = "ms"
+COUNT = "count"
+
+BYTES_PER_MB = float(2**20)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: the (metric_type, metric_name) pair stored in resource_metrics, and its unit."""
+
+    metric_type: str
+    metric_name: str
+    unit: str
+    device: str  # what the device column holds ("" when the metric is per node)
+    meaning: str
+
+    def sample(self, value: float, device: str = "") -> tuple[str, str, float, str, str]:
+        """The tuple :func:`log_resource_samples` takes."""
+        return (self.metric_type, self.metric_name, value, self.unit, device)
+
+
+METRICS: list[MetricSpec] = []
+
+
+def _metric(metric_type: str, metric_name: str, unit: str, device: str, meaning: str) -> MetricSpec:
+    spec = MetricSpec(metric_type, metric_name, unit, device, meaning)
+    METRICS.append(spec)
+    return spec
+
+
+# host.py -----------------------------------------------------------------------------------
+CPU_SYSTEM_TOTAL = _metric(
+    "cpu", "system_total", PERCENT, "", "System-wide CPU use over the last interval, 0-100 (psutil.cpu_percent)"
+)
+CPU_PROCESS_TREE = _metric(
+    "cpu", "process_tree", PERCENT, "",
+    "CPU use of the job's process tree (main process and every descendant), in % of one core: 0 to 100 x cores",
+)  # fmt: skip
+RAM_SYSTEM_USED = _metric("ram", "system_used", MB, "", "Memory in use on the node (psutil virtual_memory().used)")
+RAM_SYSTEM_PERCENT = _metric("ram", "system_percent", PERCENT, "", "Memory in use on the node, % of total")
+RAM_PROCESS_TREE_RSS = _metric(
+    "ram", "process_tree_rss", MB, "",
+    "Sum of the resident set sizes of the process tree (pages shared between forked workers count once per process)",
+)  # fmt: skip
+PROCESS_CPU = _metric(
+    "process", "cpu_percent", PERCENT, "<pid>:<name>", "CPU use of one process of the tree, % of one core"
+)
+PROCESS_RSS = _metric("process", "rss_mb", MB, "<pid>:<name>", "Resident set size of one process of the tree")
+
+# gpu.py ------------------------------------------------------------------------------------
+GPU_UTILIZATION = _metric(
+    "gpu", "utilization", PERCENT, "GPU / MIG UUID", "Time a kernel was running over the last sample period (NVML)"
+)
+GPU_MEMORY_USED = _metric("gpu", "memory_used", MB, "GPU / MIG UUID", "Device memory in use, all processes")
+GPU_MEMORY_TOTAL = _metric("gpu", "memory_total", MB, "GPU / MIG UUID", "Device memory size")
+GPU_POWER = _metric("gpu", "power", WATT, "GPU UUID", "Board power draw")
+GPU_TEMPERATURE = _metric("gpu", "temperature", CELSIUS, "GPU UUID", "GPU core temperature")
+GPU_PROCESS_TREE_MEMORY = _metric(
+    "gpu", "process_tree_memory_used", MB, "GPU / MIG UUID",
+    "Device memory used by the job's process tree (NVML compute processes whose pid is in the tree)",
+)  # fmt: skip
+
+# base.py: the monitor watching itself -------------------------------------------------------
+MONITOR_SAMPLE_CPU = _metric(
+    "monitor", "sample_cpu_ms", MS, "", "CPU time the monitor thread spent taking this sample (time.thread_time)"
+)
+STORE_QUEUE_DEPTH = _metric(
+    "store", "queue_depth", COUNT, "", "Records waiting in the store's in-memory queue (main process store only)"
+)
+STORE_DROPPED = _metric(
+    "store", "dropped", COUNT, "", "Records the store's queue dropped so far, as seen by the monitor (on_full='drop')"
+)
+# Written by the store writer itself (metrics/writer.py), listed so the table is complete.
+STORE_BATCH_WRITE = _metric("store", "batch_write_ms", MS, "", "Wall time of the writer's last batch transaction")
+
+
+def spec_of(metric_type: str, metric_name: str) -> MetricSpec:
+    """The spec of a stored (metric_type, metric_name); KeyError names the known ones."""
+    for spec in METRICS:
+        if spec.metric_type == metric_type and spec.metric_name == metric_name:
+            return spec
+    known = ", ".join(f"{s.metric_type}/{s.metric_name}" for s in METRICS)
+    raise KeyError(f"unknown metric {metric_type}/{metric_name}; known: {known}")

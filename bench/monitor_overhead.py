@@ -1,0 +1,127 @@
+"""CPU cost of one resource sample: the monitor vs a naive psutil loop, measured in the same run.
+
+A 9-process tree (this process + 8 children, half sleeping, half lightly busy) is
+sampled ``--samples`` times by each side, interleaved, with ``time.thread_time``
+around each sample (CPU time of the sampling thread only). Then the real monitor
+runs at 1 Hz for ``--live`` seconds into a real store and reports its own cost.
+
+    python bench/monitor_overhead.py [--samples 300] [--children 8] [--live 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psutil
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from aetherium_hpc import get_db, init_db, shutdown_db  # noqa: E402
+from aetherium_hpc.monitors import ResourceMonitor  # noqa: E402
+from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector  # noqa: E402
+
+SLEEPER = "import time\nwhile True: time.sleep(0.05)"
+LIGHT = "import time\nwhile True:\n    sum(range(20000))\n    time.sleep(0.01)"
+
+
+def naive_sample(pid: int) -> list[Any]:
+    """What a first attempt looks like: walk the tree and make fresh Process objects every time."""
+    root = psutil.Process(pid)
+    out: list[Any] = [psutil.cpu_percent(None), psutil.virtual_memory().used]
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            out.append((proc.pid, proc.name(), proc.cpu_percent(None), proc.memory_info().rss))
+        except psutil.Error:
+            pass
+    return out
+
+
+def cpu_ms(fn: Callable[[], object]) -> float:
+    start = time.thread_time()
+    fn()
+    return (time.thread_time() - start) * 1000.0
+
+
+def stats(values: list[float]) -> tuple[float, float, float]:
+    ordered = sorted(values)
+    return statistics.fmean(ordered), ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.95) - 1]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=300, help="samples per side (default 300)")
+    parser.add_argument("--children", type=int, default=8, help="child processes (default 8)")
+    parser.add_argument("--spacing", type=float, default=0.02, help="seconds between samples (default 0.02)")
+    parser.add_argument("--live", type=float, default=10.0, help="seconds of a real 1 Hz run into a store (0: skip)")
+    args = parser.parse_args()
+
+    kids = [subprocess.Popen([sys.executable, "-c", LIGHT if i % 2 else SLEEPER]) for i in range(args.children)]
+    try:
+        time.sleep(1.0)  # let the interpreters start
+        me = os.getpid()
+        tree = ProcessTreeCollector(me)
+        monitor = ResourceMonitor(collectors=[HostCollector(), tree], sink=lambda s, ts: None, store_getter=None)
+        for collector in monitor.collectors:
+            collector.start()
+        monitor.sample_once()
+        ours: list[float] = []
+        naive: list[float] = []
+        for _ in range(args.samples):
+            ours.append(cpu_ms(monitor.sample_once))
+            time.sleep(args.spacing)
+            naive.append(cpu_ms(lambda: naive_sample(me)))
+            time.sleep(args.spacing)
+        n_tree = len(tree.pids())
+        n_node = len(psutil.pids())
+
+        print(f"tree: {n_tree} processes; node: {n_node} processes; {psutil.cpu_count()} CPUs; "
+              f"python {sys.version.split()[0]}, psutil {psutil.__version__}")  # fmt: skip
+        print(f"{args.samples} samples per side, interleaved, {args.spacing * 1000:.0f} ms apart\n")
+        print(f"{'CPU per sample (ms)':<44}{'mean':>8}{'median':>8}{'p95':>8}{'% core @1 Hz':>14}")
+        rows = [("ResourceMonitor.sample_once (no store)", ours), ("naive psutil loop", naive)]
+        for label, values in rows:
+            mean, median, p95 = stats(values)
+            print(f"{label:<44}{mean:8.3f}{median:8.3f}{p95:8.3f}{mean / 10.0:14.4f}")
+        ratio = statistics.fmean(naive) / statistics.fmean(ours)
+        print(f"\nnaive / monitor: {ratio:.1f}x  (target: monitor <= 0.5 ms per sample with a 9-process tree)")
+
+        if args.live > 0:
+            live(args.live)
+    finally:
+        for kid in kids:
+            kid.kill()
+            kid.wait()
+    return 0
+
+
+def live(seconds: float) -> None:
+    """The real thing: log_system_resources-style monitor at 1 Hz into a real store."""
+    with tempfile.TemporaryDirectory() as folder:
+        init_db(os.path.join(folder, "bench.db"), flush_interval=1.0)
+        monitor = ResourceMonitor(1.0, gpu=True).start()
+        time.sleep(seconds)
+        summary = monitor.stop()
+        store = get_db()
+        assert store is not None
+        per_sample = [r["value"] for r in store.query_resource_metrics("monitor", "sample_cpu_ms")]
+        shutdown_db()
+    if not per_sample:
+        print(f"\nlive 1 Hz run: no samples in {seconds:.0f} s")
+        return
+    mean, median, p95 = stats(per_sample)
+    print(f"\nlive 1 Hz run into a store, {summary['samples']} samples over {summary['duration_s']:.1f} s:")
+    print(f"  monitor/sample_cpu_ms stored: mean {mean:.3f}, median {median:.3f}, p95 {p95:.3f} ms")
+    print(f"  monitor thread CPU, start to stop (incl. store calls, NVML probe): {summary['monitor_cpu_s'] * 1000:.1f} ms"
+          f" = {summary['monitor_cpu_percent_of_one_core']:.4f} % of one core")  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

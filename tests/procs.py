@@ -1,0 +1,24 @@
+"""Functions run in child processes by the tests (importable under spawn)."""
+
+from __future__ import annotations
+
+import os
+
+import aetherium_hpc
+
+
+def log_range(args: tuple[int, int]) -> int:
+    """Log ``count`` training records tagged (round=producer, epoch=i); return the count."""
+    producer, count = args
+    log = aetherium_hpc.log_training_epoch_metric
+    for i in range(count):
+        log("seq", float(i), producer, i, "train")
+    return count
+
+
+def log_all_kinds(tag: int) -> int:
+    t = aetherium_hpc.log_data_generation_start("signal_injection", tag, 0)
+    aetherium_hpc.log_data_generation_complete(t, "signal_injection", 10, tag, 0, memory_used_mb=1.5)
+    aetherium_hpc.log_training_epoch_metric("loss", 0.5, tag, 0, "val")
+    aetherium_hpc.log_resource_metric("custom", "child_metric", float(tag), "u", str(os.getpid()))
+    return os.getpid()
