@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from . import __version__, env
 from .errors import AetheriumError, StoreNotReachableError
@@ -93,8 +95,150 @@ def _add_log(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=cmd_log)
 
 
+# -- submit ------------------------------------------------------------------------------------
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate the config, submit the job (or array), print the run directory and job ids."""
+    import yaml
+
+    from . import launch
+    from .config import load_config
+    from .paths import RunLayout
+
+    config = load_config(args.config, args.set or ())
+    if args.dry_run:
+        cluster = launch.resolve_cluster(config.backend)
+        layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
+        print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}")
+        print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+        print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))
+        print(launch.render_sbatch(config, layout))
+        print("# dry run: nothing was submitted")
+        return 0
+    sub = launch.submit(config)
+    print(f"run directory: {sub.layout.root}")
+    ids = sub.array_job_ids if sub.array_job_ids and sub.cluster == "slurm" else sub.job_ids
+    kind = "array job" if sub.array_job_ids and sub.cluster == "slurm" else "job"
+    print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: {kind} id(s) {' '.join(ids)}")
+    if not (args.wait or sub.cluster == "debug"):
+        print(f"follow it with: aetherium-hpc status {sub.layout.root}")
+        return 0
+    tty = sys.stderr.isatty()
+
+    def progress(line: str) -> None:
+        print(("\r" + line) if tty else line, end="" if tty else "\n", file=sys.stderr, flush=True)
+
+    outcome = launch.wait(sub, progress, poll_s=0.5, progress_every_s=1.0 if tty else 30.0)
+    if tty:
+        print(file=sys.stderr)
+    failed = {job: why for job, why in outcome.items() if why != "ok"}
+    for job, why in failed.items():
+        print(f"job {job}: {why}", file=sys.stderr)
+    dbs = RunLayout(sub.layout.root).databases()
+    print(
+        f"{len(outcome) - len(failed)}/{len(outcome)} task(s) completed; {len(dbs)} database(s) under {sub.layout.db_dir}"
+    )
+    for db in dbs:
+        print(f"  {db}")
+    return 1 if failed else 0
+
+
+def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "submit",
+        help="submit a YAML config as a Slurm job or array (or run it locally)",
+        description="Validate CONFIG, make a run directory, and submit the job (Slurm when available, "
+        "else a local process). Prints the run directory and the job ids.",
+    )
+    p.add_argument("config", help="YAML config file, e.g. configs/train.yaml")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set resources.nodes=2")
+    p.add_argument("--wait", action="store_true", help="wait for the job(s) to finish, with a progress line")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and the sbatch script; submit nothing"
+    )
+    p.set_defaults(handler=cmd_submit)
+
+
+# -- run ---------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a command with the node's store and monitors; exit with the command's exit code."""
+    from .config import Monitoring, load_config
+    from .errors import LaunchError
+    from .paths import safe_component
+    from .runtime import JobContext
+    from .runtime.session import run_command, run_task
+
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise LaunchError("no command to run; write it after --, e.g. aetherium-hpc run -- python train.py")
+    monitoring = load_config(args.config).monitoring if args.config else Monitoring()
+    ctx = JobContext.detect()
+    node = safe_component(ctx.node)
+    if args.db_dir:
+        dest = Path(args.db_dir) / f"{node}.db"
+    elif os.environ.get(env.RUN_DIR):
+        from .paths import RunLayout
+
+        dest = RunLayout(Path(os.environ[env.RUN_DIR])).db_path(ctx.base_job_id, ctx.task, ctx.node)
+    else:
+        dest = Path("aetherium-runs") / safe_component(ctx.job_id) / f"{node}.db"
+    code: int = run_task(
+        ctx,
+        lambda session: run_command(command, session),
+        dest.absolute(),
+        monitoring,
+        config={"command": command},
+        exit_code_of=lambda result: int(result),
+    )
+    if ctx.is_node_leader:
+        print(f"aetherium-hpc: metrics of {ctx.job_id} on {ctx.node}: {dest}", file=sys.stderr)
+    return code
+
+
+def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run a command with the metrics store and monitors (inside an sbatch script: srun aetherium-hpc run -- ...)",
+        description="Run COMMAND (no shell) with the node's metrics store, socket and resource monitor "
+        "started on local rank 0; the command logs through the socket. Exits with the command's exit code "
+        "and copies the database to --db-dir.",
+    )
+    p.add_argument("--config", help="YAML config whose monitoring: section to use")
+    p.add_argument(
+        "--db-dir",
+        help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
+    )
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
+    p.set_defaults(handler=cmd_run)
+
+
+# -- status ------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    """State of every task of a run: sacct, else squeue, else the databases' jobs rows."""
+    from .launch import run_status
+
+    rows, source = run_status(Path(args.run_dir))
+    print(f"# {args.run_dir} (from {source})")
+    print(f"{'JOB':<16} {'STATE':<12} {'EXIT':<6} {'ELAPSED':<12} NODES")
+    for row in rows:
+        print(f"{row['job']:<16} {row['state']:<12} {row['exit']:<6} {row['elapsed']:<12} {row['nodes']}")
+    return 0
+
+
+def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show the state of every task of a run directory",
+        description="State of every task of RUN_DIR: from sacct, else squeue, else the jobs rows of its databases.",
+    )
+    p.add_argument("run_dir", help="a run directory printed by `aetherium-hpc submit`")
+    p.set_defaults(handler=cmd_status)
+
+
 # -- parser --------------------------------------------------------------------------------------
 _EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_add_log]
+_EXTENSIONS += [_add_submit, _add_run, _add_status]
 
 
 def build_parser() -> argparse.ArgumentParser:

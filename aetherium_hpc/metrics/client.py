@@ -181,15 +181,14 @@ class MetricsStore:
         """Counts, time span, size and the store's own counters (drops, bad records, write errors)."""
         row = self._read(
             """SELECT
-                (SELECT coalesce(sum(n), 0) FROM sample_chunks) + (SELECT coalesce(sum(n), 0) FROM open_chunks)
-                    AS resource_metrics_count,
+                (SELECT coalesce(sum(n), 0) FROM sample_chunks) AS resource_metrics_count,
                 (SELECT count(*) FROM generation_rows) AS generation_metrics_count,
                 (SELECT count(*) FROM training_rows) AS training_metrics_count,
                 (SELECT count(*) FROM series) AS series_count,
-                (SELECT min(t) FROM (SELECT min(t0) t FROM sample_chunks UNION ALL SELECT min(t0) FROM open_chunks
+                (SELECT min(t) FROM (SELECT min(t0) t FROM sample_chunks
                     UNION ALL SELECT min(timestamp) FROM generation_rows UNION ALL SELECT min(timestamp) FROM training_rows))
                     AS first_timestamp,
-                (SELECT max(t) FROM (SELECT max(t1) t FROM sample_chunks UNION ALL SELECT max(t1) FROM open_chunks
+                (SELECT max(t) FROM (SELECT max(t1) t FROM sample_chunks
                     UNION ALL SELECT max(timestamp) FROM generation_rows UNION ALL SELECT max(timestamp) FROM training_rows))
                     AS last_timestamp"""
         )[0]

@@ -10,9 +10,10 @@ metric_name, unit, node, device) and one row per *chunk* of up to
   ``t0 + (k * dt_ms + jit[k]) / 1000``.
 
 The view ``resource_metrics`` unpacks chunks with SQLite's built-in ``json_each``,
-so ``SELECT ... FROM resource_metrics`` works in the sqlite3 shell. The chunk a
-writer is still filling lives in ``open_chunks`` (rewritten at each flush);
-closed chunks are appended once to ``sample_chunks``, which keeps pages dense.
+so ``SELECT ... FROM resource_metrics`` works in the sqlite3 shell. The view is a
+single join (no UNION), so SQLite flattens it into the user's query and computes
+only the columns asked for: an aggregate over ``value`` never decodes timestamps.
+The chunk a writer is still filling is updated in place at each flush.
 
 Every row carries its provenance through ``source_id`` → ``sources`` (job id,
 array job/task id, node), so a node database and a merged database have the
@@ -71,9 +72,6 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE INDEX IF NOT EXISTS series_by_name ON series(metric_type, metric_name);
 CREATE TABLE IF NOT EXISTS sample_chunks ({_CHUNK_COLUMNS});
 CREATE INDEX IF NOT EXISTS sample_chunks_by_series ON sample_chunks(series_id, t0);
-CREATE TABLE IF NOT EXISTS open_chunks (
-    {_CHUNK_COLUMNS.replace("series_id INTEGER NOT NULL", "series_id INTEGER PRIMARY KEY", 1)}
-);
 CREATE TABLE IF NOT EXISTS generation_rows (
     id                INTEGER PRIMARY KEY,
     source_id         INTEGER NOT NULL DEFAULT 1 REFERENCES sources(source_id),
@@ -124,14 +122,6 @@ SELECT c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 10
 FROM series s
 JOIN sources src ON src.source_id = s.source_id
 JOIN sample_chunks c ON c.series_id = s.series_id
-JOIN json_each(c.vals) j
-UNION ALL
-SELECT c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 1000.0,
-       s.metric_type, s.metric_name, j.value, s.unit, s.node, s.device,
-       src.job_id, src.array_job_id, src.array_task_id, s.source_id
-FROM series s
-JOIN sources src ON src.source_id = s.source_id
-JOIN open_chunks c ON c.series_id = s.series_id
 JOIN json_each(c.vals) j;
 
 CREATE VIEW IF NOT EXISTS generation_metrics AS

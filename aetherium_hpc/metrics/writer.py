@@ -131,6 +131,7 @@ class SourceInfo:
 class _OpenChunk:
     ts: list[float] = field(default_factory=list)
     vals: list[float | None] = field(default_factory=list)
+    rowid: int | None = None  # its row in sample_chunks once written
 
 
 @dataclass
@@ -270,8 +271,6 @@ class StoreWriter(threading.Thread):
             (src.job_id, src.array_job_id, src.array_task_id, src.node, src.hostname,
              os.path.abspath(self.path), 0 if row is None else row[0] + 1),
         )  # fmt: skip
-        # A writer that died left its open chunks: close them so nothing is rewritten.
-        _close_open_chunks(conn)
         for sid, mtype, mname, unit, device in conn.execute(
             "SELECT series_id, metric_type, metric_name, unit, device FROM series WHERE source_id = 1"
         ):
@@ -285,10 +284,6 @@ class StoreWriter(threading.Thread):
         if conn is None:
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            _close_open_chunks(conn)
-            conn.execute("COMMIT")
-            self._open.clear()
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
             log.warning("aetherium-hpc: checkpoint of %s failed at close: %s", self.path, exc)
@@ -350,7 +345,7 @@ class StoreWriter(threading.Thread):
                     bad += 1
             except Exception:  # one malformed record never stops the writer
                 bad += 1
-        snapshot = {sid: (list(c.ts), list(c.vals)) for sid, c in self._open.items()}
+        snapshot = {sid: (list(c.ts), list(c.vals), c.rowid) for sid, c in self._open.items()}
         new_series: list[tuple[str, str, str, str]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -408,9 +403,8 @@ class StoreWriter(threading.Thread):
         res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
-        closed: list[tuple[Any, ...]] = []
-        open_rows: list[tuple[Any, ...]] = []
         limit = schema.CHUNK_SAMPLES
+        insert = "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
         for key, samples in res.items():
             sid = self._series.get(key)
             if sid is None:
@@ -427,23 +421,24 @@ class StoreWriter(threading.Thread):
                 chunk = self._open[sid] = _OpenChunk()
             samples.sort(key=_first)
             for ts, value in samples:
+                if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
+                    self._write_chunk(conn, sid, chunk, insert)
+                    chunk = self._open[sid] = _OpenChunk()
                 chunk.ts.append(ts)
                 chunk.vals.append(value)
-            while len(chunk.ts) >= limit:
-                closed.append((sid, *encode_chunk(chunk.ts[:limit], chunk.vals[:limit])))
-                del chunk.ts[:limit], chunk.vals[:limit]
-            if chunk.ts:
-                open_rows.append((sid, *encode_chunk(chunk.ts, chunk.vals)))
-            else:
-                conn.execute("DELETE FROM open_chunks WHERE series_id = ?", (sid,))
-        if closed:
-            conn.executemany(
-                "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)", closed
-            )
-        if open_rows:
-            conn.executemany(
-                "INSERT OR REPLACE INTO open_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)",
-                open_rows,
+            self._write_chunk(conn, sid, chunk, insert)
+
+    def _write_chunk(self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str) -> None:
+        """Insert the chunk, or rewrite it in place (the row keeps its rowid, so pages stay dense)."""
+        if not chunk.ts:
+            return
+        row = encode_chunk(chunk.ts, chunk.vals)
+        if chunk.rowid is None:
+            chunk.rowid = int(conn.execute(insert, (sid, *row)).lastrowid or 0)
+        else:
+            conn.execute(
+                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?",
+                (*row, chunk.rowid),
             )
 
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> None:
@@ -466,7 +461,7 @@ class StoreWriter(threading.Thread):
     def _rollback(
         self,
         conn: sqlite3.Connection,
-        snapshot: dict[int, tuple[list[float], list[float | None]]],
+        snapshot: dict[int, tuple[list[float], list[float | None], int | None]],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
         try:
@@ -480,8 +475,8 @@ class StoreWriter(threading.Thread):
                 self._open.pop(sid, None)
         for sid in list(self._open):
             if sid in snapshot:
-                ts, vals = snapshot[sid]
-                self._open[sid] = _OpenChunk(ts, vals)
+                ts, vals, rowid = snapshot[sid]
+                self._open[sid] = _OpenChunk(ts, vals, rowid)
             else:
                 del self._open[sid]
 
@@ -504,14 +499,6 @@ class StoreWriter(threading.Thread):
                 self.path,
                 text,
             )
-
-
-def _close_open_chunks(conn: sqlite3.Connection) -> None:
-    conn.execute(
-        "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals)"
-        " SELECT series_id, t0, t1, n, dt_ms, jit, vals FROM open_chunks"
-    )
-    conn.execute("DELETE FROM open_chunks")
 
 
 _SQL_TYPES = (type(None), int, float, str)

@@ -1,0 +1,119 @@
+"""The ``merge``, ``report`` and ``export`` subcommands of ``aetherium-hpc``.
+
+``register(sub)`` adds them to the CLI's subparsers; each handler takes the parsed
+arguments and returns the exit code. User errors are raised as
+:class:`~aetherium_hpc.errors.AetheriumError` (one line on stderr, exit code 2 at the CLI).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+SubParsers = Any  # argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+# -- merge --------------------------------------------------------------------------------------
+def cmd_merge(args: argparse.Namespace) -> int:
+    """Merge run directories / databases into one database; 3 when an input was skipped."""
+    from .merge import merge
+
+    result = merge(args.inputs, args.output, progress=None if not args.no_progress else False)
+    for skipped in result.skipped:
+        print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
+    print(result.summary())
+    return result.exit_code
+
+
+# -- report -------------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    """Print the text report; write PNG / HTML / JSON when asked."""
+    from .report import run_report
+
+    return run_report(
+        args.db,
+        plot=args.plot,
+        html=args.html,
+        json_out=args.json,
+        json_path=args.json_file,
+        plot_dir=args.plot_dir,
+        quiet=args.quiet,
+    )
+
+
+# -- export -------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write tables or views as CSV or JSON."""
+    from .export import export
+
+    written = export(args.db, fmt=args.format, tables=args.table or None, output=args.output)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    """Arguments of ``report`` (shared with ``python -m aetherium_hpc.analyze``)."""
+    p.add_argument("db", help="database to report on: a node database or the output of `aetherium-hpc merge`")
+    p.add_argument("--plot", metavar="OUT.png", help="write all plots as one PNG dashboard to OUT.png")
+    p.add_argument("--plot-dir", metavar="DIR", help="write each plot as its own PNG into DIR")
+    p.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML file (plots embedded)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of text")
+    p.add_argument("--json-file", metavar="REPORT.json", help="also write the JSON report to this file")
+    p.add_argument("-q", "--quiet", action="store_true", help="do not print the text report")
+
+
+def register(sub: SubParsers) -> None:
+    """Add ``merge``, ``report`` and ``export`` to the CLI's subparsers."""
+    m = sub.add_parser(
+        "merge",
+        help="merge per-task / per-node databases into one database",
+        description=(
+            "Merge aetherium-hpc databases -- files, or run directories searched recursively for *.db -- "
+            "into one database of the same schema (so it can be reported on, queried with the same views, "
+            "and merged again). Inputs are opened read-only. Merging the same input again adds nothing; "
+            "a newer copy of a database replaces the older one; every attempt of a requeued task is kept. "
+            "Broken inputs (corrupt, truncated, foreign, another schema version) are skipped with a reason."
+        ),
+        epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error. "
+        "example: aetherium-hpc merge runs/2024-05-01_train -o merged.db",
+    )
+    m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
+    m.add_argument("-o", "--output", required=True, metavar="MERGED.db",
+                   help="database to create, or to add to if it exists")  # fmt: skip
+    m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    m.set_defaults(handler=cmd_merge)
+
+    r = sub.add_parser(
+        "report",
+        help="summarise a database: text, PNG plots, HTML, JSON",
+        description=(
+            "Summarise a metrics database: run duration, samples, CPU/RAM/GPU average and maximum per node, "
+            "data-generation throughput and memory per round, final and best training metrics, the status of "
+            "every task; across an array p50/p95/max of peak memory, runtime and GPU use, and --mem/--time "
+            "advice against what was requested."
+        ),
+        epilog="exit codes: 0 ok, 2 empty or unreadable database. "
+        "example: aetherium-hpc report merged.db --plot report.png --html report.html",
+    )
+    add_report_arguments(r)
+    r.set_defaults(handler=cmd_report)
+
+    e = sub.add_parser(
+        "export",
+        help="export tables or views as CSV or JSON",
+        description=(
+            "Export tables or views (resource_metrics, generation_metrics, training_metrics, jobs, sources, ...) "
+            "as CSV or JSON. Without --table: every contract view plus jobs and sources."
+        ),
+        epilog="examples: aetherium-hpc export merged.db --format csv --table jobs -o jobs.csv; "
+        "aetherium-hpc export merged.db --format csv -o out_dir/  (one NAME.csv per table)",
+    )
+    e.add_argument("db", help="database to read")
+    e.add_argument("--format", choices=("csv", "json"), default="csv", help="output format [csv]")
+    e.add_argument("--table", action="append", metavar="NAME",
+                   help="table or view to export (repeatable); default: all contract views, jobs and sources")  # fmt: skip
+    e.add_argument("-o", "--output", metavar="FILE|DIR",
+                   help="file to write (a folder for CSV of several tables); default stdout")  # fmt: skip
+    e.set_defaults(handler=cmd_export)

@@ -1,0 +1,958 @@
+"""Report on one metrics database (a node database or a merged one): text, PNG, HTML, JSON.
+
+:func:`build_report` reads the database read-only and computes everything into
+:attr:`Report.data` (plain JSON-able values); :attr:`Report.text` is the summary for the
+terminal; :meth:`Report.plots` renders PNGs with matplotlib's Agg backend (imported only
+then); :meth:`Report.to_html` writes one self-contained file with the plots embedded as
+base64 PNG, every string escaped with :func:`html.escape`.
+
+This is the only module of the package that imports matplotlib.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import math
+import os
+import sqlite3
+import sys
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import AetheriumError, StoreError
+from ..metrics import schema
+
+#: Metrics whose best value is the largest (otherwise the smallest is best).
+_HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "precision", "recall", "score", "iou", "map", "r2")
+#: Points per line above which a timeline is thinned for plotting (statistics use every sample).
+_MAX_PLOT_POINTS = 4000
+#: Sources above which the text report lists per-node statistics only in JSON / HTML.
+_TEXT_MAX_SOURCES = 16
+#: Headroom on top of the largest observed use when advising --mem / --time.
+HEADROOM = 1.2
+
+Arr = np.ndarray[Any, np.dtype[np.float64]]
+
+
+class EmptyDatabaseError(StoreError):
+    """The database holds no metrics to report on."""
+
+
+# -- reading ------------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    sid: int
+    job_id: str | None
+    array_job_id: str | None
+    task: int | None
+    node: str
+    attempt: int
+    path: str | None
+
+    @property
+    def label(self) -> str:
+        who = self.job_id or self.array_job_id or "local"
+        if self.task is not None and self.array_job_id and not str(who).endswith(f"_{self.task}"):
+            who = f"{self.array_job_id}_{self.task}"
+        text = f"{who}/{self.node or '?'}"
+        return text + (f"#{self.attempt}" if self.attempt else "")
+
+
+@dataclass
+class _Series:
+    sid: int  # source id
+    mtype: str
+    mname: str
+    unit: str
+    device: str
+    t: Arr = field(default_factory=lambda: np.empty(0))
+    v: Arr = field(default_factory=lambda: np.empty(0))
+
+
+def _open(db: str) -> sqlite3.Connection:
+    if not os.path.exists(db):
+        raise StoreError(f"{db}: no such file; pass a database written by aetherium-hpc (or `aetherium-hpc merge`)")
+    if os.path.isdir(db):
+        raise StoreError(f"{db}: is a folder; merge it first: aetherium-hpc merge {db} -o merged.db")
+    conn = schema.connect(db, readonly=True)
+    try:
+        if not schema.check_version(conn, db):
+            raise EmptyDatabaseError(f"{db}: empty file, no metrics to report; check the path")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[_Series]:
+    """Series of the given metric types with their samples decoded (timestamps, values)."""
+    marks = ",".join("?" * len(types))
+    series: dict[int, _Series] = {}
+    for ser_id, sid, mtype, mname, unit, device in conn.execute(
+        f"SELECT series_id, source_id, metric_type, metric_name, unit, device FROM series WHERE metric_type IN ({marks})",
+        tuple(types),
+    ):
+        series[ser_id] = _Series(sid, mtype, mname, unit, device)
+    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
+    for chunks in _chunk_tables(conn):
+        for ser_id, t0, n, dt_ms, jit, vals in conn.execute(
+            f"SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM {chunks} c"
+            f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks})",
+            tuple(types),
+        ):
+            k = np.arange(n, dtype=np.float64)
+            ts = t0 + (k * dt_ms + np.asarray(json.loads(jit), dtype=np.float64)) / 1000.0
+            vs = np.asarray(json.loads(vals), dtype=np.float64)
+            p = parts[ser_id]
+            p[0].append(ts)
+            p[1].append(vs)
+    for ser_id, (ts_list, vs_list) in parts.items():
+        s = series[ser_id]
+        t = np.concatenate(ts_list)
+        order = np.argsort(t, kind="stable")
+        s.t, s.v = t[order], np.concatenate(vs_list)[order]
+    return [s for s in series.values() if s.t.size]
+
+
+def _chunk_tables(conn: sqlite3.Connection) -> list[str]:
+    """``sample_chunks``, and ``open_chunks`` where an earlier writer left one."""
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return ["sample_chunks", *(["open_chunks"] if "open_chunks" in names else [])]
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+# -- statistics helpers -------------------------------------------------------------------------
+def _f(x: Any) -> float | None:
+    """A float for JSON: None for missing, NaN or infinite."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _dist(values: Sequence[float]) -> dict[str, float | None] | None:
+    vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if not vals.size:
+        return None
+    return {
+        "n": float(vals.size),
+        "p50": _f(np.percentile(vals, 50)),
+        "p95": _f(np.percentile(vals, 95)),
+        "max": _f(vals.max()),
+    }
+
+
+def _nanstat(v: Arr) -> tuple[float | None, float | None]:
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return None, None
+    return float(finite.mean()), float(finite.max())
+
+
+def _higher_is_better(name: str) -> bool:
+    low = name.lower()
+    return any(
+        low == w or low.endswith("_" + w) or low.startswith(w + "_") or w in low.split("/") for w in _HIGHER_IS_BETTER
+    )
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def slurm_time(minutes: float) -> str:
+    """``--time`` value (D-HH:MM:SS or HH:MM:SS) for ``minutes``."""
+    total = int(math.ceil(minutes)) * 60
+    d, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    m = rest // 60
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "-"
+        if abs(x) >= 10 ** digits:
+            return f"{x:.0f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def _ts(x: float | None) -> str:
+    if x is None:
+        return "-"
+    return _dt.datetime.fromtimestamp(x, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+# -- the report ---------------------------------------------------------------------------------
+@dataclass
+class Report:
+    """Everything :func:`build_report` found; ``data`` is JSON-able, ``text`` the terminal summary."""
+
+    db: str
+    data: dict[str, Any]
+    text: str
+    _series: list[_Series] = field(default_factory=list, repr=False)
+    _sources: dict[int, _Source] = field(default_factory=dict, repr=False)
+    _generation: list[dict[str, Any]] = field(default_factory=list, repr=False)
+    _training: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.data, indent=indent, allow_nan=False, default=str)
+
+    def plots(self) -> dict[str, bytes]:
+        """Each plot as PNG bytes, by name (only plots with data)."""
+        return {name: _render([panel]) for name, panel in _panels(self).items()}
+
+    def dashboard_png(self) -> bytes:
+        """All plots in one PNG (two columns)."""
+        panels = list(_panels(self).values())
+        if not panels:
+            raise EmptyDatabaseError(f"{self.db}: nothing to plot (no samples, generation or training rows)")
+        return _render(panels, columns=2)
+
+    def to_html(self) -> str:
+        return _html(self)
+
+
+def build_report(db: str | os.PathLike[str]) -> Report:
+    """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing."""
+    path = os.path.abspath(os.fspath(db))
+    conn = _open(path)
+    try:
+        sources = {
+            r[0]: _Source(r[0], r[1], r[2], r[3], r[4] or "", r[5] or 0, r[6])
+            for r in conn.execute(
+                "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
+            )
+        }
+        series = _load_series(conn, ("cpu", "ram", "gpu"))
+        chunk_tables = _chunk_tables(conn)
+        n_samples = sum(conn.execute(f"SELECT coalesce(sum(n), 0) FROM {t}").fetchone()[0] for t in chunk_tables)
+        n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
+        generation = _rows(conn, "SELECT * FROM generation_metrics ORDER BY timestamp")
+        training = _rows(conn, "SELECT * FROM training_metrics ORDER BY timestamp")
+        jobs = _rows(conn, "SELECT j.*, s.attempt FROM jobs j LEFT JOIN sources s USING (source_id) ORDER BY"
+                           " j.array_task_id, j.node, s.attempt")  # fmt: skip
+        chunk_span = " UNION ALL ".join(
+            f"SELECT min(t0) t FROM {t} UNION ALL SELECT max(t1) FROM {t}" for t in chunk_tables
+        )
+        span = conn.execute(
+            f"SELECT min(t), max(t) FROM ({chunk_span}"
+            " UNION ALL SELECT min(timestamp) FROM generation_rows UNION ALL SELECT max(timestamp) FROM generation_rows"
+            " UNION ALL SELECT min(timestamp) FROM training_rows UNION ALL SELECT max(timestamp) FROM training_rows)"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot be read ({exc}); is it a complete aetherium-hpc database?") from exc
+    finally:
+        conn.close()
+    if not n_samples and not generation and not training and not jobs:
+        raise EmptyDatabaseError(
+            f"{path}: no metrics to report (no resource samples, generation, training or job rows); "
+            "check the path, or that the job ran with the metrics store enabled"
+        )
+    data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
+    return Report(path, data, _text(data), series, sources, generation, training)
+
+
+def _compute(
+    path: str,
+    sources: dict[int, _Source],
+    series: list[_Series],
+    generation: list[dict[str, Any]],
+    training: list[dict[str, Any]],
+    jobs: list[dict[str, Any]],
+    span: tuple[float | None, float | None],
+    n_samples: int,
+    n_series: int,
+) -> dict[str, Any]:
+    starts = [j["start_time"] for j in jobs if j.get("start_time") is not None] + ([span[0]] if span[0] else [])
+    ends = [j["end_time"] for j in jobs if j.get("end_time") is not None] + ([span[1]] if span[1] else [])
+    start, end = (min(starts) if starts else None), (max(ends) if ends else None)
+    data: dict[str, Any] = {
+        "database": path,
+        "generated_at": _dt.datetime.now(tz=_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": {
+            "start": start,
+            "end": end,
+            "start_utc": _ts(start),
+            "end_utc": _ts(end),
+            "duration_s": _f(end - start) if start is not None and end is not None else None,
+            "sources": len(sources),
+            "jobs": len({(s.job_id, s.task) for s in sources.values()}),
+            "nodes": sorted({s.node for s in sources.values() if s.node}),
+        },  # fmt: skip
+        "samples": {
+            "resource": int(n_samples),
+            "series": int(n_series),
+            "generation": len(generation),
+            "training": len(training),
+        },  # fmt: skip
+    }
+    # Resources per node (source): average and maximum of every cpu / ram / gpu series.
+    res = []
+    for s in sorted(
+        series, key=lambda s: (sources[s.sid].label if s.sid in sources else "", s.mtype, s.mname, s.device)
+    ):
+        src = sources.get(s.sid)
+        avg, mx = _nanstat(s.v)
+        res.append({
+            "source": src.label if src else str(s.sid), "source_id": s.sid,
+            "job_id": src.job_id if src else None, "array_task_id": src.task if src else None,
+            "node": src.node if src else None, "attempt": src.attempt if src else None,
+            "metric_type": s.mtype, "metric_name": s.mname, "device": s.device, "unit": s.unit,
+            "samples": int(s.v.size), "avg": avg, "max": mx,
+        })  # fmt: skip
+    data["resources"] = res
+    data["generation"] = _generation_rounds(generation)
+    data["training"] = _training_summary(training, sources)
+    data["jobs"] = [
+        {
+            "source": sources[j["source_id"]].label if j["source_id"] in sources else str(j["source_id"]),
+            "job_id": j["job_id"],
+            "array_job_id": j["array_job_id"],
+            "array_task_id": j["array_task_id"],
+            "node": j["node"],
+            "attempt": j.get("attempt"),
+            "status": j["status"],
+            "exit_code": j["exit_code"],
+            "start_utc": _ts(j["start_time"]),
+            "end_utc": _ts(j["end_time"]),
+            "runtime_s": _f(j["end_time"] - j["start_time"]) if j["start_time"] and j["end_time"] else None,
+            "requested": _requested(j.get("requested")),
+            "detail": j.get("detail"),
+        }  # fmt: skip
+        for j in jobs
+    ]
+    tasks = _per_task(sources, series, jobs)
+    data["tasks"] = tasks
+    data["array"] = {
+        "tasks": len(tasks),
+        "peak_memory_mb": _dist([t["peak_memory_mb"] for t in tasks if t["peak_memory_mb"] is not None]),
+        "runtime_s": _dist([t["runtime_s"] for t in tasks if t["runtime_s"] is not None]),
+        "gpu_utilization_pct": _dist([t["gpu_util_pct"] for t in tasks if t["gpu_util_pct"] is not None]),
+        "cpu_cores_used": _dist([t["cpu_cores"] for t in tasks if t["cpu_cores"] is not None]),
+    }
+    data["efficiency"] = _efficiency(tasks, jobs)
+    return data
+
+
+def _requested(value: Any) -> dict[str, Any]:
+    if not value:
+        return {}
+    try:
+        parsed = json.loads(value) if isinstance(value, str) else value
+    except ValueError:
+        return {}
+    return dict(parsed) if isinstance(parsed, dict) else {}
+
+
+def _generation_rounds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, Any], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["operation"], r["round_number"])].append(r)
+    out = []
+    for (op, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])):
+        dur = [r["duration_seconds"] for r in rs if r["duration_seconds"] is not None]
+        samples = [r["samples_generated"] for r in rs if r["samples_generated"] is not None]
+        mem = [r["memory_used_mb"] for r in rs if r["memory_used_mb"] is not None]
+        first = min(r["timestamp"] - (r["duration_seconds"] or 0.0) for r in rs)
+        wall = max(r["timestamp"] for r in rs) - first
+        out.append({
+            "operation": op, "round": rnd, "chunks": len(rs), "samples": sum(samples) if samples else None,
+            "duration_total_s": _f(sum(dur)) if dur else None, "duration_mean_s": _f(np.mean(dur)) if dur else None,
+            "duration_max_s": _f(max(dur)) if dur else None, "wall_s": _f(wall),
+            "throughput_per_chunk_s": _f(sum(samples) / sum(dur)) if samples and dur and sum(dur) > 0 else None,
+            "throughput_wall_s": _f(sum(samples) / wall) if samples and wall > 0 else None,
+            "memory_mean_mb": _f(np.mean(mem)) if mem else None, "memory_max_mb": _f(max(mem)) if mem else None,
+        })  # fmt: skip
+    return out
+
+
+def _training_summary(rows: list[dict[str, Any]], sources: dict[int, _Source]) -> list[dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if r["metric_value"] is not None:
+            groups[(r["metric_name"], r["phase"] or "")].append(r)
+    out = []
+    for (name, phase), rs in sorted(groups.items()):
+        higher = _higher_is_better(name)
+        order = sorted(rs, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
+        finite = [r for r in rs if math.isfinite(r["metric_value"])]
+        best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite else None
+        last_by_source: dict[int, dict[str, Any]] = {}
+        for r in order:
+            last_by_source[r["source_id"]] = r
+        final = order[-1]
+        finals = [r["metric_value"] for r in last_by_source.values()]
+        out.append({
+            "metric_name": name, "phase": phase, "count": len(rs), "goal": "max" if higher else "min",
+            "final": _f(final["metric_value"]), "final_round": final["round_number"], "final_epoch": final["epoch_number"],
+            "final_median_over_sources": _f(float(np.median(finals))) if len(finals) > 1 else None,
+            "best": _f(best["metric_value"]) if best else None,
+            "best_round": best["round_number"] if best else None, "best_epoch": best["epoch_number"] if best else None,
+            "best_source": sources[best["source_id"]].label if best and best["source_id"] in sources else None,
+            "sources": len(last_by_source),
+        })  # fmt: skip
+    return out
+
+
+def _pick(series: list[_Series], sid: int, mtype: str, names: Sequence[str]) -> list[_Series]:
+    for name in names:
+        found = [s for s in series if s.sid == sid and s.mtype == mtype and s.mname == name]
+        if found:
+            return found
+    return []
+
+
+def _per_task(sources: dict[int, _Source], series: list[_Series], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Peak memory, runtime, GPU and CPU use of every source (one task on one node, one attempt)."""
+    job_of = {j["source_id"]: j for j in jobs}
+    with_data = {s.sid for s in series} | set(job_of)
+    out = []
+    for sid in sorted(with_data):
+        src = sources.get(sid)
+        mem = _pick(series, sid, "ram", ("process_tree_rss", "system_used"))
+        gpu = _pick(series, sid, "gpu", ("utilization",))
+        cpu = _pick(series, sid, "cpu", ("process_tree",))
+        peak = _nanstat(mem[0].v)[1] if mem else None
+        gpu_util = _nanstat(np.concatenate([g.v for g in gpu]))[0] if gpu else None
+        cores = _nanstat(cpu[0].v)[0] if cpu else None
+        job = job_of.get(sid, {})
+        runtime = None
+        if job.get("start_time") is not None and job.get("end_time") is not None:
+            runtime = job["end_time"] - job["start_time"]
+        else:
+            ts = [x for s in series if s.sid == sid for x in (s.t[0], s.t[-1])]
+            runtime = (max(ts) - min(ts)) if ts else None
+        out.append({
+            "source": src.label if src else str(sid), "source_id": sid, "status": job.get("status"),
+            "peak_memory_mb": peak, "peak_memory_metric": f"ram/{mem[0].mname}" if mem else None,
+            "runtime_s": _f(runtime), "gpu_util_pct": gpu_util, "cpu_cores": None if cores is None else cores / 100.0,
+            "requested": _requested(job.get("requested")),
+        })  # fmt: skip
+    return out
+
+
+def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice."""
+    req_tasks = [t for t in tasks if t["requested"]]
+    out: dict[str, Any] = {"requested": req_tasks[0]["requested"] if req_tasks else {}, "advice": []}
+    advice: list[str] = out["advice"]
+    if not req_tasks:
+        advice.append("no requested resources recorded (jobs.requested): submit through aetherium-hpc to get advice")
+        return out
+    mem_eff = [t["peak_memory_mb"] / 1024.0 / t["requested"]["mem_gb"] for t in req_tasks
+               if t["peak_memory_mb"] is not None and t["requested"].get("mem_gb")]  # fmt: skip
+    peaks = [t["peak_memory_mb"] for t in req_tasks if t["peak_memory_mb"] is not None]
+    mem_req = [t["requested"]["mem_gb"] for t in req_tasks if t["requested"].get("mem_gb")]
+    if mem_eff and peaks:
+        peak_gb = max(peaks) / 1024.0
+        req = max(mem_req)
+        need = max(1, math.ceil(peak_gb * HEADROOM))
+        out["memory"] = {"requested_gb": req, "peak_max_gb": _f(peak_gb), "efficiency": _dist(mem_eff)}
+        pct = 100.0 * peak_gb / req
+        if peak_gb > 0.9 * req:
+            advice.append(f"memory: peak {peak_gb:.1f} GB is {pct:.0f}% of the {req:g} GB requested; "
+                          f"raise it: --mem={need}G")  # fmt: skip
+        elif need < 0.8 * req:
+            advice.append(f"memory: peak {peak_gb:.2f} GB (max over {len(peaks)} tasks) is {pct:.0f}% of the "
+                          f"{req:g} GB requested; ask for --mem={need}G")  # fmt: skip
+        else:
+            advice.append(f"memory: peak {peak_gb:.1f} GB of {req:g} GB requested ({pct:.0f}%): --mem is about right")
+    runtimes = [t["runtime_s"] for t in req_tasks if t["runtime_s"] is not None]
+    limits = [t["requested"]["timeout_min"] for t in req_tasks if t["requested"].get("timeout_min")]
+    if runtimes and limits:
+        limit = max(limits)
+        longest = max(runtimes) / 60.0
+        timed_out = sum(1 for j in jobs if j.get("status") == "timeout")
+        out["time"] = {"requested_min": limit, "runtime_max_min": _f(longest),
+                       "efficiency": _dist([r / 60.0 / limit for r in runtimes]), "timed_out": timed_out}  # fmt: skip
+        need_min = max(5, 5 * math.ceil(longest * HEADROOM / 5))
+        if timed_out:
+            need_min = max(need_min, 5 * math.ceil(limit * 1.5 / 5))
+            advice.append(f"time: {timed_out} task(s) hit the {limit:g} min limit; raise it: --time={slurm_time(need_min)}"
+                          " (or checkpoint and requeue)")  # fmt: skip
+        elif longest > 0.9 * limit:
+            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min allowed; "
+                          f"raise it: --time={slurm_time(need_min)}")  # fmt: skip
+        elif need_min < 0.8 * limit:
+            advice.append(f"time: longest task ran {longest:.1f} min of the {limit:g} min requested "
+                          f"({100 * longest / limit:.0f}%); ask for --time={slurm_time(need_min)} "
+                          "(shorter jobs start sooner)")  # fmt: skip
+        else:
+            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min requested: --time is about right")
+    cores = [t["cpu_cores"] for t in req_tasks if t["cpu_cores"] is not None]
+    cpus = [t["requested"]["cpus"] for t in req_tasks if t["requested"].get("cpus")]
+    if cores and cpus:
+        req_cpus = max(cpus)
+        used = float(np.percentile(cores, 95))
+        out["cpu"] = {
+            "requested": req_cpus,
+            "cores_used_p95": _f(used),
+            "efficiency": _dist([c / req_cpus for c in cores]),
+        }
+        if used < 0.5 * req_cpus and req_cpus > 1:
+            advice.append(f"cpu: on average {used:.2g} of {req_cpus} cores busy (p95 over tasks); "
+                          f"--cpus-per-task={max(1, math.ceil(used * HEADROOM))} would do")  # fmt: skip
+    gutil = [t["gpu_util_pct"] for t in req_tasks if t["gpu_util_pct"] is not None]
+    gpus = [t["requested"]["gpus"] for t in req_tasks if t["requested"].get("gpus")]
+    if gpus:
+        out["gpu"] = {"requested": max(gpus), "utilization_pct": _dist(gutil)}
+        if not gutil:
+            advice.append(f"gpu: {max(gpus)} GPU(s) requested but no GPU samples recorded; drop --gpus if unused")
+        elif float(np.median(gutil)) < 30.0:
+            advice.append(f"gpu: median utilisation {float(np.median(gutil)):.0f}%; the GPU waits on data "
+                          "(more data-loader workers) or is not needed")  # fmt: skip
+    return out
+
+
+# -- text ---------------------------------------------------------------------------------------
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def _text(d: dict[str, Any]) -> str:
+    run, smp = d["run"], d["samples"]
+    lines = [
+        f"aetherium-hpc report: {d['database']}",
+        f"run: {run['start_utc']} -> {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}; "
+        f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)",
+        f"samples: {smp['resource']} resource samples in {smp['series']} series, "
+        f"{smp['generation']} generation rows, {smp['training']} training rows",
+    ]
+    key = [r for r in d["resources"] if (r["metric_type"], r["metric_name"]) in _KEY_METRICS]
+    if key and d["run"]["sources"] <= _TEXT_MAX_SOURCES:
+        lines += ["", "resources per node (avg / max):"]
+        lines += _table(
+            ["node", "metric", "device", "unit", "avg", "max"],
+            [[r["source"], f"{r['metric_type']}/{r['metric_name']}", r["device"][:20], r["unit"], _num(r["avg"]),
+              _num(r["max"])] for r in key],
+        )  # fmt: skip
+    elif key:
+        lines += ["", f"resources per node: {len(key)} rows, see --json or --html"]
+    arr = d["array"]
+    if arr["tasks"] > 1:
+        lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
+        for label, k, scale, unit in (("peak memory", "peak_memory_mb", 1 / 1024, "GB"), ("runtime", "runtime_s", 1 / 60, "min"),
+                                      ("GPU utilisation", "gpu_utilization_pct", 1, "%"),
+                                      ("CPU cores used", "cpu_cores_used", 1, "cores")):  # fmt: skip
+            dist = arr[k]
+            if dist:
+                lines.append(f"  {label:16} {_num(dist['p50'] * scale)} / {_num(dist['p95'] * scale)} / "
+                             f"{_num(dist['max'] * scale)} {unit}")  # fmt: skip
+    if d["generation"]:
+        lines += ["", "data generation per round:"]
+        lines += _table(
+            ["operation", "round", "chunks", "samples", "mean s", "max s", "samples/s", "mem mean MB", "mem max MB"],
+            [[str(g["operation"]), _num(g["round"]), str(g["chunks"]), _num(g["samples"]), _num(g["duration_mean_s"]),
+              _num(g["duration_max_s"]), _num(g["throughput_per_chunk_s"]), _num(g["memory_mean_mb"]),
+              _num(g["memory_max_mb"])] for g in d["generation"]],
+        )  # fmt: skip
+    if d["training"]:
+        lines += ["", "training metrics (final, best):"]
+        lines += _table(
+            ["metric", "phase", "final", "at round/epoch", "best", "at round/epoch", "n"],
+            [[t["metric_name"], t["phase"], _num(t["final"], 4), f"{_num(t['final_round'])}/{_num(t['final_epoch'])}",
+              _num(t["best"], 4), f"{_num(t['best_round'])}/{_num(t['best_epoch'])}", str(t["count"])]
+             for t in d["training"]],
+        )  # fmt: skip
+    if d["jobs"]:
+        lines += ["", "tasks:"]
+        lines += _table(
+            ["task", "status", "exit", "start UTC", "runtime"],
+            [[j["source"], str(j["status"]), _num(j["exit_code"]), j["start_utc"], fmt_duration(j["runtime_s"])]
+             for j in d["jobs"]],
+        )  # fmt: skip
+        counts: dict[str, int] = defaultdict(int)
+        for j in d["jobs"]:
+            counts[str(j["status"])] += 1
+        lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if d["efficiency"]["advice"]:
+        lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
+    return "\n".join(lines) + "\n"
+
+
+_KEY_METRICS = {
+    ("cpu", "system_total"), ("cpu", "process_tree"), ("ram", "system_used"), ("ram", "process_tree_rss"),
+    ("gpu", "utilization"), ("gpu", "memory_used"),
+}  # fmt: skip
+
+
+# -- plots ----------------------------------------------------------------------------------------
+Panel = tuple[str, Callable[[Any], None]]  # (title, draw(ax))
+
+
+def _thin(t: Arr, v: Arr) -> tuple[Arr, Arr]:
+    if t.size <= _MAX_PLOT_POINTS:
+        return t, v
+    step = int(math.ceil(t.size / _MAX_PLOT_POINTS))
+    return t[::step], v[::step]
+
+
+def _panels(rep: Report) -> dict[str, Panel]:
+    d = rep.data
+    t_start = d["run"]["start"] or 0.0
+    sources = rep._sources
+    panels: dict[str, Panel] = {}
+    many = len({s.sid for s in rep._series}) > 10
+
+    def timeline(title: str, picks: list[tuple[_Series, str]], ylabel: str) -> Panel:
+        def draw(ax: Any) -> None:
+            for s, label in picks:
+                t, v = _thin(s.t, s.v)
+                ax.plot((t - t_start) / 60.0, v, lw=0.6 if many else 1.0, alpha=0.6 if many else 0.9,
+                        label=None if many else label)  # fmt: skip
+            ax.set_xlabel("minutes since start")
+            ax.set_ylabel(ylabel)
+            if not many and picks:
+                ax.legend(fontsize=7, loc="best")
+            if many:
+                ax.text(0.99, 0.97, f"{len(picks)} lines", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+
+        return (title, draw)
+
+    def label(s: _Series, device: bool = False) -> str:
+        src = sources.get(s.sid)
+        base = src.label if src else str(s.sid)
+        return f"{base} {s.device[:12]}" if device and s.device else base
+
+    by_sid: dict[int, list[_Series]] = defaultdict(list)
+    for s in rep._series:
+        by_sid[s.sid].append(s)
+
+    def choose(mtype: str, names: Sequence[str]) -> list[tuple[_Series, str]]:
+        out = []
+        for sid in sorted(by_sid):
+            for name in names:
+                found = [s for s in by_sid[sid] if s.mtype == mtype and s.mname == name]
+                if found:
+                    out += [(s, label(s, device=True)) for s in found]
+                    break
+        return out
+
+    cpu = choose("cpu", ("process_tree", "system_total"))
+    if cpu:
+        unit = "% of one core" if cpu[0][0].mname == "process_tree" else "% of the node"
+        panels["cpu"] = timeline(f"CPU per node ({cpu[0][0].mname})", cpu, f"CPU, {unit}")
+    ram = choose("ram", ("process_tree_rss", "system_used"))
+    if ram:
+        panels["memory"] = timeline(f"Memory per node ({ram[0][0].mname})", ram, f"RAM, {ram[0][0].unit or 'MB'}")
+    gutil = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "utilization"]
+    if gutil:
+        panels["gpu_utilization"] = timeline("GPU utilisation per GPU", gutil, "GPU utilisation, %")
+    gmem = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "memory_used"]
+    if gmem:
+        panels["gpu_memory"] = timeline("GPU memory per GPU", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+
+    gen = [g for g in rep._generation if g["duration_seconds"] is not None]
+    if gen:
+
+        def draw_gen(ax: Any) -> None:
+            rounds = sorted({g["round_number"] for g in gen}, key=lambda r: -1 if r is None else r)
+            for rnd in rounds:
+                rows = [g for g in gen if g["round_number"] == rnd]
+                x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
+                ax.plot(x, [g["duration_seconds"] for g in rows], "o", ms=3, alpha=0.7, label=f"round {_num(rnd)}")
+            ax.set_xlabel("chunk")
+            ax.set_ylabel("duration, s")
+            if len(rounds) <= 12:
+                ax.legend(fontsize=7)
+
+        panels["generation_duration"] = ("Data generation: duration per chunk and round", draw_gen)
+        mem = [g for g in gen if g["memory_used_mb"] is not None]
+        if mem:
+
+            def draw_mem(ax: Any) -> None:
+                rounds = sorted({g["round_number"] for g in mem}, key=lambda r: -1 if r is None else r)
+                for rnd in rounds:
+                    rows = [g for g in mem if g["round_number"] == rnd]
+                    x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
+                    ax.plot(x, [g["memory_used_mb"] for g in rows], "s", ms=3, alpha=0.7, label=f"round {_num(rnd)}")
+                ax.set_xlabel("chunk")
+                ax.set_ylabel("memory, MB")
+                if len(rounds) <= 12:
+                    ax.legend(fontsize=7)
+
+            panels["generation_memory"] = ("Data generation: memory per chunk and round", draw_mem)
+
+    def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
+        rows = [r for r in rep._training if pred(r["metric_name"]) and r["metric_value"] is not None]
+        if not rows:
+            return None
+
+        def draw(ax: Any) -> None:
+            groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                groups[(r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
+            n_sources = len({r["source_id"] for r in rows})
+            for (name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+                rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
+                style = "--" if phase == "val" else "-"
+                if n_sources > 1:  # an array: the median over tasks per epoch
+                    by_epoch: dict[Any, list[float]] = defaultdict(list)
+                    for r in rs:
+                        by_epoch[r["epoch_number"]].append(r["metric_value"])
+                    xs = sorted(by_epoch, key=lambda e: -1 if e is None else e)
+                    ys = [float(np.median(by_epoch[e])) for e in xs]
+                else:
+                    xs = [r["epoch_number"] for r in rs]
+                    ys = [r["metric_value"] for r in rs]
+                ax.plot([-1 if x is None else x for x in xs], ys, style, marker=".", ms=3,
+                        label=f"{name} {phase} r{_num(rnd)}"[:40])  # fmt: skip
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel + (" (median over tasks)" if n_sources > 1 else ""))
+            if logy and all(r["metric_value"] > 0 for r in rows):
+                ax.set_yscale("log")
+            if len(groups) <= 16:
+                ax.legend(fontsize=7)
+
+        return (title, draw)
+
+    p = training_panel("Training: train / val loss per round", lambda n: "loss" in n.lower(), "loss", True)
+    if p:
+        panels["training_loss"] = p
+    p = training_panel(
+        "Training: learning rate per round",
+        lambda n: n.lower() in ("lr", "learning_rate") or "learning_rate" in n.lower(), "learning rate", True,
+    )  # fmt: skip
+    if p:
+        panels["learning_rate"] = p
+    return panels
+
+
+def _render(panels: list[Panel], columns: int = 1) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    cols = min(columns, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(8.0 * cols, 3.6 * rows), dpi=100, layout="constrained")
+    for i, (title, draw) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        draw(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+# -- HTML ---------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
+.plots{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:8px} figure{margin:0}
+.st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted{color:#b3261e;font-weight:600}
+"""
+
+
+def _h(x: Any) -> str:
+    return html.escape("-" if x is None else str(x), quote=True)
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+    head = "".join(f"<th>{_h(h)}</th>" for h in header)
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            cls = ' class="n"' if i in numeric else ""
+            cells.append(f"<td{cls}>{_h(_num(c) if isinstance(c, float) else c)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html(rep: Report) -> str:
+    d = rep.data
+    run, smp = d["run"], d["samples"]
+    run_line = f"run: {run['start_utc']} → {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}"
+    who_line = f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)"
+    samples_line = (
+        f"{smp['resource']} resource samples in {smp['series']} series, "
+        f"{smp['generation']} generation rows, {smp['training']} training rows"
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_h('aetherium-hpc report: ' + os.path.basename(d['database']))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_h('aetherium-hpc report')}</h1>",
+        f"<p>{_h(d['database'])}<br>{_h('generated ' + d['generated_at'])}</p>",
+        "<h2>Summary</h2><ul>",
+        f"<li>{_h(run_line)}</li>",
+        f"<li>{_h(who_line)}</li>",
+        f"<li>{_h(samples_line)}</li>",
+        "</ul>",
+    ]
+    if d["efficiency"]["advice"]:
+        parts.append("<h2>Against what was requested</h2><ul class='advice'>")
+        parts += [f"<li>{_h(a)}</li>" for a in d["efficiency"]["advice"]]
+        parts.append("</ul>")
+    arr = d["array"]
+    if arr["tasks"] > 1:
+        rows = []
+        for label, k in (("peak memory, MB", "peak_memory_mb"), ("runtime, s", "runtime_s"),
+                         ("GPU utilisation, %", "gpu_utilization_pct"), ("CPU cores used", "cpu_cores_used")):  # fmt: skip
+            if arr[k]:
+                rows.append([label, arr[k]["p50"], arr[k]["p95"], arr[k]["max"]])
+        across = "Across {} tasks".format(arr["tasks"])
+        parts.append(f"<h2>{_h(across)}</h2>")
+        parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
+    try:
+        plots = rep.plots()
+    except Exception as exc:  # a plot must never cost the rest of the report
+        plots = {}
+        parts.append(f"<p>{_h(f'plots could not be drawn: {exc}')}</p>")
+    if plots:
+        parts.append("<h2>Plots</h2><div class='plots'>")
+        for name, png in plots.items():
+            b64 = base64.b64encode(png).decode("ascii")
+            parts.append(f"<figure><img alt='{_h(name)}' src='data:image/png;base64,{b64}'></figure>")
+        parts.append("</div>")
+    if d["generation"]:
+        parts.append("<h2>Data generation per round</h2>")
+        parts.append(_html_table(
+            ["operation", "round", "chunks", "samples", "mean s", "max s", "samples/s per chunk", "samples/s wall",
+             "memory mean MB", "memory max MB"],
+            [[g["operation"], g["round"], g["chunks"], g["samples"], g["duration_mean_s"], g["duration_max_s"],
+              g["throughput_per_chunk_s"], g["throughput_wall_s"], g["memory_mean_mb"], g["memory_max_mb"]]
+             for g in d["generation"]],
+            numeric=range(1, 10),
+        ))  # fmt: skip
+    if d["training"]:
+        parts.append("<h2>Training metrics</h2>")
+        parts.append(_html_table(
+            ["metric", "phase", "final", "round", "epoch", "best", "goal", "round", "epoch", "best in", "n"],
+            [[t["metric_name"], t["phase"], t["final"], t["final_round"], t["final_epoch"], t["best"], t["goal"],
+              t["best_round"], t["best_epoch"], t["best_source"], t["count"]] for t in d["training"]],
+            numeric=(2, 3, 4, 5, 7, 8, 10),
+        ))  # fmt: skip
+    if d["resources"]:
+        parts.append("<h2>Resources per node (average, maximum)</h2>")
+        parts.append(_html_table(
+            ["node", "type", "metric", "device", "unit", "samples", "avg", "max"],
+            [[r["source"], r["metric_type"], r["metric_name"], r["device"], r["unit"], r["samples"], r["avg"], r["max"]]
+             for r in d["resources"]],
+            numeric=(5, 6, 7),
+        ))  # fmt: skip
+    if d["jobs"]:
+        parts.append("<h2>Tasks</h2>")
+        head = [
+            "task",
+            "job id",
+            "array task",
+            "node",
+            "attempt",
+            "status",
+            "exit code",
+            "start UTC",
+            "end UTC",
+            "runtime",
+            "requested",
+        ]
+        body = []
+        for j in d["jobs"]:
+            cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], j["attempt"]]
+            row = "".join(f"<td>{_h(c)}</td>" for c in cells)
+            row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
+            row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],
+                                                        fmt_duration(j["runtime_s"]), json.dumps(j["requested"])))  # fmt: skip
+            body.append(f"<tr>{row}</tr>")
+        parts.append("<table><thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                     + "".join(body) + "</tbody></table>")  # fmt: skip
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+# -- command ------------------------------------------------------------------------------------
+def _write(path: str, data: bytes | str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise AetheriumError(f"{path}: folder {folder} does not exist; create it or choose another path")
+    if isinstance(data, bytes):
+        with open(path, "wb") as fb:
+            fb.write(data)
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(data)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def run_report(
+    db: str,
+    *,
+    plot: str | None = None,
+    html: str | None = None,
+    json_out: bool = False,
+    json_path: str | None = None,
+    plot_dir: str | None = None,
+    quiet: bool = False,
+) -> int:
+    """What ``aetherium-hpc report`` does; raises :class:`AetheriumError` for user errors."""
+    rep = build_report(db)
+    if json_out:
+        sys.stdout.write(rep.to_json() + "\n")
+    elif not quiet:
+        sys.stdout.write(rep.text)
+    sys.stdout.flush()
+    if json_path:
+        _write(json_path, rep.to_json() + "\n")
+    if plot:
+        _write(plot, rep.dashboard_png())
+    if plot_dir:
+        os.makedirs(plot_dir, exist_ok=True)
+        for name, png in rep.plots().items():
+            _write(os.path.join(plot_dir, f"{name}.png"), png)
+    if html:
+        _write(html, rep.to_html())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m aetherium_hpc.analyze DB [--plot out.png] [--html report.html] [--json]``."""
+    import argparse
+
+    from .commands import add_report_arguments
+
+    parser = argparse.ArgumentParser(prog="python -m aetherium_hpc.analyze", description=__doc__.split("\n\n")[0])
+    add_report_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_report(args.db, plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
+                          plot_dir=args.plot_dir, quiet=args.quiet)  # fmt: skip
+    except AetheriumError as exc:
+        print(f"aetherium-hpc: error: {exc}", file=sys.stderr)
+        return exc.exit_code

@@ -1,0 +1,409 @@
+"""Config -> submitit executor -> jobs (the login-node side of ``aetherium-hpc submit``).
+
+Flow::
+
+    Config --executor_parameters()--> AutoExecutor(cluster from backend).update_parameters(...)
+           --submit()/map_array()---> one job, or ONE sbatch array per MaxArraySize tasks
+           --> RunLayout: config.yaml, jobs.json, submitit/, logs/, db/
+
+The job runs :class:`aetherium_hpc.runtime.JobRunner`. Nothing here prints; the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+import yaml
+from submitit.slurm.slurm import SlurmExecutor
+
+import aetherium_hpc
+
+from .config import Config
+from .errors import LaunchError
+from .paths import RunLayout
+from .runtime.entrypoint import JobRunner
+
+__all__ = [
+    "Submission",
+    "check_script_path",
+    "executor_parameters",
+    "max_array_size",
+    "render_sbatch",
+    "resolve_cluster",
+    "submit",
+    "wait",
+]
+
+#: Slurm's default MaxArraySize, used when ``scontrol show config`` does not answer.
+DEFAULT_MAX_ARRAY_SIZE = 1001
+SCONTROL_TIMEOUT_S = 10.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def resolve_cluster(backend: str) -> str:
+    """submitit's executor name for a backend; ``auto`` lets submitit pick (slurm when srun is there)."""
+    if backend == "auto":
+        return submitit.AutoExecutor.which()
+    return backend
+
+
+def executor_parameters(config: Config) -> dict[str, Any]:
+    """AutoExecutor parameters (generic names, Slurm-only ones prefixed ``slurm_``)."""
+    res, slurm = config.resources, config.slurm
+    params: dict[str, Any] = {
+        "name": config.name,
+        "timeout_min": res.timeout_min,
+        "nodes": res.nodes,
+        "tasks_per_node": res.tasks_per_node,
+        "cpus_per_task": res.cpus_per_task,
+    }
+    if res.gpus_per_node:
+        params["gpus_per_node"] = res.gpus_per_node
+    if res.mem_gb is not None:
+        params["mem_gb"] = res.mem_gb
+    for key in ("partition", "account", "qos", "constraint"):
+        value = getattr(slurm, key)
+        if value:
+            params[f"slurm_{key}"] = value
+    params["slurm_signal_delay_s"] = slurm.signal_delay_s
+    if slurm.setup:
+        params["slurm_setup"] = list(slurm.setup)
+    if slurm.array_parallelism:
+        params["slurm_array_parallelism"] = slurm.array_parallelism
+    if slurm.exclusive:
+        params["slurm_exclusive"] = True
+    if slurm.additional_parameters:
+        params["slurm_additional_parameters"] = dict(slurm.additional_parameters)
+    return params
+
+
+def _slurm_names(params: dict[str, Any]) -> dict[str, Any]:
+    """AutoExecutor names -> SlurmExecutor names (what AutoExecutor does for cluster='slurm')."""
+    generic = {k: v for k, v in params.items() if not k.startswith("slurm_")}
+    out = SlurmExecutor._convert_parameters(_ScriptSlurmExecutor.__new__(_ScriptSlurmExecutor), generic)
+    out.update({k[len("slurm_") :]: v for k, v in params.items() if k.startswith("slurm_")})
+    return out
+
+
+class _ScriptSlurmExecutor(SlurmExecutor):
+    """A SlurmExecutor that only renders scripts: usable where srun is absent (dry runs, tests)."""
+
+    @classmethod
+    def affinity(cls) -> int:
+        return 2
+
+
+def check_script_path(path: Path | str) -> None:
+    """Refuse paths that no sbatch script can hold safely: control characters (a newline would
+    end an ``#SBATCH`` line) and ``%`` (Slurm expands it in --output/--error)."""
+    text = str(path)
+    if _CONTROL.search(text):
+        raise LaunchError(
+            f"run directory {text!r} contains a control character (newline, tab ...); "
+            "choose a run_dir without them, e.g. --set run_dir=runs"
+        )
+    if "%" in text:
+        raise LaunchError(
+            f"run directory {text!r} contains '%', which Slurm expands in log file names; choose a run_dir without '%'"
+        )
+
+
+def render_sbatch(config: Config, layout: RunLayout, *, python: str | None = None, n_tasks: int | None = None) -> str:
+    """The sbatch script submitit would write for ``config`` (an array of ``n_tasks`` if > 1)."""
+    check_script_path(layout.root)
+    executor = _ScriptSlurmExecutor(layout.submitit_dir, python=python)
+    executor.update_parameters(**_slurm_names(executor_parameters(config)))
+    n = len(config.array_params()) if n_tasks is None and config.is_array else n_tasks
+    if n is not None and n > 1:
+        executor.parameters["map_count"] = n
+    return executor._make_submission_file_text(executor._submitit_command_str, "dry-run")
+
+
+def max_array_size(config: Config, timeout: float = SCONTROL_TIMEOUT_S) -> int:
+    """Most tasks one sbatch array may have: ``slurm.max_array_size``, else MaxArraySize of
+    ``scontrol show config``, else Slurm's default."""
+    if config.slurm.max_array_size:
+        return config.slurm.max_array_size
+    try:
+        out = subprocess.run(
+            ["scontrol", "show", "config"], capture_output=True, text=True, timeout=timeout, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return DEFAULT_MAX_ARRAY_SIZE
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+@dataclass
+class Submission:
+    """What ``submit`` did: where the run lives and which jobs it made."""
+
+    layout: RunLayout
+    cluster: str
+    jobs: list[Any] = field(default_factory=list)  # submitit Job objects, in task order
+    array_job_ids: list[str] = field(default_factory=list)
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [str(j.job_id) for j in self.jobs]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "job_ids": self.job_ids,
+            "array_job_ids": self.array_job_ids,
+            "submitted_at": time.time(),
+        }
+
+
+@contextmanager
+def _job_environment() -> Iterator[None]:
+    """Make this aetherium_hpc importable in the job (sbatch and the local controller copy the
+    environment), also when it is not installed but run from a source tree."""
+    parent = str(Path(aetherium_hpc.__file__).resolve().parent.parent)
+    old = os.environ.get("PYTHONPATH")
+    parts = [p for p in (old or "").split(os.pathsep) if p]
+    if parent not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([parent, *parts])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _make_executor(config: Config, layout: RunLayout, cluster: str) -> submitit.AutoExecutor:
+    if cluster == "local" and config.resources.nodes > 1:
+        raise LaunchError(
+            f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
+            "use backend: slurm, or --set resources.nodes=1"
+        )
+    try:
+        executor = submitit.AutoExecutor(folder=layout.submitit_dir, cluster=cluster)
+        executor.update_parameters(**executor_parameters(config))
+    except (ValueError, NameError, RuntimeError) as exc:
+        raise LaunchError(f"submitit refused the parameters for {cluster}: {str(exc).splitlines()[0]}") from None
+    return executor
+
+
+def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[float], None] = time.sleep) -> Submission:
+    """Make the run directory, submit the job (or array), record the job ids."""
+    cluster = resolve_cluster(config.backend)
+    layout = RunLayout.new(base_dir or config.run_dir, config.name)
+    if cluster == "slurm":
+        check_script_path(layout.root)
+    layout.config_path.write_text(
+        f"# resolved configuration of {config.source}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
+        encoding="utf-8",
+    )
+    executor = _make_executor(config, layout, cluster)
+    runner = JobRunner(config.to_dict(), str(layout.root), local_array_id=str(os.getpid()))
+    sub = Submission(layout, cluster)
+    try:
+        with _job_environment():
+            if not config.is_array:
+                sub.jobs.append(executor.submit(runner))
+            elif cluster == "slurm":
+                _submit_slurm_arrays(config, executor, runner, sub)
+            else:
+                _submit_local_array(config, executor, runner, sub, sleep)
+    except LaunchError:
+        raise
+    except (OSError, subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
+        raise LaunchError(
+            f"submission failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+        ) from None
+    if cluster == "slurm":
+        script = sorted(layout.submitit_dir.glob("**/*.sh"))
+        if script:
+            shutil.copyfile(script[-1], layout.sbatch_path)
+    layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
+    return sub
+
+
+def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner: JobRunner, sub: Submission) -> None:
+    indices = list(range(len(config.array_params())))
+    size = max(1, max_array_size(config))
+    for start in range(0, len(indices), size):
+        chunk = indices[start : start + size]
+        jobs = executor.map_array(runner, chunk)
+        sub.jobs.extend(jobs)
+        sub.array_job_ids.append(str(jobs[0].job_id).split("_")[0])
+
+
+def _submit_local_array(
+    config: Config,
+    executor: submitit.AutoExecutor,
+    runner: JobRunner,
+    sub: Submission,
+    sleep: Callable[[float], None],
+) -> None:
+    """submitit's local executor starts every task at once: keep ``array_parallelism`` running."""
+    indices = list(range(len(config.array_params())))
+    limit = config.slurm.array_parallelism or len(indices)
+    sub.array_job_ids.append(runner.local_array_id or "")
+    if limit >= len(indices):
+        sub.jobs.extend(executor.map_array(runner, indices))
+        return
+    pending = indices
+    while pending:
+        running = sum(1 for j in sub.jobs if not j.done())
+        while running < limit and pending:
+            sub.jobs.append(executor.submit(runner, pending.pop(0)))
+            running += 1
+        if pending:
+            sleep(0.2)
+
+
+def job_state(job: Any) -> str:
+    """A submitit job's state as one upper-case word."""
+    try:
+        return str(job.state).upper()
+    except Exception:  # the scheduler did not answer: not a reason to stop waiting
+        return "UNKNOWN"
+
+
+def wait(
+    sub: Submission,
+    progress: Callable[[str], None] | None = None,
+    poll_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    progress_every_s: float = 30.0,
+) -> dict[str, str]:
+    """Wait for every job; ``progress`` gets one line per poll. Returns job id -> outcome
+    (``ok`` or the error's first line)."""
+    started = time.monotonic()
+    total = len(sub.jobs)
+    last: tuple[int, float] = (-1, 0.0)
+    while True:
+        n_done = sum(1 for j in sub.jobs if j.done())
+        now = time.monotonic()
+        if progress is not None and (n_done != last[0] or now - last[1] >= progress_every_s or n_done == total):
+            progress(f"[{now - started:5.0f} s] {n_done}/{total} done, {total - n_done} waiting or running")
+            last = (n_done, now)
+        if n_done == total:
+            break
+        sleep(poll_s)
+    outcome: dict[str, str] = {}
+    for job in sub.jobs:
+        try:
+            job.results()  # every task of a multi-task job
+            outcome[str(job.job_id)] = "ok"
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            outcome[str(job.job_id)] = text[-1] if text else type(exc).__name__
+    return outcome
+
+
+def status_commands(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The sacct and squeue argument lists ``aetherium-hpc status`` runs (never a shell)."""
+    ids = ",".join(job_ids)
+    sacct = ["sacct", "-X", "-j", ids, "--parsable2", "-n", "-o", "JobID,State,ExitCode,Elapsed,NodeList"]
+    squeue = ["squeue", "-h", "-j", ids, "-o", "%i|%T|%M|%N"]
+    return sacct, squeue
+
+
+# -- status ----------------------------------------------------------------------------------
+STATUS_TIMEOUT_S = 10.0
+
+
+def _query(argv: list[str], timeout: float) -> str | None:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def _rows_from_databases(layout: RunLayout) -> list[dict[str, str]]:
+    from .metrics import schema
+
+    rows = []
+    for db in layout.databases():
+        try:
+            conn = schema.connect(str(db), readonly=True, timeout=2.0)
+            try:
+                found = conn.execute(
+                    "SELECT job_id, status, exit_code, start_time, end_time, node FROM jobs"
+                ).fetchall()
+            finally:
+                conn.close()
+        except Exception as exc:  # a half-copied or foreign file: show it, go on
+            rows.append({"job": db.parent.name, "state": "UNREADABLE", "exit": "", "elapsed": "", "nodes": str(exc)})
+            continue
+        for job_id, status, exit_code, start, end, node in found:
+            elapsed = "" if start is None or end is None else f"{end - start:.0f}s"
+            rows.append({
+                "job": str(job_id), "state": str(status).upper(), "exit": "" if exit_code is None else str(exit_code),
+                "elapsed": elapsed, "nodes": str(node),
+            })  # fmt: skip
+    return rows
+
+
+def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[dict[str, str]], str]:
+    """Rows (job, state, exit, elapsed, nodes) of every task, and where they came from:
+    ``sacct``, ``squeue`` or ``databases``. Every query is bounded by ``timeout``."""
+    layout = RunLayout(run_dir)
+    if not layout.root.is_dir():
+        raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
+    try:
+        record = json.loads(layout.jobs_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    if record.get("cluster") == "slurm":
+        ids = record.get("array_job_ids") or record.get("job_ids") or []
+        sacct, squeue = status_commands([str(i) for i in ids])
+        out = _query(sacct, timeout)
+        if out and out.strip():
+            rows = []
+            for line in out.strip().splitlines():
+                parts = (line.split("|") + [""] * 5)[:5]
+                rows.append(dict(zip(("job", "state", "exit", "elapsed", "nodes"), parts, strict=True)))
+            return rows, "sacct"
+        out = _query(squeue, timeout)
+        if out and out.strip():
+            rows = []
+            for line in out.strip().splitlines():
+                job, state, elapsed, nodes = (line.split("|") + [""] * 4)[:4]
+                rows.append({"job": job, "state": state, "exit": "", "elapsed": elapsed, "nodes": nodes})
+            db_rows = _rows_from_databases(layout)
+            return rows + db_rows, "squeue" + (" and databases" if db_rows else "")
+    rows = _rows_from_databases(layout)
+    if record.get("cluster") == "local":
+        rows += _local_jobs_without_rows(record, rows)
+    return rows, "databases"
+
+
+def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Local jobs whose database is not copied back yet: alive (RUNNING) or gone (LOST)."""
+    seen = {r["job"].split("_")[0] for r in rows}
+    is_array = bool(record.get("array_job_ids"))  # rows name local array tasks <submitter>_<task>
+    out = []
+    for job_id in record.get("job_ids", []):
+        pid = str(job_id)
+        if pid in seen or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            state = "RUNNING"
+        except ProcessLookupError:
+            if is_array:
+                continue
+            state = "LOST"
+        except PermissionError:
+            state = "RUNNING"
+        out.append({"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": ""})
+    return out

@@ -1,0 +1,274 @@
+"""One task of a job, from start to the copied-back database.
+
+On local rank 0 of each node a :class:`NodeSession` opens the node-local store (with its
+socket in a folder derived from job, task and node), writes the ``jobs`` row, starts the
+resource monitor and a checkpoint thread, and at the end (or on a signal) records the status,
+closes the store and copies the database into the run directory. Other local ranks connect to
+that socket. :func:`run_task` drives both, around a workload function.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import env
+from ..config import Monitoring
+from ..metrics import client
+from ..metrics.writer import SourceInfo
+from ..paths import local_store_dir
+from .context import JobContext
+from .copyback import copy_database
+from .signals import JobInterrupted, SignalGuard
+
+log = logging.getLogger(__name__)
+
+__all__ = ["NodeSession", "connect_to_node_store", "run_command", "run_task"]
+
+#: How long a non-leader task waits for rank 0's socket to appear.
+SIBLING_WAIT_S = 60.0
+
+
+class NodeSession:
+    """The store, monitor, status row and copy-back of one node of one task."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        dest: str | os.PathLike[str],
+        monitoring: Monitoring | None = None,
+        *,
+        config: dict[str, Any] | None = None,
+        requested: dict[str, Any] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.dest = Path(dest)
+        self.monitoring = monitoring or Monitoring()
+        self.config = config
+        self.requested = requested
+        scratch = self.monitoring.local_dir or env.local_scratch_dir()
+        self.local_dir = local_store_dir(scratch, ctx.base_job_id, ctx.task, ctx.node)
+        self.local_db = os.path.join(self.local_dir, "metrics.db")
+        self.socket_dir = socket_dir_for(self.local_dir)
+        self.child: subprocess.Popen[bytes] | None = None
+        self.status: str | None = None
+        self._monitor: Any = None
+        self._stop = threading.Event()
+        self._copy_lock = threading.Lock()
+        self._checkpointer: threading.Thread | None = None
+        self._finishing = False
+        self.finished = threading.Event()
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self) -> NodeSession:
+        os.makedirs(self.local_dir, mode=0o700, exist_ok=True)
+        os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
+        for stale in glob.glob(os.path.join(glob.escape(self.socket_dir), "aeth-*")):  # a requeued job's old socket
+            shutil.rmtree(stale, ignore_errors=True)
+        ctx, mon = self.ctx, self.monitoring
+        client.init_db(
+            self.local_db,
+            buffer_size=mon.buffer_size,
+            flush_interval=mon.flush_interval_s,
+            source=SourceInfo(
+                job_id=ctx.job_id,
+                array_job_id=ctx.array_job_id,
+                array_task_id=ctx.array_task_id,
+                node=ctx.node,
+                hostname=ctx.hostname,
+            ),
+            socket_dir=self.socket_dir,
+        )
+        client.log_job(
+            job_id=ctx.job_id,
+            array_job_id=ctx.array_job_id,
+            array_task_id=ctx.array_task_id,
+            node=ctx.node,
+            status="running",
+            start_time=time.time(),
+            config=self.config,
+            requested=self.requested,
+        )
+        if mon.enabled:
+            from ..monitors import log_system_resources
+
+            self._monitor = log_system_resources(interval=mon.interval_s, gpu=mon.gpu)
+        if mon.checkpoint_interval_s and mon.checkpoint_interval_s > 0:
+            self._checkpointer = threading.Thread(
+                target=self._checkpoint_loop, name="aetherium-checkpoint", daemon=True
+            )
+            self._checkpointer.start()
+        return self
+
+    def _checkpoint_loop(self) -> None:
+        while not self._stop.wait(self.monitoring.checkpoint_interval_s):
+            try:
+                self.checkpoint()
+            except Exception as exc:  # a failed checkpoint must not end the job
+                log.warning("aetherium-hpc: checkpoint copy to %s failed: %s", self.dest, exc)
+
+    def checkpoint(self) -> None:
+        """Commit what was logged so far and copy the database to the run directory."""
+        with self._copy_lock:
+            store = client.get_db()
+            if self._finishing or store is None:
+                return
+            store.flush(timeout=30.0)
+            copy_database(self.local_db, self.dest)
+
+    # -- end --------------------------------------------------------------------------------
+    def on_signal(self, status: str, signum: int) -> bool:
+        """Signal path: stop the command (if any), then finish with ``status``.
+
+        Returns False when the session is already finishing (nothing more to do)."""
+        if self._finishing:
+            return False
+        child = self.child
+        if child is not None and child.poll() is None:
+            try:
+                child.send_signal(signum)
+                child.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        code = 128 + signum
+        if child is not None and child.returncode is not None:
+            code = _exit_code(child.returncode)
+        self.finish(status, code, detail=f"signal {signal.Signals(signum).name}")
+        return True
+
+    def finish(self, status: str, exit_code: int | None, detail: str | None = None) -> None:
+        """Record the status, stop the monitor, close the store, copy back. Runs once."""
+        if self._finishing:
+            return
+        self._finishing = True
+        self.status = status
+        self._stop.set()
+        try:
+            client.log_job(status=status, end_time=time.time(), exit_code=exit_code, detail=detail)
+            if self._monitor is not None:
+                self._monitor.stop(timeout=5.0)
+            client.shutdown_db()
+            got = self._copy_lock.acquire(timeout=60.0)
+            try:
+                copy_database(self.local_db, self.dest)
+            finally:
+                if got:
+                    self._copy_lock.release()
+            self._remove_local()
+        finally:
+            self.finished.set()
+
+    def _remove_local(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.local_db + suffix)
+            except OSError:
+                pass
+        shutil.rmtree(self.local_dir, ignore_errors=True)
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+
+def socket_dir_for(local_dir: str) -> str:
+    """Folder of the node socket: ``local_dir`` itself, or a short folder under /tmp derived
+    from it when the socket path would not fit in AF_UNIX's 107 bytes."""
+    if len(os.fsencode(local_dir)) + len("/aeth-xxxxxxxx/metrics.sock.key") <= 100:
+        return local_dir
+    digest = hashlib.sha1(os.fsencode(local_dir)).hexdigest()[:16]
+    return os.path.join("/tmp", f"aeth-{digest}")
+
+
+def connect_to_node_store(
+    ctx: JobContext, monitoring: Monitoring | None = None, wait_s: float = SIBLING_WAIT_S
+) -> bool:
+    """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
+    mon = monitoring or Monitoring()
+    folder = socket_dir_for(
+        local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
+    )
+    deadline = time.monotonic() + wait_s
+    while True:
+        found = glob.glob(os.path.join(glob.escape(folder), "aeth-*", "metrics.sock"))
+        if found and os.path.exists(found[0] + ".key"):
+            os.environ[env.METRICS_ADDR] = found[0]
+            os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
+            return True
+        if time.monotonic() > deadline:
+            log.warning(
+                "aetherium-hpc: no metrics socket under %s after %.0f s; this task logs nothing", folder, wait_s
+            )
+            return False
+        time.sleep(0.2)
+
+
+def _exit_code(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_command(argv: Sequence[str], session: NodeSession | None, cwd: str | None = None) -> int:
+    """Run ``argv`` (a list, never through a shell) with this process's environment, which
+    holds the store's address; returns its exit code (128+N when killed by signal N)."""
+    try:
+        proc = subprocess.Popen(list(argv), cwd=cwd)
+    except OSError as exc:
+        from ..errors import LaunchError
+
+        raise LaunchError(f"cannot start {argv[0]!r}: {exc.strerror}; check the command and PATH") from None
+    if session is not None:
+        session.child = proc
+    try:
+        return _exit_code(proc.wait())
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+        raise
+
+
+def run_task(
+    ctx: JobContext,
+    workload: Callable[[NodeSession | None], Any],
+    dest: str | os.PathLike[str],
+    monitoring: Monitoring | None = None,
+    *,
+    config: dict[str, Any] | None = None,
+    requested: dict[str, Any] | None = None,
+    exit_code_of: Callable[[Any], int] = lambda result: 0,
+) -> Any:
+    """Run ``workload(session)`` inside a store session (leader) or connected to it (others)."""
+    session: NodeSession | None = None
+    if ctx.is_node_leader:
+        session = NodeSession(ctx, dest, monitoring, config=config, requested=requested).start()
+        guard = SignalGuard(session.on_signal).install()
+    else:
+        connect_to_node_store(ctx, monitoring)
+        guard = SignalGuard(lambda status, signum: client.shutdown_db()).install()
+    try:
+        try:
+            result = workload(session)
+        except JobInterrupted:
+            raise
+        except KeyboardInterrupt:
+            if session is not None:
+                session.finish("cancelled", 130, detail="KeyboardInterrupt")
+            raise
+        except BaseException as exc:
+            if session is not None:
+                session.finish("failed", 1, detail=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+        code = exit_code_of(result)
+        if session is not None:
+            session.finish("completed" if code == 0 else "failed", code)
+        else:
+            client.shutdown_db()
+        return result
+    finally:
+        guard.uninstall()

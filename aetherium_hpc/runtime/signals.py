@@ -1,0 +1,142 @@
+"""Signals inside a job: save the metrics first, then let the previous handler act.
+
+- SIGTERM (``scancel``, the time limit; also what the local controller forwards): status
+  ``cancelled``.
+- SIGINT (submitit's LocalJob.cancel, Ctrl-C): status ``cancelled``.
+- USR2 (submitit's pre-timeout signal, ``--signal=USR2@N``): ``timeout`` or ``preempted``, as
+  submitit's own handler decides (its ``has_timed_out()``); ``timeout`` without submitit.
+
+The handler records the status and copies the database back, then chains to the handler it
+replaced: submitit's checkpoint-and-requeue for USR2, its logging ``bypass`` for SIGTERM,
+Python's KeyboardInterrupt for SIGINT, or the default action (the process dies of the signal).
+If the chained handler returns, :class:`JobInterrupted` stops the workload: the store is
+closed by then, so going on would log into nothing.
+
+Fork children (a multiprocessing Pool) inherit the handler; there it only flushes the child's
+buffered records to the node socket and then takes the default action.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JobInterrupted", "SignalGuard", "status_for"]
+
+Handler = Any  # what signal.getsignal returns: a callable, SIG_DFL, SIG_IGN or None
+
+HANDLED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)
+
+
+class JobInterrupted(Exception):
+    """The job was stopped by a signal after its metrics were saved."""
+
+    def __init__(self, status: str, signum: int) -> None:
+        super().__init__(f"job {status}: stopped by {signal.Signals(signum).name}; metrics were saved first")
+        self.status = status
+        self.signum = signum
+
+
+def status_for(signum: int, previous: Handler) -> str:
+    """The jobs.status a signal means; USR2 asks submitit's handler whether the job timed out."""
+    if signum != signal.SIGUSR2:
+        return "cancelled"
+    owner = getattr(previous, "__self__", None)
+    has_timed_out = getattr(owner, "has_timed_out", None)
+    if callable(has_timed_out):
+        try:
+            return "timeout" if has_timed_out() else "preempted"
+        except Exception:  # submitit internals changed: fall back to the common case
+            return "timeout"
+    return "timeout"
+
+
+_active: list[SignalGuard] = []
+
+
+def _reset_in_fork_child() -> None:
+    # A fork child (a Pool worker) is not the job's main process: give it the default actions
+    # (not the parent's previous handlers: submitit's SIGTERM "bypass" would make the worker
+    # ignore Pool.terminate()), so that the store client's own SIGTERM flush installs there.
+    if not _active:
+        return
+    _active.clear()
+    for signum in HANDLED:
+        try:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+
+
+os.register_at_fork(after_in_child=_reset_in_fork_child)
+
+
+def _flush_child_and_die(signum: int) -> None:
+    from ..metrics import client
+
+    try:
+        client.shutdown_db()  # in a fork child: sends this process's buffered records
+    finally:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+class SignalGuard:
+    """Installs the handlers in the main thread; ``on_signal(status, signum)`` saves the metrics."""
+
+    def __init__(self, on_signal: Callable[[str, int], bool | None], signals: tuple[int, ...] = HANDLED) -> None:
+        self.on_signal = on_signal
+        self.signals = signals
+        self.owner_pid = os.getpid()
+        self.previous: dict[int, Handler] = {}
+        self.received: int | None = None
+
+    def install(self) -> SignalGuard:
+        if threading.current_thread() is not threading.main_thread():
+            log.warning("aetherium-hpc: not in the main thread; signals will not save the metrics")
+            return self
+        for signum in self.signals:
+            self.previous[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._handle)
+        _active.append(self)
+        return self
+
+    def uninstall(self) -> None:
+        if os.getpid() != self.owner_pid or threading.current_thread() is not threading.main_thread():
+            return
+        if self in _active:
+            _active.remove(self)
+        for signum, prev in self.previous.items():
+            if signal.getsignal(signum) == self._handle:
+                signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.owner_pid:
+            _flush_child_and_die(signum)
+            return
+        prev = self.previous.get(signum, signal.SIG_DFL)
+        first = self.received is None
+        self.received = signum
+        status = status_for(signum, prev)
+        if first:
+            log.warning("aetherium-hpc: %s received: saving metrics (status %s)", signal.Signals(signum).name, status)
+            if self.on_signal(status, signum) is False:
+                return  # the job is already finishing: let it
+        else:  # a second signal while the first is handled: the metrics are being saved already
+            return
+        if callable(prev):
+            prev(signum, frame)  # submitit's requeue (may exit), its bypass, or KeyboardInterrupt
+        elif prev in (signal.SIG_DFL, None):
+            self.uninstall()
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise JobInterrupted(status, signum)

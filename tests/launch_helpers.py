@@ -1,0 +1,46 @@
+"""Helpers shared by the launcher tests: configs, database reads."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from aetherium_hpc.config import Config, config_from_dict
+
+TABLES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")
+
+
+def make_config(run_dir: Path | str, **overrides: Any) -> Config:
+    data: dict[str, Any] = {
+        "name": "t",
+        "backend": "local",
+        "run_dir": str(run_dir),
+        "workload": {"callable": "runtime_workloads:log_rows", "kwargs": {"n": 5}},
+        "resources": {"timeout_min": 5, "cpus_per_task": 1},
+        "monitoring": {"interval_s": 0.2, "flush_interval_s": 0.5},
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return config_from_dict(data)
+
+
+def counts(db: Path) -> dict[str, int]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+    finally:
+        conn.close()
+
+
+def job_rows(db: Path) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in conn.execute("SELECT * FROM jobs")]
+    finally:
+        conn.close()
+    for r in rows:
+        r["config"] = json.loads(r["config"]) if r["config"] else None
+    return rows

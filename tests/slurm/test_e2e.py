@@ -1,0 +1,139 @@
+"""`aetherium-hpc submit` against the real test cluster: jobs, arrays, scancel, hostile paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_conf")]
+
+TESTS = Path(__file__).parent.parent
+ROOT = TESTS.parent
+sys.path.insert(0, str(TESTS))
+
+from launch_helpers import TABLES, counts, job_rows  # noqa: E402
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_METRICS"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
+    return subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_dir_of(stdout: str) -> Path:
+    match = re.search(r"^run directory: (.+)$", stdout, re.MULTILINE)
+    assert match, stdout
+    return Path(match.group(1))
+
+
+def submit(config: str, run_dir: Path, *sets: str, wait: bool = True) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    args = ["submit", config, "--set", f"run_dir={run_dir}", "--set", "backend=slurm", "--set", "resources.mem_gb=1"]
+    for item in sets:
+        args += ["--set", item]
+    proc = cli(args + (["--wait"] if wait else []), run_dir.parent)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return run_dir_of(proc.stdout), proc
+
+
+def test_single_job_completes_with_rows_in_every_table(tmp_path: Path) -> None:
+    run, proc = submit(str(ROOT / "configs" / "train.yaml"), tmp_path / "runs")
+    assert "to slurm" in proc.stdout
+    (db,) = sorted(run.glob("db/*/*.db"))
+    got = counts(db)
+    assert all(got[t] > 0 for t in TABLES), got
+    row = job_rows(db)[0]
+    assert row["status"] == "completed" and row["exit_code"] == 0 and row["node"] in {"n1", "n2"}
+    assert (run / "logs" / "job.sbatch").read_text().startswith("#!/bin/bash")
+    status = cli(["status", str(run)], tmp_path)
+    assert status.returncode == 0 and "COMPLETED" in status.stdout
+
+
+def test_four_task_array_is_one_array_job_with_four_databases(tmp_path: Path) -> None:
+    run, proc = submit(str(ROOT / "configs" / "array.yaml"), tmp_path / "runs")
+    record = json.loads((run / "jobs.json").read_text())
+    assert len(record["array_job_ids"]) == 1
+    array_id = record["array_job_ids"][0]
+    assert record["job_ids"] == [f"{array_id}_{i}" for i in range(4)]
+    dbs = sorted(run.glob("db/*/*.db"))
+    assert [db.parent.name for db in dbs] == [f"{array_id}_{i}" for i in range(4)]
+    for i, db in enumerate(dbs):
+        row = job_rows(db)[0]
+        assert row["status"] == "completed" and row["array_job_id"] == array_id and row["array_task_id"] == i
+        assert all(counts(db)[t] > 0 for t in TABLES)
+    params = [job_rows(db)[0]["config"]["task_params"] for db in dbs]
+    assert params == [{"learning_rate": lr, "seed": s} for lr in (0.01, 0.05) for s in (0, 1)]
+
+
+def test_array_larger_than_max_array_size_is_split(tmp_path: Path) -> None:
+    run, _ = submit(
+        str(ROOT / "configs" / "array.yaml"), tmp_path / "runs", "slurm.max_array_size=3",
+        "workload.kwargs={rounds: 1, epochs: 1, chunks: 1, samples_per_chunk: 8, workers: 1}",
+    )  # fmt: skip
+    record = json.loads((run / "jobs.json").read_text())
+    assert len(record["array_job_ids"]) == 2 and len(record["job_ids"]) == 4
+    assert len(sorted(run.glob("db/*/*.db"))) == 4
+
+
+def test_two_node_job_writes_one_database_per_node(tmp_path: Path) -> None:
+    run, _ = submit(str(ROOT / "configs" / "multinode.yaml"), tmp_path / "runs", "resources.cpus_per_task=1")
+    dbs = sorted(run.glob("db/*/*.db"))
+    assert [db.name for db in dbs] == ["n1.db", "n2.db"]
+    assert all(job_rows(db)[0]["status"] == "completed" for db in dbs)
+
+
+def test_scancel_records_cancelled_and_keeps_the_data(tmp_path: Path) -> None:
+    marker = tmp_path / "ready"
+    config = tmp_path / "cancel.yaml"
+    config.write_text(
+        "name: cancel-me\nworkload:\n  callable: runtime_workloads:log_then_wait\n"
+        f"  kwargs: {{marker: {json.dumps(str(marker))}, n: 50}}\n"
+        "resources: {timeout_min: 5}\nmonitoring: {interval_s: 0.2, flush_interval_s: 30}\n"
+    )
+    run, proc = submit(str(config), tmp_path / "runs", wait=False)
+    job_id = json.loads((run / "jobs.json").read_text())["job_ids"][0]
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.2)
+    time.sleep(0.5)  # Pool workers' records reach the node socket within 0.2 s
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 60
+    db = None
+    while time.monotonic() < deadline:
+        found = sorted(run.glob("db/*/*.db"))
+        if found and job_rows(found[0])[0]["status"] != "running":
+            db = found[0]
+            break
+        time.sleep(0.5)
+    assert db is not None, "no copied-back database with a final status"
+    row = job_rows(db)[0]
+    assert row["status"] == "cancelled" and row["detail"] == "signal SIGTERM"
+    got = counts(db)
+    assert got["training_metrics"] == 50 and got["generation_metrics"] == 4 and got["resource_metrics"] > 0
+
+
+def test_hostile_run_dir_on_slurm(tmp_path: Path) -> None:
+    weird = tmp_path / "w it's $(touch pwned) `touch pwned` a"
+    weird.mkdir()
+    run, _ = submit(
+        str(ROOT / "configs" / "train.yaml"), weird,
+        "workload.kwargs={rounds: 1, epochs: 1, chunks: 1, samples_per_chunk: 8, workers: 1}",
+    )  # fmt: skip
+    assert str(run).startswith(str(weird))
+    assert len(sorted(run.glob("db/*/*.db"))) == 1
+    assert sorted(run.glob("submitit/*_log.out")), "Slurm wrote the logs where the quoted #SBATCH lines said"
+    assert not list(tmp_path.rglob("pwned"))

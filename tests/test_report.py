@@ -1,0 +1,241 @@
+"""report: text, JSON, PNG and HTML of one job and of a merged array; export; the HTML in Chromium."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import aetherium_hpc
+from aetherium_hpc.analysis import commands
+from aetherium_hpc.analysis.export import export
+from aetherium_hpc.analysis.merge import merge
+from aetherium_hpc.analysis.report import EmptyDatabaseError, build_report, slurm_time
+from aetherium_hpc.errors import AetheriumError
+from aetherium_hpc.metrics.writer import SourceInfo
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HOSTILE = "<script>alert(1)</script>"
+
+
+def write_job_db(path: Path, task: int = 0, *, job: str = "900", seconds: int = 120, hostile: bool = False,
+                 status: str = "completed", mem_scale: float = 1.0) -> None:  # fmt: skip
+    """A small but complete job database: resources, generation chunks, training epochs, job row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    node = f"node{task % 2}"
+    src = SourceInfo(job_id=f"{job}_{task}", array_job_id=job, array_task_id=task, node=node, hostname=node)
+    aetherium_hpc.init_db(path, source=src, listen=False)
+    t0 = time.time() - seconds
+    for k in range(seconds):
+        wave = math.sin(k / 10.0)
+        samples = [
+            ("cpu", "system_total", 40 + 20 * wave, "%", ""),
+            ("cpu", "process_tree", 350 + 100 * wave, "%", ""),
+            ("ram", "system_used", 20000 + 10 * k, "MB", ""),
+            ("ram", "process_tree_rss", (1500 + 8 * k + 50 * task) * mem_scale, "MB", ""),
+        ]
+        for g in range(2):
+            samples += [("gpu", "utilization", 60 + 30 * wave - 10 * g, "%", f"GPU-{task}-{g}"),
+                        ("gpu", "memory_used", 8000 + 20 * k + 1000 * g, "MB", f"GPU-{task}-{g}")]  # fmt: skip
+        if hostile:
+            samples.append(("custom", HOSTILE, 1.0, "u", ""))
+        aetherium_hpc.log_resource_samples(samples, timestamp=t0 + k)
+    for rnd in range(2):
+        for chunk in range(5):
+            aetherium_hpc.log_data_generation_complete(
+                time.time() - (2.0 + chunk + rnd), operation="signal_injection", samples_generated=1000,
+                round_number=rnd, chunk_number=chunk, memory_used_mb=300.0 + 10 * chunk,
+            )  # fmt: skip
+        for epoch in range(5):
+            loss = 1.0 / (1 + epoch + 5 * rnd) + 0.01 * task
+            aetherium_hpc.log_training_epoch_metric("loss", loss, round_number=rnd, epoch_number=epoch, phase="train")
+            aetherium_hpc.log_training_epoch_metric(
+                "loss", loss * 1.1, round_number=rnd, epoch_number=epoch, phase="val"
+            )
+            aetherium_hpc.log_training_epoch_metric("lr", 1e-3 * 0.5**epoch, round_number=rnd, epoch_number=epoch)
+            aetherium_hpc.log_training_epoch_metric("val_accuracy", 0.5 + 0.05 * epoch, round_number=rnd,
+                                                    epoch_number=epoch, phase="val")  # fmt: skip
+            if hostile:
+                aetherium_hpc.log_training_epoch_metric(HOSTILE, 0.5, round_number=rnd, epoch_number=epoch)
+    aetherium_hpc.log_job(status=status, exit_code=0 if status == "completed" else 1, start_time=t0,
+                          end_time=t0 + seconds + 10 * task,
+                          requested={"mem_gb": 16, "cpus": 8, "timeout_min": 60, "gpus": 2})  # fmt: skip
+    aetherium_hpc.shutdown_db()
+
+
+@pytest.fixture
+def job_db(tmp_path: Path) -> Path:
+    p = tmp_path / "job" / "node0.db"
+    write_job_db(p, hostile=True)
+    return p
+
+
+@pytest.fixture
+def array_db(tmp_path: Path) -> Path:
+    for task in range(6):
+        write_job_db(tmp_path / "run" / "db" / f"900_{task}" / f"node{task % 2}.db", task, seconds=60,
+                     status="timeout" if task == 5 else "completed", mem_scale=1.0 + task)  # fmt: skip
+    out = tmp_path / "merged.db"
+    assert merge([tmp_path / "run"], out).exit_code == 0
+    return out
+
+
+def test_empty_database_clear_message(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.db"
+    aetherium_hpc.init_db(empty, source=SourceInfo(job_id="1", node="n"), listen=False)
+    aetherium_hpc.shutdown_db()
+    with pytest.raises(EmptyDatabaseError, match="no metrics to report") as exc:
+        build_report(empty)
+    assert exc.value.exit_code == 2
+    zero = tmp_path / "zero.db"
+    zero.write_bytes(b"")
+    with pytest.raises(EmptyDatabaseError, match="empty file"):
+        build_report(zero)
+    with pytest.raises(AetheriumError, match="no such file"):
+        build_report(tmp_path / "missing.db")
+    # Through the command line of python -m aetherium_hpc.analyze: one line, exit code 2.
+    proc = subprocess.run([sys.executable, "-m", "aetherium_hpc.analyze", str(empty)], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "no metrics to report" in proc.stderr
+
+
+def test_report_of_one_job(job_db: Path, tmp_path: Path) -> None:
+    rep = build_report(job_db)
+    text = rep.text
+    assert "run:" in text and "2m" in text  # about two minutes
+    assert "cpu/process_tree" in text and "gpu/utilization" in text
+    assert "signal_injection" in text and "samples/s" in text
+    d = rep.data
+    assert d["samples"]["generation"] == 10 and d["samples"]["training"] == 50
+    loss = next(t for t in d["training"] if t["metric_name"] == "loss" and t["phase"] == "train")
+    assert loss["goal"] == "min" and loss["best"] == pytest.approx(1 / 10) and loss["final_round"] == 1
+    acc = next(t for t in d["training"] if t["metric_name"] == "val_accuracy")
+    assert acc["goal"] == "max" and acc["best"] == pytest.approx(0.7)
+    gen = d["generation"]
+    assert [g["round"] for g in gen] == [0, 1] and gen[0]["chunks"] == 5 and gen[0]["memory_max_mb"] == 340.0
+    gpu_rows = [r for r in d["resources"] if r["metric_type"] == "gpu" and r["metric_name"] == "utilization"]
+    assert len(gpu_rows) == 2  # one per GPU
+    assert d["jobs"][0]["status"] == "completed"
+    assert any("--mem=" in a for a in d["efficiency"]["advice"])
+    assert any("--time=" in a for a in d["efficiency"]["advice"])
+    json.loads(rep.to_json())
+    plots = rep.plots()
+    assert {"cpu", "memory", "gpu_utilization", "gpu_memory", "generation_duration", "training_loss",
+            "learning_rate"} <= set(plots)  # fmt: skip
+    for png in [*plots.values(), rep.dashboard_png()]:
+        assert png.startswith(PNG_MAGIC) and len(png) > 5000
+
+
+def test_report_of_array_has_distribution_and_advice(array_db: Path) -> None:
+    rep = build_report(array_db)
+    arr = rep.data["array"]
+    assert arr["tasks"] == 6
+    for key in ("peak_memory_mb", "runtime_s", "gpu_utilization_pct"):
+        assert set(arr[key]) >= {"p50", "p95", "max"}
+        assert arr[key]["p50"] <= arr[key]["p95"] <= arr[key]["max"]
+    assert arr["peak_memory_mb"]["max"] == pytest.approx((1500 + 8 * 59 + 250) * 6)
+    assert "across 6 tasks (p50 / p95 / max)" in rep.text
+    advice = rep.data["efficiency"]["advice"]
+    assert any(a.startswith("time: 1 task(s) hit") and "--time=01:30:00" in a for a in advice)
+    assert any(a.startswith("memory: peak 13.0 GB") for a in advice)
+    assert "1 timeout" in rep.text and "5 completed" in rep.text
+    assert slurm_time(90) == "01:30:00" and slurm_time(60 * 25) == "1-01:00:00"
+
+
+def test_html_escapes_and_embeds_png(job_db: Path, tmp_path: Path) -> None:
+    page = build_report(job_db).to_html()
+    assert HOSTILE not in page
+    assert html_escaped(HOSTILE) in page
+    assert page.count("data:image/png;base64,") >= 6
+    assert "<script" not in page.lower()
+
+
+def html_escaped(s: str) -> str:
+    import html
+
+    return html.escape(s, quote=True)
+
+
+def test_report_command_writes_files(job_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    out_png, out_html, plots = tmp_path / "r.png", tmp_path / "r.html", tmp_path / "plots"
+    args = parser.parse_args(["report", str(job_db), "--plot", str(out_png), "--html", str(out_html),
+                              "--plot-dir", str(plots), "--json"])  # fmt: skip
+    assert args.handler(args) == 0
+    assert json.loads(capsys.readouterr().out)["samples"]["training"] == 50
+    assert out_png.read_bytes().startswith(PNG_MAGIC)
+    assert (
+        all(p.read_bytes().startswith(PNG_MAGIC) for p in plots.glob("*.png")) and len(list(plots.glob("*.png"))) >= 7
+    )
+    assert out_html.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_export_csv_and_json(job_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "jobs.csv"
+    export(str(job_db), fmt="csv", tables=["training_metrics"], output=str(out))
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("timestamp,metric_name,metric_value") and len(lines) == 51
+    js = tmp_path / "all.json"
+    export(str(job_db), fmt="json", output=str(js))
+    data = json.loads(js.read_text())
+    assert set(data) == {"sources", "jobs", "resource_metrics", "generation_metrics", "training_metrics"}
+    assert data["jobs"][0]["status"] == "completed"
+    folder = tmp_path / "csvs"
+    folder.mkdir()
+    assert len(export(str(job_db), fmt="csv", output=str(folder))) == 5
+    with pytest.raises(AetheriumError, match="unknown table"):
+        export(str(job_db), fmt="csv", tables=["nope; DROP TABLE jobs"], output=str(out))
+    with pytest.raises(AetheriumError, match="existing folder"):
+        export(str(job_db), fmt="csv")
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def screenshot(html_path: Path, png_path: Path, profile: Path, height: int = 2000) -> None:
+    """Render ``html_path`` in headless Chromium to ``png_path``."""
+    chromium = _chromium()
+    assert chromium is not None
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+         f"--screenshot={png_path}", f"--window-size=1200,{height}", "--hide-scrollbars",
+         html_path.resolve().as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_html_renders_in_headless_chromium(array_db: Path, tmp_path: Path) -> None:
+    import matplotlib.image as mpimg
+    import numpy as np
+
+    page = tmp_path / "report.html"
+    page.write_text(build_report(array_db).to_html(), encoding="utf-8")
+    shot = tmp_path / "shot.png"
+    screenshot(page, shot, tmp_path / "profile")
+    img = mpimg.imread(shot)
+    assert img.shape[0] >= 1000 and img.shape[1] >= 1000
+    rgb = img[..., :3]
+    non_white = np.any(rgb < 0.95, axis=-1)
+    # Text alone covers a few percent of the page; the plots (lines, axes, colour) much more.
+    assert non_white.mean() > 0.05
+    coloured = (rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.25  # plot lines are coloured, text is grey
+    assert coloured.sum() > 2000
+    if os.environ.get("AETHERIUM_SAVE_SCREENSHOT"):
+        shutil.copy(shot, os.environ["AETHERIUM_SAVE_SCREENSHOT"])

@@ -1,0 +1,225 @@
+"""Inside the job: JobContext, copy-back, the node session, signals, `aetherium-hpc run`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from launch_helpers import counts, job_rows, make_config
+
+import aetherium_hpc as ah
+from aetherium_hpc import launch
+from aetherium_hpc.config import Monitoring
+from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.runtime.copyback import copy_database
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+
+
+@pytest.fixture
+def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Jobs import tests/runtime_workloads.py; their live databases go to a private scratch."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT)]))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(scratch))
+    return scratch
+
+
+# -- JobContext -------------------------------------------------------------------------------
+def test_context_from_slurm_variables() -> None:
+    ctx = JobContext.detect({
+        "SLURM_JOB_ID": "42", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "2", "SLURMD_NODENAME": "n2",
+        "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2",
+    })  # fmt: skip
+    assert (ctx.job_id, ctx.array_job_id, ctx.array_task_id, ctx.node) == ("40_2", "40", 2, "n2")
+    assert (ctx.global_rank, ctx.local_rank, ctx.num_tasks, ctx.num_nodes) == (3, 1, 4, 2)
+    assert not ctx.is_node_leader and ctx.base_job_id == "40" and ctx.task == 2
+    assert "local_rank=1" in repr(ctx)
+
+
+def test_context_outside_any_job() -> None:
+    ctx = JobContext.detect({})
+    assert ctx.cluster == "none" and ctx.is_node_leader and ctx.task == 0 and ctx.node
+
+
+# -- copy-back ----------------------------------------------------------------------------------
+def test_copy_database_of_a_live_store(tmp_path: Path) -> None:
+    store = ah.init_db(tmp_path / "live.db", flush_interval=60)
+    ah.log_training_epoch_metric("loss", 1.0, round_number=0, epoch_number=0)
+    store.flush()
+    dest = copy_database(store.path, tmp_path / "out" / "n1.db")
+    assert counts(dest)["training_metrics"] == 1
+    assert sqlite3.connect(dest).execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    assert not Path(f"{dest}.tmp").exists()
+    ah.shutdown_db()
+
+
+# -- NodeSession through run_task ------------------------------------------------------------
+def test_run_task_writes_status_and_copies_back(tmp_path: Path, job_env: Path) -> None:
+    ctx = JobContext(job_id="7", node="n1", hostname="h")
+    dest = tmp_path / "db" / "7_0" / "n1.db"
+
+    def workload(session: object) -> int:
+        ah.log_training_epoch_metric("loss", 0.5, round_number=0, epoch_number=0)
+        return 0
+
+    run_task(ctx, workload, dest, Monitoring(interval_s=0.05), config={"a": 1}, requested={"cpus": 1})
+    rows = job_rows(dest)
+    assert rows[0]["status"] == "completed" and rows[0]["exit_code"] == 0 and rows[0]["config"] == {"a": 1}
+    assert counts(dest)["training_metrics"] == 1
+    assert list(job_env.iterdir()) == []  # the node-local files are gone
+
+
+def test_run_task_failure_is_recorded_and_raised(tmp_path: Path, job_env: Path) -> None:
+    dest = tmp_path / "f.db"
+
+    def workload(session: object) -> int:
+        ah.log_training_epoch_metric("loss", 0.5)
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        run_task(JobContext(job_id="8", node="n1"), workload, dest, Monitoring(enabled=False))
+    row = job_rows(dest)[0]
+    assert row["status"] == "failed" and row["exit_code"] == 1 and "boom" in row["detail"]
+    assert counts(dest)["training_metrics"] == 1
+
+
+def test_checkpoint_copies_while_running(tmp_path: Path, job_env: Path) -> None:
+    dest = tmp_path / "c.db"
+    seen: list[int] = []
+
+    def workload(session: object) -> int:
+        ah.log_training_epoch_metric("loss", 0.5)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not dest.exists():
+            time.sleep(0.05)
+        seen.append(counts(dest)["training_metrics"])
+        return 0
+
+    run_task(JobContext(job_id="9", node="n1"), workload, dest, Monitoring(enabled=False, checkpoint_interval_s=0.2))
+    assert seen == [1]
+    assert job_rows(dest)[0]["status"] == "completed"
+
+
+# -- signals on the local backend -------------------------------------------------------------
+def _wait_for(path: Path, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+def _wait_done(job: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not job.done():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize(
+    ("signum", "expected"),
+    [(signal.SIGTERM, {"cancelled"}), (signal.SIGINT, {"cancelled"}), (signal.SIGUSR2, {"preempted", "timeout"})],
+)
+def test_signal_during_run_saves_everything_logged_before(
+    tmp_path: Path, job_env: Path, signum: int, expected: set[str]
+) -> None:
+    marker = tmp_path / "ready"
+    config = make_config(
+        tmp_path / "runs",
+        workload={"callable": "runtime_workloads:log_then_wait", "kwargs": {"marker": str(marker), "n": 50}},
+        monitoring={"interval_s": 0.2, "flush_interval_s": 30.0, "buffer_size": 100000},
+    )
+    sub = launch.submit(config)
+    pid = int(_wait_for(marker))
+    time.sleep(0.5)  # Pool workers' records reach the node socket within 0.2 s (SocketSink interval)
+    os.kill(pid, signum)
+    _wait_done(sub.jobs[0])
+    (db,) = sub.layout.databases()
+    row = job_rows(db)[0]
+    assert row["status"] in expected, row
+    assert row["end_time"] is not None and row["detail"].startswith("signal")
+    got = counts(db)
+    assert got["training_metrics"] == 50 and got["generation_metrics"] == 4, got
+    if signum == signal.SIGTERM:
+        assert row["exit_code"] == 128 + signal.SIGTERM
+
+
+# -- aetherium-hpc run -------------------------------------------------------------------------
+LOGGING_CHILD = (
+    "import aetherium_hpc as a, sys;"
+    "[a.log_training_epoch_metric('loss', float(i), epoch_number=i) for i in range(7)];"
+    "a.shutdown_db(); sys.exit(int(sys.argv[1]))"
+)
+
+
+def _run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_METRICS"))}
+    environ.update(PYTHONPATH=str(ROOT), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_run_command_logs_through_the_socket_and_keeps_exit_code(tmp_path: Path, job_env: Path, code: int) -> None:
+    out = tmp_path / "dbs"
+    proc = _run_cli(["run", "--db-dir", str(out), "--", sys.executable, "-c", LOGGING_CHILD, str(code)], tmp_path)
+    assert proc.returncode == code, proc.stderr
+    (db,) = out.glob("*.db")
+    assert counts(db)["training_metrics"] == 7
+    row = job_rows(db)[0]
+    assert row["status"] == ("completed" if code == 0 else "failed") and row["exit_code"] == code
+
+
+def test_run_default_db_dir_is_under_the_job_id(tmp_path: Path, job_env: Path) -> None:
+    proc = _run_cli(["run", "--", sys.executable, "-c", LOGGING_CHILD, "0"], tmp_path, SLURM_JOB_ID="55")
+    assert proc.returncode == 0, proc.stderr
+    (db,) = (tmp_path / "aetherium-runs" / "55").glob("*.db")
+    assert job_rows(db)[0]["job_id"] == "55"
+
+
+def test_run_sigterm_forwards_to_the_command_and_records_cancelled(tmp_path: Path, job_env: Path) -> None:
+    out = tmp_path / "dbs"
+    marker = tmp_path / "ready"
+    child = (
+        "import aetherium_hpc as a, pathlib, time, sys;"
+        "[a.log_training_epoch_metric('loss', float(i), epoch_number=i) for i in range(9)];"
+        f"pathlib.Path({str(marker)!r}).write_text('x'); time.sleep(60)"
+    )
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    environ["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aetherium_hpc", "run", "--db-dir", str(out), "--", sys.executable, "-c", child],
+        cwd=tmp_path, env=environ,
+    )  # fmt: skip
+    try:
+        _wait_for(marker)
+        time.sleep(0.5)  # the child's sink sends every 0.2 s
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (db,) = out.glob("*.db")
+    row = job_rows(db)[0]
+    assert row["status"] == "cancelled"
+    assert counts(db)["training_metrics"] == 9
+
+
+def test_run_without_command_is_a_usage_error(tmp_path: Path) -> None:
+    proc = _run_cli(["run"], tmp_path)
+    assert proc.returncode == 2 and "aetherium-hpc: error:" in proc.stderr and len(proc.stderr.splitlines()) == 1
