@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,10 +27,6 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "metrics.db"
 
 
-def read(path: Path | str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
-    """Run a query on a separate read-only connection, as a user in the sqlite3 shell would."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fast tests first; the tests that need the Slurm cluster after them."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from pathlib import Path
 
 import aetherium_hpc
 
@@ -22,3 +24,12 @@ def log_all_kinds(tag: int) -> int:
     aetherium_hpc.log_training_epoch_metric("loss", 0.5, tag, 0, "val")
     aetherium_hpc.log_resource_metric("custom", "child_metric", float(tag), "u", str(os.getpid()))
     return os.getpid()
+
+
+def read(path: Path | str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run a query on a separate read-only connection, as a user in the sqlite3 shell would."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()

@@ -131,8 +131,14 @@ def test_report_of_one_job(job_db: Path, tmp_path: Path) -> None:
     plots = rep.plots()
     assert {"cpu", "memory", "gpu_utilization", "gpu_memory", "generation_duration", "training_loss",
             "learning_rate"} <= set(plots)  # fmt: skip
+    import io
+
+    import matplotlib.image as mpimg
+
     for png in [*plots.values(), rep.dashboard_png()]:
         assert png.startswith(PNG_MAGIC) and len(png) > 5000
+        img = mpimg.imread(io.BytesIO(png), format="png")  # decodes: a valid PNG
+        assert img.ndim == 3 and img.shape[0] >= 300 and img.shape[1] >= 600
 
 
 def test_report_of_array_has_distribution_and_advice(array_db: Path) -> None:

@@ -223,3 +223,16 @@ def test_run_sigterm_forwards_to_the_command_and_records_cancelled(tmp_path: Pat
 def test_run_without_command_is_a_usage_error(tmp_path: Path) -> None:
     proc = _run_cli(["run"], tmp_path)
     assert proc.returncode == 2 and "aetherium-hpc: error:" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_requeued_task_goes_on_from_the_previous_copy(tmp_path: Path, job_env: Path) -> None:
+    dest = tmp_path / "db" / "3_0" / "n1.db"
+
+    def workload(session: object) -> int:
+        ah.log_training_epoch_metric("loss", 0.5)
+        return 0
+
+    for _ in range(2):
+        run_task(JobContext(job_id="3", node="n1"), workload, dest, Monitoring(enabled=False))
+    assert counts(dest)["training_metrics"] == 2
+    assert job_rows(dest)[0]["status"] == "completed"

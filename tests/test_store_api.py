@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import read
+from procs import read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, StoreError

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import procs
 import pytest
-from conftest import read
+from procs import read
 
 import aetherium_hpc as ah
 

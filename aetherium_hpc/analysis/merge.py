@@ -211,15 +211,23 @@ def _source_facts(conn: sqlite3.Connection, db: str) -> dict[int, _Facts]:
             r["n"][what] = r["n"].get(what, 0) + n
             if first is not None:
                 r["first"].append(first)
+            if last is not None:
                 r["last"].append(last)
 
     add(f"SELECT source_id, count(*), NULL, NULL FROM {db}.series GROUP BY source_id", "series")
     for chunks in _chunk_tables(conn, db):
-        # sum(n) and max(t1): the last chunk of a series grows in place while a job runs.
+        # Index-only: chunks per source and their first / last start.
         add(
-            f"SELECT s.source_id, sum(c.n), min(c.t0), max(c.t1) FROM {db}.series s"
+            f"SELECT s.source_id, count(*), min(c.t0), max(c.t0) FROM {db}.series s"
             f" JOIN {db}.{chunks} c ON c.series_id = s.series_id GROUP BY s.source_id",
-            "samples",
+            "chunks",
+        )
+        # The last chunk of a series grows in place while a job runs: its n and t1, one lookup per series.
+        add(
+            f"SELECT s.source_id, sum(c.n), NULL, max(c.t1) FROM {db}.series s JOIN {db}.{chunks} c ON c.rowid ="
+            f" (SELECT l.rowid FROM {db}.{chunks} l WHERE l.series_id = s.series_id ORDER BY l.t0 DESC LIMIT 1)"
+            " GROUP BY s.source_id",
+            "last_chunk_samples",
         )
     for table in ("generation_rows", "training_rows"):
         add(f"SELECT source_id, count(*), min(timestamp), max(timestamp) FROM {db}.{table} GROUP BY source_id", table)

@@ -195,7 +195,7 @@ def _num(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         if not math.isfinite(x):
             return "-"
-        if abs(x) >= 10 ** digits:
+        if abs(x) >= 10**digits:
             return f"{x:.0f}"
         return f"{x:.{digits}g}"
     return str(x)

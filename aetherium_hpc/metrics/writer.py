@@ -333,9 +333,9 @@ class StoreWriter(threading.Thread):
                     key = (str(mtype), str(mname), str(unit or ""), str(device or ""))
                     res.setdefault(key, []).append((float(ts), None if value is None else float(value)))
                 elif kind == GENERATION:
-                    gen.append(_sql_row(rec[1:9], 8))
+                    gen.append(rec[1:9])
                 elif kind == TRAINING:
-                    trn.append(_sql_row(rec[1:7], 6))
+                    trn.append(rec[1:7])
                 elif kind == JOB:
                     jobs.append(dict(rec[2]))
                 elif kind == STATS:
@@ -345,23 +345,31 @@ class StoreWriter(threading.Thread):
                     bad += 1
             except Exception:  # one malformed record never stops the writer
                 bad += 1
-        snapshot = {sid: (list(c.ts), list(c.vals), c.rowid) for sid, c in self._open.items()}
+        # What a rollback restores: the open chunks this batch touches.
+        touched = [self._series[k] for k in res if k in self._series]
+        snapshot = {
+            sid: (list(c.ts), list(c.vals), c.rowid) for sid in touched if (c := self._open.get(sid)) is not None
+        }
         new_series: list[tuple[str, str, str, str]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             if res:
                 self._write_samples(conn, res, new_series)
             if gen:
-                conn.executemany(
+                bad += _insert_rows(
+                    conn,
                     "INSERT INTO generation_rows(timestamp, operation, round_number, chunk_number,"
                     " duration_seconds, samples_generated, memory_used_mb, pid) VALUES (?,?,?,?,?,?,?,?)",
                     gen,
+                    8,
                 )
             if trn:
-                conn.executemany(
+                bad += _insert_rows(
+                    conn,
                     "INSERT INTO training_rows(timestamp, metric_name, metric_value, round_number,"
                     " epoch_number, phase) VALUES (?,?,?,?,?,?)",
                     trn,
+                    6,
                 )
             for job in jobs:
                 self._write_job(conn, job)
@@ -502,6 +510,26 @@ class StoreWriter(threading.Thread):
 
 
 _SQL_TYPES = (type(None), int, float, str)
+
+
+def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], width: int) -> int:
+    """executemany, fast path; if a row cannot be bound, insert only the valid rows. Returns rows refused."""
+    conn.execute("SAVEPOINT rows")
+    try:
+        conn.executemany(sql, rows)
+        conn.execute("RELEASE rows")
+        return 0
+    except (sqlite3.ProgrammingError, sqlite3.InterfaceError, OverflowError, TypeError, ValueError):
+        conn.execute("ROLLBACK TO rows")
+        conn.execute("RELEASE rows")
+    good = []
+    for row in rows:
+        try:
+            good.append(_sql_row(row, width))
+        except TypeError:
+            continue
+    conn.executemany(sql, good)
+    return len(rows) - len(good)
 
 
 def _sql_row(row: tuple[Any, ...], width: int) -> tuple[Any, ...]:

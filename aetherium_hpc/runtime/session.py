@@ -75,6 +75,10 @@ class NodeSession:
         os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
         for stale in glob.glob(os.path.join(glob.escape(self.socket_dir), "aeth-*")):  # a requeued job's old socket
             shutil.rmtree(stale, ignore_errors=True)
+        if self.dest.exists() and not os.path.exists(self.local_db):
+            # A requeued job (preempted, timed out with checkpointing): go on from the copy of
+            # the previous attempt, so that its records are not overwritten at the next copy.
+            copy_database(self.dest, self.local_db)
         ctx, mon = self.ctx, self.monitoring
         client.init_db(
             self.local_db,
@@ -130,9 +134,10 @@ class NodeSession:
     def on_signal(self, status: str, signum: int) -> bool:
         """Signal path: stop the command (if any), then finish with ``status``.
 
-        Returns False when the session is already finishing (nothing more to do)."""
+        Returns False while an earlier finish is still running (the caller lets it complete);
+        True once the metrics are saved, so that a repeated signal takes its usual effect."""
         if self._finishing:
-            return False
+            return self.finished.is_set()
         child = self.child
         if child is not None and child.poll() is None:
             try:

@@ -12,7 +12,8 @@ Python's KeyboardInterrupt for SIGINT, or the default action (the process dies o
 If the chained handler returns, :class:`JobInterrupted` stops the workload: the store is
 closed by then, so going on would log into nothing.
 
-Fork children (a multiprocessing Pool) inherit the handler; there it only flushes the child's
+Fork children (a multiprocessing Pool) get SIGTERM's default action and ignore USR2 (see
+``_reset_in_fork_child``); should one still run the handler, it only flushes the child's
 buffered records to the node socket and then takes the default action.
 """
 
@@ -62,15 +63,18 @@ _active: list[SignalGuard] = []
 
 
 def _reset_in_fork_child() -> None:
-    # A fork child (a Pool worker) is not the job's main process: give it the default actions
-    # (not the parent's previous handlers: submitit's SIGTERM "bypass" would make the worker
-    # ignore Pool.terminate()), so that the store client's own SIGTERM flush installs there.
+    # A fork child (a Pool worker) is not the job's main process. SIGTERM: the default action
+    # (not the parent's handler: submitit's SIGTERM "bypass" would make the worker ignore
+    # Pool.terminate()), so that the store client's own SIGTERM flush installs there.
+    # USR2 is a "save now" notice for the main process; its default action would kill a worker
+    # that may hold the pool's queue lock, and Pool.terminate() would then wait for it forever.
     if not _active:
         return
     _active.clear()
-    for signum in HANDLED:
+    actions = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler, signal.SIGUSR2: signal.SIG_IGN}
+    for signum, action in actions.items():
         try:
-            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+            signal.signal(signum, action)
         except (ValueError, OSError):
             pass
 
@@ -123,15 +127,12 @@ class SignalGuard:
             _flush_child_and_die(signum)
             return
         prev = self.previous.get(signum, signal.SIG_DFL)
-        first = self.received is None
-        self.received = signum
         status = status_for(signum, prev)
-        if first:
+        if self.received is None:
             log.warning("aetherium-hpc: %s received: saving metrics (status %s)", signal.Signals(signum).name, status)
-            if self.on_signal(status, signum) is False:
-                return  # the job is already finishing: let it
-        else:  # a second signal while the first is handled: the metrics are being saved already
-            return
+        self.received = signum
+        if self.on_signal(status, signum) is False:
+            return  # the metrics are being saved right now (an earlier signal): let that finish
         if callable(prev):
             prev(signum, frame)  # submitit's requeue (may exit), its bypass, or KeyboardInterrupt
         elif prev in (signal.SIG_DFL, None):
