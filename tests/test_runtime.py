@@ -236,3 +236,13 @@ def test_a_requeued_task_goes_on_from_the_previous_copy(tmp_path: Path, job_env:
         run_task(JobContext(job_id="3", node="n1"), workload, dest, Monitoring(enabled=False))
     assert counts(dest)["training_metrics"] == 2
     assert job_rows(dest)[0]["status"] == "completed"
+
+
+@pytest.mark.parametrize("weird", ["it's", "$(touch pwned)", "a b;touch pwned", "`touch pwned`"])
+def test_run_passes_hostile_arguments_and_paths_untouched(tmp_path: Path, job_env: Path, weird: str) -> None:
+    out = tmp_path / f"db {weird}"
+    check = "import sys; assert sys.argv[1:] == [sys.argv[1]] and sys.argv[1] == " + repr(weird)
+    proc = _run_cli(["run", "--db-dir", str(out), "--", sys.executable, "-c", check, weird], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert len(list(out.glob("*.db"))) == 1
+    assert not list(tmp_path.rglob("pwned"))

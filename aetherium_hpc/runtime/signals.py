@@ -71,7 +71,11 @@ def _reset_in_fork_child() -> None:
     if not _active:
         return
     _active.clear()
-    actions = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler, signal.SIGUSR2: signal.SIG_IGN}
+    actions: dict[int, Handler] = {
+        signal.SIGTERM: signal.SIG_DFL,
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGUSR2: signal.SIG_IGN,
+    }
     for signum, action in actions.items():
         try:
             signal.signal(signum, action)

@@ -95,35 +95,71 @@ def test_two_node_job_writes_one_database_per_node(tmp_path: Path) -> None:
     assert all(job_rows(db)[0]["status"] == "completed" for db in dbs)
 
 
-def test_scancel_records_cancelled_and_keeps_the_data(tmp_path: Path) -> None:
+def _start_waiting_job(tmp_path: Path, timeout_min: int, sleep_s: float = 120.0) -> tuple[Path, str, Path]:
+    """Submit log_then_wait; return (run dir, job id, marker) once it has logged and waits."""
     marker = tmp_path / "ready"
-    config = tmp_path / "cancel.yaml"
+    config = tmp_path / "wait.yaml"
     config.write_text(
-        "name: cancel-me\nworkload:\n  callable: runtime_workloads:log_then_wait\n"
-        f"  kwargs: {{marker: {json.dumps(str(marker))}, n: 50}}\n"
-        "resources: {timeout_min: 5}\nmonitoring: {interval_s: 0.2, flush_interval_s: 30}\n"
+        "name: wait-me\nworkload:\n  callable: runtime_workloads:log_then_wait\n"
+        f"  kwargs: {{marker: {json.dumps(str(marker))}, n: 50, sleep_s: {sleep_s}}}\n"
+        f"resources: {{timeout_min: {timeout_min}}}\nmonitoring: {{interval_s: 0.2, flush_interval_s: 30}}\n"
     )
-    run, proc = submit(str(config), tmp_path / "runs", wait=False)
+    run, _ = submit(str(config), tmp_path / "runs", wait=False)
     job_id = json.loads((run / "jobs.json").read_text())["job_ids"][0]
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert time.monotonic() < deadline, "the job did not start"
         time.sleep(0.2)
+    marker.unlink()
     time.sleep(0.5)  # Pool workers' records reach the node socket within 0.2 s
-    subprocess.run(["scancel", job_id], check=True, timeout=30)
-    deadline = time.monotonic() + 60
-    db = None
+    return run, job_id, marker
+
+
+def _final_row(run: Path, statuses: set[str], timeout: float = 60.0) -> tuple[Path, dict[str, object]]:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = sorted(run.glob("db/*/*.db"))
-        if found and job_rows(found[0])[0]["status"] != "running":
-            db = found[0]
-            break
+        if found:
+            row = job_rows(found[0])[0]
+            if row["status"] in statuses:
+                return found[0], row
         time.sleep(0.5)
-    assert db is not None, "no copied-back database with a final status"
-    row = job_rows(db)[0]
-    assert row["status"] == "cancelled" and row["detail"] == "signal SIGTERM"
+    raise AssertionError(f"no copied-back database with a status in {statuses}")
+
+
+def test_scancel_records_cancelled_and_keeps_the_data(tmp_path: Path) -> None:
+    run, job_id, _ = _start_waiting_job(tmp_path, timeout_min=5)
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    db, row = _final_row(run, {"cancelled"})
+    assert row["detail"] == "signal SIGTERM"
     got = counts(db)
     assert got["training_metrics"] == 50 and got["generation_metrics"] == 4 and got["resource_metrics"] > 0
+
+
+def test_usr2_near_the_time_limit_records_timeout(tmp_path: Path) -> None:
+    # submitit counts a job of under 10 minutes as timed out on USR2, and does not requeue it.
+    run, job_id, _ = _start_waiting_job(tmp_path, timeout_min=5)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    db, row = _final_row(run, {"timeout"})
+    assert counts(db)["training_metrics"] == 50
+
+
+@pytest.mark.slow  # Slurm holds a requeued job (BeginTime) for a minute or two
+def test_usr2_preemption_is_recorded_then_submitit_requeues(tmp_path: Path) -> None:
+    # With 30 minutes asked and seconds used, submitit calls USR2 a preemption and requeues the
+    # job; the second attempt goes on from the first attempt's copy and completes.
+    run, job_id, marker = _start_waiting_job(tmp_path, timeout_min=30, sleep_s=3.0)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 400
+    while True:
+        dbs = sorted(run.glob("db/*/*.db"))
+        statuses = sorted(str(job_rows(db)[0]["status"]) for db in dbs)
+        if "completed" in statuses or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    # The second attempt may land on the other node (then one database per node and attempt).
+    assert statuses in (["completed"], ["completed", "preempted"]), statuses
+    assert sum(counts(db)["training_metrics"] for db in dbs) == 100  # 50 per attempt
 
 
 def test_hostile_run_dir_on_slurm(tmp_path: Path) -> None:
