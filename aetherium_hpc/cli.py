@@ -241,6 +241,15 @@ _EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
 _EXTENSIONS += [_add_submit, _add_run, _add_status]
 
 
+def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .analysis.commands import register
+
+    register(sub)
+
+
+_EXTENSIONS.append(_add_analysis)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aetherium-hpc",

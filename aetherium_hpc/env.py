@@ -18,6 +18,8 @@ METRICS_KEY = "AETHERIUM_METRICS_KEY"
 METRICS_DB = "AETHERIUM_METRICS_DB"
 #: Run directory of the current submission (set by the launcher).
 RUN_DIR = "AETHERIUM_RUN_DIR"
+#: JSON of this array task's parameters, for command workloads (set by the runtime).
+TASK_PARAMS = "AETHERIUM_TASK_PARAMS"
 #: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
 
@@ -27,6 +29,7 @@ ALL = {
     METRICS_DB: "path of the node's live metrics database",
     RUN_DIR: "run directory of the current submission",
     LOCAL_DIR: "node-local folder for live databases and sockets",
+    TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
 }
 
 

@@ -201,7 +201,8 @@ def test_stop_returns_promptly_is_idempotent_and_writes_the_summary(store: Metri
     assert not monitor.running
     assert monitor.stop() == summary
     on_disk = json.loads(out.read_text())
-    assert on_disk["samples"] == 0 and on_disk["interval_s"] == 30.0
+    # Stopped before its first tick: the monitor takes one closing sample, no more.
+    assert on_disk["samples"] == 1 and on_disk["interval_s"] == 30.0
     assert on_disk["duration_s"] > 0
 
 

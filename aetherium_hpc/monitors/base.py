@@ -235,6 +235,9 @@ class ResourceMonitor:
                     missed = math.ceil((now - next_tick) / interval)
                     self.missed_ticks += missed
                     next_tick += missed * interval
+            if self.samples_taken == 0:
+                # A run shorter than one interval still gets one sample of what it used.
+                self.sample_once()
         finally:
             for collector in self.collectors:
                 self._guard(collector, collector.close)

@@ -16,7 +16,7 @@ from .session import NodeSession, run_command, run_task
 __all__ = ["TASK_PARAMS", "JobRunner", "requested_resources"]
 
 #: JSON of this array task's parameters, for command workloads (callables get them as kwargs).
-TASK_PARAMS = "AETHERIUM_TASK_PARAMS"
+TASK_PARAMS = env.TASK_PARAMS
 
 
 def requested_resources(config: Config) -> dict[str, Any]:

@@ -25,10 +25,10 @@ from typing import Any
 from .. import env
 from ..config import Monitoring
 from ..metrics import client
+from ..metrics.backup import copy_database
 from ..metrics.writer import SourceInfo
 from ..paths import local_store_dir
 from .context import JobContext
-from .copyback import copy_database
 from .signals import JobInterrupted, SignalGuard
 
 log = logging.getLogger(__name__)
@@ -142,9 +142,9 @@ class NodeSession:
         if child is not None and child.poll() is None:
             try:
                 child.send_signal(signum)
-                child.wait(timeout=10)
-            except (OSError, subprocess.TimeoutExpired):
+            except OSError:
                 pass
+            _reap(child, timeout=10.0)
         code = 128 + signum
         if child is not None and child.returncode is not None:
             code = _exit_code(child.returncode)
@@ -213,6 +213,24 @@ def connect_to_node_store(
             )
             return False
         time.sleep(0.2)
+
+
+def _reap(child: subprocess.Popen[bytes], timeout: float) -> None:
+    """Wait for ``child`` from a signal handler.
+
+    Not ``child.wait()``: the handler usually interrupted that very call, which holds the Popen's
+    wait lock, so a nested wait would spin until its timeout. ``os.waitpid`` needs no lock.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(child.pid, os.WNOHANG)
+        except ChildProcessError:  # already reaped
+            return
+        if pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return
+        time.sleep(0.02)
 
 
 def _exit_code(returncode: int) -> int:

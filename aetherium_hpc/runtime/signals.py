@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -45,10 +48,42 @@ class JobInterrupted(Exception):
         self.signum = signum
 
 
+#: SIGTERM this close to the job's end time (or later) is Slurm's time limit, not a scancel.
+TIME_LIMIT_GRACE_S = 30.0
+
+
+def _past_time_limit(now: float | None = None) -> bool:
+    """True when the SIGTERM comes from Slurm's time limit rather than from scancel.
+
+    Slurm >= 23.02 exports SLURM_JOB_END_TIME; older versions (22.05 here) do not, but then
+    squeue reports the reason ``TimeLimit`` for the job while it is being stopped.
+    """
+    end = os.environ.get("SLURM_JOB_END_TIME")
+    if end:
+        try:
+            return (time.time() if now is None else now) >= float(end) - TIME_LIMIT_GRACE_S
+        except ValueError:
+            pass
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id or shutil.which("squeue") is None:
+        return False
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True, text=True, timeout=5, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return out.strip() == "TimeLimit"
+
+
 def status_for(signum: int, previous: Handler) -> str:
-    """The jobs.status a signal means; USR2 asks submitit's handler whether the job timed out."""
+    """The jobs.status a signal means.
+
+    SIGTERM/SIGINT: ``cancelled``, unless the job's time limit has come (``timeout``); USR2 asks
+    submitit's handler whether the job timed out or was preempted.
+    """
     if signum != signal.SIGUSR2:
-        return "cancelled"
+        return "timeout" if signum == signal.SIGTERM and _past_time_limit() else "cancelled"
     owner = getattr(previous, "__self__", None)
     has_timed_out = getattr(owner, "has_timed_out", None)
     if callable(has_timed_out):

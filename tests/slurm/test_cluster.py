@@ -54,8 +54,15 @@ def test_srun_inside_sbatch_spans_both_nodes(tmp_path: Path) -> None:
     output = tmp_path / "steps.out"
     run(
         [
-            "sbatch", "--parsable", "--wait", "--nodes=2", "--ntasks=2", "--time=2",
-            f"--output={output}", "--wrap", "srun --label printenv SLURMD_NODENAME",
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--nodes=2",
+            "--ntasks=2",
+            "--time=2",
+            f"--output={output}",
+            "--wrap",
+            "srun --label printenv SLURMD_NODENAME",
         ],
         timeout=120,
     )
@@ -69,13 +76,19 @@ def test_throttled_array_runs_every_task_and_is_accounted(tmp_path: Path) -> Non
     outdir.chmod(0o755)
     # Each task writes its own file; the directory is quoted as the shell will see it.
     script = (
-        'echo "$SLURM_ARRAY_TASK_ID $SLURMD_NODENAME" > '
-        f'{shlex.quote(str(outdir))}/task_"$SLURM_ARRAY_TASK_ID".txt'
+        f'echo "$SLURM_ARRAY_TASK_ID $SLURMD_NODENAME" > {shlex.quote(str(outdir))}/task_"$SLURM_ARRAY_TASK_ID".txt'
     )
     submitted = run(
         [
-            "sbatch", "--parsable", "--wait", "--array=0-3%2", "--time=2",
-            f"--chdir={outdir}", f"--output={outdir}/slurm-%A_%a.out", "--wrap", script,
+            "sbatch",
+            "--parsable",
+            "--wait",
+            "--array=0-3%2",
+            "--time=2",
+            f"--chdir={outdir}",
+            f"--output={outdir}/slurm-%A_%a.out",
+            "--wrap",
+            script,
         ],
         timeout=180,
     )

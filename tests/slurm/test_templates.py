@@ -1,0 +1,127 @@
+"""The sbatch templates with plain `sbatch`, a real time limit, and `status` without slurmdbd."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_conf")]
+
+ROOT = Path(__file__).parent.parent.parent
+TEMPLATES = ROOT / "slurm" / "templates"
+
+LOGGER = (
+    "import time, aetherium_hpc as ah\n"
+    "for i in range({n}):\n"
+    "    ah.log_training_epoch_metric('loss', 1.0 / (i + 1), 0, i)\n"
+    "    time.sleep({pause})\n"
+)
+
+
+def job_env(run_dir: Path) -> dict[str, str]:
+    """The submitting shell of a user: aetherium-hpc on PATH, nothing of another job."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_"))}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(ROOT)
+    env["AETHERIUM_RUN_DIR"] = str(run_dir)
+    return env
+
+
+def sbatch(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 240, ok: tuple[int, ...] = (0,)) -> str:
+    proc = subprocess.run(
+        ["sbatch", "--parsable", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode in ok, proc.stderr
+    return proc.stdout.strip().split(";")[0]
+
+
+def only_db(run_dir: Path) -> Path:
+    dbs = sorted((run_dir / "db").glob("*/*.db"))
+    assert len(dbs) == 1, dbs
+    return dbs[0]
+
+
+def rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+
+
+def test_job_template_with_plain_sbatch_leaves_a_database(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    job_id = sbatch(
+        ["--wait", "--mem=500M", f"--output={tmp_path}/out-%j.txt", str(TEMPLATES / "job.sbatch"),
+         sys.executable, "-c", LOGGER.format(n=20, pause=0.01)],
+        job_env(run_dir), tmp_path,
+    )  # fmt: skip
+    db = only_db(run_dir)
+    assert db.parent.name.startswith(job_id)
+    assert rows(db, "SELECT count(*) FROM training_metrics") == [(20,)]
+    assert rows(db, "SELECT status, exit_code FROM jobs") == [("completed", 0)]
+    assert rows(db, "SELECT count(*) > 0 FROM resource_metrics WHERE metric_type = 'cpu'") == [(1,)]
+    assert rows(db, "SELECT DISTINCT job_id FROM training_metrics") == [(job_id,)]
+
+
+def test_time_limit_records_timeout_and_keeps_the_data(tmp_path: Path) -> None:
+    """A job that runs into --time=1 (no USR2 before it): SIGTERM at the limit → 'timeout'."""
+    run_dir = tmp_path / "run"
+    script = tmp_path / "limited.sbatch"
+    script.write_text(
+        f'#!/bin/bash\n#SBATCH --time=1\n#SBATCH --mem=500M\nsrun aetherium-hpc run -- "{sys.executable}" -c "$1"\n'
+    )
+    sbatch(
+        ["--wait", f"--output={tmp_path}/out-%j.txt", str(script), LOGGER.format(n=100_000, pause=0.05)],
+        job_env(run_dir), tmp_path, timeout=300, ok=(0, 1),  # --wait exits 1 for a job that timed out
+    )  # fmt: skip
+    db = only_db(run_dir)
+    status = rows(db, "SELECT status FROM jobs")
+    logged = rows(db, "SELECT count(*), max(epoch_number) FROM training_metrics")[0]
+    assert status == [("timeout",)], [p.read_text() for p in tmp_path.glob("out-*.txt")]
+    # About 20 records a second for a minute; all that reached the store before SIGTERM is there, gap-free.
+    assert logged[0] > 500 and logged[1] == logged[0] - 1
+
+
+def _daemon_pid(name: str) -> int:
+    folder = Path(os.environ.get("AETHERIUM_SLURM_DIR") or "/tmp/aetherium-slurm")
+    return int((folder / "run" / f"{name}.pid").read_text().strip())
+
+
+def test_status_answers_while_slurmdbd_is_down(tmp_path: Path) -> None:
+    """sacct fails without slurmdbd: `status` still answers, from squeue and the databases."""
+    env = job_env(tmp_path / "unused")
+    base = [sys.executable, "-m", "aetherium_hpc"]
+    submit = subprocess.run(
+        [*base, "submit", str(ROOT / "configs" / "train.yaml"), "--wait", "--set", f"run_dir={tmp_path}",
+         "--set", "backend=slurm", "--set", "resources.mem_gb=1", "--set", "workload.kwargs.rounds=1",
+         "--set", "workload.kwargs.epochs=2"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert submit.returncode == 0, submit.stdout + submit.stderr
+    run_dir = Path(
+        next(line.split(": ", 1)[1] for line in submit.stdout.splitlines() if line.startswith("run directory: "))
+    )
+    pid = _daemon_pid("slurmdbd")
+    os.kill(pid, signal.SIGTERM)
+    try:
+        for _ in range(100):
+            if not Path(f"/proc/{pid}").exists():
+                break
+            time.sleep(0.1)
+        sacct = subprocess.run(["sacct", "-X", "-n"], env=env, capture_output=True, text=True, timeout=60)
+        assert sacct.returncode != 0  # accounting is really down
+        proc = subprocess.run([*base, "status", str(run_dir)], env=env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        header = proc.stdout.splitlines()[0]
+        assert "sacct" not in header and ("squeue" in header or "databases" in header), proc.stdout
+        assert "COMPLETED" in proc.stdout.upper(), proc.stdout
+    finally:
+        subprocess.run(["bash", str(ROOT / "slurm" / "cluster.sh"), "up"], capture_output=True, timeout=180, check=True)
