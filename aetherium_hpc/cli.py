@@ -119,6 +119,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ids = sub.array_job_ids if sub.array_job_ids and sub.cluster == "slurm" else sub.job_ids
     kind = "array job" if sub.array_job_ids and sub.cluster == "slurm" else "job"
     print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: {kind} id(s) {' '.join(ids)}")
+    if sub.report_job is not None:
+        print(
+            f"report job {sub.report_job.job_id}: merges and reports into {sub.layout.root} "
+            "(merged.db, report.html) once every task has ended"
+        )
     if not (args.wait or sub.cluster == "debug"):
         print(f"follow it with: aetherium-hpc status {sub.layout.root}")
         return 0

@@ -153,6 +153,7 @@ class Submission:
     cluster: str
     jobs: list[Any] = field(default_factory=list)  # submitit Job objects, in task order
     array_job_ids: list[str] = field(default_factory=list)
+    report_job: Any = None  # the merge + report job of ``report: {auto: true}``
 
     @property
     def job_ids(self) -> list[str]:
@@ -163,6 +164,7 @@ class Submission:
             "cluster": self.cluster,
             "job_ids": self.job_ids,
             "array_job_ids": self.array_job_ids,
+            "report_job_id": None if self.report_job is None else str(self.report_job.job_id),
             "submitted_at": time.time(),
         }
 
@@ -220,6 +222,8 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
                 _submit_slurm_arrays(config, executor, runner, sub)
             else:
                 _submit_local_array(config, executor, runner, sub, sleep)
+            if config.report.auto and cluster in ("slurm", "local"):
+                sub.report_job = _submit_report_job(config, layout, cluster, sub)
     except LaunchError:
         raise
     except (OSError, subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
@@ -232,6 +236,28 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
             shutil.copyfile(script[-1], layout.sbatch_path)
     layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
     return sub
+
+
+def _submit_report_job(config: Config, layout: RunLayout, cluster: str, sub: Submission) -> Any:
+    """``report: {auto: true}``: merge + report once every task has ended (afterany on Slurm)."""
+    from .analysis.auto import MergeReportJob
+
+    executor = submitit.AutoExecutor(folder=layout.submitit_dir, cluster=cluster)
+    params: dict[str, Any] = {"name": f"{config.name}-report", "timeout_min": 60, "nodes": 1,
+                              "tasks_per_node": 1, "cpus_per_task": 1}  # fmt: skip
+    if cluster == "slurm":
+        ids = sub.array_job_ids or sub.job_ids
+        params["mem_gb"] = 4
+        params["slurm_additional_parameters"] = {"dependency": "afterany:" + ":".join(ids)}
+        for key in ("partition", "account", "qos"):
+            value = getattr(config.slurm, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        executor.update_parameters(**params)
+        return executor.submit(MergeReportJob(str(layout.root)))
+    executor.update_parameters(**params)
+    pids = [int(j) for j in sub.job_ids if str(j).isdigit()]
+    return executor.submit(MergeReportJob(str(layout.root), wait_for_pids=pids))
 
 
 def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner: JobRunner, sub: Submission) -> None:

@@ -125,3 +125,49 @@ def test_status_answers_while_slurmdbd_is_down(tmp_path: Path) -> None:
         assert "COMPLETED" in proc.stdout.upper(), proc.stdout
     finally:
         subprocess.run(["bash", str(ROOT / "slurm" / "cluster.sh"), "up"], capture_output=True, timeout=180, check=True)
+
+
+def test_chain_merge_runs_the_merge_after_the_array(tmp_path: Path) -> None:
+    """slurm/templates/chain-merge.sh: an array, then merge + report with --dependency=afterany."""
+    run_dir = tmp_path / "chained run"  # a space, as in real home folders
+    env = job_env(run_dir)
+    proc = subprocess.run(
+        ["bash", str(TEMPLATES / "chain-merge.sh"), str(run_dir), sys.executable, "-c", LOGGER.format(n=5, pause=0.01)],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()
+    array_id, merge_id = words[2].rstrip(","), words[5].rstrip(";")
+    deps = subprocess.run(
+        ["scontrol", "show", "job", merge_id], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
+    assert f"afterany:{array_id}" in deps or "Dependency=(null)" in deps  # (null) once the array has ended
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (run_dir / "report.html").exists():
+        time.sleep(1)
+    assert (run_dir / "report.html").exists(), list(run_dir.rglob("*"))
+    merged = run_dir / "merged.db"
+    assert rows(merged, "SELECT count(DISTINCT array_task_id), count(*) FROM training_metrics") == [(4, 20)]
+    assert len(sorted((run_dir / "db").glob("*/*.db"))) == 4
+
+
+def test_submit_with_auto_report_chains_a_merge_job_after_the_array(tmp_path: Path) -> None:
+    env = job_env(tmp_path / "unused")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", "submit", str(ROOT / "configs" / "array.yaml"),
+         "--set", "backend=slurm", "--set", f"run_dir={tmp_path}", "--set", "report.auto=true"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(
+        next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("run directory: "))
+    )
+    report_id = next(line.split()[2].rstrip(":") for line in proc.stdout.splitlines() if line.startswith("report job "))
+    array_id = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("submitted "))
+    show = subprocess.run(["scontrol", "show", "job", report_id], env=env, capture_output=True, text=True, timeout=30)
+    assert f"afterany:{array_id}" in show.stdout or "Dependency=(null)" in show.stdout, show.stdout
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (run_dir / "report.html").exists():
+        time.sleep(1)
+    assert (run_dir / "report.html").exists(), sorted(p.name for p in run_dir.rglob("*"))
+    assert rows(run_dir / "merged.db", "SELECT count(DISTINCT array_task_id) FROM training_metrics") == [(4,)]

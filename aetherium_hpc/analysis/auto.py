@@ -1,0 +1,65 @@
+"""``report: {auto: true}``: a job that merges a run's databases and writes its report.
+
+On Slurm it is submitted with ``--dependency=afterany:<job or array id>``, so it starts when
+every task has ended (completed, failed, cancelled or timed out: their data is on disk too).
+On the local backend it waits for the task processes to exit.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..paths import RunLayout
+
+MERGED_DB = "merged.db"
+REPORT_HTML = "report.html"
+REPORT_PNG = "report.png"
+REPORT_JSON = "report.json"
+
+
+@dataclass
+class MergeReportJob:
+    """Picklable callable run as its own job: merge ``run_dir``'s databases, then report."""
+
+    run_dir: str
+    wait_for_pids: list[int] = field(default_factory=list)
+    poll_s: float = 1.0
+
+    def __call__(self) -> str:
+        for pid in self.wait_for_pids:
+            while _alive(pid):
+                time.sleep(self.poll_s)
+        from .merge import merge
+        from .report import run_report
+
+        layout = RunLayout(Path(self.run_dir))
+        merged = layout.root / MERGED_DB
+        result = merge([str(layout.db_dir)], merged, progress=False)
+        print(result.summary())
+        run_report(
+            str(merged),
+            plot=str(layout.root / REPORT_PNG),
+            html=str(layout.root / REPORT_HTML),
+            json_out=False,
+            json_path=str(layout.root / REPORT_JSON),
+            plot_dir=None,
+            quiet=True,
+        )
+        return str(layout.root / REPORT_HTML)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a finished child of ours that nobody reaped yet is a zombie: ended
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
