@@ -27,6 +27,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -52,28 +53,46 @@ class JobInterrupted(Exception):
 TIME_LIMIT_GRACE_S = 30.0
 
 
-def _past_time_limit(now: float | None = None) -> bool:
-    """True when the SIGTERM comes from Slurm's time limit rather than from scancel.
+_job_end_time: float | None = None
 
-    Slurm >= 23.02 exports SLURM_JOB_END_TIME; older versions (22.05 here) do not, but then
-    squeue reports the reason ``TimeLimit`` for the job while it is being stopped.
+
+def remember_job_end_time(timeout: float = 5.0) -> float | None:
+    """Learn when Slurm will stop this job, once, at start (never inside a signal handler).
+
+    Slurm >= 23.02 exports SLURM_JOB_END_TIME; 22.05 does not, so ask squeue for the end time.
     """
+    global _job_end_time
     end = os.environ.get("SLURM_JOB_END_TIME")
     if end:
         try:
-            return (time.time() if now is None else now) >= float(end) - TIME_LIMIT_GRACE_S
+            _job_end_time = float(end)
+            return _job_end_time
         except ValueError:
             pass
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id or shutil.which("squeue") is None:
-        return False
+        return None
     try:
         out = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%r"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
+            ["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=timeout, check=False
+        ).stdout.strip()
+        _job_end_time = datetime.strptime(out, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except (OSError, subprocess.SubprocessError, ValueError):  # no limit ("N/A"), or no answer
+        return None
+    return _job_end_time
+
+
+def _past_time_limit(now: float | None = None) -> bool:
+    """True when a SIGTERM comes from Slurm's time limit rather than from scancel."""
+    end = _job_end_time
+    if end is None and os.environ.get("SLURM_JOB_END_TIME"):
+        try:
+            end = float(os.environ["SLURM_JOB_END_TIME"])
+        except ValueError:
+            end = None
+    if end is None:
         return False
-    return out.strip() == "TimeLimit"
+    return (time.time() if now is None else now) >= end - TIME_LIMIT_GRACE_S
 
 
 def status_for(signum: int, previous: Handler) -> str:
@@ -142,6 +161,7 @@ class SignalGuard:
         self.received: int | None = None
 
     def install(self) -> SignalGuard:
+        remember_job_end_time()
         if threading.current_thread() is not threading.main_thread():
             log.warning("aetherium-hpc: not in the main thread; signals will not save the metrics")
             return self
