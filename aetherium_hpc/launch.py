@@ -12,6 +12,7 @@ The job runs :class:`aetherium_hpc.runtime.JobRunner`. Nothing here prints; the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -48,14 +49,39 @@ __all__ = [
 #: Slurm's default MaxArraySize, used when ``scontrol show config`` does not answer.
 DEFAULT_MAX_ARRAY_SIZE = 1001
 SCONTROL_TIMEOUT_S = 10.0
+log = logging.getLogger(__name__)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def resolve_cluster(backend: str) -> str:
-    """submitit's executor name for a backend; ``auto`` lets submitit pick (slurm when srun is there)."""
-    if backend == "auto":
-        return submitit.AutoExecutor.which()
-    return backend
+    """submitit's executor name for a backend.
+
+    ``auto``: Slurm when its commands are installed *and* a controller answers; otherwise the
+    local backend (a workstation with Slurm packages but no cluster is a machine without Slurm).
+    """
+    if backend != "auto":
+        return backend
+    cluster = submitit.AutoExecutor.which()
+    if cluster == "slurm":
+        problem = _slurm_problem()
+        if problem is not None:
+            log.warning("aetherium-hpc: Slurm commands found but %s; running locally (backend: slurm insists)", problem)
+            return "local"
+    return cluster
+
+
+def _slurm_problem(timeout: float = SCONTROL_TIMEOUT_S) -> str | None:
+    """None when a Slurm controller answers ``sinfo``, else what went wrong."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"sinfo did not answer within {timeout:.0f} s"
+    except OSError as exc:
+        return f"sinfo cannot run ({exc.strerror})"
+    if proc.returncode != 0:
+        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
+        return f"no cluster answers (sinfo: {first})"
+    return None
 
 
 def executor_parameters(config: Config) -> dict[str, Any]:
