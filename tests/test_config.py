@@ -51,7 +51,9 @@ def test_train_yaml_values() -> None:
     assert cfg.backend == "auto"
     assert cfg.workload.kind == "callable"
     assert cfg.workload.split_callable() == ("aetherium_hpc.demo.pipeline", "run")
-    assert cfg.workload.kwargs == {"rounds": 2, "epochs": 5, "chunks": 4, "samples_per_chunk": 64, "workers": 2}
+    assert cfg.workload.kwargs == {
+        "rounds": 3, "epochs": 20, "chunks": 8, "samples_per_chunk": 512, "width": 256, "workers": 2
+    }  # fmt: skip
     assert cfg.resources == Resources(timeout_min=10, cpus_per_task=2, mem_gb=2)
     assert cfg.monitoring.interval_s == 0.5
     assert not cfg.is_array and cfg.array_params() == []
@@ -212,7 +214,7 @@ def test_overrides_are_parsed_as_yaml() -> None:
     assert cfg.resources.nodes == 2 and isinstance(cfg.resources.nodes, int)
     assert cfg.slurm.partition == "gpu"
     assert cfg.monitoring.gpu is False and cfg.monitoring.interval_s == 2.0
-    assert cfg.workload.kwargs["epochs"] == 7 and cfg.workload.kwargs["rounds"] == 2
+    assert cfg.workload.kwargs["epochs"] == 7 and cfg.workload.kwargs["rounds"] == 3
     assert cfg.slurm.additional_parameters == {"mail_type": "END"}
     assert cfg.slurm.setup == ("module load a", "module load b")
     assert cfg.backend == "local"
