@@ -65,7 +65,10 @@ def resolve_cluster(backend: str) -> str:
     if cluster == "slurm":
         problem = _slurm_problem()
         if problem is not None:
-            log.warning("aetherium-hpc: Slurm commands found but %s; running locally (set backend: slurm to submit anyway)", problem)
+            log.warning(
+                "aetherium-hpc: Slurm commands found but %s; running locally (set backend: slurm to submit anyway)",
+                problem,
+            )
             return "local"
     return cluster
 

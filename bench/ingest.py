@@ -103,20 +103,33 @@ def call_latency(path: str, n: int = 200_000) -> tuple[float, float, float]:
     return samples[n // 2] / 1000, samples[int(n * 0.99)] / 1000, overhead / 1000
 
 
+def measure(records: int = 200_000, workers: int = 4, repeat: int = 3, latency_calls: int = 200_000) -> dict[str, list[float]]:
+    """Run the benchmark; per-repeat lists (same index = same repeat) of rows/s and latencies (us)."""
+    raw: list[float] = []
+    ours: list[float] = []
+    p50s: list[float] = []
+    p99s: list[float] = []
+    overheads: list[float] = []
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(repeat):
+            raw.append(raw_sqlite(os.path.join(d, f"raw{r}.db"), records, workers + 1))
+            ours.append(store_ingest(os.path.join(d, f"ours{r}.db"), records, workers))
+            p50, p99, overhead = call_latency(os.path.join(d, f"lat{r}.db"), latency_calls)
+            p50s.append(p50)
+            p99s.append(p99)
+            overheads.append(overhead)
+    return {"raw": raw, "ours": ours, "p50": p50s, "p99": p99s, "timer_overhead": overheads}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000, help="records per run, all producers together")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--repeat", type=int, default=3)
     a = ap.parse_args()
-    raw, ours, p50s, p99s = [], [], [], []
-    with tempfile.TemporaryDirectory() as d:
-        for r in range(a.repeat):
-            raw.append(raw_sqlite(os.path.join(d, f"raw{r}.db"), a.records, a.workers + 1))
-            ours.append(store_ingest(os.path.join(d, f"ours{r}.db"), a.records, a.workers))
-            p50, p99, overhead = call_latency(os.path.join(d, f"lat{r}.db"))
-            p50s.append(p50)
-            p99s.append(p99)
+    m = measure(a.records, a.workers, a.repeat)
+    raw, ours, p50s, p99s = m["raw"], m["ours"], m["p50"], m["p99"]
+    overhead = statistics.median(m["timer_overhead"])
     ratios = [o / r for o, r in zip(ours, raw, strict=True)]
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")
     print(

@@ -18,9 +18,12 @@ import argparse
 import os
 import random
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -96,6 +99,61 @@ def bare_copy(files: list[str], output: str) -> None:
     conn.close()
 
 
+def report_command(db: str, html: str) -> list[str]:
+    """``aetherium-hpc report`` as a user runs it: a fresh interpreter, text report + HTML with plots."""
+    return [sys.executable, "-m", "aetherium_hpc", "report", db, "--quiet", "--html", html]
+
+
+def measure(tasks: int = 100, hours: float = 1.0, repeat: int = 3, report_repeat: int = 0,
+            work_dir: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:  # fmt: skip
+    """Build the task DBs once, then ``repeat`` x (bare copy, merge, re-merge), pairs by index.
+
+    With ``report_repeat``, also time ``aetherium-hpc report`` that many times on the last merged DB.
+    """
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        rng = random.Random(1)
+        t = time.perf_counter()
+        files = []
+        for task in range(tasks):
+            path = os.path.join(tmp, "db", f"4242_{task}", f"n{task % 8}.db")
+            os.makedirs(os.path.dirname(path))
+            build_task_db(path, task, hours, rng)
+            files.append(path)
+        size = sum(os.path.getsize(f) for f in files)
+        log(f"built {tasks} task DBs ({hours:g} h x {N_METRICS} metrics x 1 Hz each, "
+            f"{size / 2**20:.0f} MB) in {time.perf_counter() - t:.1f} s")  # fmt: skip
+        bare: list[float] = []
+        merged: list[float] = []
+        remerge: list[float] = []
+        report: list[float] = []
+        merged_size = 0
+        for r in range(repeat):
+            out = os.path.join(tmp, f"bare{r}.db")
+            t = time.perf_counter()
+            bare_copy(files, out)
+            bare.append(time.perf_counter() - t)
+            os.remove(out)
+            out = os.path.join(tmp, f"merged{r}.db")
+            t = time.perf_counter()
+            result = merge(files, out, progress=False)
+            merged.append(time.perf_counter() - t)
+            assert result.sources_added == tasks and not result.skipped, result.summary()
+            t = time.perf_counter()
+            again = merge(files, out, progress=False)
+            remerge.append(time.perf_counter() - t)
+            assert again.sources_added == 0
+            merged_size = os.path.getsize(out)
+            if r == repeat - 1:
+                for k in range(report_repeat):
+                    html = os.path.join(tmp, f"report{k}.html")
+                    t = time.perf_counter()
+                    subprocess.run(report_command(out, html), check=True, capture_output=True)
+                    report.append(time.perf_counter() - t)
+            os.remove(out)
+    return {"tasks": tasks, "hours": hours, "input_bytes": size, "merged_bytes": merged_size,
+            "bare": bare, "merge": merged, "remerge": remerge, "report": report}  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", type=int, default=100, help="task databases to build [100]")
@@ -103,40 +161,13 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each, best kept [3]")
     ap.add_argument("--dir", default=None, help="work folder [a temporary one]")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        rng = random.Random(1)
-        t = time.perf_counter()
-        files = []
-        for task in range(args.tasks):
-            path = os.path.join(tmp, "db", f"4242_{task}", f"n{task % 8}.db")
-            os.makedirs(os.path.dirname(path))
-            build_task_db(path, task, args.hours, rng)
-            files.append(path)
-        size = sum(os.path.getsize(f) for f in files)
-        print(f"built {args.tasks} task DBs ({args.hours:g} h x {N_METRICS} metrics x 1 Hz each, "
-              f"{size / 2**20:.0f} MB) in {time.perf_counter() - t:.1f} s")  # fmt: skip
-        best_merge = best_bare = float("inf")
-        for r in range(args.repeat):
-            out = os.path.join(tmp, f"bare{r}.db")
-            t = time.perf_counter()
-            bare_copy(files, out)
-            best_bare = min(best_bare, time.perf_counter() - t)
-            os.remove(out)
-            out = os.path.join(tmp, f"merged{r}.db")
-            t = time.perf_counter()
-            result = merge(files, out, progress=False)
-            best_merge = min(best_merge, time.perf_counter() - t)
-            assert result.sources_added == args.tasks and not result.skipped, result.summary()
-            t = time.perf_counter()
-            again = merge(files, out, progress=False)
-            remerge = time.perf_counter() - t
-            assert again.sources_added == 0
-            os.remove(out)
-        ratio = best_merge / best_bare
-        print(f"bare ATTACH+INSERT..SELECT copy: {best_bare:.2f} s")
-        print(f"merge (checks, fingerprints, remap): {best_merge:.2f} s  ({size / 2**20 / best_merge:.0f} MB/s)")
-        print(f"ratio merge/bare: {ratio:.2f}x (target <= 1.5x)")
-        print(f"re-merge of the same inputs (adds nothing): {remerge:.2f} s")
+    m = measure(args.tasks, args.hours, args.repeat, work_dir=args.dir)
+    best_bare, best_merge, remerge, size = min(m["bare"]), min(m["merge"]), m["remerge"][-1], m["input_bytes"]
+    ratio = best_merge / best_bare
+    print(f"bare ATTACH+INSERT..SELECT copy: {best_bare:.2f} s")
+    print(f"merge (checks, fingerprints, remap): {best_merge:.2f} s  ({size / 2**20 / best_merge:.0f} MB/s)")
+    print(f"ratio merge/bare: {ratio:.2f}x (target <= 1.5x)")
+    print(f"re-merge of the same inputs (adds nothing): {remerge:.2f} s")
     return 0 if ratio <= 1.5 else 1
 
 

@@ -17,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -55,6 +56,39 @@ def stats(values: list[float]) -> tuple[float, float, float]:
     return statistics.fmean(ordered), ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.95) - 1]
 
 
+@contextmanager
+def process_tree(children: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """This process + ``children`` Python children (half sleeping, half lightly busy)."""
+    kids = [subprocess.Popen([sys.executable, "-c", LIGHT if i % 2 else SLEEPER]) for i in range(children)]
+    try:
+        time.sleep(1.0)  # let the interpreters start
+        yield kids
+    finally:
+        for kid in kids:
+            kid.kill()
+            kid.wait()
+
+
+def sample_costs(samples: int, spacing: float) -> tuple[list[float], list[float], int]:
+    """CPU ms per sample of (monitor, naive loop), interleaved, for this process's current tree."""
+    me = os.getpid()
+    tree = ProcessTreeCollector(me)
+    monitor = ResourceMonitor(collectors=[HostCollector(), tree], sink=lambda s, ts: None, store_getter=None)
+    for collector in monitor.collectors:
+        collector.start()
+    monitor.sample_once()
+    ours: list[float] = []
+    naive: list[float] = []
+    for _ in range(samples):
+        ours.append(cpu_ms(monitor.sample_once))
+        time.sleep(spacing)
+        naive.append(cpu_ms(lambda: naive_sample(me)))
+        time.sleep(spacing)
+    for collector in monitor.collectors:
+        collector.close()
+    return ours, naive, len(tree.pids())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=300, help="samples per side (default 300)")
@@ -63,23 +97,8 @@ def main() -> int:
     parser.add_argument("--live", type=float, default=10.0, help="seconds of a real 1 Hz run into a store (0: skip)")
     args = parser.parse_args()
 
-    kids = [subprocess.Popen([sys.executable, "-c", LIGHT if i % 2 else SLEEPER]) for i in range(args.children)]
-    try:
-        time.sleep(1.0)  # let the interpreters start
-        me = os.getpid()
-        tree = ProcessTreeCollector(me)
-        monitor = ResourceMonitor(collectors=[HostCollector(), tree], sink=lambda s, ts: None, store_getter=None)
-        for collector in monitor.collectors:
-            collector.start()
-        monitor.sample_once()
-        ours: list[float] = []
-        naive: list[float] = []
-        for _ in range(args.samples):
-            ours.append(cpu_ms(monitor.sample_once))
-            time.sleep(args.spacing)
-            naive.append(cpu_ms(lambda: naive_sample(me)))
-            time.sleep(args.spacing)
-        n_tree = len(tree.pids())
+    with process_tree(args.children):
+        ours, naive, n_tree = sample_costs(args.samples, args.spacing)
         n_node = len(psutil.pids())
 
         print(f"tree: {n_tree} processes; node: {n_node} processes; {psutil.cpu_count()} CPUs; "
@@ -95,10 +114,6 @@ def main() -> int:
 
         if args.live > 0:
             live(args.live)
-    finally:
-        for kid in kids:
-            kid.kill()
-            kid.wait()
     return 0
 
 

@@ -106,6 +106,12 @@ def write_plain(path: str, seconds: int, specs: list[tuple[str, str, str, str]])
 
 
 def time_query(path: str, repeat: int = 7) -> tuple[float, tuple[object, ...]]:
+    times, row = query_times(path, repeat)
+    return statistics.median(times), row
+
+
+def query_times(path: str, repeat: int = 7) -> tuple[list[float], tuple[object, ...]]:
+    """``repeat`` timings (ms) of the aggregate on one read-only connection, and its result."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     times, row = [], None
     for _ in range(repeat):
@@ -113,14 +119,13 @@ def time_query(path: str, repeat: int = 7) -> tuple[float, tuple[object, ...]]:
         row = conn.execute(QUERY).fetchone()
         times.append((time.perf_counter() - t) * 1000)
     conn.close()
-    return statistics.median(times), row
+    assert row is not None
+    return times, row
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--hours", type=float, default=24.0)
-    a = ap.parse_args()
-    seconds = int(a.hours * 3600)
+def measure(hours: float = 24.0, query_repeat: int = 7) -> dict[str, object]:
+    """Write both stores once (sizes are deterministic), time the aggregate ``query_repeat`` times on each."""
+    seconds = int(hours * 3600)
     specs = metric_specs()
     n = seconds * len(specs)
     with tempfile.TemporaryDirectory() as d:
@@ -132,8 +137,22 @@ def main() -> None:
         write_plain(plain, seconds, specs)
         t_plain = time.perf_counter() - t
         size_ours, size_plain = os.path.getsize(ours), os.path.getsize(plain)
-        q_ours, row_ours = time_query(ours)
-        q_plain, row_plain = time_query(plain)
+        q_ours, row_ours = query_times(ours, query_repeat)
+        q_plain, row_plain = query_times(plain, query_repeat)
+    return {"samples": n, "hours": hours, "metrics": len(specs), "size_ours": size_ours, "size_plain": size_plain,
+            "t_ours": t_ours, "t_plain": t_plain, "q_ours": q_ours, "q_plain": q_plain,
+            "row_ours": row_ours, "row_plain": row_plain}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--hours", type=float, default=24.0)
+    a = ap.parse_args()
+    m = measure(a.hours)
+    n, size_ours, size_plain, t_ours, t_plain = m["samples"], m["size_ours"], m["size_plain"], m["t_ours"], m["t_plain"]
+    q_ours, q_plain = statistics.median(m["q_ours"]), statistics.median(m["q_plain"])  # type: ignore[arg-type]
+    row_ours, row_plain = m["row_ours"], m["row_plain"]
+    specs = metric_specs()
     print(f"samples: {n:,} ({a.hours:g} h x {len(specs)} metrics x 1 Hz); SQLite {sqlite3.sqlite_version}")
     print(
         f"aetherium store : {size_ours / n:6.2f} B/sample ({size_ours / 2**20:7.1f} MiB), written in {t_ours:5.1f} s; target <= 16 B"

@@ -275,7 +275,23 @@ def build_report(db: str | os.PathLike[str]) -> Report:
             "check the path, or that the job ran with the metrics store enabled"
         )
     data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
-    return Report(path, data, _text(data), series, sources, generation, training)
+    from .accounting import sacct_figures
+
+    data["sacct"] = sacct_figures(str(j.get("job_id")) for j in jobs)
+    data_text = _text(data) + _sacct_text(data["sacct"])
+    return Report(path, data, data_text, series, sources, generation, training)
+
+
+def _sacct_text(sacct: dict[str, Any]) -> str:
+    if not sacct["rows"]:
+        return f"\nslurm accounting: {sacct.get('why', 'none')}\n"
+    header = ("job", "state", "exit", "elapsed", "total cpu", "req mem", "cpus", "limit", "max rss MB")
+    rows = [
+        (r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
+         r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"]))
+        for r in sacct["rows"]
+    ]  # fmt: skip
+    return "\n".join(["", "slurm accounting (sacct):", *_table(header, rows)]) + "\n"
 
 
 def _compute(
@@ -868,6 +884,18 @@ def _html(rep: Report) -> str:
              for r in d["resources"]],
             numeric=(5, 6, 7),
         ))  # fmt: skip
+    sacct = d.get("sacct") or {"rows": []}
+    if sacct["rows"]:
+        parts.append("<h2>Slurm accounting (sacct)</h2>")
+        parts.append(_html_table(
+            ["job", "state", "exit", "elapsed", "total CPU", "requested memory", "CPUs", "time limit", "max RSS MB"],
+            [[r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
+              r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"])]
+             for r in sacct["rows"]],
+            numeric=[8],
+        ))  # fmt: skip
+    elif sacct.get("why"):
+        parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['why'])}</p>")
     if d["jobs"]:
         parts.append("<h2>Tasks</h2>")
         head = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -171,3 +172,7 @@ def test_submit_with_auto_report_chains_a_merge_job_after_the_array(tmp_path: Pa
         time.sleep(1)
     assert (run_dir / "report.html").exists(), sorted(p.name for p in run_dir.rglob("*"))
     assert rows(run_dir / "merged.db", "SELECT count(DISTINCT array_task_id) FROM training_metrics") == [(4,)]
+    # sacct figures are joined into the report when accounting answers.
+    sacct = json.loads((run_dir / "report.json").read_text())["sacct"]
+    assert sorted(r["job"] for r in sacct["rows"]) == [f"{array_id}_{t}" for t in range(4)], sacct
+    assert {r["state"] for r in sacct["rows"]} == {"COMPLETED"}

@@ -1,0 +1,52 @@
+"""sacct figures in reports: parsing, and the reasons given when there are none."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aetherium_hpc.analysis import accounting
+
+
+def test_local_job_ids_are_not_sent_to_sacct() -> None:
+    assert accounting.sacct_figures(["local123", None, "4711x"]) == {
+        "rows": [],
+        "why": "no Slurm job ids in this database (local runs)",
+    }
+
+
+def test_sizes_in_mb() -> None:
+    assert accounting._mb("2048K") == 2.0
+    assert accounting._mb("1.5G") == 1536.0
+    assert accounting._mb("") is None
+
+
+def test_failing_sacct_gives_its_first_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "sacct"
+    fake.write_text("#!/bin/sh\necho 'sacct: error: Problem talking to the database: Connection refused' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    got = accounting.sacct_figures(["123_0", "123_1"])
+    assert got["rows"] == []
+    assert "Connection refused" in got["why"]
+
+
+def test_sacct_output_is_grouped_per_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "sacct"
+    fake.write_text(
+        "#!/bin/sh\ncat <<'OUT'\n"
+        "123_0|COMPLETED|0:0|00:00:05|00:01.5|1G|1|00:10:00||n1\n"
+        "123_0.batch|COMPLETED|0:0|00:00:05|00:01.5||1||2048K|n1\n"
+        "123_0.0|COMPLETED|0:0|00:00:04|00:01.2||1||51200K|n1\n"
+        "123_1|TIMEOUT|0:15|00:10:00|00:09.0|1G|1|00:10:00||n2\n"
+        "OUT\n"
+    )
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    rows = accounting.sacct_figures(["123_0", "123_1"])["rows"]
+    assert [(r["job"], r["state"], r["max_rss_mb"]) for r in rows] == [
+        ("123_0", "COMPLETED", 50.0),
+        ("123_1", "TIMEOUT", None),
+    ]
