@@ -103,7 +103,9 @@ def call_latency(path: str, n: int = 200_000) -> tuple[float, float, float]:
     return samples[n // 2] / 1000, samples[int(n * 0.99)] / 1000, overhead / 1000
 
 
-def measure(records: int = 200_000, workers: int = 4, repeat: int = 3, latency_calls: int = 200_000) -> dict[str, list[float]]:
+def measure(
+    records: int = 200_000, workers: int = 4, repeat: int = 3, latency_calls: int = 200_000
+) -> dict[str, list[float]]:
     """Run the benchmark; per-repeat lists (same index = same repeat) of rows/s and latencies (us)."""
     raw: list[float] = []
     ours: list[float] = []

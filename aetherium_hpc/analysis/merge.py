@@ -368,6 +368,11 @@ def merge(inputs: Sequence[PathLike], output: PathLike, *, progress: bool | None
                 try:
                     reason = _merge_one(conn, path, result, by_fp, by_id)
                 except sqlite3.DatabaseError as exc:
+                    if "locked" in str(exc):  # the input was readable (check_input): the output is locked
+                        raise StoreError(
+                            f"{result.output}: locked by another process ({exc}); wait until it ends, "
+                            "or merge into another -o file"
+                        ) from exc
                     reason = f"unreadable while copying ({exc})"
             if reason is not None:
                 result.skipped.append(Skipped(path, reason))

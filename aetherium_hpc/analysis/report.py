@@ -243,6 +243,12 @@ def build_report(db: str | os.PathLike[str]) -> Report:
     path = os.path.abspath(os.fspath(db))
     conn = _open(path)
     try:
+        status = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        if status != ["ok"]:
+            raise StoreError(
+                f"{path}: corrupt or truncated (PRAGMA quick_check: {'; '.join(map(str, status))}); "
+                "copy it again from the run directory, or merge the other databases without it"
+            )
         sources = {
             r[0]: _Source(r[0], r[1], r[2], r[3], r[4] or "", r[5] or 0, r[6])
             for r in conn.execute(
@@ -277,9 +283,16 @@ def build_report(db: str | os.PathLike[str]) -> Report:
     data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
     from .accounting import sacct_figures
 
-    data["sacct"] = sacct_figures(str(j.get("job_id")) for j in jobs)
+    data["sacct"] = sacct_figures(_slurm_job_id(j) for j in jobs)
     data_text = _text(data) + _sacct_text(data["sacct"])
     return Report(path, data, data_text, series, sources, generation, training)
+
+
+def _slurm_job_id(job: dict[str, Any]) -> str | None:
+    """How sacct names a task: ``<array job>_<task>`` for array tasks (their own SLURM_JOB_ID differs)."""
+    if job.get("array_job_id") and job.get("array_task_id") is not None:
+        return f"{job['array_job_id']}_{job['array_task_id']}"
+    return None if job.get("job_id") is None else str(job["job_id"])
 
 
 def _sacct_text(sacct: dict[str, Any]) -> str:

@@ -166,6 +166,10 @@ def check_version(conn: sqlite3.Connection, path: str) -> bool:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):
+            raise SchemaError(
+                f"{path}: locked by another process ({exc}); wait until it ends, or work on a copy"
+            ) from exc
         raise SchemaError(f"{path}: not a readable SQLite database ({exc}); pass an aetherium-hpc .db file") from exc
     if app_id == 0 and version == 0 and n_tables == 0:
         return False
