@@ -1,7 +1,7 @@
 """The benchmark suite: every benchmark of bench/, side by side with the tools people would use instead.
 
     python -m bench                 # the full run (about 5-10 min on 2 cores), writes docs/PERFORMANCE.md
-    python -m bench --quick         # scaled-down sizes (said so in the output), about 1-2 min
+    python -m bench --quick         # scaled-down sizes (said so), about 1-2 min; table on stdout unless --out
     python -m bench --only ingest,merge --out -     # some sections, table on stdout only
 
 Every figure is the median of ``--repeat`` (>= 3) runs with the spread (min-max); a ratio is taken
@@ -370,6 +370,10 @@ def versions() -> str:
     return ", ".join(parts)
 
 
+SHORT = {
+    "ingest": "End-to-end ingest", "latency": "Log call", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
+    "bytes": "Bytes per sample", "query": "Aggregate query", "merge": "Merge", "submit": "1,000-task array submit",
+}  # fmt: skip
 WHY_MISSED = {
     "ingest": "the store's writer shares the cores with the producers; on 2 cores the 5 producer processes and "
     "the writer compete. More cores, or fewer worker processes per node, bring it back above 40 %.",
@@ -437,7 +441,8 @@ def render(res: Results, prose: str, took: float, only: Sequence[str]) -> str:
     if not missed:
         lines.append("None in this run.")
     for row in missed:
-        lines.append(f"- **{row.what.split(',')[0]}** ({row.target}): {row.note or WHY_MISSED.get(row.key, '')}")
+        name = SHORT.get(row.key, row.what.split(" (")[0])
+        lines.append(f"- **{name}** ({row.target}): {row.note or WHY_MISSED.get(row.key, '')}")
     lines += ["", prose.rstrip(), ""]
     return "\n".join(lines)
 
@@ -457,10 +462,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="scaled-down sizes (printed and written as such)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of every measurement, at least 3 [3]")
     ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections [{','.join(SECTIONS)}]")
-    ap.add_argument("--out", default=str(DOC), help="markdown file to write, '-' for stdout only [docs/PERFORMANCE.md]")
+    ap.add_argument("--out", default=None,
+                    help="markdown file to write, '-' for stdout only [docs/PERFORMANCE.md; with --quick: stdout]")  # fmt: skip
     args = ap.parse_args(argv)
     if args.repeat < 3:
         ap.error("--repeat: at least 3 (a median and a spread need them)")
+    if args.out is None:
+        args.out = "-" if args.quick else str(DOC)
     only = [x.strip() for x in args.only.split(",") if x.strip()]
     unknown = [x for x in only if x not in SECTIONS]
     if unknown:

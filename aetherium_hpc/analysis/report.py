@@ -701,36 +701,34 @@ def _panels(rep: Report) -> dict[str, Panel]:
     if gmem:
         panels["gpu_memory"] = timeline("GPU memory per GPU", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
 
-    gen = [g for g in rep._generation if g["duration_seconds"] is not None]
-    if gen:
+    def per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
+        """A panel drawing ``field`` per chunk, one series per round."""
 
-        def draw_gen(ax: Any) -> None:
-            rounds = sorted({g["round_number"] for g in gen}, key=lambda r: -1 if r is None else r)
+        def draw(ax: Any) -> None:
+            rounds = sorted({g["round_number"] for g in rows_all}, key=lambda r: -1 if r is None else r)
             for rnd in rounds:
-                rows = [g for g in gen if g["round_number"] == rnd]
+                rows = [g for g in rows_all if g["round_number"] == rnd]
                 x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
-                ax.plot(x, [g["duration_seconds"] for g in rows], "o", ms=3, alpha=0.7, label=f"round {_num(rnd)}")
+                ax.plot(x, [g[field] for g in rows], marker, ms=3, alpha=0.7, label=f"round {_num(rnd)}")
             ax.set_xlabel("chunk")
-            ax.set_ylabel("duration, s")
+            ax.set_ylabel(ylabel)
             if len(rounds) <= 12:
                 ax.legend(fontsize=7)
 
-        panels["generation_duration"] = ("Data generation: duration per chunk and round", draw_gen)
+        return draw
+
+    gen = [g for g in rep._generation if g["duration_seconds"] is not None]
+    if gen:
+        panels["generation_duration"] = (
+            "Data generation: duration per chunk and round",
+            per_chunk(gen, "duration_seconds", "o", "duration, s"),
+        )
         mem = [g for g in gen if g["memory_used_mb"] is not None]
         if mem:
-
-            def draw_mem(ax: Any) -> None:
-                rounds = sorted({g["round_number"] for g in mem}, key=lambda r: -1 if r is None else r)
-                for rnd in rounds:
-                    rows = [g for g in mem if g["round_number"] == rnd]
-                    x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
-                    ax.plot(x, [g["memory_used_mb"] for g in rows], "s", ms=3, alpha=0.7, label=f"round {_num(rnd)}")
-                ax.set_xlabel("chunk")
-                ax.set_ylabel("memory, MB")
-                if len(rounds) <= 12:
-                    ax.legend(fontsize=7)
-
-            panels["generation_memory"] = ("Data generation: memory per chunk and round", draw_mem)
+            panels["generation_memory"] = (
+                "Data generation: memory per chunk and round",
+                per_chunk(mem, "memory_used_mb", "s", "memory, MB"),
+            )
 
     def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
         rows = [r for r in rep._training if pred(r["metric_name"]) and r["metric_value"] is not None]

@@ -10,6 +10,7 @@ are CLI-level cases, run as a user runs them.
 from __future__ import annotations
 
 import math
+import random
 import re
 import os
 import shutil
@@ -145,6 +146,9 @@ def dbs(tmp_path: Path) -> dict[str, Path]:
     corrupt = bytearray(data)
     corrupt[4096:8192] = bytes((i * 37 + 11) % 256 for i in range(4096))
     (folder / "corrupt.db").write_bytes(bytes(corrupt))
+    noisy = bytearray(data)  # random noise over page 2: exited 0 with a report before the quick_check fix
+    noisy[4096:8192] = random.Random(7).randbytes(4096)
+    (folder / "noisy.db").write_bytes(bytes(noisy))
     conn = sqlite3.connect(folder / "foreign.db")
     conn.execute("CREATE TABLE t(x)")
     conn.commit()
@@ -156,7 +160,7 @@ def dbs(tmp_path: Path) -> dict[str, Path]:
     conn.close()
     (folder / "text.db").write_text("not a database\n" * 100)
     (folder / "empty.db").write_bytes(b"")
-    for name in ("truncated", "corrupt", "foreign", "newer", "text", "empty"):
+    for name in ("truncated", "corrupt", "noisy", "foreign", "newer", "text", "empty"):
         out[name] = folder / f"{name}.db"
     return out
 
@@ -164,6 +168,7 @@ def dbs(tmp_path: Path) -> dict[str, Path]:
 REPORT_CASES = [
     ("truncated", "not a readable SQLite database"),
     ("corrupt", "corrupt or truncated|malformed"),
+    ("noisy", "corrupt or truncated|malformed"),
     ("foreign", "not one written by aetherium-hpc"),
     ("newer", "newer than this aetherium-hpc"),
     ("text", "not a readable SQLite database"),
@@ -196,7 +201,7 @@ def test_merge_skips_every_broken_input_keeps_the_rest_and_is_idempotent(tmp_pat
     assert proc.returncode == 3, proc.stdout + proc.stderr  # documented: 3 = some inputs skipped
     skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("aetherium-hpc merge: skipped ")]
     assert len(skipped) == 6 and len(proc.stderr.splitlines()) == 6, proc.stderr
-    for name in ("truncated", "corrupt", "foreign", "newer", "text", "empty"):
+    for name in ("truncated", "corrupt", "noisy", "foreign", "newer", "text", "empty"):
         assert any(str(dbs[name]) in ln for ln in skipped), name
     assert read(out, "SELECT count(*) FROM training_metrics") == [(40,)]
     assert {p: Path(p).read_bytes() for p in inputs} == before, "inputs are opened read-only"
