@@ -246,3 +246,27 @@ def test_run_passes_hostile_arguments_and_paths_untouched(tmp_path: Path, job_en
     assert proc.returncode == 0, proc.stderr
     assert len(list(out.glob("*.db"))) == 1
     assert not list(tmp_path.rglob("pwned"))
+
+
+def test_leader_waits_for_a_sibling_task_that_is_still_sending(tmp_path: Path, job_env: Path) -> None:
+    """Two tasks on one node: the leader's workload ends first; the sibling's records still land."""
+    ctx = JobContext(job_id="9", node="n1", hostname="h", num_tasks=2, num_nodes=1)
+    dest = tmp_path / "db" / "9_0" / "n1.db"
+    sibling_code = (
+        "import time, aetherium_hpc as ah\n"
+        "ah.log_training_epoch_metric('sibling', 0.0, 1, 0)\n"  # connects
+        "time.sleep(1.5)\n"  # still working when the leader's workload is done
+        "for i in range(1, 100): ah.log_training_epoch_metric('sibling', float(i), 1, i)\n"
+    )
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def workload(session: object) -> int:
+        procs.append(subprocess.Popen([sys.executable, "-c", sibling_code], env=dict(os.environ)))
+        time.sleep(0.5)
+        return 0
+
+    run_task(ctx, workload, dest, Monitoring(interval_s=0.2))
+    procs[0].wait(30)
+    conn = sqlite3.connect(dest)
+    assert conn.execute("SELECT count(*) FROM training_metrics WHERE metric_name='sibling'").fetchone() == (100,)
+    conn.close()

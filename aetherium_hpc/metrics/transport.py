@@ -156,6 +156,17 @@ class SocketServer:
             time.sleep(0.001)
         return False
 
+    def wait_for_disconnect(self, timeout: float) -> bool:
+        """Wait until no client is connected (other tasks of the node have sent all and left)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._lock:
+                idle = not self._conns and self._busy == 0
+            if idle:
+                return True
+            time.sleep(0.05)
+        return False
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, read what clients already sent (until they close or ``timeout``), remove the socket."""
         if self._closing:

@@ -380,7 +380,6 @@ class StoreWriter(threading.Thread):
                 counters["bad_records"] = counters.get("bad_records", 0.0) + bad
             dropped = self.queue.dropped
             if dropped:
-                self.queue.dropped = 0
                 counters["dropped_queue_full"] = counters.get("dropped_queue_full", 0.0) + dropped
             conn.executemany(
                 "INSERT INTO store_stats(source_id, name, value) VALUES (1, ?, ?)"
@@ -388,6 +387,8 @@ class StoreWriter(threading.Thread):
                 list(counters.items()),
             )
             conn.execute("COMMIT")
+            if dropped:  # counted in the file only now: a failed commit keeps them for the next one
+                self.queue.dropped -= dropped
         except sqlite3.Error as exc:
             self._rollback(conn, snapshot, new_series)
             self._report_error(exc)

@@ -151,6 +151,16 @@ class NodeSession:
         self.finish(status, code, detail=f"signal {signal.Signals(signum).name}")
         return True
 
+    def wait_for_siblings(self, timeout: float) -> bool:
+        """Before closing: wait (bounded) until the node's other tasks have disconnected."""
+        store = client.get_db()
+        if store is None or store.server is None:
+            return True
+        done = store.server.wait_for_disconnect(timeout)
+        if not done:
+            log.warning("aetherium-hpc: other tasks of this node still connected after %.0f s; closing", timeout)
+        return done
+
     def finish(self, status: str, exit_code: int | None, detail: str | None = None) -> None:
         """Record the status, stop the monitor, close the store, copy back. Runs once."""
         if self._finishing:
@@ -289,6 +299,9 @@ def run_task(
             raise
         code = exit_code_of(result)
         if session is not None:
+            if ctx.num_tasks > ctx.num_nodes:
+                # Other srun tasks on this node log through our socket: let them finish sending.
+                session.wait_for_siblings(SIBLING_WAIT_S)
             session.finish("completed" if code == 0 else "failed", code)
         else:
             client.shutdown_db()
