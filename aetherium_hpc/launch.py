@@ -241,7 +241,10 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
         encoding="utf-8",
     )
     executor = _make_executor(config, layout, cluster)
-    runner = JobRunner(config.to_dict(), str(layout.root), local_array_id=str(os.getpid()))
+    # The array itself stays out of the pickled runner: each task gets (index, its own params).
+    runner = JobRunner(
+        {k: v for k, v in config.to_dict().items() if k != "array"}, str(layout.root), local_array_id=str(os.getpid())
+    )
     sub = Submission(layout, cluster)
     try:
         with _job_environment():
@@ -290,11 +293,12 @@ def _submit_report_job(config: Config, layout: RunLayout, cluster: str, sub: Sub
 
 
 def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner: JobRunner, sub: Submission) -> None:
-    indices = list(range(len(config.array_params())))
+    params = config.array_params()
+    indices = list(range(len(params)))
     size = max(1, max_array_size(config))
     for start in range(0, len(indices), size):
         chunk = indices[start : start + size]
-        jobs = executor.map_array(runner, chunk)
+        jobs = executor.map_array(runner, [(i, params[i]) for i in chunk])
         sub.jobs.extend(jobs)
         sub.array_job_ids.append(str(jobs[0].job_id).split("_")[0])
 
@@ -307,17 +311,19 @@ def _submit_local_array(
     sleep: Callable[[float], None],
 ) -> None:
     """submitit's local executor starts every task at once: keep ``array_parallelism`` running."""
-    indices = list(range(len(config.array_params())))
+    params = config.array_params()
+    indices = list(range(len(params)))
     limit = config.slurm.array_parallelism or len(indices)
     sub.array_job_ids.append(runner.local_array_id or "")
     if limit >= len(indices):
-        sub.jobs.extend(executor.map_array(runner, indices))
+        sub.jobs.extend(executor.map_array(runner, [(i, params[i]) for i in indices]))
         return
     pending = indices
     while pending:
         running = sum(1 for j in sub.jobs if not j.done())
         while running < limit and pending:
-            sub.jobs.append(executor.submit(runner, pending.pop(0)))
+            i = pending.pop(0)
+            sub.jobs.append(executor.submit(runner, (i, params[i])))
             running += 1
         if pending:
             sleep(0.2)

@@ -131,6 +131,7 @@ class Results:
     repeat: int
     rows: list[Row] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # 'section: why'
+    loads: dict[str, tuple[float, float]] = field(default_factory=dict)  # section: 1-min load average start, end
     log: Callable[[str], None] = print
 
     def add(self, row: Row) -> None:
@@ -424,6 +425,9 @@ def render(res: Results, prose: str, took: float, only: Sequence[str]) -> str:
         "",
         f"- **Machine:** {machine()}",
         f"- **Versions:** {versions()}",
+        "- **Load** (1-min load average at each section's start → end; the suite itself keeps about 1 of the "
+        f"{os.cpu_count()} CPUs busy, more means other work shared the machine): "
+        + ", ".join(f"{k} {a:.1f} → {b:.1f}" for k, (a, b) in res.loads.items()),
         "- **Peers** come from `pip install -e '.[bench]'`; a peer not installed is said so in its row.",
         "",
         "| what | figure | baseline in the same run | ratio | target | met | command |",
@@ -483,12 +487,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in only:
         print(f"\n== {name}", flush=True)
         t = time.perf_counter()
+        load0 = os.getloadavg()[0]
         try:
             RUNNERS[name](res, sizes)
         except Exception as exc:  # a benchmark that breaks is reported, the others still run
             traceback.print_exc()
             res.skipped.append(f"{name} failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
-        print(f"   ({time.perf_counter() - t:.0f} s)", flush=True)
+        res.loads[name] = (load0, os.getloadavg()[0])
+        print(
+            f"   ({time.perf_counter() - t:.0f} s; 1-min load average {load0:.1f} -> {res.loads[name][1]:.1f})",
+            flush=True,
+        )
     took = time.perf_counter() - t_all
     prose = current_prose(Path(args.out)) if args.out != "-" else current_prose(DOC)
     text = render(res, prose, took, only)

@@ -25,6 +25,7 @@ def copy_database(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, 
     uri = "file:" + quote(os.path.abspath(os.fspath(src)), safe="/") + "?mode=ro"
     source = sqlite3.connect(uri, uri=True, timeout=timeout)
     try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT, 0o640))  # as private as the node database
         target = sqlite3.connect(tmp, timeout=timeout)
         try:
             source.backup(target)

@@ -48,12 +48,20 @@ class JobRunner:
     def __repr__(self) -> str:
         return f"JobRunner(name={self.config.get('name')!r}, run_dir={self.run_dir!r})"
 
-    def __call__(self, task_index: int | None = None) -> Any:
+    def __call__(self, task: int | tuple[int, dict[str, Any]] | None = None) -> Any:
+        """``task``: ``(index, params)`` of an array task (the launcher sends each task only its
+        own parameters, so 1,000 tasks do not pickle the whole array 1,000 times), or an index
+        into the config's array."""
         config = config_from_dict(self.config, source=str(RunLayout(Path(self.run_dir)).config_path))
+        if isinstance(task, tuple):
+            task_index: int | None = task[0]
+            params: dict[str, Any] = dict(task[1])
+        else:
+            task_index = task
+            params = config.array_params()[task] if config.is_array and task is not None else {}
         ctx = JobContext.detect()
-        if ctx.array_task_id is None and task_index is not None and config.is_array:
+        if ctx.array_task_id is None and task_index is not None:
             ctx = ctx.with_array(self.local_array_id, task_index)
-        params = config.array_params()[task_index] if config.is_array and task_index is not None else {}
         workload = config.workload
         os.environ.update(workload.env)
         os.environ[env.RUN_DIR] = self.run_dir
