@@ -30,6 +30,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
 from typing import Any
 
+from ..background import block_job_signals
 from ..env import StoreAddress
 from .records import STATS
 
@@ -79,6 +80,7 @@ class SocketServer:
         self._acceptor.start()
 
     def _accept_loop(self) -> None:
+        block_job_signals()
         while not self._closing:
             try:
                 raw, _ = self._sock.accept()
@@ -99,6 +101,7 @@ class SocketServer:
             self._busy += n
 
     def _read_loop(self, raw: socket.socket) -> None:
+        block_job_signals()
         conn = Connection(raw.detach())
         try:
             deliver_challenge(conn, self.address.key)
@@ -114,11 +117,19 @@ class SocketServer:
             self._busy -= 1
         try:
             while True:
+                # Busy from the moment bytes are waiting until the batch is queued: a reader
+                # between a message's header and its body leaves the socket momentarily empty,
+                # and settle() must not take that for "everything read".
                 try:
-                    data = conn.recv_bytes()
+                    conn.poll(None)
                 except (EOFError, OSError):
                     return
                 self._add_busy(1)
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    self._add_busy(-1)
+                    return
                 try:
                     batch = marshal.loads(data)
                     if type(batch) is not list:
@@ -281,6 +292,7 @@ class SocketSink:
                 self._send([])
 
     def _flush_loop(self) -> None:
+        block_job_signals()
         # Connect at once, so that the flush at exit is one send, not a handshake.
         self._connect()
         while not self._closed:
@@ -290,13 +302,16 @@ class SocketSink:
 
     def close(self) -> None:
         """Send what is buffered and close the connection. Safe to call twice."""
+        global _exit_flush_depth
         if self._closed or os.getpid() != self._pid:
             return
-        self._closed = True
-        self._wake.set()
-        global _exit_flush_depth
+        # Count this flush *before* marking the sink closed: a SIGTERM arriving from here on
+        # waits for the flush (see _on_sigterm); one arriving before it finds the sink open and
+        # flushes it itself.
         _exit_flush_depth += 1
         try:
+            self._closed = True
+            self._wake.set()
             self.flush()
             conn, self._conn = self._conn, None
             if conn is not None:

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..background import block_job_signals
 from ..errors import StoreError
 from . import records, schema
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
@@ -221,6 +222,7 @@ class StoreWriter(threading.Thread):
 
     # -- thread body ------------------------------------------------------------------------
     def run(self) -> None:
+        block_job_signals()
         try:
             self._conn = self._open_db()
         except BaseException as exc:  # reported to the thread that called start_and_wait

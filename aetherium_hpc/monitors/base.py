@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..background import block_job_signals
 from . import units
 
 log = logging.getLogger(__name__)
@@ -220,6 +221,7 @@ class ResourceMonitor:
 
     # -- the loop ---------------------------------------------------------------------------
     def _run(self) -> None:
+        block_job_signals()
         cpu_start = time.thread_time()
         for collector in self.collectors:
             self._guard(collector, collector.start)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import env
+from ..background import block_job_signals
 from ..config import Monitoring
 from ..metrics import client
 from ..metrics.backup import copy_database
@@ -115,6 +116,7 @@ class NodeSession:
         return self
 
     def _checkpoint_loop(self) -> None:
+        block_job_signals()
         while not self._stop.wait(self.monitoring.checkpoint_interval_s):
             try:
                 self.checkpoint()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import random
 import re
-import os
 import shutil
 import sqlite3
 from pathlib import Path
@@ -200,7 +199,7 @@ def test_merge_skips_every_broken_input_keeps_the_rest_and_is_idempotent(tmp_pat
     proc = cli(["merge", *inputs, "-o", str(out), "--no-progress"], tmp_path)
     assert proc.returncode == 3, proc.stdout + proc.stderr  # documented: 3 = some inputs skipped
     skipped = [ln for ln in proc.stderr.splitlines() if ln.startswith("aetherium-hpc merge: skipped ")]
-    assert len(skipped) == 6 and len(proc.stderr.splitlines()) == 6, proc.stderr
+    assert len(skipped) == 7 and len(proc.stderr.splitlines()) == 7, proc.stderr
     for name in ("truncated", "corrupt", "noisy", "foreign", "newer", "text", "empty"):
         assert any(str(dbs[name]) in ln for ln in skipped), name
     assert read(out, "SELECT count(*) FROM training_metrics") == [(40,)]
@@ -239,7 +238,9 @@ def test_database_held_by_begin_exclusive(tmp_path: Path, dbs: dict[str, Path]) 
     holder.execute("BEGIN EXCLUSIVE")
     holder.execute("INSERT INTO store_stats(source_id, name, value) VALUES (1, 'held', 1)")
     try:
-        proc = cli(["merge", str(rollback), str(dbs["good1"]), "-o", str(tmp_path / "m2.db"), "--no-progress"], tmp_path)
+        proc = cli(
+            ["merge", str(rollback), str(dbs["good1"]), "-o", str(tmp_path / "m2.db"), "--no-progress"], tmp_path
+        )
         assert proc.returncode == 3, proc.stdout + proc.stderr
         assert f"skipped {rollback}: locked by another process" in proc.stderr, proc.stderr
         assert read(tmp_path / "m2.db", "SELECT count(*) FROM training_metrics") == [(20,)]

@@ -93,7 +93,9 @@ def test_sigkill_at_a_random_moment_keeps_every_committed_batch(tmp_path: Path, 
     try:
         after = dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
         for producer, count in seen.items():
-            assert after.get(producer, 0) >= count, f"producer {producer}: {count} committed, {after.get(producer)} left"
+            assert after.get(producer, 0) >= count, (
+                f"producer {producer}: {count} committed, {after.get(producer)} left"
+            )
         for producer, count in after.items():  # batches commit in order: a gap-free prefix per producer
             lo, hi, distinct = conn.execute(
                 "SELECT min(epoch_number), max(epoch_number), count(DISTINCT epoch_number) FROM training_rows"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -81,7 +80,9 @@ def test_disk_full_keeps_logging_counts_drops_and_recovers(
     stats = store.get_summary_stats()
     ah.shutdown_db()
     assert integrity(db) == "ok"
-    during = read(db, "SELECT count(*), count(DISTINCT epoch_number) FROM training_metrics WHERE metric_name = 'during'")
+    during = read(
+        db, "SELECT count(*), count(DISTINCT epoch_number) FROM training_metrics WHERE metric_name = 'during'"
+    )
     kept = during[0][0]
     assert during[0][0] == during[0][1], "no duplicates from retries"
     assert kept > 0, "the records kept in memory were written once space was freed"

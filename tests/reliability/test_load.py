@@ -21,6 +21,7 @@ import aetherium_hpc as ah
 
 N_PROC = 16
 SIZES = [pytest.param(5_000, id="16x5000"), pytest.param(100_000, id="16x100000", marks=pytest.mark.slow)]
+JOIN_S = 240  # a hang fails the test instead of stalling the suite
 UNRELATED = "import sys, rel_workloads; rel_workloads.log_range((int(sys.argv[1]), int(sys.argv[2])))"
 
 
@@ -45,9 +46,14 @@ def test_fork_children_inherit_the_environment(tmp_path: Path, n_rec: int) -> No
     procs = [ctx.Process(target=rel_workloads.log_range, args=((p, n_rec),)) for p in range(N_PROC)]
     for p in procs:
         p.start()
-    for p in procs:
-        p.join(600)
-        assert p.exitcode == 0
+    try:
+        for p in procs:
+            p.join(JOIN_S)
+            assert p.exitcode == 0, f"fork child {p.pid}: exit code {p.exitcode} after {JOIN_S} s"
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
     _check(db, n_rec)
 
 
@@ -60,7 +66,8 @@ def test_spawn_pool_with_worker_initializer(tmp_path: Path, n_rec: int, monkeypa
     monkeypatch.delenv("AETHERIUM_METRICS_KEY")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     with mp.get_context("spawn").Pool(N_PROC, initializer=ah.worker_initializer, initargs=args) as pool:
-        assert pool.map(rel_workloads.log_range, [(p, n_rec) for p in range(N_PROC)], chunksize=1) == [n_rec] * N_PROC
+        result = pool.map_async(rel_workloads.log_range, [(p, n_rec) for p in range(N_PROC)], chunksize=1)
+        assert result.get(JOIN_S) == [n_rec] * N_PROC
     _check(db, n_rec)
 
 
@@ -70,6 +77,11 @@ def test_unrelated_subprocesses_through_the_socket(tmp_path: Path, n_rec: int) -
     ah.init_db(str(db), socket_dir=str(tmp_path))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, "-c", UNRELATED, str(p), str(n_rec)], env=env) for p in range(N_PROC)]
-    for p in procs:
-        assert p.wait(600) == 0
+    try:
+        for p in procs:
+            assert p.wait(JOIN_S) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
     _check(db, n_rec)
