@@ -96,7 +96,12 @@ def test_host_metrics_names_units_and_ranges(store: MetricsStore, tmp_path: Path
     assert all(v > 0.0 for v in values["process", "rss_mb"])
     assert all(v >= 0.0 for v in values["monitor", "sample_cpu_ms"])
     assert all(v >= 0.0 for v in values["store", "queue_depth"] + values["store", "dropped"])
-    assert {r["device"] for r in by_metric["process", "rss_mb"]} == {f"{os.getpid()}:{psutil.Process().name()}"}
+    # This process, plus whatever children earlier tests left running in it (e.g. a forkserver):
+    # every row names a process of this tree, as "<pid>:<name>".
+    devices = {r["device"] for r in by_metric["process", "rss_mb"]}
+    assert f"{os.getpid()}:{psutil.Process().name()}" in devices
+    tree = {os.getpid()} | {c.pid for c in psutil.Process().children(recursive=True)}
+    assert all(int(d.split(":", 1)[0]) in tree for d in devices), (devices, tree)
     assert {r["device"] for r in by_metric["cpu", "system_total"]} == {""}
 
 
