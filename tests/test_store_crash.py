@@ -58,6 +58,10 @@ def test_sigkill_of_the_writer_keeps_every_committed_batch(tmp_path: Path, delay
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        # Kill only once something is committed (a loaded machine may take a while to start producing).
+        deadline = time.monotonic() + 60
+        while not _committed(db) and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(delay)
         seen = _committed(db)  # what a reader saw committed just before the kill
         os.kill(proc.pid, signal.SIGKILL)
