@@ -33,3 +33,17 @@ def read(path: Path | str, sql: str, params: tuple[object, ...] = ()) -> list[tu
         return conn.execute(sql, params).fetchall()
     finally:
         conn.close()
+
+
+def committed_per_producer(path: Path | str) -> dict[int, int]:
+    """round_number (the producer) -> rows a reader sees committed now; {} while there is no table yet."""
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        return {}
+    try:
+        return dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()

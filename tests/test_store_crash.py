@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import committed_per_producer
 
 PRODUCER = r"""
 import sys, threading, multiprocessing as mp
@@ -39,17 +40,6 @@ if __name__ == "__main__":
 """
 
 
-def _committed(path: Path) -> dict[int, int]:
-    """Producer -> number of its records visible to a reader now (committed)."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize("delay", [0.3, 0.8, 1.5])
 def test_sigkill_of_the_writer_keeps_every_committed_batch(tmp_path: Path, delay: float) -> None:
     db = tmp_path / "crash.db"
@@ -60,10 +50,10 @@ def test_sigkill_of_the_writer_keeps_every_committed_batch(tmp_path: Path, delay
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         # Kill only once something is committed (a loaded machine may take a while to start producing).
         deadline = time.monotonic() + 60
-        while not _committed(db) and time.monotonic() < deadline:
+        while not committed_per_producer(db) and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(delay)
-        seen = _committed(db)  # what a reader saw committed just before the kill
+        seen = committed_per_producer(db)  # what a reader saw committed just before the kill
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
         time.sleep(0.3)  # the orphaned fork workers find the socket dead and drop what they log

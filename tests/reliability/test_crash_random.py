@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import committed_per_producer
 from rel_helpers import integrity
 
 import aetherium_hpc as ah
@@ -54,19 +55,6 @@ MOMENTS = [(round(random.Random(SEED + k).uniform(0.05, 1.2), 3), random.Random(
            for k in range(20)]  # fmt: skip
 
 
-def _committed(path: Path) -> dict[int, int]:
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.OperationalError:
-        return {}
-    try:
-        return dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        conn.close()
-
-
 @pytest.mark.parametrize(("delay", "buffer_size"), MOMENTS, ids=[f"kill{k:02d}" for k in range(20)])
 def test_sigkill_at_a_random_moment_keeps_every_committed_batch(tmp_path: Path, delay: float, buffer_size: int) -> None:
     db = tmp_path / "crash.db"
@@ -79,7 +67,7 @@ def test_sigkill_at_a_random_moment_keeps_every_committed_batch(tmp_path: Path, 
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         time.sleep(delay)
-        seen = _committed(db)  # what a reader saw committed just before the kill
+        seen = committed_per_producer(db)  # what a reader saw committed just before the kill
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(30)
     finally:
