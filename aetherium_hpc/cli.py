@@ -170,7 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .errors import LaunchError
     from .paths import safe_component
     from .runtime import JobContext
-    from .runtime.session import run_command, run_task
+    from .runtime.session import NodeSession, run_command, run_task
 
     command = list(args.command)
     if command and command[0] == "--":
@@ -188,15 +188,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         dest = RunLayout(Path(os.environ[env.RUN_DIR])).db_path(ctx.base_job_id, ctx.task, ctx.node)
     else:
         dest = Path("aetherium-runs") / safe_component(ctx.job_id) / f"{node}.db"
+    sessions: list[NodeSession] = []
+
+    def workload(session: NodeSession | None) -> int:
+        if session is not None:
+            sessions.append(session)
+        return run_command(command, session)
+
     code: int = run_task(
-        ctx,
-        lambda session: run_command(command, session),
-        dest.absolute(),
-        monitoring,
-        config={"command": command},
-        exit_code_of=lambda result: int(result),
+        ctx, workload, dest.absolute(), monitoring, config={"command": command}, exit_code_of=lambda result: int(result)
     )
-    if ctx.is_node_leader:
+    if ctx.is_node_leader and not any(s.copy_error for s in sessions):  # (a failed copy said where the data is)
         print(f"aetherium-hpc: metrics of {ctx.job_id} on {ctx.node}: {dest}", file=sys.stderr)
     return code
 
@@ -228,6 +230,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"{'JOB':<16} {'STATE':<12} {'EXIT':<6} {'ELAPSED':<12} NODES")
     for row in rows:
         print(f"{row['job']:<16} {row['state']:<12} {row['exit']:<6} {row['elapsed']:<12} {row['nodes']}")
+    for row in rows:
+        if row.get("note"):  # a task whose database still said running: how its state was found
+            print(f"# {row['job']} on {row['nodes']}: {row['state']}: {row['note']}")
     return 0
 
 

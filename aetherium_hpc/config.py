@@ -198,7 +198,7 @@ class Monitoring:
     gpu: bool = True
     buffer_size: int = 100
     flush_interval_s: float = 5.0
-    checkpoint_interval_s: float = 300.0
+    checkpoint_interval_s: float = 30.0
     local_dir: str | None = None
 
 
@@ -950,7 +950,7 @@ def _monitoring(ctx: _Ctx, top: _Section) -> Monitoring:
         gpu=s.boolean("gpu", True),
         buffer_size=s.integer("buffer_size", 100, 1),
         flush_interval_s=s.number("flush_interval_s", 5.0, gt=0),
-        checkpoint_interval_s=s.number("checkpoint_interval_s", 300.0, ge=0),
+        checkpoint_interval_s=s.number("checkpoint_interval_s", 30.0, ge=0),
         local_dir=s.opt_string("local_dir", "/scratch/$USER"),
     )
 

@@ -20,6 +20,8 @@ METRICS_DB = "AETHERIUM_METRICS_DB"
 RUN_DIR = "AETHERIUM_RUN_DIR"
 #: JSON of this array task's parameters, for command workloads (set by the runtime).
 TASK_PARAMS = "AETHERIUM_TASK_PARAMS"
+#: Process id of the node's resource monitor (set where it runs; a second one is not started).
+NODE_MONITOR = "AETHERIUM_NODE_MONITOR"
 #: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
 
@@ -29,6 +31,7 @@ ALL = {
     METRICS_DB: "path of the node's live metrics database",
     RUN_DIR: "run directory of the current submission",
     LOCAL_DIR: "node-local folder for live databases and sockets",
+    NODE_MONITOR: "pid of the process whose resource monitor samples this node into the store",
     TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
 }
 

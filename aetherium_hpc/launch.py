@@ -389,41 +389,80 @@ def _query(argv: list[str], timeout: float) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
-def _rows_from_databases(layout: RunLayout) -> list[dict[str, str]]:
+def _rows_from_databases(
+    layout: RunLayout,
+    record: dict[str, Any] | None = None,
+    *,
+    sacct: dict[str, Any] | None = None,
+    squeue: dict[str, Any] | None = None,
+    timeout: float = STATUS_TIMEOUT_S,
+) -> list[dict[str, str]]:
+    """One row per ``jobs`` row of the run's databases. A row that still says ``running`` is
+    checked (:mod:`.analysis.final_status`): Slurm's state, ``LOST`` or ``UNKNOWN`` once the job
+    has ended without writing its status, with a ``note`` saying how that was found."""
+    from .analysis.final_status import RUNNING, resolve_rows
     from .metrics import schema
 
-    rows = []
+    rows: list[dict[str, str]] = []
+    jobs: dict[int, dict[str, Any]] = {}  # index in rows -> its jobs row
     for db in layout.databases():
         try:
             conn = schema.connect(str(db), readonly=True, timeout=2.0)
             try:
-                found = conn.execute(
-                    "SELECT job_id, status, exit_code, start_time, end_time, node FROM jobs"
-                ).fetchall()
+                cur = conn.execute(
+                    "SELECT j.job_id, j.array_job_id, j.array_task_id, j.status, j.exit_code, j.start_time,"
+                    " j.end_time, j.node, j.config, s.hostname FROM jobs j LEFT JOIN sources s USING (source_id)"
+                )
+                names = [d[0] for d in cur.description]
+                found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
             finally:
                 conn.close()
         except Exception as exc:  # a half-copied or foreign file: show it, go on
             rows.append({"job": db.parent.name, "state": "UNREADABLE", "exit": "", "elapsed": "", "nodes": str(exc)})
             continue
-        for job_id, status, exit_code, start, end, node in found:
-            elapsed = "" if start is None or end is None else f"{end - start:.0f}s"
-            rows.append({
-                "job": str(job_id), "state": str(status).upper(), "exit": "" if exit_code is None else str(exit_code),
-                "elapsed": elapsed, "nodes": str(node),
-            })  # fmt: skip
+        for job in found:
+            jobs[len(rows)] = job
+            rows.append(_db_row(job))
+    open_rows = [(i, job, record, job.get("hostname")) for i, job in jobs.items() if job.get("status") == RUNNING]
+    resolved = resolve_rows(open_rows, sacct=sacct, squeue=squeue, timeout=timeout) if open_rows else {}
+    for i, res in resolved.items():
+        if res.status == RUNNING or not isinstance(i, int):
+            continue
+        row, start = rows[i], jobs[i].get("start_time")
+        row["state"] = res.status.upper()
+        if res.exit_code is not None:
+            row["exit"] = str(res.exit_code)
+        if res.end_time is not None and start is not None:
+            row["elapsed"] = f"{res.end_time - start:.0f}s"
+        row["note"] = res.detail
     return rows
 
 
+def _db_row(job: dict[str, Any]) -> dict[str, str]:
+    start, end, exit_code = job.get("start_time"), job.get("end_time"), job.get("exit_code")
+    return {
+        "job": str(job.get("job_id")), "state": str(job.get("status")).upper(),
+        "exit": "" if exit_code is None else str(exit_code),
+        "elapsed": "" if start is None or end is None else f"{end - start:.0f}s", "nodes": str(job.get("node")),
+    }  # fmt: skip
+
+
 def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[dict[str, str]], str]:
-    """Rows (job, state, exit, elapsed, nodes) of every task, and where they came from:
-    ``sacct``, ``squeue`` or ``databases``. Every query is bounded by ``timeout``."""
+    """Rows (job, state, exit, elapsed, nodes; ``note`` when a state was found after the fact) of
+    every task, and where they came from: ``sacct``, ``squeue`` or ``databases``. Every query is
+    bounded by ``timeout``. A task whose database says ``running`` after its job ended shows
+    Slurm's state, ``LOST`` or ``UNKNOWN``, never ``RUNNING``."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
     try:
         record = json.loads(layout.jobs_path.read_text(encoding="utf-8"))
+        if not isinstance(record, dict):
+            record = {}
     except (OSError, ValueError):
         record = {}
+    sacct_seen: dict[str, Any] | None = None
+    squeue_seen: dict[str, Any] | None = None
     if record.get("cluster") == "slurm":
         ids = record.get("array_job_ids") or record.get("job_ids") or []
         sacct, squeue = status_commands([str(i) for i in ids])
@@ -434,28 +473,49 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
                 parts = (line.split("|") + [""] * 5)[:5]
                 rows.append(dict(zip(("job", "state", "exit", "elapsed", "nodes"), parts, strict=True)))
             return rows, "sacct"
+        # Asked once: the databases' open rows are checked against these answers, not by asking again.
+        sacct_seen = {"rows": [], "why": "sacct gave no answer" if out is None else "sacct knows none of these jobs"}
         out = _query(squeue, timeout)
+        squeue_seen = _squeue_view(out)
         if out and out.strip():
             rows = []
             for line in out.strip().splitlines():
                 job, state, elapsed, nodes = (line.split("|") + [""] * 4)[:4]
                 rows.append({"job": job, "state": state, "exit": "", "elapsed": elapsed, "nodes": nodes})
-            db_rows = _rows_from_databases(layout)
+            db_rows = _rows_from_databases(layout, record, sacct=sacct_seen, squeue=squeue_seen, timeout=timeout)
             return rows + db_rows, "squeue" + (" and databases" if db_rows else "")
-    rows = _rows_from_databases(layout)
+    rows = _rows_from_databases(layout, record, sacct=sacct_seen, squeue=squeue_seen, timeout=timeout)
     if record.get("cluster") == "local":
         rows += _local_jobs_without_rows(record, rows)
     return rows, "databases"
 
 
+def _squeue_view(out: str | None) -> dict[str, Any] | None:
+    """The squeue output of :func:`status_commands` as :func:`.analysis.accounting.squeue_states`
+    gives it; None (ask again) when squeue failed (one unknown job id makes it exit 1)."""
+    if out is None:
+        return None
+    jobs = {}
+    for line in out.strip().splitlines():
+        job, _, rest = line.partition("|")
+        jobs[job.strip()] = rest.partition("|")[0]
+    return {"jobs": jobs}
+
+
 def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]]) -> list[dict[str, str]]:
-    """Local jobs whose database is not copied back yet: alive (RUNNING) or gone (LOST)."""
-    seen = {r["job"].split("_")[0] for r in rows}
-    is_array = bool(record.get("array_job_ids"))  # rows name local array tasks <submitter>_<task>
+    """Local jobs whose database is not copied back yet: alive (RUNNING) or gone (LOST).
+
+    ``job_ids`` are the tasks' process ids in task order; rows name local array tasks
+    ``<submitter>_<task>``, so an array task counts as seen by its index."""
+    arrays = [str(a) for a in record.get("array_job_ids") or []]
+    is_array = bool(arrays)
+    seen = {r["job"] for r in rows}
+    seen_bases = {r["job"].split("_")[0] for r in rows}
     out = []
-    for job_id in record.get("job_ids", []):
+    for index, job_id in enumerate(record.get("job_ids", [])):
         pid = str(job_id)
-        if pid in seen or not pid.isdigit():
+        name = f"{arrays[0]}_{index}" if is_array else pid
+        if (name in seen if is_array else pid in seen_bases) or not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)
@@ -466,5 +526,5 @@ def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]])
             state = "LOST"
         except PermissionError:
             state = "RUNNING"
-        out.append({"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": ""})
+        out.append({"job": name, "state": state, "exit": "", "elapsed": "", "nodes": ""})
     return out

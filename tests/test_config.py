@@ -91,7 +91,7 @@ def test_defaults() -> None:
     assert cfg.slurm == SlurmSettings()
     assert cfg.slurm.signal_delay_s == 120 and cfg.slurm.setup == () and cfg.slurm.exclusive is False
     assert cfg.monitoring == Monitoring(
-        enabled=True, interval_s=1.0, gpu=True, buffer_size=100, flush_interval_s=5.0, checkpoint_interval_s=300.0
+        enabled=True, interval_s=1.0, gpu=True, buffer_size=100, flush_interval_s=5.0, checkpoint_interval_s=30.0
     )
     assert cfg.report.auto is False
     assert cfg.workload == Workload(callable="pkg.mod:func")

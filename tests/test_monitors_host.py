@@ -315,3 +315,45 @@ def test_docs_table_lists_every_metric() -> None:
     rows = set(re.findall(r"^\|\s*`?(\w+)`?\s*\|\s*`?(\w+)`?\s*\|\s*`?([^|`]*?)`?\s*\|", text, re.M))
     for spec in units.METRICS:
         assert (spec.metric_type, spec.metric_name, spec.unit) in rows, f"{spec} missing from {DOCS}"
+
+
+@pytest.mark.parametrize("form", ["existing folder", "path ending in a separator"])
+def test_an_output_folder_gets_the_summary_inside_it(
+    store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, form: str
+) -> None:
+    # The original pipeline calls log_system_resources(output_dir) with its output folder.
+    from aetherium_hpc.monitors.base import SUMMARY_FILE_NAME
+
+    folder = tmp_path / "outputs"
+    if form == "existing folder":
+        folder.mkdir()
+        arg = str(folder)
+    else:
+        arg = str(folder) + os.sep
+    caplog.set_level(logging.WARNING, logger="aetherium_hpc")
+    monitor = log_system_resources(arg, interval=0.05, gpu=False)
+    try:
+        wait_ticks(monitor, 2)
+    finally:
+        summary = monitor.stop()
+    on_disk = json.loads((folder / SUMMARY_FILE_NAME).read_text())
+    assert on_disk["samples"] == summary["samples"] >= 2
+    assert on_disk["metrics"].keys() == summary["metrics"].keys()
+    assert [p.name for p in folder.iterdir()] == [SUMMARY_FILE_NAME], "no temporary file left behind"
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert SUMMARY_FILE_NAME in DOCS.read_text(encoding="utf-8")
+
+
+def test_a_file_output_path_is_written_as_given_and_an_unwritable_one_leaves_nothing(
+    store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "run1.json"
+    ResourceMonitor(30.0, gpu=False, output_path=out).start().stop()
+    assert json.loads(out.read_text())["samples"] == 1
+    caplog.set_level(logging.WARNING, logger="aetherium_hpc")
+    missing = tmp_path / "no-such-folder" / "s.json"
+    ResourceMonitor(30.0, gpu=False, output_path=missing).start().stop()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(missing) in warnings[0], warnings
+    assert not (tmp_path / "no-such-folder").exists()
+    assert not list(tmp_path.rglob("*.tmp*")), "no temporary file left behind"

@@ -25,17 +25,34 @@ Rules (also in docs/REPORT.md):
   reason; the rest is merged and :attr:`MergeResult.exit_code` is 3.
 * **Fast**: each input is ATTACHed to the output connection and copied with
   ``INSERT ... SELECT`` and id offsets, one transaction per input.
+* **One at a time**: a merge holds ``<output>.lock`` (``flock``) from before it reads the output
+  until it is done, so a second merge into the same file waits (at most :data:`LOCK_TIMEOUT_S`,
+  then one line and exit 2) and then finds every source present: two merges at once give the
+  result of one.
+* **Unfinished jobs**: a ``jobs`` row still saying ``running`` after all inputs are in is checked
+  (:mod:`.final_status`: sacct once for all Slurm jobs, else squeue; the process of a local job).
+  A job that has ended gets Slurm's state (``out_of_memory``, ``node_fail``, ``cancelled`` ...) or
+  ``lost`` in its row, ``detail`` saying it was resolved after the fact and from what; table
+  ``jobs_resolved`` keeps what the row said before, and the fingerprint uses that, so merging the
+  same inputs again adds nothing, while a copy in which the job wrote its own final status
+  replaces the resolved one.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,6 +60,8 @@ from urllib.parse import quote
 
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..metrics import schema
+from ..metrics.backup import has_hot_journal, readable_copy
+from .accounting import SACCT_TIMEOUT_S
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.
 SKIPPED_EXIT_CODE = 3
@@ -53,10 +72,18 @@ REQUIRED_TABLES = (
 #: Tables of earlier writers of schema version 1 that are read when present: the chunk a
 #: writer was still filling. They are copied into ``sample_chunks``.
 OPTIONAL_CHUNK_TABLES = ("open_chunks",)
+#: Table of a merged database: what a ``jobs`` row said before merge resolved its status after
+#: the fact (the job ended without writing one), and from what (sacct, squeue, process).
+RESOLVED_TABLE = "jobs_resolved"
 #: More inputs than this, and stderr a terminal: a progress line.
 PROGRESS_MIN_INPUTS = 10
+#: Seconds a merge waits for another merge into the same output before it gives up (exit 2).
+LOCK_TIMEOUT_S = 600.0
+#: Poll interval while waiting for that lock.
+_LOCK_POLL_S = 0.1
 
 PathLike = str | os.PathLike[str]
+log = logging.getLogger(__name__)
 
 
 class MergeInputError(AetheriumError):
@@ -87,6 +114,10 @@ class MergeResult:
     sources_present: int = 0  # same fingerprint already in the output
     sources_replaced: int = 0  # an older copy of the same source was dropped for this one
     sources_outdated: int = 0  # this input held an older copy than the output: not copied
+    resolved: list[str] = field(default_factory=list)  # "<task>: running -> <status> (<how>)" per job resolved now
+    still_running: int = 0  # jobs rows saying running whose job really still runs
+    status_unknown: int = 0  # jobs rows saying running that could not be checked from here
+    status_pending: int = 0  # ended, but accounting has not the details yet: not stored, merge again later
     seconds: float = 0.0
 
     @property
@@ -103,9 +134,17 @@ class MergeResult:
             line += f", {self.sources_replaced} replaced by a newer copy"
         if self.sources_outdated:
             line += f", {self.sources_outdated} older copies ignored"
+        if self.resolved:
+            line += f", {len(self.resolved)} ended without a status (resolved after the fact)"
+        if self.still_running:
+            line += f", {self.still_running} still running"
+        if self.status_unknown:
+            line += f", {self.status_unknown} with a status that cannot be checked from here"
+        if self.status_pending:
+            line += f", {self.status_pending} ended but not in Slurm accounting yet (merge again later)"
         if self.skipped:
             line += f"; {len(self.skipped)} skipped (exit code {SKIPPED_EXIT_CODE})"
-        return line
+        return "\n".join([*(f"status of {r}" for r in self.resolved), line])
 
 
 @dataclass
@@ -114,7 +153,7 @@ class _Facts:
 
     identity: tuple[Any, ...]
     fingerprint: str
-    rank: tuple[float, int]  # (last timestamp, rows): the larger is the newer copy
+    rank: tuple[float, int, int]  # (last timestamp, rows, final status written): the larger is the newer copy
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -173,12 +212,85 @@ def check_input(path: str) -> str | None:
 
 
 # -- output -----------------------------------------------------------------------------------
-def open_output(output: PathLike) -> sqlite3.Connection:
-    """Open (creating if new) the output database, read-write, URI filenames enabled for ATTACH."""
-    out = os.path.abspath(os.fspath(output))
+def _check_folder(out: str) -> None:
     folder = os.path.dirname(out)
     if not os.path.isdir(folder):
         raise StoreError(f"{out}: folder {folder} does not exist; create it or choose another -o path")
+
+
+def _try_lock(fd: int) -> bool | str:
+    """True: locked; False: another process holds it; a text: this file system cannot lock (why)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+    try:  # flock unsupported (some Lustre / NFS mounts): POSIX record locks
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            return False
+        return f"flock: {why}; lockf: {exc.strerror or exc}"
+
+
+@contextmanager
+def output_lock(output: PathLike, timeout: float | None = None, notify: TextIO | None = None) -> Iterator[str]:
+    """Hold ``<output>.lock`` exclusively (``flock``) while the body runs; yields the lock's path.
+
+    A second merge into the same output waits here, at most ``timeout`` seconds
+    (:data:`LOCK_TIMEOUT_S`), writing one line to ``notify`` when it starts waiting; then it
+    raises :class:`~..errors.StoreError`. The lock file stays (removing it would let a waiting
+    merge and a new one both lock different files of the same name)."""
+    out = os.path.abspath(os.fspath(output))
+    lock = out + ".lock"
+    limit = LOCK_TIMEOUT_S if timeout is None else timeout
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except PermissionError:
+        try:
+            fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise StoreError(
+                f"{out}: cannot open the merge lock {lock} ({exc.strerror}); merge into another -o file"
+            ) from None
+    except OSError as exc:
+        raise StoreError(
+            f"{out}: cannot create the merge lock {lock} ({exc.strerror}); merge into another -o file"
+        ) from None
+    try:
+        deadline = time.monotonic() + limit
+        waiting = False
+        while True:
+            got = _try_lock(fd)
+            if got is True:
+                break
+            if isinstance(got, str):
+                log.warning(
+                    "aetherium-hpc merge: cannot lock %s (%s); do not run two merges into %s at once", lock, got, out
+                )
+                break
+            if time.monotonic() >= deadline:
+                raise StoreError(
+                    f"{out}: another merge into this file still runs after {limit:.0f} s of waiting (lock {lock}); "
+                    "wait until it ends, or merge into another -o file"
+                )
+            if not waiting and notify is not None:
+                notify.write(f"aetherium-hpc merge: waiting for another merge into {out} to finish\n")
+                notify.flush()
+            waiting = True
+            time.sleep(_LOCK_POLL_S)
+        yield lock
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def open_output(output: PathLike) -> sqlite3.Connection:
+    """Open (creating if new) the output database, read-write, URI filenames enabled for ATTACH."""
+    out = os.path.abspath(os.fspath(output))
+    _check_folder(out)
     uri = "file:" + quote(out, safe="/") + "?mode=rwc"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
@@ -222,19 +334,29 @@ def _source_facts(conn: sqlite3.Connection, db: str) -> dict[int, _Facts]:
             f" JOIN {db}.{chunks} c ON c.series_id = s.series_id GROUP BY s.source_id",
             "chunks",
         )
-        # The last chunk of a series grows in place while a job runs: its n and t1, one lookup per series.
+        # The last chunk of a series grows in place while a job runs: its n and t1. Chunks are
+        # appended, so a series' last one has its highest rowid (one pass; a run directory's copy
+        # has no index on series_id).
         add(
-            f"SELECT s.source_id, sum(c.n), NULL, max(c.t1) FROM {db}.series s JOIN {db}.{chunks} c ON c.rowid ="
-            f" (SELECT l.rowid FROM {db}.{chunks} l WHERE l.series_id = s.series_id ORDER BY l.t0 DESC LIMIT 1)"
-            " GROUP BY s.source_id",
+            f"SELECT s.source_id, sum(c.n), NULL, max(c.t1) FROM {db}.series s JOIN"
+            f" (SELECT series_id, max(rowid) AS last FROM {db}.{chunks} GROUP BY series_id) l"
+            f" ON l.series_id = s.series_id JOIN {db}.{chunks} c ON c.rowid = l.last GROUP BY s.source_id",
             "last_chunk_samples",
         )
     for table in ("generation_rows", "training_rows"):
         add(f"SELECT source_id, count(*), min(timestamp), max(timestamp) FROM {db}.{table} GROUP BY source_id", table)
-    jobs = {
-        r[0]: list(r[1:])
-        for r in conn.execute(f"SELECT source_id, status, exit_code, start_time, end_time FROM {db}.jobs")
-    }
+    # What the job itself wrote: a status resolved after the fact by an earlier merge is not part
+    # of the fingerprint (its jobs_resolved row keeps what the database said).
+    if _has_table(conn, db, RESOLVED_TABLE):
+        sql = (
+            f"SELECT j.source_id, coalesce(r.recorded_status, j.status),"
+            f" CASE WHEN r.source_id IS NULL THEN j.exit_code ELSE r.recorded_exit_code END, j.start_time,"
+            f" CASE WHEN r.source_id IS NULL THEN j.end_time ELSE r.recorded_end_time END"
+            f" FROM {db}.jobs j LEFT JOIN {db}.{RESOLVED_TABLE} r ON r.source_id = j.source_id"
+        )
+    else:
+        sql = f"SELECT source_id, status, exit_code, start_time, end_time FROM {db}.jobs"
+    jobs = {r[0]: list(r[1:]) for r in conn.execute(sql)}
     out: dict[int, _Facts] = {}
     for sid, r in rows.items():
         first = min(r["first"]) if r["first"] else None
@@ -242,8 +364,25 @@ def _source_facts(conn: sqlite3.Connection, db: str) -> dict[int, _Facts]:
         identity = (*r["who"], first)
         content = [list(identity), sorted(r["n"].items()), last, jobs.get(sid)]
         digest = hashlib.sha256(json.dumps(content, default=str).encode()).hexdigest()[:32]
-        out[sid] = _Facts(identity, digest, (last if last is not None else float("-inf"), sum(r["n"].values())))
+        job = jobs.get(sid)
+        ended = int(job is not None and job[0] != "running")
+        out[sid] = _Facts(identity, digest, (last if last is not None else float("-inf"), sum(r["n"].values()), ended))
     return out
+
+
+def _has_table(conn: sqlite3.Connection, db: str, name: str) -> bool:
+    return (
+        conn.execute(f"SELECT 1 FROM {db}.sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+        is not None
+    )
+
+
+def _ensure_resolved_table(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        f"CREATE TABLE IF NOT EXISTS main.{RESOLVED_TABLE} (source_id INTEGER PRIMARY KEY REFERENCES sources(source_id),"
+        " recorded_status TEXT, recorded_exit_code INTEGER, recorded_end_time REAL, recorded_detail TEXT,"
+        " resolved_from TEXT NOT NULL, resolved_at REAL NOT NULL)"
+    )
 
 
 def _chunk_tables(conn: sqlite3.Connection, db: str) -> list[str]:
@@ -266,7 +405,8 @@ def _delete_source(conn: sqlite3.Connection, sid: int) -> None:
     series = "(SELECT series_id FROM main.series WHERE source_id = ?)"
     for chunks in _chunk_tables(conn, "main"):
         conn.execute(f"DELETE FROM main.{chunks} WHERE series_id IN {series}", (sid,))
-    for table in ("series", "generation_rows", "training_rows", "jobs", "store_stats", "sources"):
+    resolved = (RESOLVED_TABLE,) if _has_table(conn, "main", RESOLVED_TABLE) else ()
+    for table in ("series", "generation_rows", "training_rows", "jobs", *resolved, "store_stats", "sources"):
         conn.execute(f"DELETE FROM main.{table} WHERE source_id = ?", (sid,))
 
 
@@ -305,6 +445,13 @@ def _copy(conn: sqlite3.Connection, path: str, take: list[int], all_taken: bool)
         "INSERT INTO main.store_stats(source_id, name, value)"
         " SELECT m.new, g.name, g.value FROM src.store_stats g JOIN temp.srcmap m ON m.old = g.source_id"
     )
+    if _has_table(conn, "src", RESOLVED_TABLE):  # a merged input: keep what its jobs said before resolution
+        _ensure_resolved_table(conn)
+        cols = "recorded_status, recorded_exit_code, recorded_end_time, recorded_detail, resolved_from, resolved_at"
+        conn.execute(
+            f"INSERT INTO main.{RESOLVED_TABLE}(source_id, {cols}) SELECT m.new, {_cols('r', cols)}"
+            f" FROM src.{RESOLVED_TABLE} r JOIN temp.srcmap m ON m.old = r.source_id"
+        )
 
 
 def _cols(alias: str, cols: str) -> str:
@@ -334,6 +481,7 @@ class _Progress:
         if self.stream is not None:
             self.stream.write("\r" + " " * 100 + "\r")
             self.stream.flush()
+            self.stream = None
 
 
 def _progress_stream(n_inputs: int, progress: bool | None) -> TextIO | None:
@@ -343,19 +491,37 @@ def _progress_stream(n_inputs: int, progress: bool | None) -> TextIO | None:
 
 
 # -- merge ------------------------------------------------------------------------------------
-def merge(inputs: Sequence[PathLike], output: PathLike, *, progress: bool | None = None) -> MergeResult:
+def merge(
+    inputs: Sequence[PathLike],
+    output: PathLike,
+    *,
+    progress: bool | None = None,
+    lock_timeout: float | None = None,
+    resolve_timeout: float = SACCT_TIMEOUT_S,
+) -> MergeResult:
     """Merge the databases ``inputs`` (files or folders) into ``output``; see the module docstring.
 
     Raises :class:`MergeInputError` for a path that does not exist and :class:`SchemaError`
     when ``output`` exists and is not an aetherium-hpc database of this schema; a broken
-    *input* is skipped and listed in :attr:`MergeResult.skipped`.
+    *input* is skipped and listed in :attr:`MergeResult.skipped`. Waits up to ``lock_timeout``
+    seconds (:data:`LOCK_TIMEOUT_S`) for another merge into ``output``, then raises
+    :class:`StoreError`; ``resolve_timeout`` bounds each Slurm query about unfinished jobs.
     """
     started = time.perf_counter()
     files = collect_inputs(inputs, output)
     if not files:
         raise MergeInputError("no input databases: pass database files or run directories (the output is not an input)")
     result = MergeResult(output=os.path.abspath(os.fspath(output)), inputs=files)
-    conn = open_output(output)
+    _check_folder(result.output)
+    # One merge at a time per output: the idempotency check and the copies must see each other.
+    with output_lock(result.output, lock_timeout, notify=sys.stderr):
+        _merge_locked(files, result, progress, resolve_timeout)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, resolve_timeout: float) -> None:
+    conn = open_output(result.output)
     bar = _Progress(len(files), _progress_stream(len(files), progress))
     try:
         conn.execute("CREATE TEMP TABLE IF NOT EXISTS srcmap(old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
@@ -363,25 +529,114 @@ def merge(inputs: Sequence[PathLike], output: PathLike, *, progress: bool | None
         by_fp = {f.fingerprint: sid for sid, f in facts.items()}
         by_id: dict[tuple[Any, ...], tuple[int, _Facts]] = {f.identity: (sid, f) for sid, f in facts.items()}
         for i, path in enumerate(files):
-            reason = check_input(path)
-            if reason is None:
-                try:
-                    reason = _merge_one(conn, path, result, by_fp, by_id)
-                except sqlite3.DatabaseError as exc:
-                    if "locked" in str(exc):  # the input was readable (check_input): the output is locked
-                        raise StoreError(
-                            f"{result.output}: locked by another process ({exc}); wait until it ends, "
-                            "or merge into another -o file"
-                        ) from exc
-                    reason = f"unreadable while copying ({exc})"
+            with _readable(path) as readable:
+                reason = _merge_input(conn, path, readable, result, by_fp, by_id)
             if reason is not None:
                 result.skipped.append(Skipped(path, reason))
             bar.update(i + 1, path)
+        bar.close()
+        _resolve_unfinished(conn, result, resolve_timeout)
     finally:
         bar.close()
         conn.close()
-    result.seconds = time.perf_counter() - started
-    return result
+
+
+@contextmanager
+def _readable(path: str) -> Iterator[str]:
+    """``path``, or -- when a copy-back was killed inside its transaction and left a hot journal,
+    which a read-only connection cannot roll back -- a rolled-back copy of it (the input stays
+    unchanged; the copy is its last complete state)."""
+    if not has_hot_journal(path):
+        yield path
+        return
+    folder = tempfile.mkdtemp(prefix="aeth-merge-")
+    try:
+        yield readable_copy(path, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _merge_input(
+    conn: sqlite3.Connection,
+    path: str,
+    readable: str,
+    result: MergeResult,
+    by_fp: dict[str, int],
+    by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
+) -> str | None:
+    """Merge one input (read from ``readable``, recorded as ``path``); the reason if it was skipped."""
+    reason = check_input(readable)
+    if reason is not None:
+        return reason
+    try:
+        return _merge_one(conn, path, result, by_fp, by_id, read_from=readable)
+    except sqlite3.DatabaseError as exc:
+        if "locked" in str(exc):  # the input was readable (check_input): the output is locked
+            raise StoreError(
+                f"{result.output}: locked by another process ({exc}); wait until it ends, or merge into another -o file"
+            ) from exc
+        return f"unreadable while copying ({exc})"
+
+
+def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: float) -> None:
+    """Jobs rows of the output that still say ``running``: ask what became of the job
+    (:mod:`.final_status`); store a final answer in the row, what it said before in
+    :data:`RESOLVED_TABLE`."""
+    from .final_status import RUNNING, resolve_rows, run_record
+
+    cur = conn.execute(
+        "SELECT j.source_id, j.job_id, j.array_job_id, j.array_task_id, j.node, j.start_time, j.status, j.config,"
+        " s.hostname, s.source_path FROM main.jobs j JOIN main.sources s ON s.source_id = j.source_id"
+        " WHERE j.status = ?",
+        (RUNNING,),
+    )
+    names = [d[0] for d in cur.description]
+    rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    if not rows:
+        return
+    cache: dict[str, dict[str, Any] | None] = {}
+    found = resolve_rows(
+        [(r["source_id"], r, run_record(r["source_path"], cache), r["hostname"]) for r in rows], timeout=timeout
+    )
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
+    finals = []
+    for r in rows:
+        res = found.get(r["source_id"])
+        if res is None or res.status == RUNNING:
+            result.still_running += 1
+        elif not res.final:
+            result.status_unknown += 1
+        elif not res.settled:
+            result.status_pending += 1
+        else:
+            finals.append((r, res))
+    if not finals:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _ensure_resolved_table(conn)
+        for r, res in finals:
+            sid = r["source_id"]
+            conn.execute(
+                f"INSERT OR REPLACE INTO main.{RESOLVED_TABLE}(source_id, recorded_status, recorded_exit_code,"
+                " recorded_end_time, recorded_detail, resolved_from, resolved_at)"
+                " SELECT source_id, status, exit_code, end_time, detail, ?, ? FROM main.jobs WHERE source_id = ?",
+                (res.how, now, sid),
+            )
+            conn.execute(
+                "UPDATE main.jobs SET status = ?, exit_code = coalesce(?, exit_code), end_time = coalesce(?, end_time),"
+                " detail = ? WHERE source_id = ?",
+                (res.status, res.exit_code, res.end_time, f"{res.detail} [merge, {stamp}]", sid),
+            )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    for r, res in finals:
+        task = r["job_id"] if r["array_task_id"] is None else f"{r['array_job_id']}_{r['array_task_id']}"
+        result.resolved.append(f"{task}/{r['node']}: running -> {res.status} ({res.detail})")
 
 
 def _merge_one(
@@ -390,9 +645,10 @@ def _merge_one(
     result: MergeResult,
     by_fp: dict[str, int],
     by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
+    read_from: str | None = None,
 ) -> str | None:
     """Merge one checked input; returns a reason if it had to be skipped after all."""
-    conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(path),))
+    conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(read_from or path),))
     try:
         facts = _source_facts(conn, "src")
         take: list[int] = []

@@ -18,8 +18,11 @@ import io
 import json
 import math
 import os
+import shutil
 import sqlite3
 import sys
+import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +32,7 @@ import numpy as np
 
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
+from ..metrics.backup import has_hot_journal, readable_copy
 
 #: Metrics whose best value is the largest (otherwise the smallest is best).
 _HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "precision", "recall", "score", "iou", "map", "r2")
@@ -82,7 +86,18 @@ def _open(db: str) -> sqlite3.Connection:
         raise StoreError(f"{db}: no such file; pass a database written by aetherium-hpc (or `aetherium-hpc merge`)")
     if os.path.isdir(db):
         raise StoreError(f"{db}: is a folder; merge it first: aetherium-hpc merge {db} -o merged.db")
-    conn = schema.connect(db, readonly=True)
+    if has_hot_journal(db):
+        # A copy-back killed inside its transaction: read-only connections cannot roll it back.
+        # Read its last complete state from a rolled-back copy (the file stays as it is); the
+        # open connection keeps reading the copy after its folder is removed.
+        folder = tempfile.mkdtemp(prefix="aeth-report-")
+        try:
+            conn = schema.connect(readable_copy(db, folder), readonly=True)
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    else:
+        conn = schema.connect(db, readonly=True)
     try:
         if not schema.check_version(conn, db):
             raise EmptyDatabaseError(f"{db}: empty file, no metrics to report; check the path")
@@ -261,8 +276,14 @@ def build_report(db: str | os.PathLike[str]) -> Report:
         n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
         generation = _rows(conn, "SELECT * FROM generation_metrics ORDER BY timestamp")
         training = _rows(conn, "SELECT * FROM training_metrics ORDER BY timestamp")
-        jobs = _rows(conn, "SELECT j.*, s.attempt FROM jobs j LEFT JOIN sources s USING (source_id) ORDER BY"
-                           " j.array_task_id, j.node, s.attempt")  # fmt: skip
+        has_resolved = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs_resolved'"
+        ).fetchone()  # a merged database whose merge resolved unfinished jobs
+        resolved_cols = ", r.resolved_from, r.recorded_status" if has_resolved else ""
+        resolved_join = " LEFT JOIN jobs_resolved r ON r.source_id = j.source_id" if has_resolved else ""
+        jobs = _rows(conn, f"SELECT j.*, s.attempt, s.hostname, s.source_path{resolved_cols} FROM jobs j"
+                           f" LEFT JOIN sources s USING (source_id){resolved_join}"
+                           " ORDER BY j.array_task_id, j.node, s.attempt")  # fmt: skip
         chunk_span = " UNION ALL ".join(
             f"SELECT min(t0) t FROM {t} UNION ALL SELECT max(t1) FROM {t}" for t in chunk_tables
         )
@@ -280,12 +301,54 @@ def build_report(db: str | os.PathLike[str]) -> Report:
             f"{path}: no metrics to report (no resource samples, generation, training or job rows); "
             "check the path, or that the job ran with the metrics store enabled"
         )
+    sacct = _check_unfinished(path, jobs)
     data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
-    from .accounting import sacct_figures
-
-    data["sacct"] = sacct_figures(_slurm_job_id(j) for j in jobs)
+    data["sacct"] = sacct
     data_text = _text(data) + _sacct_text(data["sacct"])
     return Report(path, data, data_text, series, sources, generation, training)
+
+
+def _check_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """sacct figures for the Slurm jobs of ``jobs`` (asked once), and the truth about every row
+    that still says ``running`` (:mod:`.final_status`): its ``status``, ``exit_code``,
+    ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
+    from .accounting import ACCOUNTING_LAG_S, sacct_figures_when_final
+    from .final_status import RUNNING, classify, resolve_rows, run_record
+
+    cache: dict[str, dict[str, Any] | None] = {}
+
+    def record(j: dict[str, Any]) -> dict[str, Any] | None:
+        # A node database in its run directory, else the file a merged source was copied from.
+        return run_record(path, cache) or run_record(j.get("source_path"), cache)
+
+    slurm_ids: list[str | None] = []
+    ended_recently: list[str] = []
+    for j in jobs:
+        cluster, _ = classify(j.get("job_id"), j.get("array_task_id"), j.get("config"), record(j))
+        if cluster in ("slurm", None):  # never ask Slurm about a local job: its id is a process id
+            job_id = _slurm_job_id(j)
+            slurm_ids.append(job_id)
+            end = j.get("end_time")
+            if (
+                job_id
+                and j.get("status") != RUNNING
+                and isinstance(end, (int, float))
+                and time.time() - end < ACCOUNTING_LAG_S
+            ):
+                ended_recently.append(job_id)
+    sacct = sacct_figures_when_final(slurm_ids, ended_recently)
+    open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == RUNNING]
+    found = resolve_rows(open_rows, sacct=sacct) if open_rows else {}
+    for i, res in found.items():
+        if res.status == RUNNING or not isinstance(i, int):
+            continue
+        j = jobs[i]
+        j.update(status=res.status, detail=res.detail, resolved_from=res.how or None, recorded_status=RUNNING)
+        if j.get("exit_code") is None:
+            j["exit_code"] = res.exit_code
+        if j.get("end_time") is None:
+            j["end_time"] = res.end_time
+    return sacct
 
 
 def _slurm_job_id(job: dict[str, Any]) -> str | None:
@@ -297,14 +360,15 @@ def _slurm_job_id(job: dict[str, Any]) -> str | None:
 
 def _sacct_text(sacct: dict[str, Any]) -> str:
     if not sacct["rows"]:
-        return f"\nslurm accounting: {sacct.get('why', 'none')}\n"
+        return f"\nslurm accounting: {sacct.get('not_final') or sacct.get('why', 'none')}\n"
     header = ("job", "state", "exit", "elapsed", "total cpu", "req mem", "cpus", "limit", "max rss MB")
     rows = [
         (r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
          r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"]))
         for r in sacct["rows"]
     ]  # fmt: skip
-    return "\n".join(["", "slurm accounting (sacct):", *_table(header, rows)]) + "\n"
+    note = [f"  ({sacct['not_final']})"] if sacct.get("not_final") else []
+    return "\n".join(["", "slurm accounting (sacct):", *_table(header, rows), *note]) + "\n"
 
 
 def _compute(
@@ -373,6 +437,9 @@ def _compute(
             "runtime_s": _f(j["end_time"] - j["start_time"]) if j["start_time"] and j["end_time"] else None,
             "requested": _requested(j.get("requested")),
             "detail": j.get("detail"),
+            # set when the database said running after the job had ended: sacct | squeue | process
+            "resolved_from": j.get("resolved_from"),
+            "recorded_status": j.get("recorded_status"),
         }  # fmt: skip
         for j in jobs
     ]
@@ -624,6 +691,9 @@ def _text(d: dict[str, Any]) -> str:
         for j in d["jobs"]:
             counts[str(j["status"])] += 1
         lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for j in d["jobs"]:
+            if j.get("resolved_from") or j["status"] == "unknown":
+                lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
     if d["efficiency"]["advice"]:
         lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
     return "\n".join(lines) + "\n"
@@ -803,7 +873,8 @@ th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
 .plots{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:8px} figure{margin:0}
-.st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted{color:#b3261e;font-weight:600}
+.st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
+.st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
 """
 
 
@@ -905,7 +976,9 @@ def _html(rep: Report) -> str:
              for r in sacct["rows"]],
             numeric=[8],
         ))  # fmt: skip
-    elif sacct.get("why"):
+    if sacct.get("not_final"):
+        parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['not_final'])}</p>")
+    elif not sacct["rows"] and sacct.get("why"):
         parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['why'])}</p>")
     if d["jobs"]:
         parts.append("<h2>Tasks</h2>")
@@ -922,6 +995,9 @@ def _html(rep: Report) -> str:
             "runtime",
             "requested",
         ]
+        notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in d["jobs"])
+        if notes:
+            head.append("note")
         body = []
         for j in d["jobs"]:
             cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], j["attempt"]]
@@ -929,6 +1005,9 @@ def _html(rep: Report) -> str:
             row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
             row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],
                                                         fmt_duration(j["runtime_s"]), json.dumps(j["requested"])))  # fmt: skip
+            if notes:
+                shown = j.get("resolved_from") or j["status"] == "unknown"
+                row += f"<td>{_h(j['detail'] if shown else '')}</td>"
             body.append(f"<tr>{row}</tr>")
         parts.append("<table><thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in head) + "</tr></thead><tbody>"
                      + "".join(body) + "</tbody></table>")  # fmt: skip

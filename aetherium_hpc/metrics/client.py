@@ -22,7 +22,8 @@ from typing import Any
 
 from .. import env
 from ..errors import StoreError
-from . import records, schema
+from . import records, schema, sigterm
+from .ownership import Holder, WriterLock
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
 from .transport import SocketServer, SocketSink, new_address
 from .writer import ON_FULL, SourceInfo, StoreWriter
@@ -30,11 +31,13 @@ from .writer import ON_FULL, SourceInfo, StoreWriter
 log = logging.getLogger(__name__)
 
 _lock = threading.RLock()
-_store: MetricsStore | None = None
+_store: MetricsStore | JoinedStore | None = None
 _sink: Any = None  # where this process's records go: a RecordQueue or a SocketSink
 _warned_uninitialized = False
 _time = time.time
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+#: How long init_db waits for an existing node store to answer before it opens its own file.
+JOIN_TIMEOUT_S = 10.0
 
 NOT_INITIALIZED = (
     "Metrics database not initialized: call aetherium_hpc.init_db(path) in the main process "
@@ -42,94 +45,21 @@ NOT_INITIALIZED = (
 )
 
 
-class MetricsStore:
-    """One open metrics database: the writer thread, the node socket, and read queries.
+class StoreReader:
+    """Read queries on one metrics database, answered from the file (any process of the node).
 
-    Returned by :func:`init_db` and :func:`get_db`; query methods see every record
-    logged (in any process) before the call.
+    Query methods first make sure what this process logged is committed (:meth:`flush`).
     """
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        buffer_size: int = 100,
-        flush_interval: float = 5.0,
-        max_queue: int = 1_000_000,
-        on_full: str = "block",
-        source: SourceInfo | None = None,
-        listen: bool = True,
-        socket_dir: str | None = None,
-    ) -> None:
-        if on_full not in ON_FULL:
-            raise ValueError(f"on_full={on_full!r}: use one of {', '.join(ON_FULL)}")
-        self.path = os.path.abspath(os.fspath(path))
-        if source is None:
-            host = socket.gethostname()
-            source = SourceInfo(node=os.environ.get("SLURMD_NODENAME", host), hostname=host)
-        self.source = source
-        self.started = time.time()
-        self.writer = StoreWriter(
-            self.path,
-            source=source,
-            buffer_size=buffer_size,
-            flush_interval=flush_interval,
-            max_queue=max_queue,
-            on_full=on_full,
-        )
-        self.writer.start_and_wait()
-        self.queue = self.writer.queue
-        self.server: SocketServer | None = None
-        self._socket_dir: str | None = None
-        self._owner_pid = os.getpid()
-        self._closed = False
-        if listen:
-            self._listen(socket_dir)
-
-    def _listen(self, socket_dir: str | None) -> None:
-        try:
-            folder = tempfile.mkdtemp(prefix="aeth-", dir=socket_dir or env.local_scratch_dir())
-            self._socket_dir = folder
-            self.server = SocketServer(new_address(folder), self.queue.put_many)
-        except OSError as exc:
-            log.warning(
-                "aetherium-hpc: no node socket for %s (%s); only this process and its fork children "
-                "... cannot log: set AETHERIUM_LOCAL_DIR to a short local folder",
-                self.path, exc,
-            )  # fmt: skip
-            self.server = None
-
-    @property
-    def address(self) -> env.StoreAddress | None:
-        """Socket address and key other processes use (see :func:`worker_initializer`)."""
-        return None if self.server is None else self.server.address
-
-    # -- writing ----------------------------------------------------------------------------
-    def put(self, rec: Any) -> bool:
-        return self.queue.put(rec)
+    path: str
+    _closed: bool
 
     def flush(self, timeout: float | None = 60.0) -> bool:
-        """Wait until everything logged so far is committed: in this process, and what other
-        processes have already sent to the node socket."""
-        if self.server is not None:
-            self.server.settle()
-        return self.writer.flush(timeout)
+        raise NotImplementedError
 
-    def close(self) -> None:
-        """Stop the socket (reading what clients sent), drain the queue, commit, close. Idempotent."""
-        if self._closed or os.getpid() != self._owner_pid:
-            return
-        self._closed = True
-        if self.server is not None:
-            self.server.close()
-        self.writer.stop()
-        if self._socket_dir is not None:
-            try:
-                os.rmdir(self._socket_dir)
-            except OSError:
-                pass
+    def _dropped_here(self) -> int:
+        return 0
 
-    # -- reading ----------------------------------------------------------------------------
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         if not self._closed:
             self.flush()
@@ -201,8 +131,165 @@ class MetricsStore:
             (r["name"], r["value"]) for r in self._read("SELECT name, value FROM store_stats WHERE source_id = 1")
         ):
             row[name] = int(value)
-        row["dropped"] = row.get("dropped_queue_full", 0) + row.get("dropped_client", 0) + self.queue.dropped
+        row["dropped"] = row.get("dropped_queue_full", 0) + row.get("dropped_client", 0) + self._dropped_here()
         return row
+
+
+class MetricsStore(StoreReader):
+    """One open metrics database: the writer thread, the node socket, and read queries.
+
+    Returned by :func:`init_db` and :func:`get_db` in the process that owns the writer;
+    query methods see every record logged (in any process) before the call.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        buffer_size: int = 100,
+        flush_interval: float = 5.0,
+        max_queue: int = 1_000_000,
+        on_full: str = "block",
+        source: SourceInfo | None = None,
+        listen: bool = True,
+        socket_dir: str | None = None,
+        lock: WriterLock | None = None,
+    ) -> None:
+        if on_full not in ON_FULL:
+            raise ValueError(f"on_full={on_full!r}: use one of {', '.join(ON_FULL)}")
+        self.path = os.path.abspath(os.fspath(path))
+        self.source = source if source is not None else source_from_environ()
+        self.started = time.time()
+        self._lock_file = lock
+        self.writer = StoreWriter(
+            self.path,
+            source=self.source,
+            buffer_size=buffer_size,
+            flush_interval=flush_interval,
+            max_queue=max_queue,
+            on_full=on_full,
+        )
+        self.writer.start_and_wait()
+        self.queue = self.writer.queue
+        self.server: SocketServer | None = None
+        self._socket_dir: str | None = None
+        self._owner_pid = os.getpid()
+        self._closed = False
+        #: The job's node store (opened by the runtime): pipeline code's shutdown_db() only flushes it.
+        self.is_node_store = False
+        if listen:
+            self._listen(socket_dir)
+        if lock is not None:
+            lock.publish(None if self.server is None else self.server.address.path)
+
+    def _listen(self, socket_dir: str | None) -> None:
+        try:
+            folder = tempfile.mkdtemp(prefix="aeth-", dir=socket_dir or env.local_scratch_dir())
+            self._socket_dir = folder
+            self.server = SocketServer(new_address(folder), self.queue.put_many, commit=self.writer.flush)
+        except OSError as exc:
+            log.warning(
+                "aetherium-hpc: no node socket for %s (%s); only this process and its fork children "
+                "... cannot log: set AETHERIUM_LOCAL_DIR to a short local folder",
+                self.path, exc,
+            )  # fmt: skip
+            self.server = None
+
+    @property
+    def address(self) -> env.StoreAddress | None:
+        """Socket address and key other processes use (see :func:`worker_initializer`)."""
+        return None if self.server is None else self.server.address
+
+    def _dropped_here(self) -> int:
+        return self.queue.dropped
+
+    # -- writing ----------------------------------------------------------------------------
+    def put(self, rec: Any) -> bool:
+        return self.queue.put(rec)
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Wait until everything logged so far is committed: in this process, and what other
+        processes have already sent to the node socket."""
+        if self.server is not None:
+            self.server.settle()
+        return self.writer.flush(timeout)
+
+    def close(self) -> None:
+        """Collect what connected processes still hold, stop the socket, drain the queue,
+        commit, close. Idempotent."""
+        if self._closed or os.getpid() != self._owner_pid:
+            return
+        self._closed = True
+        if self.server is not None:
+            self.server.close()
+        self.writer.stop()
+        if self._socket_dir is not None:
+            try:
+                os.rmdir(self._socket_dir)
+            except OSError:
+                pass
+        if self._lock_file is not None:
+            self._lock_file.release()
+
+    def forget_in_fork_child(self) -> None:
+        self._closed = True  # the writer thread is the parent's
+        if self.server is not None:
+            self.server.forget_in_fork_child()
+        if self._lock_file is not None:
+            self._lock_file.forget_in_fork_child()
+
+
+class JoinedStore(StoreReader):
+    """A process that logs into a store another process of the node owns (through its socket).
+
+    What :func:`init_db` returns when the job's runtime (or another process) already writes
+    the database, and what :func:`get_db` returns in worker processes: log calls go to the
+    node socket, :meth:`flush` waits until the owner has committed them, reads come from the
+    database file.
+    """
+
+    def __init__(self, path: str, sink: SocketSink, owner: str) -> None:
+        self.path = path
+        self.sink = sink
+        self.queue = sink  # len() and .dropped, as the monitor's self-telemetry reads them
+        self.owner = owner
+        self.is_node_store = False
+        self._owner_pid = os.getpid()
+        self._closed = False
+
+    @property
+    def address(self) -> env.StoreAddress:
+        return self.sink.address
+
+    def _dropped_here(self) -> int:
+        return self.sink.dropped
+
+    def put(self, rec: Any) -> bool:
+        return self.sink.put(rec)
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Send what this process holds and wait until the owner has committed it."""
+        return self.sink.commit(60.0 if timeout is None else timeout)
+
+    def close(self) -> None:
+        """Send what this process holds; the owner's store stays open."""
+        if not self._closed and os.getpid() == self._owner_pid:
+            self._closed = True
+            self.sink.close()
+
+
+def source_from_environ() -> SourceInfo:
+    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any."""
+    host = socket.gethostname()
+    environ = os.environ
+    task = environ.get("SLURM_ARRAY_TASK_ID")
+    return SourceInfo(
+        job_id=environ.get("SLURM_JOB_ID") or None,
+        array_job_id=environ.get("SLURM_ARRAY_JOB_ID") or None,
+        array_task_id=int(task) if task and task.isdigit() else None,
+        node=environ.get("SLURMD_NODENAME", host),
+        hostname=host,
+    )
 
 
 def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
@@ -226,7 +313,8 @@ def init_db(
     source: SourceInfo | None = None,
     listen: bool = True,
     socket_dir: str | None = None,
-) -> MetricsStore:
+    join: bool = True,
+) -> MetricsStore | JoinedStore:
     """Open (or create) the database at ``db_path`` and start its writer thread and node socket.
 
     ``buffer_size`` records or ``flush_interval`` seconds, whichever comes first, make
@@ -234,46 +322,148 @@ def init_db(
     ``on_full='block'`` makes log calls wait (nothing accepted is lost) and
     ``on_full='drop'`` drops and counts. Calling it again with the same path returns
     the open store.
+
+    One database, one writer: inside a job run by ``aetherium-hpc run`` (or the sbatch
+    include), or in any process whose environment names a node store (a worker of a process
+    that called init_db), this joins that store instead of opening ``db_path`` (one line says
+    so, naming both paths). A database another, unrelated process is writing is refused
+    with a :class:`StoreError` naming it (pid, host). ``join=False`` is for the runtime: it
+    opens the job's node store, which pipeline code in the same process then shares.
     """
     global _store, _sink
     with _lock:
         path = os.path.abspath(os.fspath(db_path))
-        if _store is not None and not _store._closed:
-            if _store.path == path:
+        if _store is not None and not _store._closed and _store._owner_pid == os.getpid():
+            if _store.path == path or isinstance(_store, JoinedStore):
+                return _store
+            if _store.is_node_store:  # pipeline code run in the job's own process
+                log.warning(
+                    "aetherium-hpc: init_db(%s): this process runs inside a job whose node store is %s; "
+                    "records go there (%s is not opened)",
+                    path, _store.path, path,
+                )  # fmt: skip
                 return _store
             raise StoreError(
                 f"init_db({db_path!s}): a store is already open at {_store.path}; call shutdown_db() first"
             )
-        store = MetricsStore(
-            path,
-            buffer_size=buffer_size,
-            flush_interval=flush_interval,
-            max_queue=max_queue,
-            on_full=on_full,
-            source=source,
-            listen=listen,
-            socket_dir=socket_dir,
-        )
+        if join:
+            joined = _join_node_store(path)
+            if joined is not None:
+                _store = joined
+                return joined
+        lock = WriterLock.acquire(path)
+        if isinstance(lock, Holder):
+            # Joining an unrelated process's store would lose what we log once it ends first.
+            raise StoreError(
+                f"init_db({db_path!s}): {path} is being written by {lock}; one database has one writer: "
+                "give each task its own file (e.g. metrics_$SLURM_ARRAY_TASK_ID.db), or run the tasks under "
+                "`aetherium-hpc run`, whose node store every process of the node shares"
+            )
+        try:
+            store = MetricsStore(
+                path,
+                buffer_size=buffer_size,
+                flush_interval=flush_interval,
+                max_queue=max_queue,
+                on_full=on_full,
+                source=source,
+                listen=listen,
+                socket_dir=socket_dir,
+                lock=lock,
+            )
+        except BaseException:
+            if lock is not None:
+                lock.release()
+            raise
+        store.is_node_store = not join
         _store = store
         _sink = store.queue
         if store.address is not None:
             os.environ.update(store.address.to_environ())
         os.environ[env.METRICS_DB] = store.path
+        sigterm.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
         return store
 
 
-def get_db() -> MetricsStore | None:
-    """The store opened by :func:`init_db` in this process, or None."""
-    return _store if _store is not None and not _store._closed and _store._owner_pid == os.getpid() else None
+def _join_node_store(path: str) -> JoinedStore | None:
+    """In a process whose environment names a node store (the job's runtime set it): join it."""
+    address = env.StoreAddress.from_environ()
+    if address is None:
+        return None
+    node_db = os.environ.get(env.METRICS_DB) or path
+    joined = _join(node_db, address, "the job's node store")
+    if joined is None:
+        log.warning(
+            "aetherium-hpc: the node store named by %s (%s) does not answer; opening %s instead",
+            env.METRICS_ADDR, address.path, path,
+        )  # fmt: skip
+        for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
+            os.environ.pop(name, None)
+        return None
+    if node_db != path:
+        log.warning(
+            "aetherium-hpc: init_db(%s): this process runs inside a job whose node store is %s; "
+            "records go there (%s is not opened)",
+            path, node_db, path,
+        )  # fmt: skip
+    return joined
+
+
+def _join(db_path: str, address: env.StoreAddress | None, owner: str) -> JoinedStore | None:
+    """A :class:`JoinedStore` on ``address``, or None when nobody answers there."""
+    global _sink
+    if address is None:
+        return None
+    sink = _sink if isinstance(_sink, SocketSink) and _sink.address == address else SocketSink(address)
+    if not sink.wait_connected(JOIN_TIMEOUT_S):
+        if sink is not _sink:
+            sink.abandon()  # never connected: nothing to send, nothing to close
+        return None
+    _sink = sink
+    os.environ.update(address.to_environ())
+    os.environ[env.METRICS_DB] = db_path
+    return JoinedStore(db_path, sink, owner)
+
+
+def get_db() -> MetricsStore | JoinedStore | None:
+    """The store this process logs into: the one :func:`init_db` opened or joined, or -- in a
+    worker process of the node (fork or spawn child, another srun task) -- the node store its
+    environment names. None when there is none."""
+    global _store
+    store = _store
+    if store is not None and not store._closed and store._owner_pid == os.getpid():
+        return store
+    with _lock:
+        if _store is None or _store._closed or _store._owner_pid != os.getpid():
+            path = os.environ.get(env.METRICS_DB)
+            sink = _resolve_sink(warn=False)
+            if path and isinstance(sink, SocketSink) and sink.reachable:
+                _store = JoinedStore(path, sink, "the node store")
+            else:
+                return None
+        return _store
 
 
 def shutdown_db() -> None:
-    """Drain every queue, commit, close the store (or flush this process's buffer). Safe to call twice."""
+    """Drain every queue, commit, close the store (or flush this process's buffer). Safe to call twice.
+
+    The owner of the store first asks every process connected to its socket to send what it
+    holds, and waits for their answers (at most ``transport.CLIENT_FLUSH_TIMEOUT_S``, 5 s): what
+    live worker processes logged before this call is in the database when it returns."""
+    store = _store
+    if isinstance(store, MetricsStore) and store.is_node_store and not store._closed:
+        store.flush()  # the job's runtime closes its node store at the end of the job
+        return
+    close_store()
+
+
+def close_store() -> None:
+    """Close this process's store, the job's node store included (what the runtime calls at the end)."""
     global _store, _sink
     with _lock:
         store, _store = _store, None
         sink, _sink = _sink, None
-        if store is not None and store._owner_pid == os.getpid():
+        if isinstance(store, MetricsStore) and store._owner_pid == os.getpid():
             store.close()
             if store.address is not None and os.environ.get(env.METRICS_ADDR) == store.address.path:
                 for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
@@ -282,21 +472,28 @@ def shutdown_db() -> None:
             sink.close()
 
 
-atexit.register(shutdown_db)
+atexit.register(close_store)
 
 
 def _after_fork_in_child() -> None:
     # The writer thread does not exist in a fork child: its records go through the socket.
+    # The descriptors the child inherited (the parent's socket, connection and lock) are the
+    # parent's: close them here without a word on them.
     global _store, _sink, _lock
     _lock = threading.RLock()
+    store, sink = _store, _sink
     _store = None
     _sink = None
+    if isinstance(store, MetricsStore):
+        store.forget_in_fork_child()
+    if isinstance(sink, SocketSink):
+        sink.abandon()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _resolve_sink() -> Any:
+def _resolve_sink(warn: bool = True) -> Any:
     """Find where this process's records go: the local store, or the node socket."""
     global _sink, _warned_uninitialized
     with _lock:
@@ -306,22 +503,23 @@ def _resolve_sink() -> Any:
         if address is not None:
             _sink = SocketSink(address)
             return _sink
-        if not _warned_uninitialized:
+        if warn and not _warned_uninitialized:
             _warned_uninitialized = True
             warnings.warn(NOT_INITIALIZED, RuntimeWarning, stacklevel=3)
         return None
 
 
-def worker_args() -> tuple[str, str]:
-    """``initargs`` for :func:`worker_initializer`: the node socket's address and key."""
+def worker_args() -> tuple[str, str, str]:
+    """``initargs`` for :func:`worker_initializer`: the node socket's address and key, the database path."""
     store = get_db()
     address = store.address if store is not None else env.StoreAddress.from_environ()
     if address is None:
         raise StoreError("worker_args(): no metrics store is open in this process; call init_db(path) first")
-    return address.path, address.key.hex()
+    path = store.path if store is not None else os.environ.get(env.METRICS_DB, "")
+    return address.path, address.key.hex(), path
 
 
-def worker_initializer(path: str, key_hex: str) -> None:
+def worker_initializer(path: str, key_hex: str, db_path: str | None = None) -> None:
     """Pool initializer for spawn/forkserver workers: connect this worker to the store.
 
     ``Pool(n, initializer=worker_initializer, initargs=worker_args())``
@@ -329,6 +527,8 @@ def worker_initializer(path: str, key_hex: str) -> None:
     global _sink
     address = env.StoreAddress(path, bytes.fromhex(key_hex))
     os.environ.update(address.to_environ())
+    if db_path:
+        os.environ[env.METRICS_DB] = db_path
     with _lock:
         if isinstance(_sink, SocketSink):
             _sink.close()
@@ -421,18 +621,36 @@ def log_resource_metric(
 
 def log_resource_samples(samples: Iterable[tuple[str, str, float, str, str]], timestamp: float | None = None) -> None:
     """Record many samples taken at one moment: (metric_type, metric_name, value, unit, device) each."""
-    ts = _time() if timestamp is None else timestamp
-    recs = [(RESOURCE, ts, t, n, records.number(v, f"{t}/{n}"), u, d) for (t, n, v, u, d) in samples]
+    ts = _time() if timestamp is None else records.timestamp(timestamp, "timestamp")
+    recs = []
+    for t, n, v, u, d in samples:
+        if type(t) is not str or not 0 < len(t) <= MAX_NAME:
+            records.name(t, "metric_type")
+        if type(n) is not str or not 0 < len(n) <= MAX_NAME:
+            records.name(n, f"{t}: metric_name")
+        if type(v) is not float:
+            v = records.number(v, f"{t}/{n}")
+        if type(u) is not str or len(u) > MAX_NAME:
+            u = records.name(u, f"{t}/{n}: unit", optional=True)
+        if type(d) is not str or len(d) > MAX_NAME:
+            d = records.name(str(d) if isinstance(d, int) else d, f"{t}/{n}: device", optional=True)
+        recs.append((RESOURCE, ts, t, n, v, u, d))
     sink = _sink or _resolve_sink()
     if sink is not None and recs:
         sink.put_many(recs)
 
 
 def log_job(**fields: Any) -> None:
-    """Write or update this database's row in ``jobs`` (status, exit_code, start/end, config ...)."""
+    """Write or update this database's row in ``jobs`` (status, exit_code, start/end, config ...).
+
+    Only the columns of ``jobs`` are accepted, each checked at the call (a TypeError or
+    ValueError naming it): ids str or int, times numbers, ``exit_code`` an int, ``node``,
+    ``status`` and ``detail`` str, ``config`` / ``requested`` JSON-serialisable dicts.
+    """
+    rec = (JOB, _time(), records.job_fields(fields))
     sink = _sink or _resolve_sink()
     if sink is not None:
-        sink.put((JOB, _time(), fields))
+        sink.put(rec)
 
 
 def log_stats(**counters: float) -> None:

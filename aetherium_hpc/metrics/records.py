@@ -7,8 +7,10 @@ unpickled). The first element is the kind.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 RESOURCE = 0  # (RESOURCE, ts, metric_type, metric_name, value, unit, device)
@@ -18,6 +20,13 @@ JOB = 3  # (JOB, ts, {column: value})
 STATS = 4  # (STATS, ts, {counter: increment}) -- counters sent by other processes
 
 KINDS = (RESOURCE, GENERATION, TRAINING, JOB, STATS)
+KIND_NAMES = {RESOURCE: "resource", GENERATION: "generation", TRAINING: "training", JOB: "job", STATS: "stats"}
+
+#: The columns of the ``jobs`` row a JOB record may set (:func:`job_fields`).
+JOB_COLUMNS = (
+    "job_id", "array_job_id", "array_task_id", "node", "start_time", "end_time",
+    "status", "exit_code", "config", "requested", "detail",
+)  # fmt: skip
 
 #: Longest accepted name (metric names, operations, phases, units, devices).
 MAX_NAME = 256
@@ -39,6 +48,18 @@ def number(value: Any, what: str) -> float:
         return float(value)
     except OverflowError:
         raise ValueError(f"{what}={value!r:.40} is too large for a float; log a scaled value") from None
+
+
+#: Timestamps are Unix seconds; beyond ±1e11 s (year 5138) a value is a unit mistake.
+MAX_TIMESTAMP = 1e11
+
+
+def timestamp(value: Any, what: str) -> float:
+    """Validate a Unix timestamp in seconds: a finite number within ±:data:`MAX_TIMESTAMP`."""
+    ts = number(value, what)
+    if not -MAX_TIMESTAMP <= ts <= MAX_TIMESTAMP:
+        raise ValueError(f"{what}={ts!r} is not a Unix time in seconds (finite, within ±{MAX_TIMESTAMP:.0e})")
+    return ts
 
 
 def optional_int(value: Any, what: str) -> int | None:
@@ -73,3 +94,108 @@ def encode_value(value: float | None) -> str:
     if math.isinf(value):
         return "9e999" if value > 0 else "-9e999"
     return "%.7g" % value  # noqa: UP031 -- fastest formatting on the writer path
+
+
+# -- the jobs row ---------------------------------------------------------------------------
+def _job_text(value: Any, what: str, *, optional: bool = True, limit: int | None = MAX_NAME) -> str | None:
+    if value is None and optional:
+        return None
+    if type(value) is not str:
+        raise TypeError(
+            f"{what} must be a str{' or None' if optional else ''}, got {type(value).__name__} {value!r:.80}"
+        )
+    if limit is not None and len(value) > limit:
+        raise ValueError(f"{what} is {len(value)} characters long; the limit is {limit}")
+    if not optional and not value:
+        raise ValueError(f"{what} must not be empty")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} is not valid text ({exc.reason} at position {exc.start})") from None
+    return value
+
+
+def _job_id(value: Any, what: str) -> str | None:
+    """A scheduler id: a str, or an int (stored as its decimal text)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(optional_int(value, what))
+    if value is not None and type(value) is not str:
+        raise TypeError(f"{what} must be a str, an int or None, got {type(value).__name__} {value!r:.80}")
+    return _job_text(value, what)
+
+
+def _job_task_id(value: Any, what: str) -> int | None:
+    """An array task id: an int, or a str holding one."""
+    if type(value) is str:
+        try:
+            return optional_int(int(value), what)
+        except ValueError:
+            raise ValueError(f"{what}={value!r:.40} is not an integer") from None
+    return optional_int(value, what)
+
+
+def _job_status(value: Any, what: str) -> str | None:
+    return _job_text(value, what, optional=False)
+
+
+def _job_time(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    return timestamp(value, what)
+
+
+def _job_json(value: Any, what: str) -> str | None:
+    """A dict (stored as JSON text), JSON text already, or None."""
+    if value is None or type(value) is str:
+        return _job_text(value, what, limit=None)
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict (stored as JSON), a JSON str or None, got {type(value).__name__}")
+    try:
+        return json.dumps(value, allow_nan=False)
+    except RecursionError:
+        raise ValueError(f"{what} is nested too deeply to be stored as JSON") from None
+    except (TypeError, ValueError) as exc:
+        error = TypeError if isinstance(exc, TypeError) else ValueError
+        raise error(
+            f"{what} must be JSON-serialisable (str keys; str, finite number, bool, None, list and dict values): {exc}"
+        ) from None
+
+
+def _job_detail(value: Any, what: str) -> str | None:
+    return _job_text(value, what, limit=None)
+
+
+_JOB_CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "job_id": _job_id,
+    "array_job_id": _job_id,
+    "array_task_id": _job_task_id,
+    "node": _job_text,
+    "start_time": _job_time,
+    "end_time": _job_time,
+    "status": _job_status,
+    "exit_code": optional_int,
+    "config": _job_json,
+    "requested": _job_json,
+    "detail": _job_detail,
+}
+assert tuple(_JOB_CHECKS) == JOB_COLUMNS
+
+
+def job_fields(fields: Any) -> dict[str, Any]:
+    """Check the columns of a ``jobs`` update and return them as SQLite binds them.
+
+    Raises a TypeError or ValueError naming the column: an unknown column, a value of
+    the wrong type (``job_id`` / ``array_job_id``: str or int; ``array_task_id``,
+    ``exit_code``: int; ``start_time`` / ``end_time``: finite numbers; ``node``,
+    ``status``, ``detail``: str; ``config`` / ``requested``: a JSON-serialisable dict,
+    stored as JSON text). None clears a column, except ``status``.
+    """
+    if not isinstance(fields, dict):
+        raise TypeError(f"job fields must be a dict of column: value, got {type(fields).__name__}")
+    out: dict[str, Any] = {}
+    for column, value in fields.items():
+        check = _JOB_CHECKS.get(column) if type(column) is str else None
+        if check is None:
+            raise TypeError(f"unknown jobs column {column!r:.60}: use one of {', '.join(JOB_COLUMNS)}")
+        out[column] = check(value, column)
+    return out

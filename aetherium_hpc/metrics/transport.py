@@ -9,35 +9,51 @@ node-local storage. A client authenticates with the HMAC handshake of
 Fork children, spawn children, other ``srun`` tasks on the node and shell
 commands all use this one path: a :class:`SocketSink` buffers records in the
 process and sends them every ``interval`` seconds or every ``batch`` records.
+
+The connection also carries a few control messages (marshalled tuples, never
+lists): the server asks every client to send what it holds and waits for each
+answer before the store closes (``("flush", n)`` -> batches, then ``("ack", n)``),
+and a client that reads the database asks the writer to commit what it sent
+(``("commit", n)`` -> ``("committed", n, ok)``).
 """
 
 from __future__ import annotations
 
 import atexit
+import itertools
 import logging
 import marshal
 import multiprocessing.util
 import os
 import secrets
 import select
-import signal
 import socket
+import struct
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, answer_challenge, deliver_challenge
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
 from ..background import block_job_signals
 from ..env import StoreAddress
+from . import sigterm
 from .records import STATS
 
 log = logging.getLogger(__name__)
 
 #: Longest path an AF_UNIX socket may have on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
+#: Longest a process waits for the store to accept it (connect and handshake).
+HANDSHAKE_TIMEOUT_S = 10.0
+#: How long the closing store waits for the answers of connected clients it asked to send
+#: what they hold (all asked at once; a client whose process is frozen costs this once).
+CLIENT_FLUSH_TIMEOUT_S = 5.0
+
+# Control messages (tuples; batches of records are lists).
+FLUSH, ACK, COMMIT, COMMITTED = "flush", "ack", "commit", "committed"
 
 
 def new_address(folder: str) -> StoreAddress:
@@ -61,9 +77,19 @@ class SocketServer:
     thread per client, so a slow or hostile client never blocks the others.
     """
 
-    def __init__(self, address: StoreAddress, deliver: Callable[[list[Any]], object]) -> None:
+    def __init__(
+        self,
+        address: StoreAddress,
+        deliver: Callable[[list[Any]], object],
+        commit: Callable[[], bool] | None = None,
+    ) -> None:
         self.address = address
         self._deliver = deliver
+        self._commit = commit
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, set[Connection]] = {}  # flush request -> clients yet to answer
+        self._answered = threading.Condition()
+        self._send_locks: dict[Connection, threading.Lock] = {}
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(address.path)
         os.chmod(address.path, 0o600)
@@ -73,6 +99,7 @@ class SocketServer:
         self._lock = threading.Lock()
         self._readers: list[threading.Thread] = []
         self._busy = 0  # clients in their handshake, or batches being decoded and queued
+        self._handshaking = 0
         self.batches = 0
         self.bad_batches = 0
         self.refused = 0
@@ -91,7 +118,9 @@ class SocketServer:
             if self._closing:
                 raw.close()
                 return
-            self._add_busy(1)
+            with self._lock:
+                self._busy += 1
+                self._handshaking += 1
             reader = threading.Thread(target=self._read_loop, args=(raw,), name="aetherium-store-reader", daemon=True)
             self._readers.append(reader)
             reader.start()
@@ -108,13 +137,18 @@ class SocketServer:
             answer_challenge(conn, self.address.key)
         except (AuthenticationError, OSError, EOFError) as exc:
             self.refused += 1
-            log.warning("aetherium-hpc: refused a client on %s: %s", self.address.path, exc)
+            if isinstance(exc, AuthenticationError):  # (a peer that died mid-handshake is no news)
+                log.warning("aetherium-hpc: refused a client on %s: %s", self.address.path, exc)
             conn.close()
-            self._add_busy(-1)
+            with self._lock:
+                self._busy -= 1
+                self._handshaking -= 1
             return
         with self._lock:
             self._conns.add(conn)
+            self._send_locks[conn] = threading.Lock()
             self._busy -= 1
+            self._handshaking -= 1
         try:
             while True:
                 # Busy from the moment bytes are waiting until the batch is queued: a reader
@@ -132,9 +166,12 @@ class SocketServer:
                     return
                 try:
                     batch = marshal.loads(data)
+                    if type(batch) is tuple:
+                        self._control(conn, batch)
+                        continue
                     if type(batch) is not list:
                         raise TypeError("batch is not a list")
-                except (ValueError, EOFError, TypeError):
+                except (ValueError, EOFError, TypeError, IndexError):
                     self.bad_batches += 1
                 else:
                     self.batches += 1
@@ -144,7 +181,72 @@ class SocketServer:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+                self._send_locks.pop(conn, None)
+            with self._answered:
+                for waiting in self._waiting.values():
+                    waiting.discard(conn)
+                self._answered.notify_all()
             conn.close()
+
+    def _control(self, conn: Connection, msg: tuple[Any, ...]) -> None:
+        kind, token = msg[0], msg[1]
+        if kind == ACK:  # every batch this client sent before it is queued by now
+            with self._answered:
+                waiting = self._waiting.get(token)
+                if waiting is not None:
+                    waiting.discard(conn)
+                    self._answered.notify_all()
+        elif kind == COMMIT:
+            ok = self._commit() if self._commit is not None else False
+            self._send(conn, (COMMITTED, token, bool(ok)))
+        else:
+            raise TypeError(f"unknown control message {kind!r:.40}")
+
+    def _send(self, conn: Connection, msg: tuple[Any, ...]) -> bool:
+        lock = self._send_locks.get(conn)
+        if lock is None:
+            return False
+        with lock:
+            try:
+                conn.send_bytes(marshal.dumps(msg))
+                return True
+            except (OSError, ValueError):
+                return False
+
+    def collect(self, timeout: float = CLIENT_FLUSH_TIMEOUT_S) -> tuple[int, int]:
+        """Ask every connected client to send what it holds; wait (up to ``timeout``) until each
+        has answered or gone. Returns (clients answered, clients asked)."""
+        token = next(self._tokens)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # a client still in its handshake is asked too
+            with self._lock:
+                if not self._handshaking:
+                    break
+            time.sleep(0.005)
+        with self._lock:
+            conns = list(self._conns)
+        waiting = set(conns)
+        with self._answered:
+            self._waiting[token] = waiting
+        for conn in conns:
+            if not self._send(conn, (FLUSH, token)):
+                with self._answered:
+                    waiting.discard(conn)
+        with self._answered:
+            while waiting:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._answered.wait(left)
+            missing = len(waiting)
+            del self._waiting[token]
+        if missing:
+            log.warning(
+                "aetherium-hpc: %d of %d processes connected to %s did not answer within %.0f s; "
+                "records they still hold are not in the database",
+                missing, len(conns), self.address.path, timeout,
+            )  # fmt: skip
+        return len(conns) - missing, len(conns)
 
     def settle(self, timeout: float = 5.0) -> bool:
         """Wait until every byte clients have sent so far has been read and queued."""
@@ -178,10 +280,13 @@ class SocketServer:
             time.sleep(0.05)
         return False
 
-    def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, read what clients already sent (until they close or ``timeout``), remove the socket."""
+    def close(self, timeout: float = 5.0, collect_timeout: float = CLIENT_FLUSH_TIMEOUT_S) -> None:
+        """Collect what connected clients hold (see :meth:`collect`), read what they sent, stop
+        accepting and remove the socket."""
         if self._closing:
             return
+        if collect_timeout > 0:
+            self.collect(collect_timeout)
         self.settle(timeout)
         self._closing = True
         try:
@@ -201,15 +306,24 @@ class SocketServer:
             except FileNotFoundError:
                 pass
 
+    def forget_in_fork_child(self) -> None:
+        """In a fork child: close the inherited descriptors (only the parent serves this socket)."""
+        self._closing = True
+        self._sock.close()
+        conns, self._conns = list(self._conns), set()  # no lock: a parent thread may have held it
+        for conn in conns:
+            conn.close()
+
 
 class SocketSink:
     """The client end, one per process: buffers records and sends them in batches.
 
     ``put`` appends to a deque (no I/O). A background thread sends the buffer every
-    ``interval`` seconds; a full buffer (``batch`` records) is sent by the caller.
-    The buffer is sent at interpreter exit, at multiprocessing's worker exit, and
-    on SIGTERM when the process had the default SIGTERM action (then the default
-    action follows), so ``Pool.terminate()`` loses nothing that was logged.
+    ``interval`` seconds and answers the store's requests (send what you hold); a full
+    buffer (``batch`` records) is sent by the caller. The buffer is also sent at
+    interpreter exit, at multiprocessing's worker exit, and on SIGTERM (see
+    :mod:`.sigterm`: the process then dies of SIGTERM), so ``Pool.terminate()`` loses
+    nothing that was logged.
     """
 
     def __init__(self, address: StoreAddress, *, interval: float = 0.2, batch: int = 2000) -> None:
@@ -223,13 +337,19 @@ class SocketSink:
         self._failed = False
         self._closed = False
         self._pid = os.getpid()
-        self._wake = threading.Event()
+        self._connected = threading.Event()
+        self._tokens = itertools.count(1)
+        self._answers: dict[int, list[Any]] = {}  # commit request -> [event, ok]
+        # Connect now, in the caller: the store then knows this process before its first record is
+        # buffered, and asks it for what it holds when it closes (see SocketServer.collect).
+        with self._send_lock:
+            self._send([])
         self._thread = threading.Thread(target=self._flush_loop, name="aetherium-store-client", daemon=True)
         self._thread.start()
         atexit.register(self.close)
         # Pool workers leave through os._exit: multiprocessing's own finalizers still run.
         multiprocessing.util.Finalize(None, self.close, exitpriority=100)
-        _flush_on_sigterm(self)
+        sigterm.flush_on_sigterm(self.close)
 
     def put(self, rec: Any) -> bool:
         dq = self._dq
@@ -247,20 +367,62 @@ class SocketSink:
     def __len__(self) -> int:
         return len(self._dq)
 
+    def wait_connected(self, timeout: float) -> bool:
+        """Wait (bounded) for the first connection; True once connected to the store."""
+        self._connected.wait(timeout)
+        return self._conn is not None and not self._failed
+
+    @property
+    def reachable(self) -> bool:
+        """False once sending failed (the store closed or was never there)."""
+        return not self._failed
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything buffered; False if the store cannot be reached (records then dropped, counted)."""
         if not self._send_lock.acquire(timeout=timeout):
             return False
         try:
-            dq = self._dq
-            while dq:
-                n = min(len(dq), 50_000)
-                batch = [dq.popleft() for _ in range(n)]
-                if not self._send(batch):
-                    return False
-            return True
+            return self._send_buffered()
         finally:
             self._send_lock.release()
+
+    def commit(self, timeout: float = 60.0) -> bool:
+        """Send everything buffered and wait until the store has committed it (for reads)."""
+        if not self._connected.wait(min(timeout, 10.0)) or self._conn is None:
+            return False
+        token = next(self._tokens)
+        answer: list[Any] = [threading.Event(), False]
+        self._answers[token] = answer
+        try:
+            if not self._send_lock.acquire(timeout=timeout):
+                return False
+            try:
+                if not self._send_buffered() or not self._send_control((COMMIT, token)):
+                    return False
+            finally:
+                self._send_lock.release()
+            return bool(answer[0].wait(timeout) and answer[1])
+        finally:
+            self._answers.pop(token, None)
+
+    def _send_buffered(self) -> bool:
+        dq = self._dq
+        while dq:
+            n = min(len(dq), 50_000)
+            batch = [dq.popleft() for _ in range(n)]
+            if not self._send(batch):
+                return False
+        return True
+
+    def _send_control(self, msg: tuple[Any, ...]) -> bool:
+        conn = self._conn
+        if conn is None:
+            return False
+        try:
+            conn.send_bytes(marshal.dumps(msg))
+            return True
+        except (OSError, ValueError):
+            return False
 
     def _send(self, batch: list[Any]) -> bool:
         if self.dropped and not self._failed and batch:
@@ -270,7 +432,8 @@ class SocketSink:
             if self._conn is None:
                 if self._failed:
                     raise OSError("store not reachable")
-                self._conn = Client(self.address.path, family="AF_UNIX", authkey=self.address.key)
+                self._conn = _connect(self.address)
+                self._connected.set()
             if batch:
                 self._conn.send_bytes(marshal.dumps(batch))
             return True
@@ -279,81 +442,98 @@ class SocketSink:
             self.dropped += lost
             if not self._failed:
                 self._failed = True
+                self._connected.set()
                 log.warning(
                     "aetherium-hpc: metrics store at %s not reachable from pid %d (%s); "
-                    "records logged by this process are dropped and counted",
+                    "records logged by this process from now on are dropped and counted",
                     self.address.path, os.getpid(), exc,
                 )  # fmt: skip
             return False
 
-    def _connect(self) -> None:
-        with self._send_lock:
-            if self._conn is None and not self._failed:
-                self._send([])
-
     def _flush_loop(self) -> None:
         block_job_signals()
-        # Connect at once, so that the flush at exit is one send, not a handshake.
-        self._connect()
+        next_send = time.monotonic() + self.interval
         while not self._closed:
-            self._wake.wait(self.interval)
+            conn = self._conn
+            wait = max(0.0, next_send - time.monotonic())
+            try:
+                if conn is None:
+                    time.sleep(wait)
+                elif conn.poll(wait):
+                    self._answer(conn.recv_bytes())
+                    continue
+            except (OSError, EOFError, ValueError):
+                if self._closed:
+                    return
+                time.sleep(wait)  # the store closed: later sends fail and are counted
+            next_send = time.monotonic() + self.interval
             if self._dq:
                 self.flush()
 
-    def close(self) -> None:
-        """Send what is buffered and close the connection. Safe to call twice."""
-        global _exit_flush_depth
-        if self._closed or os.getpid() != self._pid:
-            return
-        # Count this flush *before* marking the sink closed: a SIGTERM arriving from here on
-        # waits for the flush (see _on_sigterm); one arriving before it finds the sink open and
-        # flushes it itself.
-        _exit_flush_depth += 1
+    def _answer(self, data: bytes) -> None:
+        """A control message from the store."""
         try:
-            self._closed = True
-            self._wake.set()
-            self.flush()
+            msg = marshal.loads(data)
+            kind, token = msg[0], msg[1]
+        except (ValueError, EOFError, TypeError, IndexError):
+            return
+        if kind == FLUSH:
+            with self._send_lock:
+                if self._send_buffered():
+                    self._send_control((ACK, token))
+        elif kind == COMMITTED:
+            answer = self._answers.get(token)
+            if answer is not None:
+                answer[1] = bool(msg[2])
+                answer[0].set()
+
+    def close(self) -> None:
+        """Send what is buffered and close the connection. Safe to call twice, from any thread."""
+        if os.getpid() != self._pid:
+            return
+        self._closed = True
+        if not self._send_lock.acquire(timeout=10.0):
+            return
+        try:
+            self._send_buffered()
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
         finally:
-            _exit_flush_depth -= 1
-        if _term_pending and _exit_flush_depth == 0:
-            _die_of_sigterm()
+            self._send_lock.release()
+
+    def abandon(self) -> None:
+        """Close the connection without sending (in a fork child: the parent owns it)."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
 
 
-_sigterm_sinks: list[SocketSink] = []
-_exit_flush_depth = 0  # > 0 while a sink sends its last records
-_term_pending = False  # SIGTERM arrived during that send: die once it is done
-
-
-def _flush_on_sigterm(sink: SocketSink) -> None:
-    """Flush ``sink`` on SIGTERM, then die of SIGTERM as before; only if SIGTERM had its default action."""
-    if threading.current_thread() is not threading.main_thread():
-        return
+def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Connection:
+    """Connect and authenticate (as ``multiprocessing.connection.Client`` does), bounded by
+    ``timeout``: a log call never hangs on a store that stopped answering."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
     try:
-        current = signal.getsignal(signal.SIGTERM)
-    except ValueError:
-        return
-    _sigterm_sinks.append(sink)
-    if current is _on_sigterm or current not in (signal.SIG_DFL, None):
-        return
-    signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    global _term_pending
-    if _exit_flush_depth:
-        # The interrupted code is sending the last records (e.g. a Pool worker leaving while
-        # Pool.terminate() kills it): let it finish, then die.
-        _term_pending = True
-        return
-    for sink in _sigterm_sinks:
-        if sink._pid == os.getpid():
-            sink.close()
-    _die_of_sigterm()
-
-
-def _die_of_sigterm() -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        sock.connect(address.path)
+    except BaseException:
+        sock.close()
+        raise
+    conn = Connection(sock.detach())
+    try:
+        answer_challenge(conn, address.key)
+        deliver_challenge(conn, address.key)
+        unlimited = struct.pack("ll", 0, 0)
+        plain = socket.socket(fileno=conn.fileno())
+        try:  # from now on sends wait for the store (back-pressure) and reads wait for its requests
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, unlimited)
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, unlimited)
+        finally:
+            plain.detach()
+    except BaseException:
+        conn.close()
+        raise
+    return conn

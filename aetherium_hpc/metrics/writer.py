@@ -4,13 +4,20 @@ Producers (log calls in this process, socket readers for other processes) append
 record tuples to a :class:`RecordQueue`; the :class:`StoreWriter` thread drains it
 and writes each batch in one transaction, every ``flush_interval`` seconds or as
 soon as ``buffer_size`` records are waiting, whichever comes first.
+
+One bad record never stops it: a record SQLite cannot store (from any process) is
+refused alone -- counted in ``store_stats.bad_records``, logged once per cause, never
+retried -- and the rest of its batch is stored. Only failures that can pass on a later
+try (disk full, I/O error, a lock, read-only, cannot open, out of memory) keep the batch
+in memory for a retry; see :func:`retry_cause`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -29,10 +36,72 @@ log = logging.getLogger(__name__)
 #: What a full queue does to the caller: wait for room (default, loses nothing) or drop and count.
 ON_FULL = ("block", "drop")
 
-_JOB_COLUMNS = (
-    "job_id", "array_job_id", "array_task_id", "node", "start_time", "end_time",
-    "status", "exit_code", "config", "requested", "detail",
+_JOB_COLUMNS = records.JOB_COLUMNS
+
+#: Failures that can pass on a later try, by SQLite primary result code: (cause, advice).
+#: Anything else is a record SQLite cannot store: it is refused and counted, never retried.
+_RETRYABLE = {
+    5: "locked",  # SQLITE_BUSY
+    6: "locked",  # SQLITE_LOCKED
+    7: "memory",  # SQLITE_NOMEM
+    8: "readonly",  # SQLITE_READONLY
+    10: "io",  # SQLITE_IOERR
+    13: "full",  # SQLITE_FULL
+    14: "cantopen",  # SQLITE_CANTOPEN
+}
+#: The same, by message (Python < 3.11 has no ``sqlite_errorcode``).
+_RETRYABLE_TEXT = (
+    ("database or disk is full", "full"),
+    ("disk i/o error", "io"),
+    ("database is locked", "locked"),
+    ("database table is locked", "locked"),
+    ("readonly database", "readonly"),
+    ("unable to open database", "cantopen"),
+    ("out of memory", "memory"),
+)
+_CAUSES = {
+    "full": ("the disk is full", "free disk space on the file system of {folder}"),
+    "io": (
+        "an I/O error",
+        "check the file system of {folder} (a failing or unmounted disk, a quota; "
+        "keep the live database on node-local storage, not NFS/Lustre/GPFS)",
+    ),
+    "locked": (
+        "the database is locked",
+        "another process holds a write lock on {path} (a second writer, or a sqlite3 shell with a "
+        "transaction open): end that transaction or process",
+    ),
+    "readonly": (
+        "the database is read-only",
+        "check the permissions of {path} and of its folder, and that the file system is mounted read-write",
+    ),
+    "cantopen": ("the file cannot be opened", "check that {folder} still exists and is writable"),
+    "memory": ("SQLite is out of memory", "give the job more memory, or lower max_queue"),
+}
+#: Errors that mean "SQLite cannot bind or store this row" (not the file's fault).
+_RECORD_ERRORS = (
+    sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError,
+    OverflowError, TypeError, ValueError,
 )  # fmt: skip
+#: At most this many distinct bad-record causes are logged; later ones are only counted.
+_MAX_BAD_MESSAGES = 20
+_VALUE_IN_MESSAGE = re.compile(r"""['"{\[(<]|\d""")
+
+
+def retry_cause(exc: BaseException) -> str | None:
+    """The cause (a key of ``_CAUSES``) when a failed write can pass on a later try, else None."""
+    if isinstance(exc, MemoryError):
+        return "memory"
+    if not isinstance(exc, sqlite3.Error) or isinstance(exc, _RECORD_ERRORS):
+        return None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return _RETRYABLE.get(code & 0xFF)
+    text = str(exc).lower()
+    for needle, cause in _RETRYABLE_TEXT:
+        if needle in text:
+            return cause
+    return None
 
 
 class FlushBarrier:
@@ -192,7 +261,9 @@ class StoreWriter(threading.Thread):
         self._series: dict[tuple[str, str, str, str], int] = {}
         self._open: dict[int, _OpenChunk] = {}
         self._retry: list[Any] = []
-        self._errors_seen: set[str] = set()
+        self._errors_seen: set[str] = set()  # causes of failed writes already logged
+        self._bad_seen: set[tuple[str, str, str]] = set()  # causes of refused records already logged
+        self._bad_pending = 0  # records refused one by one, not yet counted in store_stats
         self._last_telemetry = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -317,9 +388,52 @@ class StoreWriter(threading.Thread):
         )  # fmt: skip
 
     def _commit(self, batch: list[Any]) -> bool:
-        conn = self._conn
-        if conn is None:
+        """Write a batch: True once every record is stored or refused (and counted), False when
+        the write failed for a reason that can pass (disk full, I/O, lock) and the batch is kept."""
+        if self._conn is None:
             return False
+        exc = self._transaction(batch)
+        if exc is None:
+            return True
+        if retry_cause(exc) is not None:
+            self._keep(batch, exc)
+            return False
+        return self._isolate(batch, exc)
+
+    def _isolate(self, batch: list[Any], exc: BaseException) -> bool:
+        """The batch holds something SQLite refused that no check caught: write it in halves
+        until each record that fails stands alone; refuse (and count) only those."""
+        parts: deque[tuple[list[Any], BaseException | None]] = deque([(batch, exc)])
+        while parts:
+            part, err = parts.popleft()
+            if err is None:
+                err = self._transaction(part)
+                if err is None:
+                    continue
+                if retry_cause(err) is not None:
+                    self._keep(part + [rec for rest, _ in parts for rec in rest], err)
+                    return False
+            if len(part) == 1:
+                self._note_bad(part[0], err)
+                self.stats.bad_records += 1
+                self._bad_pending += 1
+                continue
+            mid = len(part) // 2
+            parts.appendleft((part[mid:], None))
+            parts.appendleft((part[:mid], None))
+        if self._bad_pending:
+            self._transaction([])  # count the refused records now (else with the next batch)
+        return True
+
+    def _keep(self, batch: list[Any], exc: BaseException) -> None:
+        self._report_error(exc)
+        self.stats.write_errors += 1
+        self._keep_for_retry(batch)
+
+    def _transaction(self, batch: list[Any]) -> BaseException | None:
+        """Write ``batch`` in one transaction; None on success, else the exception (rolled back)."""
+        conn = self._conn
+        assert conn is not None
         started = time.perf_counter()
         res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]] = {}
         gen: list[tuple[Any, ...]] = []
@@ -327,59 +441,70 @@ class StoreWriter(threading.Thread):
         jobs: list[dict[str, Any]] = []
         counters: dict[str, float] = {}
         bad = 0
+        max_ts = records.MAX_TIMESTAMP
         for rec in batch:
             try:
                 kind = rec[0]
                 if kind == RESOURCE:
                     _, ts, mtype, mname, value, unit, device = rec
+                    ts = float(ts)
+                    if not -max_ts <= ts <= max_ts:
+                        raise ValueError(f"timestamp {ts!r} is not a Unix time in seconds")
                     key = (str(mtype), str(mname), str(unit or ""), str(device or ""))
-                    res.setdefault(key, []).append((float(ts), None if value is None else float(value)))
+                    res.setdefault(key, []).append((ts, None if value is None else float(value)))
                 elif kind == GENERATION:
                     gen.append(rec[1:9])
                 elif kind == TRAINING:
                     trn.append(rec[1:7])
                 elif kind == JOB:
-                    jobs.append(dict(rec[2]))
+                    jobs.append(records.job_fields(rec[2]))
                 elif kind == STATS:
-                    for k, v in rec[2].items():
-                        counters[str(k)] = counters.get(str(k), 0.0) + float(v)
+                    items = [(str(k), float(v)) for k, v in rec[2].items()]
+                    for k, v in items:
+                        if not math.isfinite(v):
+                            raise ValueError(f"counter {k!r:.60} = {v!r} is not a finite number")
+                    for k, v in items:
+                        counters[k] = counters.get(k, 0.0) + v
                 else:
-                    bad += 1
-            except Exception:  # one malformed record never stops the writer
+                    raise ValueError(f"unknown record kind {kind!r:.40}")
+            except Exception as exc:  # one malformed record never stops the writer
                 bad += 1
+                self._note_bad(rec, exc)
         # What a rollback restores: the open chunks this batch touches.
         touched = [self._series[k] for k in res if k in self._series]
         snapshot = {
             sid: (list(c.ts), list(c.vals), c.rowid) for sid in touched if (c := self._open.get(sid)) is not None
         }
         new_series: list[tuple[str, str, str, str]] = []
+        pending_bad = self._bad_pending
         try:
+            if conn.in_transaction:  # a rollback that failed earlier left one open
+                conn.execute("ROLLBACK")
             conn.execute("BEGIN IMMEDIATE")
             if res:
                 self._write_samples(conn, res, new_series)
             if gen:
-                bad += _insert_rows(
+                bad += self._insert_rows(
                     conn,
                     "INSERT INTO generation_rows(timestamp, operation, round_number, chunk_number,"
                     " duration_seconds, samples_generated, memory_used_mb, pid) VALUES (?,?,?,?,?,?,?,?)",
                     gen,
-                    8,
+                    _GENERATION_FIELDS,
                 )
             if trn:
-                bad += _insert_rows(
+                bad += self._insert_rows(
                     conn,
                     "INSERT INTO training_rows(timestamp, metric_name, metric_value, round_number,"
                     " epoch_number, phase) VALUES (?,?,?,?,?,?)",
                     trn,
-                    6,
+                    _TRAINING_FIELDS,
                 )
             for job in jobs:
-                self._write_job(conn, job)
-            stats = self.stats
+                bad += self._write_job(conn, job)
             n_ok = len(batch) - bad
             counters["records_written"] = counters.get("records_written", 0.0) + n_ok
-            if bad:
-                counters["bad_records"] = counters.get("bad_records", 0.0) + bad
+            if bad or pending_bad:
+                counters["bad_records"] = counters.get("bad_records", 0.0) + bad + pending_bad
             dropped = self.queue.dropped
             if dropped:
                 counters["dropped_queue_full"] = counters.get("dropped_queue_full", 0.0) + dropped
@@ -389,24 +514,19 @@ class StoreWriter(threading.Thread):
                 list(counters.items()),
             )
             conn.execute("COMMIT")
-            if dropped:  # counted in the file only now: a failed commit keeps them for the next one
-                self.queue.dropped -= dropped
-        except sqlite3.Error as exc:
-            self._rollback(conn, snapshot, new_series)
-            self._report_error(exc)
-            self.stats.write_errors += 1
-            self._keep_for_retry(batch)
-            return False
-        except Exception as exc:  # a record no check caught: never retry it, never die
-            self._rollback(conn, snapshot, new_series)
-            self._report_error(exc)
-            self.stats.bad_records += len(batch)
-            return False
+        except Exception as exc:
+            self._rollback(conn, snapshot, touched, new_series)
+            return exc
+        # Counted in the file only now: a failed commit keeps them for the next one.
+        if dropped:
+            self.queue.dropped -= dropped
+        self._bad_pending -= pending_bad
+        stats = self.stats
         stats.written += n_ok
         stats.bad_records += bad
         stats.batches += 1
         stats.last_batch_ms = (time.perf_counter() - started) * 1000.0
-        return True
+        return None
 
     def _write_samples(
         self,
@@ -452,27 +572,55 @@ class StoreWriter(threading.Thread):
                 (*row, chunk.rowid),
             )
 
-    def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+    def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> int:
+        """Upsert the jobs row in a savepoint; a row SQLite refuses is skipped. Returns rows refused."""
         cols = [c for c in _JOB_COLUMNS if c in job]
-        values = [
-            json.dumps(job[c])
-            if c in ("config", "requested") and not isinstance(job[c], str) and job[c] is not None
-            else job[c]
-            for c in cols
-        ]
         if not cols:
-            return
+            return 0
         updates = ", ".join(f"{c} = excluded.{c}" for c in cols)
-        conn.execute(
-            f"INSERT INTO jobs(source_id, {', '.join(cols)}) VALUES (1, {', '.join('?' * len(cols))})"
-            f" ON CONFLICT(source_id) DO UPDATE SET {updates}",
-            values,
-        )
+        conn.execute("SAVEPOINT job")
+        try:
+            conn.execute(
+                f"INSERT INTO jobs(source_id, {', '.join(cols)}) VALUES (1, {', '.join('?' * len(cols))})"
+                f" ON CONFLICT(source_id) DO UPDATE SET {updates}",
+                [job[c] for c in cols],
+            )
+        except _RECORD_ERRORS as exc:
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            self._note_bad((JOB,), exc)
+            return 1
+        conn.execute("RELEASE job")
+        return 0
+
+    def _insert_rows(
+        self, conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], fields: tuple[str, ...]
+    ) -> int:
+        """executemany, fast path; if a row cannot be stored, insert the others one by one. Returns rows refused."""
+        conn.execute("SAVEPOINT rows")
+        try:
+            conn.executemany(sql, rows)
+            conn.execute("RELEASE rows")
+            return 0
+        except _RECORD_ERRORS:
+            conn.execute("ROLLBACK TO rows")
+            conn.execute("RELEASE rows")
+        kind = (GENERATION,) if fields is _GENERATION_FIELDS else (TRAINING,)
+        refused = 0
+        for row in rows:
+            try:
+                # A refused statement changes nothing (SQLite aborts only that statement).
+                conn.execute(sql, _sql_row(row, fields))
+            except _RECORD_ERRORS as exc:
+                refused += 1
+                self._note_bad(kind, exc)
+        return refused
 
     def _rollback(
         self,
         conn: sqlite3.Connection,
         snapshot: dict[int, tuple[list[float], list[float | None], int | None]],
+        touched: list[int],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
         try:
@@ -484,12 +632,13 @@ class StoreWriter(threading.Thread):
             sid = self._series.pop(key, None)
             if sid is not None:
                 self._open.pop(sid, None)
-        for sid in list(self._open):
+        # Only the chunks this batch touched changed; the others keep their rows.
+        for sid in touched:
             if sid in snapshot:
                 ts, vals, rowid = snapshot[sid]
                 self._open[sid] = _OpenChunk(ts, vals, rowid)
             else:
-                del self._open[sid]
+                self._open.pop(sid, None)
 
     def _keep_for_retry(self, batch: list[Any]) -> None:
         room = self.queue.maxsize - len(self.queue)
@@ -500,47 +649,62 @@ class StoreWriter(threading.Thread):
             batch = batch[lost:]
         self._retry = batch
 
-    def _report_error(self, exc: Exception) -> None:
+    def _report_error(self, exc: BaseException) -> None:
+        """Log a failed write that will be retried: once per cause, with what to do about it."""
+        cause = retry_cause(exc) or "other"
+        if cause in self._errors_seen:
+            return
+        self._errors_seen.add(cause)
+        what, advice = _CAUSES.get(cause, ("an error", "see the message"))
+        folder = os.path.dirname(os.path.abspath(self.path))
+        log.error(
+            "aetherium-hpc: writing %s failed: %s (%s: %s) -- the records are kept in memory (up to max_queue) "
+            "and retried; %s",
+            self.path, what, type(exc).__name__, exc, advice.format(path=self.path, folder=folder),
+        )  # fmt: skip
+
+    def _note_bad(self, rec: Any, exc: BaseException) -> None:
+        """Log a refused record: once per (kind, cause), at most ``_MAX_BAD_MESSAGES`` causes."""
+        try:
+            kind = records.KIND_NAMES.get(rec[0], "unknown kind") if type(rec) is tuple and rec else "not a tuple"
+        except TypeError:  # an unhashable kind
+            kind = "unknown kind"
         text = str(exc)
-        if text not in self._errors_seen:
-            self._errors_seen.add(text)
-            log.error(
-                "aetherium-hpc: writing %s failed: %s -- records are kept in memory (up to max_queue) "
-                "and retried; free disk space or fix the path",
-                self.path,
-                text,
-            )
+        key = (kind, type(exc).__name__, _VALUE_IN_MESSAGE.split(text, 1)[0][:80])
+        seen = self._bad_seen
+        if key in seen or len(seen) > _MAX_BAD_MESSAGES:
+            return
+        seen.add(key)
+        if len(seen) > _MAX_BAD_MESSAGES:
+            log.warning(
+                "aetherium-hpc: more than %d kinds of bad records for %s: further ones are only counted "
+                "(store_stats.bad_records)",
+                _MAX_BAD_MESSAGES, self.path,
+            )  # fmt: skip
+            return
+        log.warning(
+            "aetherium-hpc: skipped a bad record (%s) for %s: %s: %.300s -- it is not stored and not retried, "
+            "only counted in store_stats.bad_records; the other records are stored (further %s records "
+            "with this problem are only counted)",
+            kind, self.path, type(exc).__name__, text, kind,
+        )  # fmt: skip
 
 
 _SQL_TYPES = (type(None), int, float, str)
+_GENERATION_FIELDS = (
+    "timestamp", "operation", "round_number", "chunk_number",
+    "duration_seconds", "samples_generated", "memory_used_mb", "pid",
+)  # fmt: skip
+_TRAINING_FIELDS = ("timestamp", "metric_name", "metric_value", "round_number", "epoch_number", "phase")
 
 
-def _insert_rows(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], width: int) -> int:
-    """executemany, fast path; if a row cannot be bound, insert only the valid rows. Returns rows refused."""
-    conn.execute("SAVEPOINT rows")
-    try:
-        conn.executemany(sql, rows)
-        conn.execute("RELEASE rows")
-        return 0
-    except (sqlite3.ProgrammingError, sqlite3.InterfaceError, OverflowError, TypeError, ValueError):
-        conn.execute("ROLLBACK TO rows")
-        conn.execute("RELEASE rows")
-    good = []
-    for row in rows:
-        try:
-            good.append(_sql_row(row, width))
-        except TypeError:
-            continue
-    conn.executemany(sql, good)
-    return len(rows) - len(good)
-
-
-def _sql_row(row: tuple[Any, ...], width: int) -> tuple[Any, ...]:
-    """Check a record from another process before it reaches executemany."""
-    if len(row) != width or not all(
-        type(x) in _SQL_TYPES and (type(x) is not int or -(2**63) <= x < 2**63) for x in row
-    ):
-        raise TypeError(f"malformed record {row!r:.120}")
+def _sql_row(row: tuple[Any, ...], fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """Check a record from another process before SQLite binds it; the error names the field."""
+    if len(row) != len(fields):
+        raise TypeError(f"{len(row)} fields instead of {len(fields)} ({', '.join(fields)})")
+    for name, x in zip(fields, row, strict=True):
+        if type(x) not in _SQL_TYPES or type(x) is int and not -(2**63) <= x < 2**63:
+            raise TypeError(f"{name} is {type(x).__name__} {x!r:.60}, not a str, number or None")
     return row
 
 

@@ -19,9 +19,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..background import block_job_signals
+from ..env import NODE_MONITOR
 from . import units
 
 log = logging.getLogger(__name__)
+
+#: The summary's file name when ``output_path`` is a folder (an existing one, or a path ending in "/").
+SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
 
 #: (metric_type, metric_name, value, unit, device), as log_resource_samples takes it.
 Sample = tuple[str, str, float, str, str]
@@ -130,7 +134,8 @@ class ResourceMonitor:
     A daemon thread runs a drift-free loop: tick k happens at start + k x interval;
     a tick that could not run on time is skipped (counted in ``missed_ticks``), never
     bunched up. ``stop()`` returns at once (the stop event's wait is the sleep),
-    writes the JSON summary to ``output_path`` if given, and is safe to call twice;
+    writes the JSON summary to ``output_path`` if given (a folder: to
+    :data:`SUMMARY_FILE_NAME` inside it), and is safe to call twice;
     it is also called at interpreter exit. Use as a context manager or call
     ``start()`` / ``stop()``.
     """
@@ -194,6 +199,8 @@ class ResourceMonitor:
                 return self._result or self._summary_dict()
             self._stopped = True
         atexit.unregister(self._stop_at_exit)
+        if os.environ.get(NODE_MONITOR) == str(os.getpid()):
+            del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
         self._stop_event.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -296,15 +303,31 @@ class ResourceMonitor:
         }
 
     @staticmethod
-    def _write_summary(path: str, summary: dict[str, Any]) -> None:
+    def summary_path(output_path: str | os.PathLike[str]) -> str:
+        """Where the summary goes: ``output_path`` itself, or :data:`SUMMARY_FILE_NAME` inside it
+        when it is a folder (one that exists, or a path ending in a separator)."""
+        path = os.fspath(output_path)
+        if path.endswith((os.sep, "/")) or os.path.isdir(path):
+            return os.path.join(path, SUMMARY_FILE_NAME)
+        return path
+
+    @classmethod
+    def _write_summary(cls, output_path: str, summary: dict[str, Any]) -> None:
+        path = cls.summary_path(output_path)
         tmp = f"{path}.tmp{os.getpid()}"
         try:
+            if path != output_path:  # a folder: create it if it is a path ending in "/"
+                os.makedirs(output_path, exist_ok=True)
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2, allow_nan=False)
                 fh.write("\n")
             os.replace(tmp, path)
         except (OSError, ValueError) as exc:
             log.warning("aetherium-hpc: could not write the monitor summary to %s: %s", path, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def default_collectors(*, gpu: bool = True, root_pid: int | None = None, per_process: bool = True) -> list[Collector]:

@@ -5,6 +5,12 @@ socket in a folder derived from job, task and node), writes the ``jobs`` row, st
 resource monitor and a checkpoint thread, and at the end (or on a signal) records the status,
 closes the store and copies the database into the run directory. Other local ranks connect to
 that socket. :func:`run_task` drives both, around a workload function.
+
+Copy-back (:class:`..metrics.backup.CopyBack`): every ``checkpoint_interval_s`` (30 s by
+default) and at the end, the run-directory copy gets what is new since the previous copy, in
+one transaction; the first copy is a full one. A SIGKILL, the OOM killer or a lost node thus
+lose at most one interval. A copy that fails at the end is reported in one line naming the
+node-local database, which is then kept; the workload's exit status is not changed.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ import glob
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +34,7 @@ from .. import env
 from ..background import block_job_signals
 from ..config import Monitoring
 from ..metrics import client
-from ..metrics.backup import copy_database
+from ..metrics.backup import CopyBack, copy_database
 from ..metrics.writer import SourceInfo
 from ..paths import local_store_dir
 from .context import JobContext
@@ -67,8 +75,11 @@ class NodeSession:
         self._stop = threading.Event()
         self._copy_lock = threading.Lock()
         self._checkpointer: threading.Thread | None = None
+        self._copier = CopyBack(self.local_db, self.dest)
         self._finishing = False
         self.finished = threading.Event()
+        #: Why the copy at the end failed (None: it succeeded, or has not run yet).
+        self.copy_error: str | None = None
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> NodeSession:
@@ -93,6 +104,7 @@ class NodeSession:
                 hostname=ctx.hostname,
             ),
             socket_dir=self.socket_dir,
+            join=False,  # this is the node store the job's other processes join
         )
         client.log_job(
             job_id=ctx.job_id,
@@ -117,20 +129,32 @@ class NodeSession:
 
     def _checkpoint_loop(self) -> None:
         block_job_signals()
+        failing: str | None = None
         while not self._stop.wait(self.monitoring.checkpoint_interval_s):
             try:
                 self.checkpoint()
-            except Exception as exc:  # a failed checkpoint must not end the job
-                log.warning("aetherium-hpc: checkpoint copy to %s failed: %s", self.dest, exc)
+            except Exception as exc:  # a failed checkpoint must not end the job; said once per distinct error
+                text = str(exc) or type(exc).__name__
+                if text != failing:
+                    log.warning(
+                        "aetherium-hpc: checkpoint copy to %s failed: %s; the node-local database %s keeps "
+                        "everything and the copy is retried every %g s",
+                        self.dest, text, self.local_db, self.monitoring.checkpoint_interval_s,
+                    )  # fmt: skip
+                failing = text
+            else:
+                if failing is not None:
+                    log.warning("aetherium-hpc: checkpoint copy to %s works again", self.dest)
+                failing = None
 
     def checkpoint(self) -> None:
-        """Commit what was logged so far and copy the database to the run directory."""
+        """Commit what was logged so far and bring the run-directory copy up to date."""
         with self._copy_lock:
             store = client.get_db()
             if self._finishing or store is None:
                 return
             store.flush(timeout=30.0)
-            copy_database(self.local_db, self.dest)
+            self._copier.copy()
 
     # -- end --------------------------------------------------------------------------------
     def on_signal(self, status: str, signum: int) -> bool:
@@ -156,7 +180,7 @@ class NodeSession:
     def wait_for_siblings(self, timeout: float) -> bool:
         """Before closing: wait (bounded) until the node's other tasks have disconnected."""
         store = client.get_db()
-        if store is None or store.server is None:
+        if not isinstance(store, client.MetricsStore) or store.server is None:
             return True
         done = store.server.wait_for_disconnect(timeout)
         if not done:
@@ -174,16 +198,51 @@ class NodeSession:
             client.log_job(status=status, end_time=time.time(), exit_code=exit_code, detail=detail)
             if self._monitor is not None:
                 self._monitor.stop(timeout=5.0)
-            client.shutdown_db()
-            got = self._copy_lock.acquire(timeout=60.0)
-            try:
-                copy_database(self.local_db, self.dest)
-            finally:
-                if got:
-                    self._copy_lock.release()
-            self._remove_local()
+            client.close_store()
+            if self._copy_back():
+                self._remove_local()
+            elif self.socket_dir != self.local_dir:
+                shutil.rmtree(self.socket_dir, ignore_errors=True)
         finally:
             self.finished.set()
+
+    def _copy_back(self) -> bool:
+        """The final copy (incremental, cheap enough for the SIGTERM path). On failure: one line on
+        stderr naming the node-local database that still holds everything, and False."""
+        if not self._copy_lock.acquire(timeout=60.0):  # a checkpoint hangs on the run directory
+            self._report_copy_failure("a checkpoint copy did not finish within 60 s")
+            return False
+        try:
+            for attempt in (1, 2):
+                try:
+                    self._copier.copy(final=True)
+                    return True
+                except Exception as exc:
+                    if attempt == 1 and "locked" in str(exc):  # a reader of the copy held it: once more
+                        continue
+                    self._report_copy_failure(str(exc) or type(exc).__name__)
+                    break
+            return False
+        finally:
+            self._copy_lock.release()
+
+    def _report_copy_failure(self, why: str) -> None:
+        self.copy_error = why
+        last = self._copier.last_success
+        held = (
+            f"that file holds the data up to {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(last))}"
+            if last is not None and self.dest.exists()
+            else "nothing was written there"
+        )
+        command = f"python -m aetherium_hpc.metrics.backup {shlex.quote(self.local_db)} {shlex.quote(str(self.dest))}"
+        print(
+            f"aetherium-hpc: could not copy the metrics database to {self.dest} ({' '.join(why.split())}); {held}. "
+            f"ALL metrics are kept in {self.local_db} on {self.ctx.hostname or self.ctx.node}: when "
+            f"{self.dest.parent} is writable and has room, run `{command}` on that node, before its scratch "
+            "space is cleaned",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _remove_local(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -209,15 +268,15 @@ def connect_to_node_store(
 ) -> bool:
     """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
     mon = monitoring or Monitoring()
-    folder = socket_dir_for(
-        local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
-    )
+    local_dir = local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
+    folder = socket_dir_for(local_dir)
     deadline = time.monotonic() + wait_s
     while True:
         found = glob.glob(os.path.join(glob.escape(folder), "aeth-*", "metrics.sock"))
         if found and os.path.exists(found[0] + ".key"):
             os.environ[env.METRICS_ADDR] = found[0]
             os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
+            os.environ[env.METRICS_DB] = os.path.join(local_dir, "metrics.db")
             return True
         if time.monotonic() > deadline:
             log.warning(

@@ -31,6 +31,8 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
+from ..metrics.sigterm import is_watcher_handler, reset_in_fork_child
+
 log = logging.getLogger(__name__)
 
 __all__ = ["JobInterrupted", "SignalGuard", "status_for"]
@@ -137,7 +139,8 @@ def _reset_in_fork_child() -> None:
             pass
 
 
-os.register_at_fork(after_in_child=_reset_in_fork_child)
+# Run by the store's at-fork hook, before SIGTERM (blocked across fork) is unblocked in the child.
+reset_in_fork_child(_reset_in_fork_child)
 
 
 def _flush_child_and_die(signum: int) -> None:
@@ -192,9 +195,9 @@ class SignalGuard:
         self.received = signum
         if self.on_signal(status, signum) is False:
             return  # the metrics are being saved right now (an earlier signal): let that finish
-        if callable(prev):
+        if callable(prev) and not is_watcher_handler(prev):
             prev(signum, frame)  # submitit's requeue (may exit), its bypass, or KeyboardInterrupt
-        elif prev in (signal.SIG_DFL, None):
+        elif prev in (signal.SIG_DFL, None) or is_watcher_handler(prev):  # (the store's stands for SIG_DFL)
             self.uninstall()
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)

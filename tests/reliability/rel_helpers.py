@@ -28,6 +28,16 @@ def read(path: Path | str, sql: str, params: tuple[object, ...] = ()) -> list[tu
         conn.close()
 
 
+def child_env(tmp_path: Path | str, **extra: str) -> dict[str, str]:
+    """The environment of a child process as a user starts it: no store or job of the test
+    process, the project and tests/reliability importable, node-local files under ``tmp_path``."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_"))}
+    environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(ROOT)])
+    environ["AETHERIUM_LOCAL_DIR"] = str(tmp_path)
+    environ.update(extra)
+    return environ
+
+
 def cli(args: list[str], cwd: Path, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess[str]:
     """`python -m aetherium_hpc ARGS` as a user runs it: no store or job of the test process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_METRICS"))}

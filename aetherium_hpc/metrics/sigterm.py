@@ -1,0 +1,204 @@
+"""SIGTERM in a process that logs: save what it holds, then die of SIGTERM -- never hang.
+
+``Pool.terminate()`` (what ``with Pool(...)`` does), ``scancel`` and the time limit end
+processes with SIGTERM. A process of ours may hold records not yet sent (a worker's
+:class:`~.transport.SocketSink`) or not yet committed (a script's own :func:`init_db`).
+
+A Python-level SIGTERM handler cannot be trusted with that: CPython runs it in the main
+thread at the next bytecode boundary, and a SIGTERM that lands just before the main thread
+blocks on a lock (a Pool worker waiting for its next task) is never acted on -- the worker
+sleeps forever and ``Pool.__exit__`` with it. Blocking SIGTERM and ``sigwait``-ing for it in
+a thread is no better: the blocked mask is inherited by every program the process starts.
+
+So the main thread never does anything on SIGTERM. The C-level handler writes the signal
+number to a wakeup pipe (:func:`signal.set_wakeup_fd`) whatever the main thread is doing;
+a watcher thread reads it, runs the flush hooks (bounded by :data:`EXIT_FLUSH_TIMEOUT_S`),
+puts SIGTERM back to its default action and re-raises it on itself: the process ends with
+SIGTERM's status, also when the main thread is stuck in C. Installed only where SIGTERM had
+its default action and nobody else uses the wakeup fd; a fork child starts without it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from ..background import block_job_signals
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EXIT_FLUSH_TIMEOUT_S", "flush_on_sigterm", "is_watcher_handler"]
+
+#: Longest a process waits for its flush hooks after SIGTERM before it dies anyway (Slurm's
+#: KillWait, 30 s by default, must leave time for the job's own status and copy-back).
+EXIT_FLUSH_TIMEOUT_S = 10.0
+
+
+class _Watch:
+    def __init__(self, read_fd: int, write_fd: int) -> None:
+        self.pid = os.getpid()
+        self.read_fd = read_fd
+        self.write_fd = write_fd
+        self.hooks: list[Callable[[], object]] = []
+        self.thread = threading.Thread(target=self._run, name="aetherium-sigterm", daemon=True)
+
+    def _run(self) -> None:
+        block_job_signals()
+        while True:
+            try:
+                data = os.read(self.read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            if signal.SIGTERM in data and is_watcher_handler(signal.getsignal(signal.SIGTERM)):
+                break  # (a handler installed since, e.g. the job runtime's, acts instead of us)
+        flush = threading.Thread(target=_run_hooks, args=(list(self.hooks),), name="aetherium-exit-flush", daemon=True)
+        flush.start()
+        flush.join(EXIT_FLUSH_TIMEOUT_S)
+        die_of(signal.SIGTERM)
+
+
+_watch: _Watch | None = None
+_lock = threading.Lock()
+
+
+def _python_handler(signum: int, frame: object) -> None:
+    """Installed for SIGTERM so that the C handler writes to the wakeup pipe; the watcher acts."""
+
+
+def is_watcher_handler(handler: object) -> bool:
+    """True for the placeholder handler of this module (it stands for SIGTERM's default action)."""
+    return handler is _python_handler
+
+
+def flush_on_sigterm(hook: Callable[[], object]) -> bool:
+    """Run ``hook`` when this process gets SIGTERM, then die of SIGTERM. False if not installed
+    (SIGTERM has another handler, not in the main thread, or the wakeup fd is taken)."""
+    global _watch
+    with _lock:
+        if _watch is not None and _watch.pid == os.getpid():
+            _watch.hooks.append(hook)
+            return True
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+                return False  # the job's runtime, submitit or the user handles SIGTERM: leave it
+        except ValueError:
+            return False
+        read_fd, write_fd = os.pipe()  # non-inheritable: programs started later do not get them
+        os.set_blocking(write_fd, False)
+        try:
+            previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            os.close(read_fd)
+            os.close(write_fd)
+            return False
+        if previous != -1:  # asyncio (or another library) owns the wakeup fd: give it back
+            signal.set_wakeup_fd(previous)
+            os.close(read_fd)
+            os.close(write_fd)
+            log.debug("aetherium-hpc: the signal wakeup fd is in use; no flush on SIGTERM in pid %d", os.getpid())
+            return False
+        signal.signal(signal.SIGTERM, _python_handler)
+        watch = _Watch(read_fd, write_fd)
+        watch.hooks.append(hook)
+        _watch = watch
+        watch.thread.start()
+        return True
+
+
+def _run_hooks(hooks: list[Callable[[], object]]) -> None:
+    for hook in hooks:
+        try:
+            hook()
+        except Exception as exc:  # the process is about to die: say what was lost, keep going
+            log.warning("aetherium-hpc: flush on SIGTERM failed in pid %d: %s", os.getpid(), exc)
+
+
+def die_of(signum: int) -> None:
+    """End this process with ``signum``'s default action, from any thread."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signum, signal.SIG_DFL)
+    else:
+        # signal.signal() is for the main thread only; sigaction(2) is not.
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.signal.restype = ctypes.c_void_p
+            libc.signal.argtypes = (ctypes.c_int, ctypes.c_void_p)
+            libc.signal(signum, None)  # SIG_DFL is the null handler
+        except (OSError, AttributeError):
+            os._exit(128 + signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+    signal.pthread_kill(threading.get_ident(), signum)
+    os._exit(128 + signum)  # not reached: the default action ended the process
+
+
+# -- fork ----------------------------------------------------------------------------------------
+# A fork child starts with its parent's Python-level SIGTERM handler (ours, or the job runtime's)
+# until the at-fork hooks below put SIGTERM back to its default action. A SIGTERM landing in
+# that window (``with Pool(...)`` terminating a worker it has only just forked) would run the
+# inherited C handler: the signal is swallowed (CPython drops signals pending at fork) and, with
+# our wakeup pipe, the byte lands in the *parent's* watcher, which then ends the parent. So the
+# forking thread blocks SIGTERM across fork(); the child unblocks it once its handlers are reset,
+# and a SIGTERM that came meanwhile then takes its default action.
+_child_resets: list[Callable[[], None]] = []
+_mask_before_fork: set[int] | None = None
+
+
+def reset_in_fork_child(reset: Callable[[], None]) -> None:
+    """Run ``reset`` in every fork child before SIGTERM is unblocked there (signal handlers)."""
+    _child_resets.append(reset)
+
+
+def _before_fork() -> None:
+    global _mask_before_fork
+    try:
+        handler = signal.getsignal(signal.SIGTERM)
+    except ValueError:
+        return
+    if callable(handler):
+        _mask_before_fork = set(signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}))
+
+
+def _restore_mask() -> None:
+    global _mask_before_fork
+    mask, _mask_before_fork = _mask_before_fork, None
+    if mask is not None and signal.SIGTERM not in mask:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def _after_fork_in_child() -> None:
+    # The watcher thread does not exist here, and the pipe is the parent's: a SIGTERM to this
+    # child must not reach the parent's watcher.
+    global _watch
+    watch, _watch = _watch, None
+    try:
+        if watch is not None:
+            try:
+                if is_watcher_handler(signal.getsignal(signal.SIGTERM)):
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError):
+                pass
+            for fd in (watch.read_fd, watch.write_fd):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for reset in _child_resets:
+            try:
+                reset()
+            except Exception as exc:  # never let one reset keep SIGTERM blocked in the child
+                log.warning("aetherium-hpc: signal reset after fork failed: %s", exc)
+    finally:
+        _restore_mask()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_restore_mask, after_in_child=_after_fork_in_child)
