@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aetherium_hpc.config import Config, config_from_dict
 
 TABLES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")
+ROOT = Path(__file__).parent.parent
+
+
+def aetherium_cli(
+    args: list[str],
+    cwd: Path | str,
+    *,
+    paths: Sequence[Path | str] = (),
+    drop: tuple[str, ...] = ("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_METRICS"),
+    timeout: float = 240,
+    **env: str,
+) -> subprocess.CompletedProcess[str]:
+    """`python -m aetherium_hpc ARGS` as a user runs it: without the variables of a job or store of
+    the test process (``drop``), with the project and ``paths`` importable (workloads of the tests)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, paths)])
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", *args], cwd=cwd, env=environ, capture_output=True, text=True,
+        timeout=timeout,
+    )  # fmt: skip
 
 
 def make_config(run_dir: Path | str, **overrides: Any) -> Config:

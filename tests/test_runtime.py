@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from launch_helpers import counts, job_rows, make_config
+from launch_helpers import aetherium_cli, counts, job_rows, make_config
 
 import aetherium_hpc as ah
 from aetherium_hpc import launch
@@ -162,16 +162,7 @@ LOGGING_CHILD = (
 
 
 def _run_cli(args: list[str], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_METRICS"))}
-    environ.update(PYTHONPATH=str(ROOT), **env)
-    return subprocess.run(
-        [sys.executable, "-m", "aetherium_hpc", *args],
-        cwd=cwd,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return aetherium_cli(args, cwd, drop=("SLURM_", "AETHERIUM_METRICS"), timeout=120, **env)
 
 
 @pytest.mark.parametrize("code", [0, 3])

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from launch_helpers import aetherium_cli
 from rel_helpers import cli, integrity, read
 
 import aetherium_hpc as ah
@@ -505,16 +506,8 @@ def test_an_unwritable_run_directory_for_a_user(tmp_path: Path) -> None:
 
 # -- on the real cluster ----------------------------------------------------------------------------
 def _submit_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])  # the job imports copyback_child
-    return subprocess.run(
-        [sys.executable, "-m", "aetherium_hpc", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    # the job imports copyback_child
+    return aetherium_cli(args, cwd, paths=[HERE], drop=("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_"), timeout=timeout)
 
 
 def _squeue_empty(job_id: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -18,20 +17,11 @@ TESTS = Path(__file__).parent.parent
 ROOT = TESTS.parent
 sys.path.insert(0, str(TESTS))
 
-from launch_helpers import TABLES, counts, job_rows  # noqa: E402
+from launch_helpers import TABLES, aetherium_cli, counts, job_rows  # noqa: E402
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_METRICS"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(TESTS)])
-    return subprocess.run(
-        [sys.executable, "-m", "aetherium_hpc", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return aetherium_cli(args, cwd, paths=[TESTS], timeout=timeout)
 
 
 def run_dir_of(stdout: str) -> Path:
