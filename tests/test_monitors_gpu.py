@@ -388,6 +388,24 @@ def test_an_older_driver_falls_back_to_older_process_queries(
     assert devices[0].calls["nvmlDeviceGetComputeRunningProcesses_v3"] == 1  # found missing once, not per tick
 
 
+def test_a_driver_without_graphics_or_mps_queries_still_gives_the_compute_figure(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    me = os.getpid()
+    missing = {f"nvmlDeviceGet{kind}RunningProcesses{suffix}" for kind in ("Graphics", "MPSCompute")
+               for suffix in ("_v3", "_v2", "")}  # fmt: skip
+    devices = [FakeDevice(GPU0, processes=[(me, 128 * MB)]), FakeDevice(GPU1, processes=[(me, 64 * MB)])]
+    devices[1].unsupported = {"nvmlDeviceGetGraphicsRunningProcesses_v3", "nvmlDeviceGetMPSComputeRunningProcesses_v3"}
+    monkeypatch.setitem(sys.modules, "pynvml", make_module(devices, missing_symbols=missing))
+    caplog.set_level(logging.INFO, logger=GPU_LOGGER)
+    ticks = collect(GpuCollector(tree_pids=lambda: {me}), ticks=3)
+    for samples in ticks:
+        values = by_key(samples)
+        assert values[("process_tree_memory_used", GPU0)] == 128.0
+        assert values[("process_tree_memory_used", GPU1)] == 64.0
+    assert not messages(caplog, logging.WARNING)
+
+
 def _cgroup_tree(tmp_path: Path, version: int, job: str, me: int, other_step_pid: int) -> tuple[Path, Path]:
     """A Slurm job's cgroup (v2 or v1 layout) with this process in step 0 and another srun step."""
     root = tmp_path / "cgroup"

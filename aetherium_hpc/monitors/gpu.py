@@ -137,6 +137,14 @@ def _code(nvml: Any, exc: BaseException) -> int | None:
     return getattr(exc, "value", None) if isinstance(exc, getattr(nvml, "NVMLError", ())) else None
 
 
+def _absent(nvml: Any, exc: BaseException) -> bool:
+    """The query is not there: NOT_SUPPORTED, or the driver lacks it (FUNCTION_NOT_FOUND, library mismatch)."""
+    return type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) in (
+        getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED),
+        getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND),
+    )
+
+
 def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
     """(every GPU NVML lets us open, with its MIG devices; the GRES slots in NVML = PCI order)."""
     gpus: list[_Gpu] = []
@@ -600,9 +608,9 @@ class GpuCollector(Collector):
             try:
                 listed = self._processes(dev, kind, query)
             except _CallFailed as failed:
-                if kind != "compute" and _code(self._nvml, failed.exc) == getattr(
-                    self._nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED
-                ):
+                if kind != "compute" and _absent(self._nvml, failed.exc):
+                    # Graphics and MPS lists are extras: a device or driver without them still gives
+                    # the compute figure.
                     self._kind_off.add((dev.uuid, kind))
                     continue
                 raise
