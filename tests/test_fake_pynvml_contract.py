@@ -99,3 +99,22 @@ def test_every_device_function_can_fail() -> None:
             with pytest.raises(fake_pynvml.NVMLError_Timeout):
                 getattr(mod, function)(*args.get(function, (target,)))
         target.fail_after = {}
+
+
+def test_structures_carry_fields_the_real_ones_have() -> None:
+    device = fake_pynvml.FakeDevice(fake_pynvml.GPU0, processes=[(1, 2)])
+    mod = fake_pynvml.make_module([device])
+    mod.nvmlInit()
+    try:
+        answers = {
+            "c_nvmlUtilization_t": mod.nvmlDeviceGetUtilizationRates(device),
+            "c_nvmlMemory_t": mod.nvmlDeviceGetMemoryInfo(device),
+            "c_nvmlMemory_v2_t": mod.nvmlDeviceGetMemoryInfo(device, version=mod.nvmlMemory_v2),
+            "nvmlPciInfo_t": mod.nvmlDeviceGetPciInfo(device),
+            "c_nvmlProcessInfo_t": mod.nvmlDeviceGetComputeRunningProcesses(device)[0],
+        }
+    finally:
+        mod.nvmlShutdown()
+    for struct, answer in answers.items():
+        real = {name for name, *_ in getattr(pynvml, struct)._fields_}
+        assert set(answer.values) <= real, (struct, set(answer.values) - real)
