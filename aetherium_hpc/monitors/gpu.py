@@ -1,27 +1,43 @@
-"""The job's GPUs with NVML: utilisation, memory, power, temperature, our processes' memory.
+"""The job's GPUs with NVML: utilisation, memory, power, temperature, the job's processes' memory.
 
-The only module that imports ``pynvml`` (nvidia-ml-py). Which GPUs are the job's:
+The only module that imports ``pynvml`` (nvidia-ml-py). Which GPUs are the job's (one
+info line says which rule chose them):
 
 1. ``CUDA_VISIBLE_DEVICES`` when set, read as CUDA reads it: indices, ``GPU-``/``MIG-``
    UUIDs or unique UUID prefixes, the list ending at the first entry that names
    nothing. NVML numbers every GPU of the node and ignores that variable, so a CUDA
-   index is mapped to the GPU of that rank in PCI bus id order (CUDA's order with
-   ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and in practice on nodes of identical GPUs).
-2. Else ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``: matched to the device minor number
-   (``/dev/nvidiaN``), which does not depend on what the job's cgroup lets NVML see.
-3. Else every GPU of the node.
+   index is mapped to the GPU of that rank in PCI bus id order among the GPUs NVML lets
+   this process open (CUDA's order with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and in practice
+   on nodes of identical GPUs). A GPU in MIG mode named this way gives one MIG device,
+   as CUDA gives a process one (the first).
+2. Else, inside a Slurm job, ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``: GRES indices, which
+   follow the PCI bus order of the node's GPUs -- NVML's own order. Under Slurm's
+   ``ConstrainDevices`` NVML still counts the GPUs the job's cgroup hides (it refuses their
+   handles with NO_PERMISSION), so NVML indices stay the node's. On a MIG node each MIG
+   slice is its own index. Slurm releases before :data:`GRES_INDEX_SINCE` wrote the device
+   minor number (``/dev/nvidiaN``) there instead; that reading is kept for them only.
+3. A Slurm job with none of these variables was given no GPU (Slurm removes them from
+   steps without GPUs): no GPU is monitored, and one line says so -- without
+   ``ConstrainDevices`` NVML would show other jobs' GPUs.
+4. Outside Slurm, every GPU of the node.
 
-A GPU in MIG mode stands for its MIG devices. The device column holds the GPU or
-MIG UUID. A field a device cannot report, or an NVML call that starts failing in the
-middle of a run, is logged once per NVML function and then skipped for that device
-(a sentinel, as in nvitop); nothing raised by NVML leaves :meth:`GpuCollector.collect`.
+MIG slices are recorded under their MIG UUID (memory, the job's memory; NVML has no
+utilisation per slice: said once), the board's power and temperature under the parent
+GPU's UUID. NOT_SUPPORTED is final for that device and field (info, once); a lost GPU
+(GPU_IS_LOST, Xid 79) is final for that GPU and always reported, naming it; any other
+error is reported once per device and NVML function, retried with back-off and counted
+(``monitor/nvml_errors``). Nothing raised by NVML leaves :meth:`GpuCollector.collect`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
-from collections.abc import Callable, Collection, Mapping
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,13 +47,29 @@ from .base import Collector, Sample
 log = logging.getLogger(__name__)
 
 _MB = units.BYTES_PER_MB
-_NOT_SUPPORTED = 3  # NVML_ERROR_NOT_SUPPORTED, for a pynvml that lacks the constant
-_ENV_KEYS = ("CUDA_VISIBLE_DEVICES", "SLURM_STEP_GPUS", "SLURM_JOB_GPUS")
+# NVML return codes (nvml.h), for a pynvml that lacks a constant
+_SUCCESS = 0
+_NOT_SUPPORTED = 3
+_NO_PERMISSION = 4
+_INSUFFICIENT_SIZE = 7
+_FUNCTION_NOT_FOUND = 13
+_GPU_IS_LOST = 15
+_NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong: usedGpuMemory not known
+
+#: The first Slurm release taken to write GRES indices into SLURM_*_GPUS; older ones wrote
+#: device minor numbers. (Slurm 19.05 reworked GPU GRES around NVML; not verified on a
+#: cluster of each release -- change it here if a site shows otherwise.)
+GRES_INDEX_SINCE = (19, 5)
+
+#: A failing field is tried again after 1, 2, 4, ... samples, at most this many.
+MAX_BACKOFF_SAMPLES = 64
+
+SlurmVersion = Callable[[], "tuple[int, ...] | None"]
 
 
 @dataclass
 class GpuDevice:
-    """One monitored device: a whole GPU or a MIG device."""
+    """One monitored device: a whole GPU, a MIG device, or (``board``) the board of a MIG GPU."""
 
     uuid: str
     handle: Any
@@ -46,6 +78,12 @@ class GpuDevice:
     parent_uuid: str | None = None  # set for MIG devices
     gpu_instance: int | None = None
     compute_instance: int | None = None
+    bus_id: str = ""  # of the (parent) GPU
+    board: bool = False  # a MIG GPU's board: power and temperature only
+
+    @property
+    def kind(self) -> str:
+        return "MIG device" if self.parent_uuid else "GPU"
 
 
 @dataclass
@@ -60,9 +98,28 @@ class _Gpu:
     migs: list[GpuDevice] = field(default_factory=list)
 
     def devices(self) -> list[GpuDevice]:
+        """Every device of this GPU: its MIG devices in MIG mode, else itself."""
         if self.mig_enabled:
             return list(self.migs)
-        return [GpuDevice(self.uuid, self.handle, self.name, self.index)]
+        return [GpuDevice(self.uuid, self.handle, self.name, self.index, bus_id=self.bus_id)]
+
+    def cuda_devices(self) -> list[GpuDevice]:
+        """What CUDA gives a process that names this GPU: one MIG device in MIG mode."""
+        return self.devices()[:1] if self.mig_enabled else self.devices()
+
+    def board(self) -> GpuDevice:
+        return GpuDevice(self.uuid, self.handle, self.name, self.index, bus_id=self.bus_id, board=True)
+
+
+@dataclass
+class Selection:
+    """The job's devices, the rule that chose them, and every GPU of the node NVML opened."""
+
+    devices: list[GpuDevice]
+    rule: str
+    gpus: list[_Gpu]
+    slots: list[GpuDevice | None]  # GRES order: hidden GPUs as None, MIG slices one each
+    no_gpu_job: str | None = None  # set when a Slurm job was given no GPU
 
 
 def _text(value: Any) -> str:
@@ -76,15 +133,33 @@ def _try(fn: Callable[..., Any], *args: Any, default: Any = None) -> Any:
         return default
 
 
-def _enumerate(nvml: Any) -> list[_Gpu]:
-    """Every GPU NVML sees, with its MIG devices."""
+def _code(nvml: Any, exc: BaseException) -> int | None:
+    return getattr(exc, "value", None) if isinstance(exc, getattr(nvml, "NVMLError", ())) else None
+
+
+def _absent(nvml: Any, exc: BaseException) -> bool:
+    """The query is not there: NOT_SUPPORTED, or the driver lacks it (FUNCTION_NOT_FOUND, library mismatch)."""
+    return type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) in (
+        getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED),
+        getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND),
+    )
+
+
+def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
+    """(every GPU NVML lets us open, with its MIG devices; the GRES slots in NVML = PCI order)."""
     gpus: list[_Gpu] = []
+    slots: list[GpuDevice | None] = []
     for index in range(nvml.nvmlDeviceGetCount()):
         try:
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             uuid = _text(nvml.nvmlDeviceGetUUID(handle))
-        except nvml.NVMLError as exc:  # e.g. a GPU the job's cgroup hides: not ours
-            log.debug("NVML GPU %d skipped: %s", index, exc)
+        except Exception as exc:
+            if _code(nvml, exc) == getattr(nvml, "NVML_ERROR_NO_PERMISSION", _NO_PERMISSION):
+                log.debug("NVML GPU %d is hidden from this job (cgroup): %s", index, exc)  # ConstrainDevices
+            else:
+                log.warning("aetherium-hpc: NVML GPU %d cannot be opened (%s: %s); not monitored", index,
+                            type(exc).__name__, exc)  # fmt: skip
+            slots.append(None)  # it keeps its place: GRES indices count it
             continue
         name = _text(_try(nvml.nvmlDeviceGetName, handle, default=""))
         pci = _try(nvml.nvmlDeviceGetPciInfo, handle)
@@ -93,23 +168,26 @@ def _enumerate(nvml: Any) -> list[_Gpu]:
         mode = (_try(nvml.nvmlDeviceGetMigMode, handle) or [0])[0]
         gpu = _Gpu(index, handle, uuid, name, bus_id, minor, mode == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
         if gpu.mig_enabled:
-            for slot in range(int(_try(nvml.nvmlDeviceGetMaxMigDeviceCount, handle, default=0))):
+            # The maximum this GPU can hold; slots without a MIG device answer NOT_FOUND.
+            for slot in range(int(_try(nvml.nvmlDeviceGetMaxMigDeviceCount, handle, default=0) or 0)):
                 try:
                     mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
                     mig_uuid = _text(nvml.nvmlDeviceGetUUID(mig))
-                except nvml.NVMLError:  # an empty slot: NVML_ERROR_NOT_FOUND
+                except Exception:
                     continue
                 gpu.migs.append(
                     GpuDevice(
                         mig_uuid, mig, _text(_try(nvml.nvmlDeviceGetName, mig, default=name)), index, uuid,
                         _try(nvml.nvmlDeviceGetGpuInstanceId, mig), _try(nvml.nvmlDeviceGetComputeInstanceId, mig),
+                        bus_id,
                     )
                 )  # fmt: skip
         gpus.append(gpu)
-    return gpus
+        slots.extend(gpu.devices())
+    return gpus, slots
 
 
-def _unique(candidates: list[GpuDevice] | list[_Gpu]) -> Any:
+def _unique(candidates: list[Any]) -> Any:
     return candidates[0] if len(candidates) == 1 else None
 
 
@@ -122,12 +200,12 @@ def _match_cuda_visible(value: str, gpus: list[_Gpu]) -> list[GpuDevice]:
         if token.isdigit():
             if int(token) >= len(by_bus):
                 break
-            chosen.extend(by_bus[int(token)].devices())
+            chosen.extend(by_bus[int(token)].cuda_devices())
         elif token.startswith("GPU-"):
             gpu = _unique([g for g in gpus if g.uuid.startswith(token)])
             if gpu is None:
                 break
-            chosen.extend(gpu.devices())
+            chosen.extend(gpu.cuda_devices())
         elif token.startswith("MIG-GPU-"):  # legacy form MIG-GPU-<uuid>/<gpu instance>/<compute instance>
             parts = token[len("MIG-") :].split("/")
             mig = None
@@ -158,64 +236,483 @@ def _slurm_ids(value: str) -> list[int]:
     return ids
 
 
-def _dedupe(devices: list[GpuDevice]) -> list[GpuDevice]:
+def _dedupe(devices: Iterable[GpuDevice]) -> list[GpuDevice]:
     seen: set[str] = set()
     return [d for d in devices if not (d.uuid in seen or seen.add(d.uuid))]  # type: ignore[func-returns-value]
 
 
-def select_devices(nvml: Any, environ: Mapping[str, str]) -> tuple[list[GpuDevice], str, list[_Gpu]]:
-    """(the job's devices, which rule chose them, every GPU of the node)."""
-    gpus = _enumerate(nvml)
+def probe_slurm_version() -> tuple[int, ...] | None:
+    """The installed Slurm's version from ``scontrol --version`` (``slurm 23.02.7``), or None."""
+    exe = shutil.which("scontrol") or shutil.which("srun")
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else None
+
+
+def _version_text(version: tuple[int, ...] | None) -> str:
+    return "version unknown" if version is None else ".".join(map(str, version))
+
+
+def select_devices(
+    nvml: Any, environ: Mapping[str, str], slurm_version: SlurmVersion = probe_slurm_version
+) -> Selection:
+    """The job's devices and which rule chose them (see the module's docstring)."""
+    gpus, slots = _enumerate(nvml)
     cuda = environ.get("CUDA_VISIBLE_DEVICES")
     if cuda is not None:
-        return _match_cuda_visible(cuda, gpus), f"CUDA_VISIBLE_DEVICES={cuda!r}", gpus
-    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-        value = environ.get(name)
-        if value:
+        return Selection(_match_cuda_visible(cuda, gpus), f"CUDA_VISIBLE_DEVICES={cuda!r}", gpus, slots)
+    job_id = environ.get("SLURM_JOB_ID")
+    if job_id:
+        for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
+            value = environ.get(name)
+            if not value:
+                continue
             ids = _slurm_ids(value)
-            picked = [g for i in ids for g in gpus if (g.minor if g.minor is not None else g.index) == i]
-            return _dedupe([d for g in picked for d in g.devices()]), f"{name}={value!r}", gpus
-    return _dedupe([d for g in gpus for d in g.devices()]), "all GPUs of the node", gpus
+            version = slurm_version()
+            if version is not None and version[:2] < GRES_INDEX_SINCE:
+                picked = [d for i in ids for g in gpus if g.minor == i for d in g.devices()]
+                rule = (
+                    f"{name}={value!r} read as device minor numbers (/dev/nvidiaN), as Slurm "
+                    f"{_version_text(version)} writes them (GRES indices since {_version_text(GRES_INDEX_SINCE)})"
+                )
+            else:
+                picked = [d for i in ids if 0 <= i < len(slots) for d in [slots[i]] if d is not None]
+                rule = (
+                    f"{name}={value!r} read as GRES indices (the node's GPUs in PCI bus order, those hidden by "
+                    f"the job's cgroup counted, each MIG slice its own index; Slurm {_version_text(version)})"
+                )
+            return Selection(_dedupe(picked), rule, gpus, slots)
+        return Selection(
+            [], "", gpus, slots,
+            no_gpu_job=(
+                f"this Slurm job ({job_id}) was given no GPU: none of CUDA_VISIBLE_DEVICES, SLURM_STEP_GPUS, "
+                "SLURM_JOB_GPUS is set, so the GPUs NVML shows belong to other jobs. Request GPUs "
+                "(--gpus / --gres=gpu:N) to monitor them"
+            ),
+        )  # fmt: skip
+    return Selection(_dedupe(d for g in gpus for d in g.devices()), "all GPUs of the node (no Slurm job)", gpus, slots)
 
 
-# -- what is read from each device --------------------------------------------------------------
+# -- the job's processes ----------------------------------------------------------------------
+def find_job_cgroup(job_id: str, self_cgroup: str, cgroup_root: str) -> tuple[str | None, str]:
+    """(the folder of Slurm job ``job_id``'s cgroup, or None; why not) from ``/proc/self/cgroup``.
+
+    cgroup v2: ``0::/system.slice/slurmstepd.scope/job_<id>/step_0/...``; v1: one line per
+    hierarchy (``4:memory:/slurm/uid_<uid>/job_<id>/step_0``), each under ``<root>/<controller>``.
+    """
+    try:
+        with open(self_cgroup, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except OSError as exc:
+        return None, f"{self_cgroup} is not readable ({exc.strerror or exc})"
+    marker = f"job_{job_id}"
+    tried: list[str] = []
+    for line in lines:
+        hierarchy, _, rest = line.partition(":")
+        controllers, _, path = rest.partition(":")
+        parts = path.split("/")
+        if marker not in parts:
+            continue
+        job_path = "/".join(parts[: parts.index(marker) + 1]).lstrip("/")
+        bases = [cgroup_root] if hierarchy == "0" and not controllers else [
+            os.path.join(cgroup_root, c.removeprefix("name=")) for c in controllers.split(",")
+        ] + [os.path.join(cgroup_root, controllers)]  # fmt: skip
+        for base in bases:
+            folder = os.path.join(base, job_path)
+            if folder in tried:
+                continue
+            tried.append(folder)
+            if os.access(os.path.join(folder, "cgroup.procs"), os.R_OK):
+                return folder, ""
+    if not tried:
+        return None, f"no {marker} in {self_cgroup} (not a Slurm cgroup layout this monitor knows)"
+    return None, f"{', '.join(tried)} not readable"
+
+
+def read_cgroup_pids(folder: str) -> set[int]:
+    """Every pid in the cgroup ``folder`` and the cgroups below it (every step of the job)."""
+    pids: set[int] = set()
+    for here, _dirs, files in os.walk(folder):
+        if "cgroup.procs" not in files:
+            continue
+        try:
+            with open(os.path.join(here, "cgroup.procs"), encoding="ascii") as fh:
+                pids.update(int(line) for line in fh if line.strip().isdigit())
+        except OSError:
+            continue  # a step that ended meanwhile
+    return pids
+
+
+class _ProcessInfoV1(ctypes.Structure):
+    """nvmlProcessInfo_v1_t: what drivers without the v2/v3 queries fill."""
+
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+def _processes_v1(nvml: Any, handle: Any, symbol: str) -> list[tuple[int, int | None]]:
+    """The v1 process query through the C symbol (nvidia-ml-py no longer wraps it)."""
+    fn = nvml._nvmlGetFunctionPointer(symbol)
+    count = ctypes.c_uint(0)
+    ret = fn(handle, ctypes.byref(count), None)
+    if ret == _SUCCESS:
+        return []
+    if ret != _INSUFFICIENT_SIZE:
+        raise nvml.NVMLError(ret)
+    count.value = count.value * 2 + 5  # room for processes started between the two calls
+    infos = (_ProcessInfoV1 * count.value)()
+    ret = fn(handle, ctypes.byref(count), infos)
+    if ret != _SUCCESS:
+        raise nvml.NVMLError(ret)
+    return [
+        (int(infos[i].pid), None if infos[i].usedGpuMemory == _NOT_AVAILABLE else int(infos[i].usedGpuMemory))
+        for i in range(count.value)
+    ]
+
+
+#: (kind, pynvml's query); tried as the unversioned (newest) query, then _v2, then v1.
+PROCESS_QUERIES = (
+    ("compute", "nvmlDeviceGetComputeRunningProcesses"),
+    ("graphics", "nvmlDeviceGetGraphicsRunningProcesses"),
+    ("mps", "nvmlDeviceGetMPSComputeRunningProcesses"),  # MPS clients; compute shows only the MPS server
+)
+_VERSIONS = ("", "_v2", "v1")
+_VERSION_NAMES = {"": "v3", "_v2": "v2", "v1": "v1"}
+
+
+class _CallFailed(Exception):
+    def __init__(self, function: str, exc: BaseException) -> None:
+        super().__init__(function)
+        self.function = function
+        self.exc = exc
+
+
+# -- error causes -----------------------------------------------------------------------------
+def _cause(nvml: Any, exc: BaseException) -> str:
+    """What an NVML error means on a cluster node, and what to do (none of these advise draining
+    unless the GPU itself needs a reset)."""
+    code = _code(nvml, exc)
+    c = lambda name, default: getattr(nvml, name, default)  # noqa: E731
+    if code is None:
+        if type(exc).__name__ == "NVMLLibraryMismatchError":
+            return "nvidia-ml-py and the NVIDIA driver do not match (a function this driver lacks)"
+        return f"an unexpected {type(exc).__name__} from nvidia-ml-py"
+    causes = {
+        c("NVML_ERROR_NO_PERMISSION", 4): (
+            "no permission: the job's cgroup (Slurm ConstrainDevices) or the driver's settings deny this query "
+            "to users; the GPU is fine"
+        ),
+        c("NVML_ERROR_TIMEOUT", 10): "NVML timed out: the driver was busy; this usually passes",
+        c("NVML_ERROR_UNINITIALIZED", 1): "NVML was shut down in this process (another library called nvmlShutdown)",
+        c("NVML_ERROR_DRIVER_NOT_LOADED", 9): (
+            "the NVIDIA driver was unloaded under the job; the admins need to reload it or reboot the node"
+        ),
+        c("NVML_ERROR_LIB_RM_VERSION_MISMATCH", 18): (
+            "the NVIDIA driver changed under the job (libnvidia-ml and the kernel module differ: an upgrade "
+            "without a reboot); the admins need to reboot the node"
+        ),
+        c("NVML_ERROR_RESET_REQUIRED", 16): (
+            "the GPU needs a reset (after an ECC or Xid error): ask the admins to drain the node and reset it"
+        ),
+        c("NVML_ERROR_MEMORY", 20): "the node is short of host memory",
+        c("NVML_ERROR_FUNCTION_NOT_FOUND", 13): "this NVIDIA driver is too old for this query",
+        c("NVML_ERROR_CORRUPTED_INFOROM", 14): "the GPU's infoROM is corrupted: tell the admins (`nvidia-smi -q`)",
+        c("NVML_ERROR_IRQ_ISSUE", 11): "the driver saw an interrupt problem: look for Xid errors in `dmesg`",
+        c("NVML_ERROR_OPERATING_SYSTEM", 17): "the operating system blocked the request",
+    }
+    return causes.get(
+        code,
+        "NVML gives no reason; if it repeats, look for Xid errors in `dmesg` (or `journalctl -k`) and at "
+        "`nvidia-smi -q` on this node",
+    )
+
+
+# -- what is read from each device ------------------------------------------------------------
 Reading = list[tuple[units.MetricSpec, float]]
 
 
-def _utilization(nvml: Any, dev: GpuDevice, tree: Collection[int]) -> Reading:
-    return [(units.GPU_UTILIZATION, float(nvml.nvmlDeviceGetUtilizationRates(dev.handle).gpu))]
+@dataclass
+class _Retry:
+    failures: int = 0
+    next_tick: int = 0
 
 
-def _memory(nvml: Any, dev: GpuDevice, tree: Collection[int]) -> Reading:
-    info = nvml.nvmlDeviceGetMemoryInfo(dev.handle)
-    return [(units.GPU_MEMORY_USED, info.used / _MB), (units.GPU_MEMORY_TOTAL, info.total / _MB)]
+class GpuCollector(Collector):
+    """Per-device NVML readings for the job's GPUs; does nothing (after one info line) without them.
+
+    ``tree_pids``: the monitor's process tree (enables ``process_tree_memory_used``);
+    ``environ``: where the GPU and Slurm variables are read (default ``os.environ``);
+    ``slurm_version``: how the Slurm release is learnt (only when SLURM_*_GPUS is read);
+    ``self_cgroup`` / ``cgroup_root``: where this process's cgroup is found inside Slurm.
+    """
+
+    name = "gpu"
+
+    def __init__(
+        self,
+        tree_pids: Callable[[], Collection[int]] | None = None,
+        environ: Mapping[str, str] | None = None,
+        slurm_version: SlurmVersion | None = None,
+        self_cgroup: str = "/proc/self/cgroup",
+        cgroup_root: str = "/sys/fs/cgroup",
+    ) -> None:
+        self._tree_pids = tree_pids
+        self._environ = environ
+        self._slurm_version = slurm_version or probe_slurm_version
+        self._self_cgroup = self_cgroup
+        self._cgroup_root = cgroup_root
+        self._nvml: Any = None
+        self.devices: list[GpuDevice] = []  # the job's devices (GPUs and MIG devices)
+        self.boards: list[GpuDevice] = []  # parents of the job's MIG devices: board power, temperature
+        self.skipped: str | None = None  # why GPU metrics are off, once start() has run
+        self.job_cgroup: str | None = None  # where the job's processes are read inside Slurm
+        self.errors = 0  # NVML errors so far (NOT_SUPPORTED excluded): monitor/nvml_errors
+        self._tick = 0
+        self._final: set[tuple[str, str]] = set()  # (device uuid, field) NOT_SUPPORTED: never read again
+        self._retry: dict[tuple[str, str], _Retry] = {}  # (device uuid, field) failing: back-off
+        self._lost: set[int] = set()  # NVML indices of lost GPUs
+        self._reported: set[tuple[str, str]] = set()  # (device uuid or "MIG", NVML function) already logged
+        self._kind_off: set[tuple[str, str]] = set()  # (uuid, graphics|mps) a device does not support
+        self._version: dict[str, int] = {}  # process query kind -> index in _VERSIONS that works
+        self._cgroup_pids: set[int] = set()
+        self._cgroup_tick = -1
+        self._tree: Collection[int] = ()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        nvml, why = _load_nvml()
+        if nvml is None:
+            self._skip(why or "NVML is not available")
+            return
+        environ = os.environ if self._environ is None else self._environ
+        try:
+            chosen = select_devices(nvml, environ, self._slurm_version)
+        except Exception as exc:
+            self._shutdown(nvml)
+            self._skip(f"listing the GPUs with NVML failed ({type(exc).__name__}: {exc}); check `nvidia-smi`")
+            return
+        if chosen.no_gpu_job is not None:
+            self._shutdown(nvml)
+            self._skip(chosen.no_gpu_job)
+            return
+        if not chosen.gpus:
+            self._shutdown(nvml)
+            self._skip("NVML sees no GPU on this node; request GPUs (e.g. --gpus=1) or pass gpu=False")
+            return
+        if not chosen.devices:
+            self._shutdown(nvml)
+            listed = ", ".join(f"{g.index}:{g.uuid}" for g in chosen.gpus)
+            self._skip(
+                f"{chosen.rule} names none of this node's GPUs ({listed}); this job was given no GPU, or the "
+                "variable holds indices/UUIDs of another node"
+            )
+            return
+        self._nvml = nvml
+        self.devices = chosen.devices
+        parents = {d.parent_uuid for d in chosen.devices if d.parent_uuid}
+        self.boards = [g.board() for g in chosen.gpus if g.uuid in parents]
+        log.info(
+            "aetherium-hpc: GPU metrics from %d device(s) chosen by %s: %s", len(self.devices), chosen.rule,
+            ", ".join(f"{d.uuid} ({d.name})" if d.name else d.uuid for d in self.devices),
+        )  # fmt: skip
+        job_id = environ.get("SLURM_JOB_ID")
+        if self._tree_pids is not None and job_id:
+            self.job_cgroup, why_not = find_job_cgroup(job_id, self._self_cgroup, self._cgroup_root)
+            if self.job_cgroup is not None:
+                log.info(
+                    "aetherium-hpc: GPU memory of the job's processes: those of its cgroup %s (every srun step) "
+                    "and the monitor's process tree", self.job_cgroup,
+                )  # fmt: skip
+            else:
+                log.info(
+                    "aetherium-hpc: GPU memory of the job's processes: the monitor's process tree only (the job's "
+                    "cgroup: %s); GPU work of other srun steps is not counted", why_not,
+                )  # fmt: skip
+
+    def _skip(self, why: str) -> None:
+        self.skipped = why
+        log.info("aetherium-hpc: GPU metrics skipped: %s", why)
+
+    @staticmethod
+    def _shutdown(nvml: Any) -> None:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:
+            pass
+
+    def close(self) -> None:
+        nvml, self._nvml = self._nvml, None
+        if nvml is not None:
+            self._shutdown(nvml)
+
+    # -- sampling ---------------------------------------------------------------------------
+    def _fields_of(self, dev: GpuDevice) -> tuple[tuple[str, str, Callable[[GpuCollector, GpuDevice], Reading]], ...]:
+        if dev.board:
+            return BOARD_FIELDS
+        fields = MIG_FIELDS if dev.parent_uuid else FIELDS
+        return fields if self._tree_pids is not None else fields[:-1]
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        if self._nvml is None:
+            return
+        self._tick += 1
+        self._tree = self._tree_pids() if self._tree_pids is not None else ()
+        for dev in (*self.devices, *self.boards):
+            uuid = dev.uuid
+            for name, function, reader in self._fields_of(dev):
+                if dev.index in self._lost:
+                    break
+                key = (uuid, name)
+                if key in self._final:
+                    continue
+                retry = self._retry.get(key)
+                if retry is not None and self._tick < retry.next_tick:
+                    continue
+                try:
+                    readings = reader(self, dev)
+                except _CallFailed as failed:
+                    self._field_failed(dev, name, failed.function, failed.exc)
+                    continue
+                except Exception as exc:
+                    self._field_failed(dev, name, function, exc)
+                    continue
+                if retry is not None:
+                    del self._retry[key]
+                for spec, value in readings:
+                    out.append((spec.metric_type, spec.metric_name, value, spec.unit, uuid))
+        out.append(units.MONITOR_NVML_ERRORS.sample(float(self.errors)))
+
+    def _utilization(self, dev: GpuDevice) -> Reading:
+        return [(units.GPU_UTILIZATION, float(self._nvml.nvmlDeviceGetUtilizationRates(dev.handle).gpu))]
+
+    def _memory(self, dev: GpuDevice) -> Reading:
+        info = self._nvml.nvmlDeviceGetMemoryInfo(dev.handle)  # v1: "used" includes reserved memory
+        return [(units.GPU_MEMORY_USED, info.used / _MB), (units.GPU_MEMORY_TOTAL, info.total / _MB)]
+
+    def _power(self, dev: GpuDevice) -> Reading:
+        return [(units.GPU_POWER, self._nvml.nvmlDeviceGetPowerUsage(dev.handle) / 1000.0)]  # mW
+
+    def _temperature(self, dev: GpuDevice) -> Reading:
+        sensor = getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)
+        return [(units.GPU_TEMPERATURE, float(self._nvml.nvmlDeviceGetTemperature(dev.handle, sensor)))]
+
+    def _tree_memory(self, dev: GpuDevice) -> Reading:
+        used_by: dict[int, int | None] = {}
+        for kind, query in PROCESS_QUERIES:
+            if (dev.uuid, kind) in self._kind_off:
+                continue
+            try:
+                listed = self._processes(dev, kind, query)
+            except _CallFailed as failed:
+                if kind != "compute" and _absent(self._nvml, failed.exc):
+                    # Graphics and MPS lists are extras: a device or driver without them still gives
+                    # the compute figure.
+                    self._kind_off.add((dev.uuid, kind))
+                    continue
+                raise
+            for pid, used in listed:  # a context in two lists is one context: count it once
+                known = used_by.get(pid)
+                if pid not in used_by or (used is not None and (known is None or used > known)):
+                    used_by[pid] = used
+        ours = self._ours(used_by)
+        if any(used_by[pid] is None for pid in ours):
+            return []  # NVML cannot tell (containers, MIG without privileges): store nothing, not 0
+        return [(units.GPU_PROCESS_TREE_MEMORY, sum(used_by[pid] or 0 for pid in ours) / _MB)]
+
+    def _processes(self, dev: GpuDevice, kind: str, query: str) -> list[tuple[int, int | None]]:
+        """One process list, from the newest query this driver has (v3, then v2, then v1)."""
+        nvml = self._nvml
+        while True:
+            at = self._version.get(kind, 0)
+            suffix = _VERSIONS[at]
+            function = query if suffix in ("", "v1") else query + suffix
+            try:
+                if suffix == "v1":
+                    return _processes_v1(nvml, dev.handle, query)
+                return [(int(p.pid), p.usedGpuMemory) for p in getattr(nvml, function)(dev.handle)]
+            except Exception as exc:
+                missing = type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) == getattr(
+                    nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND
+                )
+                if missing and at + 1 < len(_VERSIONS):
+                    self._version[kind] = at + 1
+                    after = _VERSIONS[at + 1]
+                    log.info(
+                        "aetherium-hpc: %s (%s) is not in this NVIDIA driver; using %s (%s) instead", function,
+                        _VERSION_NAMES[suffix], query if after == "v1" else query + after, _VERSION_NAMES[after],
+                    )  # fmt: skip
+                    continue
+                raise _CallFailed(function, exc) from exc
+
+    def _ours(self, pids: Collection[int]) -> list[int]:
+        """The pids that are the job's: in the monitor's tree, or (inside Slurm) in the job's cgroup."""
+        tree = self._tree
+        ours = [pid for pid in pids if pid in tree]
+        rest = [pid for pid in pids if pid not in tree]
+        if rest and self.job_cgroup is not None:
+            if self._cgroup_tick != self._tick:  # read at most once per sample, and only when needed
+                self._cgroup_pids = read_cgroup_pids(self.job_cgroup)
+                self._cgroup_tick = self._tick
+            ours.extend(pid for pid in rest if pid in self._cgroup_pids)
+        return ours
+
+    # -- failures ---------------------------------------------------------------------------
+    def _field_failed(self, dev: GpuDevice, name: str, function: str, exc: BaseException) -> None:
+        nvml = self._nvml
+        code = _code(nvml, exc)
+        if code == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED):
+            self._final.add((dev.uuid, name))
+            key = ("MIG" if dev.parent_uuid else dev.uuid, function)
+            if key not in self._reported:
+                self._reported.add(key)
+                log.info(
+                    "aetherium-hpc: %s %s%s does not report %s (%s: Not Supported); not read on it again%s. "
+                    "Nothing to do", dev.kind, dev.uuid, f" ({dev.name})" if dev.name else "", name, function,
+                    ", nor on other MIG devices: NVML has no per-slice figure" if dev.parent_uuid else "",
+                )  # fmt: skip
+            return
+        self.errors += 1
+        if code == getattr(nvml, "NVML_ERROR_GPU_IS_LOST", _GPU_IS_LOST):
+            self._lost.add(dev.index)
+            parent = dev.parent_uuid or dev.uuid
+            log.warning(
+                "aetherium-hpc: GPU %d %s (%s, PCI bus %s) is lost (%s on %s: GPU is lost): it fell off the bus or "
+                "stopped answering, usually logged as Xid 79 in `dmesg`. No more rows for it%s this run. The node "
+                "needs draining and the GPU a reset or the node a reboot: tell the admins",
+                dev.index, parent, dev.name or "?", dev.bus_id or "?", function, dev.uuid,
+                " nor its MIG devices" if dev.parent_uuid or dev.board else "",
+            )  # fmt: skip
+            return
+        retry = self._retry.setdefault((dev.uuid, name), _Retry())
+        retry.failures += 1
+        retry.next_tick = self._tick + min(2 ** (retry.failures - 1), MAX_BACKOFF_SAMPLES) + 1
+        key = (dev.uuid, function)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        log.warning(
+            "aetherium-hpc: %s failed on %s %s (%s, PCI bus %s): %s: %s. Cause: %s. %s is retried with back-off "
+            "(at most %d samples apart) and every error counted in monitor/nvml_errors; reported once for this "
+            "device and function",
+            function, dev.kind, dev.uuid, dev.name or "?", dev.bus_id or "?", type(exc).__name__, exc,
+            _cause(nvml, exc), name, MAX_BACKOFF_SAMPLES,
+        )  # fmt: skip
 
 
-def _power(nvml: Any, dev: GpuDevice, tree: Collection[int]) -> Reading:
-    return [(units.GPU_POWER, nvml.nvmlDeviceGetPowerUsage(dev.handle) / 1000.0)]  # mW
-
-
-def _temperature(nvml: Any, dev: GpuDevice, tree: Collection[int]) -> Reading:
-    sensor = getattr(nvml, "NVML_TEMPERATURE_GPU", 0)
-    return [(units.GPU_TEMPERATURE, float(nvml.nvmlDeviceGetTemperature(dev.handle, sensor)))]
-
-
-def _tree_memory(nvml: Any, dev: GpuDevice, tree: Collection[int]) -> Reading:
-    used = 0
-    for proc in nvml.nvmlDeviceGetComputeRunningProcesses(dev.handle):
-        if proc.pid in tree and proc.usedGpuMemory is not None:  # None: not available (MIG, containers)
-            used += proc.usedGpuMemory
-    return [(units.GPU_PROCESS_TREE_MEMORY, used / _MB)]
-
-
-#: (field, NVML function it calls, reader)
-FIELDS: tuple[tuple[str, str, Callable[[Any, GpuDevice, Collection[int]], Reading]], ...] = (
-    ("utilization", "nvmlDeviceGetUtilizationRates", _utilization),
-    ("memory", "nvmlDeviceGetMemoryInfo", _memory),
-    ("power", "nvmlDeviceGetPowerUsage", _power),
-    ("temperature", "nvmlDeviceGetTemperature", _temperature),
-    ("process_tree_memory", "nvmlDeviceGetComputeRunningProcesses", _tree_memory),
+#: (field, NVML function it calls, reader) for a whole GPU; MIG devices and MIG boards read parts.
+FIELDS: tuple[tuple[str, str, Callable[[GpuCollector, GpuDevice], Reading]], ...] = (
+    ("utilization", "nvmlDeviceGetUtilizationRates", GpuCollector._utilization),
+    ("memory", "nvmlDeviceGetMemoryInfo", GpuCollector._memory),
+    ("power", "nvmlDeviceGetPowerUsage", GpuCollector._power),
+    ("temperature", "nvmlDeviceGetTemperature", GpuCollector._temperature),
+    ("process_tree_memory", "nvmlDeviceGetComputeRunningProcesses", GpuCollector._tree_memory),
 )
+MIG_FIELDS = tuple(f for f in FIELDS if f[0] not in ("power", "temperature"))  # power, temperature: the board's
+BOARD_FIELDS = tuple(f for f in FIELDS if f[0] in ("power", "temperature"))
 
 
 def _load_nvml() -> tuple[Any, str | None]:
@@ -247,113 +744,3 @@ def _load_nvml() -> tuple[Any, str | None]:
     except Exception as exc:  # a broken library, an odd platform
         return None, f"nvmlInit failed: {type(exc).__name__}: {exc}; check `nvidia-smi` on this node"
     return pynvml, None
-
-
-class GpuCollector(Collector):
-    """Per-device NVML readings for the job's GPUs; does nothing (after one info line) without them."""
-
-    name = "gpu"
-
-    def __init__(
-        self,
-        tree_pids: Callable[[], Collection[int]] | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> None:
-        self._tree_pids = tree_pids
-        self._environ = environ
-        self._nvml: Any = None
-        self.devices: list[GpuDevice] = []
-        self.skipped: str | None = None  # why GPU metrics are off, once start() has run
-        self._fields = [f for f in FIELDS if tree_pids is not None or f[0] != "process_tree_memory"]
-        self._off: set[tuple[str, str]] = set()  # (device uuid, field) no longer read
-        self._reported: set[tuple[str, bool]] = set()  # (NVML function, unsupported?) already logged
-
-    def start(self) -> None:
-        nvml, why = _load_nvml()
-        if nvml is None:
-            self._skip(why or "NVML is not available")
-            return
-        environ = os.environ if self._environ is None else self._environ
-        try:
-            devices, rule, gpus = select_devices(nvml, environ)
-        except Exception as exc:
-            self._shutdown(nvml)
-            self._skip(f"listing the GPUs with NVML failed ({type(exc).__name__}: {exc}); check `nvidia-smi`")
-            return
-        if not gpus:
-            self._shutdown(nvml)
-            self._skip("NVML sees no GPU on this node; request GPUs (e.g. --gpus=1) or pass gpu=False")
-            return
-        if not devices:
-            self._shutdown(nvml)
-            listed = ", ".join(f"{g.index}:{g.uuid}" for g in gpus)
-            self._skip(
-                f"{rule} names none of this node's GPUs ({listed}); this job was given no GPU, or the variable "
-                "holds indices/UUIDs of another node"
-            )
-            return
-        self._nvml = nvml
-        self.devices = devices
-        log.info(
-            "aetherium-hpc: GPU metrics from %d device(s) chosen by %s: %s", len(devices), rule,
-            ", ".join(f"{d.uuid} ({d.name})" if d.name else d.uuid for d in devices),
-        )  # fmt: skip
-
-    def _skip(self, why: str) -> None:
-        self.skipped = why
-        log.info("aetherium-hpc: GPU metrics skipped: %s", why)
-
-    @staticmethod
-    def _shutdown(nvml: Any) -> None:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            pass
-
-    def collect(self, out: list[Sample], timestamp: float) -> None:
-        nvml = self._nvml
-        if nvml is None:
-            return
-        tree: Collection[int] = self._tree_pids() if self._tree_pids is not None else ()
-        off = self._off
-        for dev in self.devices:
-            uuid = dev.uuid
-            for name, function, reader in self._fields:
-                if (uuid, name) in off:
-                    continue
-                try:
-                    readings = reader(nvml, dev, tree)
-                except Exception as exc:
-                    self._field_failed(dev, name, function, exc)
-                    continue
-                for spec, value in readings:
-                    out.append((spec.metric_type, spec.metric_name, value, spec.unit, uuid))
-
-    def _field_failed(self, dev: GpuDevice, name: str, function: str, exc: Exception) -> None:
-        """Stop reading this field of this device; say so once per NVML function."""
-        self._off.add((dev.uuid, name))
-        nvml_error = getattr(self._nvml, "NVMLError", ())
-        unsupported = isinstance(exc, nvml_error) and getattr(exc, "value", None) == getattr(
-            self._nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED
-        )
-        if (function, unsupported) in self._reported:
-            return
-        self._reported.add((function, unsupported))
-        kind = "MIG device" if dev.parent_uuid else "GPU"
-        if unsupported:
-            log.info(
-                "aetherium-hpc: %s %s does not report %s (%s: Not Supported); skipped for it and any other "
-                "device that cannot. Usual for MIG devices and some boards: nothing to do",
-                kind, dev.uuid, name, function,
-            )  # fmt: skip
-        else:
-            log.warning(
-                "aetherium-hpc: %s failed on %s %s: %s: %s; %s is no longer sampled on it (reported once). "
-                "Check `nvidia-smi -q` on this node; a lost GPU needs the node drained",
-                function, kind, dev.uuid, type(exc).__name__, exc, name,
-            )  # fmt: skip
-
-    def close(self) -> None:
-        nvml, self._nvml = self._nvml, None
-        if nvml is not None:
-            self._shutdown(nvml)

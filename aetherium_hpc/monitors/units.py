@@ -62,21 +62,31 @@ PROCESS_RSS = _metric("process", "rss_mb", MB, "<pid>:<name>", "Resident set siz
 
 # gpu.py ------------------------------------------------------------------------------------
 GPU_UTILIZATION = _metric(
-    "gpu", "utilization", PERCENT, "GPU / MIG UUID", "Time a kernel was running over the last sample period (NVML)"
+    "gpu", "utilization", PERCENT, "GPU UUID",
+    "Time a kernel was running over NVML's last sample period (1/6 s to 1 s by product); none per MIG device",
+)  # fmt: skip
+GPU_MEMORY_USED = _metric(
+    "gpu", "memory_used", MB, "GPU / MIG UUID", "Device memory in use, all processes, reserved memory included"
 )
-GPU_MEMORY_USED = _metric("gpu", "memory_used", MB, "GPU / MIG UUID", "Device memory in use, all processes")
 GPU_MEMORY_TOTAL = _metric("gpu", "memory_total", MB, "GPU / MIG UUID", "Device memory size")
-GPU_POWER = _metric("gpu", "power", WATT, "GPU UUID", "Board power draw")
-GPU_TEMPERATURE = _metric("gpu", "temperature", CELSIUS, "GPU UUID", "GPU core temperature")
+GPU_POWER = _metric(
+    "gpu", "power", WATT, "GPU UUID", "Board power draw (a 1-s average on recent GPUs); MIG: on the parent's UUID"
+)
+GPU_TEMPERATURE = _metric("gpu", "temperature", CELSIUS, "GPU UUID", "GPU core temperature; MIG: on the parent's UUID")
 GPU_PROCESS_TREE_MEMORY = _metric(
     "gpu", "process_tree_memory_used", MB, "GPU / MIG UUID",
-    "Device memory used by the job's process tree (NVML compute processes whose pid is in the tree)",
+    "Device memory used by the job's processes (NVML compute, graphics and MPS processes, once per pid, "
+    "whose pid is in the process tree or, inside Slurm, the job's cgroup); no row when NVML cannot tell",
 )  # fmt: skip
 
 # base.py: the monitor watching itself -------------------------------------------------------
 MONITOR_SAMPLE_CPU = _metric(
     "monitor", "sample_cpu_ms", MS, "", "CPU time the monitor thread spent taking this sample (time.thread_time)"
 )
+MONITOR_NVML_ERRORS = _metric(
+    "monitor", "nvml_errors", COUNT, "",
+    "NVML errors on the job's GPUs so far (each retried with back-off; Not Supported not counted)",
+)  # fmt: skip
 STORE_QUEUE_DEPTH = _metric(
     "store", "queue_depth", COUNT, "", "Records waiting in the store's in-memory queue (main process store only)"
 )
