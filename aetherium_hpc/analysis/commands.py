@@ -19,7 +19,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge run directories / databases into one database; 3 when an input was skipped."""
     from .merge import merge
 
-    result = merge(args.inputs, args.output, progress=None if not args.no_progress else False)
+    result = merge(args.inputs, args.output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
     for skipped in result.skipped:
         print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
     print(result.summary())
@@ -64,6 +64,16 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the text report")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0, e.g. --wait 60")
+    return value
+
+
 def register(sub: SubParsers) -> None:
     """Add ``merge``, ``report`` and ``export`` to the CLI's subparsers."""
     m = sub.add_parser(
@@ -74,15 +84,22 @@ def register(sub: SubParsers) -> None:
             "into one database of the same schema (so it can be reported on, queried with the same views, "
             "and merged again). Inputs are opened read-only. Merging the same input again adds nothing; "
             "a newer copy of a database replaces the older one; every attempt of a requeued task is kept. "
-            "Broken inputs (corrupt, truncated, foreign, another schema version) are skipped with a reason."
+            "Broken inputs (corrupt, truncated, foreign, another schema version) are skipped with a reason; "
+            "a copy whose update was killed (a hot journal) is read as of its last complete update, unchanged. "
+            "One merge at a time per output: a second one waits for the first, then adds what is new. "
+            "A task whose database still says 'running' after its job ended gets what Slurm accounting "
+            "says (CANCELLED, OUT_OF_MEMORY, NODE_FAIL ...) or 'lost', with a note."
         ),
-        epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error. "
+        epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error or the "
+        "output still locked by another merge after --wait seconds. "
         "example: aetherium-hpc merge runs/2024-05-01_train -o merged.db",
     )
     m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
     m.add_argument("-o", "--output", required=True, metavar="MERGED.db",
                    help="database to create, or to add to if it exists")  # fmt: skip
     m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    m.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
+                   help="how long to wait for another merge into the same output (default: 600)")  # fmt: skip
     m.set_defaults(handler=cmd_merge)
 
     r = sub.add_parser(

@@ -119,14 +119,9 @@ def test_a_merge_that_cannot_get_the_lock_says_so_and_exits_2(run_dir: Path, tmp
     lock_path = Path(str(out) + ".lock")
     with open(lock_path, "a+b") as held:
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)  # another merge holds the output
-        code = (
-            "import importlib, sys; m = importlib.import_module('aetherium_hpc.analysis.merge'); "
-            "m.LOCK_TIMEOUT_S = 1.0; from aetherium_hpc import cli; sys.exit(cli.main(sys.argv[1:]))"
-        )
         proc = subprocess.run(
-            [sys.executable, "-c", code, "merge", str(run_dir), "-o", str(out), "--no-progress"],
-            env=_env(), capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [*_merge_argv(run_dir, out), "--wait", "1"], env=_env(), capture_output=True, text=True, timeout=60
+        )
     assert proc.returncode == 2, proc.stderr
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert lines[-1].startswith("aetherium-hpc: error:") and str(out) in lines[-1], proc.stderr
