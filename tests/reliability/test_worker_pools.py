@@ -32,12 +32,15 @@ CHILD_LIMIT_S = 120
 
 
 @pytest.mark.parametrize("n", TEARDOWNS)
-@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+# forkserver workers always get worker_initializer (the forkserver keeps the environment it
+# started with); fork and spawn both without it (the environment) and with it.
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver", "fork+initializer", "spawn+initializer"])
 def test_with_pool_teardowns_never_hang_and_lose_nothing(tmp_path: Path, method: str, n: int) -> None:
     db = tmp_path / "pool.db"
     script = HERE / "pool_teardown.py"
+    start_method, _, init = method.partition("+")
     proc = subprocess.run(
-        [sys.executable, str(script), method, str(n), str(db)],
+        [sys.executable, str(script), start_method, str(n), str(db), *(["--initializer"] if init else [])],
         env=child_env(tmp_path), capture_output=True, text=True, timeout=n * pool_teardown.ROUND_LIMIT_S,
     )  # fmt: skip
     # A hung teardown ends the child through faulthandler, with every thread's stack on stderr.
