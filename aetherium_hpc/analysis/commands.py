@@ -39,6 +39,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         json_path=args.json_file,
         plot_dir=args.plot_dir,
         quiet=args.quiet,
+        objective=args.objective,
     )
 
 
@@ -62,6 +63,10 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of text")
     p.add_argument("--json-file", metavar="REPORT.json", help="also write the JSON report to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the text report")
+    p.add_argument("--objective", metavar="METRIC:min|max",
+                   help="rank the tasks of an array by the final value of this training metric, as PHASE/NAME "
+                   "or NAME, e.g. val/loss:min or val/accuracy:max (default: the first validation loss, "
+                   "else the first metric that is not a learning rate)")  # fmt: skip
 
 
 def _seconds(text: str) -> float:

@@ -33,9 +33,8 @@ import numpy as np
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
+from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_table
 
-#: Metrics whose best value is the largest (otherwise the smallest is best).
-_HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "precision", "recall", "score", "iou", "map", "r2")
 #: Points per line above which a timeline is thinned for plotting (statistics use every sample).
 _MAX_PLOT_POINTS = 4000
 #: Sources above which the text report lists per-node statistics only in JSON / HTML.
@@ -177,13 +176,6 @@ def _nanstat(v: Arr) -> tuple[float | None, float | None]:
     return float(finite.mean()), float(finite.max())
 
 
-def _higher_is_better(name: str) -> bool:
-    low = name.lower()
-    return any(
-        low == w or low.endswith("_" + w) or low.startswith(w + "_") or w in low.split("/") for w in _HIGHER_IS_BETTER
-    )
-
-
 def fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -253,8 +245,11 @@ class Report:
         return _html(self)
 
 
-def build_report(db: str | os.PathLike[str]) -> Report:
-    """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing."""
+def build_report(db: str | os.PathLike[str], objective: str | None = None) -> Report:
+    """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing.
+
+    ``objective``: ``METRIC[:min|max]`` that ranks the tasks of an array (``val/loss:min``);
+    default: the first validation loss, else the first metric that is not a learning rate."""
     path = os.path.abspath(os.fspath(db))
     conn = _open(path)
     try:
@@ -303,6 +298,8 @@ def build_report(db: str | os.PathLike[str]) -> Report:
         )
     sacct = _check_unfinished(path, jobs)
     data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
+    source_task = {s.sid: task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
+    data["sweep"] = task_table(jobs, training, data["tasks"], source_task, objective)
     data["sacct"] = sacct
     data_text = _text(data) + _sacct_text(data["sacct"])
     return Report(path, data, data_text, series, sources, generation, training)
@@ -495,18 +492,21 @@ def _training_summary(rows: list[dict[str, Any]], sources: dict[int, _Source]) -
             groups[(r["metric_name"], r["phase"] or "")].append(r)
     out = []
     for (name, phase), rs in sorted(groups.items()):
-        higher = _higher_is_better(name)
+        higher = higher_is_better(name)
+        schedule = is_schedule(name)  # a learning rate is set, not achieved: no "best" of it
         order = sorted(rs, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
         finite = [r for r in rs if math.isfinite(r["metric_value"])]
-        best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite else None
+        best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite and not schedule else None
         last_by_source: dict[int, dict[str, Any]] = {}
         for r in order:
             last_by_source[r["source_id"]] = r
         final = order[-1]
         finals = [r["metric_value"] for r in last_by_source.values()]
         out.append({
-            "metric_name": name, "phase": phase, "count": len(rs), "goal": "max" if higher else "min",
+            "metric_name": name, "phase": phase, "count": len(rs),
+            "goal": None if schedule else "max" if higher else "min",
             "final": _f(final["metric_value"]), "final_round": final["round_number"], "final_epoch": final["epoch_number"],
+            "final_source": sources[final["source_id"]].label if final["source_id"] in sources else None,
             "final_median_over_sources": _f(float(np.median(finals))) if len(finals) > 1 else None,
             "best": _f(best["metric_value"]) if best else None,
             "best_round": best["round_number"] if best else None, "best_epoch": best["epoch_number"] if best else None,
@@ -644,6 +644,17 @@ def _text(d: dict[str, Any]) -> str:
         f"samples: {smp['resource']} resource samples in {smp['series']} series, "
         f"{smp['generation']} generation rows, {smp['training']} training rows",
     ]
+    lines += _summary_lines(d)
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = _sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        lines += ["", f"tasks, {how}:"]
+        shown = rows[:_TEXT_MAX_TASKS]
+        lines += _table(header, [[_cell(c) for c in r] for r in shown])
+        if len(rows) > len(shown):
+            lines.append(f"  ... {len(rows) - len(shown)} more tasks: see --html or --json")
     key = [r for r in d["resources"] if (r["metric_type"], r["metric_name"]) in _KEY_METRICS]
     if key and d["run"]["sources"] <= _TEXT_MAX_SOURCES:
         lines += ["", "resources per node (avg / max):"]
@@ -673,13 +684,11 @@ def _text(d: dict[str, Any]) -> str:
               _num(g["memory_max_mb"])] for g in d["generation"]],
         )  # fmt: skip
     if d["training"]:
-        lines += ["", "training metrics (final, best):"]
-        lines += _table(
-            ["metric", "phase", "final", "at round/epoch", "best", "at round/epoch", "n"],
-            [[t["metric_name"], t["phase"], _num(t["final"], 4), f"{_num(t['final_round'])}/{_num(t['final_epoch'])}",
-              _num(t["best"], 4), f"{_num(t['best_round'])}/{_num(t['best_epoch'])}", str(t["count"])]
-             for t in d["training"]],
-        )  # fmt: skip
+        header, rows = _training_rows(d["training"])
+        many = any(t["sources"] > 1 for t in d["training"])
+        lines += ["", "training metrics (median of the tasks' final values, best of all tasks):" if many
+                  else "training metrics (final, best):"]  # fmt: skip
+        lines += _table(header, [[_cell(c) for c in r] for r in rows])
     if d["jobs"]:
         lines += ["", "tasks:"]
         lines += _table(
@@ -697,6 +706,82 @@ def _text(d: dict[str, Any]) -> str:
     if d["efficiency"]["advice"]:
         lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
     return "\n".join(lines) + "\n"
+
+
+#: Tasks listed in the text's per-task table (all of them in HTML and JSON).
+_TEXT_MAX_TASKS = 20
+
+
+def _cell(x: Any) -> str:
+    return _num(x, 4) if isinstance(x, float) else "-" if x is None else str(x)
+
+
+def _summary_lines(d: dict[str, Any]) -> list[str]:
+    """The answers first: which task won, which tasks did not complete."""
+    out = []
+    sweep = d.get("sweep") or {}
+    tasks = sweep.get("tasks") or []
+    obj = sweep.get("objective")
+    if len(tasks) > 1 and obj and sweep.get("winner"):
+        w = next(t for t in tasks if t["task"] == sweep["winner"])
+        params = f" ({params_text(w['params'])})" if w["params"] else ""
+        note = "" if w["status"] in (*OK_STATUSES, None) else f", {w['status']}"
+        out.append(
+            f"winner: task {w['task']}{params}: final {obj['metric']} {_num(w['objective_value'], 4)}"
+            f" ({'lowest' if obj['goal'] == 'min' else 'highest'} of {sweep['scored']} tasks{note};"
+            f" median {_num(sweep['median'], 4)})"
+        )
+    bad = [t for t in tasks if t["status"] not in (*OK_STATUSES, None)] if tasks else []
+    if bad:
+        names = "; ".join(f"{t['task']}" + (f" ({params_text(t['params'])})" if t["params"] else "") + f" {t['status']}"
+                          for t in bad[:10])  # fmt: skip
+        more = f"; ... {len(bad) - 10} more" if len(bad) > 10 else ""
+        out.append(f"did not complete: {len(bad)} of {len(tasks)} tasks: {names}{more}")
+    return out
+
+
+def _sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-task table (values unformatted; text and HTML format them)."""
+    metrics = [m for m in sweep["metrics"] if not is_schedule(m.rpartition("/")[2])]
+    obj = sweep["objective"]
+    if obj and obj["metric"] in metrics:  # the objective first
+        metrics = [obj["metric"]] + [m for m in metrics if m != obj["metric"]]
+    header = ["rank", "task", *sweep["parameters"], "status"]
+    for m in metrics:
+        header += [f"{m} final", f"{m} best"]
+    header += ["peak memory", "runtime"]
+    rows = []
+    for t in sweep["tasks"]:
+        row: list[Any] = [t["rank"], t["task"], *(t["params"].get(p) for p in sweep["parameters"]), t["status"]]
+        for m in metrics:
+            v = t["metrics"].get(m) or {}
+            row += [v.get("final"), v.get("best")]
+        row += [_fmt_mb(t["peak_memory_mb"]), fmt_duration(t["runtime_s"])]
+        rows.append(row)
+    return header, rows
+
+
+def _fmt_mb(mb: float | None) -> str:
+    if mb is None:
+        return "-"
+    return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB"
+
+
+def _training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    many = any(t["sources"] > 1 for t in training)
+    if many:
+        header = ["metric", "phase", "goal", "tasks", "median final", "best", "best in", "at round/epoch", "n"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["sources"],
+                 t["final_median_over_sources"] if t["sources"] > 1 else t["final"], t["best"], t["best_source"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    else:
+        header = ["metric", "phase", "goal", "final", "at round/epoch", "best", "at round/epoch", "n"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["final"],
+                 f"{_num(t['final_round'])}/{_num(t['final_epoch'])}", t["best"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    return header, rows
 
 
 _KEY_METRICS = {
@@ -913,6 +998,7 @@ def _html(rep: Report) -> str:
         f"<li>{_h(run_line)}</li>",
         f"<li>{_h(who_line)}</li>",
         f"<li>{_h(samples_line)}</li>",
+        *(f"<li><b>{_h(line)}</b></li>" for line in _summary_lines(d)),
         "</ul>",
     ]
     if d["efficiency"]["advice"]:
@@ -929,6 +1015,14 @@ def _html(rep: Report) -> str:
         across = "Across {} tasks".format(arr["tasks"])
         parts.append(f"<h2>{_h(across)}</h2>")
         parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = _sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        parts.append(f"<h2>{_h('Tasks, ' + how)}</h2>")
+        numeric = [i for i, h in enumerate(header) if i == 0 or h.endswith((" final", " best"))]
+        parts.append(_html_table(header, rows, numeric=numeric))
     try:
         plots = rep.plots()
     except Exception as exc:  # a plot must never cost the rest of the report
@@ -952,12 +1046,9 @@ def _html(rep: Report) -> str:
         ))  # fmt: skip
     if d["training"]:
         parts.append("<h2>Training metrics</h2>")
-        parts.append(_html_table(
-            ["metric", "phase", "final", "round", "epoch", "best", "goal", "round", "epoch", "best in", "n"],
-            [[t["metric_name"], t["phase"], t["final"], t["final_round"], t["final_epoch"], t["best"], t["goal"],
-              t["best_round"], t["best_epoch"], t["best_source"], t["count"]] for t in d["training"]],
-            numeric=(2, 3, 4, 5, 7, 8, 10),
-        ))  # fmt: skip
+        header, rows = _training_rows(d["training"])
+        parts.append(_html_table(header, rows, numeric=[i for i, h in enumerate(header)
+                                                        if h in ("tasks", "median final", "final", "best", "n")]))  # fmt: skip
     if d["resources"]:
         parts.append("<h2>Resources per node (average, maximum)</h2>")
         parts.append(_html_table(
@@ -1038,9 +1129,10 @@ def run_report(
     json_path: str | None = None,
     plot_dir: str | None = None,
     quiet: bool = False,
+    objective: str | None = None,
 ) -> int:
     """What ``aetherium-hpc report`` does; raises :class:`AetheriumError` for user errors."""
-    rep = build_report(db)
+    rep = build_report(db, objective=objective)
     if json_out:
         sys.stdout.write(rep.to_json() + "\n")
     elif not quiet:
@@ -1070,7 +1162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_report(args.db, plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
-                          plot_dir=args.plot_dir, quiet=args.quiet)  # fmt: skip
+                          plot_dir=args.plot_dir, quiet=args.quiet, objective=args.objective)  # fmt: skip
     except AetheriumError as exc:
         print(f"aetherium-hpc: error: {exc}", file=sys.stderr)
         return exc.exit_code
