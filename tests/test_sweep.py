@@ -40,7 +40,7 @@ def write_task(path: Path, task: int) -> None:
                                                     epoch_number=epoch, phase="train")  # fmt: skip
             aetherium_hpc.log_training_epoch_metric("learning_rate", lr * 0.9**epoch, round_number=0,
                                                     epoch_number=epoch, phase="train")  # fmt: skip
-        aetherium_hpc.log_training_epoch_metric("accuracy", acc, round_number=0, epoch_number=2, phase="val")
+        aetherium_hpc.log_training_epoch_metric("accuracy", acc or 0.0, round_number=0, epoch_number=2, phase="val")
     aetherium_hpc.log_job(status=status, exit_code=0 if status == "completed" else 1, start_time=t0,
                           end_time=t0 + 10 + task, config={"name": "sweep", "task_params": {"learning_rate": lr,
                                                                                             "seed": seed}})  # fmt: skip
@@ -110,3 +110,69 @@ def test_objective_rules() -> None:
     assert parse_objective(None, keys).key == "val/loss"  # type: ignore[union-attr]
     assert parse_objective(None, ["train/learning_rate", "train/loss"]).key == "train/loss"  # type: ignore[union-attr]
     assert parse_objective(None, ["train/learning_rate"]) is None
+
+
+def _axes(rep: object, name: str) -> object:
+    """Draw one panel of ``rep`` on a fresh Agg figure and return its axes."""
+    from matplotlib.figure import Figure
+
+    from aetherium_hpc.analysis.report import _panels
+
+    title, draw = _panels(rep)[name]  # type: ignore[arg-type]
+    ax = Figure().add_subplot()
+    ax.set_title(title)
+    draw(ax)
+    return ax
+
+
+def test_plots_one_colour_per_task_and_style_per_phase(sweep_db: Path) -> None:
+    rep = build_report(sweep_db)
+    ax = _axes(rep, "training_loss")
+    lines = ax.get_lines()  # type: ignore[attr-defined]
+    # Per task, never a median: 4 tasks with loss x (train, val) x 1 round.
+    assert len(lines) == 8
+    by_colour: dict[object, set[str]] = {}
+    for line in lines:
+        by_colour.setdefault(tuple(line.get_color()), set()).add(line.get_linestyle())
+    assert len(by_colour) == 4 and all(styles == {"-", "--"} for styles in by_colour.values())
+    assert "solid: train, dashed: val" in ax.get_title()  # type: ignore[attr-defined]
+    # The same task has the same colour in another panel (learning rate, memory).
+    lr_colours = {tuple(line.get_color()) for line in _axes(rep, "learning_rate").get_lines()}  # type: ignore[attr-defined]
+    assert lr_colours <= set(by_colour)
+    mem = _axes(rep, "memory")
+    assert all(line.get_marker() == "o" for line in mem.get_lines())  # type: ignore[attr-defined]  # 1 sample each
+    # Integer epoch ticks.
+    ticks = ax.xaxis.get_major_locator().tick_values(0, 2)  # type: ignore[attr-defined]
+    assert all(float(t).is_integer() for t in ticks)
+
+
+def test_log_axis_has_plain_labels_and_time_axis_unit(sweep_db: Path) -> None:
+    rep = build_report(sweep_db)
+    ax = _axes(rep, "training_loss")
+    assert ax.get_yscale() == "linear"  # type: ignore[attr-defined]  # 0.1 .. 0.6: less than a decade
+    from matplotlib.figure import Figure
+
+    from aetherium_hpc.analysis.report import _plain_log_axis
+
+    log_ax = Figure().add_subplot()
+    log_ax.plot([0, 1], [0.01, 1.0])
+    _plain_log_axis(log_ax, 2.0)
+    fmt = log_ax.yaxis.get_major_formatter()
+    assert log_ax.get_yscale() == "log" and fmt(0.05, 0) == "0.05" and fmt(2.0, 0) == "2"
+    assert _axes(rep, "memory").get_xlabel() == "time since the run started, s"  # type: ignore[attr-defined]
+
+
+def test_html_requested_as_columns_and_unique_headers(sweep_db: Path, tmp_path: Path) -> None:
+    import re
+
+    rep = build_report(sweep_db)
+    page = rep.to_html()
+    for head in re.findall(r"<thead><tr>(.*?)</tr></thead>", page):
+        names = re.findall(r"<th>(.*?)</th>", head)
+        assert len(names) == len(set(names)), names
+    assert "requested CPUs" in page and "time limit" in page and "{&quot;" not in page
+    title = rep.data["run"]
+    assert title["name"] == "sweep" and title["job_ids"] == ["77"]
+    from aetherium_hpc.analysis.report import _dashboard_title
+
+    assert _dashboard_title(rep.data).startswith("sweep: job 77, 5 tasks, ")

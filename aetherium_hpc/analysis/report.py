@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
-from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_table
+from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_label, task_table
 
 #: Points per line above which a timeline is thinned for plotting (statistics use every sample).
 _MAX_PLOT_POINTS = 4000
@@ -214,6 +214,29 @@ def _ts(x: float | None) -> str:
     return _dt.datetime.fromtimestamp(x, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _run_name(path: str, jobs: list[dict[str, Any]]) -> str:
+    """The configuration's name, else the run folder's (``<run>/merged.db``, ``<run>/db/<job>_<task>/<node>.db``)."""
+    for j in jobs:
+        try:
+            cfg = json.loads(j["config"]) if isinstance(j.get("config"), str) else j.get("config")
+        except ValueError:
+            cfg = None
+        if isinstance(cfg, dict) and cfg.get("name"):
+            return str(cfg["name"])
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) >= 4 and parts[-3] == "db":
+        return parts[-4]
+    return os.path.basename(os.path.dirname(path)) or os.path.basename(path)
+
+
+def _dashboard_title(d: dict[str, Any]) -> str:
+    run = d["run"]
+    ids = run.get("job_ids") or []
+    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
+    tasks = f", {run['jobs']} tasks" if run["jobs"] > 1 else ""
+    return f"{run.get('name') or 'run'}: job {shown}{tasks}, {run['start_utc']} UTC, {fmt_duration(run['duration_s'])}"
+
+
 # -- the report ---------------------------------------------------------------------------------
 @dataclass
 class Report:
@@ -232,14 +255,14 @@ class Report:
 
     def plots(self) -> dict[str, bytes]:
         """Each plot as PNG bytes, by name (only plots with data)."""
-        return {name: _render([panel]) for name, panel in _panels(self).items()}
+        return {name: _render([panel], dpi=130, size=(7.0, 4.0)) for name, panel in _panels(self).items()}
 
     def dashboard_png(self) -> bytes:
         """All plots in one PNG (two columns)."""
         panels = list(_panels(self).values())
         if not panels:
             raise EmptyDatabaseError(f"{self.db}: nothing to plot (no samples, generation or training rows)")
-        return _render(panels, columns=2)
+        return _render(panels, columns=2, title=_dashboard_title(self.data))
 
     def to_html(self) -> str:
         return _html(self)
@@ -394,6 +417,10 @@ def _compute(
             "sources": len(sources),
             "jobs": len({(s.job_id, s.task) for s in sources.values()}),
             "nodes": sorted({s.node for s in sources.values() if s.node}),
+            "name": _run_name(path, jobs),
+            "job_ids": sorted(
+                {str(s.array_job_id or s.job_id) for s in sources.values() if s.array_job_id or s.job_id}
+            ),
         },  # fmt: skip
         "samples": {
             "resource": int(n_samples),
@@ -770,13 +797,13 @@ def _fmt_mb(mb: float | None) -> str:
 def _training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
     many = any(t["sources"] > 1 for t in training)
     if many:
-        header = ["metric", "phase", "goal", "tasks", "median final", "best", "best in", "at round/epoch", "n"]
+        header = ["metric", "phase", "goal", "tasks", "median final", "best", "best in", "best at round/epoch", "rows"]
         rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["sources"],
                  t["final_median_over_sources"] if t["sources"] > 1 else t["final"], t["best"], t["best_source"],
                  f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
                 for t in training]  # fmt: skip
     else:
-        header = ["metric", "phase", "goal", "final", "at round/epoch", "best", "at round/epoch", "n"]
+        header = ["metric", "phase", "goal", "final", "final at round/epoch", "best", "best at round/epoch", "rows"]
         rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["final"],
                  f"{_num(t['final_round'])}/{_num(t['final_epoch'])}", t["best"],
                  f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
@@ -801,36 +828,121 @@ def _thin(t: Arr, v: Arr) -> tuple[Arr, Arr]:
     return t[::step], v[::step]
 
 
+def _time_unit(span_s: float) -> tuple[str, float]:
+    """The time axis in seconds, minutes or hours, as fits a run of ``span_s`` seconds."""
+    if span_s < 180:
+        return "s", 1.0
+    if span_s < 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+#: Points below which a line also draws its markers (a short task has a handful of samples).
+_MARKERS_BELOW = 60
+#: Tasks above which the plots draw no legend (the colour follows the task index, noted on the axes).
+_LEGEND_MAX_TASKS = 12
+
+
+def _task_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """One colour per task, the same in every panel: tab10/tab20 up to 20 tasks, else viridis by index."""
+    from matplotlib import colormaps
+
+    ordered = sorted(set(keys), key=lambda k: (k[0], k[1]))
+    if len(ordered) <= 10:
+        cmap, n = colormaps["tab10"], 10
+    elif len(ordered) <= 20:
+        cmap, n = colormaps["tab20"], 20
+    else:
+        cmap = colormaps["viridis"]
+        return {k: cmap(i / max(1, len(ordered) - 1)) for i, k in enumerate(ordered)}
+    return {k: cmap(i % n) for i, k in enumerate(ordered)}
+
+
+def _plain_log_axis(ax: Any, decades: float) -> None:
+    """Log y scale with plain tick labels (0.02, 0.05, 0.1) instead of 2×10⁻²; 1-2-5 steps
+    up to 3 decades, one label per decade above."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    def plain(v: float, _pos: Any) -> str:
+        return f"{v:.3g}"
+
+    ax.set_yscale("log")
+    target = ax.yaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    target.set_major_formatter(FuncFormatter(plain))
+    target.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _panels(rep: Report) -> dict[str, Panel]:
     d = rep.data
     t_start = d["run"]["start"] or 0.0
+    unit, scale = _time_unit(d["run"]["duration_s"] or 0.0)
     sources = rep._sources
     panels: dict[str, Panel] = {}
-    many = len({s.sid for s in rep._series}) > 10
+    task_of = {sid: task_key(s.job_id, s.array_job_id, s.task) for sid, s in sources.items()}
+    keys = sorted(set(task_of.values()))
+    colours = _task_colours(keys) if keys else {}
+    n_tasks = len(keys)
+    legend = n_tasks <= _LEGEND_MAX_TASKS
+    params = {}
+    for t in (d.get("sweep") or {}).get("tasks", []):
+        params[t["task"]] = t["params"]
+    nodes_per_task: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for sid, src in sources.items():
+        nodes_per_task[task_of[sid]].add(src.node)
+
+    def task_name(key: tuple[str, int]) -> str:
+        name = task_label(key)
+        p = params.get(name)
+        return f"{name} {params_text(p)}"[:48] if p else name
+
+    def source_name(sid: int, device: str = "") -> str:
+        key = task_of.get(sid)
+        src = sources.get(sid)
+        name = task_name(key) if key else str(sid)
+        if key and src and len(nodes_per_task[key]) > 1:
+            name += f" on {src.node}"
+        return f"{name} {device[:12]}" if device else name
+
+    def colour(sid: int) -> Any:
+        key = task_of.get(sid)
+        return colours.get(key) if key else None
+
+    def note_many(ax: Any) -> None:
+        if not legend:
+            ax.text(0.99, 0.97, f"{n_tasks} tasks; colour: task index (viridis, first dark)" if n_tasks > 20
+                    else f"{n_tasks} tasks", transform=ax.transAxes, ha="right", va="top", fontsize=8)  # fmt: skip
 
     def timeline(title: str, picks: list[tuple[_Series, str]], ylabel: str) -> Panel:
         def draw(ax: Any) -> None:
+            styles = ["-", "--", ":", "-."]
             for s, label in picks:
                 t, v = _thin(s.t, s.v)
-                ax.plot((t - t_start) / 60.0, v, lw=0.6 if many else 1.0, alpha=0.6 if many else 0.9,
-                        label=None if many else label)  # fmt: skip
-            ax.set_xlabel("minutes since start")
+                dev_rank = 0
+                if s.device:  # several GPUs of one task: one line style each
+                    devs = sorted({p.device for p, _ in picks if p.sid == s.sid})
+                    dev_rank = devs.index(s.device)
+                few = t.size < _MARKERS_BELOW
+                ax.plot((t - t_start) / scale, v, styles[dev_rank % 4], color=colour(s.sid),
+                        lw=0.8 if n_tasks > 20 else 1.2, alpha=0.7 if n_tasks > 20 else 0.95,
+                        marker="o" if few else None, ms=3.5, label=label if legend else None)  # fmt: skip
+            ax.set_xlabel(f"time since the run started, {unit}")
             ax.set_ylabel(ylabel)
-            if not many and picks:
-                ax.legend(fontsize=7, loc="best")
-            if many:
-                ax.text(0.99, 0.97, f"{len(picks)} lines", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            if legend and picks:
+                ax.legend(fontsize=8, loc="best")
+            note_many(ax)
 
         return (title, draw)
 
-    def label(s: _Series, device: bool = False) -> str:
-        src = sources.get(s.sid)
-        base = src.label if src else str(s.sid)
-        return f"{base} {s.device[:12]}" if device and s.device else base
-
     by_sid: dict[int, list[_Series]] = defaultdict(list)
-    for s in rep._series:
-        by_sid[s.sid].append(s)
+    for ser in rep._series:
+        by_sid[ser.sid].append(ser)
 
     def choose(mtype: str, names: Sequence[str]) -> list[tuple[_Series, str]]:
         out = []
@@ -838,50 +950,75 @@ def _panels(rep: Report) -> dict[str, Panel]:
             for name in names:
                 found = [s for s in by_sid[sid] if s.mtype == mtype and s.mname == name]
                 if found:
-                    out += [(s, label(s, device=True)) for s in found]
+                    out += [(s, source_name(s.sid, s.device)) for s in found]
                     break
         return out
 
+    per = ", per task" if n_tasks > 1 else ""
     cpu = choose("cpu", ("process_tree", "system_total"))
     if cpu:
-        unit = "% of one core" if cpu[0][0].mname == "process_tree" else "% of the node"
-        panels["cpu"] = timeline(f"CPU per node ({cpu[0][0].mname})", cpu, f"CPU, {unit}")
+        mine = cpu[0][0].mname == "process_tree"
+        what = "the job's processes" if mine else "the whole node"
+        panels["cpu"] = timeline(f"CPU use of {what}{per}", cpu, "CPU, % of one core" if mine else "CPU, % of the node")
     ram = choose("ram", ("process_tree_rss", "system_used"))
     if ram:
-        panels["memory"] = timeline(f"Memory per node ({ram[0][0].mname})", ram, f"RAM, {ram[0][0].unit or 'MB'}")
-    gutil = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "utilization"]
+        mine = ram[0][0].mname == "process_tree_rss"
+        what = "the job's processes (RSS)" if mine else "the whole node (used)"
+        panels["memory"] = timeline(f"Memory of {what}{per}", ram, f"memory, {ram[0][0].unit or 'MB'}")
+    gutil = [(s, source_name(s.sid, s.device)) for s in rep._series if s.mtype == "gpu" and s.mname == "utilization"]
     if gutil:
-        panels["gpu_utilization"] = timeline("GPU utilisation per GPU", gutil, "GPU utilisation, %")
-    gmem = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "memory_used"]
+        panels["gpu_utilization"] = timeline(f"GPU utilisation per GPU{per}", gutil, "GPU utilisation, %")
+    gmem = [(s, source_name(s.sid, s.device)) for s in rep._series if s.mtype == "gpu" and s.mname == "memory_used"]
     if gmem:
-        panels["gpu_memory"] = timeline("GPU memory per GPU", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+        panels["gpu_memory"] = timeline(f"GPU memory per GPU{per}", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+
+    rounds_all = sorted({r["round_number"] for r in rep._training + rep._generation if r["round_number"] is not None})
+    round_colours = _task_colours([("r", r) for r in rounds_all])
+
+    def line_colour(sid: int, rnd: Any) -> Any:
+        """One task: a colour per round; an array: a colour per task."""
+        if n_tasks > 1:
+            return colour(sid)
+        return round_colours.get(("r", rnd)) if rnd is not None else None
 
     def per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
-        """A panel drawing ``field`` per chunk, one series per round."""
+        """``field`` per chunk: one task: a colour per round; an array: a colour per task."""
 
         def draw(ax: Any) -> None:
-            rounds = sorted({g["round_number"] for g in rows_all}, key=lambda r: -1 if r is None else r)
-            for rnd in rounds:
-                rows = [g for g in rows_all if g["round_number"] == rnd]
+            groups: dict[tuple[int, Any], list[dict[str, Any]]] = defaultdict(list)
+            for g in rows_all:
+                groups[(g["source_id"], g["round_number"])].append(g)
+            labelled: set[Any] = set()
+            for (sid, rnd), rows in sorted(
+                groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+            ):
                 x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
-                ax.plot(x, [g[field] for g in rows], marker, ms=3, alpha=0.7, label=f"round {_num(rnd)}")
-            ax.set_xlabel("chunk")
+                lab_key = task_of.get(sid) if n_tasks > 1 else rnd
+                label = None
+                if legend and lab_key not in labelled:
+                    label = source_name(sid) if n_tasks > 1 else f"round {_num(rnd)}"
+                    labelled.add(lab_key)
+                ax.plot(x, [g[field] for g in rows], marker, ms=4, alpha=0.8, color=line_colour(sid, rnd), label=label)
+            ax.set_xlabel("chunk number")
             ax.set_ylabel(ylabel)
-            if len(rounds) <= 12:
-                ax.legend(fontsize=7)
+            _integer_x(ax)
+            if legend and labelled and len(labelled) <= 16:
+                ax.legend(fontsize=8)
+            note_many(ax)
 
         return draw
 
     gen = [g for g in rep._generation if g["duration_seconds"] is not None]
     if gen:
+        how = "colour: task" if n_tasks > 1 else "colour: round"
         panels["generation_duration"] = (
-            "Data generation: duration per chunk and round",
+            f"Data generation: seconds per chunk ({how})",
             per_chunk(gen, "duration_seconds", "o", "duration, s"),
         )
         mem = [g for g in gen if g["memory_used_mb"] is not None]
         if mem:
             panels["generation_memory"] = (
-                "Data generation: memory per chunk and round",
+                f"Data generation: memory per chunk ({how})",
                 per_chunk(mem, "memory_used_mb", "s", "memory, MB"),
             )
 
@@ -891,46 +1028,69 @@ def _panels(rep: Report) -> dict[str, Panel]:
             return None
 
         def draw(ax: Any) -> None:
-            groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+            groups: dict[tuple[int, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
-                groups[(r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
-            n_sources = len({r["source_id"] for r in rows})
-            for (name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+                groups[(r["source_id"], r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
+            names = sorted({k[1] for k in groups})
+            labelled: set[Any] = set()
+            for (sid, name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                        kv[0][3] or 0)):  # fmt: skip
                 rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
-                style = "--" if phase == "val" else "-"
-                if n_sources > 1:  # an array: the median over tasks per epoch
-                    by_epoch: dict[Any, list[float]] = defaultdict(list)
-                    for r in rs:
-                        by_epoch[r["epoch_number"]].append(r["metric_value"])
-                    xs = sorted(by_epoch, key=lambda e: -1 if e is None else e)
-                    ys = [float(np.median(by_epoch[e])) for e in xs]
+                style = (
+                    ("--" if phase == "val" else "-")
+                    if len(names) == 1
+                    else ["-", "--", ":", "-."][names.index(name) % 4]
+                )
+                xs = [-1 if r["epoch_number"] is None else r["epoch_number"] for r in rs]
+                few = len(rs) < _MARKERS_BELOW // 2
+                label = None
+                # The legend names the colours (task or round); the title says what the line styles are.
+                what = name if len(names) > 1 else ""
+                if n_tasks > 1:
+                    lab_key: Any = (task_of.get(sid), what)
+                    text = f"{task_name(task_of[sid]) if sid in task_of else sid} {what}".strip()
                 else:
-                    xs = [r["epoch_number"] for r in rs]
-                    ys = [r["metric_value"] for r in rs]
-                ax.plot([-1 if x is None else x for x in xs], ys, style, marker=".", ms=3,
-                        label=f"{name} {phase} r{_num(rnd)}"[:40])  # fmt: skip
+                    lab_key = (rnd, what)
+                    text = f"round {_num(rnd)} {what}".strip()
+                if legend and lab_key not in labelled:
+                    label = text
+                    labelled.add(lab_key)
+                ax.plot(xs, [r["metric_value"] for r in rs], style, color=line_colour(sid, rnd), lw=1.3,
+                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5, label=label)  # fmt: skip
             ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel + (" (median over tasks)" if n_sources > 1 else ""))
-            if logy and all(r["metric_value"] > 0 for r in rows):
-                ax.set_yscale("log")
-            if len(groups) <= 16:
-                ax.legend(fontsize=7)
+            ax.set_ylabel(ylabel)
+            _integer_x(ax)
+            values = [r["metric_value"] for r in rows if math.isfinite(r["metric_value"])]
+            if logy and values and min(values) > 0 and max(values) / min(values) > 10:  # log only over a decade
+                _plain_log_axis(ax, math.log10(max(values) / min(values)))
+            if legend and labelled and len(labelled) <= 24:
+                ax.legend(fontsize=8, ncols=2 if len(labelled) > 8 else 1)
+            note_many(ax)
 
         return (title, draw)
 
-    p = training_panel("Training: train / val loss per round", lambda n: "loss" in n.lower(), "loss", True)
+    line_note = "solid: train, dashed: val"
+    colour_note = "colour: task" if n_tasks > 1 else "colour: round"
+    p = training_panel(
+        f"Training loss per epoch ({line_note}; {colour_note})", lambda n: "loss" in n.lower(), "loss", True
+    )
     if p:
         panels["training_loss"] = p
-    p = training_panel(
-        "Training: learning rate per round",
-        lambda n: n.lower() in ("lr", "learning_rate") or "learning_rate" in n.lower(), "learning rate", True,
-    )  # fmt: skip
+    p = training_panel(f"Learning rate per epoch ({colour_note})", lambda n: is_schedule(n) and "learning_rate" in n.lower()
+                       or n.lower() in ("lr",) or n.lower().endswith("/lr"), "learning rate", True)  # fmt: skip
     if p:
         panels["learning_rate"] = p
     return panels
 
 
-def _render(panels: list[Panel], columns: int = 1) -> bytes:
+def _render(
+    panels: list[Panel],
+    columns: int = 1,
+    title: str | None = None,
+    dpi: int = 100,
+    size: tuple[float, float] = (8.0, 4.2),
+) -> bytes:
+    """``panels`` on one figure, ``columns`` wide; ``size``: inches per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -938,10 +1098,12 @@ def _render(panels: list[Panel], columns: int = 1) -> bytes:
 
     cols = min(columns, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(8.0 * cols, 3.6 * rows), dpi=100, layout="constrained")
-    for i, (title, draw) in enumerate(panels):
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows + (0.4 if title else 0.0)), dpi=dpi, layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=12, fontweight="bold")
+    for i, (panel_title, draw) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(True, alpha=0.3)
         draw(ax)
     buf = io.BytesIO()
@@ -951,13 +1113,14 @@ def _render(panels: list[Panel], columns: int = 1) -> bytes:
 
 # -- HTML ---------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222}
 h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
-.plots{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:8px} figure{margin:0}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:12px} figure{margin:0}
+tr.winner td{background:#eef7ee}
 .st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
 .st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
 """
@@ -967,15 +1130,18 @@ def _h(x: Any) -> str:
     return html.escape("-" if x is None else str(x), quote=True)
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+def _html_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (), highlight: int | None = None
+) -> str:
+    """A table; ``highlight``: the index of a row to mark (the winner)."""
     head = "".join(f"<th>{_h(h)}</th>" for h in header)
     body = []
-    for r in rows:
+    for k, r in enumerate(rows):
         cells = []
         for i, c in enumerate(r):
             cls = ' class="n"' if i in numeric else ""
             cells.append(f"<td{cls}>{_h(_num(c) if isinstance(c, float) else c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        body.append(("<tr class='winner'>" if k == highlight else "<tr>") + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -1022,7 +1188,8 @@ def _html(rep: Report) -> str:
         how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
         parts.append(f"<h2>{_h('Tasks, ' + how)}</h2>")
         numeric = [i for i, h in enumerate(header) if i == 0 or h.endswith((" final", " best"))]
-        parts.append(_html_table(header, rows, numeric=numeric))
+        win = next((i for i, t in enumerate(sweep["tasks"]) if t["task"] == sweep["winner"]), None)
+        parts.append(_html_table(header, rows, numeric=numeric, highlight=win))
     try:
         plots = rep.plots()
     except Exception as exc:  # a plot must never cost the rest of the report
@@ -1048,7 +1215,7 @@ def _html(rep: Report) -> str:
         parts.append("<h2>Training metrics</h2>")
         header, rows = _training_rows(d["training"])
         parts.append(_html_table(header, rows, numeric=[i for i, h in enumerate(header)
-                                                        if h in ("tasks", "median final", "final", "best", "n")]))  # fmt: skip
+                                                        if h in ("tasks", "median final", "final", "best", "rows")]))  # fmt: skip
     if d["resources"]:
         parts.append("<h2>Resources per node (average, maximum)</h2>")
         parts.append(_html_table(
@@ -1084,7 +1251,10 @@ def _html(rep: Report) -> str:
             "start UTC",
             "end UTC",
             "runtime",
-            "requested",
+            "requested CPUs",
+            "requested memory",
+            "time limit",
+            "requested GPUs",
         ]
         notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in d["jobs"])
         if notes:
@@ -1095,7 +1265,7 @@ def _html(rep: Report) -> str:
             row = "".join(f"<td>{_h(c)}</td>" for c in cells)
             row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
             row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],
-                                                        fmt_duration(j["runtime_s"]), json.dumps(j["requested"])))  # fmt: skip
+                                                        fmt_duration(j["runtime_s"]), *_requested_cells(j["requested"])))  # fmt: skip
             if notes:
                 shown = j.get("resolved_from") or j["status"] == "unknown"
                 row += f"<td>{_h(j['detail'] if shown else '')}</td>"
@@ -1104,6 +1274,18 @@ def _html(rep: Report) -> str:
                      + "".join(body) + "</tbody></table>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _requested_cells(req: dict[str, Any]) -> list[str]:
+    """CPUs, memory, time limit and GPUs asked for, as table cells ("-" when not recorded)."""
+    mem = req.get("mem_gb")
+    limit = req.get("timeout_min")
+    return [
+        _cell(req.get("cpus")),
+        "-" if mem is None else f"{_num(float(mem))} GB",
+        "-" if limit is None else fmt_duration(float(limit) * 60.0),
+        _cell(req.get("gpus")),
+    ]
 
 
 # -- command ------------------------------------------------------------------------------------
