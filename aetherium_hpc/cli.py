@@ -170,6 +170,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .errors import LaunchError
     from .paths import safe_component
     from .runtime import JobContext
+    from .runtime.requested import requested_from_slurm
     from .runtime.session import NodeSession, run_command, run_task
 
     command = list(args.command)
@@ -195,8 +196,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             sessions.append(session)
         return run_command(command, session)
 
+    # A hand-written sbatch script: what it asked for comes from the Slurm environment (or scontrol),
+    # so the report can compare use against it as it does for jobs submitted from YAML.
+    requested = requested_from_slurm() if ctx.is_node_leader else {}
     code: int = run_task(
-        ctx, workload, dest.absolute(), monitoring, config={"command": command}, exit_code_of=lambda result: int(result)
+        ctx,
+        workload,
+        dest.absolute(),
+        monitoring,
+        config={"command": command},
+        requested=requested or None,
+        exit_code_of=lambda result: int(result),
     )
     if ctx.is_node_leader and not any(s.copy_error for s in sessions):  # (a failed copy said where the data is)
         print(f"aetherium-hpc: metrics of {ctx.job_id} on {ctx.node}: {dest}", file=sys.stderr)

@@ -33,6 +33,9 @@ import numpy as np
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
+from .formatting import duration as fmt_duration
+from .formatting import memory_gb, memory_mb, pct, slurm_time
+from .formatting import num as _num
 from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_label, task_table
 
 #: Points per line above which a timeline is thinned for plotting (statistics use every sample).
@@ -174,38 +177,6 @@ def _nanstat(v: Arr) -> tuple[float | None, float | None]:
     if not finite.size:
         return None, None
     return float(finite.mean()), float(finite.max())
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def slurm_time(minutes: float) -> str:
-    """``--time`` value (D-HH:MM:SS or HH:MM:SS) for ``minutes``."""
-    total = int(math.ceil(minutes)) * 60
-    d, rest = divmod(total, 86400)
-    h, rest = divmod(rest, 3600)
-    m = rest // 60
-    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "-"
-        if abs(x) >= 10**digits:
-            return f"{x:.0f}"
-        return f"{x:.{digits}g}"
-    return str(x)
 
 
 def _ts(x: float | None) -> str:
@@ -581,53 +552,61 @@ def _per_task(sources: dict[int, _Source], series: list[_Series], jobs: list[dic
 
 
 def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice."""
+    """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice.
+
+    Every figure in an advice sentence is written by :mod:`.formatting` from the same value the
+    JSON carries, and each percentage is computed from those values."""
     req_tasks = [t for t in tasks if t["requested"]]
     out: dict[str, Any] = {"requested": req_tasks[0]["requested"] if req_tasks else {}, "advice": []}
     advice: list[str] = out["advice"]
     if not req_tasks:
-        advice.append("no requested resources recorded (jobs.requested): submit through aetherium-hpc to get advice")
+        advice.append("no requested resources recorded (jobs.requested): submit with aetherium-hpc submit, or run "
+                      "inside a Slurm job (srun aetherium-hpc run -- ...) to get advice")  # fmt: skip
         return out
+    n = len(req_tasks)
+    over = f" (max over {n} tasks)" if n > 1 else ""
     mem_eff = [t["peak_memory_mb"] / 1024.0 / t["requested"]["mem_gb"] for t in req_tasks
                if t["peak_memory_mb"] is not None and t["requested"].get("mem_gb")]  # fmt: skip
     peaks = [t["peak_memory_mb"] for t in req_tasks if t["peak_memory_mb"] is not None]
     mem_req = [t["requested"]["mem_gb"] for t in req_tasks if t["requested"].get("mem_gb")]
     if mem_eff and peaks:
-        peak_gb = max(peaks) / 1024.0
+        peak_mb = max(peaks)
+        peak_gb = peak_mb / 1024.0
         req = max(mem_req)
-        need = max(1, math.ceil(peak_gb * HEADROOM))
+        want_mb = peak_mb * HEADROOM
+        # --mem in whole GB, or in 100 MB steps below 1 GB (a small job need not ask for a whole GB)
+        need_gb = math.ceil(want_mb / 1024.0) if want_mb > 1000 else math.ceil(want_mb / 100.0) * 100 / 1024.0
+        need = f"{need_gb:.0f}G" if want_mb > 1000 else f"{round(need_gb * 1024)}M"
         out["memory"] = {"requested_gb": req, "peak_max_gb": _f(peak_gb), "efficiency": _dist(mem_eff)}
-        pct = 100.0 * peak_gb / req
+        said = f"peak {memory_mb(peak_mb)}{over} is {pct(peak_gb, req)} of the {memory_gb(req)} requested"
         if peak_gb > 0.9 * req:
-            advice.append(f"memory: peak {peak_gb:.1f} GB is {pct:.0f}% of the {req:g} GB requested; "
-                          f"raise it: --mem={need}G")  # fmt: skip
-        elif need < 0.8 * req:
-            advice.append(f"memory: peak {peak_gb:.2f} GB (max over {len(peaks)} tasks) is {pct:.0f}% of the "
-                          f"{req:g} GB requested; ask for --mem={need}G")  # fmt: skip
+            advice.append(f"memory: {said}; raise it: --mem={need}")
+        elif need_gb < 0.8 * req:
+            advice.append(f"memory: {said}; ask for --mem={need}")
         else:
-            advice.append(f"memory: peak {peak_gb:.1f} GB of {req:g} GB requested ({pct:.0f}%): --mem is about right")
+            advice.append(f"memory: {said}: --mem is about right")
     runtimes = [t["runtime_s"] for t in req_tasks if t["runtime_s"] is not None]
     limits = [t["requested"]["timeout_min"] for t in req_tasks if t["requested"].get("timeout_min")]
     if runtimes and limits:
         limit = max(limits)
-        longest = max(runtimes) / 60.0
+        longest_s = max(runtimes)
+        longest = longest_s / 60.0
         timed_out = sum(1 for j in jobs if j.get("status") == "timeout")
         out["time"] = {"requested_min": limit, "runtime_max_min": _f(longest),
                        "efficiency": _dist([r / 60.0 / limit for r in runtimes]), "timed_out": timed_out}  # fmt: skip
         need_min = max(5, 5 * math.ceil(longest * HEADROOM / 5))
+        said = f"longest task ran {fmt_duration(longest_s)}{over}, {pct(longest, limit)} of the " \
+               f"{fmt_duration(limit * 60.0)} requested"  # fmt: skip
         if timed_out:
             need_min = max(need_min, 5 * math.ceil(limit * 1.5 / 5))
-            advice.append(f"time: {timed_out} task(s) hit the {limit:g} min limit; raise it: --time={slurm_time(need_min)}"
-                          " (or checkpoint and requeue)")  # fmt: skip
+            advice.append(f"time: {timed_out} task(s) hit the {fmt_duration(limit * 60.0)} limit; raise it: "
+                          f"--time={slurm_time(need_min)} (or checkpoint and requeue)")  # fmt: skip
         elif longest > 0.9 * limit:
-            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min allowed; "
-                          f"raise it: --time={slurm_time(need_min)}")  # fmt: skip
+            advice.append(f"time: {said}; raise it: --time={slurm_time(need_min)}")
         elif need_min < 0.8 * limit:
-            advice.append(f"time: longest task ran {longest:.1f} min of the {limit:g} min requested "
-                          f"({100 * longest / limit:.0f}%); ask for --time={slurm_time(need_min)} "
-                          "(shorter jobs start sooner)")  # fmt: skip
+            advice.append(f"time: {said}; ask for --time={slurm_time(need_min)} (shorter jobs start sooner)")
         else:
-            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min requested: --time is about right")
+            advice.append(f"time: {said}: --time is about right")
     cores = [t["cpu_cores"] for t in req_tasks if t["cpu_cores"] is not None]
     cpus = [t["requested"]["cpus"] for t in req_tasks if t["requested"].get("cpus")]
     if cores and cpus:
@@ -639,7 +618,8 @@ def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict
             "efficiency": _dist([c / req_cpus for c in cores]),
         }
         if used < 0.5 * req_cpus and req_cpus > 1:
-            advice.append(f"cpu: on average {used:.2g} of {req_cpus} cores busy (p95 over tasks); "
+            which = "p95 over tasks" if n > 1 else "average over the run"
+            advice.append(f"cpu: {_num(used, 2)} of {req_cpus} cores busy ({which}); "
                           f"--cpus-per-task={max(1, math.ceil(used * HEADROOM))} would do")  # fmt: skip
     gutil = [t["gpu_util_pct"] for t in req_tasks if t["gpu_util_pct"] is not None]
     gpus = [t["requested"]["gpus"] for t in req_tasks if t["requested"].get("gpus")]
@@ -695,13 +675,10 @@ def _text(d: dict[str, Any]) -> str:
     arr = d["array"]
     if arr["tasks"] > 1:
         lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
-        for label, k, scale, unit in (("peak memory", "peak_memory_mb", 1 / 1024, "GB"), ("runtime", "runtime_s", 1 / 60, "min"),
-                                      ("GPU utilisation", "gpu_utilization_pct", 1, "%"),
-                                      ("CPU cores used", "cpu_cores_used", 1, "cores")):  # fmt: skip
+        for label, k, fmt in _ACROSS:
             dist = arr[k]
             if dist:
-                lines.append(f"  {label:16} {_num(dist['p50'] * scale)} / {_num(dist['p95'] * scale)} / "
-                             f"{_num(dist['max'] * scale)} {unit}")  # fmt: skip
+                lines.append(f"  {label:16} {fmt(dist['p50'])} / {fmt(dist['p95'])} / {fmt(dist['max'])}")
     if d["generation"]:
         lines += ["", "data generation per round:"]
         lines += _table(
@@ -735,6 +712,13 @@ def _text(d: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The rows "across N tasks" (text and HTML): label, key in data["array"], how a value is written.
+_ACROSS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("peak memory", "peak_memory_mb", memory_mb),
+    ("runtime", "runtime_s", fmt_duration),
+    ("GPU utilisation", "gpu_utilization_pct", lambda v: f"{_num(v)}%"),
+    ("CPU cores used", "cpu_cores_used", lambda v: f"{_num(v)} cores"),
+]
 #: Tasks listed in the text's per-task table (all of them in HTML and JSON).
 _TEXT_MAX_TASKS = 20
 
@@ -783,15 +767,9 @@ def _sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
         for m in metrics:
             v = t["metrics"].get(m) or {}
             row += [v.get("final"), v.get("best")]
-        row += [_fmt_mb(t["peak_memory_mb"]), fmt_duration(t["runtime_s"])]
+        row += [memory_mb(t["peak_memory_mb"]), fmt_duration(t["runtime_s"])]
         rows.append(row)
     return header, rows
-
-
-def _fmt_mb(mb: float | None) -> str:
-    if mb is None:
-        return "-"
-    return f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.0f} MB"
 
 
 def _training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -1173,11 +1151,9 @@ def _html(rep: Report) -> str:
         parts.append("</ul>")
     arr = d["array"]
     if arr["tasks"] > 1:
-        rows = []
-        for label, k in (("peak memory, MB", "peak_memory_mb"), ("runtime, s", "runtime_s"),
-                         ("GPU utilisation, %", "gpu_utilization_pct"), ("CPU cores used", "cpu_cores_used")):  # fmt: skip
-            if arr[k]:
-                rows.append([label, arr[k]["p50"], arr[k]["p95"], arr[k]["max"]])
+        rows = [
+            [label, fmt(arr[k]["p50"]), fmt(arr[k]["p95"]), fmt(arr[k]["max"])] for label, k, fmt in _ACROSS if arr[k]
+        ]
         across = "Across {} tasks".format(arr["tasks"])
         parts.append(f"<h2>{_h(across)}</h2>")
         parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
