@@ -16,6 +16,7 @@ def test_memory_duration_share() -> None:
     assert fmt.duration(0.25) == "0.2 s" and fmt.duration(725) == "12m05s" and fmt.duration(10930) == "3h02m10s"
     assert fmt.pct(53.4, 1024) == "5%" and fmt.pct(1, 1000) == "<1%" and fmt.pct(1, 0) == "-"
     assert fmt.slurm_time(90) == "01:30:00"
+    assert fmt.minutes(7) == "7 min" and fmt.minutes(60) == "60 min" and fmt.minutes(240) == "4 h"
 
 
 def test_advice_figures_match_the_tables() -> None:
@@ -27,7 +28,7 @@ def test_advice_figures_match_the_tables() -> None:
     assert mem == "memory: peak 53 MB is 5% of the 1 GB requested; ask for --mem=100M"
     assert fmt.memory_mb(task["peak_memory_mb"]) in mem  # type: ignore[arg-type]  # as the per-task table writes it
     time_advice = next(a for a in advice if a.startswith("time:"))
-    assert time_advice.startswith("time: longest task ran 7.3 s, 1% of the 10m00s requested; ask for --time=00:05:00")
+    assert time_advice.startswith("time: longest task ran 7.3 s, 1% of the 10 min requested; ask for --time=00:05:00")
 
 
 def test_requested_from_the_slurm_environment() -> None:

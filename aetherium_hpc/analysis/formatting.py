@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["duration", "memory_mb", "num", "pct", "slurm_time"]
+__all__ = ["duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "slurm_time"]
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -52,6 +52,13 @@ def duration(seconds: float | None) -> str:
     m, s = divmod(int(round(seconds)), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def minutes(limit_min: float | None) -> str:
+    """A time limit given in minutes: ``7 min``, ``90 min``, ``4 h``, ``36.5 h``."""
+    if limit_min is None:
+        return "-"
+    return f"{num(float(limit_min))} min" if limit_min <= 180 else f"{num(limit_min / 60.0)} h"
 
 
 def pct(part: float, whole: float) -> str:

@@ -34,7 +34,7 @@ from ..errors import AetheriumError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
 from .formatting import duration as fmt_duration
-from .formatting import memory_gb, memory_mb, pct, slurm_time
+from .formatting import memory_gb, memory_mb, minutes, pct, slurm_time
 from .formatting import num as _num
 from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_label, task_table
 
@@ -596,10 +596,10 @@ def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict
                        "efficiency": _dist([r / 60.0 / limit for r in runtimes]), "timed_out": timed_out}  # fmt: skip
         need_min = max(5, 5 * math.ceil(longest * HEADROOM / 5))
         said = f"longest task ran {fmt_duration(longest_s)}{over}, {pct(longest, limit)} of the " \
-               f"{fmt_duration(limit * 60.0)} requested"  # fmt: skip
+               f"{minutes(limit)} requested"  # fmt: skip
         if timed_out:
             need_min = max(need_min, 5 * math.ceil(limit * 1.5 / 5))
-            advice.append(f"time: {timed_out} task(s) hit the {fmt_duration(limit * 60.0)} limit; raise it: "
+            advice.append(f"time: {timed_out} task(s) hit the {minutes(limit)} limit; raise it: "
                           f"--time={slurm_time(need_min)} (or checkpoint and requeue)")  # fmt: skip
         elif longest > 0.9 * limit:
             advice.append(f"time: {said}; raise it: --time={slurm_time(need_min)}")
@@ -913,7 +913,7 @@ def _panels(rep: Report) -> dict[str, Panel]:
             ax.set_xlabel(f"time since the run started, {unit}")
             ax.set_ylabel(ylabel)
             if legend and picks:
-                ax.legend(fontsize=8, loc="best")
+                ax.legend(fontsize=9, loc="best")
             note_many(ax)
 
         return (title, draw)
@@ -981,7 +981,7 @@ def _panels(rep: Report) -> dict[str, Panel]:
             ax.set_ylabel(ylabel)
             _integer_x(ax)
             if legend and labelled and len(labelled) <= 16:
-                ax.legend(fontsize=8)
+                ax.legend(fontsize=9)
             note_many(ax)
 
         return draw
@@ -1042,7 +1042,7 @@ def _panels(rep: Report) -> dict[str, Panel]:
             if logy and values and min(values) > 0 and max(values) / min(values) > 10:  # log only over a decade
                 _plain_log_axis(ax, math.log10(max(values) / min(values)))
             if legend and labelled and len(labelled) <= 24:
-                ax.legend(fontsize=8, ncols=2 if len(labelled) > 8 else 1)
+                ax.legend(fontsize=9, ncols=2 if len(labelled) > 8 else 1)
             note_many(ax)
 
         return (title, draw)
@@ -1097,7 +1097,7 @@ table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
-.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(640px,1fr));gap:12px} figure{margin:0}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px} figure{margin:0}
 tr.winner td{background:#eef7ee}
 .st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
 .st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
@@ -1259,7 +1259,7 @@ def _requested_cells(req: dict[str, Any]) -> list[str]:
     return [
         _cell(req.get("cpus")),
         "-" if mem is None else f"{_num(float(mem))} GB",
-        "-" if limit is None else fmt_duration(float(limit) * 60.0),
+        minutes(limit),
         _cell(req.get("gpus")),
     ]
 
