@@ -66,7 +66,8 @@ def resolve_cluster(backend: str) -> str:
         problem = _slurm_problem()
         if problem is not None:
             log.warning(
-                "aetherium-hpc: Slurm commands found but %s; running locally (set backend: slurm to submit anyway)",
+                "aetherium-hpc: Slurm is installed but %s; running locally "
+                "(backend: local skips this check, backend: slurm submits anyway)",
                 problem,
             )
             return "local"
@@ -82,9 +83,17 @@ def _slurm_problem(timeout: float = SCONTROL_TIMEOUT_S) -> str | None:
     except OSError as exc:
         return f"sinfo cannot run ({exc.strerror})"
     if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-        return f"no cluster answers (sinfo: {first})"
+        return f"no controller answers ({_first_reason(proc.stderr)})"
     return None
+
+
+def _first_reason(stderr: str) -> str:
+    """The first line of a Slurm command's complaint without its ``sinfo: error:`` prefixes, short."""
+    for line in stderr.splitlines():
+        text = re.sub(r"^(?:\s*(?:sinfo|error|fatal|slurm_load_partitions)\s*:\s*)+", "", line).strip()
+        if text:
+            return text if len(text) <= 100 else text[:99] + "…"
+    return "sinfo failed without a message"
 
 
 def executor_parameters(config: Config) -> dict[str, Any]:

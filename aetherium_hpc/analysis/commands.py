@@ -8,7 +8,9 @@ arguments and returns the exit code. User errors are raised as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 SubParsers = Any  # argparse._SubParsersAction[argparse.ArgumentParser]
@@ -19,11 +21,45 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge run directories / databases into one database; 3 when an input was skipped."""
     from .merge import merge
 
-    result = merge(args.inputs, args.output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
+    output = args.output or default_merge_output(args.inputs)
+    result = merge(args.inputs, output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
     for skipped in result.skipped:
         print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
     print(result.summary())
     return result.exit_code
+
+
+def default_merge_output(inputs: list[str]) -> str:
+    """``RUN_DIR/merged.db`` for one run directory; a usage error for anything else without ``-o``."""
+    from ..errors import AetheriumError
+    from ..paths import RunLayout
+
+    if len(inputs) == 1 and RunLayout.is_run_dir(inputs[0]):
+        return str(RunLayout(Path(inputs[0])).merged_path)
+    raise AetheriumError(
+        "merge: say where to write with -o MERGED.db (only a single run directory has a default, RUN_DIR/merged.db)"
+    )
+
+
+def report_database(path: str) -> str:
+    """The database to report on: ``path`` itself, or for a run directory its ``merged.db``, merged
+    first (a merge of what is already in adds nothing; a newer task copy replaces the older one)."""
+    from ..errors import AetheriumError
+    from ..paths import RunLayout
+    from .merge import merge
+
+    if not os.path.isdir(path):
+        return path
+    if not RunLayout.is_run_dir(path):
+        raise AetheriumError(
+            f"{path}: a folder but not a run directory; merge it first: aetherium-hpc merge {path} -o merged.db"
+        )
+    layout = RunLayout(Path(path))
+    result = merge([path], layout.merged_path, progress=False)
+    for skipped in result.skipped:
+        print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
+    print(result.summary(), file=sys.stderr)
+    return str(layout.merged_path)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -32,7 +68,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import run_report
 
     return run_report(
-        args.db,
+        report_database(args.db),
         plot=args.plot,
         html=args.html,
         json_out=args.json,
@@ -56,7 +92,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``report`` (shared with ``python -m aetherium_hpc.analyze``)."""
-    p.add_argument("db", help="database to report on: a node database or the output of `aetherium-hpc merge`")
+    p.add_argument("db", metavar="DB|RUN_DIR",
+                   help="database to report on (a node database or the output of `aetherium-hpc merge`), or a "
+                   "run directory: its databases are merged into RUN_DIR/merged.db first")  # fmt: skip
     p.add_argument("--plot", metavar="OUT.png", help="write all plots as one PNG dashboard to OUT.png")
     p.add_argument("--plot-dir", metavar="DIR", help="write each plot as its own PNG into DIR")
     p.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML file (plots embedded)")
@@ -97,11 +135,13 @@ def register(sub: SubParsers) -> None:
         ),
         epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error or the "
         "output still locked by another merge after --wait seconds. "
-        "example: aetherium-hpc merge runs/2024-05-01_train -o merged.db",
+        "examples: aetherium-hpc merge runs/demo-array-20240501-093000-1a2b  (writes its merged.db); "
+        "aetherium-hpc merge runs/a runs/b -o both.db",
     )
     m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
-    m.add_argument("-o", "--output", required=True, metavar="MERGED.db",
-                   help="database to create, or to add to if it exists")  # fmt: skip
+    m.add_argument("-o", "--output", metavar="MERGED.db",
+                   help="database to create, or to add to if it exists (default for one run directory: "
+                   "RUN_DIR/merged.db)")  # fmt: skip
     m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     m.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="how long to wait for another merge into the same output (default: 600)")  # fmt: skip
@@ -117,7 +157,8 @@ def register(sub: SubParsers) -> None:
             "advice against what was requested."
         ),
         epilog="exit codes: 0 ok, 2 empty or unreadable database. "
-        "example: aetherium-hpc report merged.db --plot report.png --html report.html",
+        "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
+        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)

@@ -1313,13 +1313,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aetherium_hpc.analyze DB [--plot out.png] [--html report.html] [--json]``."""
     import argparse
 
-    from .commands import add_report_arguments
+    from .commands import add_report_arguments, report_database
 
     parser = argparse.ArgumentParser(prog="python -m aetherium_hpc.analyze", description=__doc__.split("\n\n")[0])
     add_report_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_report(args.db, plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
+        return run_report(report_database(args.db), plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
                           plot_dir=args.plot_dir, quiet=args.quiet, objective=args.objective)  # fmt: skip
     except AetheriumError as exc:
         print(f"aetherium-hpc: error: {exc}", file=sys.stderr)
