@@ -7,6 +7,7 @@ stderr and exit code 2 here, at the boundary; nothing below prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -75,23 +76,23 @@ def _add_log(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="{training,resource,generation}")
     t = kinds.add_parser("training", help="a training metric: NAME VALUE [--round R] [--epoch E] [--phase P]")
     t.add_argument("name", help="metric name, e.g. loss")
-    t.add_argument("value", type=_number)
-    t.add_argument("--round", type=int, default=None)
-    t.add_argument("--epoch", type=int, default=None)
+    t.add_argument("value", type=_number, help="the metric's value, a number, e.g. 0.231")
+    t.add_argument("--round", type=int, default=None, help="training round the value belongs to (an integer)")
+    t.add_argument("--epoch", type=int, default=None, help="epoch within the round (an integer)")
     t.add_argument("--phase", default="train", help="train or val [train]")
     r = kinds.add_parser("resource", help="a resource sample: TYPE NAME VALUE [--unit U] [--device D]")
     r.add_argument("type", help="metric type, e.g. disk")
     r.add_argument("name", help="metric name, e.g. scratch_used")
-    r.add_argument("value", type=_number)
-    r.add_argument("--unit", default="")
-    r.add_argument("--device", default="")
+    r.add_argument("value", type=_number, help="the sample's value, a number")
+    r.add_argument("--unit", default="", help="unit of the value, e.g. GB or %%")
+    r.add_argument("--device", default="", help="device the sample is about, e.g. a GPU index or a mount point")
     g = kinds.add_parser("generation", help="a finished data-generation chunk: OPERATION --duration S ...")
-    g.add_argument("operation")
+    g.add_argument("operation", help="what the chunk did, e.g. signal_injection")
     g.add_argument("--duration", type=_number, required=True, help="seconds the chunk took")
-    g.add_argument("--samples", type=int, default=None)
-    g.add_argument("--round", type=int, default=None)
-    g.add_argument("--chunk", type=int, default=None)
-    g.add_argument("--memory-mb", type=_number, default=None)
+    g.add_argument("--samples", type=int, default=None, help="samples the chunk generated")
+    g.add_argument("--round", type=int, default=None, help="round the chunk belongs to")
+    g.add_argument("--chunk", type=int, default=None, help="chunk number within the round")
+    g.add_argument("--memory-mb", type=_number, default=None, help="memory the chunk used, in MB")
     p.set_defaults(handler=cmd_log)
 
 
@@ -179,6 +180,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise LaunchError("no command to run; write it after --, e.g. aetherium-hpc run -- python train.py")
     monitoring = load_config(args.config).monitoring if args.config else Monitoring()
+    if args.no_gpu:
+        monitoring = dataclasses.replace(monitoring, gpu=False)
     ctx = JobContext.detect()
     node = safe_component(ctx.node)
     if args.db_dir:
@@ -222,6 +225,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and copies the database to --db-dir.",
     )
     p.add_argument("--config", help="YAML config whose monitoring: section to use")
+    p.add_argument("--no-gpu", action="store_true", help="do not look for GPUs (no NVML, no GPU notice)")
     p.add_argument(
         "--db-dir",
         help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
