@@ -274,6 +274,60 @@ def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 _EXTENSIONS.append(_add_analysis)
 
 
+# -- templates ---------------------------------------------------------------------------------
+def cmd_templates(args: argparse.Namespace) -> int:
+    """List, print or copy the sbatch templates shipped with the package."""
+    from . import templates
+
+    if args.copy:
+        folder = Path(args.copy)
+        folder.mkdir(parents=True, exist_ok=True)
+        chosen = [args.name] if args.name else templates.names()
+        clashes = [n for n in chosen if (folder / n).exists()]
+        if clashes and not args.force:
+            raise AetheriumError(f"{folder}: {', '.join(clashes)} exist(s); pass --force to overwrite")
+        for name in chosen:
+            _known_template(name)
+            target = folder / name
+            target.write_text(templates.text(name), encoding="utf-8")
+            if name.endswith(".sh") and name != "aetherium-include.sh":  # run, not sourced
+                target.chmod(0o755)
+            print(f"wrote {target}", file=sys.stderr)
+        return 0
+    if args.name:
+        _known_template(args.name)
+        sys.stdout.write(templates.text(args.name))
+        return 0
+    for name in templates.names():
+        print(f"{name:22} {templates.DESCRIPTIONS.get(name, '')}")
+    print("\nprint one: aetherium-hpc templates job.sbatch > job.sbatch; copy all: aetherium-hpc templates --copy DIR")
+    return 0
+
+
+def _known_template(name: str) -> None:
+    from . import templates
+
+    if name not in templates.names():
+        raise AetheriumError(f"no template {name!r}; choose one of: {', '.join(templates.names())}")
+
+
+def _add_templates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "templates",
+        help="list, print or copy the sbatch templates for hand-written job scripts",
+        description="The sbatch templates shipped with aetherium-hpc (a job, an array, a merge job, a chain "
+        "script, shell functions to source). Without arguments: the list.",
+        epilog="examples: aetherium-hpc templates job.sbatch > my-job.sbatch; aetherium-hpc templates --copy slurm/",
+    )
+    p.add_argument("name", nargs="?", help="the template to print (or, with --copy, the only one to copy)")
+    p.add_argument("--copy", metavar="DIR", help="copy the templates into DIR (created if missing)")
+    p.add_argument("--force", action="store_true", help="with --copy: overwrite files that exist")
+    p.set_defaults(handler=cmd_templates)
+
+
+_EXTENSIONS.append(_add_templates)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aetherium-hpc",
