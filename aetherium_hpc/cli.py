@@ -109,6 +109,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         cluster = launch.resolve_cluster(config.backend)
         layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
+        launch.check_submission(config, cluster, layout.root)  # what submit would refuse, the dry run refuses
         print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}")
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -225,14 +226,25 @@ def _job_environment() -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def _make_executor(config: Config, layout: RunLayout, cluster: str) -> submitit.AutoExecutor:
+def check_submission(config: Config, cluster: str, root: Path) -> None:
+    """Every check :func:`submit` makes before it submits, creating nothing: ``submit --dry-run``
+    makes the same ones, so a configuration the dry run accepts is not refused by the submit."""
+    if cluster == "slurm":
+        check_script_path(root)
     if cluster == "local" and config.resources.nodes > 1:
         raise LaunchError(
             f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
             "use backend: slurm, or --set resources.nodes=1"
         )
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        return  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
+    with tempfile.TemporaryDirectory(prefix="aetherium-check-") as folder:
+        _make_executor(config, Path(folder), cluster)
+
+
+def _make_executor(config: Config, folder: Path, cluster: str) -> submitit.AutoExecutor:
     try:
-        executor = submitit.AutoExecutor(folder=layout.submitit_dir, cluster=cluster)
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         executor.update_parameters(**executor_parameters(config))
     except (ValueError, NameError, RuntimeError) as exc:
         raise LaunchError(f"submitit refused the parameters for {cluster}: {str(exc).splitlines()[0]}") from None
@@ -242,14 +254,26 @@ def _make_executor(config: Config, layout: RunLayout, cluster: str) -> submitit.
 def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[float], None] = time.sleep) -> Submission:
     """Make the run directory, submit the job (or array), record the job ids."""
     cluster = resolve_cluster(config.backend)
-    layout = RunLayout.new(base_dir or config.run_dir, config.name)
-    if cluster == "slurm":
-        check_script_path(layout.root)
+    base = Path(base_dir or config.run_dir).expanduser().absolute()
+    check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
+    layout = RunLayout.new(base, config.name)
+    try:
+        if cluster == "slurm":
+            check_script_path(layout.root)
+        return _submit_into(config, layout, cluster, sleep)
+    except BaseException:
+        # A refused submission leaves no run folder behind -- unless a job was submitted into it.
+        if not layout.jobs_path.exists() and not any(layout.submitit_dir.rglob("*_submitted.pkl")):
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
     layout.config_path.write_text(
         f"# resolved configuration of {config.source}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
         encoding="utf-8",
     )
-    executor = _make_executor(config, layout, cluster)
+    executor = _make_executor(config, layout.submitit_dir, cluster)
     # The array itself stays out of the pickled runner: each task gets (index, its own params).
     runner = JobRunner(
         {k: v for k, v in config.to_dict().items() if k != "array"}, str(layout.root), local_array_id=str(os.getpid())
