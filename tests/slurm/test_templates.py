@@ -96,7 +96,7 @@ def test_time_limit_records_timeout_and_keeps_the_data(tmp_path: Path) -> None:
 
 
 def _daemon_pid(name: str) -> int:
-    folder = Path(os.environ.get("AETHERIUM_SLURM_DIR") or "/tmp/aetherium-slurm")
+    folder = Path(os.environ["SLURM_CONF"]).parent.parent  # <cluster dir>/etc/slurm.conf (set by slurm_conf)
     return int((folder / "run" / f"{name}.pid").read_text().strip())
 
 
