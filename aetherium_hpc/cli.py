@@ -118,9 +118,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     sub = launch.submit(config)
     print(f"run directory: {sub.layout.root}")
-    ids = sub.array_job_ids if sub.array_job_ids and sub.cluster == "slurm" else sub.job_ids
-    kind = "array job" if sub.array_job_ids and sub.cluster == "slurm" else "job"
-    print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: {kind} id(s) {' '.join(ids)}")
+    if sub.array_job_ids and sub.cluster == "slurm":
+        print(f"submitted {len(sub.jobs)} task(s) to slurm: array job id(s) {' '.join(sub.array_job_ids)}")
+    elif sub.array_job_ids:  # a local array: status names its tasks <array>_<task>, as Slurm would
+        array = sub.array_job_ids[0]
+        tasks = f"{array}_0" if len(sub.jobs) == 1 else f"{array}_0 … {array}_{len(sub.jobs) - 1}"
+        print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: array job id {array} (tasks {tasks}; "
+              f"process ids {' '.join(sub.job_ids)})")  # fmt: skip
+    else:
+        print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: job id(s) {' '.join(sub.job_ids)}")
     if sub.report_job is not None:
         print(
             f"report job {sub.report_job.job_id}: merges and reports into {sub.layout.root} "

@@ -497,7 +497,8 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     sacct_seen: dict[str, Any] | None = None
     squeue_seen: dict[str, Any] | None = None
     if record.get("cluster") == "slurm":
-        ids = record.get("array_job_ids") or record.get("job_ids") or []
+        ids = [*(record.get("array_job_ids") or record.get("job_ids") or []),
+               *([record["report_job_id"]] if record.get("report_job_id") else [])]  # fmt: skip
         sacct, squeue = status_commands([str(i) for i in ids])
         out = _query(sacct, timeout)
         if out and out.strip():
@@ -520,7 +521,24 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     rows = _rows_from_databases(layout, record, sacct=sacct_seen, squeue=squeue_seen, timeout=timeout)
     if record.get("cluster") == "local":
         rows += _local_jobs_without_rows(record, rows)
+        rows += _local_report_row(layout, record)
     return rows, "databases"
+
+
+def _local_report_row(layout: RunLayout, record: dict[str, Any]) -> list[dict[str, str]]:
+    """The local merge + report job of ``report: {auto: true}``: running while its process lives,
+    then COMPLETED when it wrote the report, else FAILED."""
+    pid = str(record.get("report_job_id") or "")
+    if not pid.isdigit():
+        return []
+    try:
+        os.kill(int(pid), 0)
+        state = "RUNNING"
+    except ProcessLookupError:
+        state = "COMPLETED" if (layout.root / "report.html").is_file() else "FAILED"
+    except PermissionError:
+        state = "RUNNING"
+    return [{"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": "(merge + report)"}]
 
 
 def _squeue_view(out: str | None) -> dict[str, Any] | None:

@@ -42,3 +42,27 @@ def test_a_submission_refused_after_the_folder_was_made_removes_it(
     with pytest.raises(LaunchError, match="Invalid partition"):
         launch.submit(config)
     assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_status_shows_the_local_report_job(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from aetherium_hpc.paths import RunLayout
+
+    layout = RunLayout(tmp_path / "run")
+    layout.create()
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        layout.jobs_path.write_text(json.dumps({"cluster": "local", "job_ids": [], "array_job_ids": [],
+                                                "report_job_id": str(proc.pid)}))  # fmt: skip
+        rows, _ = launch.run_status(layout.root)
+        assert rows[-1] == {"job": str(proc.pid), "state": "RUNNING", "exit": "", "elapsed": "",
+                            "nodes": "(merge + report)"}  # fmt: skip
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert launch.run_status(layout.root)[0][-1]["state"] == "FAILED"  # ended without writing the report
+    (layout.root / "report.html").write_text("<html></html>")
+    assert launch.run_status(layout.root)[0][-1]["state"] == "COMPLETED"
