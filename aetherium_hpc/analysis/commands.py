@@ -90,6 +90,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- watch --------------------------------------------------------------------------------------
+def cmd_watch(args: argparse.Namespace) -> int:
+    """A live view of a run until every task has ended (``--once``: one frame)."""
+    from .watch import watch
+
+    return watch(args.target, interval=args.interval, once=args.once)
+
+
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``report`` (shared with ``python -m aetherium_hpc.analyze``)."""
     p.add_argument("db", metavar="DB|RUN_DIR",
@@ -162,6 +170,25 @@ def register(sub: SubParsers) -> None:
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)
+
+    w = sub.add_parser(
+        "watch",
+        help="a live terminal view of a running job or array",
+        description=(
+            "Show every task of a run as it runs: status, CPU and memory now with a short history, GPU "
+            "utilisation, data-generation chunks done and their rate, the last epoch and its loss. Reads the "
+            "live node-local databases on this machine, else the copies in the run directory (at most "
+            "checkpoint_interval_s old). Ends by itself when every task has ended."
+        ),
+        epilog="examples: aetherium-hpc watch runs/demo-array-20240501-093000-1a2b; "
+        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts)",
+    )
+    w.add_argument(
+        "target", metavar="RUN_DIR|DB", help="a run directory printed by `aetherium-hpc submit`, or a database"
+    )
+    w.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS", help="seconds between frames [2]")
+    w.add_argument("--once", action="store_true", help="print one frame and exit")
+    w.set_defaults(handler=cmd_watch)
 
     e = sub.add_parser(
         "export",
