@@ -47,12 +47,19 @@ def test_sparkline() -> None:
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_live_view_in_tmux_until_the_job_ends(tmp_path: Path) -> None:
     """A local job watched in a real terminal: frames while it runs, then it ends by itself."""
+    watch_in_tmux(tmp_path, "local")
+
+
+def watch_in_tmux(tmp_path: Path, backend: str) -> list[str]:
+    """Submit configs/train.yaml (2 rounds) to ``backend``, watch it in a tmux pane until watch
+    exits by itself; check the last frame; return every frame captured."""
     runs = tmp_path / "runs"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_"))}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_")) and (k != "SLURM_CONF" or backend == "slurm")}  # fmt: skip
     env["PYTHONPATH"] = str(ROOT)
     submit = subprocess.run(
         [sys.executable, "-m", "aetherium_hpc", "submit", str(ROOT / "configs" / "train.yaml"), "--set",
-         "backend=local", "--set", f"run_dir={runs}", "--set", "workload.kwargs.rounds=2",
+         f"backend={backend}", "--set", f"run_dir={runs}", "--set", "workload.kwargs.rounds=2",
          "--set", "workload.kwargs.samples_per_chunk=256"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
     )  # fmt: skip
@@ -79,3 +86,4 @@ def test_live_view_in_tmux_until_the_job_ends(tmp_path: Path) -> None:
     assert "every task has ended" in final and "1/1 ended" in final and "completed" in final
     assert re.search(r"completed .* \d+ \(\d+/min\) +1/19 ", final), final  # 16 chunks, last epoch of round 1
     assert any("aetherium-hpc watch:" in f for f in frames)
+    return frames
