@@ -7,6 +7,7 @@ stderr and exit code 2 here, at the boundary; nothing below prints.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -75,23 +76,23 @@ def _add_log(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     kinds = p.add_subparsers(dest="kind", required=True, metavar="{training,resource,generation}")
     t = kinds.add_parser("training", help="a training metric: NAME VALUE [--round R] [--epoch E] [--phase P]")
     t.add_argument("name", help="metric name, e.g. loss")
-    t.add_argument("value", type=_number)
-    t.add_argument("--round", type=int, default=None)
-    t.add_argument("--epoch", type=int, default=None)
+    t.add_argument("value", type=_number, help="the metric's value, a number, e.g. 0.231")
+    t.add_argument("--round", type=int, default=None, help="training round the value belongs to (an integer)")
+    t.add_argument("--epoch", type=int, default=None, help="epoch within the round (an integer)")
     t.add_argument("--phase", default="train", help="train or val [train]")
     r = kinds.add_parser("resource", help="a resource sample: TYPE NAME VALUE [--unit U] [--device D]")
     r.add_argument("type", help="metric type, e.g. disk")
     r.add_argument("name", help="metric name, e.g. scratch_used")
-    r.add_argument("value", type=_number)
-    r.add_argument("--unit", default="")
-    r.add_argument("--device", default="")
+    r.add_argument("value", type=_number, help="the sample's value, a number")
+    r.add_argument("--unit", default="", help="unit of the value, e.g. GB or %%")
+    r.add_argument("--device", default="", help="device the sample is about, e.g. a GPU index or a mount point")
     g = kinds.add_parser("generation", help="a finished data-generation chunk: OPERATION --duration S ...")
-    g.add_argument("operation")
+    g.add_argument("operation", help="what the chunk did, e.g. signal_injection")
     g.add_argument("--duration", type=_number, required=True, help="seconds the chunk took")
-    g.add_argument("--samples", type=int, default=None)
-    g.add_argument("--round", type=int, default=None)
-    g.add_argument("--chunk", type=int, default=None)
-    g.add_argument("--memory-mb", type=_number, default=None)
+    g.add_argument("--samples", type=int, default=None, help="samples the chunk generated")
+    g.add_argument("--round", type=int, default=None, help="round the chunk belongs to")
+    g.add_argument("--chunk", type=int, default=None, help="chunk number within the round")
+    g.add_argument("--memory-mb", type=_number, default=None, help="memory the chunk used, in MB")
     p.set_defaults(handler=cmd_log)
 
 
@@ -108,6 +109,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if args.dry_run:
         cluster = launch.resolve_cluster(config.backend)
         layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
+        launch.check_submission(config, cluster, layout.root)  # what submit would refuse, the dry run refuses
         print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}")
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
         print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))
@@ -116,9 +118,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     sub = launch.submit(config)
     print(f"run directory: {sub.layout.root}")
-    ids = sub.array_job_ids if sub.array_job_ids and sub.cluster == "slurm" else sub.job_ids
-    kind = "array job" if sub.array_job_ids and sub.cluster == "slurm" else "job"
-    print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: {kind} id(s) {' '.join(ids)}")
+    if sub.array_job_ids and sub.cluster == "slurm":
+        print(f"submitted {len(sub.jobs)} task(s) to slurm: array job id(s) {' '.join(sub.array_job_ids)}")
+    elif sub.array_job_ids:  # a local array: status names its tasks <array>_<task>, as Slurm would
+        array = sub.array_job_ids[0]
+        tasks = f"{array}_0" if len(sub.jobs) == 1 else f"{array}_0 … {array}_{len(sub.jobs) - 1}"
+        print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: array job id {array} (tasks {tasks}; "
+              f"process ids {' '.join(sub.job_ids)})")  # fmt: skip
+    else:
+        print(f"submitted {len(sub.jobs)} task(s) to {sub.cluster}: job id(s) {' '.join(sub.job_ids)}")
     if sub.report_job is not None:
         print(
             f"report job {sub.report_job.job_id}: merges and reports into {sub.layout.root} "
@@ -170,6 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .errors import LaunchError
     from .paths import safe_component
     from .runtime import JobContext
+    from .runtime.requested import requested_from_slurm
     from .runtime.session import NodeSession, run_command, run_task
 
     command = list(args.command)
@@ -178,6 +187,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not command:
         raise LaunchError("no command to run; write it after --, e.g. aetherium-hpc run -- python train.py")
     monitoring = load_config(args.config).monitoring if args.config else Monitoring()
+    if args.no_gpu:
+        monitoring = dataclasses.replace(monitoring, gpu=False)
     ctx = JobContext.detect()
     node = safe_component(ctx.node)
     if args.db_dir:
@@ -195,8 +206,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             sessions.append(session)
         return run_command(command, session)
 
+    # A hand-written sbatch script: what it asked for comes from the Slurm environment (or scontrol),
+    # so the report can compare use against it as it does for jobs submitted from YAML.
+    requested = requested_from_slurm() if ctx.is_node_leader else {}
     code: int = run_task(
-        ctx, workload, dest.absolute(), monitoring, config={"command": command}, exit_code_of=lambda result: int(result)
+        ctx,
+        workload,
+        dest.absolute(),
+        monitoring,
+        config={"command": command},
+        requested=requested or None,
+        exit_code_of=lambda result: int(result),
     )
     if ctx.is_node_leader and not any(s.copy_error for s in sessions):  # (a failed copy said where the data is)
         print(f"aetherium-hpc: metrics of {ctx.job_id} on {ctx.node}: {dest}", file=sys.stderr)
@@ -212,6 +232,7 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "and copies the database to --db-dir.",
     )
     p.add_argument("--config", help="YAML config whose monitoring: section to use")
+    p.add_argument("--no-gpu", action="store_true", help="do not look for GPUs (no NVML, no GPU notice)")
     p.add_argument(
         "--db-dir",
         help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
@@ -258,6 +279,60 @@ def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
 
 
 _EXTENSIONS.append(_add_analysis)
+
+
+# -- templates ---------------------------------------------------------------------------------
+def cmd_templates(args: argparse.Namespace) -> int:
+    """List, print or copy the sbatch templates shipped with the package."""
+    from . import templates
+
+    if args.copy:
+        folder = Path(args.copy)
+        folder.mkdir(parents=True, exist_ok=True)
+        chosen = [args.name] if args.name else templates.names()
+        clashes = [n for n in chosen if (folder / n).exists()]
+        if clashes and not args.force:
+            raise AetheriumError(f"{folder}: {', '.join(clashes)} exist(s); pass --force to overwrite")
+        for name in chosen:
+            _known_template(name)
+            target = folder / name
+            target.write_text(templates.text(name), encoding="utf-8")
+            if name.endswith(".sh") and name != "aetherium-include.sh":  # run, not sourced
+                target.chmod(0o755)
+            print(f"wrote {target}", file=sys.stderr)
+        return 0
+    if args.name:
+        _known_template(args.name)
+        sys.stdout.write(templates.text(args.name))
+        return 0
+    for name in templates.names():
+        print(f"{name:22} {templates.DESCRIPTIONS.get(name, '')}")
+    print("\nprint one: aetherium-hpc templates job.sbatch > job.sbatch; copy all: aetherium-hpc templates --copy DIR")
+    return 0
+
+
+def _known_template(name: str) -> None:
+    from . import templates
+
+    if name not in templates.names():
+        raise AetheriumError(f"no template {name!r}; choose one of: {', '.join(templates.names())}")
+
+
+def _add_templates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "templates",
+        help="list, print or copy the sbatch templates for hand-written job scripts",
+        description="The sbatch templates shipped with aetherium-hpc (a job, an array, a merge job, a chain "
+        "script, shell functions to source). Without arguments: the list.",
+        epilog="examples: aetherium-hpc templates job.sbatch > my-job.sbatch; aetherium-hpc templates --copy slurm/",
+    )
+    p.add_argument("name", nargs="?", help="the template to print (or, with --copy, the only one to copy)")
+    p.add_argument("--copy", metavar="DIR", help="copy the templates into DIR (created if missing)")
+    p.add_argument("--force", action="store_true", help="with --copy: overwrite files that exist")
+    p.set_defaults(handler=cmd_templates)
+
+
+_EXTENSIONS.append(_add_templates)
 
 
 def build_parser() -> argparse.ArgumentParser:

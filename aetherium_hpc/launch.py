@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -66,7 +67,8 @@ def resolve_cluster(backend: str) -> str:
         problem = _slurm_problem()
         if problem is not None:
             log.warning(
-                "aetherium-hpc: Slurm commands found but %s; running locally (set backend: slurm to submit anyway)",
+                "aetherium-hpc: Slurm is installed but %s; running locally "
+                "(backend: local skips this check, backend: slurm submits anyway)",
                 problem,
             )
             return "local"
@@ -82,9 +84,17 @@ def _slurm_problem(timeout: float = SCONTROL_TIMEOUT_S) -> str | None:
     except OSError as exc:
         return f"sinfo cannot run ({exc.strerror})"
     if proc.returncode != 0:
-        first = (proc.stderr.strip().splitlines() or ["no output"])[0]
-        return f"no cluster answers (sinfo: {first})"
+        return f"no controller answers ({_first_reason(proc.stderr)})"
     return None
+
+
+def _first_reason(stderr: str) -> str:
+    """The first line of a Slurm command's complaint without its ``sinfo: error:`` prefixes, short."""
+    for line in stderr.splitlines():
+        text = re.sub(r"^(?:\s*(?:sinfo|error|fatal|slurm_load_partitions)\s*:\s*)+", "", line).strip()
+        if text:
+            return text if len(text) <= 100 else text[:99] + "…"
+    return "sinfo failed without a message"
 
 
 def executor_parameters(config: Config) -> dict[str, Any]:
@@ -216,14 +226,25 @@ def _job_environment() -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def _make_executor(config: Config, layout: RunLayout, cluster: str) -> submitit.AutoExecutor:
+def check_submission(config: Config, cluster: str, root: Path) -> None:
+    """Every check :func:`submit` makes before it submits, creating nothing: ``submit --dry-run``
+    makes the same ones, so a configuration the dry run accepts is not refused by the submit."""
+    if cluster == "slurm":
+        check_script_path(root)
     if cluster == "local" and config.resources.nodes > 1:
         raise LaunchError(
             f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
             "use backend: slurm, or --set resources.nodes=1"
         )
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        return  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
+    with tempfile.TemporaryDirectory(prefix="aetherium-check-") as folder:
+        _make_executor(config, Path(folder), cluster)
+
+
+def _make_executor(config: Config, folder: Path, cluster: str) -> submitit.AutoExecutor:
     try:
-        executor = submitit.AutoExecutor(folder=layout.submitit_dir, cluster=cluster)
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
         executor.update_parameters(**executor_parameters(config))
     except (ValueError, NameError, RuntimeError) as exc:
         raise LaunchError(f"submitit refused the parameters for {cluster}: {str(exc).splitlines()[0]}") from None
@@ -233,14 +254,26 @@ def _make_executor(config: Config, layout: RunLayout, cluster: str) -> submitit.
 def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[float], None] = time.sleep) -> Submission:
     """Make the run directory, submit the job (or array), record the job ids."""
     cluster = resolve_cluster(config.backend)
-    layout = RunLayout.new(base_dir or config.run_dir, config.name)
-    if cluster == "slurm":
-        check_script_path(layout.root)
+    base = Path(base_dir or config.run_dir).expanduser().absolute()
+    check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
+    layout = RunLayout.new(base, config.name)
+    try:
+        if cluster == "slurm":
+            check_script_path(layout.root)
+        return _submit_into(config, layout, cluster, sleep)
+    except BaseException:
+        # A refused submission leaves no run folder behind -- unless a job was submitted into it.
+        if not layout.jobs_path.exists() and not any(layout.submitit_dir.rglob("*_submitted.pkl")):
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
     layout.config_path.write_text(
         f"# resolved configuration of {config.source}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
         encoding="utf-8",
     )
-    executor = _make_executor(config, layout, cluster)
+    executor = _make_executor(config, layout.submitit_dir, cluster)
     # The array itself stays out of the pickled runner: each task gets (index, its own params).
     runner = JobRunner(
         {k: v for k, v in config.to_dict().items() if k != "array"}, str(layout.root), local_array_id=str(os.getpid())
@@ -464,7 +497,8 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     sacct_seen: dict[str, Any] | None = None
     squeue_seen: dict[str, Any] | None = None
     if record.get("cluster") == "slurm":
-        ids = record.get("array_job_ids") or record.get("job_ids") or []
+        ids = [*(record.get("array_job_ids") or record.get("job_ids") or []),
+               *([record["report_job_id"]] if record.get("report_job_id") else [])]  # fmt: skip
         sacct, squeue = status_commands([str(i) for i in ids])
         out = _query(sacct, timeout)
         if out and out.strip():
@@ -487,7 +521,24 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     rows = _rows_from_databases(layout, record, sacct=sacct_seen, squeue=squeue_seen, timeout=timeout)
     if record.get("cluster") == "local":
         rows += _local_jobs_without_rows(record, rows)
+        rows += _local_report_row(layout, record)
     return rows, "databases"
+
+
+def _local_report_row(layout: RunLayout, record: dict[str, Any]) -> list[dict[str, str]]:
+    """The local merge + report job of ``report: {auto: true}``: running while its process lives,
+    then COMPLETED when it wrote the report, else FAILED."""
+    pid = str(record.get("report_job_id") or "")
+    if not pid.isdigit():
+        return []
+    try:
+        os.kill(int(pid), 0)
+        state = "RUNNING"
+    except ProcessLookupError:
+        state = "COMPLETED" if (layout.root / "report.html").is_file() else "FAILED"
+    except PermissionError:
+        state = "RUNNING"
+    return [{"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": "(merge + report)"}]
 
 
 def _squeue_view(out: str | None) -> dict[str, Any] | None:

@@ -102,6 +102,17 @@ class RunLayout:
         """``db/<job>_<task>/<node>.db``."""
         return self.db_dir / db_key(job_id, task) / f"{safe_component(node)}.db"
 
+    @property
+    def merged_path(self) -> Path:
+        """``merged.db``: where ``merge RUN_DIR`` and ``report RUN_DIR`` put the run's merged database."""
+        return self.root / "merged.db"
+
+    @staticmethod
+    def is_run_dir(path: str | os.PathLike[str]) -> bool:
+        """A folder made by ``submit`` (a ``db/`` folder beside ``config.yaml`` or ``jobs.json``)."""
+        p = Path(path)
+        return (p / "db").is_dir() and ((p / "config.yaml").is_file() or (p / "jobs.json").is_file())
+
     def databases(self) -> list[Path]:
         """Every copied-back database of the run, sorted."""
         return sorted(self.db_dir.glob("*/*.db")) if self.db_dir.is_dir() else []

@@ -8,7 +8,9 @@ arguments and returns the exit code. User errors are raised as
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 SubParsers = Any  # argparse._SubParsersAction[argparse.ArgumentParser]
@@ -19,11 +21,45 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge run directories / databases into one database; 3 when an input was skipped."""
     from .merge import merge
 
-    result = merge(args.inputs, args.output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
+    output = args.output or default_merge_output(args.inputs)
+    result = merge(args.inputs, output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
     for skipped in result.skipped:
         print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
     print(result.summary())
     return result.exit_code
+
+
+def default_merge_output(inputs: list[str]) -> str:
+    """``RUN_DIR/merged.db`` for one run directory; a usage error for anything else without ``-o``."""
+    from ..errors import AetheriumError
+    from ..paths import RunLayout
+
+    if len(inputs) == 1 and RunLayout.is_run_dir(inputs[0]):
+        return str(RunLayout(Path(inputs[0])).merged_path)
+    raise AetheriumError(
+        "merge: say where to write with -o MERGED.db (only a single run directory has a default, RUN_DIR/merged.db)"
+    )
+
+
+def report_database(path: str) -> str:
+    """The database to report on: ``path`` itself, or for a run directory its ``merged.db``, merged
+    first (a merge of what is already in adds nothing; a newer task copy replaces the older one)."""
+    from ..errors import AetheriumError
+    from ..paths import RunLayout
+    from .merge import merge
+
+    if not os.path.isdir(path):
+        return path
+    if not RunLayout.is_run_dir(path):
+        raise AetheriumError(
+            f"{path}: a folder but not a run directory; merge it first: aetherium-hpc merge {path} -o merged.db"
+        )
+    layout = RunLayout(Path(path))
+    result = merge([path], layout.merged_path, progress=False)
+    for skipped in result.skipped:
+        print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
+    print(result.summary(), file=sys.stderr)
+    return str(layout.merged_path)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -32,13 +68,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report import run_report
 
     return run_report(
-        args.db,
+        report_database(args.db),
         plot=args.plot,
         html=args.html,
         json_out=args.json,
         json_path=args.json_file,
         plot_dir=args.plot_dir,
         quiet=args.quiet,
+        objective=args.objective,
     )
 
 
@@ -53,15 +90,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- watch --------------------------------------------------------------------------------------
+def cmd_watch(args: argparse.Namespace) -> int:
+    """A live view of a run until every task has ended (``--once``: one frame)."""
+    from .watch import watch
+
+    return watch(args.target, interval=args.interval, once=args.once)
+
+
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``report`` (shared with ``python -m aetherium_hpc.analyze``)."""
-    p.add_argument("db", help="database to report on: a node database or the output of `aetherium-hpc merge`")
+    p.add_argument("db", metavar="DB|RUN_DIR",
+                   help="database to report on (a node database or the output of `aetherium-hpc merge`), or a "
+                   "run directory: its databases are merged into RUN_DIR/merged.db first")  # fmt: skip
     p.add_argument("--plot", metavar="OUT.png", help="write all plots as one PNG dashboard to OUT.png")
     p.add_argument("--plot-dir", metavar="DIR", help="write each plot as its own PNG into DIR")
     p.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML file (plots embedded)")
     p.add_argument("--json", action="store_true", help="print the report as JSON on stdout instead of text")
     p.add_argument("--json-file", metavar="REPORT.json", help="also write the JSON report to this file")
     p.add_argument("-q", "--quiet", action="store_true", help="do not print the text report")
+    p.add_argument("--objective", metavar="METRIC:min|max",
+                   help="rank the tasks of an array by the final value of this training metric, as PHASE/NAME "
+                   "or NAME, e.g. val/loss:min or val/accuracy:max (default: the first validation loss, "
+                   "else the first metric that is not a learning rate)")  # fmt: skip
 
 
 def _seconds(text: str) -> float:
@@ -92,11 +143,13 @@ def register(sub: SubParsers) -> None:
         ),
         epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error or the "
         "output still locked by another merge after --wait seconds. "
-        "example: aetherium-hpc merge runs/2024-05-01_train -o merged.db",
+        "examples: aetherium-hpc merge runs/demo-array-20240501-093000-1a2b  (writes its merged.db); "
+        "aetherium-hpc merge runs/a runs/b -o both.db",
     )
     m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
-    m.add_argument("-o", "--output", required=True, metavar="MERGED.db",
-                   help="database to create, or to add to if it exists")  # fmt: skip
+    m.add_argument("-o", "--output", metavar="MERGED.db",
+                   help="database to create, or to add to if it exists (default for one run directory: "
+                   "RUN_DIR/merged.db)")  # fmt: skip
     m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     m.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="how long to wait for another merge into the same output (default: 600)")  # fmt: skip
@@ -112,10 +165,30 @@ def register(sub: SubParsers) -> None:
             "advice against what was requested."
         ),
         epilog="exit codes: 0 ok, 2 empty or unreadable database. "
-        "example: aetherium-hpc report merged.db --plot report.png --html report.html",
+        "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
+        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)
+
+    w = sub.add_parser(
+        "watch",
+        help="a live terminal view of a running job or array",
+        description=(
+            "Show every task of a run as it runs: status, CPU and memory now with a short history, GPU "
+            "utilisation, data-generation chunks done and their rate, the last epoch and its loss. Reads the "
+            "live node-local databases on this machine, else the copies in the run directory (at most "
+            "checkpoint_interval_s old). Ends by itself when every task has ended."
+        ),
+        epilog="examples: aetherium-hpc watch runs/demo-array-20240501-093000-1a2b; "
+        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts)",
+    )
+    w.add_argument(
+        "target", metavar="RUN_DIR|DB", help="a run directory printed by `aetherium-hpc submit`, or a database"
+    )
+    w.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS", help="seconds between frames [2]")
+    w.add_argument("--once", action="store_true", help="print one frame and exit")
+    w.set_defaults(handler=cmd_watch)
 
     e = sub.add_parser(
         "export",

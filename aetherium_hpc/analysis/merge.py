@@ -61,6 +61,7 @@ from urllib.parse import quote
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
+from ..paths import RunLayout
 from .accounting import SACCT_TIMEOUT_S
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.
@@ -164,7 +165,12 @@ def collect_inputs(inputs: Iterable[PathLike], output: PathLike | None = None) -
     files: list[str] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
+        if p.is_dir() and RunLayout.is_run_dir(p):
+            # A run directory: its task databases only, never its own merged.db (or other outputs).
+            found = sorted(str(f) for f in RunLayout(p).db_dir.rglob("*.db") if f.is_file())
+            if not found:
+                raise MergeInputError(f"{p}: run directory without databases under db/ yet; has its job started?")
+        elif p.is_dir():
             found = sorted(str(f) for f in p.rglob("*.db") if f.is_file())
             if not found:
                 raise MergeInputError(f"{p}: folder holds no *.db file; pass a run directory or database files")

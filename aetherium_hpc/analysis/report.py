@@ -33,9 +33,11 @@ import numpy as np
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
 from ..metrics.backup import has_hot_journal, readable_copy
+from .formatting import duration as fmt_duration
+from .formatting import memory_gb, memory_mb, minutes, pct, slurm_time
+from .formatting import num as _num
+from .sweep import OK_STATUSES, higher_is_better, is_schedule, params_text, task_key, task_label, task_table
 
-#: Metrics whose best value is the largest (otherwise the smallest is best).
-_HIGHER_IS_BETTER = ("acc", "accuracy", "f1", "auc", "precision", "recall", "score", "iou", "map", "r2")
 #: Points per line above which a timeline is thinned for plotting (statistics use every sample).
 _MAX_PLOT_POINTS = 4000
 #: Sources above which the text report lists per-node statistics only in JSON / HTML.
@@ -177,49 +179,33 @@ def _nanstat(v: Arr) -> tuple[float | None, float | None]:
     return float(finite.mean()), float(finite.max())
 
 
-def _higher_is_better(name: str) -> bool:
-    low = name.lower()
-    return any(
-        low == w or low.endswith("_" + w) or low.startswith(w + "_") or w in low.split("/") for w in _HIGHER_IS_BETTER
-    )
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, float(seconds))
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    m, s = divmod(int(round(seconds)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def slurm_time(minutes: float) -> str:
-    """``--time`` value (D-HH:MM:SS or HH:MM:SS) for ``minutes``."""
-    total = int(math.ceil(minutes)) * 60
-    d, rest = divmod(total, 86400)
-    h, rest = divmod(rest, 3600)
-    m = rest // 60
-    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
-
-
-def _num(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        if not math.isfinite(x):
-            return "-"
-        if abs(x) >= 10**digits:
-            return f"{x:.0f}"
-        return f"{x:.{digits}g}"
-    return str(x)
-
-
 def _ts(x: float | None) -> str:
     if x is None:
         return "-"
     return _dt.datetime.fromtimestamp(x, tz=_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_name(path: str, jobs: list[dict[str, Any]]) -> str:
+    """The configuration's name, else the run folder's (``<run>/merged.db``, ``<run>/db/<job>_<task>/<node>.db``)."""
+    for j in jobs:
+        try:
+            cfg = json.loads(j["config"]) if isinstance(j.get("config"), str) else j.get("config")
+        except ValueError:
+            cfg = None
+        if isinstance(cfg, dict) and cfg.get("name"):
+            return str(cfg["name"])
+    parts = os.path.normpath(path).split(os.sep)
+    if len(parts) >= 4 and parts[-3] == "db":
+        return parts[-4]
+    return os.path.basename(os.path.dirname(path)) or os.path.basename(path)
+
+
+def _dashboard_title(d: dict[str, Any]) -> str:
+    run = d["run"]
+    ids = run.get("job_ids") or []
+    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
+    tasks = f", {run['jobs']} tasks" if run["jobs"] > 1 else ""
+    return f"{run.get('name') or 'run'}: job {shown}{tasks}, {run['start_utc']} UTC, {fmt_duration(run['duration_s'])}"
 
 
 # -- the report ---------------------------------------------------------------------------------
@@ -240,21 +226,24 @@ class Report:
 
     def plots(self) -> dict[str, bytes]:
         """Each plot as PNG bytes, by name (only plots with data)."""
-        return {name: _render([panel]) for name, panel in _panels(self).items()}
+        return {name: _render([panel], dpi=130, size=(7.0, 4.0)) for name, panel in _panels(self).items()}
 
     def dashboard_png(self) -> bytes:
         """All plots in one PNG (two columns)."""
         panels = list(_panels(self).values())
         if not panels:
             raise EmptyDatabaseError(f"{self.db}: nothing to plot (no samples, generation or training rows)")
-        return _render(panels, columns=2)
+        return _render(panels, columns=2, title=_dashboard_title(self.data))
 
     def to_html(self) -> str:
         return _html(self)
 
 
-def build_report(db: str | os.PathLike[str]) -> Report:
-    """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing."""
+def build_report(db: str | os.PathLike[str], objective: str | None = None) -> Report:
+    """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing.
+
+    ``objective``: ``METRIC[:min|max]`` that ranks the tasks of an array (``val/loss:min``);
+    default: the first validation loss, else the first metric that is not a learning rate."""
     path = os.path.abspath(os.fspath(db))
     conn = _open(path)
     try:
@@ -303,6 +292,8 @@ def build_report(db: str | os.PathLike[str]) -> Report:
         )
     sacct = _check_unfinished(path, jobs)
     data = _compute(path, sources, series, generation, training, jobs, span, n_samples, n_series)
+    source_task = {s.sid: task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
+    data["sweep"] = task_table(jobs, training, data["tasks"], source_task, objective)
     data["sacct"] = sacct
     data_text = _text(data) + _sacct_text(data["sacct"])
     return Report(path, data, data_text, series, sources, generation, training)
@@ -397,6 +388,10 @@ def _compute(
             "sources": len(sources),
             "jobs": len({(s.job_id, s.task) for s in sources.values()}),
             "nodes": sorted({s.node for s in sources.values() if s.node}),
+            "name": _run_name(path, jobs),
+            "job_ids": sorted(
+                {str(s.array_job_id or s.job_id) for s in sources.values() if s.array_job_id or s.job_id}
+            ),
         },  # fmt: skip
         "samples": {
             "resource": int(n_samples),
@@ -495,18 +490,21 @@ def _training_summary(rows: list[dict[str, Any]], sources: dict[int, _Source]) -
             groups[(r["metric_name"], r["phase"] or "")].append(r)
     out = []
     for (name, phase), rs in sorted(groups.items()):
-        higher = _higher_is_better(name)
+        higher = higher_is_better(name)
+        schedule = is_schedule(name)  # a learning rate is set, not achieved: no "best" of it
         order = sorted(rs, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
         finite = [r for r in rs if math.isfinite(r["metric_value"])]
-        best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite else None
+        best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite and not schedule else None
         last_by_source: dict[int, dict[str, Any]] = {}
         for r in order:
             last_by_source[r["source_id"]] = r
         final = order[-1]
         finals = [r["metric_value"] for r in last_by_source.values()]
         out.append({
-            "metric_name": name, "phase": phase, "count": len(rs), "goal": "max" if higher else "min",
+            "metric_name": name, "phase": phase, "count": len(rs),
+            "goal": None if schedule else "max" if higher else "min",
             "final": _f(final["metric_value"]), "final_round": final["round_number"], "final_epoch": final["epoch_number"],
+            "final_source": sources[final["source_id"]].label if final["source_id"] in sources else None,
             "final_median_over_sources": _f(float(np.median(finals))) if len(finals) > 1 else None,
             "best": _f(best["metric_value"]) if best else None,
             "best_round": best["round_number"] if best else None, "best_epoch": best["epoch_number"] if best else None,
@@ -554,53 +552,61 @@ def _per_task(sources: dict[int, _Source], series: list[_Series], jobs: list[dic
 
 
 def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice."""
+    """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice.
+
+    Every figure in an advice sentence is written by :mod:`.formatting` from the same value the
+    JSON carries, and each percentage is computed from those values."""
     req_tasks = [t for t in tasks if t["requested"]]
     out: dict[str, Any] = {"requested": req_tasks[0]["requested"] if req_tasks else {}, "advice": []}
     advice: list[str] = out["advice"]
     if not req_tasks:
-        advice.append("no requested resources recorded (jobs.requested): submit through aetherium-hpc to get advice")
+        advice.append("no requested resources recorded (jobs.requested): submit with aetherium-hpc submit, or run "
+                      "inside a Slurm job (srun aetherium-hpc run -- ...) to get advice")  # fmt: skip
         return out
+    n = len(req_tasks)
+    over = f" (max over {n} tasks)" if n > 1 else ""
     mem_eff = [t["peak_memory_mb"] / 1024.0 / t["requested"]["mem_gb"] for t in req_tasks
                if t["peak_memory_mb"] is not None and t["requested"].get("mem_gb")]  # fmt: skip
     peaks = [t["peak_memory_mb"] for t in req_tasks if t["peak_memory_mb"] is not None]
     mem_req = [t["requested"]["mem_gb"] for t in req_tasks if t["requested"].get("mem_gb")]
     if mem_eff and peaks:
-        peak_gb = max(peaks) / 1024.0
+        peak_mb = max(peaks)
+        peak_gb = peak_mb / 1024.0
         req = max(mem_req)
-        need = max(1, math.ceil(peak_gb * HEADROOM))
+        want_mb = peak_mb * HEADROOM
+        # --mem in whole GB, or in 100 MB steps below 1 GB (a small job need not ask for a whole GB)
+        need_gb = math.ceil(want_mb / 1024.0) if want_mb > 1000 else math.ceil(want_mb / 100.0) * 100 / 1024.0
+        need = f"{need_gb:.0f}G" if want_mb > 1000 else f"{round(need_gb * 1024)}M"
         out["memory"] = {"requested_gb": req, "peak_max_gb": _f(peak_gb), "efficiency": _dist(mem_eff)}
-        pct = 100.0 * peak_gb / req
+        said = f"peak {memory_mb(peak_mb)}{over} is {pct(peak_gb, req)} of the {memory_gb(req)} requested"
         if peak_gb > 0.9 * req:
-            advice.append(f"memory: peak {peak_gb:.1f} GB is {pct:.0f}% of the {req:g} GB requested; "
-                          f"raise it: --mem={need}G")  # fmt: skip
-        elif need < 0.8 * req:
-            advice.append(f"memory: peak {peak_gb:.2f} GB (max over {len(peaks)} tasks) is {pct:.0f}% of the "
-                          f"{req:g} GB requested; ask for --mem={need}G")  # fmt: skip
+            advice.append(f"memory: {said}; raise it: --mem={need}")
+        elif need_gb < 0.8 * req:
+            advice.append(f"memory: {said}; ask for --mem={need}")
         else:
-            advice.append(f"memory: peak {peak_gb:.1f} GB of {req:g} GB requested ({pct:.0f}%): --mem is about right")
+            advice.append(f"memory: {said}: --mem is about right")
     runtimes = [t["runtime_s"] for t in req_tasks if t["runtime_s"] is not None]
     limits = [t["requested"]["timeout_min"] for t in req_tasks if t["requested"].get("timeout_min")]
     if runtimes and limits:
         limit = max(limits)
-        longest = max(runtimes) / 60.0
+        longest_s = max(runtimes)
+        longest = longest_s / 60.0
         timed_out = sum(1 for j in jobs if j.get("status") == "timeout")
         out["time"] = {"requested_min": limit, "runtime_max_min": _f(longest),
                        "efficiency": _dist([r / 60.0 / limit for r in runtimes]), "timed_out": timed_out}  # fmt: skip
         need_min = max(5, 5 * math.ceil(longest * HEADROOM / 5))
+        said = f"longest task ran {fmt_duration(longest_s)}{over}, {pct(longest, limit)} of the " \
+               f"{minutes(limit)} requested"  # fmt: skip
         if timed_out:
             need_min = max(need_min, 5 * math.ceil(limit * 1.5 / 5))
-            advice.append(f"time: {timed_out} task(s) hit the {limit:g} min limit; raise it: --time={slurm_time(need_min)}"
-                          " (or checkpoint and requeue)")  # fmt: skip
+            advice.append(f"time: {timed_out} task(s) hit the {minutes(limit)} limit; raise it: "
+                          f"--time={slurm_time(need_min)} (or checkpoint and requeue)")  # fmt: skip
         elif longest > 0.9 * limit:
-            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min allowed; "
-                          f"raise it: --time={slurm_time(need_min)}")  # fmt: skip
+            advice.append(f"time: {said}; raise it: --time={slurm_time(need_min)}")
         elif need_min < 0.8 * limit:
-            advice.append(f"time: longest task ran {longest:.1f} min of the {limit:g} min requested "
-                          f"({100 * longest / limit:.0f}%); ask for --time={slurm_time(need_min)} "
-                          "(shorter jobs start sooner)")  # fmt: skip
+            advice.append(f"time: {said}; ask for --time={slurm_time(need_min)} (shorter jobs start sooner)")
         else:
-            advice.append(f"time: longest task {longest:.0f} min of {limit:g} min requested: --time is about right")
+            advice.append(f"time: {said}: --time is about right")
     cores = [t["cpu_cores"] for t in req_tasks if t["cpu_cores"] is not None]
     cpus = [t["requested"]["cpus"] for t in req_tasks if t["requested"].get("cpus")]
     if cores and cpus:
@@ -612,7 +618,8 @@ def _efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict
             "efficiency": _dist([c / req_cpus for c in cores]),
         }
         if used < 0.5 * req_cpus and req_cpus > 1:
-            advice.append(f"cpu: on average {used:.2g} of {req_cpus} cores busy (p95 over tasks); "
+            which = "p95 over tasks" if n > 1 else "average over the run"
+            advice.append(f"cpu: {_num(used, 2)} of {req_cpus} cores busy ({which}); "
                           f"--cpus-per-task={max(1, math.ceil(used * HEADROOM))} would do")  # fmt: skip
     gutil = [t["gpu_util_pct"] for t in req_tasks if t["gpu_util_pct"] is not None]
     gpus = [t["requested"]["gpus"] for t in req_tasks if t["requested"].get("gpus")]
@@ -644,6 +651,17 @@ def _text(d: dict[str, Any]) -> str:
         f"samples: {smp['resource']} resource samples in {smp['series']} series, "
         f"{smp['generation']} generation rows, {smp['training']} training rows",
     ]
+    lines += _summary_lines(d)
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = _sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        lines += ["", f"tasks, {how}:"]
+        shown = rows[:_TEXT_MAX_TASKS]
+        lines += _table(header, [[_cell(c) for c in r] for r in shown])
+        if len(rows) > len(shown):
+            lines.append(f"  ... {len(rows) - len(shown)} more tasks: see --html or --json")
     key = [r for r in d["resources"] if (r["metric_type"], r["metric_name"]) in _KEY_METRICS]
     if key and d["run"]["sources"] <= _TEXT_MAX_SOURCES:
         lines += ["", "resources per node (avg / max):"]
@@ -657,13 +675,10 @@ def _text(d: dict[str, Any]) -> str:
     arr = d["array"]
     if arr["tasks"] > 1:
         lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
-        for label, k, scale, unit in (("peak memory", "peak_memory_mb", 1 / 1024, "GB"), ("runtime", "runtime_s", 1 / 60, "min"),
-                                      ("GPU utilisation", "gpu_utilization_pct", 1, "%"),
-                                      ("CPU cores used", "cpu_cores_used", 1, "cores")):  # fmt: skip
+        for label, k, fmt in _ACROSS:
             dist = arr[k]
             if dist:
-                lines.append(f"  {label:16} {_num(dist['p50'] * scale)} / {_num(dist['p95'] * scale)} / "
-                             f"{_num(dist['max'] * scale)} {unit}")  # fmt: skip
+                lines.append(f"  {label:16} {fmt(dist['p50'])} / {fmt(dist['p95'])} / {fmt(dist['max'])}")
     if d["generation"]:
         lines += ["", "data generation per round:"]
         lines += _table(
@@ -673,13 +688,11 @@ def _text(d: dict[str, Any]) -> str:
               _num(g["memory_max_mb"])] for g in d["generation"]],
         )  # fmt: skip
     if d["training"]:
-        lines += ["", "training metrics (final, best):"]
-        lines += _table(
-            ["metric", "phase", "final", "at round/epoch", "best", "at round/epoch", "n"],
-            [[t["metric_name"], t["phase"], _num(t["final"], 4), f"{_num(t['final_round'])}/{_num(t['final_epoch'])}",
-              _num(t["best"], 4), f"{_num(t['best_round'])}/{_num(t['best_epoch'])}", str(t["count"])]
-             for t in d["training"]],
-        )  # fmt: skip
+        header, rows = _training_rows(d["training"])
+        many = any(t["sources"] > 1 for t in d["training"])
+        lines += ["", "training metrics (median of the tasks' final values, best of all tasks):" if many
+                  else "training metrics (final, best):"]  # fmt: skip
+        lines += _table(header, [[_cell(c) for c in r] for r in rows])
     if d["jobs"]:
         lines += ["", "tasks:"]
         lines += _table(
@@ -699,6 +712,83 @@ def _text(d: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: The rows "across N tasks" (text and HTML): label, key in data["array"], how a value is written.
+_ACROSS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("peak memory", "peak_memory_mb", memory_mb),
+    ("runtime", "runtime_s", fmt_duration),
+    ("GPU utilisation", "gpu_utilization_pct", lambda v: f"{_num(v)}%"),
+    ("CPU cores used", "cpu_cores_used", lambda v: f"{_num(v)} cores"),
+]
+#: Tasks listed in the text's per-task table (all of them in HTML and JSON).
+_TEXT_MAX_TASKS = 20
+
+
+def _cell(x: Any) -> str:
+    return _num(x, 4) if isinstance(x, float) else "-" if x is None else str(x)
+
+
+def _summary_lines(d: dict[str, Any]) -> list[str]:
+    """The answers first: which task won, which tasks did not complete."""
+    out = []
+    sweep = d.get("sweep") or {}
+    tasks = sweep.get("tasks") or []
+    obj = sweep.get("objective")
+    if len(tasks) > 1 and obj and sweep.get("winner"):
+        w = next(t for t in tasks if t["task"] == sweep["winner"])
+        params = f" ({params_text(w['params'])})" if w["params"] else ""
+        note = "" if w["status"] in (*OK_STATUSES, None) else f", {w['status']}"
+        out.append(
+            f"winner: task {w['task']}{params}: final {obj['metric']} {_num(w['objective_value'], 4)}"
+            f" ({'lowest' if obj['goal'] == 'min' else 'highest'} of {sweep['scored']} tasks{note};"
+            f" median {_num(sweep['median'], 4)})"
+        )
+    bad = [t for t in tasks if t["status"] not in (*OK_STATUSES, None)] if tasks else []
+    if bad:
+        names = "; ".join(f"{t['task']}" + (f" ({params_text(t['params'])})" if t["params"] else "") + f" {t['status']}"
+                          for t in bad[:10])  # fmt: skip
+        more = f"; ... {len(bad) - 10} more" if len(bad) > 10 else ""
+        out.append(f"did not complete: {len(bad)} of {len(tasks)} tasks: {names}{more}")
+    return out
+
+
+def _sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-task table (values unformatted; text and HTML format them)."""
+    metrics = [m for m in sweep["metrics"] if not is_schedule(m.rpartition("/")[2])]
+    obj = sweep["objective"]
+    if obj and obj["metric"] in metrics:  # the objective first
+        metrics = [obj["metric"]] + [m for m in metrics if m != obj["metric"]]
+    header = ["rank", "task", *sweep["parameters"], "status"]
+    for m in metrics:
+        header += [f"{m} final", f"{m} best"]
+    header += ["peak memory", "runtime"]
+    rows = []
+    for t in sweep["tasks"]:
+        row: list[Any] = [t["rank"], t["task"], *(t["params"].get(p) for p in sweep["parameters"]), t["status"]]
+        for m in metrics:
+            v = t["metrics"].get(m) or {}
+            row += [v.get("final"), v.get("best")]
+        row += [memory_mb(t["peak_memory_mb"]), fmt_duration(t["runtime_s"])]
+        rows.append(row)
+    return header, rows
+
+
+def _training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    many = any(t["sources"] > 1 for t in training)
+    if many:
+        header = ["metric", "phase", "goal", "tasks", "median final", "best", "best in", "best at round/epoch", "rows"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["sources"],
+                 t["final_median_over_sources"] if t["sources"] > 1 else t["final"], t["best"], t["best_source"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    else:
+        header = ["metric", "phase", "goal", "final", "final at round/epoch", "best", "best at round/epoch", "rows"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["final"],
+                 f"{_num(t['final_round'])}/{_num(t['final_epoch'])}", t["best"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    return header, rows
+
+
 _KEY_METRICS = {
     ("cpu", "system_total"), ("cpu", "process_tree"), ("ram", "system_used"), ("ram", "process_tree_rss"),
     ("gpu", "utilization"), ("gpu", "memory_used"),
@@ -716,36 +806,121 @@ def _thin(t: Arr, v: Arr) -> tuple[Arr, Arr]:
     return t[::step], v[::step]
 
 
+def _time_unit(span_s: float) -> tuple[str, float]:
+    """The time axis in seconds, minutes or hours, as fits a run of ``span_s`` seconds."""
+    if span_s < 180:
+        return "s", 1.0
+    if span_s < 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+#: Points below which a line also draws its markers (a short task has a handful of samples).
+_MARKERS_BELOW = 60
+#: Tasks above which the plots draw no legend (the colour follows the task index, noted on the axes).
+_LEGEND_MAX_TASKS = 12
+
+
+def _task_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """One colour per task, the same in every panel: tab10/tab20 up to 20 tasks, else viridis by index."""
+    from matplotlib import colormaps
+
+    ordered = sorted(set(keys), key=lambda k: (k[0], k[1]))
+    if len(ordered) <= 10:
+        cmap, n = colormaps["tab10"], 10
+    elif len(ordered) <= 20:
+        cmap, n = colormaps["tab20"], 20
+    else:
+        cmap = colormaps["viridis"]
+        return {k: cmap(i / max(1, len(ordered) - 1)) for i, k in enumerate(ordered)}
+    return {k: cmap(i % n) for i, k in enumerate(ordered)}
+
+
+def _plain_log_axis(ax: Any, decades: float) -> None:
+    """Log y scale with plain tick labels (0.02, 0.05, 0.1) instead of 2×10⁻²; 1-2-5 steps
+    up to 3 decades, one label per decade above."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    def plain(v: float, _pos: Any) -> str:
+        return f"{v:.3g}"
+
+    ax.set_yscale("log")
+    target = ax.yaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    target.set_major_formatter(FuncFormatter(plain))
+    target.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _panels(rep: Report) -> dict[str, Panel]:
     d = rep.data
     t_start = d["run"]["start"] or 0.0
+    unit, scale = _time_unit(d["run"]["duration_s"] or 0.0)
     sources = rep._sources
     panels: dict[str, Panel] = {}
-    many = len({s.sid for s in rep._series}) > 10
+    task_of = {sid: task_key(s.job_id, s.array_job_id, s.task) for sid, s in sources.items()}
+    keys = sorted(set(task_of.values()))
+    colours = _task_colours(keys) if keys else {}
+    n_tasks = len(keys)
+    legend = n_tasks <= _LEGEND_MAX_TASKS
+    params = {}
+    for t in (d.get("sweep") or {}).get("tasks", []):
+        params[t["task"]] = t["params"]
+    nodes_per_task: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for sid, src in sources.items():
+        nodes_per_task[task_of[sid]].add(src.node)
+
+    def task_name(key: tuple[str, int]) -> str:
+        name = task_label(key)
+        p = params.get(name)
+        return f"{name} {params_text(p)}"[:48] if p else name
+
+    def source_name(sid: int, device: str = "") -> str:
+        key = task_of.get(sid)
+        src = sources.get(sid)
+        name = task_name(key) if key else str(sid)
+        if key and src and len(nodes_per_task[key]) > 1:
+            name += f" on {src.node}"
+        return f"{name} {device[:12]}" if device else name
+
+    def colour(sid: int) -> Any:
+        key = task_of.get(sid)
+        return colours.get(key) if key else None
+
+    def note_many(ax: Any) -> None:
+        if not legend:
+            ax.text(0.99, 0.97, f"{n_tasks} tasks; colour: task index (viridis, first dark)" if n_tasks > 20
+                    else f"{n_tasks} tasks", transform=ax.transAxes, ha="right", va="top", fontsize=8)  # fmt: skip
 
     def timeline(title: str, picks: list[tuple[_Series, str]], ylabel: str) -> Panel:
         def draw(ax: Any) -> None:
+            styles = ["-", "--", ":", "-."]
             for s, label in picks:
                 t, v = _thin(s.t, s.v)
-                ax.plot((t - t_start) / 60.0, v, lw=0.6 if many else 1.0, alpha=0.6 if many else 0.9,
-                        label=None if many else label)  # fmt: skip
-            ax.set_xlabel("minutes since start")
+                dev_rank = 0
+                if s.device:  # several GPUs of one task: one line style each
+                    devs = sorted({p.device for p, _ in picks if p.sid == s.sid})
+                    dev_rank = devs.index(s.device)
+                few = t.size < _MARKERS_BELOW
+                ax.plot((t - t_start) / scale, v, styles[dev_rank % 4], color=colour(s.sid),
+                        lw=0.8 if n_tasks > 20 else 1.2, alpha=0.7 if n_tasks > 20 else 0.95,
+                        marker="o" if few else None, ms=3.5, label=label if legend else None)  # fmt: skip
+            ax.set_xlabel(f"time since the run started, {unit}")
             ax.set_ylabel(ylabel)
-            if not many and picks:
-                ax.legend(fontsize=7, loc="best")
-            if many:
-                ax.text(0.99, 0.97, f"{len(picks)} lines", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+            if legend and picks:
+                ax.legend(fontsize=9, loc="best")
+            note_many(ax)
 
         return (title, draw)
 
-    def label(s: _Series, device: bool = False) -> str:
-        src = sources.get(s.sid)
-        base = src.label if src else str(s.sid)
-        return f"{base} {s.device[:12]}" if device and s.device else base
-
     by_sid: dict[int, list[_Series]] = defaultdict(list)
-    for s in rep._series:
-        by_sid[s.sid].append(s)
+    for ser in rep._series:
+        by_sid[ser.sid].append(ser)
 
     def choose(mtype: str, names: Sequence[str]) -> list[tuple[_Series, str]]:
         out = []
@@ -753,50 +928,75 @@ def _panels(rep: Report) -> dict[str, Panel]:
             for name in names:
                 found = [s for s in by_sid[sid] if s.mtype == mtype and s.mname == name]
                 if found:
-                    out += [(s, label(s, device=True)) for s in found]
+                    out += [(s, source_name(s.sid, s.device)) for s in found]
                     break
         return out
 
+    per = ", per task" if n_tasks > 1 else ""
     cpu = choose("cpu", ("process_tree", "system_total"))
     if cpu:
-        unit = "% of one core" if cpu[0][0].mname == "process_tree" else "% of the node"
-        panels["cpu"] = timeline(f"CPU per node ({cpu[0][0].mname})", cpu, f"CPU, {unit}")
+        mine = cpu[0][0].mname == "process_tree"
+        what = "the job's processes" if mine else "the whole node"
+        panels["cpu"] = timeline(f"CPU use of {what}{per}", cpu, "CPU, % of one core" if mine else "CPU, % of the node")
     ram = choose("ram", ("process_tree_rss", "system_used"))
     if ram:
-        panels["memory"] = timeline(f"Memory per node ({ram[0][0].mname})", ram, f"RAM, {ram[0][0].unit or 'MB'}")
-    gutil = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "utilization"]
+        mine = ram[0][0].mname == "process_tree_rss"
+        what = "the job's processes (RSS)" if mine else "the whole node (used)"
+        panels["memory"] = timeline(f"Memory of {what}{per}", ram, f"memory, {ram[0][0].unit or 'MB'}")
+    gutil = [(s, source_name(s.sid, s.device)) for s in rep._series if s.mtype == "gpu" and s.mname == "utilization"]
     if gutil:
-        panels["gpu_utilization"] = timeline("GPU utilisation per GPU", gutil, "GPU utilisation, %")
-    gmem = [(s, label(s, True)) for s in rep._series if s.mtype == "gpu" and s.mname == "memory_used"]
+        panels["gpu_utilization"] = timeline(f"GPU utilisation per GPU{per}", gutil, "GPU utilisation, %")
+    gmem = [(s, source_name(s.sid, s.device)) for s in rep._series if s.mtype == "gpu" and s.mname == "memory_used"]
     if gmem:
-        panels["gpu_memory"] = timeline("GPU memory per GPU", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+        panels["gpu_memory"] = timeline(f"GPU memory per GPU{per}", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+
+    rounds_all = sorted({r["round_number"] for r in rep._training + rep._generation if r["round_number"] is not None})
+    round_colours = _task_colours([("r", r) for r in rounds_all])
+
+    def line_colour(sid: int, rnd: Any) -> Any:
+        """One task: a colour per round; an array: a colour per task."""
+        if n_tasks > 1:
+            return colour(sid)
+        return round_colours.get(("r", rnd)) if rnd is not None else None
 
     def per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
-        """A panel drawing ``field`` per chunk, one series per round."""
+        """``field`` per chunk: one task: a colour per round; an array: a colour per task."""
 
         def draw(ax: Any) -> None:
-            rounds = sorted({g["round_number"] for g in rows_all}, key=lambda r: -1 if r is None else r)
-            for rnd in rounds:
-                rows = [g for g in rows_all if g["round_number"] == rnd]
+            groups: dict[tuple[int, Any], list[dict[str, Any]]] = defaultdict(list)
+            for g in rows_all:
+                groups[(g["source_id"], g["round_number"])].append(g)
+            labelled: set[Any] = set()
+            for (sid, rnd), rows in sorted(
+                groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+            ):
                 x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
-                ax.plot(x, [g[field] for g in rows], marker, ms=3, alpha=0.7, label=f"round {_num(rnd)}")
-            ax.set_xlabel("chunk")
+                lab_key = task_of.get(sid) if n_tasks > 1 else rnd
+                label = None
+                if legend and lab_key not in labelled:
+                    label = source_name(sid) if n_tasks > 1 else f"round {_num(rnd)}"
+                    labelled.add(lab_key)
+                ax.plot(x, [g[field] for g in rows], marker, ms=4, alpha=0.8, color=line_colour(sid, rnd), label=label)
+            ax.set_xlabel("chunk number")
             ax.set_ylabel(ylabel)
-            if len(rounds) <= 12:
-                ax.legend(fontsize=7)
+            _integer_x(ax)
+            if legend and labelled and len(labelled) <= 16:
+                ax.legend(fontsize=9)
+            note_many(ax)
 
         return draw
 
     gen = [g for g in rep._generation if g["duration_seconds"] is not None]
     if gen:
+        how = "colour: task" if n_tasks > 1 else "colour: round"
         panels["generation_duration"] = (
-            "Data generation: duration per chunk and round",
+            f"Data generation: seconds per chunk ({how})",
             per_chunk(gen, "duration_seconds", "o", "duration, s"),
         )
         mem = [g for g in gen if g["memory_used_mb"] is not None]
         if mem:
             panels["generation_memory"] = (
-                "Data generation: memory per chunk and round",
+                f"Data generation: memory per chunk ({how})",
                 per_chunk(mem, "memory_used_mb", "s", "memory, MB"),
             )
 
@@ -806,46 +1006,69 @@ def _panels(rep: Report) -> dict[str, Panel]:
             return None
 
         def draw(ax: Any) -> None:
-            groups: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+            groups: dict[tuple[int, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
             for r in rows:
-                groups[(r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
-            n_sources = len({r["source_id"] for r in rows})
-            for (name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or 0)):
+                groups[(r["source_id"], r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
+            names = sorted({k[1] for k in groups})
+            labelled: set[Any] = set()
+            for (sid, name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                        kv[0][3] or 0)):  # fmt: skip
                 rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
-                style = "--" if phase == "val" else "-"
-                if n_sources > 1:  # an array: the median over tasks per epoch
-                    by_epoch: dict[Any, list[float]] = defaultdict(list)
-                    for r in rs:
-                        by_epoch[r["epoch_number"]].append(r["metric_value"])
-                    xs = sorted(by_epoch, key=lambda e: -1 if e is None else e)
-                    ys = [float(np.median(by_epoch[e])) for e in xs]
+                style = (
+                    ("--" if phase == "val" else "-")
+                    if len(names) == 1
+                    else ["-", "--", ":", "-."][names.index(name) % 4]
+                )
+                xs = [-1 if r["epoch_number"] is None else r["epoch_number"] for r in rs]
+                few = len(rs) < _MARKERS_BELOW // 2
+                label = None
+                # The legend names the colours (task or round); the title says what the line styles are.
+                what = name if len(names) > 1 else ""
+                if n_tasks > 1:
+                    lab_key: Any = (task_of.get(sid), what)
+                    text = f"{task_name(task_of[sid]) if sid in task_of else sid} {what}".strip()
                 else:
-                    xs = [r["epoch_number"] for r in rs]
-                    ys = [r["metric_value"] for r in rs]
-                ax.plot([-1 if x is None else x for x in xs], ys, style, marker=".", ms=3,
-                        label=f"{name} {phase} r{_num(rnd)}"[:40])  # fmt: skip
+                    lab_key = (rnd, what)
+                    text = f"round {_num(rnd)} {what}".strip()
+                if legend and lab_key not in labelled:
+                    label = text
+                    labelled.add(lab_key)
+                ax.plot(xs, [r["metric_value"] for r in rs], style, color=line_colour(sid, rnd), lw=1.3,
+                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5, label=label)  # fmt: skip
             ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel + (" (median over tasks)" if n_sources > 1 else ""))
-            if logy and all(r["metric_value"] > 0 for r in rows):
-                ax.set_yscale("log")
-            if len(groups) <= 16:
-                ax.legend(fontsize=7)
+            ax.set_ylabel(ylabel)
+            _integer_x(ax)
+            values = [r["metric_value"] for r in rows if math.isfinite(r["metric_value"])]
+            if logy and values and min(values) > 0 and max(values) / min(values) > 10:  # log only over a decade
+                _plain_log_axis(ax, math.log10(max(values) / min(values)))
+            if legend and labelled and len(labelled) <= 24:
+                ax.legend(fontsize=9, ncols=2 if len(labelled) > 8 else 1)
+            note_many(ax)
 
         return (title, draw)
 
-    p = training_panel("Training: train / val loss per round", lambda n: "loss" in n.lower(), "loss", True)
+    line_note = "solid: train, dashed: val"
+    colour_note = "colour: task" if n_tasks > 1 else "colour: round"
+    p = training_panel(
+        f"Training loss per epoch ({line_note}; {colour_note})", lambda n: "loss" in n.lower(), "loss", True
+    )
     if p:
         panels["training_loss"] = p
-    p = training_panel(
-        "Training: learning rate per round",
-        lambda n: n.lower() in ("lr", "learning_rate") or "learning_rate" in n.lower(), "learning rate", True,
-    )  # fmt: skip
+    p = training_panel(f"Learning rate per epoch ({colour_note})", lambda n: is_schedule(n) and "learning_rate" in n.lower()
+                       or n.lower() in ("lr",) or n.lower().endswith("/lr"), "learning rate", True)  # fmt: skip
     if p:
         panels["learning_rate"] = p
     return panels
 
 
-def _render(panels: list[Panel], columns: int = 1) -> bytes:
+def _render(
+    panels: list[Panel],
+    columns: int = 1,
+    title: str | None = None,
+    dpi: int = 100,
+    size: tuple[float, float] = (8.0, 4.2),
+) -> bytes:
+    """``panels`` on one figure, ``columns`` wide; ``size``: inches per panel."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -853,10 +1076,12 @@ def _render(panels: list[Panel], columns: int = 1) -> bytes:
 
     cols = min(columns, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(8.0 * cols, 3.6 * rows), dpi=100, layout="constrained")
-    for i, (title, draw) in enumerate(panels):
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows + (0.4 if title else 0.0)), dpi=dpi, layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=12, fontweight="bold")
+    for i, (panel_title, draw) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(panel_title, fontsize=10)
         ax.grid(True, alpha=0.3)
         draw(ax)
     buf = io.BytesIO()
@@ -866,13 +1091,14 @@ def _render(panels: list[Panel], columns: int = 1) -> bytes:
 
 # -- HTML ---------------------------------------------------------------------------------------
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222;max-width:1200px}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222}
 h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:12px;margin:8px 0}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
-.plots{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:8px} figure{margin:0}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px} figure{margin:0}
+tr.winner td{background:#eef7ee}
 .st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
 .st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
 """
@@ -882,15 +1108,18 @@ def _h(x: Any) -> str:
     return html.escape("-" if x is None else str(x), quote=True)
 
 
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = ()) -> str:
+def _html_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (), highlight: int | None = None
+) -> str:
+    """A table; ``highlight``: the index of a row to mark (the winner)."""
     head = "".join(f"<th>{_h(h)}</th>" for h in header)
     body = []
-    for r in rows:
+    for k, r in enumerate(rows):
         cells = []
         for i, c in enumerate(r):
             cls = ' class="n"' if i in numeric else ""
             cells.append(f"<td{cls}>{_h(_num(c) if isinstance(c, float) else c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
+        body.append(("<tr class='winner'>" if k == highlight else "<tr>") + "".join(cells) + "</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -913,6 +1142,7 @@ def _html(rep: Report) -> str:
         f"<li>{_h(run_line)}</li>",
         f"<li>{_h(who_line)}</li>",
         f"<li>{_h(samples_line)}</li>",
+        *(f"<li><b>{_h(line)}</b></li>" for line in _summary_lines(d)),
         "</ul>",
     ]
     if d["efficiency"]["advice"]:
@@ -921,14 +1151,21 @@ def _html(rep: Report) -> str:
         parts.append("</ul>")
     arr = d["array"]
     if arr["tasks"] > 1:
-        rows = []
-        for label, k in (("peak memory, MB", "peak_memory_mb"), ("runtime, s", "runtime_s"),
-                         ("GPU utilisation, %", "gpu_utilization_pct"), ("CPU cores used", "cpu_cores_used")):  # fmt: skip
-            if arr[k]:
-                rows.append([label, arr[k]["p50"], arr[k]["p95"], arr[k]["max"]])
+        rows = [
+            [label, fmt(arr[k]["p50"]), fmt(arr[k]["p95"]), fmt(arr[k]["max"])] for label, k, fmt in _ACROSS if arr[k]
+        ]
         across = "Across {} tasks".format(arr["tasks"])
         parts.append(f"<h2>{_h(across)}</h2>")
         parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = _sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        parts.append(f"<h2>{_h('Tasks, ' + how)}</h2>")
+        numeric = [i for i, h in enumerate(header) if i == 0 or h.endswith((" final", " best"))]
+        win = next((i for i, t in enumerate(sweep["tasks"]) if t["task"] == sweep["winner"]), None)
+        parts.append(_html_table(header, rows, numeric=numeric, highlight=win))
     try:
         plots = rep.plots()
     except Exception as exc:  # a plot must never cost the rest of the report
@@ -952,12 +1189,9 @@ def _html(rep: Report) -> str:
         ))  # fmt: skip
     if d["training"]:
         parts.append("<h2>Training metrics</h2>")
-        parts.append(_html_table(
-            ["metric", "phase", "final", "round", "epoch", "best", "goal", "round", "epoch", "best in", "n"],
-            [[t["metric_name"], t["phase"], t["final"], t["final_round"], t["final_epoch"], t["best"], t["goal"],
-              t["best_round"], t["best_epoch"], t["best_source"], t["count"]] for t in d["training"]],
-            numeric=(2, 3, 4, 5, 7, 8, 10),
-        ))  # fmt: skip
+        header, rows = _training_rows(d["training"])
+        parts.append(_html_table(header, rows, numeric=[i for i, h in enumerate(header)
+                                                        if h in ("tasks", "median final", "final", "best", "rows")]))  # fmt: skip
     if d["resources"]:
         parts.append("<h2>Resources per node (average, maximum)</h2>")
         parts.append(_html_table(
@@ -993,7 +1227,10 @@ def _html(rep: Report) -> str:
             "start UTC",
             "end UTC",
             "runtime",
-            "requested",
+            "requested CPUs",
+            "requested memory",
+            "time limit",
+            "requested GPUs",
         ]
         notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in d["jobs"])
         if notes:
@@ -1004,7 +1241,7 @@ def _html(rep: Report) -> str:
             row = "".join(f"<td>{_h(c)}</td>" for c in cells)
             row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
             row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],
-                                                        fmt_duration(j["runtime_s"]), json.dumps(j["requested"])))  # fmt: skip
+                                                        fmt_duration(j["runtime_s"]), *_requested_cells(j["requested"])))  # fmt: skip
             if notes:
                 shown = j.get("resolved_from") or j["status"] == "unknown"
                 row += f"<td>{_h(j['detail'] if shown else '')}</td>"
@@ -1013,6 +1250,18 @@ def _html(rep: Report) -> str:
                      + "".join(body) + "</tbody></table>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _requested_cells(req: dict[str, Any]) -> list[str]:
+    """CPUs, memory, time limit and GPUs asked for, as table cells ("-" when not recorded)."""
+    mem = req.get("mem_gb")
+    limit = req.get("timeout_min")
+    return [
+        _cell(req.get("cpus")),
+        "-" if mem is None else f"{_num(float(mem))} GB",
+        minutes(limit),
+        _cell(req.get("gpus")),
+    ]
 
 
 # -- command ------------------------------------------------------------------------------------
@@ -1038,9 +1287,10 @@ def run_report(
     json_path: str | None = None,
     plot_dir: str | None = None,
     quiet: bool = False,
+    objective: str | None = None,
 ) -> int:
     """What ``aetherium-hpc report`` does; raises :class:`AetheriumError` for user errors."""
-    rep = build_report(db)
+    rep = build_report(db, objective=objective)
     if json_out:
         sys.stdout.write(rep.to_json() + "\n")
     elif not quiet:
@@ -1063,14 +1313,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m aetherium_hpc.analyze DB [--plot out.png] [--html report.html] [--json]``."""
     import argparse
 
-    from .commands import add_report_arguments
+    from .commands import add_report_arguments, report_database
 
     parser = argparse.ArgumentParser(prog="python -m aetherium_hpc.analyze", description=__doc__.split("\n\n")[0])
     add_report_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run_report(args.db, plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
-                          plot_dir=args.plot_dir, quiet=args.quiet)  # fmt: skip
+        return run_report(report_database(args.db), plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
+                          plot_dir=args.plot_dir, quiet=args.quiet, objective=args.objective)  # fmt: skip
     except AetheriumError as exc:
         print(f"aetherium-hpc: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -61,6 +61,17 @@ _NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong: usedGpuMemory 
 #: cluster of each release -- change it here if a site shows otherwise.)
 GRES_INDEX_SINCE = (19, 5)
 
+#: How to stop looking for GPUs, as the notices say it; the runtime sets the way that applies
+#: (a YAML config's ``monitoring.gpu``, ``aetherium-hpc run --config``); the library's own is the default.
+OFF_HINT = "pass gpu=False to log_system_resources() / ResourceMonitor()"
+
+
+def set_off_hint(text: str) -> None:
+    """Say how the user turns GPU monitoring off, in the notices of this process."""
+    global OFF_HINT
+    OFF_HINT = text
+
+
 #: A failing field is tried again after 1, 2, 4, ... samples, at most this many.
 MAX_BACKOFF_SAMPLES = 64
 
@@ -501,7 +512,7 @@ class GpuCollector(Collector):
             return
         if not chosen.gpus:
             self._shutdown(nvml)
-            self._skip("NVML sees no GPU on this node; request GPUs (e.g. --gpus=1) or pass gpu=False")
+            self._skip(f"NVML sees no GPU on this node; request GPUs (e.g. --gpus=1) or {OFF_HINT}")
             return
         if not chosen.devices:
             self._shutdown(nvml)
@@ -728,7 +739,7 @@ def _load_nvml() -> tuple[Any, str | None]:
         if code == getattr(pynvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12):
             return None, (
                 "the NVML library (libnvidia-ml.so.1) was not found: this node has no NVIDIA driver. "
-                "Run on a GPU node, or pass gpu=False to stop looking"
+                f"Run on a GPU node, or stop looking: {OFF_HINT}"
             )
         if code == getattr(pynvml, "NVML_ERROR_DRIVER_NOT_LOADED", 9):
             return (

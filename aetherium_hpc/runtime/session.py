@@ -117,8 +117,13 @@ class NodeSession:
             requested=self.requested,
         )
         if mon.enabled:
+            from ..monitors import gpu as gpu_monitor
             from ..monitors import log_system_resources
 
+            if self.config is not None and "workload" in self.config:  # submitted from a YAML config
+                gpu_monitor.set_off_hint("set monitoring.gpu: false in the config (or --set monitoring.gpu=false)")
+            else:  # aetherium-hpc run
+                gpu_monitor.set_off_hint("add --no-gpu to aetherium-hpc run")
             self._monitor = log_system_resources(interval=mon.interval_s, gpu=mon.gpu)
         if mon.checkpoint_interval_s and mon.checkpoint_interval_s > 0:
             self._checkpointer = threading.Thread(

@@ -1,7 +1,9 @@
 """Find the test Slurm cluster started by ``slurm/cluster.sh up``.
 
-Order: ``SLURM_CONF`` from the environment, else
-``${AETHERIUM_SLURM_DIR:-/tmp/aetherium-slurm}/etc/slurm.conf``. When no cluster answers, the
+Only through an explicit setting: ``SLURM_CONF`` from the environment (``eval "$(slurm/cluster.sh
+env)"``), else ``$AETHERIUM_SLURM_DIR/etc/slurm.conf`` when that variable is set -- never a fixed
+folder in the temp directory, so two checkouts on one machine cannot pick up each other's
+cluster. When no cluster answers, the
 tests that need it are skipped with the reason; ``AETHERIUM_REQUIRE_SLURM=1`` turns that skip
 into a failure (for CI, where a missing cluster is a broken setup, not an absent feature).
 """
@@ -28,14 +30,19 @@ def find_slurm_conf() -> Path | None:
     from_env = os.environ.get("SLURM_CONF")
     if from_env:
         return Path(from_env)
-    folder = Path(os.environ.get("AETHERIUM_SLURM_DIR") or "/tmp/aetherium-slurm")
-    conf = folder / "etc" / "slurm.conf"
+    folder = os.environ.get("AETHERIUM_SLURM_DIR")
+    if not folder:
+        return None
+    conf = Path(folder) / "etc" / "slurm.conf"
     return conf if conf.is_file() else None
 
 
 def _unreachable_reason(conf: Path | None) -> str | None:
     if conf is None:
-        return "no Slurm cluster: SLURM_CONF is unset and no cluster.sh config; run `slurm/cluster.sh up`"
+        return (
+            "no Slurm cluster: neither SLURM_CONF nor AETHERIUM_SLURM_DIR is set; "
+            'run `slurm/cluster.sh up && eval "$(slurm/cluster.sh env)"`'
+        )
     if not conf.is_file():
         return f"SLURM_CONF={conf} does not exist; run `slurm/cluster.sh up`"
     missing = [tool for tool in CLIENTS if shutil.which(tool) is None]

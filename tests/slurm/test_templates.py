@@ -70,6 +70,10 @@ def test_job_template_with_plain_sbatch_leaves_a_database(tmp_path: Path) -> Non
     assert rows(db, "SELECT status, exit_code FROM jobs") == [("completed", 0)]
     assert rows(db, "SELECT count(*) > 0 FROM resource_metrics WHERE metric_type = 'cpu'") == [(1,)]
     assert rows(db, "SELECT DISTINCT job_id FROM training_metrics") == [(job_id,)]
+    # What the script asked for (#SBATCH lines and the command line) is recorded for the report's advice.
+    requested = json.loads(str(rows(db, "SELECT requested FROM jobs")[0][0]))
+    assert requested["mem_gb"] == pytest.approx(500 / 1024) and requested["timeout_min"] == pytest.approx(30)
+    assert requested["cpus"] == 2 and requested["cpus_per_task"] == 2 and requested["nodes"] == 1
 
 
 def test_time_limit_records_timeout_and_keeps_the_data(tmp_path: Path) -> None:
@@ -92,7 +96,7 @@ def test_time_limit_records_timeout_and_keeps_the_data(tmp_path: Path) -> None:
 
 
 def _daemon_pid(name: str) -> int:
-    folder = Path(os.environ.get("AETHERIUM_SLURM_DIR") or "/tmp/aetherium-slurm")
+    folder = Path(os.environ["SLURM_CONF"]).parent.parent  # <cluster dir>/etc/slurm.conf (set by slurm_conf)
     return int((folder / "run" / f"{name}.pid").read_text().strip())
 
 

@@ -1,0 +1,78 @@
+"""How the report writes numbers, memory, durations and shares: one place for text, HTML and JSON.
+
+The advice sentences (which also go to JSON) and the tables use these same functions, so a
+figure reads the same wherever it appears and the percentage beside it is computed from the
+same values (``peak 54 MB of the 1 GB requested (5%)``, never ``0.1 GB ... (5%)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "slurm_time"]
+
+
+def num(x: Any, digits: int = 3) -> str:
+    """``digits`` significant digits (integers above that as they are); "-" for missing or not finite."""
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "-"
+        if abs(x) >= 10**digits:
+            return f"{x:.0f}"
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def memory_mb(mb: float | None) -> str:
+    """Memory given in MB: ``54 MB`` below 1 GB, else GB with 3 significant digits (``1.93 GB``, ``13.0 GB``,
+    ``128 GB``), trailing zeros kept."""
+    if mb is None or not math.isfinite(mb):
+        return "-"
+    if abs(mb) < 1024:
+        return f"{mb:.0f} MB" if abs(mb) >= 10 else f"{mb:.2g} MB"
+    gb = mb / 1024.0
+    return f"{gb:.2f} GB" if gb < 10 else f"{gb:.1f} GB" if gb < 100 else f"{gb:.0f} GB"
+
+
+def memory_gb(gb: float | None) -> str:
+    """Memory given in GB (a request): ``1 GB``, ``0.5 GB``, ``16 GB``."""
+    return "-" if gb is None else memory_mb(gb * 1024.0) if gb < 1 else f"{gb:g} GB"
+
+
+def duration(seconds: float | None) -> str:
+    """``0.3 s``, ``42.1 s``, ``12m05s``, ``3h02m10s``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def minutes(limit_min: float | None) -> str:
+    """A time limit given in minutes: ``7 min``, ``90 min``, ``4 h``, ``36.5 h``."""
+    if limit_min is None:
+        return "-"
+    return f"{num(float(limit_min))} min" if limit_min <= 180 else f"{num(limit_min / 60.0)} h"
+
+
+def pct(part: float, whole: float) -> str:
+    """``part`` as a share of ``whole``: ``5%``; ``<1%`` above zero; ``-`` for no whole."""
+    if not whole:
+        return "-"
+    share = 100.0 * part / whole
+    return "<1%" if 0 < share < 1 else f"{share:.0f}%"
+
+
+def slurm_time(minutes: float) -> str:
+    """``--time`` value (D-HH:MM:SS or HH:MM:SS) for ``minutes``."""
+    total = int(math.ceil(minutes)) * 60
+    d, rest = divmod(total, 86400)
+    h, rest = divmod(rest, 3600)
+    m = rest // 60
+    return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"

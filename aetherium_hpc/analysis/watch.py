@@ -1,0 +1,257 @@
+"""``aetherium-hpc watch``: a live terminal view of a running job or array.
+
+Per task and node: the status, CPU and memory now with a short history (a sparkline of the last
+samples), GPU utilisation, data-generation chunks done and their rate, the last epoch and its
+loss. It reads the live node-local database when it is on this machine (``<scratch>/aeth-<job>_
+<task>-<node>/metrics.db``, read-only), else the copy in the run directory (``db/``, at most
+``checkpoint_interval_s`` old). It refreshes every ``--interval`` seconds and ends by itself when
+every task has ended; ``--once`` prints one frame (for scripts). Drawn with ``rich``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import env
+from ..errors import AetheriumError
+from ..metrics import schema
+from ..paths import RunLayout
+from .formatting import duration, memory_mb, num
+
+__all__ = ["TaskView", "read_task", "render", "watch"]
+
+#: Samples in a sparkline.
+HISTORY = 24
+_BLOCKS = "▁▂▃▄▅▆▇█"
+#: Statuses of a task that has not ended.
+_LIVE = ("running", None)
+
+
+@dataclass
+class TaskView:
+    """What one database (one task on one node) says now."""
+
+    path: str
+    live: bool  # the node-local file (else the copy in db/)
+    job: str = "?"
+    node: str = "?"
+    status: str | None = None
+    start: float | None = None
+    end: float | None = None
+    cpu: list[float] = field(default_factory=list)  # % of one core, oldest first
+    mem: list[float] = field(default_factory=list)  # MB
+    gpu: list[float] = field(default_factory=list)  # %
+    chunks: int = 0
+    chunk_rate: float | None = None  # chunks per minute
+    epoch: str = "-"
+    loss: float | None = None
+    loss_name: str = ""
+    error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self.status not in _LIVE
+
+
+def sparkline(values: list[float]) -> str:
+    """The last :data:`HISTORY` values as block characters, scaled from 0 to their maximum."""
+    vals = [v for v in values[-HISTORY:] if v == v]  # drop NaN
+    if not vals:
+        return ""
+    top = max(vals) or 1.0
+    return "".join(_BLOCKS[min(len(_BLOCKS) - 1, int(v / top * (len(_BLOCKS) - 1) + 0.5))] if v > 0 else " "
+                   for v in vals)  # fmt: skip
+
+
+def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) -> list[float]:
+    """The last samples of the first of ``names`` this database has (summed over devices by time)."""
+    tables = ["sample_chunks"]
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'open_chunks'").fetchone():
+        tables.append("open_chunks")
+    for name in names:
+        ids = [r[0] for r in conn.execute(
+            "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ?", (mtype, name))]  # fmt: skip
+        if not ids:
+            continue
+        per_series: list[list[float]] = []
+        for sid in ids:
+            rows: list[tuple[float, str]] = []
+            for t in tables:
+                rows += conn.execute(f"SELECT t0, vals FROM {t} WHERE series_id = ? ORDER BY t0 DESC LIMIT 2",
+                                     (sid,)).fetchall()  # fmt: skip
+            vals: list[float] = []
+            for _, text in sorted(rows):
+                vals += [float(v) for v in json.loads(text) if v is not None]
+            per_series.append(vals[-HISTORY:])
+        if len(per_series) == 1:
+            return per_series[0]
+        n = min(len(s) for s in per_series)
+        return [sum(s[len(s) - n + i] for s in per_series) / len(per_series) for i in range(n)]
+    return []
+
+
+def read_task(path: str, live: bool = False) -> TaskView:
+    """One database's view now; a database that cannot be read yet gives a view with ``error``."""
+    view = TaskView(path, live)
+    try:
+        conn = schema.connect(path, readonly=True, timeout=2.0)
+    except sqlite3.Error as exc:
+        view.error = str(exc)
+        return view
+    try:
+        src = conn.execute("SELECT job_id, array_job_id, array_task_id, node FROM sources ORDER BY source_id DESC LIMIT 1").fetchone()  # fmt: skip
+        if src:
+            job_id, array_id, task, node = src
+            view.job = f"{array_id}_{task}" if array_id and task is not None else str(job_id)
+            view.node = node or "?"
+        job = conn.execute("SELECT status, start_time, end_time FROM jobs ORDER BY rowid DESC LIMIT 1").fetchone()
+        if job:
+            view.status, view.start, view.end = job
+        view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"))
+        view.mem = _last_samples(conn, "ram", ("process_tree_rss", "system_used"))
+        view.gpu = _last_samples(conn, "gpu", ("utilization",))
+        n, first, last = conn.execute(
+            "SELECT count(*), min(timestamp), max(timestamp) FROM generation_metrics"
+        ).fetchone()
+        view.chunks = int(n or 0)
+        if n and n > 1 and last > first:
+            view.chunk_rate = (n - 1) / (last - first) * 60.0
+        row = (
+            conn.execute(
+                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_metrics"
+                " WHERE lower(metric_name) LIKE '%loss%'"
+                " ORDER BY coalesce(round_number, -1) DESC, coalesce(epoch_number, -1) DESC, phase = 'val' DESC,"
+                " timestamp DESC LIMIT 1"
+            ).fetchone()
+            or conn.execute(
+                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_metrics"
+                " ORDER BY timestamp DESC LIMIT 1"
+            ).fetchone()
+        )
+        if row:
+            name, phase, value, rnd, epoch = row
+            view.loss, view.loss_name = value, f"{phase}/{name}" if phase else str(name)
+            view.epoch = f"{num(rnd)}/{num(epoch)}" if rnd is not None else num(epoch)
+    except sqlite3.Error as exc:  # a copy being replaced, a table not there yet: next frame
+        view.error = str(exc)
+    finally:
+        conn.close()
+    return view
+
+
+def _live_path(layout: RunLayout, scratch: str, key: str, node: str) -> str | None:
+    path = os.path.join(scratch, f"aeth-{key}-{node[:40]}", "metrics.db")
+    return path if os.path.isfile(path) else None
+
+
+def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
+    """(database, live) pairs to read for ``target`` (a run directory or a database), and the number
+    of tasks submitted (None when unknown): a task without a database yet counts as not ended."""
+    if os.path.isfile(target):
+        return [(target, False)], None
+    if not RunLayout.is_run_dir(target):
+        raise AetheriumError(
+            f"{target}: not a run directory or a database; give a folder printed by `aetherium-hpc submit`"
+        )
+    layout = RunLayout(Path(target))
+    try:
+        record = json.loads(layout.jobs_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    expected = len(record.get("job_ids") or []) or None
+    scratch = env.local_scratch_dir()
+    try:
+        import yaml
+
+        local_dir = (
+            (yaml.safe_load(layout.config_path.read_text(encoding="utf-8")) or {})
+            .get("monitoring", {})
+            .get("local_dir")
+        )
+        scratch = local_dir or scratch
+    except (OSError, ValueError, AttributeError):
+        pass
+    out: dict[str, tuple[str, bool]] = {}
+    for copy in layout.databases():  # db/<job>_<task>/<node>.db
+        key, node = copy.parent.name, copy.stem
+        live = _live_path(layout, scratch, key, node)
+        out[f"{key}/{node}"] = (live, True) if live else (str(copy), False)
+    # Tasks running on this machine whose first copy is not in db/ yet.
+    ids = [str(i) for i in (record.get("array_job_ids") or record.get("job_ids") or [])]
+    for job_id in ids:
+        for live in glob.glob(os.path.join(glob.escape(scratch), f"aeth-{glob.escape(job_id)}_*-*", "metrics.db")):
+            folder = os.path.basename(os.path.dirname(live))[len("aeth-") :]
+            key, _, node = folder.rpartition("-")
+            out.setdefault(f"{key}/{node}", (live, True))
+    return [out[k] for k in sorted(out)], expected
+
+
+def render(views: list[TaskView], title: str, expected: int | None = None) -> Any:
+    """A rich Table of ``views``."""
+    from rich import box
+    from rich.table import Table
+
+    ended = sum(1 for v in views if v.ended)
+    total = max(expected or 0, len(views))
+    caption = f"{ended}/{total} ended" + (f"; {total - len(views)} not started" if total > len(views) else "")
+    table = Table(title=title, caption=caption, expand=False, box=box.SIMPLE_HEAD)
+    right: dict[str, Any] = {"justify": "right", "no_wrap": True}
+    for col, kw in (("task", {"no_wrap": True}), ("node", {"no_wrap": True}), ("status", {"no_wrap": True}),
+                    ("runtime", right), ("CPU %", right), ("memory", right), ("GPU %", right),
+                    ("chunks", right), ("epoch", right), ("loss", right), ("from", {"no_wrap": True})):  # fmt: skip
+        table.add_column(col, **kw)
+    now = time.time()
+    colours = {"completed": "green", "running": "cyan", None: "cyan"}
+    for v in views:
+        runtime = None if v.start is None else (v.end or now) - v.start
+        status = v.status or "starting"
+        style = colours.get(v.status, "red bold")
+        rate = f" ({num(v.chunk_rate)}/min)" if v.chunk_rate is not None else ""
+        table.add_row(
+            v.job, v.node, f"[{style}]{status}[/]", duration(runtime),
+            f"{num(v.cpu[-1]) if v.cpu else '-'} {sparkline(v.cpu)}",
+            f"{memory_mb(v.mem[-1]) if v.mem else '-'} {sparkline(v.mem)}",
+            f"{num(v.gpu[-1])} {sparkline(v.gpu)}" if v.gpu else "-",
+            f"{v.chunks}{rate}", v.epoch, f"{num(v.loss, 4)} {v.loss_name}" if v.loss is not None else "-",
+            ("live" if v.live else "copy") + (f" ({v.error[:30]})" if v.error else ""),
+        )  # fmt: skip
+    return table
+
+
+def watch(target: str, *, interval: float = 2.0, once: bool = False) -> int:
+    """Show ``target`` until every task has ended (or once); 0, or 130 when interrupted."""
+    from rich.console import Console
+    from rich.live import Live
+
+    title = f"aetherium-hpc watch: {os.path.basename(os.path.normpath(target))}"
+
+    def frame() -> tuple[Any, bool]:
+        dbs, expected = find_databases(target)
+        views = [read_task(p, live) for p, live in dbs]
+        done = bool(views) and all(v.ended for v in views) and (expected is None or len(views) >= expected)
+        return render(views, title, expected), done
+
+    console = Console()
+    if not console.is_terminal:  # a script or a pipe: one frame as wide as it needs, no colour codes
+        console = Console(width=200, no_color=True)
+    table, done = frame()
+    if once:
+        console.print(table)
+        return 0
+    try:
+        with Live(table, console=console, refresh_per_second=4, transient=False) as live:
+            while not done:
+                time.sleep(interval)
+                table, done = frame()
+                live.update(table)
+    except KeyboardInterrupt:
+        return 130
+    console.print("every task has ended")
+    return 0
