@@ -15,7 +15,9 @@ number to a wakeup pipe (:func:`signal.set_wakeup_fd`) whatever the main thread 
 a watcher thread reads it, runs the flush hooks (bounded by :data:`EXIT_FLUSH_TIMEOUT_S`),
 puts SIGTERM back to its default action and re-raises it on itself: the process ends with
 SIGTERM's status, also when the main thread is stuck in C. Installed only where SIGTERM had
-its default action and nobody else uses the wakeup fd; a fork child starts without it.
+its default action and nobody else uses the wakeup fd; a fork child starts without it, and
+SIGTERM is blocked across ``fork()`` so that one sent to a just-forked child waits for the
+child's own handlers (see the fork section below).
 """
 
 from __future__ import annotations
@@ -177,7 +179,8 @@ def _restore_mask() -> None:
 def _after_fork_in_child() -> None:
     # The watcher thread does not exist here, and the pipe is the parent's: a SIGTERM to this
     # child must not reach the parent's watcher.
-    global _watch
+    global _watch, _lock
+    _lock = threading.Lock()  # a thread of the parent may have held it at fork
     watch, _watch = _watch, None
     try:
         if watch is not None:
