@@ -33,19 +33,89 @@ _PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
 
 
 class HostCollector(Collector):
-    """System-wide CPU % and memory of the node."""
+    """System-wide CPU % and memory of the node.
+
+    On Linux it reads the first line of ``/proc/stat`` and the first lines of
+    ``/proc/meminfo`` with ``pread`` on descriptors kept open between ticks: the same
+    figures as ``psutil.cpu_percent()`` and ``psutil.virtual_memory()`` (used = total -
+    available, percent to one decimal) for about a third of their cost. Elsewhere, or
+    when those files say something unexpected, it asks psutil.
+    """
 
     name = "host"
+
+    def __init__(self, read_proc: bool | None = None) -> None:
+        self.read_proc = _LINUX_PROC if read_proc is None else read_proc and _LINUX_PROC
+        self._stat_fd = -1
+        self._meminfo_fd = -1
+        self._cpu: list[int] | None = None  # the previous tick's /proc/stat "cpu" fields
 
     def start(self) -> None:
         # psutil keeps the cpu_percent baseline per calling thread: prime it in the monitor thread.
         psutil.cpu_percent(None)
+        if self.read_proc:
+            try:
+                self._stat_fd = os.open("/proc/stat", os.O_RDONLY)
+                self._meminfo_fd = os.open("/proc/meminfo", os.O_RDONLY)
+                self._cpu = self._cpu_fields()
+            except (OSError, ValueError):
+                self.close()
+
+    def close(self) -> None:
+        for fd in (self._stat_fd, self._meminfo_fd):
+            if fd >= 0:
+                os.close(fd)
+        self._stat_fd = self._meminfo_fd = -1
+        self._cpu = None
+
+    def _cpu_fields(self) -> list[int]:
+        line = os.pread(self._stat_fd, 512, 0).split(b"\n", 1)[0].split()
+        if line[0] != b"cpu" or len(line) < 5:
+            raise ValueError("unexpected /proc/stat")
+        return [int(x) for x in line[1:11]]
+
+    def _cpu_percent(self) -> float:
+        """psutil.cpu_percent(None) from /proc/stat: busy share of the ticks since the last call."""
+        now = self._cpu_fields()
+        before = self._cpu
+        self._cpu = now
+        assert before is not None
+        deltas = [max(0, a - b) for a, b in zip(now, before, strict=False)]
+        total = sum(deltas[:8])  # guest and guest_nice are already in user and nice
+        busy = total - deltas[3] - deltas[4]  # idle, iowait
+        return round(busy / total * 100.0, 1) if total > 0 else 0.0
+
+    def _memory(self) -> tuple[float, float] | None:
+        """(used bytes, used %) as psutil.virtual_memory() gives them, or None to ask psutil."""
+        head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
+        if len(head) < 4 or not head[0].startswith(b"MemTotal:") or not head[2].startswith(b"MemAvailable:"):
+            return None
+        total = int(head[0].split()[1]) * 1024
+        avail = int(head[2].split()[1]) * 1024
+        if avail <= 0 or total <= 0:
+            return None  # psutil estimates it then
+        if avail > total:  # a container that shows the host's figures: psutil uses MemFree
+            avail = int(head[1].split()[1]) * 1024
+        used = total - avail
+        return float(used), round(used / total * 100.0, 1)
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
-        out.append(units.CPU_SYSTEM_TOTAL.sample(psutil.cpu_percent(None)))
-        vm = psutil.virtual_memory()
-        out.append(units.RAM_SYSTEM_USED.sample(vm.used / _MB))
-        out.append(units.RAM_SYSTEM_PERCENT.sample(float(vm.percent)))
+        if self._cpu is not None:
+            try:
+                cpu = self._cpu_percent()
+                mem = self._memory()
+            except (OSError, ValueError, IndexError):
+                self.close()  # ask psutil from now on
+                psutil.cpu_percent(None)
+                cpu, mem = 0.0, None
+        else:
+            cpu, mem = psutil.cpu_percent(None), None
+        if mem is None:
+            vm = psutil.virtual_memory()
+            mem = float(vm.used), float(vm.percent)
+        out.append(units.CPU_SYSTEM_TOTAL.sample(cpu))
+        out.append(units.RAM_SYSTEM_USED.sample(mem[0] / _MB))
+        out.append(units.RAM_SYSTEM_PERCENT.sample(mem[1]))
 
 
 class _Tracked:
