@@ -579,6 +579,7 @@ class StoreWriter(threading.Thread):
     ) -> None:
         limit = schema.CHUNK_SAMPLES
         insert = "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
+        updates: list[tuple[Any, ...]] = []
         for key, samples in res.items():
             sid = self._series.get(key)
             if sid is None:
@@ -596,24 +597,27 @@ class StoreWriter(threading.Thread):
             samples.sort(key=_first)
             for ts, value in samples:
                 if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
-                    self._write_chunk(conn, sid, chunk, insert)
+                    self._write_chunk(conn, sid, chunk, insert, updates)
                     chunk = self._open[sid] = _OpenChunk()
                 chunk.ts.append(ts)
                 chunk.vals.append(value)
-            self._write_chunk(conn, sid, chunk, insert)
+            self._write_chunk(conn, sid, chunk, insert, updates)
+        if updates:
+            conn.executemany(
+                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?", updates
+            )
 
-    def _write_chunk(self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str) -> None:
-        """Insert the chunk, or rewrite it in place (the row keeps its rowid, so pages stay dense)."""
+    def _write_chunk(
+        self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str, updates: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert the chunk, or queue its rewrite in place (the row keeps its rowid, so pages stay dense)."""
         if not chunk.ts:
             return
         row = chunk.row()
         if chunk.rowid is None:
             chunk.rowid = int(conn.execute(insert, (sid, *row)).lastrowid or 0)
         else:
-            conn.execute(
-                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?",
-                (*row, chunk.rowid),
-            )
+            updates.append((*row, chunk.rowid))
 
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> int:
         """Upsert the jobs row in a savepoint; a row SQLite refuses is skipped. Returns rows refused."""

@@ -30,6 +30,9 @@ _MB = units.BYTES_PER_MB
 _LINUX_PROC = os.path.exists(f"/proc/{os.getpid()}/stat")
 _CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if _LINUX_PROC else 100.0
 _PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
+#: /proc/<pid>/stat files a tree collector keeps open (a pread per tick instead of open, read,
+#: close); the processes beyond that many are read with an open each tick.
+MAX_OPEN_STAT_FILES = 256
 
 
 class HostCollector(Collector):
@@ -121,12 +124,18 @@ class HostCollector(Collector):
 class _Tracked:
     """One process of the tree, kept across ticks."""
 
-    __slots__ = ("proc", "device", "cpu")
+    __slots__ = ("proc", "device", "cpu", "fd")
 
     def __init__(self, proc: psutil.Process, device: str, cpu: float | None) -> None:
         self.proc = proc
         self.device = device
         self.cpu = cpu  # user + system seconds at the previous tick, None before the first
+        self.fd = -1  # /proc/<pid>/stat kept open between ticks (pread), -1: not open
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class ProcessTreeCollector(Collector):
@@ -147,6 +156,16 @@ class ProcessTreeCollector(Collector):
         self._proc_children = os.path.exists(f"/proc/{self.root_pid}/task/{self.root_pid}/children")
         self._root_gone = False
         self._ended: set[int] = set()  # zombies (and unreadable pids) not to pick up again
+        self._open_fds = 0
+
+    def _forget(self, tracked: _Tracked) -> None:
+        if tracked.fd >= 0:
+            tracked.close()
+            self._open_fds -= 1
+
+    def close(self) -> None:
+        for tracked in self._procs.values():
+            self._forget(tracked)
 
     def pids(self) -> KeysView[int]:
         """The pids of the tree at the last tick (a live view)."""
@@ -184,7 +203,7 @@ class ProcessTreeCollector(Collector):
         procs = self._procs
         alive = set(found)
         for pid in [pid for pid in procs if pid not in alive]:
-            del procs[pid]
+            self._forget(procs.pop(pid))
         ended = self._ended
         if ended:
             ended.intersection_update(alive)  # zombies still listed by their parent
@@ -202,7 +221,20 @@ class ProcessTreeCollector(Collector):
     def _read(self, tracked: _Tracked) -> tuple[float, float] | None:
         """(cpu seconds, rss bytes) of one process, or None once it is gone or a zombie."""
         if self.read_proc:
-            return _read_proc_stat(tracked.proc.pid)
+            fd = tracked.fd
+            if fd < 0:
+                if self._open_fds >= MAX_OPEN_STAT_FILES:
+                    return _read_proc_stat(tracked.proc.pid)
+                try:
+                    fd = tracked.fd = os.open(f"/proc/{tracked.proc.pid}/stat", os.O_RDONLY)
+                except OSError:
+                    return None
+                self._open_fds += 1
+            try:
+                data = os.pread(fd, 4096, 0)
+            except OSError:  # the process has ended (ESRCH): the descriptor stays tied to it
+                return None
+            return _parse_proc_stat(data)
         proc = tracked.proc
         try:
             with proc.oneshot():
@@ -245,7 +277,7 @@ class ProcessTreeCollector(Collector):
             if per_process:
                 out.append((p_cpu.metric_type, p_cpu.metric_name, percent, p_cpu.unit, tracked.device))
         for pid in gone:
-            del procs[pid]
+            self._forget(procs.pop(pid))
             self._ended.add(pid)
             if pid == self.root_pid:
                 self._root_gone = True
@@ -269,6 +301,10 @@ def _read_proc_stat(pid: int) -> tuple[float, float] | None:
         return None
     finally:
         os.close(fd)
+    return _parse_proc_stat(data)
+
+
+def _parse_proc_stat(data: bytes) -> tuple[float, float] | None:
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
     fields = data[data.rfind(b")") + 2 :].split()
     if len(fields) < 22 or fields[0] in (b"Z", b"X"):
