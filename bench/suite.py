@@ -225,23 +225,28 @@ def run_monitor(res: Results, s: dict[str, Any]) -> None:
     res.add(Row(
         f"monitor CPU per sample, {n_tree}-process tree (`sample_once`, thread CPU, median of {s['monitor_samples']} a run)",
         f"**{spread(ours, ms)}**", f"naive psutil loop: {spread(naive, ms)}",
-        f"naive is {times(med(r))} ({', '.join(times(x) for x in r)})", "≤ 0.5 ms", med(ours) <= 0.5,
+        f"naive is **{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 0.5 ms, naive ≥ 5×",
+        med(ours) <= 0.5 and med(r) >= 5.0,
         "`python bench/monitor_overhead.py`", "monitor",
     ))  # fmt: skip
 
 
-LIVE_TARGET = "– (includes the store; ≤ 0.5 ms is for the sample, row above)"
+LIVE_TARGET = "MLflow ≥ 25×"
+LIVE_FLUSH_S = 5.0  # monitoring.flush_interval_s of a job (the default): how the runtime runs the store
 
 
 def run_live(res: Results, s: dict[str, Any]) -> None:
     interval, seconds = s["live_interval"], s["live_seconds"]
     ours: list[float] = []
+    ours_1s: list[float] = []
     theirs: list[float] = []
     why = ""
     for _ in range(res.repeat):
         idle = peers.live_cpu("idle", interval, seconds)["cpu_s"]
-        o = peers.live_cpu("ours", interval, seconds)
+        o = peers.live_cpu("ours", interval, seconds, LIVE_FLUSH_S)
         ours.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
+        o = peers.live_cpu("ours", interval, seconds, 1.0)
+        ours_1s.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
         if not why:
             try:
                 t = peers.live_cpu("mlflow", interval, seconds)
@@ -250,17 +255,24 @@ def run_live(res: Results, s: dict[str, Any]) -> None:
                 why = str(exc)
     what = (f"live monitor at {interval:g} s, {seconds:g} s of steady state in a fresh interpreter, into a store: "
             "process CPU per sample (sampling thread + store writer), idle interpreter subtracted")  # fmt: skip
+    cmd = "`python -m bench --only live`"
     if why:
         res.add(Row(what, f"**{spread(ours, ms)}**", f"MLflow SystemMetricsMonitor: not measured ({why})", "–",
-                    LIVE_TARGET, None, "`python -m bench --only live`", "live"))  # fmt: skip
+                    LIVE_TARGET, None, cmd, "live"))  # fmt: skip
         return
-    r = pairwise(theirs, ours)
     ver = peers.version("mlflow") or peers.version("mlflow-skinny")
+    base = f"MLflow {ver} `SystemMetricsMonitor` (same interval, `log_batch` per sample to `sqlite:///…`): {spread(theirs, ms)}"
+    r = pairwise(theirs, ours)
     res.add(Row(
-        what, f"**{spread(ours, ms)}**",
-        f"MLflow {ver} `SystemMetricsMonitor` (same interval, `log_batch` per sample to `sqlite:///…`): {spread(theirs, ms)}",
-        f"MLflow is {times(med(r))} ({', '.join(times(x) for x in r)})", LIVE_TARGET, None,
-        "`python -m bench --only live`", "live",
+        what + f"; the store as a job runs it (`flush_interval_s` {LIVE_FLUSH_S:g} s, the default)",
+        f"**{spread(ours, ms)}**", base, f"MLflow is **{times(med(r))}** ({', '.join(times(x) for x in r)})",
+        LIVE_TARGET, med(r) >= 25.0, cmd, "live",
+    ))  # fmt: skip
+    r = pairwise(theirs, ours_1s)
+    res.add(Row(
+        "the same with the store committing every second (`flush_interval_s` 1 s)",
+        f"**{spread(ours_1s, ms)}**", base, f"MLflow is {times(med(r))} ({', '.join(times(x) for x in r)})",
+        "–", None, cmd, "live_1s",
     ))  # fmt: skip
 
 
@@ -398,7 +410,7 @@ def versions() -> str:
 
 
 SHORT = {
-    "ingest": "End-to-end ingest", "latency": "Log call", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
+    "ingest": "End-to-end ingest", "latency": "Log call", "live": "Live monitor + store", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
     "bytes": "Bytes per sample", "query": "Aggregate query", "merge": "Merge", "submit": "1,000-task array submit",
     "copy_bytes": "Copy-back bytes", "copy_cpu": "Copy-back CPU",
 }  # fmt: skip
@@ -411,8 +423,10 @@ WHY_MISSED = {
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
     "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
     "oneshot() once per process per sample reaches it.",
-    "live": "the live figure includes the store calls and the writer thread's commit per flush_interval; "
-    "a longer flush_interval or a larger interval divides that cost.",
+    "live": "the figure is the whole process: the sampling thread woken every interval (about 0.07 ms of it is "
+    "the kernel producing /proc/stat, /proc/meminfo and the tree's stat files, cold), the store calls and the "
+    "writer's commit every flush_interval_s. On a loaded machine a thread that wakes from sleep runs 3-7x slower "
+    "than the same code in a loop (cold caches), so this ratio moves with the load more than the others.",
     "bytes": "the chunks are too short or values too wide; longer chunks (CHUNK_SAMPLES) or fewer significant "
     "digits reach it.",
     "query": "the aggregate decodes every chunk's JSON array; a per-chunk min/max/sum column would answer it "

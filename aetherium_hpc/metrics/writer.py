@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 from ..errors import StoreError
 from . import records, schema
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
@@ -338,6 +338,9 @@ class StoreWriter(threading.Thread):
 
     # -- thread body ------------------------------------------------------------------------
     def run(self) -> None:
+        childless(self._run)()
+
+    def _run(self) -> None:
         block_job_signals()
         try:
             self._conn = self._open_db()

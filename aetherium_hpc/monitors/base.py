@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 from ..env import NODE_MONITOR
 from . import units
 
@@ -81,7 +81,8 @@ class SampleSummary:
     """Running count / mean / max per metric, for the JSON summary written at stop."""
 
     def __init__(self) -> None:
-        self._acc: dict[str, list[Any]] = {}  # key -> [n, sum, max, unit]
+        # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
+        self._acc: dict[tuple[str, str, str], list[Any]] = {}
 
     @staticmethod
     def key(metric_type: str, metric_name: str, device: str) -> str:
@@ -95,7 +96,7 @@ class SampleSummary:
         for mtype, mname, value, unit, device in samples:
             if value != value:  # NaN
                 continue
-            key = self.key(mtype, mname, device)
+            key = (mtype, mname, "" if mtype == "process" else device)
             entry = acc.get(key)
             if entry is None:
                 acc[key] = [1, value, value, unit]
@@ -106,10 +107,11 @@ class SampleSummary:
                     entry[2] = value
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {
-            key: {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
-            for key, (n, total, peak, unit) in sorted(self._acc.items())
+        out = {
+            self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
+            for key, (n, total, peak, unit) in self._acc.items()
         }
+        return dict(sorted(out.items()))
 
 
 def _round(value: float) -> float | None:
@@ -169,6 +171,10 @@ class ResourceMonitor:
         self.stopped_at: float | None = None
         self.thread_cpu_s = 0.0
         self._stop_event = threading.Event()
+        # The loop's sleep: a lock held from the start, released by stop(). acquire(timeout) is one
+        # C call, where Event.wait builds a Condition waiter each tick.
+        self._stop_gate = threading.Lock()
+        self._stop_gate.acquire()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -183,7 +189,7 @@ class ResourceMonitor:
             if self._thread is not None or self._stopped:
                 return self
             self.started_at = time.time()
-            self._thread = threading.Thread(target=self._run, name="aetherium-resource-monitor", daemon=True)
+            self._thread = threading.Thread(target=childless(self._run), name="aetherium-resource-monitor", daemon=True)
             self._thread.start()
         atexit.register(self._stop_at_exit)
         return self
@@ -202,6 +208,7 @@ class ResourceMonitor:
         if os.environ.get(NODE_MONITOR) == str(os.getpid()):
             del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
         self._stop_event.set()
+        self._stop_gate.release()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -234,12 +241,13 @@ class ResourceMonitor:
             self._guard(collector, collector.start)
         interval = self.interval
         next_tick = time.monotonic() + interval
-        wait = self._stop_event.wait
+        gate = self._stop_gate
+        monotonic = time.monotonic
         try:
-            while not wait(max(0.0, next_tick - time.monotonic())):
+            while not gate.acquire(True, max(0.0, next_tick - monotonic())):
                 self.sample_once()
                 next_tick += interval
-                now = time.monotonic()
+                now = monotonic()
                 if now > next_tick:  # this tick overran the next one: skip what was missed
                     missed = math.ceil((now - next_tick) / interval)
                     self.missed_ticks += missed

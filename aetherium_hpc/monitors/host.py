@@ -21,6 +21,7 @@ from collections.abc import KeysView
 
 import psutil
 
+from ..background import CHILDLESS_THREADS
 from . import units
 from .base import Collector, Sample
 
@@ -315,6 +316,7 @@ def _parse_proc_stat(data: bytes) -> tuple[float, float] | None:
 def _proc_descendants(root: int) -> list[int]:
     """All descendants of ``root`` from /proc/<pid>/task/<tid>/children (Linux >= 3.5)."""
     found: list[int] = []
+    skip = CHILDLESS_THREADS  # this process's own helper threads (their tids are unique on the node)
     seen = {root}
     stack = [root]
     while stack:
@@ -324,6 +326,8 @@ def _proc_descendants(root: int) -> list[int]:
         except OSError:
             continue
         for tid in tids:
+            if tid in skip:
+                continue
             try:
                 fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
             except OSError:
