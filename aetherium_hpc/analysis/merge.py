@@ -20,7 +20,8 @@ Rules (also in docs/REPORT.md):
 * **Requeue**: the writer increments ``attempt`` each time a database is reopened. The same
   ``(job_id, array_task_id, node)`` with another ``attempt`` is another identity, so every
   attempt is kept, each tagged by its ``attempt`` in ``sources``.
-* **Broken inputs** (not SQLite, truncated or corrupt -- ``PRAGMA quick_check`` --, foreign
+* **Broken inputs** (not SQLite, truncated or corrupt -- ``PRAGMA quick_check`` of every table but
+  the chunks, which the copy reads whole: a malformed page there fails it --, foreign
   ``application_id``, another schema version, missing tables) are skipped with a one-line
   reason; the rest is merged and :attr:`MergeResult.exit_code` is 3.
 * **Fast**: each input is ATTACHed to the output connection and copied with
@@ -69,6 +70,8 @@ SKIPPED_EXIT_CODE = 3
 REQUIRED_TABLES = (
     "sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats",
 )  # fmt: skip
+#: Tables that ``check_input`` leaves to the copy (it reads every page of them): see there.
+COPY_CHECKED_TABLES = ("sample_chunks", "open_chunks")
 #: Tables of earlier writers of schema version 1 that are read when present: the chunk a
 #: writer was still filling. They are copied into ``sample_chunks``.
 OPTIONAL_CHUNK_TABLES = ("open_chunks",)
@@ -185,8 +188,37 @@ def _ro_uri(path: str) -> str:
     return "file:" + quote(os.path.abspath(path), safe="/") + "?mode=ro"
 
 
+def _header_truncation(path: str) -> str | None:
+    """Why the file is shorter than its header says (a copy cut short), else None.
+
+    The header's page count is trusted only when it is current (its "version-valid-for" number
+    equals the change counter) and no write-ahead log holds later pages."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+        size = os.path.getsize(path)
+        wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+    except OSError:
+        return None
+    if len(header) < 100 or wal:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] != header[92:96] or not pages:
+        return None
+    if size < pages * page_size:
+        return f"truncated: the header says {pages} pages of {page_size} bytes, the file has {size} bytes"
+    return None
+
+
 def check_input(path: str) -> str | None:
-    """None if ``path`` is a readable, intact aetherium-hpc database of this schema, else why not."""
+    """None if ``path`` is a readable, intact aetherium-hpc database of this schema, else why not.
+
+    ``PRAGMA quick_check`` runs on every table but the chunk tables (:data:`COPY_CHECKED_TABLES`),
+    nearly all of a file: the copy reads every page of those, and a page SQLite finds malformed
+    fails the copy, which rolls back and skips the input. A file shorter than its header says is
+    refused here."""
     try:
         conn = sqlite3.connect(_ro_uri(path), uri=True)
     except sqlite3.Error as exc:
@@ -194,10 +226,14 @@ def check_input(path: str) -> str | None:
     try:
         if not schema.check_version(conn, path):
             return f"empty ({os.path.getsize(path)} bytes), not an aetherium-hpc database"
-        status = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
-        if status != ["ok"]:
-            return "corrupt or truncated: PRAGMA quick_check says " + "; ".join(str(s) for s in status)
+        cut = _header_truncation(path)
+        if cut is not None:
+            return "corrupt or " + cut
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in ["sqlite_master", *sorted(names - set(COPY_CHECKED_TABLES))]:
+            status = [r[0] for r in conn.execute("SELECT * FROM pragma_quick_check(?)", (table,))][:3]
+            if status != ["ok"]:
+                return "corrupt or truncated: PRAGMA quick_check says " + "; ".join(str(s) for s in status)
         missing = [t for t in REQUIRED_TABLES if t not in names]
         if missing:
             return f"tables {', '.join(missing)} missing; not a complete aetherium-hpc database"
