@@ -78,6 +78,13 @@ OPTIONAL_CHUNK_TABLES = ("open_chunks",)
 #: Table of a merged database: what a ``jobs`` row said before merge resolved its status after
 #: the fact (the job ended without writing one), and from what (sacct, squeue, process).
 RESOLVED_TABLE = "jobs_resolved"
+#: An index of the output that a merge of many inputs drops while it copies and builds once at
+#: the end: each input's series would otherwise land all over it (one page per metric name
+#: rewritten and journaled per input, more as the output grows). A merge killed before the end
+#: leaves it missing; the next open of the output (merge, or :func:`open_output`) builds it.
+DEFERRED_INDEX = "series_by_name"
+#: From this many inputs on, the merge defers :data:`DEFERRED_INDEX`.
+DEFER_INDEX_MIN_INPUTS = 20
 #: More inputs than this, and stderr a terminal: a progress line.
 PROGRESS_MIN_INPUTS = 10
 #: Seconds a merge waits for another merge into the same output before it gives up (exit 2).
@@ -336,6 +343,8 @@ def open_output(output: PathLike) -> sqlite3.Connection:
         conn.execute("PRAGMA cache_size=-65536")
         if not exists:
             schema.create(conn)
+        else:  # an index a merge killed half-way had dropped (see DEFERRED_INDEX)
+            schema.create_indexes(conn)
     except BaseException:
         conn.close()
         raise
@@ -564,12 +573,26 @@ def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, 
         facts = _source_facts(conn, "main")
         by_fp = {f.fingerprint: sid for sid, f in facts.items()}
         by_id: dict[tuple[Any, ...], tuple[int, _Facts]] = {f.identity: (sid, f) for sid, f in facts.items()}
-        for i, path in enumerate(files):
-            with _readable(path) as readable:
-                reason = _merge_input(conn, path, readable, result, by_fp, by_id)
-            if reason is not None:
-                result.skipped.append(Skipped(path, reason))
-            bar.update(i + 1, path)
+        deferred = len(files) >= DEFER_INDEX_MIN_INPUTS
+        if deferred:
+            conn.execute(f"DROP INDEX IF EXISTS main.{DEFERRED_INDEX}")
+        try:
+            for i, path in enumerate(files):
+                with _readable(path) as readable:
+                    reason = _merge_input(conn, path, readable, result, by_fp, by_id)
+                if reason is not None:
+                    result.skipped.append(Skipped(path, reason))
+                bar.update(i + 1, path)
+        finally:
+            if deferred:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    schema.create_indexes(conn)
+                except sqlite3.Error as exc:  # (the error that stopped the merge, if any, is the news)
+                    log.warning(
+                        "aetherium-hpc merge: index %s not rebuilt (%s); the next merge builds it", DEFERRED_INDEX, exc
+                    )
         bar.close()
         _resolve_unfinished(conn, result, resolve_timeout)
     finally:

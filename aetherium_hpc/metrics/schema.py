@@ -203,6 +203,13 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def create_indexes(conn: sqlite3.Connection) -> None:
+    """Create the indexes of :data:`DDL` that are missing (a merge drops one while it runs)."""
+    for statement in _split(DDL):
+        if statement.lstrip().upper().startswith("CREATE INDEX"):
+            conn.execute(statement)
+
+
 def _split(script: str) -> list[str]:
     """Split the DDL into statements (sqlite3.complete_statement finds the boundaries)."""
     out: list[str] = []

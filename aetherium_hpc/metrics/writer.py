@@ -243,7 +243,8 @@ class _OpenChunk:
             self.dt_ms = dt_ms
         if start < n:
             enc = records.encode_value
-            new = ",".join([enc(v) for v in self.vals[start:]])
+            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by encode_value
+            new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
             self.enc = self.enc + "," + new if start else new
         self.n_enc = n
         return t0, ts[-1], n, dt_ms, "[" + self.jit + "]", "[" + self.enc + "]"

@@ -124,6 +124,12 @@ def _store_sink(samples: list[Sample], timestamp: float) -> None:
     log_resource_samples(samples, timestamp)
 
 
+def _builtin_store_sink(samples: list[Sample], timestamp: float) -> None:
+    from aetherium_hpc.metrics.client import log_builtin_samples
+
+    log_builtin_samples(samples, timestamp)
+
+
 def _get_store() -> Any:
     from aetherium_hpc.metrics.client import get_db
 
@@ -159,11 +165,14 @@ class ResourceMonitor:
         self.interval = float(interval)
         self.output_path = None if output_path is None else os.fspath(output_path)
         self.root_pid = os.getpid() if root_pid is None else int(root_pid)
+        builtin = collectors is None
         if collectors is None:
             collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
         self.telemetry = MonitorTelemetry(store_getter)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
-        self._sink: SampleSink = _store_sink if sink is None else sink
+        if sink is None:  # collectors of the user's: every field checked at the call
+            sink = _builtin_store_sink if builtin else _store_sink
+        self._sink: SampleSink = sink
         self.summary = SampleSummary()
         self.samples_taken = 0
         self.missed_ticks = 0
