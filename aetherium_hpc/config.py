@@ -2,7 +2,8 @@
 
 Flow::
 
-    file text --_LineLoader (SafeLoader: line numbers, no duplicate keys)--> raw mappings
+    file text --_FastLineLoader (libyaml's C parser; else, or to word an error, _LineLoader:
+                SafeLoader with line numbers, no duplicate keys)--> raw mappings
               --apply --set overrides--> --validate section by section--> Config
 
 Only plain YAML is read (``yaml.SafeLoader``); ``!!python/...`` tags are refused.
