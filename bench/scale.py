@@ -83,8 +83,20 @@ def _child(list_file: str, output: str) -> int:
     if result.skipped or result.sources_added != len(files):
         print(result.summary(), file=sys.stderr)
         return 1
-    print(json.dumps({"seconds": seconds, "fds": most_fds[0], "inputs": len(files)}))
+    print(json.dumps({"seconds": seconds, "fds": most_fds[0], "inputs": len(files), "rss_mib": _peak_rss_mib()}))
     return 0
+
+
+def _peak_rss_mib() -> float:
+    """This interpreter's peak RSS since exec (VmHWM; a child's ru_maxrss counts its parent's memory
+    at fork)."""
+    with open("/proc/self/status", encoding="ascii") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def merge_in_child(files: Sequence[str], output: str) -> dict[str, float]:
@@ -92,20 +104,13 @@ def merge_in_child(files: Sequence[str], output: str) -> dict[str, float]:
     list_file = output + ".inputs"
     with open(list_file, "w", encoding="utf-8") as fh:
         fh.write("\n".join(files))
-    proc = subprocess.Popen(
+    proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "child", list_file, output],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     if proc.returncode != 0:
-        raise RuntimeError(f"merge of {len(files)} inputs failed: {err.strip()[-800:]}")
-    figures = dict(json.loads(out.strip().splitlines()[-1]))
-    figures["rss_mib"] = usage.ru_maxrss / 1024.0  # Linux: KiB
+        raise RuntimeError(f"merge of {len(files)} inputs failed: {proc.stderr.strip()[-800:]}")
+    figures = dict(json.loads(proc.stdout.strip().splitlines()[-1]))
     os.remove(list_file)
     return figures
 

@@ -30,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench import copyback, ingest, merge, monitor_overhead, peers, scale, storage  # noqa: E402
+from bench import copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PERFORMANCE.md"
-SECTIONS = ("ingest", "peers", "monitor", "live", "storage", "copyback", "merge", "scale", "submit")
+SECTIONS = ("ingest", "peers", "monitor", "live", "storage", "copyback", "merge", "scale", "edges", "submit")
 
 FULL: dict[str, Any] = {
     "records": 200_000, "workers": 4, "latency_calls": 200_000,
@@ -44,6 +44,7 @@ FULL: dict[str, Any] = {
     "copy_hours": 24.0,
     "tasks": 100, "task_hours": 1.0,
     "scale_tasks": 1000, "scale_minutes": 5.0, "scale_steps": (100, 500, 2000),
+    "edge_records": 10_000,
     "array": 1000,
 }  # fmt: skip
 QUICK: dict[str, Any] = {
@@ -54,6 +55,7 @@ QUICK: dict[str, Any] = {
     "copy_hours": 2.0,
     "tasks": 10, "task_hours": 0.5,
     "scale_tasks": 100, "scale_minutes": 5.0, "scale_steps": (20, 100, 200),
+    "edge_records": 2_000,
     "array": 200,
 }  # fmt: skip
 
@@ -388,6 +390,26 @@ def run_scale(res: Results, s: dict[str, Any]) -> None:
     ))  # fmt: skip
 
 
+def run_edges(res: Results, s: dict[str, Any]) -> None:
+    m = edges.measure(res.repeat, s["edge_records"])
+    added = [o - b for o, b in zip(m["ours"], m["bare"], strict=True)]
+    cmd = "`python bench/edges.py`"
+    res.add(Row(
+        "start-up, locally: from starting the job's process to the first line of the user's code with the store, "
+        "socket and monitor up (`aetherium-hpc run -- python -c …`)",
+        f"{spread(m['ours'], secs)}: **{secs(med(added))} added** ({', '.join(secs(x) for x in added)})",
+        f"the same command started bare: {spread(m['bare'], secs)}", "–", "≤ 0.5 s added", med(added) <= 0.5, cmd,
+        "startup",
+    ))  # fmt: skip
+    complete = all(n == m["records"] for n in m["rows"])
+    res.add(Row(
+        f"SIGTERM to disk, locally: a command has logged {m['records']:,} training rows through the node socket; "
+        "SIGTERM to its process group (as `scancel`) until the runtime has exited with the copy in the run directory",
+        f"**{spread(m['term'], secs)}**; rows in the copy: {', '.join(f'{n:,}' for n in m['rows'])}",
+        "–", "–", "≤ 1 s, every row", med(m["term"]) <= 1.0 and complete, cmd, "sigterm",
+    ))  # fmt: skip
+
+
 SUBMIT_REPEAT = 7
 
 
@@ -415,7 +437,8 @@ def run_submit(res: Results, s: dict[str, Any]) -> None:
 
 RUNNERS: dict[str, Callable[[Results, dict[str, Any]], None]] = {
     "ingest": run_ingest, "peers": run_peers, "monitor": run_monitor, "live": run_live,
-    "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "scale": run_scale, "submit": run_submit,
+    "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "scale": run_scale, "edges": run_edges,
+    "submit": run_submit,
 }  # fmt: skip
 
 
