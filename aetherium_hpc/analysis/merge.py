@@ -231,14 +231,22 @@ def check_input(path: str) -> str | None:
     except sqlite3.Error as exc:
         return f"cannot be opened ({exc})"
     try:
-        if not schema.check_version(conn, path):
+        return _check_attached(conn, "main", path)
+    finally:
+        conn.close()
+
+
+def _check_attached(conn: sqlite3.Connection, db: str, path: str) -> str | None:
+    """:func:`check_input` of the database ``path`` open on ``conn`` as schema ``db``."""
+    try:
+        if not schema.check_version(conn, path, db):
             return f"empty ({os.path.getsize(path)} bytes), not an aetherium-hpc database"
         cut = _header_truncation(path)
         if cut is not None:
             return "corrupt or " + cut
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        names = {r[0] for r in conn.execute(f"SELECT name FROM {db}.sqlite_master WHERE type = 'table'")}
         for table in ["sqlite_master", *sorted(names - set(COPY_CHECKED_TABLES))]:
-            status = [r[0] for r in conn.execute("SELECT * FROM pragma_quick_check(?)", (table,))][:3]
+            status = [r[0] for r in conn.execute("SELECT * FROM pragma_quick_check(?, ?)", (table, db))][:3]
             if status != ["ok"]:
                 return "corrupt or truncated: PRAGMA quick_check says " + "; ".join(str(s) for s in status)
         missing = [t for t in REQUIRED_TABLES if t not in names]
@@ -249,8 +257,6 @@ def check_input(path: str) -> str | None:
         return text[len(path) + 2 :] if text.startswith(path + ": ") else text
     except sqlite3.DatabaseError as exc:
         return f"unreadable ({exc})"
-    finally:
-        conn.close()
     return None
 
 
@@ -623,18 +629,29 @@ def _merge_input(
     by_fp: dict[str, int],
     by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
 ) -> str | None:
-    """Merge one input (read from ``readable``, recorded as ``path``); the reason if it was skipped."""
-    reason = check_input(readable)
-    if reason is not None:
-        return reason
+    """Merge one input (read from ``readable``, recorded as ``path``); the reason if it was skipped.
+
+    The input is attached once, checked (:func:`check_input`'s checks) and copied on the
+    output's connection."""
     try:
-        return _merge_one(conn, path, result, by_fp, by_id, read_from=readable)
+        conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(readable),))  # (reads the input's schema)
+    except sqlite3.Error as exc:  # the words of schema.check_version
+        if "locked" in str(exc):
+            return f"locked by another process ({exc}); wait until it ends, or work on a copy"
+        return f"not a readable SQLite database ({exc}); pass an aetherium-hpc .db file"
+    try:
+        reason = _check_attached(conn, "src", readable)
+        if reason is not None:
+            return reason
+        return _merge_one(conn, path, result, by_fp, by_id)
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):  # the input was readable (check_input): the output is locked
+        if "locked" in str(exc):  # the input was readable (checked above): the output is locked
             raise StoreError(
                 f"{result.output}: locked by another process ({exc}); wait until it ends, or merge into another -o file"
             ) from exc
         return f"unreadable while copying ({exc})"
+    finally:
+        conn.execute("DETACH DATABASE src")
 
 
 def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: float) -> None:
@@ -704,41 +721,36 @@ def _merge_one(
     result: MergeResult,
     by_fp: dict[str, int],
     by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
-    read_from: str | None = None,
 ) -> str | None:
-    """Merge one checked input; returns a reason if it had to be skipped after all."""
-    conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(read_from or path),))
-    try:
-        facts = _source_facts(conn, "src")
-        take: list[int] = []
-        replace: list[int] = []
-        for sid, f in facts.items():
-            if f.fingerprint in by_fp:
-                result.sources_present += 1
+    """Merge one checked input, attached as ``src``; returns a reason if it had to be skipped after all."""
+    facts = _source_facts(conn, "src")
+    take: list[int] = []
+    replace: list[int] = []
+    for sid, f in facts.items():
+        if f.fingerprint in by_fp:
+            result.sources_present += 1
+            continue
+        old = by_id.get(f.identity)
+        if old is not None:
+            if f.rank <= old[1].rank:
+                result.sources_outdated += 1
                 continue
-            old = by_id.get(f.identity)
-            if old is not None:
-                if f.rank <= old[1].rank:
-                    result.sources_outdated += 1
-                    continue
-                replace.append(old[0])
-            take.append(sid)
-        if not take:
-            result.unchanged.append(path)
-            return None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for old_sid in replace:
-                _delete_source(conn, old_sid)
-            _copy(conn, path, take, all_taken=len(take) == len(facts))
-            new_ids = dict(conn.execute("SELECT old, new FROM temp.srcmap"))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.execute("DETACH DATABASE src")
+            replace.append(old[0])
+        take.append(sid)
+    if not take:
+        result.unchanged.append(path)
+        return None
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for old_sid in replace:
+            _delete_source(conn, old_sid)
+        _copy(conn, path, take, all_taken=len(take) == len(facts))
+        new_ids = dict(conn.execute("SELECT old, new FROM temp.srcmap"))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
     for old_sid in replace:
         stale = [fp for fp, s in by_fp.items() if s == old_sid]
         for fp in stale:
