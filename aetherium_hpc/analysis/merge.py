@@ -25,7 +25,8 @@ Rules (also in docs/REPORT.md):
   ``application_id``, another schema version, missing tables) are skipped with a one-line
   reason; the rest is merged and :attr:`MergeResult.exit_code` is 3.
 * **Fast**: each input is ATTACHed to the output connection and copied with
-  ``INSERT ... SELECT`` and id offsets, one transaction per input.
+  ``INSERT ... SELECT`` and id offsets; up to :data:`INPUTS_PER_COMMIT` inputs share one
+  transaction, each in a savepoint of its own (one that fails while copying is rolled back alone).
 * **One at a time**: a merge holds ``<output>.lock`` (``flock``) from before it reads the output
   until it is done, so a second merge into the same file waits (at most :data:`LOCK_TIMEOUT_S`,
   then one line and exit 2) and then finds every source present: two merges at once give the
