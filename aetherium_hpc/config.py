@@ -280,7 +280,16 @@ class Config:
 
     def dump_yaml(self) -> str:
         """The effective configuration as YAML text (readable by :func:`parse_config`)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
+        return yaml_text(self.to_dict(), default_flow_style=False, allow_unicode=True)
+
+
+#: libyaml's C emitter when PyYAML has it (the same text, several times faster for a 1,000-entry array).
+_SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def yaml_text(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump(data, sort_keys=False, **options)``, with libyaml's emitter when available."""
+    return str(yaml.dump(data, Dumper=_SAFE_DUMPER, sort_keys=False, **options))
 
 
 # --------------------------------------------------------------------------------------------

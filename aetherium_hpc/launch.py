@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 from submitit.slurm.slurm import SlurmExecutor
 
 import aetherium_hpc
 
-from .config import Config
+from .config import Config, yaml_text
 from .errors import LaunchError
 from .paths import RunLayout
 from .runtime.entrypoint import JobRunner
@@ -237,7 +236,7 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
     if cluster == "slurm":
         check_script_path(layout.root)
     layout.config_path.write_text(
-        f"# resolved configuration of {config.source}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
+        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
         encoding="utf-8",
     )
     executor = _make_executor(config, layout, cluster)

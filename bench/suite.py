@@ -384,7 +384,7 @@ def run_scale(res: Results, s: dict[str, Any]) -> None:
     res.add(Row(
         "the same merges: peak RSS of the interpreter, most file descriptors open at once",
         "**" + ", ".join(f"{n:,}: {rss[n]:.0f} MiB / {fds[n]:.0f} fds" for n in ns) + "**",
-        "bounded: SQLite's page cache of the output is capped at 64 MiB, one input open at a time", "–",
+        "bounded: SQLite's page cache of the output is capped at 64 MiB, at most 8 inputs attached at a time", "–",
         f"≤ {SCALE_RSS_MIB:.0f} MiB, ≤ {SCALE_FDS} fds at every count",
         max(rss.values()) <= SCALE_RSS_MIB and max(fds.values()) <= SCALE_FDS, cmd, "scale_memory",
     ))  # fmt: skip
