@@ -2,7 +2,8 @@
 
 Flow::
 
-    file text --_LineLoader (SafeLoader: line numbers, no duplicate keys)--> raw mappings
+    file text --_FastLineLoader (libyaml's C parser; else, or to word an error, _LineLoader:
+                SafeLoader with line numbers, no duplicate keys)--> raw mappings
               --apply --set overrides--> --validate section by section--> Config
 
 Only plain YAML is read (``yaml.SafeLoader``); ``!!python/...`` tags are refused.
@@ -279,7 +280,16 @@ class Config:
 
     def dump_yaml(self) -> str:
         """The effective configuration as YAML text (readable by :func:`parse_config`)."""
-        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False, allow_unicode=True)
+        return yaml_text(self.to_dict(), default_flow_style=False, allow_unicode=True)
+
+
+#: libyaml's C emitter when PyYAML has it (the same text, several times faster for a 1,000-entry array).
+_SAFE_DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def yaml_text(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump(data, sort_keys=False, **options)``, with libyaml's emitter when available."""
+    return str(yaml.dump(data, Dumper=_SAFE_DUMPER, sort_keys=False, **options))
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +321,18 @@ class _LineLoader(yaml.SafeLoader):
     """SafeLoader whose mappings and sequences carry line numbers (see :class:`_LineDict`)."""
 
 
+if getattr(yaml, "__with_libyaml__", False):
+
+    class _FastLineLoader(yaml.CSafeLoader):
+        """The same with libyaml's C scanner, parser and composer (its nodes carry their lines too):
+        a 1,000-entry array parses several times faster. Used first; a file it refuses is parsed
+        again with :class:`_LineLoader`, whose error messages the users see."""
+
+    _FAST_LOADERS: tuple[Any, ...] = (_FastLineLoader,)
+else:  # pragma: no cover - PyYAML built without libyaml
+    _FAST_LOADERS = ()
+
+
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
     result = _LineDict()
@@ -335,8 +357,9 @@ def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> _Li
     return result
 
 
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+for _loader in (_LineLoader, *_FAST_LOADERS):
+    _loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -374,6 +397,20 @@ def _one_line(text: str) -> str:
 
 
 def _read_yaml(text: str, source: str) -> Any:
+    """The document, with line numbers and no duplicate keys; a ConfigError naming file:line if not."""
+    for fast in _FAST_LOADERS:
+        loader = fast(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _find_duplicate(node, "", set()) is None:
+                return loader.construct_document(node)
+        except yaml.YAMLError:
+            pass
+        finally:
+            loader.dispose()
+        # Invalid YAML or a duplicate key: parse again below, to report it in the usual words.
     loader = _LineLoader(text)
     try:
         node = loader.get_single_node()

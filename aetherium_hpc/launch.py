@@ -26,12 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-import yaml
 from submitit.slurm.slurm import SlurmExecutor
 
 import aetherium_hpc
 
-from .config import Config
+from .config import Config, yaml_text
 from .errors import LaunchError
 from .paths import RunLayout
 from .runtime.entrypoint import JobRunner
@@ -270,7 +269,7 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
 
 def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
     layout.config_path.write_text(
-        f"# resolved configuration of {config.source}\n" + yaml.safe_dump(config.to_dict(), sort_keys=False),
+        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
         encoding="utf-8",
     )
     executor = _make_executor(config, layout.submitit_dir, cluster)

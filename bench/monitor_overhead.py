@@ -140,3 +140,78 @@ def live(seconds: float) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- a big node: 8 GPUs (fake NVML) and a 64-process tree, against the 9-process, no-GPU case ------------
+@contextmanager
+def sleeper_tree(processes: int) -> Iterator[int]:
+    """A tree of ``processes`` processes (a shell and its ``sleep`` children); yields the shell's pid."""
+    shell = subprocess.Popen(["/bin/sh", "-c", f"for i in $(seq {processes - 1}); do sleep 600 & done; wait"])
+    try:
+        want = processes - 1
+        deadline = time.monotonic() + 30
+        while len(psutil.Process(shell.pid).children()) < want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield shell.pid
+    finally:
+        for kid in psutil.Process(shell.pid).children():
+            kid.kill()
+        shell.kill()
+        shell.wait()
+
+
+def fake_gpus(n: int, pids: list[int]) -> Any:
+    """tests/fake_pynvml.py answering for ``n`` whole GPUs, each running the given processes."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import fake_pynvml
+
+    devices = [
+        fake_pynvml.FakeDevice(
+            f"GPU-{i:08x}-0000-0000-0000-000000000000", bus_id=f"00000000:{16 + i:02X}:00.0", minor=i,
+            unsupported={"nvmlDeviceGetMigMode"}, processes=[(pid, 512 * 2**20) for pid in pids[i::n]],
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    return fake_pynvml.make_module(devices)
+
+
+def big_node_costs(samples: int, spacing: float, gpus: int = 8, processes: int = 64) -> dict[str, Any]:
+    """CPU ms and rows per sample: a ``processes``-process tree with ``gpus`` fake GPUs vs 9 processes, no GPU."""
+    from aetherium_hpc.monitors.gpu import GpuCollector
+
+    saved = sys.modules.get("pynvml")
+    with sleeper_tree(processes) as big_root, sleeper_tree(9) as small_root:
+        big_pids = [big_root, *(p.pid for p in psutil.Process(big_root).children())]
+        sys.modules["pynvml"] = fake_gpus(gpus, big_pids)
+        try:
+            big_tree = ProcessTreeCollector(big_root)
+            gpu = GpuCollector(tree_pids=big_tree.pids, environ={})
+            big = ResourceMonitor(collectors=[HostCollector(), big_tree, gpu], sink=lambda s, ts: None,
+                                  store_getter=None)  # fmt: skip
+            small_tree = ProcessTreeCollector(small_root)
+            small = ResourceMonitor(
+                collectors=[HostCollector(), small_tree], sink=lambda s, ts: None, store_getter=None
+            )
+            for m in (big, small):
+                for collector in m.collectors:
+                    collector.start()
+                m.sample_once()
+            rows_big, rows_small = len(big.sample_once()), len(small.sample_once())
+            cost_big: list[float] = []
+            cost_small: list[float] = []
+            for _ in range(samples):
+                cost_big.append(cpu_ms(big.sample_once))
+                time.sleep(spacing)
+                cost_small.append(cpu_ms(small.sample_once))
+                time.sleep(spacing)
+            n_big, n_small, n_gpus = len(big_tree.pids()), len(small_tree.pids()), len(gpu.devices)
+            for m in (big, small):
+                for collector in m.collectors:
+                    collector.close()
+        finally:
+            if saved is None:
+                sys.modules.pop("pynvml", None)
+            else:
+                sys.modules["pynvml"] = saved
+    return {"big": cost_big, "small": cost_small, "rows_big": rows_big, "rows_small": rows_small,
+            "processes_big": n_big, "processes_small": n_small, "gpus": n_gpus}  # fmt: skip

@@ -11,7 +11,7 @@
 
 Each function returns numbers, or raises :class:`Missing` when the peer is not importable.
 
-    python bench/peers.py live {ours,mlflow,idle} INTERVAL SECONDS    # used by the suite
+    python bench/peers.py live {ours,mlflow,idle} INTERVAL SECONDS [FLUSH_S]    # used by the suite
 """
 
 from __future__ import annotations
@@ -130,10 +130,13 @@ def mlflow_ingest(n_metric: int, n_batch: int, db_dir: str) -> tuple[float, floa
 
 
 # -- live monitor CPU per sample ----------------------------------------------------------------
-def live_cpu(kind: str, interval: float, seconds: float) -> dict[str, float]:
-    """Run in a fresh interpreter (``python bench/peers.py live ...``): process CPU s over ``seconds``."""
+def live_cpu(kind: str, interval: float, seconds: float, flush: float = 1.0) -> dict[str, float]:
+    """Run in a fresh interpreter (``python bench/peers.py live ...``): process CPU s over ``seconds``.
+
+    ``flush``: the store's ``flush_interval`` (kind ``ours``); 5 s is what a job runs with.
+    """
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "live", kind, str(interval), str(seconds)],
+        [sys.executable, os.path.abspath(__file__), "live", kind, str(interval), str(seconds), str(flush)],
         capture_output=True,
         text=True,
         check=False,
@@ -146,7 +149,7 @@ def live_cpu(kind: str, interval: float, seconds: float) -> dict[str, float]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _live_child(kind: str, interval: float, seconds: float) -> int:
+def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) -> int:
     import psutil
 
     with tempfile.TemporaryDirectory() as d:
@@ -154,7 +157,7 @@ def _live_child(kind: str, interval: float, seconds: float) -> int:
         if kind == "ours":
             from aetherium_hpc.monitors import ResourceMonitor
 
-            ah.init_db(os.path.join(d, "ours.db"), flush_interval=1.0)
+            ah.init_db(os.path.join(d, "ours.db"), flush_interval=flush)
             monitor = ResourceMonitor(interval, gpu=True).start()
             time.sleep(WARMUP_S)  # steady state: collectors started, first samples taken
             n0, c0 = monitor.samples_taken, time.process_time()
@@ -268,7 +271,7 @@ def submitit_submit(n_tasks: int, work: str) -> float:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 5 and sys.argv[1] == "live":
-        sys.exit(_live_child(sys.argv[2], float(sys.argv[3]), float(sys.argv[4])))
+    if len(sys.argv) in (5, 6) and sys.argv[1] == "live":
+        sys.exit(_live_child(sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), float((sys.argv + ["1"])[5])))
     print(__doc__)
     sys.exit(2)

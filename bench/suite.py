@@ -30,11 +30,11 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bench import copyback, ingest, merge, monitor_overhead, peers, storage  # noqa: E402
+from bench import copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PERFORMANCE.md"
-SECTIONS = ("ingest", "peers", "monitor", "live", "storage", "copyback", "merge", "submit")
+SECTIONS = ("ingest", "peers", "monitor", "live", "storage", "copyback", "merge", "scale", "edges", "submit")
 
 FULL: dict[str, Any] = {
     "records": 200_000, "workers": 4, "latency_calls": 200_000,
@@ -43,6 +43,8 @@ FULL: dict[str, Any] = {
     "hours": 24.0, "query_repeat": 7,
     "copy_hours": 24.0,
     "tasks": 100, "task_hours": 1.0,
+    "scale_tasks": 1000, "scale_minutes": 5.0, "scale_steps": (100, 500, 2000),
+    "edge_records": 10_000,
     "array": 1000,
 }  # fmt: skip
 QUICK: dict[str, Any] = {
@@ -52,6 +54,8 @@ QUICK: dict[str, Any] = {
     "hours": 2.0, "query_repeat": 5,
     "copy_hours": 2.0,
     "tasks": 10, "task_hours": 0.5,
+    "scale_tasks": 100, "scale_minutes": 5.0, "scale_steps": (20, 100, 200),
+    "edge_records": 2_000,
     "array": 200,
 }  # fmt: skip
 
@@ -225,23 +229,45 @@ def run_monitor(res: Results, s: dict[str, Any]) -> None:
     res.add(Row(
         f"monitor CPU per sample, {n_tree}-process tree (`sample_once`, thread CPU, median of {s['monitor_samples']} a run)",
         f"**{spread(ours, ms)}**", f"naive psutil loop: {spread(naive, ms)}",
-        f"naive is {times(med(r))} ({', '.join(times(x) for x in r)})", "≤ 0.5 ms", med(ours) <= 0.5,
+        f"naive is **{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 0.5 ms, naive ≥ 5×",
+        med(ours) <= 0.5 and med(r) >= 5.0,
         "`python bench/monitor_overhead.py`", "monitor",
+    ))  # fmt: skip
+    big: list[float] = []
+    small: list[float] = []
+    g: dict[str, Any] = {}
+    for _ in range(res.repeat):
+        g = monitor_overhead.big_node_costs(s["monitor_samples"], 0.02)
+        big.append(med(g["big"]))
+        small.append(med(g["small"]))
+    r = pairwise(big, small)
+    res.add(Row(
+        f"monitor CPU per sample on a big node: {g['gpus']} GPUs (tests/fake_pynvml.py) and a {g['processes_big']}-process "
+        f"tree (`sample_once`, thread CPU, median of {s['monitor_samples']} a run); rows per sample: {g['rows_big']}",
+        f"**{spread(big, ms)}**",
+        f"{g['processes_small']}-process tree, no GPU, interleaved: {spread(small, ms)}; rows per sample: {g['rows_small']}",
+        f"{times(med(r))} the small node ({', '.join(times(x) for x in r)}); "
+        f"{g['rows_big'] / max(1, g['rows_small']):.1f}× the rows", "–", None,
+        "`python -m bench --only monitor`", "monitor_gpu",
     ))  # fmt: skip
 
 
-LIVE_TARGET = "– (includes the store; ≤ 0.5 ms is for the sample, row above)"
+LIVE_TARGET = "MLflow ≥ 25×"
+LIVE_FLUSH_S = 5.0  # monitoring.flush_interval_s of a job (the default): how the runtime runs the store
 
 
 def run_live(res: Results, s: dict[str, Any]) -> None:
     interval, seconds = s["live_interval"], s["live_seconds"]
     ours: list[float] = []
+    ours_1s: list[float] = []
     theirs: list[float] = []
     why = ""
     for _ in range(res.repeat):
         idle = peers.live_cpu("idle", interval, seconds)["cpu_s"]
-        o = peers.live_cpu("ours", interval, seconds)
+        o = peers.live_cpu("ours", interval, seconds, LIVE_FLUSH_S)
         ours.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
+        o = peers.live_cpu("ours", interval, seconds, 1.0)
+        ours_1s.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
         if not why:
             try:
                 t = peers.live_cpu("mlflow", interval, seconds)
@@ -250,17 +276,24 @@ def run_live(res: Results, s: dict[str, Any]) -> None:
                 why = str(exc)
     what = (f"live monitor at {interval:g} s, {seconds:g} s of steady state in a fresh interpreter, into a store: "
             "process CPU per sample (sampling thread + store writer), idle interpreter subtracted")  # fmt: skip
+    cmd = "`python -m bench --only live`"
     if why:
         res.add(Row(what, f"**{spread(ours, ms)}**", f"MLflow SystemMetricsMonitor: not measured ({why})", "–",
-                    LIVE_TARGET, None, "`python -m bench --only live`", "live"))  # fmt: skip
+                    LIVE_TARGET, None, cmd, "live"))  # fmt: skip
         return
-    r = pairwise(theirs, ours)
     ver = peers.version("mlflow") or peers.version("mlflow-skinny")
+    base = f"MLflow {ver} `SystemMetricsMonitor` (same interval, `log_batch` per sample to `sqlite:///…`): {spread(theirs, ms)}"
+    r = pairwise(theirs, ours)
     res.add(Row(
-        what, f"**{spread(ours, ms)}**",
-        f"MLflow {ver} `SystemMetricsMonitor` (same interval, `log_batch` per sample to `sqlite:///…`): {spread(theirs, ms)}",
-        f"MLflow is {times(med(r))} ({', '.join(times(x) for x in r)})", LIVE_TARGET, None,
-        "`python -m bench --only live`", "live",
+        what + f"; the store as a job runs it (`flush_interval_s` {LIVE_FLUSH_S:g} s, the default)",
+        f"**{spread(ours, ms)}**", base, f"MLflow is **{times(med(r))}** ({', '.join(times(x) for x in r)})",
+        LIVE_TARGET, med(r) >= 25.0, cmd, "live",
+    ))  # fmt: skip
+    r = pairwise(theirs, ours_1s)
+    res.add(Row(
+        "the same with the store committing every second (`flush_interval_s` 1 s)",
+        f"**{spread(ours_1s, ms)}**", base, f"MLflow is {times(med(r))} ({', '.join(times(x) for x in r)})",
+        "–", None, cmd, "live_1s",
     ))  # fmt: skip
 
 
@@ -314,13 +347,66 @@ def run_merge(res: Results, s: dict[str, Any]) -> None:
     res.add(Row(
         f"merge of {s['tasks']} task databases ({s['task_hours']:g} h × 42 metrics × 1 Hz each, {m['input_bytes'] / 2**20:.0f} MiB)",
         spread(m["merge"], secs), f"bare `ATTACH … INSERT … SELECT`: {spread(m['bare'], secs)}",
-        f"**{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 1.5×", med(r) <= 1.5, "`python bench/merge.py`",
+        f"**{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 1.2×", med(r) <= 1.2, "`python bench/merge.py`",
         "merge",
     ))  # fmt: skip
     res.add(Row(
         f"`aetherium-hpc report --quiet --html` on that merged DB ({m['merged_bytes'] / 2**20:.0f} MiB; fresh interpreter, plots included)",
         f"**{spread(m['report'], secs)}**", f"no peer; for scale, a re-merge of the same inputs (adds nothing): {spread(m['remerge'], secs)}",
         "–", "–", None, "`python -m bench --only merge`", "report",
+    ))  # fmt: skip
+
+
+SCALE_LINEAR = 1.25  # per-input cost at the largest step / at the smallest: "linear" within noise
+SCALE_RSS_MIB = 256.0  # SQLite's page cache of the output is capped at 64 MiB (merge.open_output)
+SCALE_FDS = 16
+
+
+def run_scale(res: Results, s: dict[str, Any]) -> None:
+    m = scale.measure(s["scale_tasks"], s["scale_minutes"], s["scale_steps"], repeat=1, log=res.log)
+    steps = m["steps"]
+    ns = sorted(steps)
+    per = {n: steps[n][0]["per_input_ms"] for n in ns}
+    rss = {n: steps[n][0]["rss_mib"] for n in ns}
+    fds = {n: steps[n][0]["fds"] for n in ns}
+    grow = per[ns[-1]] / per[ns[0]]
+    cmd = f"`python bench/scale.py --tasks {s['scale_tasks']}`"
+    what = (f"merge of a {s['scale_tasks']:,}-task array × 2 nodes ({m['files']:,} node databases, "
+            f"{s['scale_minutes']:g} min × 42 metrics × 1 Hz each, {m['input_bytes'] / 2**20:.0f} MiB), each count in one "
+            "pass in a fresh interpreter")  # fmt: skip
+    res.add(Row(
+        what + ": time per input",
+        "**" + ", ".join(f"{n:,}: {per[n]:.1f} ms" for n in ns) + "**",
+        f"the same merge of the first {ns[0]:,}: {per[ns[0]]:.1f} ms an input",
+        f"**{times(grow)}** at {ns[-1]:,} (linear: 1×)", f"≤ {SCALE_LINEAR:g}× (linear)", grow <= SCALE_LINEAR, cmd,
+        "scale_time",
+    ))  # fmt: skip
+    res.add(Row(
+        "the same merges: peak RSS of the interpreter, most file descriptors open at once",
+        "**" + ", ".join(f"{n:,}: {rss[n]:.0f} MiB / {fds[n]:.0f} fds" for n in ns) + "**",
+        "bounded: SQLite's page cache of the output is capped at 64 MiB, at most 8 inputs attached at a time", "–",
+        f"≤ {SCALE_RSS_MIB:.0f} MiB, ≤ {SCALE_FDS} fds at every count",
+        max(rss.values()) <= SCALE_RSS_MIB and max(fds.values()) <= SCALE_FDS, cmd, "scale_memory",
+    ))  # fmt: skip
+
+
+def run_edges(res: Results, s: dict[str, Any]) -> None:
+    m = edges.measure(res.repeat, s["edge_records"])
+    added = [o - b for o, b in zip(m["ours"], m["bare"], strict=True)]
+    cmd = "`python bench/edges.py`"
+    res.add(Row(
+        "start-up, locally: from starting the job's process to the first line of the user's code with the store, "
+        "socket and monitor up (`aetherium-hpc run -- python -c …`)",
+        f"{spread(m['ours'], secs)}: **{secs(med(added))} added** ({', '.join(secs(x) for x in added)})",
+        f"the same command started bare: {spread(m['bare'], secs)}", "–", "≤ 0.5 s added", med(added) <= 0.5, cmd,
+        "startup",
+    ))  # fmt: skip
+    complete = all(n == m["records"] for n in m["rows"])
+    res.add(Row(
+        f"SIGTERM to disk, locally: a command has logged {m['records']:,} training rows through the node socket; "
+        "SIGTERM to its process group (as `scancel`) until the runtime has exited with the copy in the run directory",
+        f"**{spread(m['term'], secs)}**; rows in the copy: {', '.join(f'{n:,}' for n in m['rows'])}",
+        "–", "–", "≤ 1 s, every row", med(m["term"]) <= 1.0 and complete, cmd, "sigterm",
     ))  # fmt: skip
 
 
@@ -351,7 +437,8 @@ def run_submit(res: Results, s: dict[str, Any]) -> None:
 
 RUNNERS: dict[str, Callable[[Results, dict[str, Any]], None]] = {
     "ingest": run_ingest, "peers": run_peers, "monitor": run_monitor, "live": run_live,
-    "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "submit": run_submit,
+    "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "scale": run_scale, "edges": run_edges,
+    "submit": run_submit,
 }  # fmt: skip
 
 
@@ -398,9 +485,10 @@ def versions() -> str:
 
 
 SHORT = {
-    "ingest": "End-to-end ingest", "latency": "Log call", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
+    "ingest": "End-to-end ingest", "latency": "Log call", "live": "Live monitor + store", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
     "bytes": "Bytes per sample", "query": "Aggregate query", "merge": "Merge", "submit": "1,000-task array submit",
-    "copy_bytes": "Copy-back bytes", "copy_cpu": "Copy-back CPU",
+    "copy_bytes": "Copy-back bytes", "copy_cpu": "Copy-back CPU", "scale_time": "2,000-database merge time",
+    "scale_memory": "2,000-database merge memory",
 }  # fmt: skip
 WHY_MISSED = {
     "ingest": "the store's writer shares the cores with the producers; on 2 cores the 5 producer processes and "
@@ -411,16 +499,25 @@ WHY_MISSED = {
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
     "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
     "oneshot() once per process per sample reaches it.",
-    "live": "the live figure includes the store calls and the writer thread's commit per flush_interval; "
-    "a longer flush_interval or a larger interval divides that cost.",
+    "live": "the whole process costs about 0.5 ms a sample on this host even when it is quiet: the sampling t"
+    "ick measured spaced out (row 'monitor CPU per sample', about 0.45 ms) is 7x the same tick in a t"
+    "ight loop (about 0.06 ms): a thread woken every interval runs on cold caches, and about 0.07 ms "
+    "of it is the kernel producing /proc/stat, /proc/meminfo and the tree's stat files. The store add"
+    "s about 0.06 ms a sample at the default flush_interval_s (5 s), 0.2 ms at 1 s. 25x needs a whole"
+    " sample under about 0.33 ms: fewer /proc reads a tick (the tree walk every few ticks only) or a "
+    "compiled collector.",
     "bytes": "the chunks are too short or values too wide; longer chunks (CHUNK_SAMPLES) or fewer significant "
     "digits reach it.",
     "query": "the aggregate decodes every chunk's JSON array; a per-chunk min/max/sum column would answer it "
     "without json_each.",
-    "merge": "merge runs `PRAGMA quick_check` on every input (one more full read of each file) and writes into "
-    "the real schema with its indexes (`sample_chunks_by_series`, `series_by_name`), which the bare copy's "
-    "`CREATE TABLE … AS` lacks. Checking only the header, `application_id` and schema of inputs whose writer "
-    "closed cleanly (quick_check only for the others) keeps it under 1.5×.",
+    "merge": "besides the copy, merge opens each input once more (schema, truncation and quick_check of the "
+    "small tables), fingerprints its sources and writes into the real schema with its indexes "
+    "(`sample_chunks_by_series`, `series_by_name`), which the bare copy's `CREATE TABLE … AS` lacks; both "
+    "commit (fsync) once per input, which dominates on a slow disk. Noisy under load.",
+    "scale_time": "each input's commit rewrites the pages of `series_by_name` its 42 series land in (spread over "
+    "the index, which grows with the output); dropping that index during a large merge and building it at the "
+    "end would flatten it.",
+    "scale_memory": "",
     "copy_bytes": "every checkpoint is one rollback-journal transaction: besides the new rows (about 1×) it "
     "rewrites, and journals, the file header, the last leaf and parent of `sample_chunks` and of each table "
     "that got rows, and `store_stats` every 10th time (about 0.9× together at 1 KiB pages). Fewer metrics or "
@@ -428,11 +525,10 @@ WHY_MISSED = {
     "lowers it.",
     "copy_cpu": "the increment reads the newest chunk of every series and the rows above the last copied ids; "
     "many more series (thousands of short-lived processes) make that part grow.",
-    "submit": "each task's pickle now carries only its own parameters (it carried the whole 1,000-entry "
-    "array before: 13.5 KB a task, 3.55× submitit); what remains is `load_config` parsing the 1,000-entry "
-    "YAML with the pure-Python, line-numbering SafeLoader (about 65 ms) and writing the run directory. "
-    "Parsing with libyaml's CSafeLoader first and re-parsing with line numbers only to report an error "
-    "would take most of the rest off. The ratio is noisy under load (sbatch and slurmctld share the 2 CPUs).",
+    "submit": "the YAML is now composed by libyaml's C parser (78 -> 14 ms for 1,000 entries); what remains is "
+    "validating 1,000 parameter sets, writing the run directory (config, jobs.json) and one pickle per task, "
+    "against submitit's single pickle of a trivial function. The ratio is noisy under load (sbatch and "
+    "slurmctld share the 2 CPUs).",
 }
 
 

@@ -20,11 +20,13 @@ Rules (also in docs/REPORT.md):
 * **Requeue**: the writer increments ``attempt`` each time a database is reopened. The same
   ``(job_id, array_task_id, node)`` with another ``attempt`` is another identity, so every
   attempt is kept, each tagged by its ``attempt`` in ``sources``.
-* **Broken inputs** (not SQLite, truncated or corrupt -- ``PRAGMA quick_check`` --, foreign
+* **Broken inputs** (not SQLite, truncated or corrupt -- ``PRAGMA quick_check`` of every table but
+  the chunks, which the copy reads whole: a malformed page there fails it --, foreign
   ``application_id``, another schema version, missing tables) are skipped with a one-line
   reason; the rest is merged and :attr:`MergeResult.exit_code` is 3.
 * **Fast**: each input is ATTACHed to the output connection and copied with
-  ``INSERT ... SELECT`` and id offsets, one transaction per input.
+  ``INSERT ... SELECT`` and id offsets; up to :data:`INPUTS_PER_COMMIT` inputs share one
+  transaction, each in a savepoint of its own (one that fails while copying is rolled back alone).
 * **One at a time**: a merge holds ``<output>.lock`` (``flock``) from before it reads the output
   until it is done, so a second merge into the same file waits (at most :data:`LOCK_TIMEOUT_S`,
   then one line and exit 2) and then finds every source present: two merges at once give the
@@ -52,7 +54,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -70,12 +72,24 @@ SKIPPED_EXIT_CODE = 3
 REQUIRED_TABLES = (
     "sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats",
 )  # fmt: skip
+#: Inputs attached together and copied in one transaction, each in its own savepoint: one commit
+#: (two fsyncs) per input was most of a merge's time. SQLite attaches at most 10 databases.
+INPUTS_PER_COMMIT = 8
+#: Tables that ``check_input`` leaves to the copy (it reads every page of them): see there.
+COPY_CHECKED_TABLES = ("sample_chunks", "open_chunks")
 #: Tables of earlier writers of schema version 1 that are read when present: the chunk a
 #: writer was still filling. They are copied into ``sample_chunks``.
 OPTIONAL_CHUNK_TABLES = ("open_chunks",)
 #: Table of a merged database: what a ``jobs`` row said before merge resolved its status after
 #: the fact (the job ended without writing one), and from what (sacct, squeue, process).
 RESOLVED_TABLE = "jobs_resolved"
+#: An index of the output that a merge of many inputs drops while it copies and builds once at
+#: the end: each input's series would otherwise land all over it (one page per metric name
+#: rewritten and journaled per input, more as the output grows). A merge killed before the end
+#: leaves it missing; the next open of the output (merge, or :func:`open_output`) builds it.
+DEFERRED_INDEX = "series_by_name"
+#: From this many inputs on, the merge defers :data:`DEFERRED_INDEX`.
+DEFER_INDEX_MIN_INPUTS = 20
 #: More inputs than this, and stderr a terminal: a progress line.
 PROGRESS_MIN_INPUTS = 10
 #: Seconds a merge waits for another merge into the same output before it gives up (exit 2).
@@ -191,19 +205,60 @@ def _ro_uri(path: str) -> str:
     return "file:" + quote(os.path.abspath(path), safe="/") + "?mode=ro"
 
 
+def _header_truncation(path: str) -> str | None:
+    """Why the file is shorter than its header says (a copy cut short), else None.
+
+    The header's page count is trusted only when it is current (its "version-valid-for" number
+    equals the change counter) and no write-ahead log holds later pages."""
+    try:
+        with open(path, "rb") as fh:
+            header = fh.read(100)
+        size = os.path.getsize(path)
+        wal = os.path.getsize(path + "-wal") if os.path.exists(path + "-wal") else 0
+    except OSError:
+        return None
+    if len(header) < 100 or wal:
+        return None
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    pages = int.from_bytes(header[28:32], "big")
+    if header[24:28] != header[92:96] or not pages:
+        return None
+    if size < pages * page_size:
+        return f"truncated: the header says {pages} pages of {page_size} bytes, the file has {size} bytes"
+    return None
+
+
 def check_input(path: str) -> str | None:
-    """None if ``path`` is a readable, intact aetherium-hpc database of this schema, else why not."""
+    """None if ``path`` is a readable, intact aetherium-hpc database of this schema, else why not.
+
+    ``PRAGMA quick_check`` runs on every table but the chunk tables (:data:`COPY_CHECKED_TABLES`),
+    nearly all of a file: the copy reads every page of those, and a page SQLite finds malformed
+    fails the copy, which rolls back and skips the input. A file shorter than its header says is
+    refused here."""
     try:
         conn = sqlite3.connect(_ro_uri(path), uri=True)
     except sqlite3.Error as exc:
         return f"cannot be opened ({exc})"
     try:
-        if not schema.check_version(conn, path):
+        return _check_attached(conn, "main", path)
+    finally:
+        conn.close()
+
+
+def _check_attached(conn: sqlite3.Connection, db: str, path: str) -> str | None:
+    """:func:`check_input` of the database ``path`` open on ``conn`` as schema ``db``."""
+    try:
+        if not schema.check_version(conn, path, db):
             return f"empty ({os.path.getsize(path)} bytes), not an aetherium-hpc database"
-        status = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
-        if status != ["ok"]:
-            return "corrupt or truncated: PRAGMA quick_check says " + "; ".join(str(s) for s in status)
-        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        cut = _header_truncation(path)
+        if cut is not None:
+            return "corrupt or " + cut
+        names = {r[0] for r in conn.execute(f"SELECT name FROM {db}.sqlite_master WHERE type = 'table'")}
+        for table in ["sqlite_master", *sorted(names - set(COPY_CHECKED_TABLES))]:
+            status = [r[0] for r in conn.execute("SELECT * FROM pragma_quick_check(?, ?)", (table, db))][:3]
+            if status != ["ok"]:
+                return "corrupt or truncated: PRAGMA quick_check says " + "; ".join(str(s) for s in status)
         missing = [t for t in REQUIRED_TABLES if t not in names]
         if missing:
             return f"tables {', '.join(missing)} missing; not a complete aetherium-hpc database"
@@ -212,8 +267,6 @@ def check_input(path: str) -> str | None:
         return text[len(path) + 2 :] if text.startswith(path + ": ") else text
     except sqlite3.DatabaseError as exc:
         return f"unreadable ({exc})"
-    finally:
-        conn.close()
     return None
 
 
@@ -306,6 +359,8 @@ def open_output(output: PathLike) -> sqlite3.Connection:
         conn.execute("PRAGMA cache_size=-65536")
         if not exists:
             schema.create(conn)
+        else:  # an index a merge killed half-way had dropped (see DEFERRED_INDEX)
+            schema.create_indexes(conn)
     except BaseException:
         conn.close()
         raise
@@ -416,47 +471,47 @@ def _delete_source(conn: sqlite3.Connection, sid: int) -> None:
         conn.execute(f"DELETE FROM main.{table} WHERE source_id = ?", (sid,))
 
 
-def _copy(conn: sqlite3.Connection, path: str, take: list[int], all_taken: bool) -> None:
-    """Copy the sources ``take`` of the attached ``src`` into main (inside the caller's transaction)."""
+def _copy(conn: sqlite3.Connection, path: str, take: list[int], all_taken: bool, src: str = "src") -> None:
+    """Copy the sources ``take`` of the database attached as ``src`` into main (inside the caller's transaction)."""
     (src_off,) = conn.execute("SELECT coalesce(max(source_id), 0) FROM main.sources").fetchone()
     (ser_off,) = conn.execute("SELECT coalesce(max(series_id), 0) FROM main.series").fetchone()
     conn.execute("DELETE FROM temp.srcmap")
     conn.executemany("INSERT INTO temp.srcmap(old, new) VALUES (?, ?)", [(s, s + src_off) for s in take])
     conn.execute(
         f"INSERT INTO main.sources(source_id, {_SOURCE_COLS}, source_path, attempt)"
-        f" SELECT m.new, {_cols('s', _SOURCE_COLS)}, ?, s.attempt FROM src.sources s JOIN temp.srcmap m ON m.old = s.source_id",
+        f" SELECT m.new, {_cols('s', _SOURCE_COLS)}, ?, s.attempt FROM {src}.sources s JOIN temp.srcmap m ON m.old = s.source_id",
         (path,),
     )
     conn.execute(
         f"INSERT INTO main.series(series_id, source_id, {_SERIES_COLS})"
-        f" SELECT s.series_id + ?, m.new, {_cols('s', _SERIES_COLS)} FROM src.series s"
+        f" SELECT s.series_id + ?, m.new, {_cols('s', _SERIES_COLS)} FROM {src}.series s"
         " JOIN temp.srcmap m ON m.old = s.source_id",
         (ser_off,),
     )
     where = "" if all_taken else (
-        " WHERE c.series_id IN (SELECT series_id FROM src.series WHERE source_id IN (SELECT old FROM temp.srcmap))"
+        f" WHERE c.series_id IN (SELECT series_id FROM {src}.series WHERE source_id IN (SELECT old FROM temp.srcmap))"
     )  # fmt: skip
-    for chunks in _chunk_tables(conn, "src"):
+    for chunks in _chunk_tables(conn, src):
         conn.execute(
             f"INSERT INTO main.sample_chunks(series_id, {_CHUNK_COLS})"
-            f" SELECT c.series_id + ?, {_cols('c', _CHUNK_COLS)} FROM src.{chunks} c{where}",
+            f" SELECT c.series_id + ?, {_cols('c', _CHUNK_COLS)} FROM {src}.{chunks} c{where}",
             (ser_off,),
         )
     for table, cols in (("generation_rows", _GEN_COLS), ("training_rows", _TRN_COLS), ("jobs", _JOB_COLS)):
         conn.execute(
             f"INSERT INTO main.{table}(source_id, {cols})"
-            f" SELECT m.new, {_cols('g', cols)} FROM src.{table} g JOIN temp.srcmap m ON m.old = g.source_id"
+            f" SELECT m.new, {_cols('g', cols)} FROM {src}.{table} g JOIN temp.srcmap m ON m.old = g.source_id"
         )
     conn.execute(
         "INSERT INTO main.store_stats(source_id, name, value)"
-        " SELECT m.new, g.name, g.value FROM src.store_stats g JOIN temp.srcmap m ON m.old = g.source_id"
+        f" SELECT m.new, g.name, g.value FROM {src}.store_stats g JOIN temp.srcmap m ON m.old = g.source_id"
     )
-    if _has_table(conn, "src", RESOLVED_TABLE):  # a merged input: keep what its jobs said before resolution
+    if _has_table(conn, src, RESOLVED_TABLE):  # a merged input: keep what its jobs said before resolution
         _ensure_resolved_table(conn)
         cols = "recorded_status, recorded_exit_code, recorded_end_time, recorded_detail, resolved_from, resolved_at"
         conn.execute(
             f"INSERT INTO main.{RESOLVED_TABLE}(source_id, {cols}) SELECT m.new, {_cols('r', cols)}"
-            f" FROM src.{RESOLVED_TABLE} r JOIN temp.srcmap m ON m.old = r.source_id"
+            f" FROM {src}.{RESOLVED_TABLE} r JOIN temp.srcmap m ON m.old = r.source_id"
         )
 
 
@@ -534,12 +589,24 @@ def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, 
         facts = _source_facts(conn, "main")
         by_fp = {f.fingerprint: sid for sid, f in facts.items()}
         by_id: dict[tuple[Any, ...], tuple[int, _Facts]] = {f.identity: (sid, f) for sid, f in facts.items()}
-        for i, path in enumerate(files):
-            with _readable(path) as readable:
-                reason = _merge_input(conn, path, readable, result, by_fp, by_id)
-            if reason is not None:
-                result.skipped.append(Skipped(path, reason))
-            bar.update(i + 1, path)
+        deferred = len(files) >= DEFER_INDEX_MIN_INPUTS
+        if deferred:
+            conn.execute(f"DROP INDEX IF EXISTS main.{DEFERRED_INDEX}")
+        try:
+            for i in range(0, len(files), INPUTS_PER_COMMIT):
+                group = files[i : i + INPUTS_PER_COMMIT]
+                _merge_group(conn, group, result, by_fp, by_id)
+                bar.update(i + len(group), group[-1])
+        finally:
+            if deferred:
+                try:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    schema.create_indexes(conn)
+                except sqlite3.Error as exc:  # (the error that stopped the merge, if any, is the news)
+                    log.warning(
+                        "aetherium-hpc merge: index %s not rebuilt (%s); the next merge builds it", DEFERRED_INDEX, exc
+                    )
         bar.close()
         _resolve_unfinished(conn, result, resolve_timeout)
     finally:
@@ -562,26 +629,85 @@ def _readable(path: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _merge_input(
+def _attach(conn: sqlite3.Connection, readable: str, alias: str) -> str | None:
+    """ATTACH ``readable`` read-only as ``alias`` (SQLite reads its schema); why not, if it cannot."""
+    try:
+        conn.execute(f"ATTACH DATABASE ? AS {alias}", (_ro_uri(readable),))
+    except sqlite3.Error as exc:  # the words of schema.check_version
+        if "locked" in str(exc):
+            return f"locked by another process ({exc}); wait until it ends, or work on a copy"
+        return f"not a readable SQLite database ({exc}); pass an aetherium-hpc .db file"
+    return None
+
+
+def _merge_group(
     conn: sqlite3.Connection,
-    path: str,
-    readable: str,
+    group: list[str],
     result: MergeResult,
     by_fp: dict[str, int],
     by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
-) -> str | None:
-    """Merge one input (read from ``readable``, recorded as ``path``); the reason if it was skipped."""
-    reason = check_input(readable)
-    if reason is not None:
-        return reason
+) -> None:
+    """Merge up to :data:`INPUTS_PER_COMMIT` inputs: attach and check each, then copy them in one
+    transaction, each input in a savepoint of its own (an input that fails while copying is
+    rolled back alone and skipped), one commit for the group."""
+    with ExitStack() as stack:
+        ready: list[tuple[str, str]] = []  # (input path, alias)
+        attached: list[str] = []
+        try:
+            for k, path in enumerate(group):
+                readable = stack.enter_context(_readable(path))
+                alias = f"src{k}"
+                reason = _attach(conn, readable, alias)
+                if reason is None:
+                    attached.append(alias)
+                    reason = _check_attached(conn, alias, readable)
+                if reason is not None:
+                    result.skipped.append(Skipped(path, reason))
+                    continue
+                ready.append((path, alias))
+            if ready:
+                _copy_group(conn, ready, result, by_fp, by_id)
+        finally:
+            for alias in attached:
+                conn.execute(f"DETACH DATABASE {alias}")
+
+
+def _copy_group(
+    conn: sqlite3.Connection,
+    ready: list[tuple[str, str]],
+    result: MergeResult,
+    by_fp: dict[str, int],
+    by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
+) -> None:
     try:
-        return _merge_one(conn, path, result, by_fp, by_id, read_from=readable)
-    except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):  # the input was readable (check_input): the output is locked
-            raise StoreError(
-                f"{result.output}: locked by another process ({exc}); wait until it ends, or merge into another -o file"
-            ) from exc
-        return f"unreadable while copying ({exc})"
+        conn.execute("BEGIN IMMEDIATE")
+        for path, alias in ready:
+            conn.execute("SAVEPOINT input")
+            try:
+                _merge_one(conn, path, result, by_fp, by_id, alias)
+            except sqlite3.DatabaseError as exc:
+                if not conn.in_transaction:  # SQLite rolled the whole group back (disk full, I/O error)
+                    raise
+                conn.execute("ROLLBACK TO input")
+                conn.execute("RELEASE input")
+                if "locked" in str(exc):  # the input was readable (checked): the output is locked
+                    raise _output_locked(result, exc) from exc
+                result.skipped.append(Skipped(path, f"unreadable while copying ({exc})"))
+                continue
+            conn.execute("RELEASE input")
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.DatabaseError) and "locked" in str(exc):
+            raise _output_locked(result, exc) from exc
+        raise
+
+
+def _output_locked(result: MergeResult, exc: BaseException) -> StoreError:
+    return StoreError(
+        f"{result.output}: locked by another process ({exc}); wait until it ends, or merge into another -o file"
+    )
 
 
 def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: float) -> None:
@@ -651,41 +777,31 @@ def _merge_one(
     result: MergeResult,
     by_fp: dict[str, int],
     by_id: dict[tuple[Any, ...], tuple[int, _Facts]],
-    read_from: str | None = None,
-) -> str | None:
-    """Merge one checked input; returns a reason if it had to be skipped after all."""
-    conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(read_from or path),))
-    try:
-        facts = _source_facts(conn, "src")
-        take: list[int] = []
-        replace: list[int] = []
-        for sid, f in facts.items():
-            if f.fingerprint in by_fp:
-                result.sources_present += 1
+    alias: str,
+) -> None:
+    """Copy the sources of one checked input, attached as ``alias``, that the output lacks (inside the
+    caller's transaction), and note them in ``by_fp`` / ``by_id`` for the inputs after it."""
+    facts = _source_facts(conn, alias)
+    take: list[int] = []
+    replace: list[int] = []
+    for sid, f in facts.items():
+        if f.fingerprint in by_fp:
+            result.sources_present += 1
+            continue
+        old = by_id.get(f.identity)
+        if old is not None:
+            if f.rank <= old[1].rank:
+                result.sources_outdated += 1
                 continue
-            old = by_id.get(f.identity)
-            if old is not None:
-                if f.rank <= old[1].rank:
-                    result.sources_outdated += 1
-                    continue
-                replace.append(old[0])
-            take.append(sid)
-        if not take:
-            result.unchanged.append(path)
-            return None
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for old_sid in replace:
-                _delete_source(conn, old_sid)
-            _copy(conn, path, take, all_taken=len(take) == len(facts))
-            new_ids = dict(conn.execute("SELECT old, new FROM temp.srcmap"))
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.execute("DETACH DATABASE src")
+            replace.append(old[0])
+        take.append(sid)
+    if not take:
+        result.unchanged.append(path)
+        return
+    for old_sid in replace:
+        _delete_source(conn, old_sid)
+    _copy(conn, path, take, all_taken=len(take) == len(facts), src=alias)
+    new_ids = dict(conn.execute("SELECT old, new FROM temp.srcmap"))
     for old_sid in replace:
         stale = [fp for fp, s in by_fp.items() if s == old_sid]
         for fp in stale:

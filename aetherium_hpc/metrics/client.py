@@ -640,6 +640,16 @@ def log_resource_samples(samples: Iterable[tuple[str, str, float, str, str]], ti
         sink.put_many(recs)
 
 
+def log_builtin_samples(samples: list[tuple[str, str, float, str, str]], timestamp: float) -> None:
+    """Queue samples of the monitor's built-in collectors, without :func:`log_resource_samples`'s
+    per-field checks: their names and units are the constants of ``monitors/units.py``, their
+    values numbers, their devices short text (the writer still refuses, alone, a record SQLite
+    cannot store). A monitor with collectors of the user's goes through the checked call."""
+    sink = _sink or _resolve_sink()
+    if sink is not None and samples:
+        sink.put_many([(RESOURCE, timestamp, t, n, v, u, d) for t, n, v, u, d in samples])
+
+
 def log_job(**fields: Any) -> None:
     """Write or update this database's row in ``jobs`` (status, exit_code, start/end, config ...).
 

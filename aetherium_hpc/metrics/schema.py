@@ -156,15 +156,16 @@ def _quote_uri_path(path: str) -> str:
     return quote(path, safe="/")
 
 
-def check_version(conn: sqlite3.Connection, path: str) -> bool:
+def check_version(conn: sqlite3.Connection, path: str, db: str = "main") -> bool:
     """Return True if ``conn`` holds an aetherium-hpc database of this schema, False if empty.
 
-    Raises a :class:`SchemaError` for a foreign file, an unreadable file, or another version.
+    ``db``: the schema name of the database on ``conn`` (an attached one). Raises a
+    :class:`SchemaError` for a foreign file, an unreadable file, or another version.
     """
     try:
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        n_tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        app_id = conn.execute(f"PRAGMA {db}.application_id").fetchone()[0]
+        version = conn.execute(f"PRAGMA {db}.user_version").fetchone()[0]
+        n_tables = conn.execute(f"SELECT count(*) FROM {db}.sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
         if "locked" in str(exc):
             raise SchemaError(
@@ -201,6 +202,13 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
     conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES ('application', 'aetherium-hpc')")
     conn.execute("COMMIT")
+
+
+def create_indexes(conn: sqlite3.Connection) -> None:
+    """Create the indexes of :data:`DDL` that are missing (a merge drops one while it runs)."""
+    for statement in _split(DDL):
+        if statement.lstrip().upper().startswith("CREATE INDEX"):
+            conn.execute(statement)
 
 
 def _split(script: str) -> list[str]:

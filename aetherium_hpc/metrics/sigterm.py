@@ -28,7 +28,7 @@ import signal
 import threading
 from collections.abc import Callable
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class _Watch:
         self.read_fd = read_fd
         self.write_fd = write_fd
         self.hooks: list[Callable[[], object]] = []
-        self.thread = threading.Thread(target=self._run, name="aetherium-sigterm", daemon=True)
+        self.thread = threading.Thread(target=childless(self._run), name="aetherium-sigterm", daemon=True)
 
     def _run(self) -> None:
         block_job_signals()

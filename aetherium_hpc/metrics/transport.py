@@ -37,7 +37,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 from ..env import StoreAddress
 from . import sigterm
 from .records import STATS
@@ -103,7 +103,9 @@ class SocketServer:
         self.batches = 0
         self.bad_batches = 0
         self.refused = 0
-        self._acceptor = threading.Thread(target=self._accept_loop, name="aetherium-store-accept", daemon=True)
+        self._acceptor = threading.Thread(
+            target=childless(self._accept_loop), name="aetherium-store-accept", daemon=True
+        )
         self._acceptor.start()
 
     def _accept_loop(self) -> None:
@@ -121,7 +123,9 @@ class SocketServer:
             with self._lock:
                 self._busy += 1
                 self._handshaking += 1
-            reader = threading.Thread(target=self._read_loop, args=(raw,), name="aetherium-store-reader", daemon=True)
+            reader = threading.Thread(
+                target=childless(self._read_loop), args=(raw,), name="aetherium-store-reader", daemon=True
+            )
             self._readers.append(reader)
             reader.start()
 

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 from ..errors import StoreError
 from . import records, schema
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
@@ -197,11 +197,57 @@ class SourceInfo:
     hostname: str = ""
 
 
-@dataclass
 class _OpenChunk:
-    ts: list[float] = field(default_factory=list)
-    vals: list[float | None] = field(default_factory=list)
-    rowid: int | None = None  # its row in sample_chunks once written
+    """The chunk of one series being filled, with its encoded text kept between flushes.
+
+    ``jit`` and ``vals`` hold the JSON arrays' contents (no brackets) for the first
+    ``n_enc`` samples, encoded with grid interval ``dt_ms``. A flush encodes only the
+    samples added since (:meth:`row`); only when the grid interval of the chunk changes
+    (``dt_ms`` is the mean interval, rounded to the millisecond: with a drift-free sampler
+    that is rare once a chunk holds a few samples) is the ``jit`` array re-encoded whole.
+    The text is always byte for byte what :func:`encode_chunk` gives for the same samples.
+    """
+
+    __slots__ = ("ts", "vals", "rowid", "dt_ms", "jit", "enc", "n_enc")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.vals: list[float | None] = []
+        self.rowid: int | None = None  # its row in sample_chunks once written
+        self.dt_ms = 0
+        self.jit = ""
+        self.enc = ""
+        self.n_enc = 0
+
+    def state(self) -> tuple[int, int | None, int, str, str, int]:
+        """What a rollback restores (O(1): the lists only grow, the texts are immutable)."""
+        return len(self.ts), self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc
+
+    def restore(self, state: tuple[int, int | None, int, str, str, int]) -> None:
+        n, self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc = state
+        del self.ts[n:]
+        del self.vals[n:]
+
+    def row(self) -> tuple[float, float, int, int, str, str]:
+        """(t0, t1, n, dt_ms, jit, vals), encoding only the samples new since the last call."""
+        ts = self.ts
+        n = len(ts)
+        t0 = ts[0]
+        dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
+        start = self.n_enc
+        if start and dt_ms == self.dt_ms:
+            if start < n:
+                self.jit += "," + ",".join([str(round((ts[k] - t0) * 1000.0) - k * dt_ms) for k in range(start, n)])
+        else:
+            self.jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
+            self.dt_ms = dt_ms
+        if start < n:
+            enc = records.encode_value
+            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by encode_value
+            new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
+            self.enc = self.enc + "," + new if start else new
+        self.n_enc = n
+        return t0, ts[-1], n, dt_ms, "[" + self.jit + "]", "[" + self.enc + "]"
 
 
 @dataclass
@@ -293,6 +339,9 @@ class StoreWriter(threading.Thread):
 
     # -- thread body ------------------------------------------------------------------------
     def run(self) -> None:
+        childless(self._run)()
+
+    def _run(self) -> None:
         block_job_signals()
         try:
             self._conn = self._open_db()
@@ -472,9 +521,7 @@ class StoreWriter(threading.Thread):
                 self._note_bad(rec, exc)
         # What a rollback restores: the open chunks this batch touches.
         touched = [self._series[k] for k in res if k in self._series]
-        snapshot = {
-            sid: (list(c.ts), list(c.vals), c.rowid) for sid in touched if (c := self._open.get(sid)) is not None
-        }
+        snapshot = {sid: (c, c.state()) for sid in touched if (c := self._open.get(sid)) is not None}
         new_series: list[tuple[str, str, str, str]] = []
         pending_bad = self._bad_pending
         try:
@@ -536,6 +583,7 @@ class StoreWriter(threading.Thread):
     ) -> None:
         limit = schema.CHUNK_SAMPLES
         insert = "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
+        updates: list[tuple[Any, ...]] = []
         for key, samples in res.items():
             sid = self._series.get(key)
             if sid is None:
@@ -553,24 +601,27 @@ class StoreWriter(threading.Thread):
             samples.sort(key=_first)
             for ts, value in samples:
                 if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
-                    self._write_chunk(conn, sid, chunk, insert)
+                    self._write_chunk(conn, sid, chunk, insert, updates)
                     chunk = self._open[sid] = _OpenChunk()
                 chunk.ts.append(ts)
                 chunk.vals.append(value)
-            self._write_chunk(conn, sid, chunk, insert)
+            self._write_chunk(conn, sid, chunk, insert, updates)
+        if updates:
+            conn.executemany(
+                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?", updates
+            )
 
-    def _write_chunk(self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str) -> None:
-        """Insert the chunk, or rewrite it in place (the row keeps its rowid, so pages stay dense)."""
+    def _write_chunk(
+        self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str, updates: list[tuple[Any, ...]]
+    ) -> None:
+        """Insert the chunk, or queue its rewrite in place (the row keeps its rowid, so pages stay dense)."""
         if not chunk.ts:
             return
-        row = encode_chunk(chunk.ts, chunk.vals)
+        row = chunk.row()
         if chunk.rowid is None:
             chunk.rowid = int(conn.execute(insert, (sid, *row)).lastrowid or 0)
         else:
-            conn.execute(
-                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?",
-                (*row, chunk.rowid),
-            )
+            updates.append((*row, chunk.rowid))
 
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> int:
         """Upsert the jobs row in a savepoint; a row SQLite refuses is skipped. Returns rows refused."""
@@ -619,7 +670,7 @@ class StoreWriter(threading.Thread):
     def _rollback(
         self,
         conn: sqlite3.Connection,
-        snapshot: dict[int, tuple[list[float], list[float | None], int | None]],
+        snapshot: dict[int, tuple[_OpenChunk, tuple[int, int | None, int, str, str, int]]],
         touched: list[int],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
@@ -635,8 +686,9 @@ class StoreWriter(threading.Thread):
         # Only the chunks this batch touched changed; the others keep their rows.
         for sid in touched:
             if sid in snapshot:
-                ts, vals, rowid = snapshot[sid]
-                self._open[sid] = _OpenChunk(ts, vals, rowid)
+                chunk, state = snapshot[sid]
+                chunk.restore(state)  # drops the samples and the text this batch appended
+                self._open[sid] = chunk
             else:
                 self._open.pop(sid, None)
 

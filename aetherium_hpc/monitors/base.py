@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..background import block_job_signals
+from ..background import block_job_signals, childless
 from ..env import NODE_MONITOR
 from . import units
 
@@ -81,7 +81,8 @@ class SampleSummary:
     """Running count / mean / max per metric, for the JSON summary written at stop."""
 
     def __init__(self) -> None:
-        self._acc: dict[str, list[Any]] = {}  # key -> [n, sum, max, unit]
+        # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
+        self._acc: dict[tuple[str, str, str], list[Any]] = {}
 
     @staticmethod
     def key(metric_type: str, metric_name: str, device: str) -> str:
@@ -95,7 +96,7 @@ class SampleSummary:
         for mtype, mname, value, unit, device in samples:
             if value != value:  # NaN
                 continue
-            key = self.key(mtype, mname, device)
+            key = (mtype, mname, "" if mtype == "process" else device)
             entry = acc.get(key)
             if entry is None:
                 acc[key] = [1, value, value, unit]
@@ -106,10 +107,11 @@ class SampleSummary:
                     entry[2] = value
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
-        return {
-            key: {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
-            for key, (n, total, peak, unit) in sorted(self._acc.items())
+        out = {
+            self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
+            for key, (n, total, peak, unit) in self._acc.items()
         }
+        return dict(sorted(out.items()))
 
 
 def _round(value: float) -> float | None:
@@ -120,6 +122,12 @@ def _store_sink(samples: list[Sample], timestamp: float) -> None:
     from aetherium_hpc.metrics.client import log_resource_samples
 
     log_resource_samples(samples, timestamp)
+
+
+def _builtin_store_sink(samples: list[Sample], timestamp: float) -> None:
+    from aetherium_hpc.metrics.client import log_builtin_samples
+
+    log_builtin_samples(samples, timestamp)
 
 
 def _get_store() -> Any:
@@ -157,11 +165,14 @@ class ResourceMonitor:
         self.interval = float(interval)
         self.output_path = None if output_path is None else os.fspath(output_path)
         self.root_pid = os.getpid() if root_pid is None else int(root_pid)
+        builtin = collectors is None
         if collectors is None:
             collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
         self.telemetry = MonitorTelemetry(store_getter)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
-        self._sink: SampleSink = _store_sink if sink is None else sink
+        if sink is None:  # collectors of the user's: every field checked at the call
+            sink = _builtin_store_sink if builtin else _store_sink
+        self._sink: SampleSink = sink
         self.summary = SampleSummary()
         self.samples_taken = 0
         self.missed_ticks = 0
@@ -169,6 +180,10 @@ class ResourceMonitor:
         self.stopped_at: float | None = None
         self.thread_cpu_s = 0.0
         self._stop_event = threading.Event()
+        # The loop's sleep: a lock held from the start, released by stop(). acquire(timeout) is one
+        # C call, where Event.wait builds a Condition waiter each tick.
+        self._stop_gate = threading.Lock()
+        self._stop_gate.acquire()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -183,7 +198,7 @@ class ResourceMonitor:
             if self._thread is not None or self._stopped:
                 return self
             self.started_at = time.time()
-            self._thread = threading.Thread(target=self._run, name="aetherium-resource-monitor", daemon=True)
+            self._thread = threading.Thread(target=childless(self._run), name="aetherium-resource-monitor", daemon=True)
             self._thread.start()
         atexit.register(self._stop_at_exit)
         return self
@@ -202,6 +217,7 @@ class ResourceMonitor:
         if os.environ.get(NODE_MONITOR) == str(os.getpid()):
             del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
         self._stop_event.set()
+        self._stop_gate.release()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
@@ -234,12 +250,13 @@ class ResourceMonitor:
             self._guard(collector, collector.start)
         interval = self.interval
         next_tick = time.monotonic() + interval
-        wait = self._stop_event.wait
+        gate = self._stop_gate
+        monotonic = time.monotonic
         try:
-            while not wait(max(0.0, next_tick - time.monotonic())):
+            while not gate.acquire(True, max(0.0, next_tick - monotonic())):
                 self.sample_once()
                 next_tick += interval
-                now = time.monotonic()
+                now = monotonic()
                 if now > next_tick:  # this tick overran the next one: skip what was missed
                     missed = math.ceil((now - next_tick) / interval)
                     self.missed_ticks += missed

@@ -1,0 +1,104 @@
+"""Open chunks: a flush encodes only the samples that are new, and the text stays that of encode_chunk."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from aetherium_hpc.metrics import records, schema
+from aetherium_hpc.metrics.records import RESOURCE
+from aetherium_hpc.metrics.writer import StoreWriter, _OpenChunk, encode_chunk
+
+
+def _flush_points(rng: random.Random, n: int) -> list[int]:
+    points = sorted(rng.sample(range(1, n), k=min(n - 1, rng.randint(0, 20))))
+    return [*points, n]
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_incremental_text_is_encode_chunk(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(1, schema.CHUNK_SAMPLES)
+    interval = rng.choice([0.1, 0.5, 1.0, 2.5])
+    jitter = rng.choice([0.0, 0.0005, 0.003, 0.2])  # seconds: none, typical, a loaded node, irregular
+    t0 = 1.7e9 + rng.random()
+    ts = [t0 + k * interval + rng.uniform(0, jitter) for k in range(n)]
+    vals: list[float | None] = [
+        rng.choice([rng.uniform(0, 100), float(rng.randint(0, 9)), None, float("inf"), float("nan"), -1e-9])
+        for _ in range(n)
+    ]
+    chunk = _OpenChunk()
+    done = 0
+    for upto in _flush_points(rng, n):
+        chunk.ts.extend(ts[done:upto])
+        chunk.vals.extend(vals[done:upto])
+        done = upto
+        assert chunk.row() == encode_chunk(ts[:upto], vals[:upto])
+
+
+def test_flush_encodes_only_new_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full chunk filled over 180 one-sample flushes encodes each value once (was 1 + 2 + ... + 180)."""
+    calls = 0
+    real = records.encode_value
+
+    def counting(value: float | None) -> str:
+        nonlocal calls
+        calls += 1
+        return real(value)
+
+    monkeypatch.setattr(records, "encode_value", counting)
+    chunk = _OpenChunk()
+    for k in range(schema.CHUNK_SAMPLES):
+        chunk.ts.append(1.7e9 + k + 0.0002 * (k % 3))
+        chunk.vals.append(None if k % 2 else float("inf"))  # (finite floats are formatted inline)
+        chunk.row()
+    assert calls == schema.CHUNK_SAMPLES
+
+
+def test_restore_drops_what_a_rolled_back_flush_appended() -> None:
+    chunk = _OpenChunk()
+    chunk.ts.extend([10.0, 11.0, 12.0])
+    chunk.vals.extend([1.0, 2.0, 3.0])
+    chunk.row()
+    state = chunk.state()
+    chunk.ts.extend([13.0, 14.5])
+    chunk.vals.extend([4.0, 5.0])
+    chunk.rowid = 7
+    assert chunk.row() == encode_chunk([10.0, 11.0, 12.0, 13.0, 14.5], [1.0, 2.0, 3.0, 4.0, 5.0])
+    chunk.restore(state)
+    assert chunk.rowid is None and chunk.ts == [10.0, 11.0, 12.0] and chunk.vals == [1.0, 2.0, 3.0]
+    chunk.ts.append(13.0)
+    chunk.vals.append(9.0)
+    assert chunk.row() == encode_chunk([10.0, 11.0, 12.0, 13.0], [1.0, 2.0, 3.0, 9.0])
+
+
+def test_rolled_back_batch_leaves_no_text_behind(tmp_path: Path) -> None:
+    """A commit that fails is rolled back; the retried batch is stored once, in order, with no text left over."""
+    path = str(tmp_path / "chunks.db")
+    writer = StoreWriter(path, flush_interval=3600, telemetry=False)
+    writer.start_and_wait()
+    try:
+        for k in range(5):
+            writer.queue.put((RESOURCE, 1000.0 + k, "cpu", "system_total", float(k), "%", ""))
+        assert writer.flush()
+        blocker = sqlite3.connect(path, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # the writer's next commit fails with "database is locked"
+        conn = writer._conn
+        assert conn is not None
+        conn.execute("PRAGMA busy_timeout = 0")
+        for k in range(5, 9):
+            writer.queue.put((RESOURCE, 1000.0 + k, "cpu", "system_total", float(k), "%", ""))
+        assert not writer.flush(timeout=10)
+        blocker.rollback()
+        blocker.close()
+        writer.queue.put((RESOURCE, 1009.0, "cpu", "system_total", 9.0, "%", ""))
+        assert writer.flush()
+    finally:
+        writer.stop()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT n, jit, vals FROM sample_chunks").fetchall()
+    conn.close()
+    assert rows == [(10, "[" + ",".join(["0"] * 10) + "]", "[" + ",".join(str(k) for k in range(10)) + "]")]
