@@ -36,8 +36,6 @@ _sink: Any = None  # where this process's records go: a RecordQueue or a SocketS
 _warned_uninitialized = False
 _time = time.time
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-#: How long init_db waits for an existing node store to answer before it opens its own file.
-JOIN_TIMEOUT_S = 10.0
 
 NOT_INITIALIZED = (
     "Metrics database not initialized: call aetherium_hpc.init_db(path) in the main process "
@@ -248,11 +246,10 @@ class JoinedStore(StoreReader):
     database file.
     """
 
-    def __init__(self, path: str, sink: SocketSink, owner: str) -> None:
+    def __init__(self, path: str, sink: SocketSink) -> None:
         self.path = path
         self.sink = sink
         self.queue = sink  # len() and .dropped, as the monitor's self-telemetry reads them
-        self.owner = owner
         self.is_node_store = False
         self._owner_pid = os.getpid()
         self._closed = False
@@ -337,11 +334,7 @@ def init_db(
             if _store.path == path or isinstance(_store, JoinedStore):
                 return _store
             if _store.is_node_store:  # pipeline code run in the job's own process
-                log.warning(
-                    "aetherium-hpc: init_db(%s): this process runs inside a job whose node store is %s; "
-                    "records go there (%s is not opened)",
-                    path, _store.path, path,
-                )  # fmt: skip
+                _say_joined(path, _store.path)
                 return _store
             raise StoreError(
                 f"init_db({db_path!s}): a store is already open at {_store.path}; call shutdown_db() first"
@@ -391,7 +384,7 @@ def _join_node_store(path: str) -> JoinedStore | None:
     if address is None:
         return None
     node_db = os.environ.get(env.METRICS_DB) or path
-    joined = _join(node_db, address, "the job's node store")
+    joined = _join(node_db, address)
     if joined is None:
         log.warning(
             "aetherium-hpc: the node store named by %s (%s) does not answer; opening %s instead",
@@ -401,28 +394,30 @@ def _join_node_store(path: str) -> JoinedStore | None:
             os.environ.pop(name, None)
         return None
     if node_db != path:
-        log.warning(
-            "aetherium-hpc: init_db(%s): this process runs inside a job whose node store is %s; "
-            "records go there (%s is not opened)",
-            path, node_db, path,
-        )  # fmt: skip
+        _say_joined(path, node_db)
     return joined
 
 
-def _join(db_path: str, address: env.StoreAddress | None, owner: str) -> JoinedStore | None:
+def _say_joined(path: str, node_db: str) -> None:
+    log.warning(
+        "aetherium-hpc: init_db(%s): this process runs inside a job whose node store is %s; "
+        "records go there (%s is not opened)",
+        path, node_db, path,
+    )  # fmt: skip
+
+
+def _join(db_path: str, address: env.StoreAddress) -> JoinedStore | None:
     """A :class:`JoinedStore` on ``address``, or None when nobody answers there."""
     global _sink
-    if address is None:
-        return None
     sink = _sink if isinstance(_sink, SocketSink) and _sink.address == address else SocketSink(address)
-    if not sink.wait_connected(JOIN_TIMEOUT_S):
+    if not sink.connected:
         if sink is not _sink:
             sink.abandon()  # never connected: nothing to send, nothing to close
         return None
     _sink = sink
     os.environ.update(address.to_environ())
     os.environ[env.METRICS_DB] = db_path
-    return JoinedStore(db_path, sink, owner)
+    return JoinedStore(db_path, sink)
 
 
 def get_db() -> MetricsStore | JoinedStore | None:
@@ -437,8 +432,8 @@ def get_db() -> MetricsStore | JoinedStore | None:
         if _store is None or _store._closed or _store._owner_pid != os.getpid():
             path = os.environ.get(env.METRICS_DB)
             sink = _resolve_sink(warn=False)
-            if path and isinstance(sink, SocketSink) and sink.reachable:
-                _store = JoinedStore(path, sink, "the node store")
+            if path and isinstance(sink, SocketSink) and sink.connected:
+                _store = JoinedStore(path, sink)
             else:
                 return None
         return _store

@@ -37,10 +37,6 @@ class Holder:
     started: float
     socket: str | None
 
-    @property
-    def here(self) -> bool:
-        return self.host == socket.gethostname()
-
     def __str__(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)) if self.started else "?"
         return f"pid {self.pid} on {self.host} (since {since})"

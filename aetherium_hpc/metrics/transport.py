@@ -341,7 +341,6 @@ class SocketSink:
         self._failed = False
         self._closed = False
         self._pid = os.getpid()
-        self._connected = threading.Event()
         self._tokens = itertools.count(1)
         self._answers: dict[int, list[Any]] = {}  # commit request -> [event, ok]
         # Connect now, in the caller: the store then knows this process before its first record is
@@ -371,15 +370,10 @@ class SocketSink:
     def __len__(self) -> int:
         return len(self._dq)
 
-    def wait_connected(self, timeout: float) -> bool:
-        """Wait (bounded) for the first connection; True once connected to the store."""
-        self._connected.wait(timeout)
-        return self._conn is not None and not self._failed
-
     @property
-    def reachable(self) -> bool:
-        """False once sending failed (the store closed or was never there)."""
-        return not self._failed
+    def connected(self) -> bool:
+        """True while connected to the store (the connection is made, bounded, in ``__init__``)."""
+        return self._conn is not None and not self._failed
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything buffered; False if the store cannot be reached (records then dropped, counted)."""
@@ -392,7 +386,7 @@ class SocketSink:
 
     def commit(self, timeout: float = 60.0) -> bool:
         """Send everything buffered and wait until the store has committed it (for reads)."""
-        if not self._connected.wait(min(timeout, 10.0)) or self._conn is None:
+        if not self.connected:
             return False
         token = next(self._tokens)
         answer: list[Any] = [threading.Event(), False]
@@ -437,7 +431,6 @@ class SocketSink:
                 if self._failed:
                     raise OSError("store not reachable")
                 self._conn = _connect(self.address)
-                self._connected.set()
             if batch:
                 self._conn.send_bytes(marshal.dumps(batch))
             return True
@@ -446,7 +439,6 @@ class SocketSink:
             self.dropped += lost
             if not self._failed:
                 self._failed = True
-                self._connected.set()
                 log.warning(
                     "aetherium-hpc: metrics store at %s not reachable from pid %d (%s); "
                     "records logged by this process from now on are dropped and counted",
