@@ -48,21 +48,18 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
 
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..metrics import schema
-from ..metrics.backup import has_hot_journal, readable_copy
+from ..metrics.backup import readable
 from ..paths import RunLayout
 from .accounting import SACCT_TIMEOUT_S
 
@@ -201,10 +198,6 @@ def collect_inputs(inputs: Iterable[PathLike], output: PathLike | None = None) -
     return files
 
 
-def _ro_uri(path: str) -> str:
-    return "file:" + quote(os.path.abspath(path), safe="/") + "?mode=ro"
-
-
 def _header_truncation(path: str) -> str | None:
     """Why the file is shorter than its header says (a copy cut short), else None.
 
@@ -237,7 +230,7 @@ def check_input(path: str) -> str | None:
     fails the copy, which rolls back and skips the input. A file shorter than its header says is
     refused here."""
     try:
-        conn = sqlite3.connect(_ro_uri(path), uri=True)
+        conn = sqlite3.connect(schema.uri(path), uri=True)
     except sqlite3.Error as exc:
         return f"cannot be opened ({exc})"
     try:
@@ -350,7 +343,7 @@ def open_output(output: PathLike) -> sqlite3.Connection:
     """Open (creating if new) the output database, read-write, URI filenames enabled for ATTACH."""
     out = os.path.abspath(os.fspath(output))
     _check_folder(out)
-    uri = "file:" + quote(out, safe="/") + "?mode=rwc"
+    uri = schema.uri(out, "rwc")
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         exists = schema.check_version(conn, out)
@@ -614,25 +607,10 @@ def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, 
         conn.close()
 
 
-@contextmanager
-def _readable(path: str) -> Iterator[str]:
-    """``path``, or -- when a copy-back was killed inside its transaction and left a hot journal,
-    which a read-only connection cannot roll back -- a rolled-back copy of it (the input stays
-    unchanged; the copy is its last complete state)."""
-    if not has_hot_journal(path):
-        yield path
-        return
-    folder = tempfile.mkdtemp(prefix="aeth-merge-")
-    try:
-        yield readable_copy(path, folder)
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _attach(conn: sqlite3.Connection, readable: str, alias: str) -> str | None:
     """ATTACH ``readable`` read-only as ``alias`` (SQLite reads its schema); why not, if it cannot."""
     try:
-        conn.execute(f"ATTACH DATABASE ? AS {alias}", (_ro_uri(readable),))
+        conn.execute(f"ATTACH DATABASE ? AS {alias}", (schema.uri(readable),))
     except sqlite3.Error as exc:  # the words of schema.check_version
         if "locked" in str(exc):
             return f"locked by another process ({exc}); wait until it ends, or work on a copy"
@@ -655,12 +633,12 @@ def _merge_group(
         attached: list[str] = []
         try:
             for k, path in enumerate(group):
-                readable = stack.enter_context(_readable(path))
+                read_from = stack.enter_context(readable(path, prefix="aeth-merge-"))
                 alias = f"src{k}"
-                reason = _attach(conn, readable, alias)
+                reason = _attach(conn, read_from, alias)
                 if reason is None:
                     attached.append(alias)
-                    reason = _check_attached(conn, alias, readable)
+                    reason = _check_attached(conn, alias, read_from)
                 if reason is not None:
                     result.skipped.append(Skipped(path, reason))
                     continue

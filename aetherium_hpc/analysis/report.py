@@ -18,10 +18,8 @@ import io
 import json
 import math
 import os
-import shutil
 import sqlite3
 import sys
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -32,7 +30,7 @@ import numpy as np
 
 from ..errors import AetheriumError, StoreError
 from ..metrics import schema
-from ..metrics.backup import has_hot_journal, readable_copy
+from ..metrics.backup import readable
 from .formatting import duration as fmt_duration
 from .formatting import memory_gb, memory_mb, minutes, pct, slurm_time
 from .formatting import num as _num
@@ -88,18 +86,12 @@ def _open(db: str) -> sqlite3.Connection:
         raise StoreError(f"{db}: no such file; pass a database written by aetherium-hpc (or `aetherium-hpc merge`)")
     if os.path.isdir(db):
         raise StoreError(f"{db}: is a folder; merge it first: aetherium-hpc merge {db} -o merged.db")
-    if has_hot_journal(db):
-        # A copy-back killed inside its transaction: read-only connections cannot roll it back.
-        # Read its last complete state from a rolled-back copy (the file stays as it is); the
-        # open connection keeps reading the copy after its folder is removed.
-        folder = tempfile.mkdtemp(prefix="aeth-report-")
-        try:
-            conn = schema.connect(readable_copy(db, folder), readonly=True)
+    # A copy-back killed inside its transaction is read from a rolled-back copy (the file stays
+    # as it is); the open connection keeps reading that copy after its folder is removed.
+    with readable(db, prefix="aeth-report-") as read_from:
+        conn = schema.connect(read_from, readonly=True)
+        if read_from != db:  # open the copy before its folder goes
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    else:
-        conn = schema.connect(db, readonly=True)
     try:
         if not schema.check_version(conn, db):
             raise EmptyDatabaseError(f"{db}: empty file, no metrics to report; check the path")

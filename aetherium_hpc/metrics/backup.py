@@ -45,12 +45,13 @@ import secrets
 import shutil
 import sqlite3
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from ..errors import StoreError
 from . import schema
@@ -89,13 +90,9 @@ _BROKEN_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file at dest is r
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
-def _ro_uri(path: str | os.PathLike[str]) -> str:
-    return "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=ro"
-
-
 def _chunk_index_sql() -> str:
-    for statement in schema._split(schema.DDL):
-        if statement.upper().startswith("CREATE INDEX") and CHUNK_INDEX in statement:
+    for statement in schema.index_statements():
+        if CHUNK_INDEX in statement:
             return statement
     raise StoreError(f"schema has no index {CHUNK_INDEX}")  # pragma: no cover -- schema.py defines it
 
@@ -124,9 +121,7 @@ def recover(path: str | os.PathLike[str], *, timeout: float = 10.0) -> bool:
     if not has_hot_journal(path):
         return False
     try:
-        conn = sqlite3.connect(
-            "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=rw", uri=True, timeout=timeout
-        )
+        conn = sqlite3.connect(schema.uri(path, "rw"), uri=True, timeout=timeout)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
@@ -155,6 +150,21 @@ def readable_copy(path: str | os.PathLike[str], folder: str | os.PathLike[str]) 
         shutil.copyfile(src, target)
     recover(target)
     return target
+
+
+@contextmanager
+def readable(path: str | os.PathLike[str], prefix: str = "aeth-read-") -> Iterator[str]:
+    """``path``, or -- when a copy was killed inside its transaction and left a hot journal,
+    which a read-only connection cannot roll back -- a rolled-back copy of it in a temporary
+    folder that is removed on exit (``path`` stays unchanged; the copy is its last complete state)."""
+    if not has_hot_journal(path):
+        yield os.fspath(path)
+        return
+    folder = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield readable_copy(path, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- the result of one copy -----------------------------------------------------------------------
@@ -206,7 +216,7 @@ class CopyBack:
 
     @property
     def tmp(self) -> Path:
-        return self.dest.with_name(self.dest.name + ".tmp")
+        return _tmp_of(self.dest)
 
     def copy(self, *, final: bool = False, index: bool = False) -> CopyResult:
         """Copy what is new (or everything, when needed). ``final``: the last copy (every counter
@@ -262,26 +272,18 @@ class CopyBack:
     # -- full copy ------------------------------------------------------------------------------
     def _full(self, index: bool) -> CopyResult:
         reason = self._full_reason
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.tmp
-        _remove_quietly(tmp, Path(f"{tmp}-journal"))
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640))  # as private as the node database
-            token = secrets.token_hex(8)
-            state, samples, rows = _build(
-                self.src, str(tmp), token, page_size=DEST_PAGE_SIZE, index=index, timeout=self.timeout
-            )
-            _fsync(tmp)
-            if has_hot_journal(self.dest):  # never let an old journal meet the new file
+
+        def drop_old_journal() -> None:  # never let an old journal meet the new file
+            if has_hot_journal(self.dest):
                 try:
                     recover(self.dest, timeout=self.timeout)
                 except StoreError:
                     _remove_quietly(Path(f"{self.dest}-journal"))
-            os.replace(tmp, self.dest)
-            _fsync_dir(self.dest.parent)
-        except BaseException:
-            _remove_quietly(tmp, Path(f"{tmp}-journal"))
-            raise
+
+        state, samples, rows = _replace_with_copy(
+            self.src, self.dest, secrets.token_hex(8), page_size=DEST_PAGE_SIZE, index=index,
+            timeout=self.timeout, before_replace=drop_old_journal, sync_dir=True,
+        )  # fmt: skip
         self._state = state
         self._full_reason = ""
         return CopyResult("full", samples=samples, rows=rows, reason=reason)
@@ -291,7 +293,7 @@ class CopyBack:
         conn = sqlite3.connect(str(self.dest), timeout=self.timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(self.src),))
+            conn.execute("ATTACH DATABASE ? AS src", (schema.uri(self.src),))
             conn.execute("BEGIN IMMEDIATE")  # rolls back a hot journal first, if a copy was killed
             try:
                 _check_same(conn, state)
@@ -462,7 +464,7 @@ def _build(
         schema.create(conn)
         if not index:
             conn.execute(f"DROP INDEX IF EXISTS main.{CHUNK_INDEX}")
-        conn.execute("ATTACH DATABASE ? AS src", (_ro_uri(src),))
+        conn.execute("ATTACH DATABASE ? AS src", (schema.uri(src),))
         conn.execute("BEGIN IMMEDIATE")
         app_id = conn.execute("PRAGMA src.application_id").fetchone()[0]
         version = conn.execute("PRAGMA src.user_version").fetchone()[0]
@@ -517,19 +519,44 @@ def copy_database(src: str | os.PathLike[str], dest: str | os.PathLike[str], *, 
     With every index of the schema and SQLite's default page size: what a requeued job
     continues from. A hot journal beside ``src`` (a copy killed mid-way) is rolled back first."""
     dest_path = Path(dest)
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest_path.with_name(dest_path.name + ".tmp")
-    _remove_quietly(tmp, Path(f"{tmp}-journal"))
     recover(src, timeout=timeout)
+    _replace_with_copy(src, dest_path, "", page_size=4096, index=True, timeout=timeout)
+    return dest_path
+
+
+def _tmp_of(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".tmp")
+
+
+def _replace_with_copy(
+    src: str | os.PathLike[str],
+    dest: Path,
+    token: str,
+    *,
+    page_size: int,
+    index: bool,
+    timeout: float,
+    before_replace: Callable[[], None] | None = None,
+    sync_dir: bool = False,
+) -> tuple[_State, int, int]:
+    """A complete copy of ``src`` built in ``<dest>.tmp`` and renamed over ``dest`` (folders
+    created; no ``.tmp`` left on failure). Returns what :func:`_build` returns."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_of(dest)
+    _remove_quietly(tmp, Path(f"{tmp}-journal"))
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640))
-        _build(os.fspath(src), str(tmp), "", page_size=4096, index=True, timeout=timeout)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640))  # as private as the node database
+        built = _build(os.fspath(src), str(tmp), token, page_size=page_size, index=index, timeout=timeout)
         _fsync(tmp)
-        os.replace(tmp, dest_path)
+        if before_replace is not None:
+            before_replace()
+        os.replace(tmp, dest)
+        if sync_dir:
+            _fsync_dir(dest.parent)
     except BaseException:
         _remove_quietly(tmp, Path(f"{tmp}-journal"))
         raise
-    return dest_path
+    return built
 
 
 # -- small helpers --------------------------------------------------------------------------------

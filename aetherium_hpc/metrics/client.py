@@ -177,8 +177,6 @@ class MetricsStore(StoreReader):
         self.is_node_store = False
         if listen:
             self._listen(socket_dir)
-        if lock is not None:
-            lock.publish(None if self.server is None else self.server.address.path)
 
     def _listen(self, socket_dir: str | None) -> None:
         try:

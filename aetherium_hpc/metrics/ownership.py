@@ -1,8 +1,7 @@
-"""One database file, one writer: who holds a database, and how another process joins it.
+"""One database file, one writer: who holds a database.
 
 The process that opens a store takes an exclusive ``flock`` on ``<db>-writer`` for as long
-as the store is open, and writes into it who it is (pid, host, start time) and where its
-node socket listens. A second :func:`~.client.init_db` of the same file by an unrelated
+as the store is open, and writes into it who it is (pid, host, start time). A second :func:`~.client.init_db` of the same file by an unrelated
 process finds the lock taken and is refused with an error that names the holder, instead of
 a second writer losing its rows to "database is locked". (Processes that belong together --
 workers, commands of a job -- find the store in their environment and join it.) The lock
@@ -35,7 +34,6 @@ class Holder:
     pid: int
     host: str
     started: float
-    socket: str | None
 
     def __str__(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started)) if self.started else "?"
@@ -73,17 +71,17 @@ class WriterLock:
             try:
                 if os.fstat(fd).st_ino == os.stat(path).st_ino:
                     lock = cls(db_path, fd)
-                    lock.publish(None)  # who holds it, at once; where its socket is, once it listens
+                    lock.publish()  # who holds it, at once: what a refused second opener names
                     return lock
             except FileNotFoundError:
                 pass
             os.close(fd)
 
-    def publish(self, socket_path: str | None) -> None:
-        """Say who holds the database and where its socket listens."""
+    def publish(self) -> None:
+        """Say who holds the database."""
         if self._fd is None:
             return
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "socket": socket_path}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         data = json.dumps(info).encode()
         os.ftruncate(self._fd, 0)
         os.pwrite(self._fd, data, 0)
@@ -120,10 +118,8 @@ def _read_holder(path: str, wait_s: float = HOLDER_WAIT_S) -> Holder:
             break
         time.sleep(0.05)
     pid, started = info.get("pid"), info.get("started")
-    sock = info.get("socket")
     return Holder(
         pid=pid if isinstance(pid, int) else 0,
         host=str(info.get("host", "?")),
         started=float(started) if isinstance(started, (int, float)) else 0.0,
-        socket=sock if isinstance(sock, str) else None,
     )

@@ -143,17 +143,17 @@ CONTRACT_NAMES = ("resource_metrics", "generation_metrics", "training_metrics", 
 def connect(path: str, *, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
     """Open ``path``; read-only connections never create or change the file."""
     if readonly:
-        uri = "file:" + _quote_uri_path(os.path.abspath(path)) + "?mode=ro"
-        conn = sqlite3.connect(uri, uri=True, timeout=timeout, check_same_thread=False)
+        conn = sqlite3.connect(uri(path), uri=True, timeout=timeout, check_same_thread=False)
     else:
         conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     return conn
 
 
-def _quote_uri_path(path: str) -> str:
+def uri(path: str | os.PathLike[str], mode: str = "ro") -> str:
+    """SQLite URI of ``path`` opened in ``mode`` (``ro``: never creates or changes the file)."""
     from urllib.parse import quote
 
-    return quote(path, safe="/")
+    return "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=" + mode
 
 
 def check_version(conn: sqlite3.Connection, path: str, db: str = "main") -> bool:
@@ -204,11 +204,15 @@ def create(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
 
 
+def index_statements() -> list[str]:
+    """The ``CREATE INDEX`` statements of :data:`DDL`."""
+    return [s for s in _split(DDL) if s.lstrip().upper().startswith("CREATE INDEX")]
+
+
 def create_indexes(conn: sqlite3.Connection) -> None:
     """Create the indexes of :data:`DDL` that are missing (a merge drops one while it runs)."""
-    for statement in _split(DDL):
-        if statement.lstrip().upper().startswith("CREATE INDEX"):
-            conn.execute(statement)
+    for statement in index_statements():
+        conn.execute(statement)
 
 
 def _split(script: str) -> list[str]:

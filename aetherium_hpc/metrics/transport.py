@@ -211,11 +211,7 @@ class SocketServer:
         if lock is None:
             return False
         with lock:
-            try:
-                conn.send_bytes(marshal.dumps(msg))
-                return True
-            except (OSError, ValueError):
-                return False
+            return _send_message(conn, msg)
 
     def collect(self, timeout: float = CLIENT_FLUSH_TIMEOUT_S) -> tuple[int, int]:
         """Ask every connected client to send what it holds; wait (up to ``timeout``) until each
@@ -414,13 +410,7 @@ class SocketSink:
 
     def _send_control(self, msg: tuple[Any, ...]) -> bool:
         conn = self._conn
-        if conn is None:
-            return False
-        try:
-            conn.send_bytes(marshal.dumps(msg))
-            return True
-        except (OSError, ValueError):
-            return False
+        return conn is not None and _send_message(conn, msg)
 
     def _send(self, batch: list[Any]) -> bool:
         if self.dropped and not self._failed and batch:
@@ -504,6 +494,15 @@ class SocketSink:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+
+def _send_message(conn: Connection, msg: tuple[Any, ...]) -> bool:
+    """Send one control message; False if the other end is gone."""
+    try:
+        conn.send_bytes(marshal.dumps(msg))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Connection:
