@@ -527,17 +527,27 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
 def _local_report_row(layout: RunLayout, record: dict[str, Any]) -> list[dict[str, str]]:
     """The local merge + report job of ``report: {auto: true}``: running while its process lives,
     then COMPLETED when it wrote the report, else FAILED."""
+    from .analysis.auto import REPORT_HTML
+
     pid = str(record.get("report_job_id") or "")
     if not pid.isdigit():
         return []
-    try:
-        os.kill(int(pid), 0)
+    if _pid_alive(int(pid)):
         state = "RUNNING"
-    except ProcessLookupError:
-        state = "COMPLETED" if (layout.root / "report.html").is_file() else "FAILED"
-    except PermissionError:
-        state = "RUNNING"
+    else:
+        state = "COMPLETED" if (layout.root / REPORT_HTML).is_file() else "FAILED"
     return [{"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": "(merge + report)"}]
+
+
+def _pid_alive(pid: int) -> bool:
+    """A process of that id exists (another user's counts: signal 0 is refused, not missing)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _squeue_view(out: str | None) -> dict[str, Any] | None:
@@ -567,14 +577,11 @@ def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]])
         name = f"{arrays[0]}_{index}" if is_array else pid
         if (name in seen if is_array else pid in seen_bases) or not pid.isdigit():
             continue
-        try:
-            os.kill(int(pid), 0)
+        if _pid_alive(int(pid)):
             state = "RUNNING"
-        except ProcessLookupError:
-            if is_array:
-                continue
+        elif is_array:
+            continue
+        else:
             state = "LOST"
-        except PermissionError:
-            state = "RUNNING"
         out.append({"job": name, "state": state, "exit": "", "elapsed": "", "nodes": ""})
     return out

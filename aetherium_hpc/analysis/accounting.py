@@ -45,7 +45,7 @@ def sacct_figures(job_ids: Iterable[str | None], timeout: float = SACCT_TIMEOUT_
     gives state, exit code, elapsed, limits, start and end (Unix times), the steps give the peak
     MaxRSS and ``steps`` (step, state, exit code, end of each).
     """
-    wanted = sorted({j for j in job_ids if j and _SLURM_ID.match(str(j))})
+    wanted = sorted({str(j) for j in job_ids if is_slurm_id(j)})
     if not wanted:
         return {"rows": [], "why": "no Slurm job ids in this database (local runs)"}
     if shutil.which("sacct") is None:

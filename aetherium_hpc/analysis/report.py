@@ -296,7 +296,7 @@ def _check_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     that still says ``running`` (:mod:`.final_status`): its ``status``, ``exit_code``,
     ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
     from .accounting import ACCOUNTING_LAG_S, sacct_figures_when_final
-    from .final_status import RUNNING, classify, resolve_rows, run_record
+    from .final_status import RUNNING, classify, resolve_rows, run_record, slurm_name
 
     cache: dict[str, dict[str, Any] | None] = {}
 
@@ -309,7 +309,7 @@ def _check_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     for j in jobs:
         cluster, _ = classify(j.get("job_id"), j.get("array_task_id"), j.get("config"), record(j))
         if cluster in ("slurm", None):  # never ask Slurm about a local job: its id is a process id
-            job_id = _slurm_job_id(j)
+            job_id = slurm_name(j.get("job_id"), j.get("array_job_id"), j.get("array_task_id"))
             slurm_ids.append(job_id)
             end = j.get("end_time")
             if (
@@ -321,9 +321,8 @@ def _check_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
                 ended_recently.append(job_id)
     sacct = sacct_figures_when_final(slurm_ids, ended_recently)
     open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == RUNNING]
-    found = resolve_rows(open_rows, sacct=sacct) if open_rows else {}
-    for i, res in found.items():
-        if res.status == RUNNING or not isinstance(i, int):
+    for i, res in resolve_rows(open_rows, sacct=sacct).items():
+        if res.status == RUNNING or not isinstance(i, int):  # (the keys are the row indexes)
             continue
         j = jobs[i]
         j.update(status=res.status, detail=res.detail, resolved_from=res.how or None, recorded_status=RUNNING)
@@ -332,13 +331,6 @@ def _check_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
         if j.get("end_time") is None:
             j["end_time"] = res.end_time
     return sacct
-
-
-def _slurm_job_id(job: dict[str, Any]) -> str | None:
-    """How sacct names a task: ``<array job>_<task>`` for array tasks (their own SLURM_JOB_ID differs)."""
-    if job.get("array_job_id") and job.get("array_task_id") is not None:
-        return f"{job['array_job_id']}_{job['array_task_id']}"
-    return None if job.get("job_id") is None else str(job["job_id"])
 
 
 def _sacct_text(sacct: dict[str, Any]) -> str:
