@@ -314,32 +314,11 @@ def make_module(
 
         return query
 
-    def nvmlDeviceGetComputeRunningProcesses(handle: FakeDevice) -> list[_Struct]:
-        return unversioned("GetCompute")(handle)
+    def versioned(kind: str, suffix: str) -> Callable[[FakeDevice], list[_Struct]]:
+        def query(handle: FakeDevice) -> list[_Struct]:
+            return processes(handle, kind, suffix)
 
-    def nvmlDeviceGetComputeRunningProcesses_v3(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetCompute", "_v3")
-
-    def nvmlDeviceGetComputeRunningProcesses_v2(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetCompute", "_v2")
-
-    def nvmlDeviceGetGraphicsRunningProcesses(handle: FakeDevice) -> list[_Struct]:
-        return unversioned("GetGraphics")(handle)
-
-    def nvmlDeviceGetGraphicsRunningProcesses_v3(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetGraphics", "_v3")
-
-    def nvmlDeviceGetGraphicsRunningProcesses_v2(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetGraphics", "_v2")
-
-    def nvmlDeviceGetMPSComputeRunningProcesses(handle: FakeDevice) -> list[_Struct]:
-        return unversioned("GetMPSCompute")(handle)
-
-    def nvmlDeviceGetMPSComputeRunningProcesses_v3(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetMPSCompute", "_v3")
-
-    def nvmlDeviceGetMPSComputeRunningProcesses_v2(handle: FakeDevice) -> list[_Struct]:
-        return processes(handle, "GetMPSCompute", "_v2")
+        return query
 
     def _nvmlGetFunctionPointer(name: str) -> Callable[..., int]:
         """A C symbol of the fake library; the v1 process queries are reached this way."""
@@ -379,14 +358,15 @@ def make_module(
         nvmlDeviceGetMaxMigDeviceCount, nvmlDeviceGetMigDeviceHandleByIndex,
         nvmlDeviceGetDeviceHandleFromMigDeviceHandle, nvmlDeviceGetGpuInstanceId,
         nvmlDeviceGetComputeInstanceId, nvmlDeviceGetUtilizationRates, nvmlDeviceGetMemoryInfo,
-        nvmlDeviceGetPowerUsage, nvmlDeviceGetTemperature,
-        nvmlDeviceGetComputeRunningProcesses, nvmlDeviceGetComputeRunningProcesses_v3,
-        nvmlDeviceGetComputeRunningProcesses_v2, nvmlDeviceGetGraphicsRunningProcesses,
-        nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlDeviceGetGraphicsRunningProcesses_v2,
-        nvmlDeviceGetMPSComputeRunningProcesses, nvmlDeviceGetMPSComputeRunningProcesses_v3,
-        nvmlDeviceGetMPSComputeRunningProcesses_v2, _nvmlGetFunctionPointer,
+        nvmlDeviceGetPowerUsage, nvmlDeviceGetTemperature, _nvmlGetFunctionPointer,
     ):  # fmt: skip
         setattr(mod, fn.__name__, fn)
+    # The process queries: nvmlDevice{GetCompute,GetGraphics,GetMPSCompute}RunningProcesses[_v3|_v2].
+    for kind in ("GetCompute", "GetGraphics", "GetMPSCompute"):
+        base = f"nvmlDevice{kind}RunningProcesses"
+        setattr(mod, base, unversioned(kind))
+        for suffix in ("_v3", "_v2"):
+            setattr(mod, base + suffix, versioned(kind, suffix))
     return mod
 
 

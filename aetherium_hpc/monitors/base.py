@@ -86,10 +86,8 @@ class SampleSummary:
 
     @staticmethod
     def key(metric_type: str, metric_name: str, device: str) -> str:
-        # Per-process rows are pooled (a pool can start thousands of workers); GPUs stay apart.
-        if not device or metric_type == "process":
-            return f"{metric_type}/{metric_name}"
-        return f"{metric_type}/{metric_name}[{device}]"
+        # (add() pools per-process rows: their device is blank here; GPUs stay apart)
+        return f"{metric_type}/{metric_name}[{device}]" if device else f"{metric_type}/{metric_name}"
 
     def add(self, samples: Sequence[Sample]) -> None:
         acc = self._acc
@@ -179,7 +177,6 @@ class ResourceMonitor:
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.thread_cpu_s = 0.0
-        self._stop_event = threading.Event()
         # The loop's sleep: a lock held from the start, released by stop(). acquire(timeout) is one
         # C call, where Event.wait builds a Condition waiter each tick.
         self._stop_gate = threading.Lock()
@@ -205,7 +202,7 @@ class ResourceMonitor:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop_event.is_set()
+        return self._thread is not None and self._thread.is_alive() and not self._stopped
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """Stop sampling, write the summary (if ``output_path``) and return it. Idempotent."""
@@ -216,7 +213,6 @@ class ResourceMonitor:
         atexit.unregister(self._stop_at_exit)
         if os.environ.get(NODE_MONITOR) == str(os.getpid()):
             del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
-        self._stop_event.set()
         self._stop_gate.release()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():

@@ -148,12 +148,16 @@ def _code(nvml: Any, exc: BaseException) -> int | None:
     return getattr(exc, "value", None) if isinstance(exc, getattr(nvml, "NVMLError", ())) else None
 
 
-def _absent(nvml: Any, exc: BaseException) -> bool:
-    """The query is not there: NOT_SUPPORTED, or the driver lacks it (FUNCTION_NOT_FOUND, library mismatch)."""
-    return type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) in (
-        getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED),
-        getattr(nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND),
+def _missing(nvml: Any, exc: BaseException) -> bool:
+    """The driver lacks the query (FUNCTION_NOT_FOUND, or pynvml's library mismatch)."""
+    return type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) == getattr(
+        nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND
     )
+
+
+def _absent(nvml: Any, exc: BaseException) -> bool:
+    """The query is not there: NOT_SUPPORTED, or the driver lacks it (:func:`_missing`)."""
+    return _missing(nvml, exc) or _code(nvml, exc) == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED)
 
 
 def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
@@ -479,6 +483,9 @@ class GpuCollector(Collector):
         self._nvml: Any = None
         self.devices: list[GpuDevice] = []  # the job's devices (GPUs and MIG devices)
         self.boards: list[GpuDevice] = []  # parents of the job's MIG devices: board power, temperature
+        self._plan: list[
+            tuple[GpuDevice, tuple[tuple[str, str, Callable[[GpuCollector, GpuDevice], Reading]], ...]]
+        ] = []
         self.skipped: str | None = None  # why GPU metrics are off, once start() has run
         self.job_cgroup: str | None = None  # where the job's processes are read inside Slurm
         self.errors = 0  # NVML errors so far (NOT_SUPPORTED excluded): monitor/nvml_errors
@@ -526,6 +533,7 @@ class GpuCollector(Collector):
         self.devices = chosen.devices
         parents = {d.parent_uuid for d in chosen.devices if d.parent_uuid}
         self.boards = [g.board() for g in chosen.gpus if g.uuid in parents]
+        self._plan = [(dev, self._fields_of(dev)) for dev in (*self.devices, *self.boards)]  # fixed from here on
         log.info(
             "aetherium-hpc: GPU metrics from %d device(s) chosen by %s: %s", len(self.devices), chosen.rule,
             ", ".join(f"{d.uuid} ({d.name})" if d.name else d.uuid for d in self.devices),
@@ -572,9 +580,9 @@ class GpuCollector(Collector):
             return
         self._tick += 1
         self._tree = self._tree_pids() if self._tree_pids is not None else ()
-        for dev in (*self.devices, *self.boards):
+        for dev, fields in self._plan:
             uuid = dev.uuid
-            for name, function, reader in self._fields_of(dev):
+            for name, function, reader in fields:
                 if dev.index in self._lost:
                     break
                 key = (uuid, name)
@@ -646,10 +654,7 @@ class GpuCollector(Collector):
                     return _processes_v1(nvml, dev.handle, query)
                 return [(int(p.pid), p.usedGpuMemory) for p in getattr(nvml, function)(dev.handle)]
             except Exception as exc:
-                missing = type(exc).__name__ == "NVMLLibraryMismatchError" or _code(nvml, exc) == getattr(
-                    nvml, "NVML_ERROR_FUNCTION_NOT_FOUND", _FUNCTION_NOT_FOUND
-                )
-                if missing and at + 1 < len(_VERSIONS):
+                if _missing(nvml, exc) and at + 1 < len(_VERSIONS):
                     self._version[kind] = at + 1
                     after = _VERSIONS[at + 1]
                     log.info(

@@ -18,6 +18,8 @@ import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from .context import JobContext
+
 __all__ = ["parse_time_limit", "requested_from_slurm"]
 
 SCONTROL_TIMEOUT_S = 5.0
@@ -103,8 +105,7 @@ def requested_from_slurm(environ: Mapping[str, str] | None = None, *, ask_scontr
         out["nodes"] = nodes
     missing = [k for k in ("cpus", "mem_gb", "timeout_min") if out.get(k) is None]
     if missing and ask_scontrol:
-        fields = _scontrol(e.get("SLURM_ARRAY_JOB_ID") and e.get("SLURM_ARRAY_TASK_ID")
-                           and f"{e['SLURM_ARRAY_JOB_ID']}_{e['SLURM_ARRAY_TASK_ID']}" or job_id)  # fmt: skip
+        fields = _scontrol(JobContext.detect(dict(e)).job_id)  # an array task as scontrol names it
         if fields:
             out["from"] = "slurm environment and scontrol"
             if out.get("timeout_min") is None and fields.get("TimeLimit"):
