@@ -487,12 +487,7 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
-    try:
-        record = json.loads(layout.jobs_path.read_text(encoding="utf-8"))
-        if not isinstance(record, dict):
-            record = {}
-    except (OSError, ValueError):
-        record = {}
+    record = layout.record() or {}
     sacct_seen: dict[str, Any] | None = None
     squeue_seen: dict[str, Any] | None = None
     if record.get("cluster") == "slurm":

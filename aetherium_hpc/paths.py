@@ -16,11 +16,13 @@ name is derived from (job, task, node) only, so that every ``srun`` task of the 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["RunLayout", "db_key", "local_store_dir", "safe_component"]
 
@@ -38,13 +40,22 @@ def db_key(job_id: str, task: int | str | None) -> str:
     return f"{safe_component(str(job_id))}_{0 if task is None else safe_component(str(task))}"
 
 
+#: File name of the live database in its node-local folder (:func:`local_store_dir`).
+LOCAL_DB_NAME = "metrics.db"
+
+
 def local_store_dir(scratch: str, job_id: str, task: int | str | None, node: str) -> str:
     """Node-local folder of the live database and the socket of (job, task, node).
 
     Deterministic, so that other tasks of the same job on this node find the socket.
     Kept short: an AF_UNIX socket path must fit in 107 bytes.
     """
-    return os.path.join(scratch, f"aeth-{db_key(job_id, task)}-{safe_component(node)[:40]}")
+    return local_store_dir_of_key(scratch, db_key(job_id, task), node)
+
+
+def local_store_dir_of_key(scratch: str, key: str, node: str) -> str:
+    """:func:`local_store_dir` of a :func:`db_key` already made (a run's ``db/<key>/<node>.db``)."""
+    return os.path.join(scratch, f"aeth-{key}-{safe_component(node)[:40]}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,14 @@ class RunLayout:
     @property
     def jobs_path(self) -> Path:
         return self.root / "jobs.json"
+
+    def record(self) -> dict[str, Any] | None:
+        """``jobs.json`` (backend, job ids of the submission); None when missing or unreadable."""
+        try:
+            record = json.loads(self.jobs_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
 
     @property
     def submitit_dir(self) -> Path:

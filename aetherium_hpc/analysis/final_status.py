@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..paths import RunLayout
 from .accounting import SACCT_TIMEOUT_S, is_slurm_id, sacct_figures, squeue_states
 
 #: The status a job writes when it starts; the only one :func:`resolve` looks at.
@@ -101,16 +102,11 @@ def run_record(
     p = Path(db_path)
     if p.parent.parent.name != "db":
         return None
-    jobs_json = p.parent.parent.parent / "jobs.json"
-    key = str(jobs_json)
+    layout = RunLayout(p.parent.parent.parent)
+    key = str(layout.jobs_path)
     if cache is not None and key in cache:
         return cache[key]
-    try:
-        record = json.loads(jobs_json.read_text(encoding="utf-8"))
-        if not isinstance(record, dict):
-            record = None
-    except (OSError, ValueError):
-        record = None
+    record = layout.record()
     if cache is not None:
         cache[key] = record
     return record

@@ -22,7 +22,7 @@ from typing import Any
 from .. import env
 from ..errors import AetheriumError
 from ..metrics import schema
-from ..paths import RunLayout
+from ..paths import LOCAL_DB_NAME, RunLayout, local_store_dir_of_key
 from .formatting import duration, memory_mb, num
 
 __all__ = ["TaskView", "read_task", "render", "watch"]
@@ -146,8 +146,8 @@ def read_task(path: str, live: bool = False) -> TaskView:
     return view
 
 
-def _live_path(layout: RunLayout, scratch: str, key: str, node: str) -> str | None:
-    path = os.path.join(scratch, f"aeth-{key}-{node[:40]}", "metrics.db")
+def _live_path(scratch: str, key: str, node: str) -> str | None:
+    path = os.path.join(local_store_dir_of_key(scratch, key, node), LOCAL_DB_NAME)
     return path if os.path.isfile(path) else None
 
 
@@ -161,10 +161,7 @@ def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
             f"{target}: not a run directory or a database; give a folder printed by `aetherium-hpc submit`"
         )
     layout = RunLayout(Path(target))
-    try:
-        record = json.loads(layout.jobs_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        record = {}
+    record = layout.record() or {}
     expected = len(record.get("job_ids") or []) or None
     scratch = env.local_scratch_dir()
     try:
@@ -181,12 +178,12 @@ def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
     out: dict[str, tuple[str, bool]] = {}
     for copy in layout.databases():  # db/<job>_<task>/<node>.db
         key, node = copy.parent.name, copy.stem
-        live = _live_path(layout, scratch, key, node)
+        live = _live_path(scratch, key, node)
         out[f"{key}/{node}"] = (live, True) if live else (str(copy), False)
     # Tasks running on this machine whose first copy is not in db/ yet.
     ids = [str(i) for i in (record.get("array_job_ids") or record.get("job_ids") or [])]
     for job_id in ids:
-        for live in glob.glob(os.path.join(glob.escape(scratch), f"aeth-{glob.escape(job_id)}_*-*", "metrics.db")):
+        for live in glob.glob(os.path.join(glob.escape(scratch), f"aeth-{glob.escape(job_id)}_*-*", LOCAL_DB_NAME)):
             folder = os.path.basename(os.path.dirname(live))[len("aeth-") :]
             key, _, node = folder.rpartition("-")
             out.setdefault(f"{key}/{node}", (live, True))

@@ -36,7 +36,7 @@ from ..config import Monitoring
 from ..metrics import client
 from ..metrics.backup import CopyBack, copy_database
 from ..metrics.writer import SourceInfo
-from ..paths import local_store_dir
+from ..paths import LOCAL_DB_NAME, local_store_dir
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -67,7 +67,7 @@ class NodeSession:
         self.requested = requested
         scratch = self.monitoring.local_dir or env.local_scratch_dir()
         self.local_dir = local_store_dir(scratch, ctx.base_job_id, ctx.task, ctx.node)
-        self.local_db = os.path.join(self.local_dir, "metrics.db")
+        self.local_db = os.path.join(self.local_dir, LOCAL_DB_NAME)
         self.socket_dir = socket_dir_for(self.local_dir)
         self.child: subprocess.Popen[bytes] | None = None
         self.status: str | None = None
@@ -281,7 +281,7 @@ def connect_to_node_store(
         if found and os.path.exists(found[0] + ".key"):
             os.environ[env.METRICS_ADDR] = found[0]
             os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
-            os.environ[env.METRICS_DB] = os.path.join(local_dir, "metrics.db")
+            os.environ[env.METRICS_DB] = os.path.join(local_dir, LOCAL_DB_NAME)
             return True
         if time.monotonic() > deadline:
             log.warning(
