@@ -14,7 +14,8 @@ The store API below is what pipeline code calls; its names are fixed.
 
 from __future__ import annotations
 
-from .metrics.client import (
+from .monitors import ResourceMonitor, log_system_resources
+from .store.client import (
     MetricsStore,
     get_db,
     init_db,
@@ -28,7 +29,6 @@ from .metrics.client import (
     worker_args,
     worker_initializer,
 )
-from .monitors import ResourceMonitor, log_system_resources
 
 __version__ = "0.1.0"
 

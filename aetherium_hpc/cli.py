@@ -30,8 +30,8 @@ def _number(text: str) -> float:
 # -- log ---------------------------------------------------------------------------------------
 def cmd_log(args: argparse.Namespace) -> int:
     """Send one record to the node's metrics store through its socket."""
-    from .metrics import client, records
-    from .metrics.transport import SocketSink
+    from .store import client, records
+    from .store.transport import SocketSink
 
     address = env.StoreAddress.from_environ()
     if address is None:

@@ -433,7 +433,7 @@ def _rows_from_databases(
     checked (:mod:`.analysis.final_status`): Slurm's state, ``LOST`` or ``UNKNOWN`` once the job
     has ended without writing its status, with a ``note`` saying how that was found."""
     from .analysis.final_status import RUNNING, resolve_rows
-    from .metrics import schema
+    from .store import schema
 
     rows: list[dict[str, str]] = []
     jobs: dict[int, dict[str, Any]] = {}  # index in rows -> its jobs row

@@ -5,7 +5,7 @@ of bench/storage.py), a data-generation row every 20 s and 4 training metrics ev
 written through the real store with synthetic timestamps (a 24-hour job takes minutes, not a
 day): the writer commits every 5 simulated seconds (the default ``flush_interval_s``), and every
 ``--interval`` simulated seconds (default: the default ``checkpoint_interval_s``) the runtime's
-copy-back (:class:`aetherium_hpc.metrics.backup.CopyBack`) brings the run-directory copy up to
+copy-back (:class:`aetherium_hpc.store.backup.CopyBack`) brings the run-directory copy up to
 date, as ``NodeSession.checkpoint`` does; the final copy follows ``shutdown_db``.
 
 Measured, with a baseline from the same run:
@@ -36,8 +36,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import aetherium_hpc as ah  # noqa: E402
 from aetherium_hpc.config import Monitoring  # noqa: E402
-from aetherium_hpc.metrics.backup import CopyBack  # noqa: E402
-from aetherium_hpc.metrics.client import log_resource_samples  # noqa: E402
+from aetherium_hpc.store.backup import CopyBack  # noqa: E402
+from aetherium_hpc.store.client import log_resource_samples  # noqa: E402
 from bench.storage import metric_specs, value  # noqa: E402
 
 T0 = 1_790_000_000.0

@@ -29,8 +29,8 @@ from urllib.parse import quote
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from aetherium_hpc.analysis.merge import merge  # noqa: E402
-from aetherium_hpc.metrics import schema  # noqa: E402
-from aetherium_hpc.metrics.writer import encode_chunk  # noqa: E402
+from aetherium_hpc.store import schema  # noqa: E402
+from aetherium_hpc.store.writer import encode_chunk  # noqa: E402
 
 N_METRICS = 42
 TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats")

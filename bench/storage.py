@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import aetherium_hpc as ah  # noqa: E402
-from aetherium_hpc.metrics.client import log_resource_samples  # noqa: E402
+from aetherium_hpc.store.client import log_resource_samples  # noqa: E402
 
 QUERY = (
     "SELECT AVG(value), MAX(value), MIN(value) FROM resource_metrics"

@@ -14,7 +14,7 @@ import aetherium_hpc
 from aetherium_hpc.analysis import commands
 from aetherium_hpc.analysis.merge import SKIPPED_EXIT_CODE, MergeInputError, merge
 from aetherium_hpc.errors import SchemaError
-from aetherium_hpc.metrics.writer import SourceInfo
+from aetherium_hpc.store.writer import SourceInfo
 
 N_SAMPLES = 12
 
@@ -96,7 +96,7 @@ def test_merge_20_inputs_3_broken(run_dir: Path, tmp_path: Path) -> None:
         (17 * 2 * N_SAMPLES,)
     ]
     # Same schema: application id and version, so the merged file merges again.
-    assert q(out, "PRAGMA application_id")[0][0] == aetherium_hpc.metrics.schema.APPLICATION_ID
+    assert q(out, "PRAGMA application_id")[0][0] == aetherium_hpc.store.schema.APPLICATION_ID
     # Provenance on every row of every view, pointing at the right input.
     for view in ("resource_metrics", "generation_metrics", "training_metrics"):
         assert q(out, f"SELECT count(*) FROM {view} WHERE job_id IS NULL OR array_task_id IS NULL OR node IS NULL"

@@ -18,12 +18,12 @@ import psutil
 import pytest
 
 from aetherium_hpc import init_db, shutdown_db
-from aetherium_hpc.metrics import client
-from aetherium_hpc.metrics.client import MetricsStore
 from aetherium_hpc.monitors import Collector, ResourceMonitor, log_system_resources, units
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
+from aetherium_hpc.store import client
+from aetherium_hpc.store.client import MetricsStore
 
 NCPU = psutil.cpu_count() or 1
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "METRICS.md"

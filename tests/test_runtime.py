@@ -16,8 +16,8 @@ from launch_helpers import aetherium_cli, counts, job_rows, make_config
 import aetherium_hpc as ah
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring
-from aetherium_hpc.metrics.backup import copy_database
 from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.store.backup import copy_database
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent

@@ -12,7 +12,7 @@ from procs import read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, StoreError
-from aetherium_hpc.metrics import schema
+from aetherium_hpc.store import schema
 
 
 def test_whole_api_round_trip(db_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_aliases_are_the_same_functions() -> None:
 
 
 def test_log_before_init_warns_once_and_goes_on(recwarn: pytest.WarningsRecorder) -> None:
-    from aetherium_hpc.metrics import client
+    from aetherium_hpc.store import client
 
     client._warned_uninitialized = False
     ah.log_training_epoch_metric("loss", 1.0, 0, 0)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from aetherium_hpc.metrics import records, schema
-from aetherium_hpc.metrics.records import RESOURCE
-from aetherium_hpc.metrics.writer import StoreWriter, _OpenChunk, encode_chunk
+from aetherium_hpc.store import records, schema
+from aetherium_hpc.store.records import RESOURCE
+from aetherium_hpc.store.writer import StoreWriter, _OpenChunk, encode_chunk
 
 
 def _flush_points(rng: random.Random, n: int) -> list[int]:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ..errors import AetheriumError, StoreError
-from ..metrics import schema
+from ..store import schema
 
 #: Exported when no --table is given.
 DEFAULT_TABLES = ("sources", "jobs", "resource_metrics", "generation_metrics", "training_metrics")

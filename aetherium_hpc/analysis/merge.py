@@ -5,7 +5,7 @@ Rules (also in docs/REPORT.md):
 * **Inputs** are database files or folders (searched recursively for ``*.db``). They are
   opened read-only (``file:...?mode=ro``) and never changed. The output itself is never
   read as an input, so ``merge runs/x -o runs/x/merged.db`` can be run again.
-* **Same schema**: the output is created with :func:`..metrics.schema.create`, so it answers
+* **Same schema**: the output is created with :func:`..store.schema.create`, so it answers
   the same views and can itself be merged again.
 * **Provenance**: every ``sources`` row of an input gets a new ``source_id`` in the output,
   ``source_path`` set to the input file; series, chunks and rows follow with new ids.
@@ -58,9 +58,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import AetheriumError, SchemaError, StoreError
-from ..metrics import schema
-from ..metrics.backup import readable
 from ..paths import RunLayout
+from ..store import schema
+from ..store.backup import readable
 from .accounting import SACCT_TIMEOUT_S
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import AetheriumError, StoreError
-from ..metrics import schema
-from ..metrics.backup import readable
+from ..store import schema
+from ..store.backup import readable
 from .formatting import duration as fmt_duration
 from .formatting import memory_gb, memory_mb, minutes, pct, slurm_time
 from .formatting import num as _num

@@ -21,8 +21,8 @@ from typing import Any
 
 from .. import env
 from ..errors import AetheriumError
-from ..metrics import schema
 from ..paths import LOCAL_DB_NAME, RunLayout, local_store_dir_of_key
+from ..store import schema
 from .formatting import duration, memory_mb, num
 
 __all__ = ["TaskView", "read_task", "render", "watch"]

@@ -117,19 +117,19 @@ def _round(value: float) -> float | None:
 
 
 def _store_sink(samples: list[Sample], timestamp: float) -> None:
-    from aetherium_hpc.metrics.client import log_resource_samples
+    from aetherium_hpc.store.client import log_resource_samples
 
     log_resource_samples(samples, timestamp)
 
 
 def _builtin_store_sink(samples: list[Sample], timestamp: float) -> None:
-    from aetherium_hpc.metrics.client import log_builtin_samples
+    from aetherium_hpc.store.client import log_builtin_samples
 
     log_builtin_samples(samples, timestamp)
 
 
 def _get_store() -> Any:
-    from aetherium_hpc.metrics.client import get_db
+    from aetherium_hpc.store.client import get_db
 
     return get_db()
 

@@ -93,7 +93,7 @@ STORE_QUEUE_DEPTH = _metric(
 STORE_DROPPED = _metric(
     "store", "dropped", COUNT, "", "Records the store's queue dropped so far, as seen by the monitor (on_full='drop')"
 )
-# Written by the store writer itself (metrics/writer.py), listed so the table is complete.
+# Written by the store writer itself (store/writer.py), listed so the table is complete.
 STORE_BATCH_WRITE = _metric("store", "batch_write_ms", MS, "", "Wall time of the writer's last batch transaction")
 
 

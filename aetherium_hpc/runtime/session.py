@@ -33,10 +33,10 @@ from typing import Any
 from .. import env
 from ..background import block_job_signals
 from ..config import Monitoring
-from ..metrics import client
-from ..metrics.backup import CopyBack, copy_database
-from ..metrics.writer import SourceInfo
 from ..paths import LOCAL_DB_NAME, local_store_dir
+from ..store import client
+from ..store.backup import CopyBack, copy_database
+from ..store.writer import SourceInfo
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -239,7 +239,7 @@ class NodeSession:
             if last is not None and self.dest.exists()
             else "nothing was written there"
         )
-        command = f"python -m aetherium_hpc.metrics.backup {shlex.quote(self.local_db)} {shlex.quote(str(self.dest))}"
+        command = f"python -m aetherium_hpc.store.backup {shlex.quote(self.local_db)} {shlex.quote(str(self.dest))}"
         print(
             f"aetherium-hpc: could not copy the metrics database to {self.dest} ({' '.join(why.split())}); {held}. "
             f"ALL metrics are kept in {self.local_db} on {self.ctx.hostname or self.ctx.node}: when "

@@ -31,7 +31,7 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from ..metrics.sigterm import is_watcher_handler, reset_in_fork_child
+from ..store.sigterm import is_watcher_handler, reset_in_fork_child
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ reset_in_fork_child(_reset_in_fork_child)
 
 
 def _flush_child_and_die(signum: int) -> None:
-    from ..metrics import client
+    from ..store import client
 
     try:
         client.shutdown_db()  # in a fork child: sends this process's buffered records

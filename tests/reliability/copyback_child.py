@@ -23,9 +23,9 @@ from typing import Any
 
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
-from aetherium_hpc.metrics.backup import CopyBack
-from aetherium_hpc.metrics.client import log_resource_samples
 from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.store.backup import CopyBack
+from aetherium_hpc.store.client import log_resource_samples
 
 SPECS = [("cpu", "system_total", "%", ""), ("ram", "system_used", "MB", "")] + [
     ("gpu", name, "u", f"GPU-{g}") for g in range(4) for name in ("utilization", "power", "memory_used")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import aetherium_hpc as ah
-from aetherium_hpc.metrics import client
+from aetherium_hpc.store import client
 
 VICTIM_ROUND = 99
 

@@ -14,7 +14,7 @@ import threading
 import time
 
 import aetherium_hpc as ah
-from aetherium_hpc.metrics import client
+from aetherium_hpc.store import client
 
 
 def _log(n: int) -> None:

@@ -23,9 +23,9 @@ import pytest
 from rel_helpers import ROOT, integrity, read
 
 import aetherium_hpc as ah
-from aetherium_hpc.metrics.client import MetricsStore, log_resource_samples
-from aetherium_hpc.metrics.records import GENERATION, JOB, RESOURCE, STATS, TRAINING
-from aetherium_hpc.metrics.writer import retry_cause
+from aetherium_hpc.store.client import MetricsStore, log_resource_samples
+from aetherium_hpc.store.records import GENERATION, JOB, RESOURCE, STATS, TRAINING
+from aetherium_hpc.store.writer import retry_cause
 
 NAN = float("nan")
 
@@ -47,7 +47,7 @@ def _bad_stats(store: MetricsStore) -> int:
 
 
 def _writer_messages(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name.startswith("aetherium_hpc.metrics")]
+    return [r.getMessage() for r in caplog.records if r.name.startswith("aetherium_hpc.store")]
 
 
 def _log_after(n: int = 100) -> None:
@@ -139,7 +139,7 @@ def test_log_resource_samples_refuses_a_bad_value_at_the_call(
 CHILD = """
 import marshal, sys, time
 from multiprocessing.connection import Client
-from aetherium_hpc.metrics.records import JOB, TRAINING
+from aetherium_hpc.store.records import JOB, TRAINING
 
 conn = Client(sys.argv[1], family="AF_UNIX", authkey=bytes.fromhex(sys.argv[2]))
 # What log_job now refuses at the call; an older client, or any program speaking the protocol, can send it.

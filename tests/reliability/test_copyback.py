@@ -1,4 +1,4 @@
-"""Copy-back to the run directory (metrics/backup.py, runtime/session.py): incremental copies
+"""Copy-back to the run directory (store/backup.py, runtime/session.py): incremental copies
 equal the node database, a hard kill leaves the data up to the last checkpoint, a kill in the
 middle of an incremental copy leaves a consistent copy, and a copy that fails at the end is one
 line naming the kept node-local database, with no ``.tmp`` and the workload's exit status kept.
@@ -32,11 +32,11 @@ from rel_helpers import cli, integrity, read
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
 from aetherium_hpc.errors import StoreError
-from aetherium_hpc.metrics import backup
-from aetherium_hpc.metrics.backup import CopyBack, copy_database, has_hot_journal, readable_copy, recover
-from aetherium_hpc.metrics.client import log_resource_samples
 from aetherium_hpc.paths import local_store_dir
 from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.store import backup
+from aetherium_hpc.store.backup import CopyBack, copy_database, has_hot_journal, readable_copy, recover
+from aetherium_hpc.store.client import log_resource_samples
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -447,7 +447,7 @@ def _check_one_line(proc: subprocess.CompletedProcess[str], local: Path, dest: P
     assert "Traceback" not in proc.stderr
     assert line.startswith(f"aetherium-hpc: could not copy the metrics database to {dest} ("), line
     assert f"ALL metrics are kept in {local} on " in line, line
-    assert str(local) in line and "python -m aetherium_hpc.metrics.backup" in line and str(dest) in line, line
+    assert str(local) in line and "python -m aetherium_hpc.store.backup" in line and str(dest) in line, line
     assert not [p for p in root.rglob("*") if p.name.endswith((".tmp", ".tmp-journal"))], "no .tmp is left"
     assert local.exists() and integrity(local) == "ok", "the node-local database is kept when the copy failed"
     assert read(local, "SELECT count(*), max(epoch_number) FROM training_rows") == [(5500, 5499)]

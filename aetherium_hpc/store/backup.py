@@ -31,7 +31,7 @@ which any read-write connection does by itself. A read-only connection (``mode=r
 ``merge`` opens its inputs) fails instead with ``SQLITE_READONLY_ROLLBACK``; :func:`recover`
 rolls such a file back (in place), :func:`readable_copy` without changing it.
 
-``python -m aetherium_hpc.metrics.backup SRC DEST`` makes a full copy by hand (what to do
+``python -m aetherium_hpc.store.backup SRC DEST`` makes a full copy by hand (what to do
 when the copy at the end of a job failed, e.g. on a full file system).
 """
 
@@ -129,7 +129,7 @@ def recover(path: str | os.PathLike[str], *, timeout: float = 10.0) -> bool:
     except sqlite3.Error as exc:
         raise StoreError(
             f"{path}: an interrupted copy left {path}-journal and it cannot be rolled back here ({exc}); "
-            "read a copy of both files instead (aetherium_hpc.metrics.backup.readable_copy)"
+            "read a copy of both files instead (aetherium_hpc.store.backup.readable_copy)"
         ) from exc
     return True
 
@@ -592,10 +592,10 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m aetherium_hpc.metrics.backup SRC DEST``: a complete copy of SRC at DEST."""
+    """``python -m aetherium_hpc.store.backup SRC DEST``: a complete copy of SRC at DEST."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 2 or args[0].startswith("-"):
-        print("usage: python -m aetherium_hpc.metrics.backup SRC.db DEST.db", file=sys.stderr)
+        print("usage: python -m aetherium_hpc.store.backup SRC.db DEST.db", file=sys.stderr)
         return 2
     try:
         copy_database(args[0], args[1])
