@@ -433,13 +433,13 @@ def _rows_from_databases(
     checked (:mod:`.analysis.final_status`): Slurm's state, ``LOST`` or ``UNKNOWN`` once the job
     has ended without writing its status, with a ``note`` saying how that was found."""
     from .analysis.final_status import RUNNING, resolve_rows
-    from .store import schema
+    from .store import reader
 
     rows: list[dict[str, str]] = []
     jobs: dict[int, dict[str, Any]] = {}  # index in rows -> its jobs row
     for db in layout.databases():
         try:
-            conn = schema.connect(str(db), readonly=True, timeout=2.0)
+            conn = reader.open_readonly(str(db), timeout=2.0)
             try:
                 cur = conn.execute(
                     "SELECT j.job_id, j.array_job_id, j.array_task_id, j.status, j.exit_code, j.start_time,"

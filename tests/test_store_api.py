@@ -12,7 +12,7 @@ from procs import read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, StoreError
-from aetherium_hpc.store import schema
+from aetherium_hpc.store import chunks, schema
 
 
 def test_whole_api_round_trip(db_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_views_answer_while_the_writer_runs(db_path: Path) -> None:
 def test_chunks_close_and_timestamps_survive(db_path: Path) -> None:
     db = ah.init_db(str(db_path), buffer_size=50, flush_interval=0.05)
     t0 = 1_800_000_000.0
-    n = schema.CHUNK_SAMPLES * 2 + 7
+    n = chunks.CHUNK_SAMPLES * 2 + 7
     for k in range(n):
         ah.log_resource_metric(
             "cpu", "system_total", k % 100 + 0.5, "%", timestamp=t0 + k * 1.0 + (0.003 if k % 7 else 0)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from aetherium_hpc.store import records, schema
+from aetherium_hpc.store import chunks
+from aetherium_hpc.store.chunks import encode as encode_chunk
 from aetherium_hpc.store.records import RESOURCE
-from aetherium_hpc.store.writer import StoreWriter, _OpenChunk, encode_chunk
+from aetherium_hpc.store.writer import StoreWriter, _OpenChunk
 
 
 def _flush_points(rng: random.Random, n: int) -> list[int]:
@@ -21,7 +22,7 @@ def _flush_points(rng: random.Random, n: int) -> list[int]:
 @pytest.mark.parametrize("seed", range(30))
 def test_incremental_text_is_encode_chunk(seed: int) -> None:
     rng = random.Random(seed)
-    n = rng.randint(1, schema.CHUNK_SAMPLES)
+    n = rng.randint(1, chunks.CHUNK_SAMPLES)
     interval = rng.choice([0.1, 0.5, 1.0, 2.5])
     jitter = rng.choice([0.0, 0.0005, 0.003, 0.2])  # seconds: none, typical, a loaded node, irregular
     t0 = 1.7e9 + rng.random()
@@ -42,20 +43,20 @@ def test_incremental_text_is_encode_chunk(seed: int) -> None:
 def test_flush_encodes_only_new_values(monkeypatch: pytest.MonkeyPatch) -> None:
     """A full chunk filled over 180 one-sample flushes encodes each value once (was 1 + 2 + ... + 180)."""
     calls = 0
-    real = records.encode_value
+    real = chunks.encode_value
 
     def counting(value: float | None) -> str:
         nonlocal calls
         calls += 1
         return real(value)
 
-    monkeypatch.setattr(records, "encode_value", counting)
+    monkeypatch.setattr(chunks, "encode_value", counting)
     chunk = _OpenChunk()
-    for k in range(schema.CHUNK_SAMPLES):
+    for k in range(chunks.CHUNK_SAMPLES):
         chunk.ts.append(1.7e9 + k + 0.0002 * (k % 3))
         chunk.vals.append(None if k % 2 else float("inf"))  # (finite floats are formatted inline)
         chunk.row()
-    assert calls == schema.CHUNK_SAMPLES
+    assert calls == chunks.CHUNK_SAMPLES
 
 
 def test_restore_drops_what_a_rolled_back_flush_appended() -> None:
@@ -102,3 +103,35 @@ def test_rolled_back_batch_leaves_no_text_behind(tmp_path: Path) -> None:
     rows = conn.execute("SELECT n, jit, vals FROM sample_chunks").fetchall()
     conn.close()
     assert rows == [(10, "[" + ",".join(["0"] * 10) + "]", "[" + ",".join(str(k) for k in range(10)) + "]")]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_chunk_codec_round_trips_through_python_and_the_sql_view(seed: int) -> None:
+    """encode → decode gives the samples back (7 digits, 1 ms); the view's SQL gives the same times."""
+    rng = random.Random(seed)
+    n = rng.randint(1, chunks.CHUNK_SAMPLES)
+    t = 1_700_000_000.0 + rng.random()
+    ts, vals = [], []
+    for _ in range(n):
+        t += 1.0 + rng.uniform(-0.2, 0.2)
+        ts.append(t)
+        vals.append(rng.choice([None, float("nan"), float("inf"), -float("inf"), rng.uniform(-1e6, 1e6), 0.0]))
+    t0, t1, count, dt_ms, jit, text = chunks.encode(ts, vals)
+    assert (t0, t1, count) == (ts[0], ts[-1], n)
+    got_t, got_v = chunks.decode(t0, count, dt_ms, jit, text)
+    assert got_t.tolist() == pytest.approx([round((x - t0) * 1000) / 1000 + t0 for x in ts], abs=1e-6)
+    for want, v in zip(vals, got_v.tolist(), strict=True):
+        if want is None or want != want:
+            assert v != v  # missing and NaN read back as NaN
+        elif abs(want) == float("inf"):
+            assert v == want
+        else:
+            assert v == pytest.approx(want, rel=1e-6, abs=1e-30)
+    assert chunks.decode_values(text) == [v for v in got_v.tolist() if v == v]  # null dropped, not NaN
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE c (t0 REAL, dt_ms INTEGER, jit TEXT, vals TEXT)")
+    conn.execute("INSERT INTO c VALUES (?,?,?,?)", (t0, dt_ms, jit, text))
+    sql_t = [
+        r[0] for r in conn.execute(f"SELECT {chunks.TIMESTAMP_SQL} FROM c JOIN json_each(c.vals) j ORDER BY j.key")
+    ]
+    assert sql_t == pytest.approx(got_t.tolist(), abs=1e-6)

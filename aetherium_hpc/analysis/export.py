@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 from ..errors import AetheriumError, StoreError
-from ..store import schema
+from ..store import reader, schema
 
 #: Exported when no --table is given.
 DEFAULT_TABLES = ("sources", "jobs", "resource_metrics", "generation_metrics", "training_metrics")
@@ -97,7 +97,7 @@ def export(db: str, *, fmt: str = "csv", tables: Sequence[str] | None = None, ou
         raise ExportError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
     if not os.path.isfile(db):
         raise StoreError(f"{db}: no such database file")
-    conn = schema.connect(db, readonly=True)
+    conn = reader.open_readonly(db)
     try:
         if not schema.check_version(conn, db):
             raise StoreError(f"{db}: empty file, nothing to export")

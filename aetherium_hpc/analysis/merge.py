@@ -59,7 +59,7 @@ from typing import Any, TextIO
 
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..paths import RunLayout
-from ..store import schema
+from ..store import reader, schema
 from ..store.backup import readable
 from .accounting import SACCT_TIMEOUT_S
 
@@ -230,7 +230,7 @@ def check_input(path: str) -> str | None:
     fails the copy, which rolls back and skips the input. A file shorter than its header says is
     refused here."""
     try:
-        conn = sqlite3.connect(schema.uri(path), uri=True)
+        conn = sqlite3.connect(reader.uri(path), uri=True)
     except sqlite3.Error as exc:
         return f"cannot be opened ({exc})"
     try:
@@ -343,7 +343,7 @@ def open_output(output: PathLike) -> sqlite3.Connection:
     """Open (creating if new) the output database, read-write, URI filenames enabled for ATTACH."""
     out = os.path.abspath(os.fspath(output))
     _check_folder(out)
-    uri = schema.uri(out, "rwc")
+    uri = reader.uri(out, "rwc")
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:
         exists = schema.check_version(conn, out)
@@ -610,7 +610,7 @@ def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, 
 def _attach(conn: sqlite3.Connection, readable: str, alias: str) -> str | None:
     """ATTACH ``readable`` read-only as ``alias`` (SQLite reads its schema); why not, if it cannot."""
     try:
-        conn.execute(f"ATTACH DATABASE ? AS {alias}", (schema.uri(readable),))
+        conn.execute(f"ATTACH DATABASE ? AS {alias}", (reader.uri(readable),))
     except sqlite3.Error as exc:  # the words of schema.check_version
         if "locked" in str(exc):
             return f"locked by another process ({exc}); wait until it ends, or work on a copy"

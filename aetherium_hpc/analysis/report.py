@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AetheriumError, StoreError
-from ..store import schema
+from ..store import chunks, reader, schema
 from ..store.backup import readable
 from .formatting import duration as fmt_duration
 from .formatting import memory_gb, memory_mb, minutes, pct, slurm_time
@@ -89,7 +89,7 @@ def _open(db: str) -> sqlite3.Connection:
     # A copy-back killed inside its transaction is read from a rolled-back copy (the file stays
     # as it is); the open connection keeps reading that copy after its folder is removed.
     with readable(db, prefix="aeth-report-") as read_from:
-        conn = schema.connect(read_from, readonly=True)
+        conn = reader.open_readonly(read_from)
         if read_from != db:  # open the copy before its folder goes
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     try:
@@ -111,15 +111,13 @@ def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[_Series
     ):
         series[ser_id] = _Series(sid, mtype, mname, unit, device)
     parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
-    for chunks in _chunk_tables(conn):
+    for table in _chunk_tables(conn):
         for ser_id, t0, n, dt_ms, jit, vals in conn.execute(
-            f"SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM {chunks} c"
+            f"SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM {table} c"
             f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks})",
             tuple(types),
         ):
-            k = np.arange(n, dtype=np.float64)
-            ts = t0 + (k * dt_ms + np.asarray(json.loads(jit), dtype=np.float64)) / 1000.0
-            vs = np.asarray(json.loads(vals), dtype=np.float64)
+            ts, vs = chunks.decode(t0, n, dt_ms, jit, vals)
             p = parts[ser_id]
             p[0].append(ts)
             p[1].append(vs)

@@ -11,7 +11,6 @@ every task has ended; ``--once`` prints one frame (for scripts). Drawn with ``ri
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sqlite3
 import time
@@ -22,7 +21,7 @@ from typing import Any
 from .. import env
 from ..errors import AetheriumError
 from ..paths import LOCAL_DB_NAME, RunLayout, local_store_dir_of_key
-from ..store import schema
+from ..store import chunks, reader
 from .formatting import duration, memory_mb, num
 
 __all__ = ["TaskView", "read_task", "render", "watch"]
@@ -88,7 +87,7 @@ def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) 
                                      (sid,)).fetchall()  # fmt: skip
             vals: list[float] = []
             for _, text in sorted(rows):
-                vals += [float(v) for v in json.loads(text) if v is not None]
+                vals += chunks.decode_values(text)
             per_series.append(vals[-HISTORY:])
         if len(per_series) == 1:
             return per_series[0]
@@ -101,7 +100,7 @@ def read_task(path: str, live: bool = False) -> TaskView:
     """One database's view now; a database that cannot be read yet gives a view with ``error``."""
     view = TaskView(path, live)
     try:
-        conn = schema.connect(path, readonly=True, timeout=2.0)
+        conn = reader.open_readonly(path, timeout=2.0)
     except sqlite3.Error as exc:
         view.error = str(exc)
         return view

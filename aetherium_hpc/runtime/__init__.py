@@ -4,7 +4,7 @@ Flow (local rank 0 of each node)::
 
     JobRunner(config, run_dir)(task) -> JobContext.detect()
         -> NodeSession.start(): init_db (node-local), jobs row 'running', monitor, checkpoints
-           (every checkpoint_interval_s: what is new since the last copy, metrics.backup.CopyBack)
+           (every checkpoint_interval_s: what is new since the last copy, store.backup.CopyBack)
         -> workload (callable or command); signals -> status, copy-back, then submitit's handler
         -> NodeSession.finish(): status row, stop monitor, close_store (collects what workers
            hold), last copy to run_dir/db/<job>_<task>/<node>.db

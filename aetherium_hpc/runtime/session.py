@@ -6,7 +6,7 @@ resource monitor and a checkpoint thread, and at the end (or on a signal) record
 closes the store and copies the database into the run directory. Other local ranks connect to
 that socket. :func:`run_task` drives both, around a workload function.
 
-Copy-back (:class:`..metrics.backup.CopyBack`): every ``checkpoint_interval_s`` (30 s by
+Copy-back (:class:`..store.backup.CopyBack`): every ``checkpoint_interval_s`` (30 s by
 default) and at the end, the run-directory copy gets what is new since the previous copy, in
 one transaction; the first copy is a full one. A SIGKILL, the OOM killer or a lost node thus
 lose at most one interval. A copy that fails at the end is reported in one line naming the

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from . import schema
+from . import chunks, reader, schema
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def recover(path: str | os.PathLike[str], *, timeout: float = 10.0) -> bool:
     if not has_hot_journal(path):
         return False
     try:
-        conn = sqlite3.connect(schema.uri(path, "rw"), uri=True, timeout=timeout)
+        conn = sqlite3.connect(reader.uri(path, "rw"), uri=True, timeout=timeout)
         try:
             conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         finally:
@@ -293,7 +293,7 @@ class CopyBack:
         conn = sqlite3.connect(str(self.dest), timeout=self.timeout, isolation_level=None)
         try:
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("ATTACH DATABASE ? AS src", (schema.uri(self.src),))
+            conn.execute("ATTACH DATABASE ? AS src", (reader.uri(self.src),))
             conn.execute("BEGIN IMMEDIATE")  # rolls back a hot journal first, if a copy was killed
             try:
                 _check_same(conn, state)
@@ -409,7 +409,7 @@ def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int
     out: list[tuple[Any, ...]] = []
     samples = 0
     # Chunks the writer may still have grown: the newest of each series, unless it was full.
-    growing = [[rowid, done] for rowid, done in last.values() if done < schema.CHUNK_SAMPLES]
+    growing = [[rowid, done] for rowid, done in last.values() if done < chunks.CHUNK_SAMPLES]
     if growing:
         for row in conn.execute(
             f"SELECT {', '.join('c.' + c for c in _CHUNK_COLS.split(', '))} FROM json_each(?) j"
@@ -464,7 +464,7 @@ def _build(
         schema.create(conn)
         if not index:
             conn.execute(f"DROP INDEX IF EXISTS main.{CHUNK_INDEX}")
-        conn.execute("ATTACH DATABASE ? AS src", (schema.uri(src),))
+        conn.execute("ATTACH DATABASE ? AS src", (reader.uri(src),))
         conn.execute("BEGIN IMMEDIATE")
         app_id = conn.execute("PRAGMA src.application_id").fetchone()[0]
         version = conn.execute("PRAGMA src.user_version").fetchone()[0]

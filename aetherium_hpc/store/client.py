@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import env
 from ..errors import StoreError
-from . import records, schema, sigterm
+from . import reader, records, sigterm
 from .ownership import Holder, WriterLock
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
 from .transport import SocketServer, SocketSink, new_address
@@ -61,7 +61,7 @@ class StoreReader:
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         if not self._closed:
             self.flush()
-        conn = schema.connect(self.path, readonly=True)
+        conn = reader.open_readonly(self.path)
         try:
             cur = conn.execute(sql, tuple(params))
             names = [d[0] for d in cur.description]

@@ -8,7 +8,6 @@ unpickled). The first element is the kind.
 from __future__ import annotations
 
 import json
-import math
 import numbers
 from collections.abc import Callable
 from typing import Any
@@ -85,15 +84,6 @@ def name(value: Any, what: str, *, optional: bool = False) -> str:
     if not optional and not value:
         raise ValueError(f"{what} must not be empty")
     return value
-
-
-def encode_value(value: float | None) -> str:
-    """JSON text of one sample value: 7 significant digits, NaN → null, ±inf → ±9e999."""
-    if value is None or value != value:
-        return "null"
-    if math.isinf(value):
-        return "9e999" if value > 0 else "-9e999"
-    return "%.7g" % value  # noqa: UP031 -- fastest formatting on the writer path
 
 
 # -- the jobs row ---------------------------------------------------------------------------

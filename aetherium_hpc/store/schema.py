@@ -2,12 +2,7 @@
 
 Resource samples are stored compactly: one row per *series* (metric_type,
 metric_name, unit, node, device) and one row per *chunk* of up to
-``CHUNK_SAMPLES`` samples of a series. A chunk holds two JSON arrays:
-
-* ``vals`` -- the values (7 significant digits; NaN as ``null``, ±inf as ``±9e999``);
-* ``jit``  -- per sample, the offset in milliseconds from the regular grid
-  ``t0 + k * dt_ms`` (mostly ``0``), so a timestamp is
-  ``t0 + (k * dt_ms + jit[k]) / 1000``.
+``CHUNK_SAMPLES`` samples of a series, encoded as :mod:`.chunks` describes.
 
 The view ``resource_metrics`` unpacks chunks with SQLite's built-in ``json_each``,
 so ``SELECT ... FROM resource_metrics`` works in the sqlite3 shell. The view is a
@@ -22,17 +17,15 @@ same schema.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 from ..errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, SchemaError
+from .chunks import TIMESTAMP_SQL
 
 #: PRAGMA application_id of every aetherium-hpc database ("AETH").
 APPLICATION_ID = 0x41455448
 #: PRAGMA user_version: bumped on every incompatible change of the tables below.
 SCHEMA_VERSION = 1
-#: Samples per closed chunk (about 3 minutes at 1 Hz).
-CHUNK_SAMPLES = 180
 
 _CHUNK_COLUMNS = """
     series_id INTEGER NOT NULL REFERENCES series(series_id),
@@ -116,7 +109,7 @@ CREATE TABLE IF NOT EXISTS store_stats (
 );
 
 CREATE VIEW IF NOT EXISTS resource_metrics AS
-SELECT c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 1000.0 AS timestamp,
+SELECT {TIMESTAMP_SQL} AS timestamp,
        s.metric_type, s.metric_name, j.value AS value, s.unit, s.node, s.device,
        src.job_id, src.array_job_id, src.array_task_id, s.source_id
 FROM series s
@@ -140,20 +133,9 @@ FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
 CONTRACT_NAMES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")
 
 
-def connect(path: str, *, readonly: bool = False, timeout: float = 30.0) -> sqlite3.Connection:
-    """Open ``path``; read-only connections never create or change the file."""
-    if readonly:
-        conn = sqlite3.connect(uri(path), uri=True, timeout=timeout, check_same_thread=False)
-    else:
-        conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    return conn
-
-
-def uri(path: str | os.PathLike[str], mode: str = "ro") -> str:
-    """SQLite URI of ``path`` opened in ``mode`` (``ro``: never creates or changes the file)."""
-    from urllib.parse import quote
-
-    return "file:" + quote(os.path.abspath(os.fspath(path)), safe="/") + "?mode=" + mode
+def connect(path: str, *, timeout: float = 30.0) -> sqlite3.Connection:
+    """Open ``path`` to write it (autocommit; transactions are explicit). To read, see :mod:`.reader`."""
+    return sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
 
 
 def check_version(conn: sqlite3.Connection, path: str, db: str = "main") -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..background import block_job_signals, childless
 from ..errors import StoreError
-from . import records, schema
+from . import chunks, records, schema
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ class _OpenChunk:
     samples added since (:meth:`row`); only when the grid interval of the chunk changes
     (``dt_ms`` is the mean interval, rounded to the millisecond: with a drift-free sampler
     that is rare once a chunk holds a few samples) is the ``jit`` array re-encoded whole.
-    The text is always byte for byte what :func:`encode_chunk` gives for the same samples.
+    The text is always byte for byte what :func:`.chunks.encode` gives for the same samples.
     """
 
     __slots__ = ("ts", "vals", "rowid", "dt_ms", "jit", "enc", "n_enc")
@@ -242,8 +242,8 @@ class _OpenChunk:
             self.jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
             self.dt_ms = dt_ms
         if start < n:
-            enc = records.encode_value
-            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by encode_value
+            enc = chunks.encode_value
+            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by chunks.encode_value
             new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
             self.enc = self.enc + "," + new if start else new
         self.n_enc = n
@@ -260,16 +260,6 @@ class WriterStats:
     batches: int = 0
     last_batch_ms: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
-
-
-def encode_chunk(ts: list[float], vals: list[float | None]) -> tuple[float, float, int, int, str, str]:
-    """(t0, t1, n, dt_ms, jit, vals) of a chunk: see :mod:`.schema` for the encoding."""
-    t0 = ts[0]
-    n = len(ts)
-    dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
-    jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
-    enc = records.encode_value
-    return t0, ts[-1], n, dt_ms, "[" + jit + "]", "[" + ",".join([enc(v) for v in vals]) + "]"
 
 
 class StoreWriter(threading.Thread):
@@ -581,7 +571,7 @@ class StoreWriter(threading.Thread):
         res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
-        limit = schema.CHUNK_SAMPLES
+        limit = chunks.CHUNK_SAMPLES
         insert = "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
         updates: list[tuple[Any, ...]] = []
         for key, samples in res.items():

@@ -456,7 +456,7 @@ def _check_one_line(proc: subprocess.CompletedProcess[str], local: Path, dest: P
 
 
 def _run_the_advice(line: str, tmp_path: Path, dest: Path, code: int) -> None:
-    match = re.search(r"`(python -m aetherium_hpc\.metrics\.backup [^`]+)`", line)
+    match = re.search(r"`(python -m aetherium_hpc\.store\.backup [^`]+)`", line)
     assert match, line
     argv = shlex.split(match.group(1))
     fixed = subprocess.run([sys.executable, *argv[1:]], env=_env(tmp_path), capture_output=True, text=True, timeout=120)

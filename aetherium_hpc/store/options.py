@@ -1,0 +1,32 @@
+"""The store's settings, each declared once with its default, unit and bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What a log call does when the in-memory queue is full.
+ON_FULL = ("block", "drop")
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How the store batches what it is given and how much it holds in memory."""
+
+    #: records per transaction (a batch is committed once it holds this many); >= 1
+    buffer_size: int = 100
+    #: seconds between commits of a partial batch; > 0
+    flush_interval_s: float = 5.0
+    #: records waiting in memory at most; >= 1
+    max_queue: int = 1_000_000
+    #: "block": a log call waits for room (nothing accepted is lost); "drop": drop and count
+    on_full: str = "block"
+
+    def __post_init__(self) -> None:
+        if self.buffer_size < 1:
+            raise ValueError(f"buffer_size={self.buffer_size}: must be >= 1 record")
+        if not self.flush_interval_s > 0:
+            raise ValueError(f"flush_interval={self.flush_interval_s}: must be > 0 seconds")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue={self.max_queue}: must be >= 1 record")
+        if self.on_full not in ON_FULL:
+            raise ValueError(f"on_full={self.on_full!r}: use one of {', '.join(ON_FULL)}")
