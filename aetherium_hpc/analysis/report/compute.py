@@ -251,12 +251,7 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
         need = f"{need_gb:.0f}G" if want_mb > 1000 else f"{round(need_gb * 1024)}M"
         out["memory"] = {"requested_gb": req, "peak_max_gb": _f(peak_gb), "efficiency": _dist(mem_eff)}
         said = f"peak {memory_mb(peak_mb)}{over} is {pct(peak_gb, req)} of the {memory_gb(req)} requested"
-        if peak_gb > 0.9 * req:
-            advice.append(f"memory: {said}; raise it: --mem={need}")
-        elif need_gb < 0.8 * req:
-            advice.append(f"memory: {said}; ask for --mem={need}")
-        else:
-            advice.append(f"memory: {said}: --mem is about right")
+        advice.append(_fit("memory", said, "mem", need, over=peak_gb > 0.9 * req, under=need_gb < 0.8 * req))
     runtimes = [t["runtime_s"] for t in req_tasks if t["runtime_s"] is not None]
     limits = [t["requested"]["timeout_min"] for t in req_tasks if t["requested"].get("timeout_min")]
     if runtimes and limits:
@@ -273,12 +268,9 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
             need_min = max(need_min, 5 * math.ceil(limit * 1.5 / 5))
             advice.append(f"time: {timed_out} task(s) hit the {minutes(limit)} limit; raise it: "
                           f"--time={slurm_time(need_min)} (or checkpoint and requeue)")  # fmt: skip
-        elif longest > 0.9 * limit:
-            advice.append(f"time: {said}; raise it: --time={slurm_time(need_min)}")
-        elif need_min < 0.8 * limit:
-            advice.append(f"time: {said}; ask for --time={slurm_time(need_min)} (shorter jobs start sooner)")
         else:
-            advice.append(f"time: {said}: --time is about right")
+            advice.append(_fit("time", said, "time", slurm_time(need_min), over=longest > 0.9 * limit,
+                               under=need_min < 0.8 * limit, why_less=" (shorter jobs start sooner)"))  # fmt: skip
     cores = [t["cpu_cores"] for t in req_tasks if t["cpu_cores"] is not None]
     cpus = [t["requested"]["cpus"] for t in req_tasks if t["requested"].get("cpus")]
     if cores and cpus:
@@ -303,6 +295,15 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
             advice.append(f"gpu: median utilisation {float(np.median(gutil)):.0f}%; the GPU waits on data "
                           "(more data-loader workers) or is not needed")  # fmt: skip
     return out
+
+
+def _fit(what: str, said: str, flag: str, value: str, *, over: bool, under: bool, why_less: str = "") -> str:
+    """One advice sentence on a request: raise it (use near the limit), lower it (well below), or keep it."""
+    if over:
+        return f"{what}: {said}; raise it: --{flag}={value}"
+    if under:
+        return f"{what}: {said}; ask for --{flag}={value}{why_less}"
+    return f"{what}: {said}: --{flag} is about right"
 
 
 # -- statistics helpers -------------------------------------------------------------------------
