@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from aetherium_hpc.cli import build_parser
 
 
@@ -21,15 +23,61 @@ def _walk(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, argpa
     return out
 
 
-def test_every_argument_has_help() -> None:
+def _undocumented(parser: argparse.ArgumentParser, prog: str) -> list[str]:
+    """Every command without a help line in its parent's list and every argument without help text,
+    at any depth under ``parser`` (what its --help would leave unexplained)."""
     missing = []
-    for prog, parser in _walk(build_parser(), "aetherium-hpc"):
-        for action in parser._actions:
-            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
-                continue
-            if not action.help or action.help == argparse.SUPPRESS:
-                missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not helps.get(name) or helps[name] == argparse.SUPPRESS:
+                    missing.append(f"{prog} {name}")
+                missing += _undocumented(sub, f"{prog} {name}")
+        elif not action.help or action.help == argparse.SUPPRESS:
+            missing.append(f"{prog} {'/'.join(action.option_strings) or action.dest}")
+    return missing
+
+
+def test_every_argument_has_help() -> None:
+    missing = _undocumented(build_parser(), "aetherium-hpc")
     assert not missing, f"arguments without help text: {missing}"
+
+
+def test_the_help_check_finds_what_lacks_help() -> None:
+    """The check itself: a command, a nested command, an option and a positional without help are named."""
+    parser = argparse.ArgumentParser(prog="tool")
+    parser.add_argument("--shown", help="has help")
+    parser.add_argument("--bare")
+    sub = parser.add_subparsers(dest="command")
+    quiet = sub.add_parser("quiet")
+    quiet.add_argument("target")
+    nested = quiet.add_subparsers(dest="what").add_parser("deep", help="has help")
+    nested.add_argument("--flag", action="store_true")
+    assert _undocumented(parser, "tool") == ["tool --bare", "tool quiet", "tool quiet target", "tool quiet deep --flag"]
+
+
+def test_the_help_check_reaches_the_analysis_commands() -> None:
+    """The commands registered by analysis/commands.py are walked as part of the CLI (no list kept here)."""
+    from aetherium_hpc.analysis import commands
+
+    alone = argparse.ArgumentParser(prog="aetherium-hpc")
+    commands.register(alone.add_subparsers(dest="command"))
+    registered = {prog for prog, _ in _walk(alone, "aetherium-hpc")} - {"aetherium-hpc"}
+    walked = {prog for prog, _ in _walk(build_parser(), "aetherium-hpc")}
+    assert registered and registered <= walked
+
+
+def test_analyze_module_is_the_report_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`python -m aetherium_hpc.analyze` (the original pipeline's usage) takes the arguments of `report`."""
+    monkeypatch.setenv("COLUMNS", "100")  # the same line width here and in the child
+    proc = subprocess.run([sys.executable, "-m", "aetherium_hpc.analyze", "--help"], capture_output=True, text=True,
+                          timeout=120, cwd=Path(__file__).parent.parent)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    report = dict(_walk(build_parser(), "aetherium-hpc"))["aetherium-hpc report"]
+    assert proc.stdout == report.format_help()
 
 
 def test_help_examples_use_the_real_run_folder_naming() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aetherium_hpc.analysis import formatting as fmt
-from aetherium_hpc.analysis.report import _efficiency
+from aetherium_hpc.analysis.report.compute import efficiency
 from aetherium_hpc.runtime.requested import parse_time_limit, requested_from_slurm
 
 
@@ -23,7 +23,7 @@ def test_advice_figures_match_the_tables() -> None:
     """The issue's case: a 53 MB peak against 1 GB read "peak 0.1 GB of 1 GB (5%)"."""
     task = {"requested": {"mem_gb": 1, "timeout_min": 10, "cpus": 1}, "peak_memory_mb": 53.4, "runtime_s": 7.3,
             "cpu_cores": 0.5, "gpu_util_pct": None}  # fmt: skip
-    advice = _efficiency([task], [{"status": "completed"}])["advice"]
+    advice = efficiency([task], [{"status": "completed"}])["advice"]
     mem = next(a for a in advice if a.startswith("memory:"))
     assert mem == "memory: peak 53 MB is 5% of the 1 GB requested; ask for --mem=100M"
     assert fmt.memory_mb(task["peak_memory_mb"]) in mem  # type: ignore[arg-type]  # as the per-task table writes it

@@ -231,23 +231,3 @@ def test_merge_command_exit_codes(run_dir: Path, tmp_path: Path, capsys: pytest.
     good = sorted(run_dir.glob("db/777_1/*.db"))
     args = parser.parse_args(["merge", *map(str, good), "-o", str(tmp_path / "m2.db")])
     assert args.handler(args) == 0
-
-
-def test_open_chunks_of_earlier_writers_are_merged(tmp_path: Path) -> None:
-    """Databases of schema 1 written before chunks were updated in place kept the chunk being filled
-    in an ``open_chunks`` table: merge stores its rows as ordinary chunks."""
-    db = tmp_path / "old.db"
-    write_task_db(db, 2)
-    conn = sqlite3.connect(db)
-    conn.execute(
-        "CREATE TABLE open_chunks (series_id INTEGER PRIMARY KEY, t0 REAL NOT NULL, t1 REAL NOT NULL,"
-        " n INTEGER NOT NULL, dt_ms INTEGER NOT NULL, jit TEXT NOT NULL, vals TEXT NOT NULL)"
-    )
-    sid = conn.execute("SELECT series_id FROM series WHERE metric_name = 'system_total'").fetchone()[0]
-    conn.execute("INSERT INTO open_chunks VALUES (?, 2e9, 2e9 + 1, 2, 1000, '[0,0]', '[7,8]')", (sid,))
-    conn.commit()
-    conn.close()
-    out = tmp_path / "merged.db"
-    assert merge([db], out).sources_added == 1
-    assert q(out, "SELECT count(*) FROM resource_metrics WHERE metric_name = 'system_total'") == [(N_SAMPLES + 2,)]
-    assert q(out, "SELECT value FROM resource_metrics WHERE timestamp >= 2e9 ORDER BY timestamp") == [(7,), (8,)]

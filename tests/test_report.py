@@ -17,8 +17,9 @@ import pytest
 import aetherium_hpc
 from aetherium_hpc.analysis import commands
 from aetherium_hpc.analysis.export import export
+from aetherium_hpc.analysis.formatting import slurm_time
 from aetherium_hpc.analysis.merge import merge
-from aetherium_hpc.analysis.report import EmptyDatabaseError, build_report, slurm_time
+from aetherium_hpc.analysis.report import EmptyDatabaseError, build_report
 from aetherium_hpc.errors import AetheriumError
 from aetherium_hpc.store.writer import SourceInfo
 

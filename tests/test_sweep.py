@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 import aetherium_hpc
+from aetherium_hpc.analysis.commands import run_report
 from aetherium_hpc.analysis.merge import merge
-from aetherium_hpc.analysis.report import build_report, run_report
+from aetherium_hpc.analysis.report import Report, build_report
 from aetherium_hpc.analysis.sweep import is_schedule, parse_objective
 from aetherium_hpc.errors import AetheriumError
 from aetherium_hpc.store.writer import SourceInfo
@@ -112,13 +113,13 @@ def test_objective_rules() -> None:
     assert parse_objective(None, ["train/learning_rate"]) is None
 
 
-def _axes(rep: object, name: str) -> object:
+def _axes(rep: Report, name: str) -> object:
     """Draw one panel of ``rep`` on a fresh Agg figure and return its axes."""
     from matplotlib.figure import Figure
 
-    from aetherium_hpc.analysis.report import _panels
+    from aetherium_hpc.analysis.report.plots import panels
 
-    title, draw = _panels(rep)[name]  # type: ignore[arg-type]
+    title, draw = panels(rep.data, rep.loaded)[name]
     ax = Figure().add_subplot()
     ax.set_title(title)
     draw(ax)
@@ -152,11 +153,11 @@ def test_log_axis_has_plain_labels_and_time_axis_unit(sweep_db: Path) -> None:
     assert ax.get_yscale() == "linear"  # type: ignore[attr-defined]  # 0.1 .. 0.6: less than a decade
     from matplotlib.figure import Figure
 
-    from aetherium_hpc.analysis.report import _plain_log_axis
+    from aetherium_hpc.analysis.report.plots import plain_log_axis
 
     log_ax = Figure().add_subplot()
     log_ax.plot([0, 1], [0.01, 1.0])
-    _plain_log_axis(log_ax, 2.0)
+    plain_log_axis(log_ax, 2.0)
     fmt = log_ax.yaxis.get_major_formatter()
     assert log_ax.get_yscale() == "log" and fmt(0.05, 0) == "0.05" and fmt(2.0, 0) == "2"
     assert _axes(rep, "memory").get_xlabel() == "time since the run started, s"  # type: ignore[attr-defined]
@@ -173,6 +174,6 @@ def test_html_requested_as_columns_and_unique_headers(sweep_db: Path, tmp_path: 
     assert "requested CPUs" in page and "time limit" in page and "{&quot;" not in page
     title = rep.data["run"]
     assert title["name"] == "sweep" and title["job_ids"] == ["77"]
-    from aetherium_hpc.analysis.report import _dashboard_title
+    from aetherium_hpc.analysis.report.plots import dashboard_title
 
-    assert _dashboard_title(rep.data).startswith("sweep: job 77, 5 tasks, ")
+    assert dashboard_title(rep.data).startswith("sweep: job 77, 5 tasks, ")

@@ -32,8 +32,8 @@ class MergeReportJob:
         for pid in self.wait_for_pids:
             while _alive(pid):
                 time.sleep(self.poll_s)
+        from .commands import run_report
         from .merge import merge
-        from .report import run_report
 
         layout = RunLayout(Path(self.run_dir))
         merged = layout.root / MERGED_DB

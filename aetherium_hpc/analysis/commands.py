@@ -65,8 +65,6 @@ def report_database(path: str) -> str:
 # -- report -------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the text report; write PNG / HTML / JSON when asked."""
-    from .report import run_report
-
     return run_report(
         report_database(args.db),
         plot=args.plot,
@@ -77,6 +75,55 @@ def cmd_report(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         objective=args.objective,
     )
+
+
+def run_report(
+    db: str,
+    *,
+    plot: str | None = None,
+    html: str | None = None,
+    json_out: bool = False,
+    json_path: str | None = None,
+    plot_dir: str | None = None,
+    quiet: bool = False,
+    objective: str | None = None,
+) -> int:
+    """What ``aetherium-hpc report`` does with a database; raises :class:`AetheriumError` for user errors."""
+    from .report import build_report
+
+    rep = build_report(db, objective=objective)
+    if json_out:
+        sys.stdout.write(rep.to_json() + "\n")
+    elif not quiet:
+        sys.stdout.write(rep.text)
+    sys.stdout.flush()
+    if json_path:
+        _write(json_path, rep.to_json() + "\n")
+    if plot:
+        _write(plot, rep.dashboard_png())
+    if plot_dir:
+        os.makedirs(plot_dir, exist_ok=True)
+        for name, png in rep.plots().items():
+            _write(os.path.join(plot_dir, f"{name}.png"), png)
+    if html:
+        _write(html, rep.to_html())
+    return 0
+
+
+def _write(path: str, data: bytes | str) -> None:
+    """Write one output file and say so on stderr; a missing folder is a usage error."""
+    from ..errors import AetheriumError
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise AetheriumError(f"{path}: folder {folder} does not exist; create it or choose another path")
+    if isinstance(data, bytes):
+        with open(path, "wb") as fb:
+            fb.write(data)
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(data)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -99,7 +146,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
-    """Arguments of ``report`` (shared with ``python -m aetherium_hpc.analyze``)."""
+    """Arguments of ``report``."""
     p.add_argument("db", metavar="DB|RUN_DIR",
                    help="database to report on (a node database or the output of `aetherium-hpc merge`), or a "
                    "run directory: its databases are merged into RUN_DIR/merged.db first")  # fmt: skip

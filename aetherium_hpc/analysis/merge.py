@@ -9,7 +9,6 @@ Rules (also in docs/REPORT.md):
   the same views and can itself be merged again.
 * **Provenance**: every ``sources`` row of an input gets a new ``source_id`` in the output,
   ``source_path`` set to the input file; series, chunks and rows follow with new ids.
-  Chunks of an ``open_chunks`` table (earlier writers) are stored in ``sample_chunks``.
 * **Idempotent**: a source is identified by ``(job_id, array_job_id, array_task_id, node,
   hostname, attempt, first timestamp)`` and fingerprinted by a hash of that identity, its job
   status row and the counts and last timestamps of its series, chunks and rows. A source
@@ -73,10 +72,7 @@ REQUIRED_TABLES = (
 #: (two fsyncs) per input was most of a merge's time. SQLite attaches at most 10 databases.
 INPUTS_PER_COMMIT = 8
 #: Tables that ``check_input`` leaves to the copy (it reads every page of them): see there.
-COPY_CHECKED_TABLES = ("sample_chunks", "open_chunks")
-#: Tables of earlier writers of schema version 1 that are read when present: the chunk a
-#: writer was still filling. They are copied into ``sample_chunks``.
-OPTIONAL_CHUNK_TABLES = ("open_chunks",)
+COPY_CHECKED_TABLES = ("sample_chunks",)
 #: Table of a merged database: what a ``jobs`` row said before merge resolved its status after
 #: the fact (the job ended without writing one), and from what (sacct, squeue, process).
 RESOLVED_TABLE = "jobs_resolved"
@@ -381,22 +377,21 @@ def _source_facts(conn: sqlite3.Connection, db: str) -> dict[int, _Facts]:
                 r["last"].append(last)
 
     add(f"SELECT source_id, count(*), NULL, NULL FROM {db}.series GROUP BY source_id", "series")
-    for chunks in _chunk_tables(conn, db):
-        # Index-only: chunks per source and their first / last start.
-        add(
-            f"SELECT s.source_id, count(*), min(c.t0), max(c.t0) FROM {db}.series s"
-            f" JOIN {db}.{chunks} c ON c.series_id = s.series_id GROUP BY s.source_id",
-            "chunks",
-        )
-        # The last chunk of a series grows in place while a job runs: its n and t1. Chunks are
-        # appended, so a series' last one has its highest rowid (one pass; a run directory's copy
-        # has no index on series_id).
-        add(
-            f"SELECT s.source_id, sum(c.n), NULL, max(c.t1) FROM {db}.series s JOIN"
-            f" (SELECT series_id, max(rowid) AS last FROM {db}.{chunks} GROUP BY series_id) l"
-            f" ON l.series_id = s.series_id JOIN {db}.{chunks} c ON c.rowid = l.last GROUP BY s.source_id",
-            "last_chunk_samples",
-        )
+    # Index-only: chunks per source and their first / last start.
+    add(
+        f"SELECT s.source_id, count(*), min(c.t0), max(c.t0) FROM {db}.series s"
+        f" JOIN {db}.sample_chunks c ON c.series_id = s.series_id GROUP BY s.source_id",
+        "chunks",
+    )
+    # The last chunk of a series grows in place while a job runs: its n and t1. Chunks are
+    # appended, so a series' last one has its highest rowid (one pass; a run directory's copy
+    # has no index on series_id).
+    add(
+        f"SELECT s.source_id, sum(c.n), NULL, max(c.t1) FROM {db}.series s JOIN"
+        f" (SELECT series_id, max(rowid) AS last FROM {db}.sample_chunks GROUP BY series_id) l"
+        f" ON l.series_id = s.series_id JOIN {db}.sample_chunks c ON c.rowid = l.last GROUP BY s.source_id",
+        "last_chunk_samples",
+    )
     for table in ("generation_rows", "training_rows"):
         add(f"SELECT source_id, count(*), min(timestamp), max(timestamp) FROM {db}.{table} GROUP BY source_id", table)
     # What the job itself wrote: a status resolved after the fact by an earlier merge is not part
@@ -439,11 +434,6 @@ def _ensure_resolved_table(conn: sqlite3.Connection) -> None:
     )
 
 
-def _chunk_tables(conn: sqlite3.Connection, db: str) -> list[str]:
-    names = {r[0] for r in conn.execute(f"SELECT name FROM {db}.sqlite_master WHERE type = 'table'")}
-    return ["sample_chunks", *(t for t in OPTIONAL_CHUNK_TABLES if t in names)]
-
-
 # -- one input --------------------------------------------------------------------------------
 _SOURCE_COLS = "job_id, array_job_id, array_task_id, node, hostname"
 _SERIES_COLS = "metric_type, metric_name, unit, node, device"
@@ -457,8 +447,7 @@ _JOB_COLS = (
 
 def _delete_source(conn: sqlite3.Connection, sid: int) -> None:
     series = "(SELECT series_id FROM main.series WHERE source_id = ?)"
-    for chunks in _chunk_tables(conn, "main"):
-        conn.execute(f"DELETE FROM main.{chunks} WHERE series_id IN {series}", (sid,))
+    conn.execute(f"DELETE FROM main.sample_chunks WHERE series_id IN {series}", (sid,))
     resolved = (RESOLVED_TABLE,) if _has_table(conn, "main", RESOLVED_TABLE) else ()
     for table in ("series", "generation_rows", "training_rows", "jobs", *resolved, "store_stats", "sources"):
         conn.execute(f"DELETE FROM main.{table} WHERE source_id = ?", (sid,))
@@ -484,12 +473,11 @@ def _copy(conn: sqlite3.Connection, path: str, take: list[int], all_taken: bool,
     where = "" if all_taken else (
         f" WHERE c.series_id IN (SELECT series_id FROM {src}.series WHERE source_id IN (SELECT old FROM temp.srcmap))"
     )  # fmt: skip
-    for chunks in _chunk_tables(conn, src):
-        conn.execute(
-            f"INSERT INTO main.sample_chunks(series_id, {_CHUNK_COLS})"
-            f" SELECT c.series_id + ?, {_cols('c', _CHUNK_COLS)} FROM {src}.{chunks} c{where}",
-            (ser_off,),
-        )
+    conn.execute(
+        f"INSERT INTO main.sample_chunks(series_id, {_CHUNK_COLS})"
+        f" SELECT c.series_id + ?, {_cols('c', _CHUNK_COLS)} FROM {src}.sample_chunks c{where}",
+        (ser_off,),
+    )
     for table, cols in (("generation_rows", _GEN_COLS), ("training_rows", _TRN_COLS), ("jobs", _JOB_COLS)):
         conn.execute(
             f"INSERT INTO main.{table}(source_id, {cols})"

@@ -71,9 +71,6 @@ def sparkline(values: list[float]) -> str:
 
 def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) -> list[float]:
     """The last samples of the first of ``names`` this database has (summed over devices by time)."""
-    tables = ["sample_chunks"]
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'open_chunks'").fetchone():
-        tables.append("open_chunks")
     for name in names:
         ids = [r[0] for r in conn.execute(
             "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ?", (mtype, name))]  # fmt: skip
@@ -81,10 +78,9 @@ def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) 
             continue
         per_series: list[list[float]] = []
         for sid in ids:
-            rows: list[tuple[float, str]] = []
-            for t in tables:
-                rows += conn.execute(f"SELECT t0, vals FROM {t} WHERE series_id = ? ORDER BY t0 DESC LIMIT 2",
-                                     (sid,)).fetchall()  # fmt: skip
+            rows: list[tuple[float, str]] = conn.execute(
+                "SELECT t0, vals FROM sample_chunks WHERE series_id = ? ORDER BY t0 DESC LIMIT 2", (sid,)
+            ).fetchall()
             vals: list[float] = []
             for _, text in sorted(rows):
                 vals += chunks.decode_values(text)

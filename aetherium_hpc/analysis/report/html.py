@@ -1,0 +1,191 @@
+"""The HTML page of a report: one self-contained file, plots embedded as base64 PNG.
+
+Every string shown goes through :func:`html.escape` (a metric named ``<script>`` shows as
+text); the page has no scripts and no external resources.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Callable, Sequence
+from html import escape
+from typing import Any
+
+from ..formatting import duration as fmt_duration
+from ..formatting import minutes
+from ..formatting import num as _num
+from .text import ACROSS, cell, summary_lines, sweep_rows, training_rows
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222}
+h1{font-size:20px} h2{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:left} th{background:#f3f3f3}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
+.plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px} figure{margin:0}
+tr.winner td{background:#eef7ee}
+.st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
+.st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
+"""
+
+
+def _h(x: Any) -> str:
+    return escape("-" if x is None else str(x), quote=True)
+
+
+def _html_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[int] = (), highlight: int | None = None
+) -> str:
+    """A table; ``highlight``: the index of a row to mark (the winner)."""
+    head = "".join(f"<th>{_h(h)}</th>" for h in header)
+    body = []
+    for k, r in enumerate(rows):
+        cells = []
+        for i, c in enumerate(r):
+            cls = ' class="n"' if i in numeric else ""
+            cells.append(f"<td{cls}>{_h(_num(c) if isinstance(c, float) else c)}</td>")
+        body.append(("<tr class='winner'>" if k == highlight else "<tr>") + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
+    """The page of the report data ``d``; ``plots`` draws its PNGs by name (a failure is noted on the page)."""
+    run, smp = d["run"], d["samples"]
+    run_line = f"run: {run['start_utc']} → {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}"
+    who_line = f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)"
+    samples_line = (
+        f"{smp['resource']} resource samples in {smp['series']} series, "
+        f"{smp['generation']} generation rows, {smp['training']} training rows"
+    )
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{_h('aetherium-hpc report: ' + os.path.basename(d['database']))}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_h('aetherium-hpc report')}</h1>",
+        f"<p>{_h(d['database'])}<br>{_h('generated ' + d['generated_at'])}</p>",
+        "<h2>Summary</h2><ul>",
+        f"<li>{_h(run_line)}</li>",
+        f"<li>{_h(who_line)}</li>",
+        f"<li>{_h(samples_line)}</li>",
+        *(f"<li><b>{_h(line)}</b></li>" for line in summary_lines(d)),
+        "</ul>",
+    ]
+    if d["efficiency"]["advice"]:
+        parts.append("<h2>Against what was requested</h2><ul class='advice'>")
+        parts += [f"<li>{_h(a)}</li>" for a in d["efficiency"]["advice"]]
+        parts.append("</ul>")
+    arr = d["array"]
+    if arr["tasks"] > 1:
+        rows = [
+            [label, fmt(arr[k]["p50"]), fmt(arr[k]["p95"]), fmt(arr[k]["max"])] for label, k, fmt in ACROSS if arr[k]
+        ]
+        across = "Across {} tasks".format(arr["tasks"])
+        parts.append(f"<h2>{_h(across)}</h2>")
+        parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        parts.append(f"<h2>{_h('Tasks, ' + how)}</h2>")
+        numeric = [i for i, h in enumerate(header) if i == 0 or h.endswith((" final", " best"))]
+        win = next((i for i, t in enumerate(sweep["tasks"]) if t["task"] == sweep["winner"]), None)
+        parts.append(_html_table(header, rows, numeric=numeric, highlight=win))
+    try:
+        drawn = plots()
+    except Exception as exc:  # a plot must never cost the rest of the report
+        drawn = {}
+        parts.append(f"<p>{_h(f'plots could not be drawn: {exc}')}</p>")
+    if drawn:
+        parts.append("<h2>Plots</h2><div class='plots'>")
+        for name, png in drawn.items():
+            b64 = base64.b64encode(png).decode("ascii")
+            parts.append(f"<figure><img alt='{_h(name)}' src='data:image/png;base64,{b64}'></figure>")
+        parts.append("</div>")
+    if d["generation"]:
+        parts.append("<h2>Data generation per round</h2>")
+        parts.append(_html_table(
+            ["operation", "round", "chunks", "samples", "mean s", "max s", "samples/s per chunk", "samples/s wall",
+             "memory mean MB", "memory max MB"],
+            [[g["operation"], g["round"], g["chunks"], g["samples"], g["duration_mean_s"], g["duration_max_s"],
+              g["throughput_per_chunk_s"], g["throughput_wall_s"], g["memory_mean_mb"], g["memory_max_mb"]]
+             for g in d["generation"]],
+            numeric=range(1, 10),
+        ))  # fmt: skip
+    if d["training"]:
+        parts.append("<h2>Training metrics</h2>")
+        header, rows = training_rows(d["training"])
+        parts.append(_html_table(header, rows, numeric=[i for i, h in enumerate(header)
+                                                        if h in ("tasks", "median final", "final", "best", "rows")]))  # fmt: skip
+    if d["resources"]:
+        parts.append("<h2>Resources per node (average, maximum)</h2>")
+        parts.append(_html_table(
+            ["node", "type", "metric", "device", "unit", "samples", "avg", "max"],
+            [[r["source"], r["metric_type"], r["metric_name"], r["device"], r["unit"], r["samples"], r["avg"], r["max"]]
+             for r in d["resources"]],
+            numeric=(5, 6, 7),
+        ))  # fmt: skip
+    sacct = d.get("sacct") or {"rows": []}
+    if sacct["rows"]:
+        parts.append("<h2>Slurm accounting (sacct)</h2>")
+        parts.append(_html_table(
+            ["job", "state", "exit", "elapsed", "total CPU", "requested memory", "CPUs", "time limit", "max RSS MB"],
+            [[r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
+              r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"])]
+             for r in sacct["rows"]],
+            numeric=[8],
+        ))  # fmt: skip
+    if sacct.get("not_final"):
+        parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['not_final'])}</p>")
+    elif not sacct["rows"] and sacct.get("why"):
+        parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['why'])}</p>")
+    if d["jobs"]:
+        parts.append("<h2>Tasks</h2>")
+        head = [
+            "task",
+            "job id",
+            "array task",
+            "node",
+            "attempt",
+            "status",
+            "exit code",
+            "start UTC",
+            "end UTC",
+            "runtime",
+            "requested CPUs",
+            "requested memory",
+            "time limit",
+            "requested GPUs",
+        ]
+        notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in d["jobs"])
+        if notes:
+            head.append("note")
+        body = []
+        for j in d["jobs"]:
+            cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], j["attempt"]]
+            row = "".join(f"<td>{_h(c)}</td>" for c in cells)
+            row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
+            row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],
+                                                        fmt_duration(j["runtime_s"]), *_requested_cells(j["requested"])))  # fmt: skip
+            if notes:
+                shown = j.get("resolved_from") or j["status"] == "unknown"
+                row += f"<td>{_h(j['detail'] if shown else '')}</td>"
+            body.append(f"<tr>{row}</tr>")
+        parts.append("<table><thead><tr>" + "".join(f"<th>{_h(h)}</th>" for h in head) + "</tr></thead><tbody>"
+                     + "".join(body) + "</tbody></table>")  # fmt: skip
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def _requested_cells(req: dict[str, Any]) -> list[str]:
+    """CPUs, memory, time limit and GPUs asked for, as table cells ("-" when not recorded)."""
+    mem = req.get("mem_gb")
+    limit = req.get("timeout_min")
+    return [
+        cell(req.get("cpus")),
+        "-" if mem is None else f"{_num(float(mem))} GB",
+        minutes(limit),
+        cell(req.get("gpus")),
+    ]

@@ -1,0 +1,222 @@
+"""Reading a database for the report: its sources, job rows, decoded series and row tables.
+
+:func:`read` opens the file read-only (through a rolled-back copy when a copy-back was killed
+mid-write), checks it and returns everything the report is computed from as a :class:`Loaded`.
+:func:`resolve_unfinished` asks Slurm accounting once for the jobs it names and settles the rows
+that still say ``running``: this module is the report's one reader of :mod:`..accounting`.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...errors import StoreError
+from ...store import chunks, reader, schema
+from ...store.backup import readable
+
+Arr = np.ndarray[Any, np.dtype[np.float64]]
+
+#: The metric types whose samples the report reads (statistics and plots).
+RESOURCE_TYPES = ("cpu", "ram", "gpu")
+
+
+class EmptyDatabaseError(StoreError):
+    """The database holds no metrics to report."""
+
+
+@dataclass
+class Source:
+    """One ``sources`` row: a task on one node, one attempt."""
+
+    sid: int
+    job_id: str | None
+    array_job_id: str | None
+    task: int | None
+    node: str
+    attempt: int
+    path: str | None
+
+    @property
+    def label(self) -> str:
+        who = self.job_id or self.array_job_id or "local"
+        if self.task is not None and self.array_job_id and not str(who).endswith(f"_{self.task}"):
+            who = f"{self.array_job_id}_{self.task}"
+        text = f"{who}/{self.node or '?'}"
+        return text + (f"#{self.attempt}" if self.attempt else "")
+
+
+@dataclass
+class Series:
+    """One series with its samples decoded, in time order."""
+
+    sid: int  # source id
+    mtype: str
+    mname: str
+    unit: str
+    device: str
+    t: Arr = field(default_factory=lambda: np.empty(0))
+    v: Arr = field(default_factory=lambda: np.empty(0))
+
+
+@dataclass
+class Loaded:
+    """What the report is computed from; ``jobs`` rows carry their source's attempt, host and path."""
+
+    path: str
+    sources: dict[int, Source]
+    series: list[Series]
+    generation: list[dict[str, Any]]
+    training: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+    span: tuple[float | None, float | None]  # first and last timestamp of any sample or row
+    n_samples: int
+    n_series: int
+
+
+def read(path: str) -> Loaded:
+    """Everything the report needs of the database ``path``; :class:`EmptyDatabaseError` if it holds nothing."""
+    conn = _open(path)
+    try:
+        status = [r[0] for r in conn.execute("PRAGMA quick_check(3)")]
+        if status != ["ok"]:
+            raise StoreError(
+                f"{path}: corrupt or truncated (PRAGMA quick_check: {'; '.join(map(str, status))}); "
+                "copy it again from the run directory, or merge the other databases without it"
+            )
+        sources = {
+            r[0]: Source(r[0], r[1], r[2], r[3], r[4] or "", r[5] or 0, r[6])
+            for r in conn.execute(
+                "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
+            )
+        }
+        series = _load_series(conn, RESOURCE_TYPES)
+        n_samples = conn.execute("SELECT coalesce(sum(n), 0) FROM sample_chunks").fetchone()[0]
+        n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
+        generation = _rows(conn, "SELECT * FROM generation_metrics ORDER BY timestamp")
+        training = _rows(conn, "SELECT * FROM training_metrics ORDER BY timestamp")
+        has_resolved = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs_resolved'"
+        ).fetchone()  # a merged database whose merge resolved unfinished jobs
+        resolved_cols = ", r.resolved_from, r.recorded_status" if has_resolved else ""
+        resolved_join = " LEFT JOIN jobs_resolved r ON r.source_id = j.source_id" if has_resolved else ""
+        jobs = _rows(conn, f"SELECT j.*, s.attempt, s.hostname, s.source_path{resolved_cols} FROM jobs j"
+                           f" LEFT JOIN sources s USING (source_id){resolved_join}"
+                           " ORDER BY j.array_task_id, j.node, s.attempt")  # fmt: skip
+        span = conn.execute(
+            "SELECT min(t), max(t) FROM (SELECT min(t0) t FROM sample_chunks UNION ALL SELECT max(t1) FROM sample_chunks"
+            " UNION ALL SELECT min(timestamp) FROM generation_rows UNION ALL SELECT max(timestamp) FROM generation_rows"
+            " UNION ALL SELECT min(timestamp) FROM training_rows UNION ALL SELECT max(timestamp) FROM training_rows)"
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path}: cannot be read ({exc}); is it a complete aetherium-hpc database?") from exc
+    finally:
+        conn.close()
+    if not n_samples and not generation and not training and not jobs:
+        raise EmptyDatabaseError(
+            f"{path}: no metrics to report (no resource samples, generation, training or job rows); "
+            "check the path, or that the job ran with the metrics store enabled"
+        )
+    return Loaded(path, sources, series, generation, training, jobs, span, n_samples, n_series)
+
+
+def _open(db: str) -> sqlite3.Connection:
+    if not os.path.exists(db):
+        raise StoreError(f"{db}: no such file; pass a database written by aetherium-hpc (or `aetherium-hpc merge`)")
+    if os.path.isdir(db):
+        raise StoreError(f"{db}: is a folder; merge it first: aetherium-hpc merge {db} -o merged.db")
+    # A copy-back killed inside its transaction is read from a rolled-back copy (the file stays
+    # as it is); the open connection keeps reading that copy after its folder is removed.
+    with readable(db, prefix="aeth-report-") as read_from:
+        conn = reader.open_readonly(read_from)
+        if read_from != db:  # open the copy before its folder goes
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    try:
+        if not schema.check_version(conn, db):
+            raise EmptyDatabaseError(f"{db}: empty file, no metrics to report; check the path")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[Series]:
+    """Series of the given metric types with their samples decoded (timestamps, values)."""
+    marks = ",".join("?" * len(types))
+    series: dict[int, Series] = {}
+    for ser_id, sid, mtype, mname, unit, device in conn.execute(
+        f"SELECT series_id, source_id, metric_type, metric_name, unit, device FROM series WHERE metric_type IN ({marks})",
+        tuple(types),
+    ):
+        series[ser_id] = Series(sid, mtype, mname, unit, device)
+    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
+    for ser_id, t0, n, dt_ms, jit, vals in conn.execute(
+        "SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM sample_chunks c"
+        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks})",
+        tuple(types),
+    ):
+        ts, vs = chunks.decode(t0, n, dt_ms, jit, vals)
+        p = parts[ser_id]
+        p[0].append(ts)
+        p[1].append(vs)
+    for ser_id, (ts_list, vs_list) in parts.items():
+        s = series[ser_id]
+        t = np.concatenate(ts_list)
+        order = np.argsort(t, kind="stable")
+        s.t, s.v = t[order], np.concatenate(vs_list)[order]
+    return [s for s in series.values() if s.t.size]
+
+
+def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    cur = conn.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r, strict=True)) for r in cur]
+
+
+def resolve_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """sacct figures for the Slurm jobs of ``jobs`` (asked once), and the truth about every row
+    that still says ``running`` (:mod:`..final_status`): its ``status``, ``exit_code``,
+    ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
+    from ..accounting import ACCOUNTING_LAG_S, sacct_figures_when_final
+    from ..final_status import RUNNING, classify, resolve_rows, run_record, slurm_name
+
+    cache: dict[str, dict[str, Any] | None] = {}
+
+    def record(j: dict[str, Any]) -> dict[str, Any] | None:
+        # A node database in its run directory, else the file a merged source was copied from.
+        return run_record(path, cache) or run_record(j.get("source_path"), cache)
+
+    slurm_ids: list[str | None] = []
+    ended_recently: list[str] = []
+    for j in jobs:
+        cluster, _ = classify(j.get("job_id"), j.get("array_task_id"), j.get("config"), record(j))
+        if cluster in ("slurm", None):  # never ask Slurm about a local job: its id is a process id
+            job_id = slurm_name(j.get("job_id"), j.get("array_job_id"), j.get("array_task_id"))
+            slurm_ids.append(job_id)
+            end = j.get("end_time")
+            if (
+                job_id
+                and j.get("status") != RUNNING
+                and isinstance(end, (int, float))
+                and time.time() - end < ACCOUNTING_LAG_S
+            ):
+                ended_recently.append(job_id)
+    sacct = sacct_figures_when_final(slurm_ids, ended_recently)
+    open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == RUNNING]
+    for i, res in resolve_rows(open_rows, sacct=sacct).items():
+        if res.status == RUNNING or not isinstance(i, int):  # (the keys are the row indexes)
+            continue
+        j = jobs[i]
+        j.update(status=res.status, detail=res.detail, resolved_from=res.how or None, recorded_status=RUNNING)
+        if j.get("exit_code") is None:
+            j["exit_code"] = res.exit_code
+        if j.get("end_time") is None:
+            j["end_time"] = res.end_time
+    return sacct

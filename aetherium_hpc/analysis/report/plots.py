@@ -1,0 +1,337 @@
+"""The plots of a report, drawn with matplotlib's Agg backend into PNG bytes.
+
+The only module of the package that imports matplotlib, and only when a plot is drawn
+(inside the functions), so a text or JSON report never loads it. One colour per task
+in every panel; statistics use every sample, a timeline is thinned for drawing.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..formatting import duration as fmt_duration
+from ..formatting import num as _num
+from ..sweep import is_schedule, params_text, task_key, task_label
+from .load import Arr, EmptyDatabaseError, Loaded, Series
+
+Panel = tuple[str, Callable[[Any], None]]  # (title, draw(ax))
+
+#: Points per line above which a timeline is thinned for plotting (statistics use every sample).
+_MAX_PLOT_POINTS = 4000
+
+
+def _thin(t: Arr, v: Arr) -> tuple[Arr, Arr]:
+    if t.size <= _MAX_PLOT_POINTS:
+        return t, v
+    step = int(math.ceil(t.size / _MAX_PLOT_POINTS))
+    return t[::step], v[::step]
+
+
+def _time_unit(span_s: float) -> tuple[str, float]:
+    """The time axis in seconds, minutes or hours, as fits a run of ``span_s`` seconds."""
+    if span_s < 180:
+        return "s", 1.0
+    if span_s < 3 * 3600:
+        return "min", 60.0
+    return "h", 3600.0
+
+
+#: Points below which a line also draws its markers (a short task has a handful of samples).
+_MARKERS_BELOW = 60
+#: Tasks above which the plots draw no legend (the colour follows the task index, noted on the axes).
+_LEGEND_MAX_TASKS = 12
+
+
+def _task_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
+    """One colour per task, the same in every panel: tab10/tab20 up to 20 tasks, else viridis by index."""
+    from matplotlib import colormaps
+
+    ordered = sorted(set(keys), key=lambda k: (k[0], k[1]))
+    if len(ordered) <= 10:
+        cmap, n = colormaps["tab10"], 10
+    elif len(ordered) <= 20:
+        cmap, n = colormaps["tab20"], 20
+    else:
+        cmap = colormaps["viridis"]
+        return {k: cmap(i / max(1, len(ordered) - 1)) for i, k in enumerate(ordered)}
+    return {k: cmap(i % n) for i, k in enumerate(ordered)}
+
+
+def plain_log_axis(ax: Any, decades: float) -> None:
+    """Log y scale with plain tick labels (0.02, 0.05, 0.1) instead of 2×10⁻²; 1-2-5 steps
+    up to 3 decades, one label per decade above."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    def plain(v: float, _pos: Any) -> str:
+        return f"{v:.3g}"
+
+    ax.set_yscale("log")
+    target = ax.yaxis
+    target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if decades <= 3 else (1.0,)))
+    target.set_major_formatter(FuncFormatter(plain))
+    target.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+
+
+def _integer_x(ax: Any) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
+    """The plots that have data, by name: CPU, memory, GPU timelines, data generation, training."""
+    t_start = d["run"]["start"] or 0.0
+    unit, scale = _time_unit(d["run"]["duration_s"] or 0.0)
+    sources = loaded.sources
+    found: dict[str, Panel] = {}
+    task_of = {sid: task_key(s.job_id, s.array_job_id, s.task) for sid, s in sources.items()}
+    keys = sorted(set(task_of.values()))
+    colours = _task_colours(keys) if keys else {}
+    n_tasks = len(keys)
+    legend = n_tasks <= _LEGEND_MAX_TASKS
+    params = {}
+    for t in (d.get("sweep") or {}).get("tasks", []):
+        params[t["task"]] = t["params"]
+    nodes_per_task: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for sid, src in sources.items():
+        nodes_per_task[task_of[sid]].add(src.node)
+
+    def task_name(key: tuple[str, int]) -> str:
+        name = task_label(key)
+        p = params.get(name)
+        return f"{name} {params_text(p)}"[:48] if p else name
+
+    def source_name(sid: int, device: str = "") -> str:
+        key = task_of.get(sid)
+        src = sources.get(sid)
+        name = task_name(key) if key else str(sid)
+        if key and src and len(nodes_per_task[key]) > 1:
+            name += f" on {src.node}"
+        return f"{name} {device[:12]}" if device else name
+
+    def colour(sid: int) -> Any:
+        key = task_of.get(sid)
+        return colours.get(key) if key else None
+
+    def note_many(ax: Any) -> None:
+        if not legend:
+            ax.text(0.99, 0.97, f"{n_tasks} tasks; colour: task index (viridis, first dark)" if n_tasks > 20
+                    else f"{n_tasks} tasks", transform=ax.transAxes, ha="right", va="top", fontsize=8)  # fmt: skip
+
+    def timeline(title: str, picks: list[tuple[Series, str]], ylabel: str) -> Panel:
+        def draw(ax: Any) -> None:
+            styles = ["-", "--", ":", "-."]
+            for s, label in picks:
+                t, v = _thin(s.t, s.v)
+                dev_rank = 0
+                if s.device:  # several GPUs of one task: one line style each
+                    devs = sorted({p.device for p, _ in picks if p.sid == s.sid})
+                    dev_rank = devs.index(s.device)
+                few = t.size < _MARKERS_BELOW
+                ax.plot((t - t_start) / scale, v, styles[dev_rank % 4], color=colour(s.sid),
+                        lw=0.8 if n_tasks > 20 else 1.2, alpha=0.7 if n_tasks > 20 else 0.95,
+                        marker="o" if few else None, ms=3.5, label=label if legend else None)  # fmt: skip
+            ax.set_xlabel(f"time since the run started, {unit}")
+            ax.set_ylabel(ylabel)
+            if legend and picks:
+                ax.legend(fontsize=9, loc="best")
+            note_many(ax)
+
+        return (title, draw)
+
+    by_sid: dict[int, list[Series]] = defaultdict(list)
+    for ser in loaded.series:
+        by_sid[ser.sid].append(ser)
+
+    def choose(mtype: str, names: Sequence[str]) -> list[tuple[Series, str]]:
+        out = []
+        for sid in sorted(by_sid):
+            for name in names:
+                found = [s for s in by_sid[sid] if s.mtype == mtype and s.mname == name]
+                if found:
+                    out += [(s, source_name(s.sid, s.device)) for s in found]
+                    break
+        return out
+
+    per = ", per task" if n_tasks > 1 else ""
+    cpu = choose("cpu", ("process_tree", "system_total"))
+    if cpu:
+        mine = cpu[0][0].mname == "process_tree"
+        what = "the job's processes" if mine else "the whole node"
+        found["cpu"] = timeline(f"CPU use of {what}{per}", cpu, "CPU, % of one core" if mine else "CPU, % of the node")
+    ram = choose("ram", ("process_tree_rss", "system_used"))
+    if ram:
+        mine = ram[0][0].mname == "process_tree_rss"
+        what = "the job's processes (RSS)" if mine else "the whole node (used)"
+        found["memory"] = timeline(f"Memory of {what}{per}", ram, f"memory, {ram[0][0].unit or 'MB'}")
+    gutil = [(s, source_name(s.sid, s.device)) for s in loaded.series if s.mtype == "gpu" and s.mname == "utilization"]
+    if gutil:
+        found["gpu_utilization"] = timeline(f"GPU utilisation per GPU{per}", gutil, "GPU utilisation, %")
+    gmem = [(s, source_name(s.sid, s.device)) for s in loaded.series if s.mtype == "gpu" and s.mname == "memory_used"]
+    if gmem:
+        found["gpu_memory"] = timeline(f"GPU memory per GPU{per}", gmem, f"GPU memory, {gmem[0][0].unit or 'MB'}")
+
+    rounds_all = sorted(
+        {r["round_number"] for r in loaded.training + loaded.generation if r["round_number"] is not None}
+    )
+    round_colours = _task_colours([("r", r) for r in rounds_all])
+
+    def line_colour(sid: int, rnd: Any) -> Any:
+        """One task: a colour per round; an array: a colour per task."""
+        if n_tasks > 1:
+            return colour(sid)
+        return round_colours.get(("r", rnd)) if rnd is not None else None
+
+    def per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
+        """``field`` per chunk: one task: a colour per round; an array: a colour per task."""
+
+        def draw(ax: Any) -> None:
+            groups: dict[tuple[int, Any], list[dict[str, Any]]] = defaultdict(list)
+            for g in rows_all:
+                groups[(g["source_id"], g["round_number"])].append(g)
+            labelled: set[Any] = set()
+            for (sid, rnd), rows in sorted(
+                groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1])
+            ):
+                x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
+                lab_key = task_of.get(sid) if n_tasks > 1 else rnd
+                label = None
+                if legend and lab_key not in labelled:
+                    label = source_name(sid) if n_tasks > 1 else f"round {_num(rnd)}"
+                    labelled.add(lab_key)
+                ax.plot(x, [g[field] for g in rows], marker, ms=4, alpha=0.8, color=line_colour(sid, rnd), label=label)
+            ax.set_xlabel("chunk number")
+            ax.set_ylabel(ylabel)
+            _integer_x(ax)
+            if legend and labelled and len(labelled) <= 16:
+                ax.legend(fontsize=9)
+            note_many(ax)
+
+        return draw
+
+    gen = [g for g in loaded.generation if g["duration_seconds"] is not None]
+    if gen:
+        how = "colour: task" if n_tasks > 1 else "colour: round"
+        found["generation_duration"] = (
+            f"Data generation: seconds per chunk ({how})",
+            per_chunk(gen, "duration_seconds", "o", "duration, s"),
+        )
+        mem = [g for g in gen if g["memory_used_mb"] is not None]
+        if mem:
+            found["generation_memory"] = (
+                f"Data generation: memory per chunk ({how})",
+                per_chunk(mem, "memory_used_mb", "s", "memory, MB"),
+            )
+
+    def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
+        rows = [r for r in loaded.training if pred(r["metric_name"]) and r["metric_value"] is not None]
+        if not rows:
+            return None
+
+        def draw(ax: Any) -> None:
+            groups: dict[tuple[int, str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+            for r in rows:
+                groups[(r["source_id"], r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
+            names = sorted({k[1] for k in groups})
+            labelled: set[Any] = set()
+            for (sid, name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                        kv[0][3] or 0)):  # fmt: skip
+                rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
+                style = (
+                    ("--" if phase == "val" else "-")
+                    if len(names) == 1
+                    else ["-", "--", ":", "-."][names.index(name) % 4]
+                )
+                xs = [-1 if r["epoch_number"] is None else r["epoch_number"] for r in rs]
+                few = len(rs) < _MARKERS_BELOW // 2
+                label = None
+                # The legend names the colours (task or round); the title says what the line styles are.
+                what = name if len(names) > 1 else ""
+                if n_tasks > 1:
+                    lab_key: Any = (task_of.get(sid), what)
+                    text = f"{task_name(task_of[sid]) if sid in task_of else sid} {what}".strip()
+                else:
+                    lab_key = (rnd, what)
+                    text = f"round {_num(rnd)} {what}".strip()
+                if legend and lab_key not in labelled:
+                    label = text
+                    labelled.add(lab_key)
+                ax.plot(xs, [r["metric_value"] for r in rs], style, color=line_colour(sid, rnd), lw=1.3,
+                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5, label=label)  # fmt: skip
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            _integer_x(ax)
+            values = [r["metric_value"] for r in rows if math.isfinite(r["metric_value"])]
+            if logy and values and min(values) > 0 and max(values) / min(values) > 10:  # log only over a decade
+                plain_log_axis(ax, math.log10(max(values) / min(values)))
+            if legend and labelled and len(labelled) <= 24:
+                ax.legend(fontsize=9, ncols=2 if len(labelled) > 8 else 1)
+            note_many(ax)
+
+        return (title, draw)
+
+    line_note = "solid: train, dashed: val"
+    colour_note = "colour: task" if n_tasks > 1 else "colour: round"
+    p = training_panel(
+        f"Training loss per epoch ({line_note}; {colour_note})", lambda n: "loss" in n.lower(), "loss", True
+    )
+    if p:
+        found["training_loss"] = p
+    p = training_panel(f"Learning rate per epoch ({colour_note})", lambda n: is_schedule(n) and "learning_rate" in n.lower()
+                       or n.lower() in ("lr",) or n.lower().endswith("/lr"), "learning rate", True)  # fmt: skip
+    if p:
+        found["learning_rate"] = p
+    return found
+
+
+def _render(
+    panels: list[Panel],
+    columns: int = 1,
+    title: str | None = None,
+    dpi: int = 100,
+    size: tuple[float, float] = (8.0, 4.2),
+) -> bytes:
+    """``panels`` on one figure, ``columns`` wide; ``size``: inches per panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    cols = min(columns, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(size[0] * cols, size[1] * rows + (0.4 if title else 0.0)), dpi=dpi, layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=12, fontweight="bold")
+    for i, (panel_title, draw) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_title(panel_title, fontsize=10)
+        ax.grid(True, alpha=0.3)
+        draw(ax)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def pngs(d: dict[str, Any], loaded: Loaded) -> dict[str, bytes]:
+    """Each plot as PNG bytes, by name (only plots with data)."""
+    return {name: _render([panel], dpi=130, size=(7.0, 4.0)) for name, panel in panels(d, loaded).items()}
+
+
+def dashboard_png(d: dict[str, Any], loaded: Loaded) -> bytes:
+    """All plots in one PNG (two columns) under :func:`dashboard_title`."""
+    drawn = list(panels(d, loaded).values())
+    if not drawn:
+        raise EmptyDatabaseError(f"{loaded.path}: nothing to plot (no samples, generation or training rows)")
+    return _render(drawn, columns=2, title=dashboard_title(d))
+
+
+def dashboard_title(d: dict[str, Any]) -> str:
+    run = d["run"]
+    ids = run.get("job_ids") or []
+    shown = ", ".join(ids[:6]) + (f" and {len(ids) - 6} more" if len(ids) > 6 else "")
+    tasks = f", {run['jobs']} tasks" if run["jobs"] > 1 else ""
+    return f"{run.get('name') or 'run'}: job {shown}{tasks}, {run['start_utc']} UTC, {fmt_duration(run['duration_s'])}"

@@ -1,0 +1,197 @@
+"""The text report: the terminal summary of a report's data, answers first.
+
+The table rows shared with the HTML page (:mod:`.html`) are built here once, values
+unformatted where each output writes them its own way.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..formatting import duration as fmt_duration
+from ..formatting import memory_mb
+from ..formatting import num as _num
+from ..sweep import OK_STATUSES, is_schedule, params_text
+
+#: Sources above which the text report lists per-node statistics only in JSON / HTML.
+_TEXT_MAX_SOURCES = 16
+#: Tasks listed in the text's per-task table (all of them in HTML and JSON).
+_TEXT_MAX_TASKS = 20
+#: The resource series the text lists per node (JSON and HTML list every series).
+_KEY_METRICS = {
+    ("cpu", "system_total"), ("cpu", "process_tree"), ("ram", "system_used"), ("ram", "process_tree_rss"),
+    ("gpu", "utilization"), ("gpu", "memory_used"),
+}  # fmt: skip
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+def render(d: dict[str, Any]) -> str:
+    """The terminal summary of :attr:`..Report.data`, Slurm accounting last."""
+    return _summary(d) + _sacct_text(d["sacct"])
+
+
+def _summary(d: dict[str, Any]) -> str:
+    run, smp = d["run"], d["samples"]
+    lines = [
+        f"aetherium-hpc report: {d['database']}",
+        f"run: {run['start_utc']} -> {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}; "
+        f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)",
+        f"samples: {smp['resource']} resource samples in {smp['series']} series, "
+        f"{smp['generation']} generation rows, {smp['training']} training rows",
+    ]
+    lines += summary_lines(d)
+    sweep = d.get("sweep") or {}
+    if len(sweep.get("tasks", [])) > 1:
+        header, rows = sweep_rows(sweep)
+        obj = sweep["objective"]
+        how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
+        lines += ["", f"tasks, {how}:"]
+        shown = rows[:_TEXT_MAX_TASKS]
+        lines += _table(header, [[cell(c) for c in r] for r in shown])
+        if len(rows) > len(shown):
+            lines.append(f"  ... {len(rows) - len(shown)} more tasks: see --html or --json")
+    key = [r for r in d["resources"] if (r["metric_type"], r["metric_name"]) in _KEY_METRICS]
+    if key and d["run"]["sources"] <= _TEXT_MAX_SOURCES:
+        lines += ["", "resources per node (avg / max):"]
+        lines += _table(
+            ["node", "metric", "device", "unit", "avg", "max"],
+            [[r["source"], f"{r['metric_type']}/{r['metric_name']}", r["device"][:20], r["unit"], _num(r["avg"]),
+              _num(r["max"])] for r in key],
+        )  # fmt: skip
+    elif key:
+        lines += ["", f"resources per node: {len(key)} rows, see --json or --html"]
+    arr = d["array"]
+    if arr["tasks"] > 1:
+        lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
+        for label, k, fmt in ACROSS:
+            dist = arr[k]
+            if dist:
+                lines.append(f"  {label:16} {fmt(dist['p50'])} / {fmt(dist['p95'])} / {fmt(dist['max'])}")
+    if d["generation"]:
+        lines += ["", "data generation per round:"]
+        lines += _table(
+            ["operation", "round", "chunks", "samples", "mean s", "max s", "samples/s", "mem mean MB", "mem max MB"],
+            [[str(g["operation"]), _num(g["round"]), str(g["chunks"]), _num(g["samples"]), _num(g["duration_mean_s"]),
+              _num(g["duration_max_s"]), _num(g["throughput_per_chunk_s"]), _num(g["memory_mean_mb"]),
+              _num(g["memory_max_mb"])] for g in d["generation"]],
+        )  # fmt: skip
+    if d["training"]:
+        header, rows = training_rows(d["training"])
+        many = any(t["sources"] > 1 for t in d["training"])
+        lines += ["", "training metrics (median of the tasks' final values, best of all tasks):" if many
+                  else "training metrics (final, best):"]  # fmt: skip
+        lines += _table(header, [[cell(c) for c in r] for r in rows])
+    if d["jobs"]:
+        lines += ["", "tasks:"]
+        lines += _table(
+            ["task", "status", "exit", "start UTC", "runtime"],
+            [[j["source"], str(j["status"]), _num(j["exit_code"]), j["start_utc"], fmt_duration(j["runtime_s"])]
+             for j in d["jobs"]],
+        )  # fmt: skip
+        counts: dict[str, int] = defaultdict(int)
+        for j in d["jobs"]:
+            counts[str(j["status"])] += 1
+        lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        for j in d["jobs"]:
+            if j.get("resolved_from") or j["status"] == "unknown":
+                lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
+    if d["efficiency"]["advice"]:
+        lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
+    return "\n".join(lines) + "\n"
+
+
+#: The rows "across N tasks" (text and HTML): label, key in data["array"], how a value is written.
+ACROSS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("peak memory", "peak_memory_mb", memory_mb),
+    ("runtime", "runtime_s", fmt_duration),
+    ("GPU utilisation", "gpu_utilization_pct", lambda v: f"{_num(v)}%"),
+    ("CPU cores used", "cpu_cores_used", lambda v: f"{_num(v)} cores"),
+]
+
+
+def cell(x: Any) -> str:
+    return _num(x, 4) if isinstance(x, float) else "-" if x is None else str(x)
+
+
+def summary_lines(d: dict[str, Any]) -> list[str]:
+    """The answers first: which task won, which tasks did not complete."""
+    out = []
+    sweep = d.get("sweep") or {}
+    tasks = sweep.get("tasks") or []
+    obj = sweep.get("objective")
+    if len(tasks) > 1 and obj and sweep.get("winner"):
+        w = next(t for t in tasks if t["task"] == sweep["winner"])
+        params = f" ({params_text(w['params'])})" if w["params"] else ""
+        note = "" if w["status"] in (*OK_STATUSES, None) else f", {w['status']}"
+        out.append(
+            f"winner: task {w['task']}{params}: final {obj['metric']} {_num(w['objective_value'], 4)}"
+            f" ({'lowest' if obj['goal'] == 'min' else 'highest'} of {sweep['scored']} tasks{note};"
+            f" median {_num(sweep['median'], 4)})"
+        )
+    bad = [t for t in tasks if t["status"] not in (*OK_STATUSES, None)] if tasks else []
+    if bad:
+        names = "; ".join(f"{t['task']}" + (f" ({params_text(t['params'])})" if t["params"] else "") + f" {t['status']}"
+                          for t in bad[:10])  # fmt: skip
+        more = f"; ... {len(bad) - 10} more" if len(bad) > 10 else ""
+        out.append(f"did not complete: {len(bad)} of {len(tasks)} tasks: {names}{more}")
+    return out
+
+
+def sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the per-task table (values unformatted; text and HTML format them)."""
+    metrics = [m for m in sweep["metrics"] if not is_schedule(m.rpartition("/")[2])]
+    obj = sweep["objective"]
+    if obj and obj["metric"] in metrics:  # the objective first
+        metrics = [obj["metric"]] + [m for m in metrics if m != obj["metric"]]
+    header = ["rank", "task", *sweep["parameters"], "status"]
+    for m in metrics:
+        header += [f"{m} final", f"{m} best"]
+    header += ["peak memory", "runtime"]
+    rows = []
+    for t in sweep["tasks"]:
+        row: list[Any] = [t["rank"], t["task"], *(t["params"].get(p) for p in sweep["parameters"]), t["status"]]
+        for m in metrics:
+            v = t["metrics"].get(m) or {}
+            row += [v.get("final"), v.get("best")]
+        row += [memory_mb(t["peak_memory_mb"]), fmt_duration(t["runtime_s"])]
+        rows.append(row)
+    return header, rows
+
+
+def training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    many = any(t["sources"] > 1 for t in training)
+    if many:
+        header = ["metric", "phase", "goal", "tasks", "median final", "best", "best in", "best at round/epoch", "rows"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["sources"],
+                 t["final_median_over_sources"] if t["sources"] > 1 else t["final"], t["best"], t["best_source"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    else:
+        header = ["metric", "phase", "goal", "final", "final at round/epoch", "best", "best at round/epoch", "rows"]
+        rows = [[t["metric_name"], t["phase"], t["goal"] or "(schedule)", t["final"],
+                 f"{_num(t['final_round'])}/{_num(t['final_epoch'])}", t["best"],
+                 f"{_num(t['best_round'])}/{_num(t['best_epoch'])}" if t["best"] is not None else None, t["count"]]
+                for t in training]  # fmt: skip
+    return header, rows
+
+
+def _sacct_text(sacct: dict[str, Any]) -> str:
+    if not sacct["rows"]:
+        return f"\nslurm accounting: {sacct.get('not_final') or sacct.get('why', 'none')}\n"
+    header = ("job", "state", "exit", "elapsed", "total cpu", "req mem", "cpus", "limit", "max rss MB")
+    rows = [
+        (r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
+         r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"]))
+        for r in sacct["rows"]
+    ]  # fmt: skip
+    note = [f"  ({sacct['not_final']})"] if sacct.get("not_final") else []
+    return "\n".join(["", "slurm accounting (sacct):", *_table(header, rows), *note]) + "\n"
