@@ -30,10 +30,10 @@ def _number(text: str) -> float:
 # -- log ---------------------------------------------------------------------------------------
 def cmd_log(args: argparse.Namespace) -> int:
     """Send one record to the node's metrics store through its socket."""
-    from .store import client, records
+    from .store import StoreAddress, client, records
     from .store.transport import SocketSink
 
-    address = env.StoreAddress.from_environ()
+    address = StoreAddress.from_environ()
     if address is None:
         raise StoreNotReachableError(
             f"no metrics store to log to: {env.METRICS_ADDR} is not set; run this inside "

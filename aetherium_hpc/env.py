@@ -2,13 +2,12 @@
 
 The runtime sets these inside a job so that any process on the node (worker
 processes, other ``srun`` tasks, shell commands) reaches the node's metrics
-store with the ordinary ``log_*`` calls.
+store with the ordinary ``log_*`` calls (the socket's names: :mod:`.store.address`).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 #: Address of the node's metrics socket (a filesystem path of an AF_UNIX socket).
 METRICS_ADDR = "AETHERIUM_METRICS_ADDR"
@@ -34,37 +33,6 @@ ALL = {
     NODE_MONITOR: "pid of the process whose resource monitor samples this node into the store",
     TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
 }
-
-
-@dataclass(frozen=True)
-class StoreAddress:
-    """Where a process that is not the writer sends its records."""
-
-    path: str
-    key: bytes
-
-    @classmethod
-    def from_environ(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> StoreAddress | None:
-        env = os.environ if environ is None else environ
-        path = env.get(METRICS_ADDR)
-        if not path:
-            return None
-        key_hex = env.get(METRICS_KEY)
-        if key_hex is None:
-            key_file = path + ".key"
-            try:
-                with open(key_file, encoding="ascii") as fh:
-                    key_hex = fh.read().strip()
-            except OSError:
-                return None
-        try:
-            key = bytes.fromhex(key_hex)
-        except ValueError:
-            return None
-        return cls(path, key)
-
-    def to_environ(self) -> dict[str, str]:
-        return {METRICS_ADDR: self.path, METRICS_KEY: self.key.hex()}
 
 
 def local_scratch_dir() -> str:

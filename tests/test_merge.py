@@ -14,7 +14,7 @@ import aetherium_hpc
 from aetherium_hpc.analysis import commands
 from aetherium_hpc.analysis.merge import SKIPPED_EXIT_CODE, MergeInputError, merge
 from aetherium_hpc.errors import SchemaError
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 N_SAMPLES = 12
 

@@ -18,10 +18,11 @@ import psutil
 import pytest
 
 from aetherium_hpc import init_db, shutdown_db
-from aetherium_hpc.monitors import Collector, ResourceMonitor, log_system_resources, units
+from aetherium_hpc.monitors import Collector, ResourceMonitor, log_system_resources
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
+from aetherium_hpc.store import catalogue as units
 from aetherium_hpc.store import client
 from aetherium_hpc.store.client import MetricsStore
 
@@ -322,7 +323,7 @@ def test_an_output_folder_gets_the_summary_inside_it(
     store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, form: str
 ) -> None:
     # The original pipeline calls log_system_resources(output_dir) with its output folder.
-    from aetherium_hpc.monitors.base import SUMMARY_FILE_NAME
+    from aetherium_hpc.monitors.monitor import SUMMARY_FILE_NAME
 
     folder = tmp_path / "outputs"
     if form == "existing folder":

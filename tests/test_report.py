@@ -21,7 +21,7 @@ from aetherium_hpc.analysis.formatting import slurm_time
 from aetherium_hpc.analysis.merge import merge
 from aetherium_hpc.analysis.report import EmptyDatabaseError, build_report
 from aetherium_hpc.errors import AetheriumError
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 HOSTILE = "<script>alert(1)</script>"

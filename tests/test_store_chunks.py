@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from aetherium_hpc.store import chunks
+from aetherium_hpc.store.chunks import OpenChunk
 from aetherium_hpc.store.chunks import encode as encode_chunk
+from aetherium_hpc.store.options import StoreOptions
 from aetherium_hpc.store.records import RESOURCE
-from aetherium_hpc.store.writer import StoreWriter, _OpenChunk
+from aetherium_hpc.store.writer import StoreWriter
 
 
 def _flush_points(rng: random.Random, n: int) -> list[int]:
@@ -31,7 +33,7 @@ def test_incremental_text_is_encode_chunk(seed: int) -> None:
         rng.choice([rng.uniform(0, 100), float(rng.randint(0, 9)), None, float("inf"), float("nan"), -1e-9])
         for _ in range(n)
     ]
-    chunk = _OpenChunk()
+    chunk = OpenChunk()
     done = 0
     for upto in _flush_points(rng, n):
         chunk.ts.extend(ts[done:upto])
@@ -51,7 +53,7 @@ def test_flush_encodes_only_new_values(monkeypatch: pytest.MonkeyPatch) -> None:
         return real(value)
 
     monkeypatch.setattr(chunks, "encode_value", counting)
-    chunk = _OpenChunk()
+    chunk = OpenChunk()
     for k in range(chunks.CHUNK_SAMPLES):
         chunk.ts.append(1.7e9 + k + 0.0002 * (k % 3))
         chunk.vals.append(None if k % 2 else float("inf"))  # (finite floats are formatted inline)
@@ -60,7 +62,7 @@ def test_flush_encodes_only_new_values(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_restore_drops_what_a_rolled_back_flush_appended() -> None:
-    chunk = _OpenChunk()
+    chunk = OpenChunk()
     chunk.ts.extend([10.0, 11.0, 12.0])
     chunk.vals.extend([1.0, 2.0, 3.0])
     chunk.row()
@@ -79,7 +81,7 @@ def test_restore_drops_what_a_rolled_back_flush_appended() -> None:
 def test_rolled_back_batch_leaves_no_text_behind(tmp_path: Path) -> None:
     """A commit that fails is rolled back; the retried batch is stored once, in order, with no text left over."""
     path = str(tmp_path / "chunks.db")
-    writer = StoreWriter(path, flush_interval=3600, telemetry=False)
+    writer = StoreWriter(path, options=StoreOptions(flush_interval_s=3600), telemetry=False)
     writer.start_and_wait()
     try:
         for k in range(5):

@@ -13,7 +13,7 @@ from aetherium_hpc.analysis.merge import merge
 from aetherium_hpc.analysis.report import Report, build_report
 from aetherium_hpc.analysis.sweep import is_schedule, parse_objective
 from aetherium_hpc.errors import AetheriumError
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 #: (learning_rate, seed, status, final val loss, final val accuracy) per task.
 TASKS = [

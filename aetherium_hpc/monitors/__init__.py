@@ -11,7 +11,9 @@ import os
 import threading
 
 from .. import env
-from .base import Collector, MonitorTelemetry, ResourceMonitor, Sample, SampleSummary, default_collectors
+from .base import Collector, Sample
+from .collectors import default_collectors
+from .monitor import MonitorTelemetry, ResourceMonitor, SampleSummary
 
 log = logging.getLogger(__name__)
 

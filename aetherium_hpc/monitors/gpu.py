@@ -41,12 +41,12 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import units
+from ..store import catalogue
 from .base import Collector, Sample
 
 log = logging.getLogger(__name__)
 
-_MB = units.BYTES_PER_MB
+_MB = catalogue.BYTES_PER_MB
 # NVML return codes (nvml.h), for a pynvml that lacks a constant
 _SUCCESS = 0
 _NOT_SUPPORTED = 3
@@ -447,7 +447,7 @@ def _cause(nvml: Any, exc: BaseException) -> str:
 
 
 # -- what is read from each device ------------------------------------------------------------
-Reading = list[tuple[units.MetricSpec, float]]
+Reading = list[tuple[catalogue.MetricSpec, float]]
 
 
 @dataclass
@@ -603,21 +603,21 @@ class GpuCollector(Collector):
                     del self._retry[key]
                 for spec, value in readings:
                     out.append((spec.metric_type, spec.metric_name, value, spec.unit, uuid))
-        out.append(units.MONITOR_NVML_ERRORS.sample(float(self.errors)))
+        out.append(catalogue.MONITOR_NVML_ERRORS.sample(float(self.errors)))
 
     def _utilization(self, dev: GpuDevice) -> Reading:
-        return [(units.GPU_UTILIZATION, float(self._nvml.nvmlDeviceGetUtilizationRates(dev.handle).gpu))]
+        return [(catalogue.GPU_UTILIZATION, float(self._nvml.nvmlDeviceGetUtilizationRates(dev.handle).gpu))]
 
     def _memory(self, dev: GpuDevice) -> Reading:
         info = self._nvml.nvmlDeviceGetMemoryInfo(dev.handle)  # v1: "used" includes reserved memory
-        return [(units.GPU_MEMORY_USED, info.used / _MB), (units.GPU_MEMORY_TOTAL, info.total / _MB)]
+        return [(catalogue.GPU_MEMORY_USED, info.used / _MB), (catalogue.GPU_MEMORY_TOTAL, info.total / _MB)]
 
     def _power(self, dev: GpuDevice) -> Reading:
-        return [(units.GPU_POWER, self._nvml.nvmlDeviceGetPowerUsage(dev.handle) / 1000.0)]  # mW
+        return [(catalogue.GPU_POWER, self._nvml.nvmlDeviceGetPowerUsage(dev.handle) / 1000.0)]  # mW
 
     def _temperature(self, dev: GpuDevice) -> Reading:
         sensor = getattr(self._nvml, "NVML_TEMPERATURE_GPU", 0)
-        return [(units.GPU_TEMPERATURE, float(self._nvml.nvmlDeviceGetTemperature(dev.handle, sensor)))]
+        return [(catalogue.GPU_TEMPERATURE, float(self._nvml.nvmlDeviceGetTemperature(dev.handle, sensor)))]
 
     def _tree_memory(self, dev: GpuDevice) -> Reading:
         used_by: dict[int, int | None] = {}
@@ -640,7 +640,7 @@ class GpuCollector(Collector):
         ours = self._ours(used_by)
         if any(used_by[pid] is None for pid in ours):
             return []  # NVML cannot tell (containers, MIG without privileges): store nothing, not 0
-        return [(units.GPU_PROCESS_TREE_MEMORY, sum(used_by[pid] or 0 for pid in ours) / _MB)]
+        return [(catalogue.GPU_PROCESS_TREE_MEMORY, sum(used_by[pid] or 0 for pid in ours) / _MB)]
 
     def _processes(self, dev: GpuDevice, kind: str, query: str) -> list[tuple[int, int | None]]:
         """One process list, from the newest query this driver has (v3, then v2, then v1)."""

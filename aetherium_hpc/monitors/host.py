@@ -22,12 +22,12 @@ from collections.abc import KeysView
 import psutil
 
 from ..background import CHILDLESS_THREADS
-from . import units
+from ..store import catalogue
 from .base import Collector, Sample
 
 log = logging.getLogger(__name__)
 
-_MB = units.BYTES_PER_MB
+_MB = catalogue.BYTES_PER_MB
 _LINUX_PROC = os.path.exists(f"/proc/{os.getpid()}/stat")
 _CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if _LINUX_PROC else 100.0
 _PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
@@ -117,9 +117,9 @@ class HostCollector(Collector):
         if mem is None:
             vm = psutil.virtual_memory()
             mem = float(vm.used), float(vm.percent)
-        out.append(units.CPU_SYSTEM_TOTAL.sample(cpu))
-        out.append(units.RAM_SYSTEM_USED.sample(mem[0] / _MB))
-        out.append(units.RAM_SYSTEM_PERCENT.sample(mem[1]))
+        out.append(catalogue.CPU_SYSTEM_TOTAL.sample(cpu))
+        out.append(catalogue.RAM_SYSTEM_USED.sample(mem[0] / _MB))
+        out.append(catalogue.RAM_SYSTEM_PERCENT.sample(mem[1]))
 
 
 class _Tracked:
@@ -255,8 +255,8 @@ class ProcessTreeCollector(Collector):
         procs = self._procs
         per_process = self.per_process
         scale = 100.0 / elapsed if elapsed > 0 else 0.0
-        p_cpu = units.PROCESS_CPU
-        p_rss = units.PROCESS_RSS
+        p_cpu = catalogue.PROCESS_CPU
+        p_rss = catalogue.PROCESS_RSS
         cpu_total = 0.0
         rss_total = 0.0
         gone: list[int] = []
@@ -286,8 +286,8 @@ class ProcessTreeCollector(Collector):
                     "aetherium-hpc: monitored process %d has ended; only its remaining descendants are sampled", pid
                 )
         if procs:
-            out.append(units.CPU_PROCESS_TREE.sample(cpu_total))
-            out.append(units.RAM_PROCESS_TREE_RSS.sample(rss_total / _MB))
+            out.append(catalogue.CPU_PROCESS_TREE.sample(cpu_total))
+            out.append(catalogue.RAM_PROCESS_TREE_RSS.sample(rss_total / _MB))
 
 
 def _read_proc_stat(pid: int) -> tuple[float, float] | None:

@@ -15,8 +15,6 @@ node-local database, which is then kept; the workload's exit status is not chang
 
 from __future__ import annotations
 
-import glob
-import hashlib
 import logging
 import os
 import shlex
@@ -34,9 +32,7 @@ from .. import env
 from ..background import block_job_signals
 from ..config import Monitoring
 from ..paths import LOCAL_DB_NAME, local_store_dir
-from ..store import client
-from ..store.backup import CopyBack, copy_database
-from ..store.writer import SourceInfo
+from ..store import CopyBack, SourceInfo, StoreOptions, address, client, copy_database
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -68,7 +64,7 @@ class NodeSession:
         scratch = self.monitoring.local_dir or env.local_scratch_dir()
         self.local_dir = local_store_dir(scratch, ctx.base_job_id, ctx.task, ctx.node)
         self.local_db = os.path.join(self.local_dir, LOCAL_DB_NAME)
-        self.socket_dir = socket_dir_for(self.local_dir)
+        self.socket_dir = address.socket_dir_for(self.local_dir)
         self.child: subprocess.Popen[bytes] | None = None
         self.status: str | None = None
         self._monitor: Any = None
@@ -85,8 +81,7 @@ class NodeSession:
     def start(self) -> NodeSession:
         os.makedirs(self.local_dir, mode=0o700, exist_ok=True)
         os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
-        for stale in glob.glob(os.path.join(glob.escape(self.socket_dir), "aeth-*")):  # a requeued job's old socket
-            shutil.rmtree(stale, ignore_errors=True)
+        address.remove_stale_sockets(self.socket_dir)  # a requeued job's old socket
         if self.dest.exists() and not os.path.exists(self.local_db):
             # A requeued job (preempted, timed out with checkpointing): go on from the copy of
             # the previous attempt, so that its records are not overwritten at the next copy.
@@ -94,8 +89,7 @@ class NodeSession:
         ctx, mon = self.ctx, self.monitoring
         client.init_db(
             self.local_db,
-            buffer_size=mon.buffer_size,
-            flush_interval=mon.flush_interval_s,
+            options=StoreOptions(buffer_size=mon.buffer_size, flush_interval_s=mon.flush_interval_s),
             source=SourceInfo(
                 job_id=ctx.job_id,
                 array_job_id=ctx.array_job_id,
@@ -259,29 +253,18 @@ class NodeSession:
         shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
-def socket_dir_for(local_dir: str) -> str:
-    """Folder of the node socket: ``local_dir`` itself, or a short folder under /tmp derived
-    from it when the socket path would not fit in AF_UNIX's 107 bytes."""
-    if len(os.fsencode(local_dir)) + len("/aeth-xxxxxxxx/metrics.sock.key") <= 100:
-        return local_dir
-    digest = hashlib.sha1(os.fsencode(local_dir)).hexdigest()[:16]
-    return os.path.join("/tmp", f"aeth-{digest}")
-
-
 def connect_to_node_store(
     ctx: JobContext, monitoring: Monitoring | None = None, wait_s: float = SIBLING_WAIT_S
 ) -> bool:
     """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
     mon = monitoring or Monitoring()
     local_dir = local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
-    folder = socket_dir_for(local_dir)
+    folder = address.socket_dir_for(local_dir)
     deadline = time.monotonic() + wait_s
     while True:
-        found = glob.glob(os.path.join(glob.escape(folder), "aeth-*", "metrics.sock"))
-        if found and os.path.exists(found[0] + ".key"):
-            os.environ[env.METRICS_ADDR] = found[0]
-            os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
-            os.environ[env.METRICS_DB] = os.path.join(local_dir, LOCAL_DB_NAME)
+        found = address.find_socket(folder)
+        if found is not None:
+            address.publish(found, os.path.join(local_dir, LOCAL_DB_NAME))
             return True
         if time.monotonic() > deadline:
             log.warning(

@@ -1,1 +1,93 @@
-"""The metrics store: log calls → queue → one writer thread → SQLite (see client.py)."""
+"""The metrics store: log calls → queue → one writer thread → SQLite, and everything that reads it.
+
+What the rest of the package may use is named here (``__all__``); the public modules are
+
+* :mod:`.client` -- ``init_db``, the ``log_*`` calls, ``get_db``, ``shutdown_db`` (also exported here);
+* :mod:`.options` -- :class:`StoreOptions`, the store's settings as one object;
+* :mod:`.provenance` -- :class:`SourceInfo`, who wrote a database;
+* :mod:`.address` -- the node socket's names (:class:`StoreAddress`, where the socket lives);
+* :mod:`.catalogue` -- every metric name and unit the monitors and the store write;
+* :mod:`.chunks` -- the chunk codec; :mod:`.schema` -- tables, views and the version check;
+* :mod:`.reader` -- the one read-only opener;
+* :mod:`.backup` -- copying a live database (:class:`CopyBack`, :func:`copy_database`,
+  :func:`readable`); loaded on first use, so that ``python -m aetherium_hpc.store.backup``
+  runs it as a script.
+
+Internal (used only inside this package): ``writer`` (the writer thread), ``transport`` (the
+socket protocol), ``ownership`` (the one-writer lock), ``records`` (record tuples and their
+checks) and ``sigterm`` (the SIGTERM watcher).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import address, catalogue, chunks, client, reader, schema
+from .address import StoreAddress
+from .client import (
+    JoinedStore,
+    MetricsStore,
+    StoreReader,
+    close_store,
+    get_db,
+    init_db,
+    log_builtin_samples,
+    log_data_generation_complete,
+    log_data_generation_start,
+    log_job,
+    log_resource_metric,
+    log_resource_samples,
+    log_training_epoch_metric,
+    shutdown_db,
+    worker_args,
+    worker_initializer,
+)
+from .options import StoreOptions
+from .provenance import SourceInfo, source_from_environ
+
+if TYPE_CHECKING:
+    from .backup import CopyBack, copy_database, readable
+
+#: Names of :mod:`.backup` this package exports, imported on first use.
+_BACKUP_NAMES = ("CopyBack", "copy_database", "readable")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _BACKUP_NAMES:
+        from . import backup
+
+        return getattr(backup, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "CopyBack",
+    "JoinedStore",
+    "MetricsStore",
+    "SourceInfo",
+    "StoreAddress",
+    "StoreOptions",
+    "StoreReader",
+    "address",
+    "catalogue",
+    "chunks",
+    "client",
+    "close_store",
+    "copy_database",
+    "get_db",
+    "init_db",
+    "log_builtin_samples",
+    "log_data_generation_complete",
+    "log_data_generation_start",
+    "log_job",
+    "log_resource_metric",
+    "log_resource_samples",
+    "log_training_epoch_metric",
+    "readable",
+    "reader",
+    "schema",
+    "shutdown_db",
+    "source_from_environ",
+    "worker_args",
+    "worker_initializer",
+]

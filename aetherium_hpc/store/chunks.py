@@ -6,8 +6,9 @@ A chunk holds up to :data:`CHUNK_SAMPLES` samples of one series as two JSON arra
 * ``jit``  -- per sample, the offset in milliseconds from the regular grid
   ``t0 + k * dt_ms`` (mostly ``0``), so a timestamp is ``t0 + (k * dt_ms + jit[k]) / 1000``.
 
-:func:`encode` writes a chunk, :func:`decode` reads one back, and :data:`TIMESTAMP_SQL` is the
-same formula for SQLite's ``json_each`` (the ``resource_metrics`` view).
+:func:`encode` writes a chunk, :class:`OpenChunk` writes the chunk a writer is still filling
+(the same text, encoded incrementally), :func:`decode` reads one back, and :data:`TIMESTAMP_SQL`
+is the same formula for SQLite's ``json_each`` (the ``resource_metrics`` view).
 """
 
 from __future__ import annotations
@@ -42,6 +43,59 @@ def encode(ts: list[float], vals: list[float | None]) -> tuple[float, float, int
     dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
     jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
     return t0, ts[-1], n, dt_ms, "[" + jit + "]", "[" + ",".join([encode_value(v) for v in vals]) + "]"
+
+
+class OpenChunk:
+    """The chunk of one series being filled, with its encoded text kept between flushes.
+
+    ``jit`` and ``vals`` hold the JSON arrays' contents (no brackets) for the first
+    ``n_enc`` samples, encoded with grid interval ``dt_ms``. A flush encodes only the
+    samples added since (:meth:`row`); only when the grid interval of the chunk changes
+    (``dt_ms`` is the mean interval, rounded to the millisecond: with a drift-free sampler
+    that is rare once a chunk holds a few samples) is the ``jit`` array re-encoded whole.
+    The text is always byte for byte what :func:`encode` gives for the same samples.
+    """
+
+    __slots__ = ("ts", "vals", "rowid", "dt_ms", "jit", "enc", "n_enc")
+
+    def __init__(self) -> None:
+        self.ts: list[float] = []
+        self.vals: list[float | None] = []
+        self.rowid: int | None = None  # its row in sample_chunks once written
+        self.dt_ms = 0
+        self.jit = ""
+        self.enc = ""
+        self.n_enc = 0
+
+    def state(self) -> tuple[int, int | None, int, str, str, int]:
+        """What a rollback restores (O(1): the lists only grow, the texts are immutable)."""
+        return len(self.ts), self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc
+
+    def restore(self, state: tuple[int, int | None, int, str, str, int]) -> None:
+        n, self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc = state
+        del self.ts[n:]
+        del self.vals[n:]
+
+    def row(self) -> tuple[float, float, int, int, str, str]:
+        """(t0, t1, n, dt_ms, jit, vals), encoding only the samples new since the last call."""
+        ts = self.ts
+        n = len(ts)
+        t0 = ts[0]
+        dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
+        start = self.n_enc
+        if start and dt_ms == self.dt_ms:
+            if start < n:
+                self.jit += "," + ",".join([str(round((ts[k] - t0) * 1000.0) - k * dt_ms) for k in range(start, n)])
+        else:
+            self.jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
+            self.dt_ms = dt_ms
+        if start < n:
+            enc = encode_value
+            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by encode_value
+            new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
+            self.enc = self.enc + "," + new if start else new
+        self.n_enc = n
+        return t0, ts[-1], n, dt_ms, "[" + self.jit + "]", "[" + self.enc + "]"
 
 
 def decode(t0: float, n: int, dt_ms: int, jit: str, vals: str) -> tuple[np.ndarray, np.ndarray]:

@@ -12,8 +12,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
-import tempfile
 import threading
 import time
 import warnings
@@ -23,10 +21,13 @@ from typing import Any
 from .. import env
 from ..errors import StoreError
 from . import reader, records, sigterm
+from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish
+from .options import StoreOptions
 from .ownership import Holder, WriterLock
+from .provenance import SourceInfo, source_from_environ
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
-from .transport import SocketServer, SocketSink, new_address
-from .writer import ON_FULL, SourceInfo, StoreWriter
+from .transport import SocketServer, SocketSink
+from .writer import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -144,29 +145,17 @@ class MetricsStore(StoreReader):
         self,
         path: str,
         *,
-        buffer_size: int = 100,
-        flush_interval: float = 5.0,
-        max_queue: int = 1_000_000,
-        on_full: str = "block",
+        options: StoreOptions | None = None,
         source: SourceInfo | None = None,
         listen: bool = True,
         socket_dir: str | None = None,
         lock: WriterLock | None = None,
     ) -> None:
-        if on_full not in ON_FULL:
-            raise ValueError(f"on_full={on_full!r}: use one of {', '.join(ON_FULL)}")
         self.path = os.path.abspath(os.fspath(path))
         self.source = source if source is not None else source_from_environ()
         self.started = time.time()
         self._lock_file = lock
-        self.writer = StoreWriter(
-            self.path,
-            source=self.source,
-            buffer_size=buffer_size,
-            flush_interval=flush_interval,
-            max_queue=max_queue,
-            on_full=on_full,
-        )
+        self.writer = StoreWriter(self.path, options=options, source=self.source)
         self.writer.start_and_wait()
         self.queue = self.writer.queue
         self.server: SocketServer | None = None
@@ -180,7 +169,7 @@ class MetricsStore(StoreReader):
 
     def _listen(self, socket_dir: str | None) -> None:
         try:
-            folder = tempfile.mkdtemp(prefix="aeth-", dir=socket_dir or env.local_scratch_dir())
+            folder = new_socket_folder(socket_dir)
             self._socket_dir = folder
             self.server = SocketServer(new_address(folder), self.queue.put_many, commit=self.writer.flush)
         except OSError as exc:
@@ -192,7 +181,7 @@ class MetricsStore(StoreReader):
             self.server = None
 
     @property
-    def address(self) -> env.StoreAddress | None:
+    def address(self) -> StoreAddress | None:
         """Socket address and key other processes use (see :func:`worker_initializer`)."""
         return None if self.server is None else self.server.address
 
@@ -253,7 +242,7 @@ class JoinedStore(StoreReader):
         self._closed = False
 
     @property
-    def address(self) -> env.StoreAddress:
+    def address(self) -> StoreAddress:
         return self.sink.address
 
     def _dropped_here(self) -> int:
@@ -273,20 +262,6 @@ class JoinedStore(StoreReader):
             self.sink.close()
 
 
-def source_from_environ() -> SourceInfo:
-    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any."""
-    host = socket.gethostname()
-    environ = os.environ
-    task = environ.get("SLURM_ARRAY_TASK_ID")
-    return SourceInfo(
-        job_id=environ.get("SLURM_JOB_ID") or None,
-        array_job_id=environ.get("SLURM_ARRAY_JOB_ID") or None,
-        array_task_id=int(task) if task and task.isdigit() else None,
-        node=environ.get("SLURMD_NODENAME", host),
-        hostname=host,
-    )
-
-
 def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
     clauses = [c for c, v in pairs if v is not None]
     params = [v for _, v in pairs if v is not None]
@@ -300,11 +275,12 @@ def _limit(limit: int | None) -> str:
 # -- life cycle of the process-wide store ----------------------------------------------------
 def init_db(
     db_path: str | os.PathLike[str],
-    buffer_size: int = 100,
-    flush_interval: float = 5.0,
+    buffer_size: int = StoreOptions.buffer_size,
+    flush_interval: float = StoreOptions.flush_interval_s,
     *,
-    max_queue: int = 1_000_000,
-    on_full: str = "block",
+    max_queue: int = StoreOptions.max_queue,
+    on_full: str = StoreOptions.on_full,
+    options: StoreOptions | None = None,
     source: SourceInfo | None = None,
     listen: bool = True,
     socket_dir: str | None = None,
@@ -315,8 +291,9 @@ def init_db(
     ``buffer_size`` records or ``flush_interval`` seconds, whichever comes first, make
     one transaction. At most ``max_queue`` records wait in memory; beyond that,
     ``on_full='block'`` makes log calls wait (nothing accepted is lost) and
-    ``on_full='drop'`` drops and counts. Calling it again with the same path returns
-    the open store.
+    ``on_full='drop'`` drops and counts. ``options`` carries the same four settings as one
+    :class:`StoreOptions` (what the runtime passes); it replaces them. Calling it again with
+    the same path returns the open store.
 
     One database, one writer: inside a job run by ``aetherium-hpc run`` (or the sbatch
     include), or in any process whose environment names a node store (a worker of a process
@@ -351,12 +328,11 @@ def init_db(
                 "`aetherium-hpc run`, whose node store every process of the node shares"
             )
         try:
+            if options is None:
+                options = StoreOptions(buffer_size, flush_interval, max_queue, on_full)
             store = MetricsStore(
                 path,
-                buffer_size=buffer_size,
-                flush_interval=flush_interval,
-                max_queue=max_queue,
-                on_full=on_full,
+                options=options,
                 source=source,
                 listen=listen,
                 socket_dir=socket_dir,
@@ -370,15 +346,16 @@ def init_db(
         _store = store
         _sink = store.queue
         if store.address is not None:
-            os.environ.update(store.address.to_environ())
-        os.environ[env.METRICS_DB] = store.path
+            publish(store.address, store.path)
+        else:
+            os.environ[env.METRICS_DB] = store.path
         sigterm.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
         return store
 
 
 def _join_node_store(path: str) -> JoinedStore | None:
     """In a process whose environment names a node store (the job's runtime set it): join it."""
-    address = env.StoreAddress.from_environ()
+    address = StoreAddress.from_environ()
     if address is None:
         return None
     node_db = os.environ.get(env.METRICS_DB) or path
@@ -388,8 +365,7 @@ def _join_node_store(path: str) -> JoinedStore | None:
             "aetherium-hpc: the node store named by %s (%s) does not answer; opening %s instead",
             env.METRICS_ADDR, address.path, path,
         )  # fmt: skip
-        for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
-            os.environ.pop(name, None)
+        unpublish()
         return None
     if node_db != path:
         _say_joined(path, node_db)
@@ -404,7 +380,7 @@ def _say_joined(path: str, node_db: str) -> None:
     )  # fmt: skip
 
 
-def _join(db_path: str, address: env.StoreAddress) -> JoinedStore | None:
+def _join(db_path: str, address: StoreAddress) -> JoinedStore | None:
     """A :class:`JoinedStore` on ``address``, or None when nobody answers there."""
     global _sink
     sink = _sink if isinstance(_sink, SocketSink) and _sink.address == address else SocketSink(address)
@@ -413,8 +389,7 @@ def _join(db_path: str, address: env.StoreAddress) -> JoinedStore | None:
             sink.abandon()  # never connected: nothing to send, nothing to close
         return None
     _sink = sink
-    os.environ.update(address.to_environ())
-    os.environ[env.METRICS_DB] = db_path
+    publish(address, db_path)
     return JoinedStore(db_path, sink)
 
 
@@ -459,8 +434,7 @@ def close_store() -> None:
         if isinstance(store, MetricsStore) and store._owner_pid == os.getpid():
             store.close()
             if store.address is not None and os.environ.get(env.METRICS_ADDR) == store.address.path:
-                for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
-                    os.environ.pop(name, None)
+                unpublish()
         elif isinstance(sink, SocketSink):
             sink.close()
 
@@ -492,7 +466,7 @@ def _resolve_sink(warn: bool = True) -> Any:
     with _lock:
         if _sink is not None:
             return _sink
-        address = env.StoreAddress.from_environ()
+        address = StoreAddress.from_environ()
         if address is not None:
             _sink = SocketSink(address)
             return _sink
@@ -505,7 +479,7 @@ def _resolve_sink(warn: bool = True) -> Any:
 def worker_args() -> tuple[str, str, str]:
     """``initargs`` for :func:`worker_initializer`: the node socket's address and key, the database path."""
     store = get_db()
-    address = store.address if store is not None else env.StoreAddress.from_environ()
+    address = store.address if store is not None else StoreAddress.from_environ()
     if address is None:
         raise StoreError("worker_args(): no metrics store is open in this process; call init_db(path) first")
     path = store.path if store is not None else os.environ.get(env.METRICS_DB, "")
@@ -518,7 +492,7 @@ def worker_initializer(path: str, key_hex: str, db_path: str | None = None) -> N
     ``Pool(n, initializer=worker_initializer, initargs=worker_args())``
     """
     global _sink
-    address = env.StoreAddress(path, bytes.fromhex(key_hex))
+    address = StoreAddress(path, bytes.fromhex(key_hex))
     os.environ.update(address.to_environ())
     if db_path:
         os.environ[env.METRICS_DB] = db_path
@@ -635,7 +609,7 @@ def log_resource_samples(samples: Iterable[tuple[str, str, float, str, str]], ti
 
 def log_builtin_samples(samples: list[tuple[str, str, float, str, str]], timestamp: float) -> None:
     """Queue samples of the monitor's built-in collectors, without :func:`log_resource_samples`'s
-    per-field checks: their names and units are the constants of ``monitors/units.py``, their
+    per-field checks: their names and units are the constants of ``store/catalogue.py``, their
     values numbers, their devices short text (the writer still refuses, alone, a record SQLite
     cannot store). A monitor with collectors of the user's goes through the checked call."""
     sink = _sink or _resolve_sink()
@@ -654,12 +628,3 @@ def log_job(**fields: Any) -> None:
     sink = _sink or _resolve_sink()
     if sink is not None:
         sink.put(rec)
-
-
-def log_stats(**counters: float) -> None:
-    """Add to the store's own counters (store_stats)."""
-    from .records import STATS
-
-    sink = _sink or _resolve_sink()
-    if sink is not None:
-        sink.put((STATS, _time(), counters))

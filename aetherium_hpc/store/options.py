@@ -16,7 +16,7 @@ class StoreOptions:
     buffer_size: int = 100
     #: seconds between commits of a partial batch; > 0
     flush_interval_s: float = 5.0
-    #: records waiting in memory at most; >= 1
+    #: records waiting in memory at most; >= 1 and >= buffer_size
     max_queue: int = 1_000_000
     #: "block": a log call waits for room (nothing accepted is lost); "drop": drop and count
     on_full: str = "block"
@@ -28,5 +28,7 @@ class StoreOptions:
             raise ValueError(f"flush_interval={self.flush_interval_s}: must be > 0 seconds")
         if self.max_queue < 1:
             raise ValueError(f"max_queue={self.max_queue}: must be >= 1 record")
+        if self.max_queue < self.buffer_size:  # a batch must fit in the queue
+            raise ValueError(f"max_queue={self.max_queue} must be >= buffer_size={self.buffer_size}")
         if self.on_full not in ON_FULL:
             raise ValueError(f"on_full={self.on_full!r}: use one of {', '.join(ON_FULL)}")

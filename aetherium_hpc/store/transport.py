@@ -25,7 +25,6 @@ import logging
 import marshal
 import multiprocessing.util
 import os
-import secrets
 import select
 import socket
 import struct
@@ -38,14 +37,12 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 from typing import Any
 
 from ..background import block_job_signals, childless
-from ..env import StoreAddress
 from . import sigterm
+from .address import StoreAddress
 from .records import STATS
 
 log = logging.getLogger(__name__)
 
-#: Longest path an AF_UNIX socket may have on Linux (108 bytes with the NUL).
-MAX_SOCKET_PATH = 107
 #: Longest a process waits for the store to accept it (connect and handshake).
 HANDSHAKE_TIMEOUT_S = 10.0
 #: How long the closing store waits for the answers of connected clients it asked to send
@@ -54,20 +51,6 @@ CLIENT_FLUSH_TIMEOUT_S = 5.0
 
 # Control messages (tuples; batches of records are lists).
 FLUSH, ACK, COMMIT, COMMITTED = "flush", "ack", "commit", "committed"
-
-
-def new_address(folder: str) -> StoreAddress:
-    """A fresh socket path in ``folder`` and a random key; the key is also written to ``<socket>.key`` (0600)."""
-    path = os.path.join(folder, "metrics.sock")
-    if len(path.encode()) > MAX_SOCKET_PATH:
-        raise OSError(
-            f"socket path {path!r} is longer than {MAX_SOCKET_PATH} bytes; set AETHERIUM_LOCAL_DIR to a short folder"
-        )
-    key = secrets.token_bytes(32)
-    fd = os.open(path + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key.hex())
-    return StoreAddress(path, key)
 
 
 class SocketServer:
@@ -300,7 +283,7 @@ class SocketServer:
                 conn.close()
         for reader in list(self._readers):
             reader.join(0.5)
-        for path in (self.address.path, self.address.path + ".key"):
+        for path in (self.address.path, self.address.key_path):
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -22,19 +22,17 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..background import block_job_signals, childless
 from ..errors import StoreError
-from . import chunks, records, schema
+from . import catalogue, chunks, records, schema
+from .options import StoreOptions
+from .provenance import SourceInfo
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 
 log = logging.getLogger(__name__)
-
-#: What a full queue does to the caller: wait for room (default, loses nothing) or drop and count.
-ON_FULL = ("block", "drop")
 
 _JOB_COLUMNS = records.JOB_COLUMNS
 
@@ -124,9 +122,7 @@ class RecordQueue:
     and counts it in ``dropped`` (and in the database's ``store_stats``).
     """
 
-    def __init__(self, maxsize: int, wake_at: int, on_full: str = "block") -> None:
-        if on_full not in ON_FULL:
-            raise ValueError(f"on_full={on_full!r}: use one of {', '.join(ON_FULL)}")
+    def __init__(self, maxsize: int, wake_at: int, on_full: str) -> None:
         self.maxsize = maxsize
         self.wake_at = wake_at
         self.on_full = on_full
@@ -187,70 +183,6 @@ class RecordQueue:
 
 
 @dataclass
-class SourceInfo:
-    """Provenance of the records of one writer: who wrote this database."""
-
-    job_id: str | None = None
-    array_job_id: str | None = None
-    array_task_id: int | None = None
-    node: str = ""
-    hostname: str = ""
-
-
-class _OpenChunk:
-    """The chunk of one series being filled, with its encoded text kept between flushes.
-
-    ``jit`` and ``vals`` hold the JSON arrays' contents (no brackets) for the first
-    ``n_enc`` samples, encoded with grid interval ``dt_ms``. A flush encodes only the
-    samples added since (:meth:`row`); only when the grid interval of the chunk changes
-    (``dt_ms`` is the mean interval, rounded to the millisecond: with a drift-free sampler
-    that is rare once a chunk holds a few samples) is the ``jit`` array re-encoded whole.
-    The text is always byte for byte what :func:`.chunks.encode` gives for the same samples.
-    """
-
-    __slots__ = ("ts", "vals", "rowid", "dt_ms", "jit", "enc", "n_enc")
-
-    def __init__(self) -> None:
-        self.ts: list[float] = []
-        self.vals: list[float | None] = []
-        self.rowid: int | None = None  # its row in sample_chunks once written
-        self.dt_ms = 0
-        self.jit = ""
-        self.enc = ""
-        self.n_enc = 0
-
-    def state(self) -> tuple[int, int | None, int, str, str, int]:
-        """What a rollback restores (O(1): the lists only grow, the texts are immutable)."""
-        return len(self.ts), self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc
-
-    def restore(self, state: tuple[int, int | None, int, str, str, int]) -> None:
-        n, self.rowid, self.dt_ms, self.jit, self.enc, self.n_enc = state
-        del self.ts[n:]
-        del self.vals[n:]
-
-    def row(self) -> tuple[float, float, int, int, str, str]:
-        """(t0, t1, n, dt_ms, jit, vals), encoding only the samples new since the last call."""
-        ts = self.ts
-        n = len(ts)
-        t0 = ts[0]
-        dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
-        start = self.n_enc
-        if start and dt_ms == self.dt_ms:
-            if start < n:
-                self.jit += "," + ",".join([str(round((ts[k] - t0) * 1000.0) - k * dt_ms) for k in range(start, n)])
-        else:
-            self.jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
-            self.dt_ms = dt_ms
-        if start < n:
-            enc = chunks.encode_value
-            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by chunks.encode_value
-            new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
-            self.enc = self.enc + "," + new if start else new
-        self.n_enc = n
-        return t0, ts[-1], n, dt_ms, "[" + self.jit + "]", "[" + self.enc + "]"
-
-
-@dataclass
 class WriterStats:
     received: int = 0
     written: int = 0
@@ -263,31 +195,23 @@ class WriterStats:
 
 
 class StoreWriter(threading.Thread):
-    """The only writer of one database file; a daemon thread."""
+    """The only writer of one database file; a daemon thread. Its settings: a :class:`StoreOptions`."""
 
     def __init__(
         self,
         path: str,
         *,
+        options: StoreOptions | None = None,
         source: SourceInfo | None = None,
-        buffer_size: int = 100,
-        flush_interval: float = 5.0,
-        max_queue: int = 1_000_000,
-        on_full: str = "block",
         telemetry: bool = True,
     ) -> None:
         super().__init__(name="aetherium-store-writer", daemon=True)
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size={buffer_size}: must be >= 1")
-        if flush_interval <= 0:
-            raise ValueError(f"flush_interval={flush_interval}: must be > 0 seconds")
-        if max_queue < buffer_size:
-            raise ValueError(f"max_queue={max_queue} must be >= buffer_size={buffer_size}")
+        opts = options if options is not None else StoreOptions()
         self.path = path
         self.source = source or SourceInfo()
-        self.buffer_size = buffer_size
-        self.flush_interval = flush_interval
-        self.queue = RecordQueue(max_queue, buffer_size, on_full)
+        self.buffer_size = opts.buffer_size
+        self.flush_interval = opts.flush_interval_s
+        self.queue = RecordQueue(opts.max_queue, opts.buffer_size, opts.on_full)
         self.stats = WriterStats()
         self.telemetry = telemetry
         self._stop_requested = threading.Event()
@@ -295,7 +219,7 @@ class StoreWriter(threading.Thread):
         self._start_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
         self._series: dict[tuple[str, str, str, str], int] = {}
-        self._open: dict[int, _OpenChunk] = {}
+        self._open: dict[int, chunks.OpenChunk] = {}
         self._retry: list[Any] = []
         self._errors_seen: set[str] = set()  # causes of failed writes already logged
         self._bad_seen: set[tuple[str, str, str]] = set()  # causes of refused records already logged
@@ -422,9 +346,7 @@ class StoreWriter(threading.Thread):
             b.done.set()
 
     def _telemetry_record(self, now: float) -> tuple[Any, ...]:
-        return (
-            RESOURCE, now, "store", "batch_write_ms", self.stats.last_batch_ms, "ms", "",
-        )  # fmt: skip
+        return (RESOURCE, now, *catalogue.STORE_BATCH_WRITE.sample(self.stats.last_batch_ms))
 
     def _commit(self, batch: list[Any]) -> bool:
         """Write a batch: True once every record is stored or refused (and counted), False when
@@ -587,12 +509,12 @@ class StoreWriter(threading.Thread):
                 new_series.append(key)
             chunk = self._open.get(sid)
             if chunk is None:
-                chunk = self._open[sid] = _OpenChunk()
+                chunk = self._open[sid] = chunks.OpenChunk()
             samples.sort(key=_first)
             for ts, value in samples:
                 if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
                     self._write_chunk(conn, sid, chunk, insert, updates)
-                    chunk = self._open[sid] = _OpenChunk()
+                    chunk = self._open[sid] = chunks.OpenChunk()
                 chunk.ts.append(ts)
                 chunk.vals.append(value)
             self._write_chunk(conn, sid, chunk, insert, updates)
@@ -602,7 +524,7 @@ class StoreWriter(threading.Thread):
             )
 
     def _write_chunk(
-        self, conn: sqlite3.Connection, sid: int, chunk: _OpenChunk, insert: str, updates: list[tuple[Any, ...]]
+        self, conn: sqlite3.Connection, sid: int, chunk: chunks.OpenChunk, insert: str, updates: list[tuple[Any, ...]]
     ) -> None:
         """Insert the chunk, or queue its rewrite in place (the row keeps its rowid, so pages stay dense)."""
         if not chunk.ts:
@@ -660,7 +582,7 @@ class StoreWriter(threading.Thread):
     def _rollback(
         self,
         conn: sqlite3.Connection,
-        snapshot: dict[int, tuple[_OpenChunk, tuple[int, int | None, int, str, str, int]]],
+        snapshot: dict[int, tuple[chunks.OpenChunk, tuple[int, int | None, int, str, str, int]]],
         touched: list[int],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
@@ -752,8 +674,3 @@ def _sql_row(row: tuple[Any, ...], fields: tuple[str, ...]) -> tuple[Any, ...]:
 
 def _first(item: tuple[float, Any]) -> float:
     return item[0]
-
-
-def put_samples(queue: RecordQueue, ts: float, samples: Iterable[tuple[str, str, float, str, str]]) -> None:
-    """Queue many resource samples taken at one moment (used by the monitors)."""
-    queue.put_many([(RESOURCE, ts, t, n, v, u, d) for (t, n, v, u, d) in samples])

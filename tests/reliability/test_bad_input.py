@@ -20,7 +20,7 @@ import pytest
 from rel_helpers import ROOT, cli, integrity, one_error_line, read
 
 import aetherium_hpc as ah
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 TRAIN = str(ROOT / "configs" / "train.yaml")
 BASE = 'name: t\nbackend: local\nworkload:\n  callable: "runtime_workloads:log_rows"\n'

@@ -25,7 +25,7 @@ import pytest
 from rel_helpers import ROOT, cli, read
 
 import aetherium_hpc as ah
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 HOST = socket.gethostname()
 TESTS = ROOT / "tests"

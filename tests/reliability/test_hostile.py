@@ -15,7 +15,7 @@ import pytest
 from rel_helpers import ROOT, cli, integrity, no_pwned, one_error_line, read
 
 import aetherium_hpc as ah
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 HOSTILE = ["it's \"quoted\"", "$(touch pwned)", "`touch pwned`", "a;touch pwned", "x && touch pwned #", "<script>alert(1)</script>"]  # fmt: skip
 

@@ -19,7 +19,7 @@ import pytest
 from rel_helpers import ROOT, integrity, read
 
 import aetherium_hpc as ah
-from aetherium_hpc.store.writer import SourceInfo
+from aetherium_hpc.store import SourceInfo
 
 ROUNDS = 10
 TASKS = 6

@@ -1,6 +1,7 @@
-"""Every metric the monitors write, with its unit and meaning: the one place units live.
+"""The catalogue: every metric the monitors and the store write, with its unit and meaning.
 
-docs/METRICS.md is the same table for readers; a test checks the two agree.
+The one place metric names and units live (monitors and the writer's self-telemetry take theirs
+from here); docs/METRICS.md is the same table for readers; a test checks the two agree.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ STORE_QUEUE_DEPTH = _metric(
 STORE_DROPPED = _metric(
     "store", "dropped", COUNT, "", "Records the store's queue dropped so far, as seen by the monitor (on_full='drop')"
 )
-# Written by the store writer itself (store/writer.py), listed so the table is complete.
+# The store writer's own telemetry (store/writer.py).
 STORE_BATCH_WRITE = _metric("store", "batch_write_ms", MS, "", "Wall time of the writer's last batch transaction")
 
 

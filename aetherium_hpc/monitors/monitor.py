@@ -1,0 +1,306 @@
+"""The sampling loop: a daemon thread that asks each collector for samples once per interval.
+
+The :class:`ResourceMonitor` stamps each tick's samples with its time, hands them to the store
+(through its public API) and folds them into a :class:`SampleSummary` for the end-of-run JSON
+file; :class:`MonitorTelemetry` is the collector that watches the monitor and the store's queue.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..background import block_job_signals, childless
+from ..env import NODE_MONITOR
+from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples
+from .base import Collector, Sample, SampleSink
+from .collectors import default_collectors
+
+log = logging.getLogger(__name__)
+
+#: The summary's file name when ``output_path`` is a folder (an existing one, or a path ending in "/").
+SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
+
+
+class MonitorTelemetry(Collector):
+    """The monitor watching itself: CPU per sample, and the store's queue depth and drops."""
+
+    name = "monitor"
+
+    def __init__(self, store_getter: Callable[[], Any] | None = None) -> None:
+        self._store_getter = store_getter
+        self._cpu0 = 0.0
+        self._dropped_seen = 0
+        self.dropped_total = 0
+
+    def begin(self) -> None:
+        """Mark the start of a tick: the CPU time up to :meth:`collect` is the sample's cost."""
+        self._cpu0 = time.thread_time()
+
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        out.append(catalogue.MONITOR_SAMPLE_CPU.sample((time.thread_time() - self._cpu0) * 1000.0))
+        store = self._store_getter() if self._store_getter is not None else None
+        if store is None:
+            return
+        queue = store.queue
+        # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
+        dropped = queue.dropped
+        self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
+        self._dropped_seen = dropped
+        out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(len(queue))))
+        out.append(catalogue.STORE_DROPPED.sample(float(self.dropped_total)))
+
+
+class SampleSummary:
+    """Running count / mean / max per metric, for the JSON summary written at stop."""
+
+    def __init__(self) -> None:
+        # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
+        self._acc: dict[tuple[str, str, str], list[Any]] = {}
+
+    @staticmethod
+    def key(metric_type: str, metric_name: str, device: str) -> str:
+        # (add() pools per-process rows: their device is blank here; GPUs stay apart)
+        return f"{metric_type}/{metric_name}[{device}]" if device else f"{metric_type}/{metric_name}"
+
+    def add(self, samples: Sequence[Sample]) -> None:
+        acc = self._acc
+        for mtype, mname, value, unit, device in samples:
+            if value != value:  # NaN
+                continue
+            key = (mtype, mname, "" if mtype == "process" else device)
+            entry = acc.get(key)
+            if entry is None:
+                acc[key] = [1, value, value, unit]
+            else:
+                entry[0] += 1
+                entry[1] += value
+                if value > entry[2]:
+                    entry[2] = value
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out = {
+            self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
+            for key, (n, total, peak, unit) in self._acc.items()
+        }
+        return dict(sorted(out.items()))
+
+
+def _round(value: float) -> float | None:
+    return None if math.isinf(value) or value != value else float(f"{value:.6g}")
+
+
+class ResourceMonitor:
+    """Samples CPU, memory, the process tree and the GPUs into the store, once per ``interval``.
+
+    A daemon thread runs a drift-free loop: tick k happens at start + k x interval;
+    a tick that could not run on time is skipped (counted in ``missed_ticks``), never
+    bunched up. ``stop()`` returns at once (the stop event's wait is the sleep),
+    writes the JSON summary to ``output_path`` if given (a folder: to
+    :data:`SUMMARY_FILE_NAME` inside it), and is safe to call twice;
+    it is also called at interpreter exit. Use as a context manager or call
+    ``start()`` / ``stop()``.
+    """
+
+    def __init__(
+        self,
+        interval: float = 1.0,
+        *,
+        gpu: bool = True,
+        root_pid: int | None = None,
+        output_path: str | os.PathLike[str] | None = None,
+        per_process: bool = True,
+        collectors: Sequence[Collector] | None = None,
+        sink: SampleSink | None = None,
+        store_getter: Callable[[], Any] | None = get_db,
+    ) -> None:
+        if not interval > 0:
+            raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
+        self.interval = float(interval)
+        self.output_path = None if output_path is None else os.fspath(output_path)
+        self.root_pid = os.getpid() if root_pid is None else int(root_pid)
+        builtin = collectors is None
+        if collectors is None:
+            collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
+        self.telemetry = MonitorTelemetry(store_getter)
+        self.collectors: list[Collector] = [*collectors, self.telemetry]
+        if sink is None:  # collectors of the user's: every field checked at the call
+            sink = log_builtin_samples if builtin else log_resource_samples
+        self._sink: SampleSink = sink
+        self.summary = SampleSummary()
+        self.samples_taken = 0
+        self.missed_ticks = 0
+        self.started_at: float | None = None
+        self.stopped_at: float | None = None
+        self.thread_cpu_s = 0.0
+        # The loop's sleep: a lock held from the start, released by stop(). acquire(timeout) is one
+        # C call, where Event.wait builds a Condition waiter each tick.
+        self._stop_gate = threading.Lock()
+        self._stop_gate.acquire()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._result: dict[str, Any] | None = None
+        self._failed: set[str] = set()
+        self._owner_pid = os.getpid()
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> ResourceMonitor:
+        """Start the sampling thread (once); returns self."""
+        with self._lock:
+            if self._thread is not None or self._stopped:
+                return self
+            self.started_at = time.time()
+            self._thread = threading.Thread(target=childless(self._run), name="aetherium-resource-monitor", daemon=True)
+            self._thread.start()
+        atexit.register(self._stop_at_exit)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopped
+
+    def stop(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Stop sampling, write the summary (if ``output_path``) and return it. Idempotent."""
+        with self._lock:
+            if self._stopped:
+                return self._result or self._summary_dict()
+            self._stopped = True
+        atexit.unregister(self._stop_at_exit)
+        if os.environ.get(NODE_MONITOR) == str(os.getpid()):
+            del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
+        self._stop_gate.release()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning(
+                    "aetherium-hpc: the resource monitor did not stop within %.0f s (a sample is hanging, "
+                    "often in NVML); leaving it behind as a daemon thread", timeout,
+                )  # fmt: skip
+        self.stopped_at = time.time()
+        self._result = self._summary_dict()
+        if self.output_path is not None:
+            self._write_summary(self.output_path, self._result)
+        return self._result
+
+    def _stop_at_exit(self) -> None:
+        if os.getpid() == self._owner_pid:
+            self.stop(timeout=2.0)
+
+    def __enter__(self) -> ResourceMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        block_job_signals()
+        cpu_start = time.thread_time()
+        for collector in self.collectors:
+            self._guard(collector, collector.start)
+        interval = self.interval
+        next_tick = time.monotonic() + interval
+        gate = self._stop_gate
+        monotonic = time.monotonic
+        try:
+            while not gate.acquire(True, max(0.0, next_tick - monotonic())):
+                self.sample_once()
+                next_tick += interval
+                now = monotonic()
+                if now > next_tick:  # this tick overran the next one: skip what was missed
+                    missed = math.ceil((now - next_tick) / interval)
+                    self.missed_ticks += missed
+                    next_tick += missed * interval
+            if self.samples_taken == 0:
+                # A run shorter than one interval still gets one sample of what it used.
+                self.sample_once()
+        finally:
+            for collector in self.collectors:
+                self._guard(collector, collector.close)
+            self.thread_cpu_s = time.thread_time() - cpu_start
+
+    def sample_once(self, timestamp: float | None = None) -> list[Sample]:
+        """Take one sample from every collector, send it to the store and return it."""
+        ts = time.time() if timestamp is None else timestamp
+        self.telemetry.begin()
+        out: list[Sample] = []
+        for collector in self.collectors:
+            try:
+                collector.collect(out, ts)
+            except Exception as exc:  # one failing collector never stops the others
+                self._report_failure(collector, exc)
+        try:
+            self._sink(out, ts)
+        except Exception as exc:
+            self._report_failure(None, exc)
+        self.summary.add(out)
+        self.samples_taken += 1
+        return out
+
+    def _guard(self, collector: Collector, step: Callable[[], None]) -> None:
+        try:
+            step()
+        except Exception as exc:
+            self._report_failure(collector, exc)
+
+    def _report_failure(self, collector: Collector | None, exc: Exception) -> None:
+        what = "store" if collector is None else collector.name
+        if what not in self._failed:
+            self._failed.add(what)
+            log.warning(
+                "aetherium-hpc: resource monitor: %s failed: %s: %s (reported once; the monitor carries on)",
+                what, type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG),
+            )  # fmt: skip
+
+    # -- summary ----------------------------------------------------------------------------
+    def _summary_dict(self) -> dict[str, Any]:
+        end = self.stopped_at if self.stopped_at is not None else time.time()
+        duration = 0.0 if self.started_at is None else max(0.0, end - self.started_at)
+        return {
+            "started": self.started_at,
+            "stopped": self.stopped_at,
+            "duration_s": round(duration, 3),
+            "interval_s": self.interval,
+            "samples": self.samples_taken,
+            "missed_ticks": self.missed_ticks,
+            "monitor_cpu_s": round(self.thread_cpu_s, 6),
+            "monitor_cpu_percent_of_one_core": round(100.0 * self.thread_cpu_s / duration, 4) if duration else 0.0,
+            "root_pid": self.root_pid,
+            "metrics": self.summary.as_dict(),
+        }
+
+    @staticmethod
+    def summary_path(output_path: str | os.PathLike[str]) -> str:
+        """Where the summary goes: ``output_path`` itself, or :data:`SUMMARY_FILE_NAME` inside it
+        when it is a folder (one that exists, or a path ending in a separator)."""
+        path = os.fspath(output_path)
+        if path.endswith((os.sep, "/")) or os.path.isdir(path):
+            return os.path.join(path, SUMMARY_FILE_NAME)
+        return path
+
+    @classmethod
+    def _write_summary(cls, output_path: str, summary: dict[str, Any]) -> None:
+        path = cls.summary_path(output_path)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            if path != output_path:  # a folder: create it if it is a path ending in "/"
+                os.makedirs(output_path, exist_ok=True)
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2, allow_nan=False)
+                fh.write("\n")
+            os.replace(tmp, path)
+        except (OSError, ValueError) as exc:
+            log.warning("aetherium-hpc: could not write the monitor summary to %s: %s", path, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
