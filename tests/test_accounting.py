@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aetherium_hpc.analysis import accounting
+from aetherium_hpc import scheduler as accounting
 
 
 def test_local_job_ids_are_not_sent_to_sacct() -> None:

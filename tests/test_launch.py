@@ -14,6 +14,7 @@ from launch_helpers import counts, job_rows, make_config
 from aetherium_hpc import launch
 from aetherium_hpc.config import load_config
 from aetherium_hpc.errors import LaunchError
+from aetherium_hpc.launch import sbatch
 from aetherium_hpc.paths import RunLayout
 
 TESTS = Path(__file__).parent
@@ -67,15 +68,15 @@ def _golden(name: str, text: str) -> None:
         if os.environ.get("UPDATE_GOLDEN") != "1":
             pytest.fail(f"{path} did not exist and was written; check it and commit it")
     assert text == path.read_text(encoding="utf-8"), (
-        f"the rendered sbatch script differs from {path}; if this change is intended, "
-        "rerun with UPDATE_GOLDEN=1 to rewrite the golden file, and review its diff"
+        f"the sbatch script rendered by aetherium_hpc/launch/sbatch.py differs from {path}; if this change "
+        "is intended, delete the record file (or rerun with UPDATE_GOLDEN=1) to write it again, and review its diff"
     )
 
 
 @pytest.mark.parametrize(("config_name", "golden"), [("train.yaml", "train.sbatch"), ("array.yaml", "array.sbatch")])
 def test_sbatch_script_matches_golden_file(config_name: str, golden: str) -> None:
     config = load_config(ROOT / "configs" / config_name)
-    text = launch.render_sbatch(config, RunLayout(Path("/runs/golden")), python="python3")
+    text = sbatch.render_sbatch(config, RunLayout(Path("/runs/golden")), python="python3")
     _golden(golden, text)
 
 

@@ -37,7 +37,7 @@ def test_a_submission_refused_after_the_folder_was_made_removes_it(
     def refused(*_args: object) -> launch.Submission:
         raise LaunchError("submission failed: sbatch: error: Batch job submission failed: Invalid partition")
 
-    monkeypatch.setattr(launch, "_submit_into", refused)
+    monkeypatch.setattr("aetherium_hpc.launch.submission._submit_into", refused)
     config = load_config(TRAIN, [f"run_dir={tmp_path / 'runs'}", "backend=local"])
     with pytest.raises(LaunchError, match="Invalid partition"):
         launch.submit(config)

@@ -30,7 +30,7 @@ class MergeReportJob:
 
     def __call__(self) -> str:
         for pid in self.wait_for_pids:
-            while _alive(pid):
+            while process_alive(pid):
                 time.sleep(self.poll_s)
         from .commands import run_report
         from .merge import merge
@@ -51,15 +51,21 @@ class MergeReportJob:
         return str(layout.root / REPORT_HTML)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process of that id exists and has not ended. Another user's process counts (signal 0
+    is refused, not missing); a zombie -- ended, not reaped yet, like a finished child of ours
+    -- does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a finished child of ours that nobody reaped yet is a zombie: ended
+    try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        # Gone since the signal -- unless this system has no /proc to tell zombies by.
+        return not os.path.isdir("/proc")
     except OSError:
         return False

@@ -6,7 +6,7 @@ for ever. ``status``, ``merge`` and ``report`` pass such rows through :func:`res
 
 * **Slurm jobs** (the run's ``jobs.json`` says slurm, the row's configuration says
   ``backend: slurm``, or ``aetherium-hpc run`` ran with a Slurm job id): accounting is asked
-  once for all of them (:func:`.accounting.sacct_figures`; array tasks are ``<array>_<task>``).
+  once for all of them (:func:`aetherium_hpc.scheduler.sacct_figures`; array tasks are ``<array>_<task>``).
   A final state (``OUT_OF_MEMORY``, ``NODE_FAIL``, ``CANCELLED``, ``TIMEOUT``, ``FAILED``,
   ``PREEMPTED``, ``BOOT_FAIL``, ``DEADLINE``, ``COMPLETED`` ...) is shown in lower case, with
   sacct's exit code and end time; a live state (``RUNNING``, ``PENDING``, ``REQUEUED`` ...)
@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import RunLayout
-from .accounting import SACCT_TIMEOUT_S, is_slurm_id, sacct_figures, squeue_states
+from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
+from ..scheduler import is_slurm_id, sacct_figures, squeue_states
 
 #: The status a job writes when it starts; the only one :func:`resolve` looks at.
 RUNNING = "running"
@@ -192,8 +193,8 @@ def resolve(
 ) -> dict[Hashable, Resolved]:
     """The truth about every job of ``jobs`` (see the module docstring), by key.
 
-    ``sacct`` / ``squeue``: answers already fetched (:func:`.accounting.sacct_figures`,
-    :func:`.accounting.squeue_states`) so that a caller that asked Slurm does not ask twice;
+    ``sacct`` / ``squeue``: answers already fetched (:func:`aetherium_hpc.scheduler.sacct_figures`,
+    :func:`aetherium_hpc.scheduler.squeue_states`) so that a caller that asked Slurm does not ask twice;
     otherwise each is asked at most once here, for all jobs together, within ``timeout``."""
     out: dict[Hashable, Resolved] = {}
     slurmish = [j for j in jobs if j.slurm_id and j.cluster in ("slurm", None)]

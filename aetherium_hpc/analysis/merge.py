@@ -58,9 +58,9 @@ from typing import Any, TextIO
 
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..paths import RunLayout
+from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
 from ..store import reader, schema
 from ..store.backup import readable
-from .accounting import SACCT_TIMEOUT_S
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.
 SKIPPED_EXIT_CODE = 3

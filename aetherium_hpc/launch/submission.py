@@ -1,0 +1,280 @@
+"""Submitting a config: the backend, the executor, one job or array, and waiting for it.
+
+Flow::
+
+    Config --executor_parameters()--> AutoExecutor(cluster from backend).update_parameters(...)
+           --submit()/map_array()---> one job, or ONE sbatch array per MaxArraySize tasks
+           --> RunLayout: config.yaml, jobs.json, submitit/, logs/, db/
+
+The job runs :class:`aetherium_hpc.runtime.JobRunner`. Nothing here prints; the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+import aetherium_hpc
+
+from .. import scheduler
+from ..config import Config, yaml_text
+from ..errors import LaunchError
+from ..paths import RunLayout
+from ..runtime.entrypoint import JobRunner
+from .parameters import executor_parameters
+from .sbatch import check_script_path
+
+#: Slurm's default MaxArraySize, used when ``scontrol show config`` does not answer.
+DEFAULT_MAX_ARRAY_SIZE = scheduler.DEFAULT_MAX_ARRAY_SIZE
+log = logging.getLogger(__name__)
+
+
+def resolve_cluster(backend: str) -> str:
+    """submitit's executor name for a backend.
+
+    ``auto``: Slurm when its commands are installed *and* a controller answers; otherwise the
+    local backend (a workstation with Slurm packages but no cluster is a machine without Slurm).
+    """
+    if backend != "auto":
+        return backend
+    cluster = submitit.AutoExecutor.which()
+    if cluster == "slurm":
+        problem = scheduler.slurm_problem()
+        if problem is not None:
+            log.warning(
+                "aetherium-hpc: Slurm is installed but %s; running locally "
+                "(backend: local skips this check, backend: slurm submits anyway)",
+                problem,
+            )
+            return "local"
+    return cluster
+
+
+def max_array_size(config: Config, timeout: float = scheduler.SLURM_TIMEOUT_S) -> int:
+    """Most tasks one sbatch array may have: ``slurm.max_array_size``, else MaxArraySize of
+    ``scontrol show config``, else Slurm's default."""
+    if config.slurm.max_array_size:
+        return config.slurm.max_array_size
+    return scheduler.cluster_max_array_size(timeout)
+
+
+@dataclass
+class Submission:
+    """What ``submit`` did: where the run lives and which jobs it made."""
+
+    layout: RunLayout
+    cluster: str
+    jobs: list[Any] = field(default_factory=list)  # submitit Job objects, in task order
+    array_job_ids: list[str] = field(default_factory=list)
+    report_job: Any = None  # the merge + report job of ``report: {auto: true}``
+
+    @property
+    def job_ids(self) -> list[str]:
+        return [str(j.job_id) for j in self.jobs]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "cluster": self.cluster,
+            "job_ids": self.job_ids,
+            "array_job_ids": self.array_job_ids,
+            "report_job_id": None if self.report_job is None else str(self.report_job.job_id),
+            "submitted_at": time.time(),
+        }
+
+
+@contextmanager
+def _job_environment() -> Iterator[None]:
+    """Make this aetherium_hpc importable in the job (sbatch and the local controller copy the
+    environment), also when it is not installed but run from a source tree."""
+    parent = str(Path(aetherium_hpc.__file__).resolve().parent.parent)
+    old = os.environ.get("PYTHONPATH")
+    parts = [p for p in (old or "").split(os.pathsep) if p]
+    if parent not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([parent, *parts])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def check_submission(config: Config, cluster: str, root: Path) -> None:
+    """Every check :func:`submit` makes before it submits, creating nothing: ``submit --dry-run``
+    makes the same ones, so a configuration the dry run accepts is not refused by the submit."""
+    if cluster == "slurm":
+        check_script_path(root)
+    if cluster == "local" and config.resources.nodes > 1:
+        raise LaunchError(
+            f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
+            "use backend: slurm, or --set resources.nodes=1"
+        )
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        return  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
+    with tempfile.TemporaryDirectory(prefix="aetherium-check-") as folder:
+        _make_executor(config, Path(folder), cluster)
+
+
+def _make_executor(config: Config, folder: Path, cluster: str) -> submitit.AutoExecutor:
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        executor.update_parameters(**executor_parameters(config))
+    except (ValueError, NameError, RuntimeError) as exc:
+        raise LaunchError(f"submitit refused the parameters for {cluster}: {str(exc).splitlines()[0]}") from None
+    return executor
+
+
+def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[float], None] = time.sleep) -> Submission:
+    """Make the run directory, submit the job (or array), record the job ids."""
+    cluster = resolve_cluster(config.backend)
+    base = Path(base_dir or config.run_dir).expanduser().absolute()
+    check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
+    layout = RunLayout.new(base, config.name)
+    try:
+        if cluster == "slurm":
+            check_script_path(layout.root)
+        return _submit_into(config, layout, cluster, sleep)
+    except BaseException:
+        # A refused submission leaves no run folder behind -- unless a job was submitted into it.
+        if not layout.jobs_path.exists() and not any(layout.submitit_dir.rglob("*_submitted.pkl")):
+            shutil.rmtree(layout.root, ignore_errors=True)
+        raise
+
+
+def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
+    layout.config_path.write_text(
+        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
+        encoding="utf-8",
+    )
+    executor = _make_executor(config, layout.submitit_dir, cluster)
+    # The array itself stays out of the pickled runner: each task gets (index, its own params).
+    runner = JobRunner(
+        {k: v for k, v in config.to_dict().items() if k != "array"}, str(layout.root), local_array_id=str(os.getpid())
+    )
+    sub = Submission(layout, cluster)
+    try:
+        with _job_environment():
+            if not config.is_array:
+                sub.jobs.append(executor.submit(runner))
+            elif cluster == "slurm":
+                _submit_slurm_arrays(config, executor, runner, sub)
+            else:
+                _submit_local_array(config, executor, runner, sub, sleep)
+            if config.report.auto and cluster in ("slurm", "local"):
+                sub.report_job = _submit_report_job(config, layout, cluster, sub)
+    except LaunchError:
+        raise
+    except (OSError, subprocess.CalledProcessError, submitit.core.utils.FailedJobError) as exc:
+        raise LaunchError(
+            f"submission failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
+        ) from None
+    if cluster == "slurm":
+        script = sorted(layout.submitit_dir.glob("**/*.sh"))
+        if script:
+            shutil.copyfile(script[-1], layout.sbatch_path)
+    layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
+    return sub
+
+
+def _submit_report_job(config: Config, layout: RunLayout, cluster: str, sub: Submission) -> Any:
+    """``report: {auto: true}``: merge + report once every task has ended (afterany on Slurm)."""
+    from ..analysis.auto import MergeReportJob
+
+    executor = submitit.AutoExecutor(folder=layout.submitit_dir, cluster=cluster)
+    params: dict[str, Any] = {"name": f"{config.name}-report", "timeout_min": 60, "nodes": 1,
+                              "tasks_per_node": 1, "cpus_per_task": 1}  # fmt: skip
+    if cluster == "slurm":
+        ids = sub.array_job_ids or sub.job_ids
+        params["mem_gb"] = 4
+        params["slurm_additional_parameters"] = {"dependency": "afterany:" + ":".join(ids)}
+        for key in ("partition", "account", "qos"):
+            value = getattr(config.slurm, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        executor.update_parameters(**params)
+        return executor.submit(MergeReportJob(str(layout.root)))
+    executor.update_parameters(**params)
+    pids = [int(j) for j in sub.job_ids if str(j).isdigit()]
+    return executor.submit(MergeReportJob(str(layout.root), wait_for_pids=pids))
+
+
+def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner: JobRunner, sub: Submission) -> None:
+    params = config.array_params()
+    indices = list(range(len(params)))
+    size = max(1, max_array_size(config))
+    for start in range(0, len(indices), size):
+        chunk = indices[start : start + size]
+        jobs = executor.map_array(runner, [(i, params[i]) for i in chunk])
+        sub.jobs.extend(jobs)
+        sub.array_job_ids.append(str(jobs[0].job_id).split("_")[0])
+
+
+def _submit_local_array(
+    config: Config,
+    executor: submitit.AutoExecutor,
+    runner: JobRunner,
+    sub: Submission,
+    sleep: Callable[[float], None],
+) -> None:
+    """submitit's local executor starts every task at once: keep ``array_parallelism`` running."""
+    params = config.array_params()
+    indices = list(range(len(params)))
+    limit = config.slurm.array_parallelism or len(indices)
+    sub.array_job_ids.append(runner.local_array_id or "")
+    if limit >= len(indices):
+        sub.jobs.extend(executor.map_array(runner, [(i, params[i]) for i in indices]))
+        return
+    pending = indices
+    while pending:
+        running = sum(1 for j in sub.jobs if not j.done())
+        while running < limit and pending:
+            i = pending.pop(0)
+            sub.jobs.append(executor.submit(runner, (i, params[i])))
+            running += 1
+        if pending:
+            sleep(0.2)
+
+
+def wait(
+    sub: Submission,
+    progress: Callable[[str], None] | None = None,
+    poll_s: float = 1.0,
+    sleep: Callable[[float], None] = time.sleep,
+    progress_every_s: float = 30.0,
+) -> dict[str, str]:
+    """Wait for every job; ``progress`` gets one line per poll. Returns job id -> outcome
+    (``ok`` or the error's first line)."""
+    started = time.monotonic()
+    total = len(sub.jobs)
+    last: tuple[int, float] = (-1, 0.0)
+    while True:
+        n_done = sum(1 for j in sub.jobs if j.done())
+        now = time.monotonic()
+        if progress is not None and (n_done != last[0] or now - last[1] >= progress_every_s or n_done == total):
+            progress(f"[{now - started:5.0f} s] {n_done}/{total} done, {total - n_done} waiting or running")
+            last = (n_done, now)
+        if n_done == total:
+            break
+        sleep(poll_s)
+    outcome: dict[str, str] = {}
+    for job in sub.jobs:
+        try:
+            job.results()  # every task of a multi-task job
+            outcome[str(job.job_id)] = "ok"
+        except Exception as exc:
+            text = str(exc).strip().splitlines()
+            outcome[str(job.job_id)] = text[-1] if text else type(exc).__name__
+    return outcome
