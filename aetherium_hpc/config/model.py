@@ -18,18 +18,6 @@ from ..store.options import StoreOptions
 from . import dumping
 from .setting import setting
 
-__all__ = [
-    "BACKENDS",
-    "MAX_ARRAY_TASKS",
-    "ArraySpec",
-    "Config",
-    "Monitoring",
-    "ReportSettings",
-    "Resources",
-    "SlurmSettings",
-    "Workload",
-]
-
 Backend = Literal["auto", "slurm", "local", "debug"]
 #: Accepted values of ``backend``.
 BACKENDS: tuple[str, ...] = get_args(Backend)
