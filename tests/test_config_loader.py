@@ -9,6 +9,7 @@ import yaml
 from test_config import BASE, MALFORMED
 
 from aetherium_hpc import config
+from aetherium_hpc.config import yaml_lines
 from aetherium_hpc.errors import ConfigError
 
 
@@ -21,7 +22,7 @@ def _outcome(path: Path) -> str:
 
 @pytest.mark.skipif(not getattr(yaml, "__with_libyaml__", False), reason="PyYAML built without libyaml")
 def test_the_c_loader_is_used_when_libyaml_is_there() -> None:
-    assert config._FAST_LOADERS and issubclass(config._FAST_LOADERS[0], yaml.CSafeLoader)
+    assert yaml_lines._FAST_LOADERS and issubclass(yaml_lines._FAST_LOADERS[0], yaml.CSafeLoader)
 
 
 @pytest.mark.parametrize(("text", "line", "key_path", "hint"), [*MALFORMED, (BASE, 0, "", "")])
@@ -31,7 +32,7 @@ def test_same_config_or_message_with_and_without_libyaml(
     path = tmp_path / "c.yaml"
     path.write_text(text, encoding="utf-8")
     fast = _outcome(path)
-    monkeypatch.setattr(config, "_FAST_LOADERS", ())
+    monkeypatch.setattr(yaml_lines, "_FAST_LOADERS", ())
     assert fast == _outcome(path)
 
 

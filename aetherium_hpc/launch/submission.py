@@ -160,10 +160,8 @@ def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callabl
         encoding="utf-8",
     )
     executor = _make_executor(config, layout.submitit_dir, cluster)
-    # The array itself stays out of the pickled runner: each task gets (index, its own params).
-    runner = JobRunner(
-        {k: v for k, v in config.to_dict().items() if k != "array"}, str(layout.root), local_array_id=str(os.getpid())
-    )
+    # The runner carries the validated config without its array: each task gets (index, its own params).
+    runner = JobRunner(config, str(layout.root), local_array_id=str(os.getpid()))
     sub = Submission(layout, cluster)
     try:
         with _job_environment():

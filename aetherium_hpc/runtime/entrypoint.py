@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from .. import env
-from ..config import Config, config_from_dict
+from ..config import Config
 from ..paths import RunLayout
 from .context import JobContext
 from .session import NodeSession, run_command, run_task
@@ -34,31 +35,32 @@ def requested_resources(config: Config) -> dict[str, Any]:
 
 
 class JobRunner:
-    """``JobRunner(config_dict, run_dir)(task_index)``: run the workload of one (array) task.
+    """``JobRunner(config, run_dir)(task)``: run the workload of one (array) task.
 
-    Holds only plain data, so submitit pickles it by reference to this module.
-    ``local_array_id`` names a local-backend array (submitit's local jobs have no array ids).
+    Carries the validated :class:`Config` (the job does not validate it again) and plain
+    data, so submitit pickles it by reference to this module. The array stays out of it:
+    each task is sent its own ``(index, params)``, so 1,000 tasks do not pickle the whole
+    array 1,000 times. ``local_array_id`` names a local-backend array (submitit's local jobs
+    have no array ids).
     """
 
-    def __init__(self, config: dict[str, Any], run_dir: str, local_array_id: str | None = None) -> None:
-        self.config = config
+    def __init__(self, config: Config, run_dir: str, local_array_id: str | None = None) -> None:
+        self.config = dataclasses.replace(config, array=None)
         self.run_dir = run_dir
         self.local_array_id = local_array_id
 
     def __repr__(self) -> str:
-        return f"JobRunner(name={self.config.get('name')!r}, run_dir={self.run_dir!r})"
+        return f"JobRunner(name={self.config.name!r}, run_dir={self.run_dir!r})"
 
     def __call__(self, task: int | tuple[int, dict[str, Any]] | None = None) -> Any:
-        """``task``: ``(index, params)`` of an array task (the launcher sends each task only its
-        own parameters, so 1,000 tasks do not pickle the whole array 1,000 times), or an index
-        into the config's array."""
-        config = config_from_dict(self.config, source=str(RunLayout(Path(self.run_dir)).config_path))
+        """``task``: ``(index, params)`` of an array task, or None for a single job."""
+        config = self.config
+        task_index: int | None = None
+        params: dict[str, Any] = {}
         if isinstance(task, tuple):
-            task_index: int | None = task[0]
-            params: dict[str, Any] = dict(task[1])
-        else:
-            task_index = task
-            params = config.array_params()[task] if config.is_array and task is not None else {}
+            task_index, params = task[0], dict(task[1])
+        elif task is not None:
+            task_index = task  # an index without parameters (the runner holds no array)
         ctx = JobContext.detect()
         if ctx.array_task_id is None and task_index is not None:
             ctx = ctx.with_array(self.local_array_id, task_index)
@@ -67,7 +69,8 @@ class JobRunner:
         os.environ[env.RUN_DIR] = self.run_dir
         if workload.workdir:
             os.chdir(workload.workdir)
-        snapshot = dict(self.config)
+        # The jobs table's config snapshot: every key but the array (this task's part is task_params).
+        snapshot = {k: v for k, v in config.to_dict().items() if k != "array"}
         if params:
             snapshot["task_params"] = params
 

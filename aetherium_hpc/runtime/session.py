@@ -32,7 +32,7 @@ from .. import env
 from ..background import block_job_signals
 from ..config import Monitoring
 from ..paths import LOCAL_DB_NAME, local_store_dir
-from ..store import CopyBack, SourceInfo, StoreOptions, address, client, copy_database
+from ..store import CopyBack, SourceInfo, address, client, copy_database
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -89,7 +89,7 @@ class NodeSession:
         ctx, mon = self.ctx, self.monitoring
         client.init_db(
             self.local_db,
-            options=StoreOptions(buffer_size=mon.buffer_size, flush_interval_s=mon.flush_interval_s),
+            options=mon.store_options(),
             source=SourceInfo(
                 job_id=ctx.job_id,
                 array_job_id=ctx.array_job_id,

@@ -184,7 +184,7 @@ def resolve_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """sacct figures for the Slurm jobs of ``jobs`` (asked once), and the truth about every row
     that still says ``running`` (:mod:`..final_status`): its ``status``, ``exit_code``,
     ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
-    from ..accounting import ACCOUNTING_LAG_S, sacct_figures_when_final
+    from ...scheduler import ACCOUNTING_LAG_S, sacct_figures_when_final
     from ..final_status import RUNNING, classify, resolve_rows, run_record, slurm_name
 
     cache: dict[str, dict[str, Any] | None] = {}

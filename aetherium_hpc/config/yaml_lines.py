@@ -1,0 +1,178 @@
+"""YAML text -> plain data whose mappings and sequences remember their line numbers.
+
+libyaml's C parser reads the file first (a 1,000-entry array parses several times faster); a
+file it refuses, or one with a duplicate key, is parsed again by the pure-Python SafeLoader, whose
+messages are the ones users see. Only plain YAML is read: ``!!python/...`` tags are refused, and
+a key written twice is an error instead of YAML's silent "last one wins".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..errors import ConfigError
+from .problems import one_line
+
+__all__ = ["LineDict", "LineList", "item_line", "key_line", "read_yaml"]
+
+
+class LineDict(dict[Any, Any]):
+    """A mapping from YAML that remembers its own line and the line of each key (1-based)."""
+
+    line: int = 1
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.key_lines: dict[Any, int] = {}
+
+
+class LineList(list[Any]):
+    """A sequence from YAML that remembers the line of each item (1-based)."""
+
+    line: int = 1
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.item_lines: list[int] = []
+
+
+class _LineLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings and sequences carry line numbers (see :class:`LineDict`)."""
+
+
+if getattr(yaml, "__with_libyaml__", False):
+
+    class _FastLineLoader(yaml.CSafeLoader):
+        """The same with libyaml's C scanner, parser and composer (its nodes carry their lines too):
+        a 1,000-entry array parses several times faster. Used first; a file it refuses is parsed
+        again with :class:`_LineLoader`, whose error messages the users see."""
+
+    _FAST_LOADERS: tuple[Any, ...] = (_FastLineLoader,)
+else:  # pragma: no cover - PyYAML built without libyaml
+    _FAST_LOADERS = ()
+
+
+def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
+    loader.flatten_mapping(node)
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain value, not a list or mapping", key_node.start_mark
+            ) from None
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    result.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return result
+
+
+for _loader in (_LineLoader, *_FAST_LOADERS):
+    _loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
+    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+def _find_duplicate(node: yaml.Node, path: str, seen_nodes: set[int]) -> tuple[str, int, int] | None:
+    """(key path, line, first line) of the first duplicate mapping key under ``node``, else None."""
+    if id(node) in seen_nodes:
+        return None
+    seen_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        first_line: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
+                ident = (key_node.tag, key_node.value)
+                sub = f"{path}.{key_node.value}" if path else str(key_node.value)
+                line = key_node.start_mark.line + 1
+                if ident in first_line:
+                    return sub, line, first_line[ident]
+                first_line[ident] = line
+            else:
+                sub = path or "(root)"
+            found = _find_duplicate(value_node, sub, seen_nodes)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for i, child in enumerate(node.value):
+            found = _find_duplicate(child, f"{path}[{i}]", seen_nodes)
+            if found:
+                return found
+    return None
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """The document, with line numbers and no duplicate keys; a ConfigError naming file:line if not."""
+    for fast in _FAST_LOADERS:
+        loader = fast(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                return None
+            if _find_duplicate(node, "", set()) is None:
+                return loader.construct_document(node)
+        except yaml.YAMLError:
+            pass
+        finally:
+            loader.dispose()
+        # Invalid YAML or a duplicate key: parse again below, to report it in the usual words.
+    loader = _LineLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        dup = _find_duplicate(node, "", set())
+        if dup is not None:
+            path, line, first = dup
+            raise ConfigError(
+                f"{source}:{line}: {path}: duplicate key (first written at line {first}); "
+                "keep only one of the two, YAML would silently drop one"
+            )
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        problem = one_line(exc.problem or exc.context or "invalid YAML")
+        if exc.context and exc.problem:
+            problem += f" ({one_line(exc.context)}"
+            cmark = exc.context_mark
+            if cmark is not None and mark is not None and cmark.line != mark.line:
+                problem += f" started at line {cmark.line + 1}"
+            problem += ")"
+        if isinstance(exc, yaml.constructor.ConstructorError) and "tag" in problem:
+            fix = "only plain YAML is accepted (no !!python or other custom tags), so remove the tag"
+        elif isinstance(exc, yaml.constructor.ConstructorError):
+            fix = "write a plain key such as 'name:' (no '? [list]' keys, no recursive anchors)"
+        else:
+            fix = "check indentation (spaces, not tabs), colons after keys and matching quotes/brackets near this line"
+        raise ConfigError(f"{source}:{line}: (yaml): invalid YAML: {problem}; {fix}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}:1: (yaml): invalid YAML: {one_line(str(exc))}; fix the YAML syntax") from None
+    finally:
+        loader.dispose()
+
+
+def key_line(container: Any, key: Any, default: int) -> int:
+    """Line of ``key`` in a mapping read from YAML; ``default`` for one made in code (``--set``)."""
+    if isinstance(container, LineDict):
+        return container.key_lines.get(key, container.line)
+    return default
+
+
+def item_line(container: Any, index: int, default: int) -> int:
+    """Line of item ``index`` of a sequence read from YAML, else ``default``."""
+    if isinstance(container, LineList) and index < len(container.item_lines):
+        return container.item_lines[index]
+    return default
