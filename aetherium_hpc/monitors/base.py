@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..background import block_job_signals, childless
 from ..env import NODE_MONITOR
+from ..signals import block_job_signals, childless
 from . import units
 
 log = logging.getLogger(__name__)

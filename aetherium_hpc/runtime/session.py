@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import env
-from ..background import block_job_signals
 from ..config import Monitoring
 from ..paths import LOCAL_DB_NAME, local_store_dir
+from ..signals import block_job_signals
 from ..store import client
 from ..store.backup import CopyBack, copy_database
 from ..store.writer import SourceInfo

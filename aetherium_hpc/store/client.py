@@ -20,9 +20,9 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from .. import env
+from .. import env, signals
 from ..errors import StoreError
-from . import reader, records, sigterm
+from . import reader, records
 from .ownership import Holder, WriterLock
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
 from .transport import SocketServer, SocketSink, new_address
@@ -372,7 +372,7 @@ def init_db(
         if store.address is not None:
             os.environ.update(store.address.to_environ())
         os.environ[env.METRICS_DB] = store.path
-        sigterm.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
+        signals.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
         return store
 
 

@@ -26,8 +26,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..background import block_job_signals, childless
 from ..errors import StoreError
+from ..signals import block_job_signals, childless
 from . import chunks, records, schema
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 
