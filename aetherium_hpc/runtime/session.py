@@ -32,11 +32,10 @@ from typing import Any
 
 from .. import env
 from ..config import Monitoring
-from ..paths import LOCAL_DB_NAME, local_store_dir
+from ..paths import RunLayout
 from ..signals import block_job_signals
 from ..store import client
 from ..store.backup import CopyBack, copy_database
-from ..store.writer import SourceInfo
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -65,11 +64,13 @@ class NodeSession:
         self.monitoring = monitoring or Monitoring()
         self.config = config
         self.requested = requested
-        scratch = self.monitoring.local_dir or env.local_scratch_dir()
-        self.local_dir = local_store_dir(scratch, ctx.base_job_id, ctx.task, ctx.node)
-        self.local_db = os.path.join(self.local_dir, LOCAL_DB_NAME)
+        folder = RunLayout.node_folder(self.monitoring.local_dir or env.local_scratch_dir(), ctx)
+        self.local_dir = folder.path
+        self.local_db = folder.database
         self.socket_dir = socket_dir_for(self.local_dir)
         self.child: subprocess.Popen[bytes] | None = None
+        #: The node store :func:`client.init_db` opened in :meth:`start` (None before).
+        self.store: client.MetricsStore | client.JoinedStore | None = None
         self.status: str | None = None
         self._monitor: Any = None
         self._stop = threading.Event()
@@ -92,17 +93,11 @@ class NodeSession:
             # the previous attempt, so that its records are not overwritten at the next copy.
             copy_database(self.dest, self.local_db)
         ctx, mon = self.ctx, self.monitoring
-        client.init_db(
+        self.store = client.init_db(
             self.local_db,
             buffer_size=mon.buffer_size,
             flush_interval=mon.flush_interval_s,
-            source=SourceInfo(
-                job_id=ctx.job_id,
-                array_job_id=ctx.array_job_id,
-                array_task_id=ctx.array_task_id,
-                node=ctx.node,
-                hostname=ctx.hostname,
-            ),
+            source=client.source_of(ctx),
             socket_dir=self.socket_dir,
             join=False,  # this is the node store the job's other processes join
         )
@@ -155,7 +150,7 @@ class NodeSession:
     def checkpoint(self) -> None:
         """Commit what was logged so far and bring the run-directory copy up to date."""
         with self._copy_lock:
-            store = client.get_db()
+            store = self.store
             if self._finishing or store is None:
                 return
             store.flush(timeout=30.0)
@@ -184,7 +179,7 @@ class NodeSession:
 
     def wait_for_siblings(self, timeout: float) -> bool:
         """Before closing: wait (bounded) until the node's other tasks have disconnected."""
-        store = client.get_db()
+        store = self.store
         if not isinstance(store, client.MetricsStore) or store.server is None:
             return True
         done = store.server.wait_for_disconnect(timeout)
@@ -273,15 +268,15 @@ def connect_to_node_store(
 ) -> bool:
     """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
     mon = monitoring or Monitoring()
-    local_dir = local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
-    folder = socket_dir_for(local_dir)
+    local = RunLayout.node_folder(mon.local_dir or env.local_scratch_dir(), ctx)
+    folder = socket_dir_for(local.path)
     deadline = time.monotonic() + wait_s
     while True:
         found = glob.glob(os.path.join(glob.escape(folder), "aeth-*", "metrics.sock"))
         if found and os.path.exists(found[0] + ".key"):
             os.environ[env.METRICS_ADDR] = found[0]
             os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
-            os.environ[env.METRICS_DB] = os.path.join(local_dir, LOCAL_DB_NAME)
+            os.environ[env.METRICS_DB] = local.database
             return True
         if time.monotonic() > deadline:
             log.warning(

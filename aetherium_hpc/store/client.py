@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import socket
 import tempfile
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from .. import env, signals
 from ..errors import StoreError
+from ..jobenv import JobIdentity
 from . import reader, records
 from .ownership import Holder, WriterLock
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
@@ -273,18 +273,18 @@ class JoinedStore(StoreReader):
             self.sink.close()
 
 
+def source_of(job: JobIdentity | None) -> SourceInfo:
+    """Provenance of a store: the job, array task and node it records (None: no job, this host)."""
+    if job is None:
+        node, host = JobIdentity.node_and_host()
+        return SourceInfo(node=node, hostname=host)
+    return SourceInfo(job_id=job.job_id, array_job_id=job.array_job_id, array_task_id=job.array_task_id,
+                      node=job.node, hostname=job.hostname)  # fmt: skip
+
+
 def source_from_environ() -> SourceInfo:
     """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any."""
-    host = socket.gethostname()
-    environ = os.environ
-    task = environ.get("SLURM_ARRAY_TASK_ID")
-    return SourceInfo(
-        job_id=environ.get("SLURM_JOB_ID") or None,
-        array_job_id=environ.get("SLURM_ARRAY_JOB_ID") or None,
-        array_task_id=int(task) if task and task.isdigit() else None,
-        node=environ.get("SLURMD_NODENAME", host),
-        hostname=host,
-    )
+    return source_of(JobIdentity.from_slurm_environ())
 
 
 def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
