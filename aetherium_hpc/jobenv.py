@@ -41,6 +41,9 @@ class JobIdentity:
     num_tasks: int = 1
     num_nodes: int = 1
     cluster: str = "none"  # slurm | local | debug | none
+    #: Slurm's own id of this job or array task (SLURM_JOB_ID: 1207 for the task named 1200_7);
+    #: None where the identity did not come from the SLURM_* variables.
+    slurm_job_id: str | None = None
 
     @property
     def task(self) -> int:
@@ -92,6 +95,7 @@ class JobIdentity:
             num_tasks=int_or_none(env.get("SLURM_NTASKS")) or 1,
             num_nodes=int_or_none(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")) or 1,
             cluster="slurm",
+            slurm_job_id=env["SLURM_JOB_ID"],
         )
 
     @classmethod

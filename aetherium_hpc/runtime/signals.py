@@ -34,6 +34,7 @@ from types import FrameType
 from typing import Any
 
 from ..signals import is_watcher_handler, reset_in_fork_child, restore_fork_child_actions
+from ..store.client import shutdown_db
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +134,8 @@ reset_in_fork_child(_reset_in_fork_child)
 
 
 def _flush_child_and_die(signum: int) -> None:
-    from ..store import client
-
     try:
-        client.shutdown_db()  # in a fork child: sends this process's buffered records
+        shutdown_db()  # in a fork child: sends this process's buffered records (it has no store object)
     finally:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

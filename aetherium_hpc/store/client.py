@@ -10,6 +10,7 @@ the node socket, found through ``AETHERIUM_METRICS_ADDR`` / ``AETHERIUM_METRICS_
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import tempfile
@@ -283,8 +284,10 @@ def source_of(job: JobIdentity | None) -> SourceInfo:
 
 
 def source_from_environ() -> SourceInfo:
-    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any."""
-    return source_of(JobIdentity.from_slurm_environ())
+    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any.
+    Its job id is Slurm's own id of the task (SLURM_JOB_ID), not the runtime's ``<array>_<task>``."""
+    job = JobIdentity.from_slurm_environ()
+    return source_of(job) if job is None else dataclasses.replace(source_of(job), job_id=job.slurm_job_id)
 
 
 def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
