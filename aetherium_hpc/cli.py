@@ -174,7 +174,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run a command with the node's store and monitors; exit with the command's exit code."""
     from .config import Monitoring, load_config
     from .errors import LaunchError
-    from .paths import safe_component
+    from .paths import RunLayout
     from .runtime import JobContext
     from .runtime.requested import requested_from_slurm
     from .runtime.session import NodeSession, run_command, run_task
@@ -188,15 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.no_gpu:
         monitoring = dataclasses.replace(monitoring, gpu=False)
     ctx = JobContext.detect()
-    node = safe_component(ctx.node)
-    if args.db_dir:
-        dest = Path(args.db_dir) / f"{node}.db"
-    elif os.environ.get(env.RUN_DIR):
-        from .paths import RunLayout
-
-        dest = RunLayout(Path(os.environ[env.RUN_DIR])).db_path(ctx.base_job_id, ctx.task, ctx.node)
-    else:
-        dest = Path("aetherium-runs") / safe_component(ctx.job_id) / f"{node}.db"
+    dest = RunLayout.command_db_path(ctx, db_dir=args.db_dir, run_dir=os.environ.get(env.RUN_DIR))
     sessions: list[NodeSession] = []
 
     def workload(session: NodeSession | None) -> int:

@@ -9,13 +9,18 @@ A run directory (one per ``aetherium-hpc submit``)::
         logs/                       aetherium-hpc's notes (e.g. the rendered sbatch script)
         db/<job>_<task>/<node>.db   one database per array task (0 for a plain job) and node
 
-Inside a job, the live database and its socket sit on node-local scratch, in a folder whose
-name is derived from (job, task, node) only, so that every ``srun`` task of the node finds it.
+Inside a job, the live database sits on node-local scratch, in a :class:`NodeFolder` whose
+name is derived from (job, task, node) only, so that every ``srun`` task of the node finds it
+(the store names its socket there). ``aetherium-hpc run`` copies to the run directory's
+``db/`` when ``$AETHERIUM_RUN_DIR`` names one (:meth:`RunLayout.command_db_path`).
+
+Merge, status and watch find a run's databases by one rule: :meth:`RunLayout.databases`.
 """
 
 from __future__ import annotations
 
 import datetime
+import glob
 import json
 import os
 import re
@@ -24,7 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunLayout", "db_key", "local_store_dir", "safe_component"]
+from .jobenv import JobIdentity
+
+__all__ = ["LOCAL_DB_NAME", "NodeFolder", "RunLayout", "db_key", "safe_component"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -40,22 +47,41 @@ def db_key(job_id: str, task: int | str | None) -> str:
     return f"{safe_component(str(job_id))}_{0 if task is None else safe_component(str(task))}"
 
 
-#: File name of the live database in its node-local folder (:func:`local_store_dir`).
+#: File name of the live database in its node-local folder (:class:`NodeFolder`).
 LOCAL_DB_NAME = "metrics.db"
+_NODE_FOLDER = "aeth-"
 
 
-def local_store_dir(scratch: str, job_id: str, task: int | str | None, node: str) -> str:
-    """Node-local folder of the live database and the socket of (job, task, node).
+@dataclass(frozen=True)
+class NodeFolder:
+    """Node-local folder of one (job, task, node) on scratch, and the live database in it.
 
-    Deterministic, so that other tasks of the same job on this node find the socket.
-    Kept short: an AF_UNIX socket path must fit in 107 bytes.
+    Its name is derived from (job, task, node) only, so that every task of the job on this node
+    finds it; kept short, as the store puts its AF_UNIX socket (107 bytes at most) beside the
+    database when the path allows. Made with :meth:`RunLayout.node_folder`.
     """
-    return local_store_dir_of_key(scratch, db_key(job_id, task), node)
 
+    path: str
 
-def local_store_dir_of_key(scratch: str, key: str, node: str) -> str:
-    """:func:`local_store_dir` of a :func:`db_key` already made (a run's ``db/<key>/<node>.db``)."""
-    return os.path.join(scratch, f"aeth-{key}-{safe_component(node)[:40]}")
+    @classmethod
+    def of(cls, scratch: str, key: str, node: str) -> NodeFolder:
+        """The folder of a :func:`db_key` and a node (as in a run's ``db/<key>/<node>.db``)."""
+        return cls(os.path.join(scratch, f"{_NODE_FOLDER}{key}-{safe_component(node)[:40]}"))
+
+    @property
+    def database(self) -> str:
+        """The live database of the task on this node."""
+        return os.path.join(self.path, LOCAL_DB_NAME)
+
+    @staticmethod
+    def live_databases(scratch: str, job_id: str) -> list[tuple[str, str, str]]:
+        """``(key, node, live database)`` of every task of ``job_id`` with a live database under ``scratch``."""
+        found = []
+        pattern = os.path.join(glob.escape(scratch), f"{_NODE_FOLDER}{glob.escape(job_id)}_*-*", LOCAL_DB_NAME)
+        for live in glob.glob(pattern):
+            key, _, node = os.path.basename(os.path.dirname(live))[len(_NODE_FOLDER) :].rpartition("-")
+            found.append((key, node, live))
+        return found
 
 
 @dataclass(frozen=True)
@@ -117,9 +143,25 @@ class RunLayout:
     def db_dir(self) -> Path:
         return self.root / "db"
 
-    def db_path(self, job_id: str, task: int | str | None, node: str) -> Path:
-        """``db/<job>_<task>/<node>.db``."""
-        return self.db_dir / db_key(job_id, task) / f"{safe_component(node)}.db"
+    def db_path(self, job: JobIdentity) -> Path:
+        """``db/<job>_<task>/<node>.db``: where the database of ``job`` on its node is copied."""
+        return self.db_dir / db_key(job.base_job_id, job.task) / f"{safe_component(job.node)}.db"
+
+    @staticmethod
+    def node_folder(scratch: str, job: JobIdentity) -> NodeFolder:
+        """The node-local folder of ``job`` on its node: where the live database is written."""
+        return NodeFolder.of(scratch, db_key(job.base_job_id, job.task), job.node)
+
+    @staticmethod
+    def command_db_path(job: JobIdentity, db_dir: str | None = None, run_dir: str | None = None) -> Path:
+        """Where ``aetherium-hpc run`` copies the database of ``job``: ``<db_dir>/<node>.db``, else
+        ``db_path`` of the run directory ``run_dir``, else ``./aetherium-runs/<job id>/<node>.db``."""
+        node = safe_component(job.node)
+        if db_dir:
+            return Path(db_dir) / f"{node}.db"
+        if run_dir:
+            return RunLayout(Path(run_dir)).db_path(job)
+        return Path("aetherium-runs") / safe_component(job.job_id) / f"{node}.db"
 
     @property
     def merged_path(self) -> Path:
@@ -133,5 +175,5 @@ class RunLayout:
         return (p / "db").is_dir() and ((p / "config.yaml").is_file() or (p / "jobs.json").is_file())
 
     def databases(self) -> list[Path]:
-        """Every copied-back database of the run, sorted."""
-        return sorted(self.db_dir.glob("*/*.db")) if self.db_dir.is_dir() else []
+        """Every copied-back database of the run (``db/<job>_<task>/<node>.db`` files), sorted."""
+        return sorted(p for p in self.db_dir.glob("*/*.db") if p.is_file()) if self.db_dir.is_dir() else []

@@ -174,7 +174,7 @@ def collect_inputs(inputs: Iterable[PathLike], output: PathLike | None = None) -
         p = Path(item)
         if p.is_dir() and RunLayout.is_run_dir(p):
             # A run directory: its task databases only, never its own merged.db (or other outputs).
-            found = sorted(str(f) for f in RunLayout(p).db_dir.rglob("*.db") if f.is_file())
+            found = sorted(str(f) for f in RunLayout(p).databases())
             if not found:
                 raise MergeInputError(f"{p}: run directory without databases under db/ yet; has its job started?")
         elif p.is_dir():

@@ -10,7 +10,6 @@ every task has ended; ``--once`` prints one frame (for scripts). Drawn with ``ri
 
 from __future__ import annotations
 
-import glob
 import os
 import sqlite3
 import time
@@ -20,7 +19,7 @@ from typing import Any
 
 from .. import env
 from ..errors import AetheriumError
-from ..paths import LOCAL_DB_NAME, RunLayout, local_store_dir_of_key
+from ..paths import NodeFolder, RunLayout
 from ..store import chunks, reader
 from .formatting import duration, memory_mb, num
 
@@ -142,7 +141,7 @@ def read_task(path: str, live: bool = False) -> TaskView:
 
 
 def _live_path(scratch: str, key: str, node: str) -> str | None:
-    path = os.path.join(local_store_dir_of_key(scratch, key, node), LOCAL_DB_NAME)
+    path = NodeFolder.of(scratch, key, node).database
     return path if os.path.isfile(path) else None
 
 
@@ -178,9 +177,7 @@ def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
     # Tasks running on this machine whose first copy is not in db/ yet.
     ids = [str(i) for i in (record.get("array_job_ids") or record.get("job_ids") or [])]
     for job_id in ids:
-        for live in glob.glob(os.path.join(glob.escape(scratch), f"aeth-{glob.escape(job_id)}_*-*", LOCAL_DB_NAME)):
-            folder = os.path.basename(os.path.dirname(live))[len("aeth-") :]
-            key, _, node = folder.rpartition("-")
+        for key, node, live in NodeFolder.live_databases(scratch, job_id):
             out.setdefault(f"{key}/{node}", (live, True))
     return [out[k] for k in sorted(out)], expected
 

@@ -21,7 +21,7 @@ from collections.abc import KeysView
 
 import psutil
 
-from ..background import CHILDLESS_THREADS
+from ..signals import CHILDLESS_THREADS
 from ..store import catalogue
 from .base import Collector, Sample
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..background import block_job_signals, childless
 from ..env import NODE_MONITOR
+from ..signals import block_job_signals, childless
 from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors

@@ -89,7 +89,7 @@ class JobRunner:
         result = run_task(
             ctx,
             run,
-            layout.db_path(ctx.base_job_id, ctx.task, ctx.node),
+            layout.db_path(ctx),
             config.monitoring,
             config=snapshot,
             requested=requested_resources(config),

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import env
-from ..background import block_job_signals
 from ..config import Monitoring
-from ..paths import LOCAL_DB_NAME, local_store_dir
-from ..store import CopyBack, SourceInfo, address, client, copy_database
+from ..paths import RunLayout
+from ..signals import block_job_signals
+from ..store import CopyBack, address, client, copy_database, source_of
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
 
@@ -61,11 +61,13 @@ class NodeSession:
         self.monitoring = monitoring or Monitoring()
         self.config = config
         self.requested = requested
-        scratch = self.monitoring.local_dir or env.local_scratch_dir()
-        self.local_dir = local_store_dir(scratch, ctx.base_job_id, ctx.task, ctx.node)
-        self.local_db = os.path.join(self.local_dir, LOCAL_DB_NAME)
+        folder = RunLayout.node_folder(self.monitoring.local_dir or env.local_scratch_dir(), ctx)
+        self.local_dir = folder.path
+        self.local_db = folder.database
         self.socket_dir = address.socket_dir_for(self.local_dir)
         self.child: subprocess.Popen[bytes] | None = None
+        #: The node store :func:`client.init_db` opened in :meth:`start` (None before).
+        self.store: client.MetricsStore | client.JoinedStore | None = None
         self.status: str | None = None
         self._monitor: Any = None
         self._stop = threading.Event()
@@ -87,16 +89,10 @@ class NodeSession:
             # the previous attempt, so that its records are not overwritten at the next copy.
             copy_database(self.dest, self.local_db)
         ctx, mon = self.ctx, self.monitoring
-        client.init_db(
+        self.store = client.init_db(
             self.local_db,
             options=mon.store_options(),
-            source=SourceInfo(
-                job_id=ctx.job_id,
-                array_job_id=ctx.array_job_id,
-                array_task_id=ctx.array_task_id,
-                node=ctx.node,
-                hostname=ctx.hostname,
-            ),
+            source=source_of(ctx),
             socket_dir=self.socket_dir,
             join=False,  # this is the node store the job's other processes join
         )
@@ -149,8 +145,8 @@ class NodeSession:
     def checkpoint(self) -> None:
         """Commit what was logged so far and bring the run-directory copy up to date."""
         with self._copy_lock:
-            store = client.get_db()
-            if self._finishing or store is None:
+            store = self.store
+            if self._finishing or store is None or store._closed:  # (closed at exit, without finish)
                 return
             store.flush(timeout=30.0)
             self._copier.copy()
@@ -178,7 +174,7 @@ class NodeSession:
 
     def wait_for_siblings(self, timeout: float) -> bool:
         """Before closing: wait (bounded) until the node's other tasks have disconnected."""
-        store = client.get_db()
+        store = self.store
         if not isinstance(store, client.MetricsStore) or store.server is None:
             return True
         done = store.server.wait_for_disconnect(timeout)
@@ -258,13 +254,13 @@ def connect_to_node_store(
 ) -> bool:
     """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
     mon = monitoring or Monitoring()
-    local_dir = local_store_dir(mon.local_dir or env.local_scratch_dir(), ctx.base_job_id, ctx.task, ctx.node)
-    folder = address.socket_dir_for(local_dir)
+    local = RunLayout.node_folder(mon.local_dir or env.local_scratch_dir(), ctx)
+    folder = address.socket_dir_for(local.path)
     deadline = time.monotonic() + wait_s
     while True:
         found = address.find_socket(folder)
         if found is not None:
-            address.publish(found, os.path.join(local_dir, LOCAL_DB_NAME))
+            address.publish(found, local.database)
             return True
         if time.monotonic() > deadline:
             log.warning(

@@ -12,9 +12,11 @@ Python's KeyboardInterrupt for SIGINT, or the default action (the process dies o
 If the chained handler returns, :class:`JobInterrupted` stops the workload: the store is
 closed by then, so going on would log into nothing.
 
-Fork children (a multiprocessing Pool) get SIGTERM's default action and ignore USR2 (see
-``_reset_in_fork_child``); should one still run the handler, it only flushes the child's
-buffered records to the node socket and then takes the default action.
+Fork children (a multiprocessing Pool) get :data:`aetherium_hpc.signals.FORK_CHILD_ACTIONS`
+(SIGTERM's default action, USR2 ignored) while a guard is installed; should one still run the
+handler, it only flushes the child's buffered records to the node socket and then takes the
+default action. The signal policy itself (background threads, SIGTERM flush, fork) is
+:mod:`aetherium_hpc.signals`; this module is the job runtime's part built on it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from datetime import datetime
 from types import FrameType
 from typing import Any
 
-from ..store.sigterm import is_watcher_handler, reset_in_fork_child
+from ..signals import is_watcher_handler, reset_in_fork_child, restore_fork_child_actions
+from ..store.client import shutdown_db
 
 log = logging.getLogger(__name__)
 
@@ -119,35 +122,20 @@ _active: list[SignalGuard] = []
 
 
 def _reset_in_fork_child() -> None:
-    # A fork child (a Pool worker) is not the job's main process. SIGTERM: the default action
-    # (not the parent's handler: submitit's SIGTERM "bypass" would make the worker ignore
-    # Pool.terminate()), so that the store client's own SIGTERM flush installs there.
-    # USR2 is a "save now" notice for the main process; its default action would kill a worker
-    # that may hold the pool's queue lock, and Pool.terminate() would then wait for it forever.
+    # A fork child (a Pool worker) is not the job's main process: the guards are the parent's.
     if not _active:
         return
     _active.clear()
-    actions: dict[int, Handler] = {
-        signal.SIGTERM: signal.SIG_DFL,
-        signal.SIGINT: signal.default_int_handler,
-        signal.SIGUSR2: signal.SIG_IGN,
-    }
-    for signum, action in actions.items():
-        try:
-            signal.signal(signum, action)
-        except (ValueError, OSError):
-            pass
+    restore_fork_child_actions()
 
 
-# Run by the store's at-fork hook, before SIGTERM (blocked across fork) is unblocked in the child.
+# Run by the signal policy's at-fork hook, before SIGTERM (blocked across fork) is unblocked in the child.
 reset_in_fork_child(_reset_in_fork_child)
 
 
 def _flush_child_and_die(signum: int) -> None:
-    from ..store import client
-
     try:
-        client.shutdown_db()  # in a fork child: sends this process's buffered records
+        shutdown_db()  # in a fork child: sends this process's buffered records (it has no store object)
     finally:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)

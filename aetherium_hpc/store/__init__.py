@@ -14,8 +14,8 @@ What the rest of the package may use is named here (``__all__``); the public mod
   runs it as a script.
 
 Internal (used only inside this package): ``writer`` (the writer thread), ``transport`` (the
-socket protocol), ``ownership`` (the one-writer lock), ``records`` (record tuples and their
-checks) and ``sigterm`` (the SIGTERM watcher).
+socket protocol), ``ownership`` (the one-writer lock) and ``records`` (record tuples and their
+checks). What SIGTERM does to a process that logs is :mod:`aetherium_hpc.signals`' policy.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from .client import (
     worker_initializer,
 )
 from .options import StoreOptions
-from .provenance import SourceInfo, source_from_environ
+from .provenance import SourceInfo, source_from_environ, source_of
 
 if TYPE_CHECKING:
     from .backup import CopyBack, copy_database, readable
@@ -88,6 +88,7 @@ __all__ = [
     "schema",
     "shutdown_db",
     "source_from_environ",
+    "source_of",
     "worker_args",
     "worker_initializer",
 ]

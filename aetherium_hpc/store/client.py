@@ -18,9 +18,9 @@ import warnings
 from collections.abc import Iterable
 from typing import Any
 
-from .. import env
+from .. import env, signals
 from ..errors import StoreError
-from . import reader, records, sigterm
+from . import reader, records
 from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish
 from .options import StoreOptions
 from .ownership import Holder, WriterLock
@@ -349,7 +349,7 @@ def init_db(
             publish(store.address, store.path)
         else:
             os.environ[env.METRICS_DB] = store.path
-        sigterm.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
+        signals.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
         return store
 
 

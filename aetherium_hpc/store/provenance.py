@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import socket
+import dataclasses
 from dataclasses import dataclass
+
+from ..jobenv import JobIdentity
 
 
 @dataclass
@@ -18,15 +19,17 @@ class SourceInfo:
     hostname: str = ""
 
 
+def source_of(job: JobIdentity | None) -> SourceInfo:
+    """Provenance of a store: the job, array task and node it records (None: no job, this host)."""
+    if job is None:
+        node, host = JobIdentity.node_and_host()
+        return SourceInfo(node=node, hostname=host)
+    return SourceInfo(job_id=job.job_id, array_job_id=job.array_job_id, array_task_id=job.array_task_id,
+                      node=job.node, hostname=job.hostname)  # fmt: skip
+
+
 def source_from_environ() -> SourceInfo:
-    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any."""
-    host = socket.gethostname()
-    environ = os.environ
-    task = environ.get("SLURM_ARRAY_TASK_ID")
-    return SourceInfo(
-        job_id=environ.get("SLURM_JOB_ID") or None,
-        array_job_id=environ.get("SLURM_ARRAY_JOB_ID") or None,
-        array_task_id=int(task) if task and task.isdigit() else None,
-        node=environ.get("SLURMD_NODENAME", host),
-        hostname=host,
-    )
+    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any.
+    Its job id is Slurm's own id of the task (SLURM_JOB_ID), not the runtime's ``<array>_<task>``."""
+    job = JobIdentity.from_slurm_environ()
+    return source_of(job) if job is None else dataclasses.replace(source_of(job), job_id=job.slurm_job_id)

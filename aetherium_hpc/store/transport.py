@@ -36,8 +36,8 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from ..background import block_job_signals, childless
-from . import sigterm
+from .. import signals
+from ..signals import block_job_signals, childless
 from .address import StoreAddress
 from .records import STATS
 
@@ -305,7 +305,7 @@ class SocketSink:
     ``interval`` seconds and answers the store's requests (send what you hold); a full
     buffer (``batch`` records) is sent by the caller. The buffer is also sent at
     interpreter exit, at multiprocessing's worker exit, and on SIGTERM (see
-    :mod:`.sigterm`: the process then dies of SIGTERM), so ``Pool.terminate()`` loses
+    :mod:`..signals`: the process then dies of SIGTERM), so ``Pool.terminate()`` loses
     nothing that was logged.
     """
 
@@ -331,7 +331,7 @@ class SocketSink:
         atexit.register(self.close)
         # Pool workers leave through os._exit: multiprocessing's own finalizers still run.
         multiprocessing.util.Finalize(None, self.close, exitpriority=100)
-        sigterm.flush_on_sigterm(self.close)
+        signals.flush_on_sigterm(self.close)
 
     def put(self, rec: Any) -> bool:
         dq = self._dq

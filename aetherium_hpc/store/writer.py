@@ -25,8 +25,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..background import block_job_signals, childless
 from ..errors import StoreError
+from ..signals import block_job_signals, childless
 from . import catalogue, chunks, records, schema
 from .options import StoreOptions
 from .provenance import SourceInfo

@@ -32,7 +32,8 @@ from rel_helpers import cli, integrity, read
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
 from aetherium_hpc.errors import StoreError
-from aetherium_hpc.paths import local_store_dir
+from aetherium_hpc.jobenv import JobIdentity
+from aetherium_hpc.paths import RunLayout
 from aetherium_hpc.runtime import JobContext, run_task
 from aetherium_hpc.store import backup
 from aetherium_hpc.store.backup import CopyBack, copy_database, has_hot_journal, readable_copy, recover
@@ -277,7 +278,7 @@ def test_sigkill_of_a_running_job_leaves_the_data_of_the_last_checkpoint(tmp_pat
     assert epochs == list(range(len(epochs))), "the copied rows are a gap-free prefix"
     assert read(dest, "SELECT count(*) > 0 FROM resource_metrics") == [(1,)]
     assert read(dest, "SELECT status FROM jobs") == [("running",)]
-    local = Path(local_store_dir(str(tmp_path), "77", 0, "n1")) / "metrics.db"
+    local = Path(RunLayout.node_folder(str(tmp_path), JobIdentity(job_id="77", node="n1")).path) / "metrics.db"
     assert local.exists(), "the node-local database is not removed by a kill"
     merged = cli(["merge", str(dest), "-o", str(tmp_path / "merged.db")], tmp_path)
     assert merged.returncode == 0, merged.stdout + merged.stderr
@@ -298,7 +299,9 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
         _wait_until("a checkpoint with rows", lambda: dest.exists() and _count_or_zero(dest) >= 20, proc=proc)
     finally:
         _kill(proc)
-    shutil.rmtree(local_store_dir(str(tmp_path), "77", 0, "n1"))  # attempt 2 runs on a node without them
+    shutil.rmtree(
+        RunLayout.node_folder(str(tmp_path), JobIdentity(job_id="77", node="n1")).path
+    )  # attempt 2 runs on a node without them
     if has_hot_journal(dest):
         recover(dest)
     kept = _count_or_zero(dest)
@@ -435,7 +438,7 @@ def _finish_fail(
         [sys.executable, str(CHILD), "finish_fail", json.dumps(args)], env=_env(local_dir), capture_output=True,
         text=True, timeout=180,
     )  # fmt: skip
-    local = Path(local_store_dir(str(local_dir), "88", 0, "n1")) / "metrics.db"
+    local = Path(RunLayout.node_folder(str(local_dir), JobIdentity(job_id="88", node="n1")).path) / "metrics.db"
     return proc, dest, local
 
 

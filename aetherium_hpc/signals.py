@@ -1,38 +1,103 @@
-"""SIGTERM in a process that logs: save what it holds, then die of SIGTERM -- never hang.
+"""Signal policy of every aetherium-hpc process: one module, below the store.
 
-``Pool.terminate()`` (what ``with Pool(...)`` does), ``scancel`` and the time limit end
-processes with SIGTERM. A process of ours may hold records not yet sent (a worker's
-:class:`~.transport.SocketSink`) or not yet committed (a script's own :func:`init_db`).
+Three rules live here, and only here:
 
-A Python-level SIGTERM handler cannot be trusted with that: CPython runs it in the main
-thread at the next bytecode boundary, and a SIGTERM that lands just before the main thread
-blocks on a lock (a Pool worker waiting for its next task) is never acted on -- the worker
-sleeps forever and ``Pool.__exit__`` with it. Blocking SIGTERM and ``sigwait``-ing for it in
-a thread is no better: the blocked mask is inherited by every program the process starts.
+1. **Background threads block the job's signals.** A process-directed signal (SIGTERM from
+   scancel or Pool.terminate, USR2 from Slurm) goes to any one thread that does not block it.
+   Python runs signal handlers in the main thread only, and a main thread blocked in a C call
+   (a lock, a pipe read) is woken by EINTR only when the signal was delivered to it. So every
+   thread we start blocks :data:`JOB_SIGNALS` first (:func:`block_job_signals`): the kernel
+   then delivers them to the main thread, which wakes up and runs the handler at once.
 
-So the main thread never does anything on SIGTERM. The C-level handler writes the signal
-number to a wakeup pipe (:func:`signal.set_wakeup_fd`) whatever the main thread is doing;
-a watcher thread reads it, runs the flush hooks (bounded by :data:`EXIT_FLUSH_TIMEOUT_S`),
-puts SIGTERM back to its default action and re-raises it on itself: the process ends with
-SIGTERM's status, also when the main thread is stuck in C. Installed only where SIGTERM had
-its default action and nobody else uses the wakeup fd; a fork child starts without it, and
-SIGTERM is blocked across ``fork()`` so that one sent to a just-forked child waits for the
-child's own handlers (see the fork section below).
+2. **SIGTERM in a process that logs: save what it holds, then die of SIGTERM -- never hang**
+   (:func:`flush_on_sigterm`). ``Pool.terminate()`` (what ``with Pool(...)`` does), ``scancel``
+   and the time limit end processes with SIGTERM. A process of ours may hold records not yet
+   sent (a worker's socket sink) or not yet committed (a script's own ``init_db``).
+
+   A Python-level SIGTERM handler cannot be trusted with that: CPython runs it in the main
+   thread at the next bytecode boundary, and a SIGTERM that lands just before the main thread
+   blocks on a lock (a Pool worker waiting for its next task) is never acted on -- the worker
+   sleeps forever and ``Pool.__exit__`` with it. Blocking SIGTERM and ``sigwait``-ing for it in
+   a thread is no better: the blocked mask is inherited by every program the process starts.
+
+   So the main thread never does anything on SIGTERM. The C-level handler writes the signal
+   number to a wakeup pipe (:func:`signal.set_wakeup_fd`) whatever the main thread is doing;
+   a watcher thread reads it, runs the flush hooks (bounded by :data:`EXIT_FLUSH_TIMEOUT_S`),
+   puts SIGTERM back to its default action and re-raises it on itself: the process ends with
+   SIGTERM's status, also when the main thread is stuck in C. Installed only where SIGTERM had
+   its default action and nobody else uses the wakeup fd.
+
+3. **What a fork child resets.** A fork child starts without the watcher, without the parent's
+   list of childless threads, and -- in a job process whose runtime handles signals -- with
+   :data:`FORK_CHILD_ACTIONS`; SIGTERM is blocked across ``fork()`` so that one sent to a
+   just-forked child waits for the child's own handlers (see the fork section below). The
+   at-fork hooks are registered when this module is first imported, in this order: the
+   childless-thread list, then the SIGTERM watcher's (the store's own hooks come after them).
+
+The job runtime's handlers (:mod:`aetherium_hpc.runtime.signals`) are built on these rules.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import threading
 from collections.abc import Callable
-
-from ..background import block_job_signals, childless
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EXIT_FLUSH_TIMEOUT_S", "flush_on_sigterm", "is_watcher_handler"]
+__all__ = [
+    "CHILDLESS_THREADS",
+    "EXIT_FLUSH_TIMEOUT_S",
+    "FORK_CHILD_ACTIONS",
+    "JOB_SIGNALS",
+    "block_job_signals",
+    "childless",
+    "die_of",
+    "flush_on_sigterm",
+    "is_watcher_handler",
+    "reset_in_fork_child",
+    "restore_fork_child_actions",
+]
+
+# -- background threads --------------------------------------------------------------------------
+JOB_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2}
+
+#: Native ids (as text, as /proc/<pid>/task lists them) of this process's own threads that never
+#: start a process -- the store writer, the monitor, the socket threads -- while they run: the
+#: process-tree walk of the monitor does not read their ``children`` files (one open each a tick).
+CHILDLESS_THREADS: set[str] = set()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=CHILDLESS_THREADS.clear)
+
+
+def childless(target: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap the target of a thread that never starts a process (see :data:`CHILDLESS_THREADS`)."""
+
+    @functools.wraps(target)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        tid = str(threading.get_native_id())
+        CHILDLESS_THREADS.add(tid)
+        try:
+            return target(*args, **kwargs)
+        finally:
+            CHILDLESS_THREADS.discard(tid)
+
+    return run
+
+
+def block_job_signals() -> None:
+    """Call first thing in a background thread's target."""
+    try:
+        signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
+    except (AttributeError, OSError, ValueError):  # not POSIX: nothing to do
+        pass
+
+
+# -- SIGTERM: flush, then die -------------------------------------------------------------------
 
 #: Longest a process waits for its flush hooks after SIGTERM before it dies anyway (Slurm's
 #: KillWait, 30 s by default, must leave time for the job's own status and copy-back).
@@ -157,6 +222,28 @@ _mask_before_fork: set[int] | None = None
 def reset_in_fork_child(reset: Callable[[], None]) -> None:
     """Run ``reset`` in every fork child before SIGTERM is unblocked there (signal handlers)."""
     _child_resets.append(reset)
+
+
+#: What a fork child (a Pool worker) of a job process does on the signals the job runtime
+#: handles. It is not the job's main process. SIGTERM: the default action (not the parent's
+#: handler: submitit's SIGTERM "bypass" would make the worker ignore Pool.terminate()), so that
+#: the store client's own SIGTERM flush installs there. USR2 is a "save now" notice for the main
+#: process; its default action would kill a worker that may hold the pool's queue lock, and
+#: Pool.terminate() would then wait for it forever.
+FORK_CHILD_ACTIONS: dict[int, Any] = {
+    signal.SIGTERM: signal.SIG_DFL,
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGUSR2: signal.SIG_IGN,
+}
+
+
+def restore_fork_child_actions() -> None:
+    """Put :data:`FORK_CHILD_ACTIONS` in place (in a fork child, from a :func:`reset_in_fork_child` hook)."""
+    for signum, action in FORK_CHILD_ACTIONS.items():
+        try:
+            signal.signal(signum, action)
+        except (ValueError, OSError):
+            pass
 
 
 def _before_fork() -> None:

@@ -1,0 +1,112 @@
+"""Who and where this process is: job id, array task, node, ranks -- as one value.
+
+The one reader of the SLURM_* identity variables. A leaf module (standard library only), so
+that both the store (the provenance of a plain ``init_db`` in an sbatch script) and the job
+runtime (:class:`aetherium_hpc.runtime.JobContext`, which asks submitit's JobEnvironment
+first) take the job's identity from here instead of each reading the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
+
+__all__ = ["JobIdentity", "int_or_none"]
+
+_J = TypeVar("_J", bound="JobIdentity")
+
+
+def int_or_none(value: Any) -> int | None:
+    """``int(value)``, or None where it is not a number (an unset or odd variable)."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """The identity of one task of one job."""
+
+    job_id: str
+    array_job_id: str | None = None
+    array_task_id: int | None = None
+    node: str = ""
+    hostname: str = ""
+    global_rank: int = 0
+    local_rank: int = 0
+    num_tasks: int = 1
+    num_nodes: int = 1
+    cluster: str = "none"  # slurm | local | debug | none
+    #: Slurm's own id of this job or array task (SLURM_JOB_ID: 1207 for the task named 1200_7);
+    #: None where the identity did not come from the SLURM_* variables.
+    slurm_job_id: str | None = None
+
+    @property
+    def task(self) -> int:
+        """Array task id, 0 for a plain job (the ``<task>`` of ``db/<job>_<task>/``)."""
+        return 0 if self.array_task_id is None else self.array_task_id
+
+    @property
+    def base_job_id(self) -> str:
+        """The array job id for an array task, else the job id."""
+        return self.array_job_id or self.job_id
+
+    @property
+    def is_node_leader(self) -> bool:
+        """Local rank 0: this task runs the node's store and monitor."""
+        return self.local_rank == 0
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(job_id={self.job_id}, node={self.node}, array_task={self.array_task_id}, "
+            f"local_rank={self.local_rank}, global_rank={self.global_rank}({self.num_tasks}), cluster={self.cluster})"
+        )
+
+    @staticmethod
+    def node_and_host(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+        """(Slurm's name of this node, else the host name; the host name)."""
+        env = os.environ if environ is None else environ
+        hostname = socket.gethostname()
+        return env.get("SLURMD_NODENAME") or hostname, hostname
+
+    @classmethod
+    def from_slurm_environ(cls: type[_J], environ: Mapping[str, str] | None = None) -> _J | None:
+        """From the SLURM_* variables; None outside a Slurm job. An array task's ``job_id`` is
+        ``<array job>_<task>``, as Slurm's tools name it."""
+        env = os.environ if environ is None else environ
+        if not env.get("SLURM_JOB_ID"):
+            return None
+        node, hostname = cls.node_and_host(env)
+        array_job = env.get("SLURM_ARRAY_JOB_ID") or None
+        array_task = int_or_none(env.get("SLURM_ARRAY_TASK_ID"))
+        job_id = f"{array_job}_{array_task}" if array_job and array_task is not None else env["SLURM_JOB_ID"]
+        return cls(
+            job_id=job_id,
+            array_job_id=array_job,
+            array_task_id=array_task,
+            node=node,
+            hostname=hostname,
+            global_rank=int_or_none(env.get("SLURM_PROCID")) or 0,
+            local_rank=int_or_none(env.get("SLURM_LOCALID")) or 0,
+            num_tasks=int_or_none(env.get("SLURM_NTASKS")) or 1,
+            num_nodes=int_or_none(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")) or 1,
+            cluster="slurm",
+            slurm_job_id=env["SLURM_JOB_ID"],
+        )
+
+    @classmethod
+    def local_process(cls: type[_J], environ: Mapping[str, str] | None = None) -> _J:
+        """A process that is a local run of its own (``local<pid>``)."""
+        node, hostname = cls.node_and_host(environ)
+        return cls(job_id=f"local{os.getpid()}", node=node, hostname=hostname)
+
+    def with_array(self: _J, array_job_id: str | None, array_task_id: int | None) -> _J:
+        """The same identity with array ids set (local arrays: submitit gives none)."""
+        if array_task_id is None:
+            return self
+        job = array_job_id or self.job_id
+        return replace(self, array_job_id=job, array_task_id=array_task_id, job_id=f"{job}_{array_task_id}")
