@@ -30,8 +30,7 @@ def _number(text: str) -> float:
 # -- log ---------------------------------------------------------------------------------------
 def cmd_log(args: argparse.Namespace) -> int:
     """Send one record to the node's metrics store through its socket."""
-    from .store import StoreAddress, client, records
-    from .store.transport import SocketSink
+    from .store import StoreAddress, send_one_record
 
     address = StoreAddress.from_environ()
     if address is None:
@@ -39,26 +38,7 @@ def cmd_log(args: argparse.Namespace) -> int:
             f"no metrics store to log to: {env.METRICS_ADDR} is not set; run this inside "
             "`aetherium-hpc run -- ...` or a job submitted by aetherium-hpc"
         )
-    now = client._time()
-    if args.kind == "training":
-        rec: tuple[object, ...] = (
-            records.TRAINING, now, records.name(args.name, "metric name"), args.value,
-            args.round, args.epoch, records.name(args.phase, "--phase"),
-        )  # fmt: skip
-    elif args.kind == "resource":
-        rec = (
-            records.RESOURCE, now, records.name(args.type, "metric type"), records.name(args.name, "metric name"),
-            args.value, records.name(args.unit, "--unit", optional=True), records.name(args.device, "--device", optional=True),
-        )  # fmt: skip
-    else:
-        rec = (
-            records.GENERATION, now, records.name(args.operation, "operation"), args.round, args.chunk,
-            args.duration, args.samples, args.memory_mb, None,
-        )  # fmt: skip
-    sink = SocketSink(address)
-    sink.put(rec)
-    sent = sink.flush()
-    sink.close()
+    sent = send_one_record(address, args.kind, vars(args))
     if not sent:
         raise StoreNotReachableError(
             f"the metrics store at {address.path} did not take the record; is the job still running?"

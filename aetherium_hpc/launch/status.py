@@ -80,16 +80,7 @@ def _rows_from_databases(
     jobs: dict[int, dict[str, Any]] = {}  # index in rows -> its jobs row
     for db in layout.databases():
         try:
-            conn = reader.open_readonly(str(db), timeout=2.0)
-            try:
-                cur = conn.execute(
-                    "SELECT j.job_id, j.array_job_id, j.array_task_id, j.status, j.exit_code, j.start_time,"
-                    " j.end_time, j.node, j.config, s.hostname FROM jobs j LEFT JOIN sources s USING (source_id)"
-                )
-                names = [d[0] for d in cur.description]
-                found = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
-            finally:
-                conn.close()
+            found = reader.job_rows(db, timeout=2.0)
         except Exception as exc:  # a half-copied or foreign file: show it, go on
             rows.append({"job": db.parent.name, "state": "UNREADABLE", "exit": "", "elapsed": "", "nodes": str(exc)})
             continue

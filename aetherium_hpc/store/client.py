@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .. import env, signals
@@ -615,6 +615,34 @@ def log_builtin_samples(samples: list[tuple[str, str, float, str, str]], timesta
     sink = _sink or _resolve_sink()
     if sink is not None and samples:
         sink.put_many([(RESOURCE, timestamp, t, n, v, u, d) for t, n, v, u, d in samples])
+
+
+def send_one_record(address: StoreAddress, kind: str, fields: Mapping[str, Any]) -> bool:
+    """The store's side of ``aetherium-hpc log``: send one ``kind`` record ("training",
+    "resource" or "generation") built from the command's options to the node store at
+    ``address``; True once it is sent. A bad value raises ValueError/TypeError naming the option."""
+    now = _time()
+    name = records.name
+    if kind == "training":
+        rec: tuple[object, ...] = (
+            TRAINING, now, name(fields["name"], "metric name"), fields["value"],
+            fields["round"], fields["epoch"], name(fields["phase"], "--phase"),
+        )  # fmt: skip
+    elif kind == "resource":
+        rec = (
+            RESOURCE, now, name(fields["type"], "metric type"), name(fields["name"], "metric name"), fields["value"],
+            name(fields["unit"], "--unit", optional=True), name(fields["device"], "--device", optional=True),
+        )  # fmt: skip
+    else:
+        rec = (
+            GENERATION, now, name(fields["operation"], "operation"), fields["round"], fields["chunk"],
+            fields["duration"], fields["samples"], fields["memory_mb"], None,
+        )  # fmt: skip
+    sink = SocketSink(address)
+    sink.put(rec)
+    sent = sink.flush()
+    sink.close()
+    return sent
 
 
 def log_job(**fields: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from typing import Any
 from urllib.parse import quote
 
 
@@ -15,3 +16,17 @@ def uri(path: str | os.PathLike[str], mode: str = "ro") -> str:
 def open_readonly(path: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.Connection:
     """A read-only connection to ``path`` (usable from any thread)."""
     return sqlite3.connect(uri(path), uri=True, timeout=timeout, check_same_thread=False)
+
+
+def job_rows(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[dict[str, Any]]:
+    """Every ``jobs`` row of the database at ``path``, with the ``hostname`` of its writer."""
+    conn = open_readonly(path, timeout=timeout)
+    try:
+        cur = conn.execute(
+            "SELECT j.job_id, j.array_job_id, j.array_task_id, j.status, j.exit_code, j.start_time,"
+            " j.end_time, j.node, j.config, s.hostname FROM jobs j LEFT JOIN sources s USING (source_id)"
+        )
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    finally:
+        conn.close()
