@@ -161,8 +161,8 @@ def sleeper_tree(processes: int) -> Iterator[int]:
 
 
 def fake_gpus(n: int, pids: list[int]) -> Any:
-    """tests/fake_pynvml.py answering for ``n`` whole GPUs, each running the given processes."""
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    """tests/support/fake_pynvml.py answering for ``n`` whole GPUs, each running the given processes."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "support"))
     import fake_pynvml
 
     devices = [

@@ -242,7 +242,7 @@ def run_monitor(res: Results, s: dict[str, Any]) -> None:
         small.append(med(g["small"]))
     r = pairwise(big, small)
     res.add(Row(
-        f"monitor CPU per sample on a big node: {g['gpus']} GPUs (tests/fake_pynvml.py) and a {g['processes_big']}-process "
+        f"monitor CPU per sample on a big node: {g['gpus']} GPUs (tests/support/fake_pynvml.py) and a {g['processes_big']}-process "
         f"tree (`sample_once`, thread CPU, median of {s['monitor_samples']} a run); rows per sample: {g['rows_big']}",
         f"**{spread(big, ms)}**",
         f"{g['processes_small']}-process tree, no GPU, interleaved: {spread(small, ms)}; rows per sample: {g['rows_small']}",

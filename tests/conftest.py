@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/procs.py for spawn children
-
-import aetherium_hpc  # noqa: E402
+import aetherium_hpc
 
 
 @pytest.fixture(autouse=True)

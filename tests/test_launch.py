@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import testenv
 from launch_helpers import counts, job_rows, make_config
 
 from aetherium_hpc import launch
@@ -24,7 +25,7 @@ GOLDEN = TESTS / "golden"
 
 @pytest.fixture
 def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT)]))
+    monkeypatch.setenv("PYTHONPATH", testenv.PYTHONPATH)
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(tmp_path))
 
 

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import testenv
 from launch_helpers import aetherium_cli, counts, job_rows, make_config
 
 import aetherium_hpc as ah
@@ -25,8 +26,8 @@ ROOT = TESTS.parent
 
 @pytest.fixture
 def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Jobs import tests/runtime_workloads.py; their live databases go to a private scratch."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(ROOT)]))
+    """Jobs import tests/support/runtime_workloads.py; their live databases go to a private scratch."""
+    monkeypatch.setenv("PYTHONPATH", testenv.PYTHONPATH)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(scratch))

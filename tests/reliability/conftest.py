@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import testenv
 
 TESTS = Path(__file__).parent.parent
-ROOT = TESTS.parent
 
 # Re-export the `slurm_conf` fixture (and its discovery) of tests/slurm/conftest.py.
 _spec = importlib.util.spec_from_file_location("_aeth_slurm_conftest", TESTS / "slurm" / "conftest.py")
@@ -38,6 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture
 def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
     """Jobs started by the local backend import tests/ modules and keep node-local files in tmp_path."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(Path(__file__).parent), str(ROOT)]))
+    monkeypatch.setenv("PYTHONPATH", testenv.PYTHONPATH)
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(tmp_path))
     yield tmp_path

@@ -3,11 +3,8 @@ no lock errors, one database per task, every task completed. 100 tasks: ~23 s on
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/launch_helpers.py
 
 from launch_helpers import job_rows, make_config  # noqa: E402
 from rel_helpers import integrity, read  # noqa: E402

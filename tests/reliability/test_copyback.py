@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import testenv
 from launch_helpers import aetherium_cli
 from rel_helpers import cli, integrity, read
 
@@ -39,15 +40,13 @@ from aetherium_hpc.store import backup
 from aetherium_hpc.store.backup import CopyBack, copy_database, has_hot_journal, readable_copy, recover
 from aetherium_hpc.store.client import log_resource_samples
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
-CHILD = HERE / "copyback_child.py"
+CHILD = testenv.SUPPORT / "copyback_child.py"
 T0 = 1_790_000_000.0
 
 
 def _env(local: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_"))}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(HERE)])
+    env["PYTHONPATH"] = testenv.PYTHONPATH
     env["AETHERIUM_LOCAL_DIR"] = str(local)
     return env
 
@@ -510,7 +509,7 @@ def test_an_unwritable_run_directory_for_a_user(tmp_path: Path) -> None:
 # -- on the real cluster ----------------------------------------------------------------------------
 def _submit_cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
     # the job imports copyback_child
-    return aetherium_cli(args, cwd, paths=[HERE], drop=("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_"), timeout=timeout)
+    return aetherium_cli(args, cwd, drop=("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_"), timeout=timeout)
 
 
 def _squeue_empty(job_id: str) -> bool:

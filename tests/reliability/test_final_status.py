@@ -22,13 +22,13 @@ from typing import Any
 
 import psutil
 import pytest
+import testenv
 from rel_helpers import ROOT, cli, read
 
 import aetherium_hpc as ah
 from aetherium_hpc.store import SourceInfo
 
 HOST = socket.gethostname()
-TESTS = ROOT / "tests"
 NO_SLURM = "/nonexistent-slurm-bin"
 
 
@@ -370,7 +370,7 @@ def test_sigkilled_local_backend_job_shows_lost(tmp_path: Path) -> None:
         "monitoring: {interval_s: 0.2, flush_interval_s: 0.2, checkpoint_interval_s: 0.5}\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_METRICS"))}
-    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), AETHERIUM_LOCAL_DIR=str(tmp_path))
+    env.update(PYTHONPATH=testenv.PYTHONPATH, AETHERIUM_LOCAL_DIR=str(tmp_path))
     log = tmp_path / "submit.log"
     with open(log, "w") as out:  # the job inherits these: no pipe that stays open while it runs
         sub = subprocess.run([sys.executable, "-m", "aetherium_hpc", "submit", str(config)], cwd=tmp_path, env=env,

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import testenv
 from rel_helpers import ROOT, cli, integrity, no_pwned, one_error_line, read
 
 import aetherium_hpc as ah
@@ -43,7 +44,7 @@ def test_hostile_kwargs_reach_the_workload_literally(tmp_path: Path) -> None:
     cwd = Path.cwd()
     label = " ".join(HOSTILE)
     proc = cli(["submit", str(_config(tmp_path, label)), "--wait"], tmp_path,
-               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))  # fmt: skip
+               PYTHONPATH=testenv.PYTHONPATH)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (db,) = sorted((tmp_path / "runs").glob("*/db/*/*.db"))
     assert read(db, "SELECT DISTINCT metric_name FROM training_metrics") == [(label,)]

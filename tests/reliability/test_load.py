@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import rel_workloads
+import testenv
 from rel_helpers import integrity, read
 
 import aetherium_hpc as ah
@@ -64,7 +65,7 @@ def test_spawn_pool_with_worker_initializer(tmp_path: Path, n_rec: int, monkeypa
     args = ah.worker_args()
     monkeypatch.delenv("AETHERIUM_METRICS_ADDR")  # only the initializer can tell the workers
     monkeypatch.delenv("AETHERIUM_METRICS_KEY")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([testenv.PYTHONPATH, os.environ.get("PYTHONPATH", "")]))
     with mp.get_context("spawn").Pool(N_PROC, initializer=ah.worker_initializer, initargs=args) as pool:
         result = pool.map_async(rel_workloads.log_range, [(p, n_rec) for p in range(N_PROC)], chunksize=1)
         assert result.get(JOIN_S) == [n_rec] * N_PROC
@@ -75,7 +76,7 @@ def test_spawn_pool_with_worker_initializer(tmp_path: Path, n_rec: int, monkeypa
 def test_unrelated_subprocesses_through_the_socket(tmp_path: Path, n_rec: int) -> None:
     db = tmp_path / "socket.db"
     ah.init_db(str(db), socket_dir=str(tmp_path))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([testenv.PYTHONPATH, os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, "-c", UNRELATED, str(p), str(n_rec)], env=env) for p in range(N_PROC)]
     try:
         for p in procs:

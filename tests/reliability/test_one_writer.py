@@ -13,20 +13,19 @@
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from rel_helpers import ROOT, child_env, read
+import testenv
+from rel_helpers import child_env, read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import StoreError
 
-HERE = Path(__file__).parent
-CHILD = HERE / "one_writer_child.py"
+CHILD = testenv.SUPPORT / "one_writer_child.py"
 
 
 @pytest.mark.parametrize("round_no", range(5))
@@ -102,7 +101,7 @@ def _worker_reads(n: int) -> int:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_get_db_reads_in_a_worker_process(tmp_path: Path, method: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HERE), str(ROOT)]))
+    monkeypatch.setenv("PYTHONPATH", testenv.PYTHONPATH)
     ah.init_db(tmp_path / "w.db", socket_dir=str(tmp_path), flush_interval=60.0)
     with mp.get_context(method).Pool(1) as pool:
         assert pool.apply(_worker_reads, (25,)) >= 25  # its own rows, committed for the read

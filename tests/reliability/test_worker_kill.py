@@ -3,13 +3,9 @@ killed worker had flushed (it says how many, after `SocketSink.flush()` returned
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent.parent))  # tests/launch_helpers.py
-
 from launch_helpers import job_rows, make_config  # noqa: E402
 from rel_helpers import integrity, read  # noqa: E402
 from rel_workloads import VICTIM_ROUND  # noqa: E402

@@ -22,11 +22,11 @@ from pathlib import Path
 import pool_teardown
 import pytest
 import rel_workloads
-from rel_helpers import ROOT, child_env, integrity, read
+import testenv
+from rel_helpers import child_env, integrity, read
 
 import aetherium_hpc as ah
 
-HERE = Path(__file__).parent
 TEARDOWNS = [pytest.param(25, id="25"), pytest.param(500, id="500", marks=pytest.mark.slow)]
 CHILD_LIMIT_S = 120
 
@@ -37,7 +37,7 @@ CHILD_LIMIT_S = 120
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver", "fork+initializer", "spawn+initializer"])
 def test_with_pool_teardowns_never_hang_and_lose_nothing(tmp_path: Path, method: str, n: int) -> None:
     db = tmp_path / "pool.db"
-    script = HERE / "pool_teardown.py"
+    script = testenv.SUPPORT / "pool_teardown.py"
     start_method, _, init = method.partition("+")
     proc = subprocess.run(
         [sys.executable, str(script), start_method, str(n), str(db), *(["--initializer"] if init else [])],
@@ -68,7 +68,7 @@ def test_sigterm_flushes_and_the_process_dies_of_sigterm(tmp_path: Path, mode: s
     store = ah.init_db(str(db), socket_dir=str(tmp_path))
     assert isinstance(store, ah.MetricsStore) and store.address is not None
     child = subprocess.Popen(
-        [sys.executable, str(HERE / "sigterm_children.py"), mode, str(rows)],
+        [sys.executable, str(testenv.SUPPORT / "sigterm_children.py"), mode, str(rows)],
         env={**child_env(tmp_path), **store.address.to_environ()},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -104,7 +104,7 @@ def _executor(kind: str) -> cf.Executor | None:
 def test_shutdown_db_collects_what_live_workers_still_hold(tmp_path: Path, kind: str) -> None:
     db = tmp_path / "live.db"
     ah.init_db(str(db), socket_dir=str(tmp_path), flush_interval=30.0)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    os.environ["PYTHONPATH"] = os.pathsep.join([testenv.PYTHONPATH, os.environ.get("PYTHONPATH", "")])
     pool = _executor(kind)
     try:
         if kind == "loky":

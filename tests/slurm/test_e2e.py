@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,13 +14,12 @@ pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_conf")]
 
 TESTS = Path(__file__).parent.parent
 ROOT = TESTS.parent
-sys.path.insert(0, str(TESTS))
 
 from launch_helpers import TABLES, aetherium_cli, counts, job_rows  # noqa: E402
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return aetherium_cli(args, cwd, paths=[TESTS], timeout=timeout)
+    return aetherium_cli(args, cwd, timeout=timeout)
 
 
 def run_dir_of(stdout: str) -> Path:

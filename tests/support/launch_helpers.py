@@ -7,29 +7,29 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import testenv
 
 from aetherium_hpc.config import Config, config_from_dict
 
 TABLES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")
-ROOT = Path(__file__).parent.parent
+ROOT = testenv.ROOT
 
 
 def aetherium_cli(
     args: list[str],
     cwd: Path | str,
     *,
-    paths: Sequence[Path | str] = (),
     drop: tuple[str, ...] = ("SLURM_JOB", "SLURM_ARRAY", "AETHERIUM_METRICS"),
     timeout: float = 240,
     **env: str,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m aetherium_hpc ARGS` as a user runs it: without the variables of a job or store of
-    the test process (``drop``), with the project and ``paths`` importable (workloads of the tests)."""
+    the test process (``drop``), with the project and the tests' support modules importable (their workloads)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, paths)])
+    environ["PYTHONPATH"] = testenv.PYTHONPATH
     environ.update(env)
     return subprocess.run(
         [sys.executable, "-m", "aetherium_hpc", *args], cwd=cwd, env=environ, capture_output=True, text=True,

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent.parent
+import testenv
+
+ROOT = testenv.ROOT
 
 
 def integrity(path: Path | str) -> str:
@@ -32,7 +34,7 @@ def child_env(tmp_path: Path | str, **extra: str) -> dict[str, str]:
     """The environment of a child process as a user starts it: no store or job of the test
     process, the project and tests/reliability importable, node-local files under ``tmp_path``."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_"))}
-    environ["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(ROOT)])
+    environ["PYTHONPATH"] = testenv.PYTHONPATH
     environ["AETHERIUM_LOCAL_DIR"] = str(tmp_path)
     environ.update(extra)
     return environ
