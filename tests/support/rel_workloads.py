@@ -8,18 +8,12 @@ import signal
 import time
 from pathlib import Path
 
+from procs import log_range  # noqa: F401 -- the tests reach it as rel_workloads.log_range
+
 import aetherium_hpc as ah
 from aetherium_hpc.store import client
 
 VICTIM_ROUND = 99
-
-
-def log_range(args: tuple[int, int]) -> int:
-    producer, count = args
-    log = ah.log_training_epoch_metric
-    for i in range(count):
-        log("seq", float(i), producer, i, "train")
-    return count
 
 
 def _victim(count_file: str, n: int) -> None:
