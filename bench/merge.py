@@ -33,7 +33,7 @@ from aetherium_hpc.store import schema  # noqa: E402
 from aetherium_hpc.store.chunks import encode as encode_chunk  # noqa: E402
 
 N_METRICS = 42
-TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats")
+TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats")
 
 
 def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> None:
@@ -74,9 +74,9 @@ def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> Non
          for e in range(50) for name, ph in (("loss", "train"), ("loss", "val"), ("lr", "train"))],
     )  # fmt: skip
     conn.execute(
-        "INSERT INTO jobs(source_id, job_id, array_job_id, array_task_id, node, start_time, end_time, status,"
-        " exit_code, requested) VALUES (1, ?, '4242', ?, ?, ?, ?, 'completed', 0, '{\"mem_gb\": 16}')",
-        (f"4242_{task}", task, f"n{task % 8}", t_start, t_start + n_total),
+        "INSERT INTO job_rows(source_id, start_time, end_time, status, exit_code, requested)"
+        " VALUES (1, ?, ?, 'completed', 0, '{\"mem_gb\": 16}')",
+        (t_start, t_start + n_total),
     )
     conn.execute("COMMIT")
     conn.close()
