@@ -188,26 +188,23 @@ def test_foreign_database_is_refused_not_rewritten(db_path: Path) -> None:
     assert read(db_path, "SELECT count(*) FROM sqlite_master") == [(1,)]
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("step", "error", "words"),
+    [(+1, NewerSchemaError, "upgrade"), (-1, OlderSchemaError, "older than .* not rewritten; read it with the")],
+    ids=["newer", "older"],
+)
+def test_another_schema_version_is_refused_and_left_as_it_is(
+    db_path: Path, step: int, error: type[Exception], words: str
+) -> None:
+    """Older: schema 1, whose ``jobs`` was a table repeating the identity; neither read nor rewritten."""
     ah.init_db(str(db_path))
     ah.shutdown_db()
     conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + step}")
     conn.close()
-    with pytest.raises(NewerSchemaError, match="upgrade"):
+    with pytest.raises(error, match=words):
         ah.init_db(str(db_path))
-
-
-def test_older_schema_is_refused_and_left_as_it_is(db_path: Path) -> None:
-    """A database of schema 1 (``jobs`` a table repeating the identity) is neither read nor rewritten."""
-    ah.init_db(str(db_path))
-    ah.shutdown_db()
-    conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION - 1}")
-    conn.close()
-    with pytest.raises(OlderSchemaError, match="older than .* not rewritten; read it with the aetherium-hpc version"):
-        ah.init_db(str(db_path))
-    assert read(db_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION - 1,)]
+    assert read(db_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION + step,)]
 
 
 def test_not_a_database_is_refused(db_path: Path) -> None:

@@ -549,7 +549,8 @@ class StoreWriter(threading.Thread):
         try:
             if who:
                 conn.execute(
-                    f"UPDATE sources SET {', '.join(f'{c} = ?' for c in who)} WHERE source_id = 1", [job[c] for c in who]
+                    f"UPDATE sources SET {', '.join(f'{c} = ?' for c in who)} WHERE source_id = 1",
+                    [job[c] for c in who],
                 )
             conn.execute(
                 f"INSERT INTO job_rows(source_id{''.join(f', {c}' for c in cols)}) VALUES (1{', ?' * len(cols)})"
