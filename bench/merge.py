@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aetherium_hpc.analysis.merge import merge  # noqa: E402
 from aetherium_hpc.store import schema  # noqa: E402
+from aetherium_hpc.store.chunks import CHUNK_SAMPLES  # noqa: E402
 from aetherium_hpc.store.chunks import encode as encode_chunk  # noqa: E402
 
 N_METRICS = 42
@@ -56,8 +57,8 @@ def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> Non
             (m + 1, mtype, f"metric_{m}", f"n{task % 8}", str(m % 2)),
         )
         base = rng.uniform(0, 100)
-        for start in range(0, n_total, chunks.CHUNK_SAMPLES):
-            n = min(chunks.CHUNK_SAMPLES, n_total - start)
+        for start in range(0, n_total, CHUNK_SAMPLES):
+            n = min(CHUNK_SAMPLES, n_total - start)
             ts = [t_start + start + k + (0.001 if k % 17 == 0 else 0.0) for k in range(n)]
             vals: list[float | None] = [base + rng.random() for _ in range(n)]
             chunks.append((m + 1, *encode_chunk(ts, vals)))
