@@ -30,10 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aetherium_hpc.analysis.merge import merge  # noqa: E402
 from aetherium_hpc.store import schema  # noqa: E402
+from aetherium_hpc.store.chunks import CHUNK_SAMPLES  # noqa: E402
 from aetherium_hpc.store.chunks import encode as encode_chunk  # noqa: E402
 
 N_METRICS = 42
-TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats")
+TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats")
 
 
 def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> None:
@@ -56,8 +57,8 @@ def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> Non
             (m + 1, mtype, f"metric_{m}", f"n{task % 8}", str(m % 2)),
         )
         base = rng.uniform(0, 100)
-        for start in range(0, n_total, chunks.CHUNK_SAMPLES):
-            n = min(chunks.CHUNK_SAMPLES, n_total - start)
+        for start in range(0, n_total, CHUNK_SAMPLES):
+            n = min(CHUNK_SAMPLES, n_total - start)
             ts = [t_start + start + k + (0.001 if k % 17 == 0 else 0.0) for k in range(n)]
             vals: list[float | None] = [base + rng.random() for _ in range(n)]
             chunks.append((m + 1, *encode_chunk(ts, vals)))
@@ -74,9 +75,9 @@ def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> Non
          for e in range(50) for name, ph in (("loss", "train"), ("loss", "val"), ("lr", "train"))],
     )  # fmt: skip
     conn.execute(
-        "INSERT INTO jobs(source_id, job_id, array_job_id, array_task_id, node, start_time, end_time, status,"
-        " exit_code, requested) VALUES (1, ?, '4242', ?, ?, ?, ?, 'completed', 0, '{\"mem_gb\": 16}')",
-        (f"4242_{task}", task, f"n{task % 8}", t_start, t_start + n_total),
+        "INSERT INTO job_rows(source_id, start_time, end_time, status, exit_code, requested)"
+        " VALUES (1, ?, ?, 'completed', 0, '{\"mem_gb\": 16}')",
+        (t_start, t_start + n_total),
     )
     conn.execute("COMMIT")
     conn.close()

@@ -50,7 +50,6 @@ def build(folder: str, tasks: int, minutes: float) -> list[str]:
                 (f"4242_{task}", task, node, node, path),
             )
             conn.execute("UPDATE series SET node = ?", (node,))
-            conn.execute("UPDATE jobs SET job_id = ?, array_task_id = ?, node = ?", (f"4242_{task}", task, node))
             conn.execute("COMMIT")
             conn.close()
             files.append(path)

@@ -11,8 +11,8 @@ import pytest
 from procs import read
 
 import aetherium_hpc as ah
-from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, StoreError
-from aetherium_hpc.store import chunks, schema
+from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, StoreError
+from aetherium_hpc.store import SourceInfo, chunks, records, schema
 
 
 def test_whole_api_round_trip(db_path: Path) -> None:
@@ -188,14 +188,23 @@ def test_foreign_database_is_refused_not_rewritten(db_path: Path) -> None:
     assert read(db_path, "SELECT count(*) FROM sqlite_master") == [(1,)]
 
 
-def test_newer_schema_is_refused(db_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("step", "error", "words"),
+    [(+1, NewerSchemaError, "upgrade"), (-1, OlderSchemaError, "older than .* not rewritten; read it with the")],
+    ids=["newer", "older"],
+)
+def test_another_schema_version_is_refused_and_left_as_it_is(
+    db_path: Path, step: int, error: type[Exception], words: str
+) -> None:
+    """Older: schema 1, whose ``jobs`` was a table repeating the identity; neither read nor rewritten."""
     ah.init_db(str(db_path))
     ah.shutdown_db()
     conn = sqlite3.connect(db_path)
-    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + 1}")
+    conn.execute(f"PRAGMA user_version = {schema.SCHEMA_VERSION + step}")
     conn.close()
-    with pytest.raises(NewerSchemaError, match="upgrade"):
+    with pytest.raises(error, match=words):
         ah.init_db(str(db_path))
+    assert read(db_path, "PRAGMA user_version") == [(schema.SCHEMA_VERSION + step,)]
 
 
 def test_not_a_database_is_refused(db_path: Path) -> None:
@@ -269,6 +278,26 @@ def test_chunks_close_and_timestamps_survive(db_path: Path) -> None:
     ah.shutdown_db()
     cpu_chunks = "SELECT count(*), sum(n) FROM sample_chunks JOIN series USING (series_id) WHERE metric_type='cpu'"
     assert read(db_path, cpu_chunks) == [(3, n)]
+
+
+def test_the_jobs_identity_is_stored_once(db_path: Path) -> None:
+    """``job_rows`` has no identity column: ``jobs`` answers job, array task and node from ``sources``,
+    and a log_job() that names them changes them there, for every view alike."""
+    ah.init_db(str(db_path), source=SourceInfo(job_id="7", node="n0"), listen=False)
+    ah.log_job(status="running", start_time=1.0)
+    ah.log_training_epoch_metric("loss", 0.5, 0, 0)
+    ah.shutdown_db()
+    columns = {r[1] for r in read(db_path, "PRAGMA table_info(job_rows)")}
+    assert columns and not columns & set(records.JOB_IDENTITY_COLUMNS)
+    assert read(db_path, "SELECT job_id, node, status FROM jobs") == [("7", "n0", "running")]
+
+    ah.init_db(str(db_path), source=SourceInfo(job_id="7", node="n0"), listen=False)
+    ah.log_job(node="n9", array_job_id="6", array_task_id=3)
+    ah.shutdown_db()
+    who = "SELECT job_id, array_job_id, array_task_id, node FROM"
+    assert read(db_path, f"{who} jobs") == read(db_path, f"{who} sources") == [("7", "6", 3, "n9")]
+    assert read(db_path, f"{who} training_metrics") == [("7", "6", 3, "n9")]
+    assert read(db_path, "SELECT status, start_time FROM jobs") == [("running", 1.0)]
 
 
 def test_job_row(db_path: Path) -> None:

@@ -66,7 +66,7 @@ from ..store.backup import readable
 SKIPPED_EXIT_CODE = 3
 #: Tables every input must have.
 REQUIRED_TABLES = (
-    "sources", "series", "sample_chunks", "generation_rows", "training_rows", "jobs", "store_stats",
+    "sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats",
 )  # fmt: skip
 #: Inputs attached together and copied in one transaction, each in its own savepoint: one commit
 #: (two fsyncs) per input was most of a merge's time. SQLite attaches at most 10 databases.
@@ -401,10 +401,10 @@ def _source_facts(conn: sqlite3.Connection, db: str) -> dict[int, _Facts]:
             f"SELECT j.source_id, coalesce(r.recorded_status, j.status),"
             f" CASE WHEN r.source_id IS NULL THEN j.exit_code ELSE r.recorded_exit_code END, j.start_time,"
             f" CASE WHEN r.source_id IS NULL THEN j.end_time ELSE r.recorded_end_time END"
-            f" FROM {db}.jobs j LEFT JOIN {db}.{RESOLVED_TABLE} r ON r.source_id = j.source_id"
+            f" FROM {db}.job_rows j LEFT JOIN {db}.{RESOLVED_TABLE} r ON r.source_id = j.source_id"
         )
     else:
-        sql = f"SELECT source_id, status, exit_code, start_time, end_time FROM {db}.jobs"
+        sql = f"SELECT source_id, status, exit_code, start_time, end_time FROM {db}.job_rows"
     jobs = {r[0]: list(r[1:]) for r in conn.execute(sql)}
     out: dict[int, _Facts] = {}
     for sid, r in rows.items():
@@ -440,16 +440,14 @@ _SERIES_COLS = "metric_type, metric_name, unit, node, device"
 _CHUNK_COLS = "t0, t1, n, dt_ms, jit, vals"
 _GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
 _TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
-_JOB_COLS = (
-    "job_id, array_job_id, array_task_id, node, start_time, end_time, status, exit_code, config, requested, detail"
-)
+_JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail"  # the identity is in sources
 
 
 def _delete_source(conn: sqlite3.Connection, sid: int) -> None:
     series = "(SELECT series_id FROM main.series WHERE source_id = ?)"
     conn.execute(f"DELETE FROM main.sample_chunks WHERE series_id IN {series}", (sid,))
     resolved = (RESOLVED_TABLE,) if _has_table(conn, "main", RESOLVED_TABLE) else ()
-    for table in ("series", "generation_rows", "training_rows", "jobs", *resolved, "store_stats", "sources"):
+    for table in ("series", "generation_rows", "training_rows", "job_rows", *resolved, "store_stats", "sources"):
         conn.execute(f"DELETE FROM main.{table} WHERE source_id = ?", (sid,))
 
 
@@ -478,7 +476,7 @@ def _copy(conn: sqlite3.Connection, path: str, take: list[int], all_taken: bool,
         f" SELECT c.series_id + ?, {_cols('c', _CHUNK_COLS)} FROM {src}.sample_chunks c{where}",
         (ser_off,),
     )
-    for table, cols in (("generation_rows", _GEN_COLS), ("training_rows", _TRN_COLS), ("jobs", _JOB_COLS)):
+    for table, cols in (("generation_rows", _GEN_COLS), ("training_rows", _TRN_COLS), ("job_rows", _JOB_COLS)):
         conn.execute(
             f"INSERT INTO main.{table}(source_id, {cols})"
             f" SELECT m.new, {_cols('g', cols)} FROM {src}.{table} g JOIN temp.srcmap m ON m.old = g.source_id"
@@ -683,8 +681,8 @@ def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: 
     from .final_status import RUNNING, resolve_rows, run_record
 
     cur = conn.execute(
-        "SELECT j.source_id, j.job_id, j.array_job_id, j.array_task_id, j.node, j.start_time, j.status, j.config,"
-        " s.hostname, s.source_path FROM main.jobs j JOIN main.sources s ON s.source_id = j.source_id"
+        "SELECT j.source_id, s.job_id, s.array_job_id, s.array_task_id, s.node, j.start_time, j.status, j.config,"
+        " s.hostname, s.source_path FROM main.job_rows j JOIN main.sources s ON s.source_id = j.source_id"
         " WHERE j.status = ?",
         (RUNNING,),
     )
@@ -719,11 +717,11 @@ def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: 
             conn.execute(
                 f"INSERT OR REPLACE INTO main.{RESOLVED_TABLE}(source_id, recorded_status, recorded_exit_code,"
                 " recorded_end_time, recorded_detail, resolved_from, resolved_at)"
-                " SELECT source_id, status, exit_code, end_time, detail, ?, ? FROM main.jobs WHERE source_id = ?",
+                " SELECT source_id, status, exit_code, end_time, detail, ?, ? FROM main.job_rows WHERE source_id = ?",
                 (res.how, now, sid),
             )
             conn.execute(
-                "UPDATE main.jobs SET status = ?, exit_code = coalesce(?, exit_code), end_time = coalesce(?, end_time),"
+                "UPDATE main.job_rows SET status = ?, exit_code = coalesce(?, exit_code), end_time = coalesce(?, end_time),"
                 " detail = ? WHERE source_id = ?",
                 (res.status, res.exit_code, res.end_time, f"{res.detail} [merge, {stamp}]", sid),
             )

@@ -105,7 +105,7 @@ def read_task(path: str, live: bool = False) -> TaskView:
             job_id, array_id, task, node = src
             view.job = f"{array_id}_{task}" if array_id and task is not None else str(job_id)
             view.node = node or "?"
-        job = conn.execute("SELECT status, start_time, end_time FROM jobs ORDER BY rowid DESC LIMIT 1").fetchone()
+        job = conn.execute("SELECT status, start_time, end_time FROM jobs ORDER BY source_id DESC LIMIT 1").fetchone()
         if job:
             view.status, view.start, view.end = job
         view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"))

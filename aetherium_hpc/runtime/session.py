@@ -96,16 +96,8 @@ class NodeSession:
             socket_dir=self.socket_dir,
             join=False,  # this is the node store the job's other processes join
         )
-        client.log_job(
-            job_id=ctx.job_id,
-            array_job_id=ctx.array_job_id,
-            array_task_id=ctx.array_task_id,
-            node=ctx.node,
-            status="running",
-            start_time=time.time(),
-            config=self.config,
-            requested=self.requested,
-        )
+        # The job's identity (job, array task, node) is the store's source, given above.
+        client.log_job(status="running", start_time=time.time(), config=self.config, requested=self.requested)
         if mon.enabled:
             from ..monitors import gpu as gpu_monitor
             from ..monitors import log_system_resources

@@ -10,7 +10,7 @@ plain rollback-journal database, written by one process only (the job's node lea
 * **Incremental copy** (every later checkpoint, and the final copy): only what is new since
   the last copy, applied to ``<dest>`` in ONE transaction (``journal_mode=DELETE``,
   ``synchronous=FULL``). New rows of ``series``, ``generation_rows`` and ``training_rows``
-  (ids above the last copied), changed rows of the small tables (``sources``, ``jobs``,
+  (ids above the last copied), changed rows of the small tables (``sources``, ``job_rows``,
   ``store_stats``, ``meta``), and, per series, a new ``sample_chunks`` row holding only the
   samples added since the last copy. The node writer rewrites the chunk it is filling in
   place; the copy never rewrites a row, so a checkpoint writes about what is new, not the
@@ -74,7 +74,7 @@ CHUNK_INDEX = "sample_chunks_by_series"
 #: Tables copied by new ids (rows are only ever appended there): table -> id column.
 APPEND_TABLES = {"series": "series_id", "generation_rows": "id", "training_rows": "id"}
 #: Small tables whose changed rows are copied (each has a primary key).
-SMALL_TABLES = ("sources", "jobs", "store_stats", "meta")
+SMALL_TABLES = ("sources", "job_rows", "store_stats", "meta")
 #: ``store_stats.records_written`` changes at every flush; it is copied every this many
 #: increments (and by the final copy): one page less to write at the other checkpoints.
 STATS_EVERY = 10

@@ -26,6 +26,8 @@ JOB_COLUMNS = (
     "job_id", "array_job_id", "array_task_id", "node", "start_time", "end_time",
     "status", "exit_code", "config", "requested", "detail",
 )  # fmt: skip
+#: Those of them that name the job: the writer stores them in its ``sources`` row, the others in ``job_rows``.
+JOB_IDENTITY_COLUMNS = JOB_COLUMNS[:4]
 
 #: Longest accepted name (metric names, operations, phases, units, devices).
 MAX_NAME = 256

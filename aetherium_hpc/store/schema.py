@@ -12,7 +12,9 @@ The chunk a writer is still filling is updated in place at each flush.
 
 Every row carries its provenance through ``source_id`` → ``sources`` (job id,
 array job/task id, node), so a node database and a merged database have the
-same schema.
+same schema. The job's identity is stored there only: ``job_rows`` holds what the
+job's row says besides (times, status, exit code, config), and the view ``jobs``
+joins the two into the columns users query.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from .chunks import TIMESTAMP_SQL
 #: PRAGMA application_id of every aetherium-hpc database ("AETH").
 APPLICATION_ID = 0x41455448
 #: PRAGMA user_version: bumped on every incompatible change of the tables below.
-SCHEMA_VERSION = 1
+#: 2: ``jobs`` is a view over ``job_rows`` and ``sources`` (it was a table repeating the identity).
+SCHEMA_VERSION = 2
 
 _CHUNK_COLUMNS = """
     series_id INTEGER NOT NULL REFERENCES series(series_id),
@@ -87,12 +90,8 @@ CREATE TABLE IF NOT EXISTS training_rows (
     epoch_number  INTEGER,
     phase         TEXT
 );
-CREATE TABLE IF NOT EXISTS jobs (
+CREATE TABLE IF NOT EXISTS job_rows (
     source_id     INTEGER PRIMARY KEY REFERENCES sources(source_id),
-    job_id        TEXT,
-    array_job_id  TEXT,
-    array_task_id INTEGER,
-    node          TEXT,
     start_time    REAL,
     end_time      REAL,
     status        TEXT NOT NULL DEFAULT 'running',
@@ -127,6 +126,11 @@ CREATE VIEW IF NOT EXISTS training_metrics AS
 SELECT t.timestamp, t.metric_name, t.metric_value, t.round_number, t.epoch_number, t.phase,
        src.job_id, src.array_job_id, src.array_task_id, src.node, t.source_id
 FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
+
+CREATE VIEW IF NOT EXISTS jobs AS
+SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
+       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail
+FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
 
 #: Tables and views every aetherium-hpc database answers (the schema contract).

@@ -35,6 +35,7 @@ from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 log = logging.getLogger(__name__)
 
 _JOB_COLUMNS = records.JOB_COLUMNS
+_JOB_IDENTITY_COLUMNS = records.JOB_IDENTITY_COLUMNS
 
 #: Failures that can pass on a later try, by SQLite primary result code: (cause, advice).
 #: Anything else is a record SQLite cannot store: it is refused and counted, never retried.
@@ -536,16 +537,24 @@ class StoreWriter(threading.Thread):
             updates.append((*row, chunk.rowid))
 
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> int:
-        """Upsert the jobs row in a savepoint; a row SQLite refuses is skipped. Returns rows refused."""
-        cols = [c for c in _JOB_COLUMNS if c in job]
-        if not cols:
+        """Write a JOB record in a savepoint: the identity columns into this writer's ``sources`` row
+        (the one place a job's identity is stored), the others into its ``job_rows`` row (created,
+        status ``running``, at the first record). A record SQLite refuses is skipped. Returns rows refused."""
+        who = [c for c in _JOB_IDENTITY_COLUMNS if c in job]
+        cols = [c for c in _JOB_COLUMNS if c in job and c not in who]
+        if not who and not cols:
             return 0
-        updates = ", ".join(f"{c} = excluded.{c}" for c in cols)
+        upsert = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}" if cols else "DO NOTHING"
         conn.execute("SAVEPOINT job")
         try:
+            if who:
+                conn.execute(
+                    f"UPDATE sources SET {', '.join(f'{c} = ?' for c in who)} WHERE source_id = 1",
+                    [job[c] for c in who],
+                )
             conn.execute(
-                f"INSERT INTO jobs(source_id, {', '.join(cols)}) VALUES (1, {', '.join('?' * len(cols))})"
-                f" ON CONFLICT(source_id) DO UPDATE SET {updates}",
+                f"INSERT INTO job_rows(source_id{''.join(f', {c}' for c in cols)}) VALUES (1{', ?' * len(cols)})"
+                f" ON CONFLICT(source_id) {upsert}",
                 [job[c] for c in cols],
             )
         except _RECORD_ERRORS as exc:

@@ -209,7 +209,7 @@ def test_oom_killed_array_task_shows_out_of_memory_in_status_merge_and_report(tm
 
     # A later copy in which the job wrote its own final status replaces the resolved one.
     conn = __import__("sqlite3").connect(db)
-    conn.execute("UPDATE jobs SET status = 'failed', exit_code = 1, end_time = start_time + 60")
+    conn.execute("UPDATE job_rows SET status = 'failed', exit_code = 1, end_time = start_time + 60")
     conn.commit()
     conn.close()
     third = run_cli(["merge", str(run), "-o", str(out)], tmp_path, fake)
