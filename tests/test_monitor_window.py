@@ -43,6 +43,18 @@ def wait_ticks(monitor: ResourceMonitor, n: int) -> None:
         time.sleep(0.02)
 
 
+def wait_stopped(pid: int) -> None:
+    """Until every thread of ``pid`` is stopped (SIGSTOP reaches each thread on its own time)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        states = [(Path(f"/proc/{pid}/task") / tid / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                  for tid in os.listdir(f"/proc/{pid}/task")]  # fmt: skip
+        if all(state in "Tt" for state in states):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"pid {pid} not stopped after 10 s")
+
+
 def as_list(recent: dict[tuple[str, str, str], dict[str, Any]]) -> list[list[Any]]:
     return sorted([list(key), value] for key, value in recent.items())
 
@@ -240,6 +252,7 @@ def test_a_node_store_that_stops_answering_costs_a_bounded_wait(
         assert store.recent()[("cpu", "system_total", "")]["n"] >= 3
         owner.send_signal(signal.SIGSTOP)
         try:
+            wait_stopped(owner.pid)
             started = time.monotonic()
             with pytest.raises(StoreNotReachableError, match="did not answer within 0.5 s"):
                 store.recent(timeout=0.5)

@@ -4,7 +4,7 @@ The monitor folds each tick into a :class:`RecentWindow`: per series (metric typ
 one ``array('f')`` of 13 five-second buckets (sum, max, count each) and the last value. A tick
 costs a dict lookup and four array stores per sample; memory does not depend on the sampling
 interval (the buckets hold sums, not samples), and a series that has had no sample for 60 s
-(a process that ended) is dropped. For the default ~24 series that is about 7 KB
+(a process that ended) is dropped within the next 65 s. For the default ~24 series that is about 7 KB
 (:attr:`RecentWindow.nbytes`, written as the ``monitor/window_bytes`` self-telemetry metric).
 
 Values are kept as 32-bit floats (about 7 significant digits, what the store keeps too).
@@ -86,27 +86,33 @@ class RecentWindow:
         return offset
 
     def _advance(self, bucket: int) -> None:
-        """Empty the buckets between the current one and ``bucket``; drop series gone quiet."""
+        """Empty the buckets between the current one and ``bucket``; once a window, drop the series
+        gone quiet (no sample in any bucket: a process that ended)."""
         first = max(self._bucket + 1, bucket - SLOTS + 1)
         slots = [(b % SLOTS) * 3 for b in range(first, bucket + 1)]
+        prune = bucket // SLOTS != self._bucket // SLOTS
         self._bucket = bucket
         data = self._data
-        alive = []
-        for key, o in self._offsets.items():
+        for o in self._offsets.values():
             for at in slots:
                 data[o + at : o + at + 3] = _EMPTY
-            if any(data[o + 2 : o + _LAST : 3]):
-                alive.append((key, o))
-        if len(alive) < len(self._offsets):  # copy the live series into an array of their size
-            kept = _NEW_SERIES * len(alive)
-            self._offsets = {}
-            for i, (key, o) in enumerate(alive):
-                kept[i * _SERIES_LEN : (i + 1) * _SERIES_LEN] = data[o : o + _SERIES_LEN]
-                self._offsets[key] = i * _SERIES_LEN
-            self._data = kept
-            names = {(t, n) for t, n, _ in self._offsets}
-            self._units = {k: u for k, u in self._units.items() if k in names}
-            self._measure()
+        if prune:
+            alive = [(key, o) for key, o in self._offsets.items() if any(data[o + 2 : o + _LAST : 3])]
+            if len(alive) < len(self._offsets):
+                self._keep(alive)
+
+    def _keep(self, alive: list[tuple[tuple[str, str, str], int]]) -> None:
+        """Copy the series ``alive`` into an array of their size."""
+        data = self._data
+        kept = _NEW_SERIES * len(alive)
+        self._offsets = {}
+        for i, (key, o) in enumerate(alive):
+            kept[i * _SERIES_LEN : (i + 1) * _SERIES_LEN] = data[o : o + _SERIES_LEN]
+            self._offsets[key] = i * _SERIES_LEN
+        self._data = kept
+        names = {(t, n) for t, n, _ in self._offsets}
+        self._units = {k: u for k, u in self._units.items() if k in names}
+        self._measure()
 
     def _measure(self) -> None:
         """Bytes held: the array, the dicts and their key tuples (the strings in the keys are the
