@@ -19,9 +19,10 @@ from typing import Any
 
 from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
-from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples
+from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples, set_recent_source
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
+from .window import RecentWindow
 
 log = logging.getLogger(__name__)
 
@@ -30,12 +31,13 @@ SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
 
 
 class MonitorTelemetry(Collector):
-    """The monitor watching itself: CPU per sample, and the store's queue depth and drops."""
+    """The monitor watching itself: CPU per sample, its window's memory, the store's queue depth and drops."""
 
     name = "monitor"
 
-    def __init__(self, store_getter: Callable[[], Any] | None = None) -> None:
+    def __init__(self, store_getter: Callable[[], Any] | None = None, window: RecentWindow | None = None) -> None:
         self._store_getter = store_getter
+        self._window = window
         self._cpu0 = 0.0
         self._dropped_seen = 0
         self.dropped_total = 0
@@ -46,6 +48,8 @@ class MonitorTelemetry(Collector):
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
         out.append(catalogue.MONITOR_SAMPLE_CPU.sample((time.thread_time() - self._cpu0) * 1000.0))
+        if self._window is not None:
+            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
         store = self._store_getter() if self._store_getter is not None else None
         if store is None:
             return
@@ -107,6 +111,10 @@ class ResourceMonitor:
     :data:`SUMMARY_FILE_NAME` inside it), and is safe to call twice;
     it is also called at interpreter exit. Use as a context manager or call
     ``start()`` / ``stop()``.
+
+    Every tick also goes into :attr:`window`, the last 60 s in memory; ``start()`` makes it what
+    ``get_db().recent()`` answers in every process of the node (until another monitor starts; after
+    ``stop()`` its samples age out).
     """
 
     def __init__(
@@ -129,7 +137,8 @@ class ResourceMonitor:
         builtin = collectors is None
         if collectors is None:
             collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
-        self.telemetry = MonitorTelemetry(store_getter)
+        self.window = RecentWindow()
+        self.telemetry = MonitorTelemetry(store_getter, self.window)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
         if sink is None:  # collectors of the user's: every field checked at the call
             sink = log_builtin_samples if builtin else log_resource_samples
@@ -160,6 +169,7 @@ class ResourceMonitor:
             self.started_at = time.time()
             self._thread = threading.Thread(target=childless(self._run), name="aetherium-resource-monitor", daemon=True)
             self._thread.start()
+        set_recent_source(self.window.summary)
         atexit.register(self._stop_at_exit)
         return self
 
@@ -243,6 +253,10 @@ class ResourceMonitor:
         except Exception as exc:
             self._report_failure(None, exc)
         self.summary.add(out)
+        try:
+            self.window.add(out, ts)
+        except Exception as exc:  # (a collector of the user's that gives something not a number)
+            self._report_failure(None, exc, "window")
         self.samples_taken += 1
         return out
 
@@ -252,8 +266,8 @@ class ResourceMonitor:
         except Exception as exc:
             self._report_failure(collector, exc)
 
-    def _report_failure(self, collector: Collector | None, exc: Exception) -> None:
-        what = "store" if collector is None else collector.name
+    def _report_failure(self, collector: Collector | None, exc: Exception, what: str = "store") -> None:
+        what = what if collector is None else collector.name
         if what not in self._failed:
             self._failed.add(what)
             log.warning(

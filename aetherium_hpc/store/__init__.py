@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import address, catalogue, chunks, client, reader, schema
 from .address import StoreAddress
 from .client import (
+    RECENT_WINDOW_S,
     JoinedStore,
     MetricsStore,
     StoreReader,
@@ -39,6 +40,7 @@ from .client import (
     log_resource_samples,
     log_training_epoch_metric,
     send_one_record,
+    set_recent_source,
     shutdown_db,
     worker_args,
     worker_initializer,
@@ -62,6 +64,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "RECENT_WINDOW_S",
     "CopyBack",
     "JoinedStore",
     "MetricsStore",
@@ -85,6 +88,7 @@ __all__ = [
     "log_resource_samples",
     "log_training_epoch_metric",
     "send_one_record",
+    "set_recent_source",
     "readable",
     "reader",
     "schema",

@@ -14,6 +14,7 @@ WATT = "W"
 CELSIUS = "C"
 MS = "ms"
 COUNT = "count"
+BYTES = "B"
 
 BYTES_PER_MB = float(2**20)
 
@@ -87,6 +88,10 @@ MONITOR_SAMPLE_CPU = _metric(
 MONITOR_NVML_ERRORS = _metric(
     "monitor", "nvml_errors", COUNT, "",
     "NVML errors on the job's GPUs so far (each retried with back-off; Not Supported not counted)",
+)  # fmt: skip
+MONITOR_WINDOW_BYTES = _metric(
+    "monitor", "window_bytes", BYTES, "",
+    "Memory the monitor's window of the last 60 s holds (what get_db().recent() answers): its array, index and keys",
 )  # fmt: skip
 STORE_QUEUE_DEPTH = _metric(
     "store", "queue_depth", COUNT, "", "Records waiting in the store's in-memory queue (main process store only)"

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import env, signals
@@ -35,8 +35,17 @@ _lock = threading.RLock()
 _store: MetricsStore | JoinedStore | None = None
 _sink: Any = None  # where this process's records go: a RecordQueue or a SocketSink
 _warned_uninitialized = False
+_recent_source: Callable[[float], dict[Any, Any]] | None = None  # the monitor's window, in its process
 _time = time.time
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+
+#: How far back :meth:`StoreReader.recent` reaches (the resource monitor's window), and how long
+#: a process joined to the node store waits for its answer.
+RECENT_WINDOW_S = 60.0
+RECENT_TIMEOUT_S = 5.0
+
+#: What :meth:`StoreReader.recent` returns: (metric_type, metric_name, device) -> figures.
+Recent = dict[tuple[str, str, str], dict[str, Any]]
 
 NOT_INITIALIZED = (
     "Metrics database not initialized: call aetherium_hpc.init_db(path) in the main process "
@@ -58,6 +67,26 @@ class StoreReader:
 
     def _dropped_here(self) -> int:
         return 0
+
+    def recent(self, seconds: float = RECENT_WINDOW_S, timeout: float = RECENT_TIMEOUT_S) -> Recent:
+        """The node's resource samples of the last ``seconds`` (at most 60), from memory: no disk.
+
+        ``{(metric_type, metric_name, device): {"avg", "max", "last", "n", "unit"}}``, one entry
+        per series the node's resource monitor sampled in that span (``n`` samples; ``last`` is
+        the newest). The monitor keeps 5-s buckets: the span read is ``seconds`` plus at most 5 s.
+        ``{}`` when no monitor samples into this node's store (none started, or it stopped more
+        than ``seconds`` ago). In a process joined to the node store the owner answers over the
+        node socket; a :class:`StoreNotReachableError` if it does not within ``timeout`` seconds
+        (log calls are never held up meanwhile).
+        """
+        seconds = _recent_seconds(seconds)
+        source = _recent_source
+        if source is not None:  # the monitor runs in this process
+            return source(seconds)
+        return self._recent_elsewhere(seconds, timeout)
+
+    def _recent_elsewhere(self, seconds: float, timeout: float) -> Recent:
+        return {}
 
     def _read(self, sql: str, params: Iterable[Any] = ()) -> list[dict[str, Any]]:
         if not self._closed:
@@ -171,7 +200,9 @@ class MetricsStore(StoreReader):
         try:
             folder = new_socket_folder(socket_dir)
             self._socket_dir = folder
-            self.server = SocketServer(new_address(folder), self.queue.put_many, commit=self.writer.flush)
+            self.server = SocketServer(
+                new_address(folder), self.queue.put_many, commit=self.writer.flush, recent=_serve_recent
+            )
         except OSError as exc:
             log.warning(
                 "aetherium-hpc: no node socket for %s (%s); only this process and its fork children "
@@ -248,6 +279,12 @@ class JoinedStore(StoreReader):
     def _dropped_here(self) -> int:
         return self.sink.dropped
 
+    def _recent_elsewhere(self, seconds: float, timeout: float) -> Recent:
+        answer = self.sink.ask_recent(seconds, timeout)
+        if isinstance(answer, str):
+            raise StoreError(f"recent({seconds:g}): the node store could not answer: {answer}")
+        return {} if answer is None else answer
+
     def put(self, rec: Any) -> bool:
         return self.sink.put(rec)
 
@@ -260,6 +297,29 @@ class JoinedStore(StoreReader):
         if not self._closed and os.getpid() == self._owner_pid:
             self._closed = True
             self.sink.close()
+
+
+def _recent_seconds(seconds: float) -> float:
+    if type(seconds) not in (int, float) or not 0 < seconds <= RECENT_WINDOW_S:
+        raise ValueError(
+            f"recent(seconds={seconds!r}): the window holds the last {RECENT_WINDOW_S:g} s; pass 0 < seconds <= 60"
+        )
+    return float(seconds)
+
+
+def set_recent_source(source: Callable[[float], Recent] | None) -> None:
+    """What the resource monitor calls when it starts: ``source(seconds)`` answers
+    :meth:`StoreReader.recent` in this process and, when this process owns the node store,
+    for every process joined to it. The store keeps only the callable (it never imports the
+    monitors); the last one set wins; None clears it."""
+    global _recent_source
+    _recent_source = source
+
+
+def _serve_recent(seconds: float) -> Recent | None:
+    """The node socket's answer to a joined process's ``recent``: None when no monitor runs here."""
+    source = _recent_source
+    return None if source is None else source(_recent_seconds(seconds))
 
 
 def _filters(pairs: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
@@ -446,8 +506,9 @@ def _after_fork_in_child() -> None:
     # The writer thread does not exist in a fork child: its records go through the socket.
     # The descriptors the child inherited (the parent's socket, connection and lock) are the
     # parent's: close them here without a word on them.
-    global _store, _sink, _lock
+    global _store, _sink, _lock, _recent_source
     _lock = threading.RLock()
+    _recent_source = None  # the monitor thread is the parent's: ask the node store
     store, sink = _store, _sink
     _store = None
     _sink = None

@@ -13,8 +13,10 @@ process and sends them every ``interval`` seconds or every ``batch`` records.
 The connection also carries a few control messages (marshalled tuples, never
 lists): the server asks every client to send what it holds and waits for each
 answer before the store closes (``("flush", n)`` -> batches, then ``("ack", n)``),
-and a client that reads the database asks the writer to commit what it sent
-(``("commit", n)`` -> ``("committed", n, ok)``).
+a client that reads the database asks the writer to commit what it sent
+(``("commit", n)`` -> ``("committed", n, ok)``), and a client asks for the resource monitor's
+window of the last seconds (``("recent", n, seconds)`` -> ``("recent_is", n, answer)``: a dict,
+None when no monitor runs in the store's process, or the text of an error).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 from typing import Any
 
 from .. import signals
+from ..errors import StoreNotReachableError
 from ..signals import block_job_signals, childless
 from .address import StoreAddress
 from .records import STATS
@@ -50,7 +53,7 @@ HANDSHAKE_TIMEOUT_S = 10.0
 CLIENT_FLUSH_TIMEOUT_S = 5.0
 
 # Control messages (tuples; batches of records are lists).
-FLUSH, ACK, COMMIT, COMMITTED = "flush", "ack", "commit", "committed"
+FLUSH, ACK, COMMIT, COMMITTED, RECENT, RECENT_IS = "flush", "ack", "commit", "committed", "recent", "recent_is"
 
 
 class SocketServer:
@@ -65,10 +68,12 @@ class SocketServer:
         address: StoreAddress,
         deliver: Callable[[list[Any]], object],
         commit: Callable[[], bool] | None = None,
+        recent: Callable[[float], Any] | None = None,
     ) -> None:
         self.address = address
         self._deliver = deliver
         self._commit = commit
+        self._recent = recent
         self._tokens = itertools.count(1)
         self._waiting: dict[int, set[Connection]] = {}  # flush request -> clients yet to answer
         self._answered = threading.Condition()
@@ -186,6 +191,12 @@ class SocketServer:
         elif kind == COMMIT:
             ok = self._commit() if self._commit is not None else False
             self._send(conn, (COMMITTED, token, bool(ok)))
+        elif kind == RECENT:
+            try:
+                answer = self._recent(float(msg[2])) if self._recent is not None else None
+            except Exception as exc:  # (the client gets the error's text, the reader goes on)
+                answer = f"{type(exc).__name__}: {exc}"
+            self._send(conn, (RECENT_IS, token, answer))
         else:
             raise TypeError(f"unknown control message {kind!r:.40}")
 
@@ -321,7 +332,7 @@ class SocketSink:
         self._closed = False
         self._pid = os.getpid()
         self._tokens = itertools.count(1)
-        self._answers: dict[int, list[Any]] = {}  # commit request -> [event, ok]
+        self._answers: dict[int, list[Any]] = {}  # commit or recent request -> [event, answer]
         # Connect now, in the caller: the store then knows this process before its first record is
         # buffered, and asks it for what it holds when it closes (see SocketServer.collect).
         with self._send_lock:
@@ -379,6 +390,31 @@ class SocketSink:
             finally:
                 self._send_lock.release()
             return bool(answer[0].wait(timeout) and answer[1])
+        finally:
+            self._answers.pop(token, None)
+
+    def ask_recent(self, seconds: float, timeout: float) -> Any:
+        """The store's answer to ``("recent", n, seconds)`` (see the module's docstring), within
+        ``timeout`` seconds, else :class:`StoreNotReachableError`. Sends nothing buffered: a log
+        call waits at most for this one short message to be written."""
+        where = f"the node store at {self.address.path}"
+        if not self.connected:
+            raise StoreNotReachableError(f"{where} is not reachable from pid {os.getpid()}")
+        token = next(self._tokens)
+        answer: list[Any] = [threading.Event(), None]
+        self._answers[token] = answer
+        try:
+            sent = self._send_lock.acquire(timeout=timeout)
+            if sent:
+                try:
+                    sent = self._send_control((RECENT, token, float(seconds)))
+                finally:
+                    self._send_lock.release()
+            if not sent or not answer[0].wait(timeout):
+                raise StoreNotReachableError(
+                    f"{where} did not answer within {timeout:g} s (a store that stopped, or is busy); try again"
+                )
+            return answer[1]
         finally:
             self._answers.pop(token, None)
 
@@ -450,10 +486,10 @@ class SocketSink:
             with self._send_lock:
                 if self._send_buffered():
                     self._send_control((ACK, token))
-        elif kind == COMMITTED:
+        elif kind in (COMMITTED, RECENT_IS):
             answer = self._answers.get(token)
             if answer is not None:
-                answer[1] = bool(msg[2])
+                answer[1] = bool(msg[2]) if kind == COMMITTED else msg[2]
                 answer[0].set()
 
     def close(self) -> None:
