@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
@@ -33,12 +34,46 @@ from bench.merge import build_task_db  # noqa: E402
 STEPS = (100, 500, 2000)
 
 
+#: Series of the template renamed to what the monitors write, so that the report draws them:
+#: (series_id in bench.merge's template, metric type, name, unit, device, per-task value scale).
+REAL_SERIES = (
+    (1, "cpu", "process_tree", "%", "", (150.0, 750.0)),
+    (5, "cpu", "system_total", "%", "", None),
+    (2, "ram", "process_tree_rss", "MB", "", (1500.0, 12000.0)),
+    (6, "ram", "system_used", "MB", "", None),
+    (3, "gpu", "utilization", "%", "GPU-0", (20.0, 95.0)),
+    (7, "gpu", "memory_used", "MB", "GPU-0", None),
+)
+
+
 def build(folder: str, tasks: int, minutes: float) -> list[str]:
-    """``tasks`` x 2 node databases under ``folder``/db/<job>_<task>/<node>.db, in merge order."""
+    """``tasks`` x 2 node databases under ``folder``/db/<job>_<task>/<node>.db, in merge order.
+
+    One template is built and copied; each copy gets its job, task and node, and its own level of
+    CPU, memory and GPU use, runtime and final loss (seeded by the task), so that the report of
+    the merged database has distributions to show."""
     template = os.path.join(folder, "template.db")
     build_task_db(template, 0, minutes / 60.0, random.Random(1))
+    conn = sqlite3.connect(template, isolation_level=None)
+    for sid, mtype, name, unit, device, _ in REAL_SERIES:
+        conn.execute("UPDATE series SET metric_type = ?, metric_name = ?, unit = ?, device = ? WHERE series_id = ?",
+                     (mtype, name, unit, device, sid))  # fmt: skip
+    conn.execute(
+        "UPDATE job_rows SET requested = ?",
+        (json.dumps({"mem_gb": 16, "cpus": 8, "timeout_min": max(5, round(minutes * 2)), "gpus": 1}),),
+    )
+    shapes = {sid: conn.execute("SELECT rowid, t0, n FROM sample_chunks WHERE series_id = ? ORDER BY t0",
+                                (sid,)).fetchall() for sid, *_, level in REAL_SERIES if level}  # fmt: skip
+    start, end = conn.execute("SELECT start_time, end_time FROM job_rows").fetchone()
+    conn.close()
     files = []
     for task in range(tasks):
+        rng = random.Random(task)
+        levels = {sid: rng.uniform(*level) for sid, *_, level in REAL_SERIES if level}
+        runtime = (end - start) * rng.uniform(0.6, 1.0)
+        loss_scale = rng.uniform(0.5, 1.5)
+        vals = [(f"[{','.join(f'{levels[sid] * (0.8 + 0.2 * math.sin((t0 + k) / 20.0)):.7g}' for k in range(n))}]", cid)
+                for sid, rows in shapes.items() for cid, t0, n in rows]  # fmt: skip
         for node in ("n1", "n2"):
             path = os.path.join(folder, "db", f"4242_{task}", f"{node}.db")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -50,6 +85,10 @@ def build(folder: str, tasks: int, minutes: float) -> list[str]:
                 (f"4242_{task}", task, node, node, path),
             )
             conn.execute("UPDATE series SET node = ?", (node,))
+            conn.executemany("UPDATE sample_chunks SET vals = ? WHERE rowid = ?", vals)
+            conn.execute("UPDATE job_rows SET end_time = start_time + ?", (runtime,))
+            conn.execute("UPDATE training_rows SET metric_value = metric_value * ? WHERE metric_name = 'loss'",
+                         (loss_scale,))  # fmt: skip
             conn.execute("COMMIT")
             conn.close()
             files.append(path)

@@ -8,6 +8,7 @@ that still say ``running``: this module is the report's one reader of :mod:`..ac
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -19,8 +20,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import StoreError
-from ...store import chunks, reader, schema
+from ...store import reader, schema
 from ...store.backup import readable
+from ..sweep import task_key
+from .across import summarised
 
 Arr = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -97,7 +100,8 @@ def read(path: str) -> Loaded:
                 "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
             )
         }
-        series = _load_series(conn, RESOURCE_TYPES)
+        tasks = {task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
+        series = _load_series(conn, RESOURCE_TYPES, exact_times=not summarised(len(tasks)))
         n_samples = conn.execute("SELECT coalesce(sum(n), 0) FROM sample_chunks").fetchone()[0]
         n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
         generation = _rows(conn, "SELECT * FROM generation_metrics ORDER BY timestamp")
@@ -147,8 +151,17 @@ def _open(db: str) -> sqlite3.Connection:
     return conn
 
 
-def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[Series]:
-    """Series of the given metric types with their samples decoded (timestamps, values)."""
+#: Samples decoded at a time (bounds the report's memory on a large merged database).
+_DECODE_BATCH = 2_000_000
+
+
+def _load_series(conn: sqlite3.Connection, types: Sequence[str], exact_times: bool = True) -> list[Series]:
+    """Series of the given metric types with their samples decoded (timestamps, values).
+
+    The chunks of many series are decoded together (one JSON parse per batch of about
+    :data:`_DECODE_BATCH` samples, the formula of :func:`...store.chunks.decode`); without
+    ``exact_times`` a timestamp is the chunk's grid ``t0 + k * dt_ms`` (its jitter, a few
+    milliseconds, is not read: the summaries of a large array bin time far more coarsely)."""
     marks = ",".join("?" * len(types))
     series: dict[int, Series] = {}
     for ser_id, sid, mtype, mname, unit, device in conn.execute(
@@ -156,22 +169,55 @@ def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[Series]
         tuple(types),
     ):
         series[ser_id] = Series(sid, mtype, mname, unit, device)
-    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
-    for ser_id, t0, n, dt_ms, jit, vals in conn.execute(
+    rows = conn.execute(
         "SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM sample_chunks c"
-        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks})",
+        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks}) AND c.n > 0",
         tuple(types),
-    ):
-        ts, vs = chunks.decode(t0, n, dt_ms, jit, vals)
-        p = parts[ser_id]
-        p[0].append(ts)
-        p[1].append(vs)
+    ).fetchall()
+    rows.sort(key=lambda r: (r[0], r[1]))
+    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
+    start = 0
+    while start < len(rows):
+        end, count = start, 0
+        while end < len(rows) and (count < _DECODE_BATCH or rows[end][0] == rows[end - 1][0]):
+            count += rows[end][2]
+            end += 1
+        for ser_id, ts, vs in _decode_batch(rows[start:end], exact_times):
+            p = parts[ser_id]
+            p[0].append(ts)
+            p[1].append(vs)
+        start = end
     for ser_id, (ts_list, vs_list) in parts.items():
         s = series[ser_id]
-        t = np.concatenate(ts_list)
-        order = np.argsort(t, kind="stable")
-        s.t, s.v = t[order], np.concatenate(vs_list)[order]
+        t, v = (ts_list[0], vs_list[0]) if len(ts_list) == 1 else (np.concatenate(ts_list), np.concatenate(vs_list))
+        if t.size > 1 and bool(np.any(np.diff(t) < 0)):  # overlapping chunks: restore time order
+            order = np.argsort(t, kind="stable")
+            t, v = t[order], v[order]
+        s.t, s.v = t, v
     return [s for s in series.values() if s.t.size]
+
+
+def _decode_batch(rows: list[tuple[Any, ...]], exact_times: bool) -> list[tuple[int, Arr, Arr]]:
+    """(series id, timestamps, values) of consecutive chunks (sorted by series, then t0), parsed at once."""
+    n = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+    total = int(n.sum())
+    vals = np.asarray(json.loads("[" + ",".join([r[5][1:-1] for r in rows]) + "]"), dtype=np.float64)
+    offsets = np.repeat(np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)), n)
+    offsets *= np.arange(total, dtype=np.float64) - np.repeat(np.cumsum(n) - n, n)  # k * dt_ms
+    if exact_times:
+        jit = np.asarray(json.loads("[" + ",".join([r[4][1:-1] for r in rows]) + "]"), dtype=np.float64)
+        if jit.size != total:
+            raise StoreError(f"a chunk's jitter does not match its {total} samples")
+        offsets += jit
+    if vals.size != total:
+        raise StoreError(f"a chunk's values do not match its {total} samples")
+    ts = np.repeat(np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows)), n) + offsets / 1000.0
+    ids = [r[0] for r in rows]
+    cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    bounds = np.cumsum(n)
+    edges = [0, *(int(bounds[i - 1]) for i in cuts), total]
+    firsts = [0, *cuts]
+    return [(ids[f], ts[a:b], vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
