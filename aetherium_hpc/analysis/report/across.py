@@ -98,10 +98,20 @@ def resource_spread(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
             mx.append(r["max"])
     out = []
     for (mtype, name, unit), (avg, mx) in sorted(groups.items()):
-        row: dict[str, Any] = {"metric_type": mtype, "metric_name": name, "unit": unit, "series": max(len(avg), len(mx))}
+        row: dict[str, Any] = {
+            "metric_type": mtype,
+            "metric_name": name,
+            "unit": unit,
+            "series": max(len(avg), len(mx)),
+        }
         for what, vals in (("avg", avg), ("max", mx)):
             p = np.percentile(vals, [5, 50, 95]) if vals else [None] * 3
-            row[what] = {"p5": _float(p[0]), "p50": _float(p[1]), "p95": _float(p[2]), "max": max(vals) if vals else None}
+            row[what] = {
+                "p5": _float(p[0]),
+                "p50": _float(p[1]),
+                "p95": _float(p[2]),
+                "max": max(vals) if vals else None,
+            }
         out.append(row)
     return out
 

@@ -170,7 +170,7 @@ def _training_summary(rows: list[dict[str, Any]], sources: dict[int, Source]) ->
     for (name, phase), rs in sorted(groups.items()):
         higher = higher_is_better(name)
         schedule = is_schedule(name)  # a learning rate is set, not achieved: no "best" of it
-        order = sorted(rs, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
+        order = rs  # in (round, epoch, time) order, as .load reads them
         finite = [r for r in rs if math.isfinite(r["metric_value"])]
         best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite and not schedule else None
         last_by_source: dict[int, dict[str, Any]] = {}
@@ -208,6 +208,8 @@ def _per_task(sources: dict[int, Source], series: list[Series], jobs: list[dict[
     span: dict[int, tuple[float, float]] = {}
     for s in series:
         by_key[(s.sid, s.mtype, s.mname)].append(s)
+        if not s.t.size:  # values only (a large array's series that are not drawn)
+            continue
         lo, hi = span.get(s.sid, (math.inf, -math.inf))
         span[s.sid] = (min(lo, float(s.t[0])), max(hi, float(s.t[-1])))
     out = []
@@ -349,6 +351,11 @@ def _dist(values: Sequence[float]) -> dict[str, float | None] | None:
 
 
 def _nanstat(v: Arr) -> tuple[float | None, float | None]:
+    """Mean and maximum of the finite values of ``v`` (None, None when there are none)."""
+    if v.size:
+        mean, mx = float(v.mean()), float(v.max())
+        if math.isfinite(mean) and math.isfinite(mx):  # no NaN or infinity: the common case, one pass each
+            return mean, mx
     finite = v[np.isfinite(v)]
     if not finite.size:
         return None, None

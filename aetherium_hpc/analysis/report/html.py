@@ -134,7 +134,9 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
                                                         if h in ("tasks", "median final", "final", "best", "rows")]))  # fmt: skip
     if d.get("across"):
         spread = d["across"]["resources"]
-        parts.append(f"<h2>{_h('Resources across {} sources (every node and series in --json)'.format(arr['tasks']))}</h2>")
+        parts.append(
+            f"<h2>{_h('Resources across {} sources (every node and series in --json)'.format(arr['tasks']))}</h2>"
+        )
         parts.append(_html_table(
             ["type", "metric", "unit", "series", "avg p5", "avg p50", "avg p95", "avg max", "max p5", "max p50",
              "max p95", "max max"],

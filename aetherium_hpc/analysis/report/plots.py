@@ -235,7 +235,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
             )
 
     def lines_training(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
-        rows = [r for r in loaded.training if pred(r["metric_name"]) and r["metric_value"] is not None]
+        rows = _training_rows(loaded, pred)
         if not rows:
             return None
 
@@ -299,6 +299,13 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
     return found
 
 
+def _training_rows(loaded: Loaded, pred: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """The training rows with a value whose metric name ``pred`` accepts (asked once per name)."""
+    names = {r["metric_name"] for r in loaded.training}
+    keep = {n for n in names if pred(n)}
+    return [r for r in loaded.training if r["metric_name"] in keep and r["metric_value"] is not None]
+
+
 # -- a large array: the spread across tasks (see .across) -----------------------------------------
 def _draw_band(ax: Any, x: Any, b: dict[str, Arr], colour: Any = "tab:blue", style: str = "-", labels: bool = True,
                minmax: bool = True) -> None:  # fmt: skip
@@ -346,7 +353,7 @@ def _band_per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, yla
 
 def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) -> Callable[..., Panel | None]:
     def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
-        rows = [r for r in loaded.training if pred(r["metric_name"]) and r["metric_value"] is not None]
+        rows = _training_rows(loaded, pred)
         if not rows:
             return None
 
@@ -362,7 +369,11 @@ def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) ->
                 b = across.band_of_rows(pairs)
                 if b is None:
                     continue
-                style = ("--" if phase == "val" else "-") if len(names) == 1 else ["-", "--", ":", "-."][names.index(name) % 4]
+                style = (
+                    ("--" if phase == "val" else "-")
+                    if len(names) == 1
+                    else ["-", "--", ":", "-."][names.index(name) % 4]
+                )
                 colour = round_colours.get(("r", rnd)) if rnd is not None else "tab:blue"
                 first = phase != "val" or not any(k[2] == rnd and k[1] != "val" for k in groups)
                 ax.fill_between(b["x"], b["p5"], b["p95"], color=colour, alpha=0.15, lw=0)
