@@ -54,12 +54,15 @@ MEASURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
 FORMAT = {key: fmt for key, _, _, fmt in MEASURES}
 
 
-def summarise(tasks: list[dict[str, Any]], sweep: dict[str, Any]) -> dict[str, Any]:
+def summarise(tasks: list[dict[str, Any]], sweep: dict[str, Any], n_tasks: int) -> dict[str, Any]:
     """``data["across"]``: per measure, percentiles, a histogram and the :data:`TOP_N` tasks at each end.
 
     ``tasks``: the per-source rows (a task on one node); ``sweep``: :func:`..sweep.task_table`'s
-    result (the objective is a task's, over its nodes)."""
-    out: dict[str, Any] = {"threshold": MANY_TASKS, "top_n": TOP_N, "measures": []}
+    result (the objective is a task's, over its nodes); ``n_tasks``: the array's tasks. ``what``
+    names the count (``1000 tasks (2000 task-nodes)`` when tasks ran on several nodes)."""
+    nodes = f" ({len(tasks)} task-nodes)" if len(tasks) > n_tasks else ""
+    out: dict[str, Any] = {"threshold": MANY_TASKS, "top_n": TOP_N, "measures": [], "tasks": n_tasks,
+                           "sources": len(tasks), "what": f"{n_tasks} tasks{nodes}"}  # fmt: skip
     obj = sweep.get("objective")
     for key, label, where, _ in MEASURES:
         if where == "sweep":
@@ -77,7 +80,7 @@ def summarise(tasks: list[dict[str, Any]], sweep: dict[str, Any]) -> dict[str, A
         counts, edges = np.histogram(vals, bins=HIST_BINS)
         p5, p50, p95 = (float(x) for x in np.percentile(vals, [5, 50, 95]))
         out["measures"].append({
-            "key": key, "label": label, "n": int(vals.size),
+            "key": key, "label": label, "n": int(vals.size), "per": "task" if where == "sweep" or not nodes else "task-node",
             "min": float(vals[order[0]]), "p5": p5, "p50": p50, "p95": p95, "max": float(vals[order[-1]]),
             "histogram": {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]},
             "highest": [{"task": named[i][0], "value": named[i][1]} for i in order[::-1][:TOP_N]],

@@ -43,7 +43,7 @@ def conclude(loaded: Loaded, sacct: dict[str, Any], objective: str | None = None
     n_tasks = len(set(source_task.values()))
     data["array"]["summarised"] = across.summarised(n_tasks)
     if data["array"]["summarised"]:
-        data["across"] = across.summarise(data["tasks"], data["sweep"])
+        data["across"] = across.summarise(data["tasks"], data["sweep"], n_tasks)
         data["across"]["resources"] = across.resource_spread(data["resources"])
     return data
 

@@ -218,10 +218,10 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
 def _across(d: dict[str, Any]) -> list[str]:
     """The distributions across the tasks of a large array, and the tasks at both ends of each."""
     acr = d["across"]
-    title = f"Across {d['array']['tasks']} tasks (histograms under Plots; every task in --json)"
-    rows = [[m["label"], m["n"], *(FORMAT[m["key"]](m[k]) for k in ("min", "p5", "p50", "p95", "max"))]
+    title = f"Across {acr['what']} (histograms under Plots; every task in --json)"
+    rows = [[m["label"], f"{m['n']} {m['per']}s", *(FORMAT[m["key"]](m[k]) for k in ("min", "p5", "p50", "p95", "max"))]
             for m in acr["measures"]]  # fmt: skip
-    out = [f"<h2>{_h(title)}</h2>", _html_table(["", "tasks", "min", "p5", "p50", "p95", "max"], rows,
+    out = [f"<h2>{_h(title)}</h2>", _html_table(["", "of", "min", "p5", "p50", "p95", "max"], rows,
                                                  numeric=range(1, 7))]  # fmt: skip
     n = acr["top_n"]
     ends = []

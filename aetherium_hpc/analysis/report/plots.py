@@ -396,7 +396,6 @@ def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) ->
 def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
     """One histogram across tasks per measure of ``data["across"]``, its median marked."""
     out: dict[str, Panel] = {}
-    n_tasks = d["array"]["tasks"]
     for m in d["across"]["measures"]:
         edges, counts = m["histogram"]["edges"], m["histogram"]["counts"]
         key = m["key"]
@@ -422,7 +421,8 @@ def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
             ax.legend(fontsize=9, loc="best")
 
         what = m["label"].split(" (")[0] if key != "objective_value" else m["label"]
-        out[f"histogram_{key}"] = (f"{what[0].upper() + what[1:]}: histogram across {m['n']} of {n_tasks} tasks", draw)
+        title = f"{what[0].upper() + what[1:]}: histogram over {m['n']} {m['per']}s"
+        out[f"histogram_{key}"] = (title, draw)
     return out
 
 

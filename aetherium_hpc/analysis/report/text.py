@@ -129,7 +129,7 @@ def across_lines(d: dict[str, Any]) -> list[str]:
     the tasks at both ends of every measure."""
     acr = d["across"]
     n = acr["top_n"]
-    out = [f"across {d['array']['tasks']} tasks (p5 / p50 / p95 / max; {n} highest and lowest; every task in --json):"]
+    out = [f"across {acr['what']} (p5 / p50 / p95 / max; {n} highest and lowest; every task in --json):"]
     for m in acr["measures"]:
         fmt = FORMAT[m["key"]]
         out.append(f"  {m['label']}: {' / '.join(fmt(m[k]) for k in ('p5', 'p50', 'p95', 'max'))}")
