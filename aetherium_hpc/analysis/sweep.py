@@ -116,6 +116,8 @@ def task_table(
 ) -> dict[str, Any]:
     """The per-task table: ``{"objective", "parameters", "metrics", "tasks", "winner", "median"}``.
 
+    ``training``: rows in (round, epoch, time) order (a missing round or epoch counts as 0): a
+    task's final value is its last row.
     ``per_source``: the report's per-source figures (``source_id``, ``peak_memory_mb``,
     ``runtime_s``); ``source_task``: source id → task key."""
     tasks: dict[tuple[str, int], dict[str, Any]] = {}
@@ -156,7 +158,7 @@ def task_table(
         by_metric[(rkey, mkey)].append(r)
     keys.sort()
     for (key, mkey), rows in by_metric.items():
-        rows.sort(key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
+        # ``training`` comes in (round, epoch, time) order (the report's loader sorts it so)
         name = mkey.rpartition("/")[2]
         finite = [r for r in rows if math.isfinite(r["metric_value"])]
         best = None

@@ -23,6 +23,7 @@ from ..formatting import duration as fmt_duration
 from ..formatting import memory_gb, memory_mb, minutes, pct, slurm_time
 from ..formatting import num as _num
 from ..sweep import higher_is_better, is_schedule, task_key, task_table
+from . import across
 from .load import Arr, Loaded, Series, Source
 
 #: Headroom on top of the largest observed use when advising --mem / --time.
@@ -39,6 +40,11 @@ def conclude(loaded: Loaded, sacct: dict[str, Any], objective: str | None = None
     source_task = {s.sid: task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
     data["sweep"] = task_table(loaded.jobs, loaded.training, data["tasks"], source_task, objective)
     data["sacct"] = sacct
+    n_tasks = len(set(source_task.values()))
+    data["array"]["summarised"] = across.summarised(n_tasks)
+    if data["array"]["summarised"]:
+        data["across"] = across.summarise(data["tasks"], data["sweep"], n_tasks)
+        data["across"]["resources"] = across.resource_spread(data["resources"])
     return data
 
 
@@ -164,7 +170,7 @@ def _training_summary(rows: list[dict[str, Any]], sources: dict[int, Source]) ->
     for (name, phase), rs in sorted(groups.items()):
         higher = higher_is_better(name)
         schedule = is_schedule(name)  # a learning rate is set, not achieved: no "best" of it
-        order = sorted(rs, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
+        order = rs  # in (round, epoch, time) order, as .load reads them
         finite = [r for r in rs if math.isfinite(r["metric_value"])]
         best = (max if higher else min)(finite, key=lambda r: r["metric_value"]) if finite and not schedule else None
         last_by_source: dict[int, dict[str, Any]] = {}
@@ -186,9 +192,9 @@ def _training_summary(rows: list[dict[str, Any]], sources: dict[int, Source]) ->
     return out
 
 
-def _pick(series: list[Series], sid: int, mtype: str, names: Sequence[str]) -> list[Series]:
+def _pick(by_key: dict[tuple[int, str, str], list[Series]], sid: int, mtype: str, names: Sequence[str]) -> list[Series]:
     for name in names:
-        found = [s for s in series if s.sid == sid and s.mtype == mtype and s.mname == name]
+        found = by_key.get((sid, mtype, name))
         if found:
             return found
     return []
@@ -198,12 +204,20 @@ def _per_task(sources: dict[int, Source], series: list[Series], jobs: list[dict[
     """Peak memory, runtime, GPU and CPU use of every source (one task on one node, one attempt)."""
     job_of = {j["source_id"]: j for j in jobs}
     with_data = {s.sid for s in series} | set(job_of)
+    by_key: dict[tuple[int, str, str], list[Series]] = defaultdict(list)
+    span: dict[int, tuple[float, float]] = {}
+    for s in series:
+        by_key[(s.sid, s.mtype, s.mname)].append(s)
+        if not s.t.size:  # values only (a large array's series that are not drawn)
+            continue
+        lo, hi = span.get(s.sid, (math.inf, -math.inf))
+        span[s.sid] = (min(lo, float(s.t[0])), max(hi, float(s.t[-1])))
     out = []
     for sid in sorted(with_data):
         src = sources.get(sid)
-        mem = _pick(series, sid, "ram", ("process_tree_rss", "system_used"))
-        gpu = _pick(series, sid, "gpu", ("utilization",))
-        cpu = _pick(series, sid, "cpu", ("process_tree",))
+        mem = _pick(by_key, sid, "ram", ("process_tree_rss", "system_used"))
+        gpu = _pick(by_key, sid, "gpu", ("utilization",))
+        cpu = _pick(by_key, sid, "cpu", ("process_tree",))
         peak = _nanstat(mem[0].v)[1] if mem else None
         gpu_util = _nanstat(np.concatenate([g.v for g in gpu]))[0] if gpu else None
         cores = _nanstat(cpu[0].v)[0] if cpu else None
@@ -211,14 +225,16 @@ def _per_task(sources: dict[int, Source], series: list[Series], jobs: list[dict[
         runtime = None
         if job.get("start_time") is not None and job.get("end_time") is not None:
             runtime = job["end_time"] - job["start_time"]
-        else:
-            ts = [x for s in series if s.sid == sid for x in (s.t[0], s.t[-1])]
-            runtime = (max(ts) - min(ts)) if ts else None
+        elif sid in span:
+            runtime = span[sid][1] - span[sid][0]
+        req = _requested(job.get("requested"))
         out.append({
             "source": src.label if src else str(sid), "source_id": sid, "status": job.get("status"),
             "peak_memory_mb": peak, "peak_memory_metric": f"ram/{mem[0].mname}" if mem else None,
             "runtime_s": _f(runtime), "gpu_util_pct": gpu_util, "cpu_cores": None if cores is None else cores / 100.0,
-            "requested": _requested(job.get("requested")),
+            "requested": req,
+            "memory_efficiency": _share(peak / 1024.0 if peak is not None else None, req.get("mem_gb")),
+            "cpu_efficiency": _share(cores / 100.0 if cores is not None else None, req.get("cpus")),
         })  # fmt: skip
     return out
 
@@ -315,6 +331,13 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _share(used: float | None, requested: Any) -> float | None:
+    """``used`` / ``requested`` (an efficiency), None when either is missing."""
+    if used is None or not isinstance(requested, (int, float)) or requested <= 0:
+        return None
+    return _f(used / requested)
+
+
 def _dist(values: Sequence[float]) -> dict[str, float | None] | None:
     vals = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
     if not vals.size:
@@ -328,6 +351,11 @@ def _dist(values: Sequence[float]) -> dict[str, float | None] | None:
 
 
 def _nanstat(v: Arr) -> tuple[float | None, float | None]:
+    """Mean and maximum of the finite values of ``v`` (None, None when there are none)."""
+    if v.size:
+        mean, mx = float(v.mean()), float(v.max())
+        if math.isfinite(mean) and math.isfinite(mx):  # no NaN or infinity: the common case, one pass each
+            return mean, mx
     finite = v[np.isfinite(v)]
     if not finite.size:
         return None, None

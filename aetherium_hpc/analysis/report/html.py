@@ -15,7 +15,14 @@ from typing import Any
 from ..formatting import duration as fmt_duration
 from ..formatting import minutes
 from ..formatting import num as _num
-from .text import ACROSS, cell, summary_lines, sweep_rows, training_rows
+from ..sweep import OK_STATUSES
+from .across import FORMAT
+from .text import ACROSS, cell, status_counts, summary_lines, sweep_rows, training_rows
+
+#: Rows of the ranking and sacct tables of a large array (every row in JSON), and of its tasks
+#: that did not complete.
+_MANY_ROWS = 20
+_MANY_JOB_ROWS = 100
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;color:#222}
@@ -77,7 +84,10 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         parts += [f"<li>{_h(a)}</li>" for a in d["efficiency"]["advice"]]
         parts.append("</ul>")
     arr = d["array"]
-    if arr["tasks"] > 1:
+    many = bool(arr.get("summarised"))
+    if d.get("across"):
+        parts += _across(d)
+    elif arr["tasks"] > 1:
         rows = [
             [label, fmt(arr[k]["p50"]), fmt(arr[k]["p95"]), fmt(arr[k]["max"])] for label, k, fmt in ACROSS if arr[k]
         ]
@@ -92,7 +102,10 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         parts.append(f"<h2>{_h('Tasks, ' + how)}</h2>")
         numeric = [i for i, h in enumerate(header) if i == 0 or h.endswith((" final", " best"))]
         win = next((i for i, t in enumerate(sweep["tasks"]) if t["task"] == sweep["winner"]), None)
-        parts.append(_html_table(header, rows, numeric=numeric, highlight=win))
+        shown = rows[:_MANY_ROWS] if many else rows
+        parts.append(_html_table(header, shown, numeric=numeric, highlight=win))
+        if len(rows) > len(shown):
+            parts.append(f"<p class='note'>{_h(f'... {len(rows) - len(shown)} more tasks: every one in --json')}</p>")
     try:
         drawn = plots()
     except Exception as exc:  # a plot must never cost the rest of the report
@@ -119,7 +132,19 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         header, rows = training_rows(d["training"])
         parts.append(_html_table(header, rows, numeric=[i for i, h in enumerate(header)
                                                         if h in ("tasks", "median final", "final", "best", "rows")]))  # fmt: skip
-    if d["resources"]:
+    if d.get("across"):
+        spread = d["across"]["resources"]
+        parts.append(
+            f"<h2>{_h('Resources across {} sources (every node and series in --json)'.format(arr['tasks']))}</h2>"
+        )
+        parts.append(_html_table(
+            ["type", "metric", "unit", "series", "avg p5", "avg p50", "avg p95", "avg max", "max p5", "max p50",
+             "max p95", "max max"],
+            [[r["metric_type"], r["metric_name"], r["unit"], r["series"],
+              *(r[w][k] for w in ("avg", "max") for k in ("p5", "p50", "p95", "max"))] for r in spread],
+            numeric=range(3, 12),
+        ))  # fmt: skip
+    elif d["resources"]:
         parts.append("<h2>Resources per node (average, maximum)</h2>")
         parts.append(_html_table(
             ["node", "type", "metric", "device", "unit", "samples", "avg", "max"],
@@ -130,19 +155,30 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
     sacct = d.get("sacct") or {"rows": []}
     if sacct["rows"]:
         parts.append("<h2>Slurm accounting (sacct)</h2>")
+        acct = sacct["rows"][:_MANY_ROWS] if many else sacct["rows"]
         parts.append(_html_table(
             ["job", "state", "exit", "elapsed", "total CPU", "requested memory", "CPUs", "time limit", "max RSS MB"],
             [[r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
               r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"])]
-             for r in sacct["rows"]],
+             for r in acct],
             numeric=[8],
         ))  # fmt: skip
+        if len(sacct["rows"]) > len(acct):
+            more = len(sacct["rows"]) - len(acct)
+            parts.append(f"<p class='note'>{_h(f'... {more} more rows: see --json')}</p>")
     if sacct.get("not_final"):
         parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['not_final'])}</p>")
     elif not sacct["rows"] and sacct.get("why"):
         parts.append(f"<p class='note'>Slurm accounting: {_h(sacct['why'])}</p>")
-    if d["jobs"]:
+    jobs = d["jobs"]
+    if jobs:
         parts.append("<h2>Tasks</h2>")
+    if jobs and many:
+        counts = f"{len(jobs)} rows: {status_counts(jobs)}"
+        jobs = [j for j in jobs if j["status"] not in OK_STATUSES or j.get("resolved_from")][:_MANY_JOB_ROWS]
+        listed = "those that did not complete" if jobs else "none: every task completed"
+        parts.append(f"<p>{_h(counts)}<br>{_h(f'Listed: {listed} (every row in --json).')}</p>")
+    if jobs:
         head = [
             "task",
             "job id",
@@ -159,11 +195,11 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
             "time limit",
             "requested GPUs",
         ]
-        notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in d["jobs"])
+        notes = any(j.get("resolved_from") or j["status"] == "unknown" for j in jobs)
         if notes:
             head.append("note")
         body = []
-        for j in d["jobs"]:
+        for j in jobs:
             cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], j["attempt"]]
             row = "".join(f"<td>{_h(c)}</td>" for c in cells)
             row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
@@ -177,6 +213,28 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
                      + "".join(body) + "</tbody></table>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _across(d: dict[str, Any]) -> list[str]:
+    """The distributions across the tasks of a large array, and the tasks at both ends of each."""
+    acr = d["across"]
+    title = f"Across {acr['what']} (histograms under Plots; every task in --json)"
+    rows = [[m["label"], f"{m['n']} {m['per']}s", *(FORMAT[m["key"]](m[k]) for k in ("min", "p5", "p50", "p95", "max"))]
+            for m in acr["measures"]]  # fmt: skip
+    out = [f"<h2>{_h(title)}</h2>", _html_table(["", "of", "min", "p5", "p50", "p95", "max"], rows,
+                                                 numeric=range(1, 7))]  # fmt: skip
+    n = acr["top_n"]
+    ends = []
+    for m in acr["measures"]:
+        fmt = FORMAT[m["key"]]
+        for i in range(max(len(m["highest"]), len(m["lowest"]))):
+            hi = m["highest"][i] if i < len(m["highest"]) else None
+            lo = m["lowest"][i] if i < len(m["lowest"]) else None
+            ends.append([m["label"] if i == 0 else "", i + 1, hi and hi["task"], hi and fmt(hi["value"]),
+                         lo and lo["task"], lo and fmt(lo["value"])])  # fmt: skip
+    out.append(f"<h2>{_h(f'Top and bottom {n} tasks')}</h2>")
+    out.append(_html_table(["measure", "#", "highest", "value", "lowest", "value"], ends, numeric=(1, 3, 5)))
+    return out
 
 
 def _requested_cells(req: dict[str, Any]) -> list[str]:

@@ -8,24 +8,32 @@ that still say ``running``: this module is the report's one reader of :mod:`..ac
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from ...errors import StoreError
-from ...store import chunks, reader, schema
+from ...store import reader, schema
 from ...store.backup import readable
+from ..sweep import task_key
+from .across import summarised
 
 Arr = np.ndarray[Any, np.dtype[np.float64]]
 
 #: The metric types whose samples the report reads (statistics and plots).
 RESOURCE_TYPES = ("cpu", "ram", "gpu")
+#: The series the plots draw against time (:mod:`.plots`); of a large array only these are read
+#: with their timestamps, every other one for its statistics alone.
+DRAWN = frozenset({("cpu", "process_tree"), ("cpu", "system_total"), ("ram", "process_tree_rss"),
+                   ("ram", "system_used"), ("gpu", "utilization"), ("gpu", "memory_used")})  # fmt: skip
 
 
 class EmptyDatabaseError(StoreError):
@@ -55,7 +63,7 @@ class Source:
 
 @dataclass
 class Series:
-    """One series with its samples decoded, in time order."""
+    """One series with its samples decoded, in time order (``t`` empty when only the values were read)."""
 
     sid: int  # source id
     mtype: str
@@ -74,7 +82,7 @@ class Loaded:
     sources: dict[int, Source]
     series: list[Series]
     generation: list[dict[str, Any]]
-    training: list[dict[str, Any]]
+    training: list[dict[str, Any]]  # in (round, epoch, time) order, a missing round or epoch as 0
     jobs: list[dict[str, Any]]
     span: tuple[float | None, float | None]  # first and last timestamp of any sample or row
     n_samples: int
@@ -97,11 +105,19 @@ def read(path: str) -> Loaded:
                 "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
             )
         }
-        series = _load_series(conn, RESOURCE_TYPES)
+        tasks = {task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
+        many = summarised(len(tasks))
+        series = _load_series(conn, RESOURCE_TYPES, exact_times=not many, timed=DRAWN if many else None)
         n_samples = conn.execute("SELECT coalesce(sum(n), 0) FROM sample_chunks").fetchone()[0]
         n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
-        generation = _rows(conn, "SELECT * FROM generation_metrics ORDER BY timestamp")
-        training = _rows(conn, "SELECT * FROM training_metrics ORDER BY timestamp")
+        # The row tables, not their views: the report keys rows by source_id (a view's join costs a
+        # second on a 1,000-task array).
+        generation = _rows(conn, "SELECT source_id, timestamp, operation, round_number, chunk_number, duration_seconds,"
+                                 " samples_generated, memory_used_mb FROM generation_rows"
+                                 " WHERE source_id IN (SELECT source_id FROM sources) ORDER BY timestamp")  # fmt: skip
+        training = _rows(conn, "SELECT source_id, timestamp, metric_name, metric_value, round_number, epoch_number,"
+                               " phase FROM training_rows WHERE source_id IN (SELECT source_id FROM sources)"
+                               " ORDER BY coalesce(round_number, 0), coalesce(epoch_number, 0), timestamp")  # fmt: skip
         has_resolved = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs_resolved'"
         ).fetchone()  # a merged database whose merge resolved unfinished jobs
@@ -147,8 +163,24 @@ def _open(db: str) -> sqlite3.Connection:
     return conn
 
 
-def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[Series]:
-    """Series of the given metric types with their samples decoded (timestamps, values)."""
+#: Samples decoded at a time (bounds the report's memory on a large merged database).
+_DECODE_BATCH = 2_000_000
+
+
+def _load_series(
+    conn: sqlite3.Connection,
+    types: Sequence[str],
+    exact_times: bool = True,
+    timed: frozenset[tuple[str, str]] | None = None,
+) -> list[Series]:
+    """Series of the given metric types with their samples decoded (timestamps, values).
+
+    The chunks of many series are decoded together (one JSON parse per batch of about
+    :data:`_DECODE_BATCH` samples, the formula of :func:`...store.chunks.decode`); without
+    ``exact_times`` a timestamp is the chunk's grid ``t0 + k * dt_ms`` (its jitter, a few
+    milliseconds, is not read: the summaries of a large array bin time far more coarsely).
+    ``timed``: the (type, name) of the series read with their timestamps (default: every one);
+    the others have their values only (``t`` empty)."""
     marks = ",".join("?" * len(types))
     series: dict[int, Series] = {}
     for ser_id, sid, mtype, mname, unit, device in conn.execute(
@@ -156,22 +188,74 @@ def _load_series(conn: sqlite3.Connection, types: Sequence[str]) -> list[Series]
         tuple(types),
     ):
         series[ser_id] = Series(sid, mtype, mname, unit, device)
-    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
-    for ser_id, t0, n, dt_ms, jit, vals in conn.execute(
-        "SELECT c.series_id, c.t0, c.n, c.dt_ms, c.jit, c.vals FROM sample_chunks c"
-        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks})",
+    rows = conn.execute(
+        f"SELECT c.series_id, c.t0, c.n, c.dt_ms, {'c.jit' if exact_times else 'NULL'}, c.vals FROM sample_chunks c"
+        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks}) AND c.n > 0",
         tuple(types),
-    ):
-        ts, vs = chunks.decode(t0, n, dt_ms, jit, vals)
-        p = parts[ser_id]
-        p[0].append(ts)
-        p[1].append(vs)
+    ).fetchall()
+    rows.sort(key=itemgetter(0, 1))  # by series, then time (faster here than SQL's ORDER BY)
+    parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
+    unordered: set[int] = set()
+    to_read = [(rows, True)]  # (chunks, with their timestamps)
+    if timed is not None:
+        keep = {i for i, s in series.items() if (s.mtype, s.mname) in timed}
+        to_read = [([r for r in rows if r[0] in keep], True), ([r for r in rows if r[0] not in keep], False)]
+    for part, times in to_read:
+        start = 0
+        while start < len(part):
+            end, count = start, 0
+            while end < len(part) and (count < _DECODE_BATCH or part[end][0] == part[end - 1][0]):
+                count += part[end][2]
+                end += 1
+            for ser_id, ts, vs in _decode_batch(part[start:end], exact_times, unordered, times):
+                p = parts[ser_id]
+                p[0].append(ts)
+                p[1].append(vs)
+            start = end
     for ser_id, (ts_list, vs_list) in parts.items():
         s = series[ser_id]
-        t = np.concatenate(ts_list)
-        order = np.argsort(t, kind="stable")
-        s.t, s.v = t[order], np.concatenate(vs_list)[order]
-    return [s for s in series.values() if s.t.size]
+        t, v = (ts_list[0], vs_list[0]) if len(ts_list) == 1 else (np.concatenate(ts_list), np.concatenate(vs_list))
+        if ser_id in unordered:  # overlapping chunks: restore time order
+            order = np.argsort(t, kind="stable")
+            t, v = t[order], v[order]
+        s.t, s.v = t, v
+    return [s for s in series.values() if s.v.size]
+
+
+def _decode_batch(
+    rows: list[tuple[Any, ...]], exact_times: bool, unordered: set[int], times: bool = True
+) -> list[tuple[int, Arr, Arr]]:
+    """(series id, timestamps, values) of consecutive chunks (sorted by series, then t0), parsed at once;
+    adds to ``unordered`` the series whose timestamps go back somewhere (overlapping chunks).
+    Without ``times`` the timestamps are empty arrays."""
+    n = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+    total = int(n.sum())
+    vals = np.asarray(json.loads("[" + ",".join([r[5][1:-1] for r in rows]) + "]"), dtype=np.float64)
+    ids = [r[0] for r in rows]
+    cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
+    bounds = np.cumsum(n)
+    edges = [0, *(int(bounds[i - 1]) for i in cuts), total]
+    firsts = [0, *cuts]
+    if not times:
+        if vals.size != total:
+            raise StoreError(f"a chunk's values do not match its {total} samples")
+        none = np.empty(0)
+        return [(ids[f], none, vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
+    offsets = np.repeat(np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)), n)
+    offsets *= np.arange(total, dtype=np.float64) - np.repeat(np.cumsum(n) - n, n)  # k * dt_ms
+    if exact_times:
+        jit = np.asarray(json.loads("[" + ",".join([r[4][1:-1] for r in rows]) + "]"), dtype=np.float64)
+        if jit.size != total:
+            raise StoreError(f"a chunk's jitter does not match its {total} samples")
+        offsets += jit
+    if vals.size != total:
+        raise StoreError(f"a chunk's values do not match its {total} samples")
+    ts = np.repeat(np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows)), n) + offsets / 1000.0
+    back = np.flatnonzero(np.diff(ts) < 0) + 1  # sample indexes where time goes back
+    if back.size:
+        sample_series = np.repeat(np.asarray(ids), n)
+        unordered.update(int(x) for x in sample_series[back][sample_series[back] == sample_series[back - 1]])
+    return [(ids[f], ts[a:b], vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
 
 
 def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:

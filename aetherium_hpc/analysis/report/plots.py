@@ -16,6 +16,8 @@ from typing import Any
 from ..formatting import duration as fmt_duration
 from ..formatting import num as _num
 from ..sweep import is_schedule, params_text, task_key, task_label
+from . import across
+from .across import FORMAT
 from .load import Arr, EmptyDatabaseError, Loaded, Series
 
 Panel = tuple[str, Callable[[Any], None]]  # (title, draw(ax))
@@ -93,6 +95,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
     colours = _task_colours(keys) if keys else {}
     n_tasks = len(keys)
     legend = n_tasks <= _LEGEND_MAX_TASKS
+    many = bool(d["array"].get("summarised"))
     params = {}
     for t in (d.get("sweep") or {}).get("tasks", []):
         params[t["task"]] = t["params"]
@@ -122,7 +125,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
             ax.text(0.99, 0.97, f"{n_tasks} tasks; colour: task index (viridis, first dark)" if n_tasks > 20
                     else f"{n_tasks} tasks", transform=ax.transAxes, ha="right", va="top", fontsize=8)  # fmt: skip
 
-    def timeline(title: str, picks: list[tuple[Series, str]], ylabel: str) -> Panel:
+    def lines_timeline(title: str, picks: list[tuple[Series, str]], ylabel: str) -> Panel:
         def draw(ax: Any) -> None:
             styles = ["-", "--", ":", "-."]
             for s, label in picks:
@@ -143,6 +146,9 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
 
         return (title, draw)
 
+    # A large array: the spread across tasks instead of a line per task.
+    timeline = _band_timeline(n_tasks) if many else lines_timeline
+
     by_sid: dict[int, list[Series]] = defaultdict(list)
     for ser in loaded.series:
         by_sid[ser.sid].append(ser)
@@ -157,7 +163,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                     break
         return out
 
-    per = ", per task" if n_tasks > 1 else ""
+    per = f", across {n_tasks} tasks" if many else ", per task" if n_tasks > 1 else ""
     cpu = choose("cpu", ("process_tree", "system_total"))
     if cpu:
         mine = cpu[0][0].mname == "process_tree"
@@ -186,7 +192,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
             return colour(sid)
         return round_colours.get(("r", rnd)) if rnd is not None else None
 
-    def per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
+    def lines_per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
         """``field`` per chunk: one task: a colour per round; an array: a colour per task."""
 
         def draw(ax: Any) -> None:
@@ -213,9 +219,10 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
 
         return draw
 
+    per_chunk = _band_per_chunk if many else lines_per_chunk
     gen = [g for g in loaded.generation if g["duration_seconds"] is not None]
     if gen:
-        how = "colour: task" if n_tasks > 1 else "colour: round"
+        how = "median, p5–p95 and min–max across tasks" if many else "colour: task" if n_tasks > 1 else "colour: round"
         found["generation_duration"] = (
             f"Data generation: seconds per chunk ({how})",
             per_chunk(gen, "duration_seconds", "o", "duration, s"),
@@ -227,8 +234,8 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                 per_chunk(mem, "memory_used_mb", "s", "memory, MB"),
             )
 
-    def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
-        rows = [r for r in loaded.training if pred(r["metric_name"]) and r["metric_value"] is not None]
+    def lines_training(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
+        rows = _training_rows(loaded, pred)
         if not rows:
             return None
 
@@ -274,8 +281,10 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
 
         return (title, draw)
 
+    training_panel = _band_training(loaded, round_colours) if many else lines_training
     line_note = "solid: train, dashed: val"
-    colour_note = "colour: task" if n_tasks > 1 else "colour: round"
+    colour_note = "median and p5–p95 across tasks; colour: round" if many else "colour: task" if n_tasks > 1 \
+        else "colour: round"  # fmt: skip
     p = training_panel(
         f"Training loss per epoch ({line_note}; {colour_note})", lambda n: "loss" in n.lower(), "loss", True
     )
@@ -285,7 +294,136 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                        or n.lower() in ("lr",) or n.lower().endswith("/lr"), "learning rate", True)  # fmt: skip
     if p:
         found["learning_rate"] = p
+    if many:
+        found.update(_histograms(d))
     return found
+
+
+def _training_rows(loaded: Loaded, pred: Callable[[str], bool]) -> list[dict[str, Any]]:
+    """The training rows with a value whose metric name ``pred`` accepts (asked once per name)."""
+    names = {r["metric_name"] for r in loaded.training}
+    keep = {n for n in names if pred(n)}
+    return [r for r in loaded.training if r["metric_name"] in keep and r["metric_value"] is not None]
+
+
+# -- a large array: the spread across tasks (see .across) -----------------------------------------
+def _draw_band(ax: Any, x: Any, b: dict[str, Arr], colour: Any = "tab:blue", style: str = "-", labels: bool = True,
+               minmax: bool = True) -> None:  # fmt: skip
+    """Median line with a p5–p95 band (and a fainter min–max band) over ``x``."""
+    if minmax:
+        ax.fill_between(x, b["min"], b["max"], color=colour, alpha=0.1, lw=0, label="min–max" if labels else None)
+    ax.fill_between(x, b["p5"], b["p95"], color=colour, alpha=0.25, lw=0, label="p5–p95" if labels else None)
+    ax.plot(x, b["p50"], style, color=colour, lw=1.5, label="median" if labels else None)
+
+
+def _band_timeline(n_tasks: int) -> Callable[[str, list[tuple[Series, str]], str], Panel]:
+    def timeline(title: str, picks: list[tuple[Series, str]], ylabel: str) -> Panel:
+        series = [s for s, _ in picks]
+
+        def draw(ax: Any) -> None:
+            b = across.bands(series)
+            if b is None:
+                return
+            unit, scale = _time_unit(float(b["x"][-1]) if b["x"].size else 0.0)
+            _draw_band(ax, b["x"] / scale, b)
+            ax.set_xlabel(f"time since the task started, {unit}")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=9, loc="best")
+            ax.text(0.01, 0.97, f"{len(series)} series of {n_tasks} tasks", transform=ax.transAxes, ha="left",
+                    va="top", fontsize=8)  # fmt: skip
+
+        return (title.replace(", per task", "") + ": median, p5–p95, min–max", draw)
+
+    return timeline
+
+
+def _band_per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, ylabel: str) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        b = across.band_of_rows([(g["chunk_number"], g[field]) for g in rows_all if g["chunk_number"] is not None])
+        if b is None:
+            return
+        _draw_band(ax, b["x"], b, style=marker + "-")
+        ax.set_xlabel("chunk number")
+        ax.set_ylabel(ylabel)
+        _integer_x(ax)
+        ax.legend(fontsize=9, loc="best")
+
+    return draw
+
+
+def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) -> Callable[..., Panel | None]:
+    def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
+        rows = _training_rows(loaded, pred)
+        if not rows:
+            return None
+
+        def draw(ax: Any) -> None:
+            groups: dict[tuple[str, str, Any], list[tuple[float, float]]] = defaultdict(list)
+            for r in rows:
+                x = -1 if r["epoch_number"] is None else r["epoch_number"]
+                groups[(r["metric_name"], r["phase"] or "", r["round_number"])].append((x, r["metric_value"]))
+            names = sorted({k[0] for k in groups})
+            rounds = sorted({k[2] for k in groups}, key=lambda r: -1 if r is None else r)
+            for (name, phase, rnd), pairs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1],
+                                                                                      -1 if kv[0][2] is None else kv[0][2])):  # fmt: skip
+                b = across.band_of_rows(pairs)
+                if b is None:
+                    continue
+                style = (
+                    ("--" if phase == "val" else "-")
+                    if len(names) == 1
+                    else ["-", "--", ":", "-."][names.index(name) % 4]
+                )
+                colour = round_colours.get(("r", rnd)) if rnd is not None else "tab:blue"
+                first = phase != "val" or not any(k[2] == rnd and k[1] != "val" for k in groups)
+                ax.fill_between(b["x"], b["p5"], b["p95"], color=colour, alpha=0.15, lw=0)
+                label = f"round {_num(rnd)}" if len(rounds) > 1 and first and len(rounds) <= 12 else None
+                ax.plot(b["x"], b["p50"], style, color=colour, lw=1.3, label=label)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            _integer_x(ax)
+            values = [r["metric_value"] for r in rows if math.isfinite(r["metric_value"])]
+            if logy and values and min(values) > 0 and max(values) / min(values) > 10:
+                plain_log_axis(ax, math.log10(max(values) / min(values)))
+            if ax.get_legend_handles_labels()[1]:
+                ax.legend(fontsize=9, ncols=2 if len(rounds) > 6 else 1)
+
+        return (title, draw)
+
+    return training_panel
+
+
+def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
+    """One histogram across tasks per measure of ``data["across"]``, its median marked."""
+    out: dict[str, Panel] = {}
+    for m in d["across"]["measures"]:
+        edges, counts = m["histogram"]["edges"], m["histogram"]["counts"]
+        key = m["key"]
+        scale, unit = 1.0, ""
+        if key == "peak_memory_mb":
+            scale, unit = (1024.0, "GB") if m["max"] >= 1024 else (1.0, "MB")
+        elif key == "runtime_s":
+            unit, scale = _time_unit(m["max"])
+        elif key.endswith("efficiency"):
+            scale, unit = 0.01, "%"
+        elif key == "gpu_util_pct":
+            unit = "%"
+
+        def draw(ax: Any, edges: list[float] = edges, counts: list[int] = counts, m: dict[str, Any] = m,
+                 scale: float = scale, unit: str = unit) -> None:  # fmt: skip
+            xs = [e / scale for e in edges]
+            ax.stairs(counts, xs, fill=True, color="tab:blue", alpha=0.6)
+            ax.axvline(m["p50"] / scale, color="black", lw=1.2, ls="--", label=f"median {FORMAT[m['key']](m['p50'])}")
+            if m["key"].endswith("efficiency"):
+                ax.axvline(100.0, color="tab:red", lw=1.0, label="all of the request")
+            ax.set_xlabel(f"{m['label']}" + (f", {unit}" if unit else ""))
+            ax.set_ylabel("tasks")
+            ax.legend(fontsize=9, loc="best")
+
+        what = m["label"].split(" (")[0] if key != "objective_value" else m["label"]
+        title = f"{what[0].upper() + what[1:]}: histogram over {m['n']} {m['per']}s"
+        out[f"histogram_{key}"] = (title, draw)
+    return out
 
 
 def _render(

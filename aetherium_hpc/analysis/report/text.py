@@ -14,6 +14,7 @@ from ..formatting import duration as fmt_duration
 from ..formatting import memory_mb
 from ..formatting import num as _num
 from ..sweep import OK_STATUSES, is_schedule, params_text
+from .across import FORMAT
 
 #: Sources above which the text report lists per-node statistics only in JSON / HTML.
 _TEXT_MAX_SOURCES = 16
@@ -36,7 +37,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 def render(d: dict[str, Any]) -> str:
     """The terminal summary of :attr:`..Report.data`, Slurm accounting last."""
-    return _summary(d) + _sacct_text(d["sacct"])
+    return _summary(d) + _sacct_text(d["sacct"], _TEXT_MAX_TASKS if d["array"].get("summarised") else None)
 
 
 def _summary(d: dict[str, Any]) -> str:
@@ -70,7 +71,9 @@ def _summary(d: dict[str, Any]) -> str:
     elif key:
         lines += ["", f"resources per node: {len(key)} rows, see --json or --html"]
     arr = d["array"]
-    if arr["tasks"] > 1:
+    if d.get("across"):
+        lines += ["", *across_lines(d)]
+    elif arr["tasks"] > 1:
         lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
         for label, k, fmt in ACROSS:
             dist = arr[k]
@@ -90,23 +93,49 @@ def _summary(d: dict[str, Any]) -> str:
         lines += ["", "training metrics (median of the tasks' final values, best of all tasks):" if many
                   else "training metrics (final, best):"]  # fmt: skip
         lines += _table(header, [[cell(c) for c in r] for r in rows])
-    if d["jobs"]:
+    if d["jobs"] and d["array"].get("summarised"):
+        lines += ["", f"tasks: {len(d['jobs'])} rows (every one in --json; the HTML lists those that did not complete)"]
+        lines.append("  " + status_counts(d["jobs"]))
+        noted = [j for j in d["jobs"] if j.get("resolved_from") or j["status"] == "unknown"]
+        lines += [f"  {j['source']}: {j['status']}: {j['detail']}" for j in noted[:_TEXT_MAX_TASKS]]
+        if len(noted) > _TEXT_MAX_TASKS:
+            lines.append(f"  ... {len(noted) - _TEXT_MAX_TASKS} more resolved after the fact: see --json")
+    elif d["jobs"]:
         lines += ["", "tasks:"]
         lines += _table(
             ["task", "status", "exit", "start UTC", "runtime"],
             [[j["source"], str(j["status"]), _num(j["exit_code"]), j["start_utc"], fmt_duration(j["runtime_s"])]
              for j in d["jobs"]],
         )  # fmt: skip
-        counts: dict[str, int] = defaultdict(int)
-        for j in d["jobs"]:
-            counts[str(j["status"])] += 1
-        lines.append("  " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+        lines.append("  " + status_counts(d["jobs"]))
         for j in d["jobs"]:
             if j.get("resolved_from") or j["status"] == "unknown":
                 lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
     if d["efficiency"]["advice"]:
         lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
     return "\n".join(lines) + "\n"
+
+
+def status_counts(jobs: list[dict[str, Any]]) -> str:
+    """``998 completed, 2 timeout``."""
+    counts: dict[str, int] = defaultdict(int)
+    for j in jobs:
+        counts[str(j["status"])] += 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def across_lines(d: dict[str, Any]) -> list[str]:
+    """The summary across the tasks of a large array (``data["across"]``): a distribution and
+    the tasks at both ends of every measure."""
+    acr = d["across"]
+    n = acr["top_n"]
+    out = [f"across {acr['what']} (p5 / p50 / p95 / max; {n} highest and lowest; every task in --json):"]
+    for m in acr["measures"]:
+        fmt = FORMAT[m["key"]]
+        out.append(f"  {m['label']}: {' / '.join(fmt(m[k]) for k in ('p5', 'p50', 'p95', 'max'))}")
+        for end in ("highest", "lowest"):
+            out.append(f"    {end + ':':8} " + ", ".join(f"{e['task']} {fmt(e['value'])}" for e in m[end]))
+    return out
 
 
 #: The rows "across N tasks" (text and HTML): label, key in data["array"], how a value is written.
@@ -184,14 +213,17 @@ def training_rows(training: list[dict[str, Any]]) -> tuple[list[str], list[list[
     return header, rows
 
 
-def _sacct_text(sacct: dict[str, Any]) -> str:
+def _sacct_text(sacct: dict[str, Any], limit: int | None = None) -> str:
+    """The sacct table; ``limit``: rows shown (a large array: the rest in --json)."""
     if not sacct["rows"]:
         return f"\nslurm accounting: {sacct.get('not_final') or sacct.get('why', 'none')}\n"
     header = ("job", "state", "exit", "elapsed", "total cpu", "req mem", "cpus", "limit", "max rss MB")
     rows = [
         (r["job"], r.get("state", ""), r.get("exit_code", ""), r.get("elapsed", ""), r.get("total_cpu", ""),
          r.get("req_mem", ""), r.get("alloc_cpus", ""), r.get("timelimit", ""), _num(r["max_rss_mb"]))
-        for r in sacct["rows"]
+        for r in sacct["rows"][:limit]
     ]  # fmt: skip
     note = [f"  ({sacct['not_final']})"] if sacct.get("not_final") else []
+    if limit is not None and len(sacct["rows"]) > limit:
+        note.append(f"  ... {len(sacct['rows']) - limit} more rows: see --json")
     return "\n".join(["", "slurm accounting (sacct):", *_table(header, rows), *note]) + "\n"
