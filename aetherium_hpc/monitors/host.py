@@ -6,10 +6,13 @@ user + system time deltas. Each tick costs, per process of the tree, one read of
 else psutil's ``cpu_times`` + ``memory_info`` inside ``oneshot()`` -- the Linux
 read costs about a quarter of psutil's two (bench/monitor_overhead.py).
 
-New descendants are found each tick through ``/proc/<pid>/task/<tid>/children``
-(a few reads for the tree only); where the kernel lacks that file it falls back to
-psutil's ``children(recursive=True)``, which reads the stat file of every process
-on the node and costs about ten times more.
+New descendants are found through ``/proc/<pid>/task/<tid>/children`` (a few reads for
+the tree only); where the kernel lacks that file it falls back to psutil's
+``children(recursive=True)``, which reads the stat file of every process on the node and
+costs about ten times more. On Linux the walk is skipped on a tick where it cannot find
+anything new (see :meth:`ProcessTreeCollector._walk_due`): a new process takes a pid, which
+moves the last field of ``/proc/loadavg``, and a process that leaves the tree alive has a new
+parent, seen in the stat line read anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ _PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
 #: /proc/<pid>/stat files a tree collector keeps open (a pread per tick instead of open, read,
 #: close); the processes beyond that many are read with an open each tick.
 MAX_OPEN_STAT_FILES = 256
+#: The tree is walked at least once every this many ticks, even when /proc/loadavg says no
+#: process was created since the last walk: the bound on finding a new child should that
+#: file ever fail to say so (a pid counter that wrapped around between two ticks).
+WALK_EVERY_TICKS = 10
 
 
 class HostCollector(Collector):
@@ -158,6 +165,9 @@ class ProcessTreeCollector(Collector):
         self._root_gone = False
         self._ended: set[int] = set()  # zombies (and unreadable pids) not to pick up again
         self._open_fds = 0
+        self._loadavg_fd = -1  # /proc/loadavg kept open: its last field, the last pid handed out
+        self._last_pid = b""  # that field at the last walk
+        self._unwalked = 0  # ticks since the last walk
 
     def _forget(self, tracked: _Tracked) -> None:
         if tracked.fd >= 0:
@@ -167,6 +177,9 @@ class ProcessTreeCollector(Collector):
     def close(self) -> None:
         for tracked in self._procs.values():
             self._forget(tracked)
+        if self._loadavg_fd >= 0:
+            os.close(self._loadavg_fd)
+            self._loadavg_fd = -1
 
     def pids(self) -> KeysView[int]:
         """The pids of the tree at the last tick (a live view)."""
@@ -175,6 +188,12 @@ class ProcessTreeCollector(Collector):
     def start(self) -> None:
         self._root = psutil.Process(self.root_pid)
         self._last_mono = time.monotonic()
+        if self.read_proc and self._proc_children:
+            try:
+                self._loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
+            except OSError:
+                pass
+            self._walk_due()  # the pid counter before the first walk
         self._update_tree(None)
         for tracked in self._procs.values():
             reading = self._read(tracked)
@@ -182,6 +201,30 @@ class ProcessTreeCollector(Collector):
                 tracked.cpu = reading[0]
 
     # -- finding the tree -------------------------------------------------------------------
+    def _walk_due(self) -> bool:
+        """Whether this tick walks the tree: True unless no pid was handed out on the node since
+        the last walk (the last field of ``/proc/loadavg``: every process and thread created in
+        this pid namespace or one below it takes a pid of this namespace) and the last walk is
+        fewer than :data:`WALK_EVERY_TICKS` ticks ago. Costs one ``pread``; where the file is
+        missing or says something else, the tree is walked every tick."""
+        fd = self._loadavg_fd
+        if fd < 0:
+            return True
+        try:
+            last = os.pread(fd, 128, 0).rsplit(None, 1)[-1]
+        except (OSError, IndexError):
+            last = b""
+        if not last.isdigit():
+            os.close(fd)
+            self._loadavg_fd = -1
+            return True
+        if last == self._last_pid and self._unwalked < WALK_EVERY_TICKS:
+            self._unwalked += 1
+            return False
+        self._last_pid = last  # read before the walk: a process created during it moves it again
+        self._unwalked = 0
+        return True
+
     def _descendants(self) -> list[int]:
         if self._proc_children:
             return _proc_descendants(self.root_pid)
@@ -219,8 +262,8 @@ class ProcessTreeCollector(Collector):
             procs[pid] = _Tracked(proc, device, baseline)
 
     # -- sampling ---------------------------------------------------------------------------
-    def _read(self, tracked: _Tracked) -> tuple[float, float] | None:
-        """(cpu seconds, rss bytes) of one process, or None once it is gone or a zombie."""
+    def _read(self, tracked: _Tracked) -> tuple[float, float, int] | None:
+        """(cpu seconds, rss bytes, parent pid) of one process, or None once it is gone or a zombie."""
         if self.read_proc:
             fd = tracked.fd
             if fd < 0:
@@ -243,15 +286,43 @@ class ProcessTreeCollector(Collector):
                     return None
                 times = proc.cpu_times()
                 rss = proc.memory_info().rss
+                ppid = proc.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return None
-        return times.user + times.system, float(rss)
+        return times.user + times.system, float(rss), ppid
+
+    def _read_tree(self, check_parents: bool) -> tuple[list[tuple[_Tracked, float, float]], list[int]] | None:
+        """((process, cpu seconds, rss bytes) of each live process, pids gone); None when
+        ``check_parents`` and a process has a parent outside the tree: it has left the tree
+        alive (its parent ended, it was re-parented) since the last walk."""
+        procs = self._procs
+        root = self.root_pid
+        readings: list[tuple[_Tracked, float, float]] = []
+        gone: list[int] = []
+        for pid, tracked in procs.items():
+            reading = self._read(tracked)
+            if reading is None:
+                gone.append(pid)
+            elif check_parents and reading[2] not in procs and pid != root:
+                return None
+            else:
+                readings.append((tracked, reading[0], reading[1]))
+        return readings, gone
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
         now = time.monotonic()
         elapsed = now - self._last_mono
-        self._update_tree(0.0)
+        walked = self._walk_due()
+        if walked:
+            self._update_tree(0.0)
         self._last_mono = now
+        found = self._read_tree(check_parents=not walked and not self._root_gone)
+        if found is None:  # the tree has changed without a new pid: walk it after all
+            self._unwalked = 0
+            self._update_tree(0.0)
+            found = self._read_tree(check_parents=False)
+            assert found is not None
+        readings, gone = found
         procs = self._procs
         per_process = self.per_process
         scale = 100.0 / elapsed if elapsed > 0 else 0.0
@@ -259,13 +330,7 @@ class ProcessTreeCollector(Collector):
         p_rss = catalogue.PROCESS_RSS
         cpu_total = 0.0
         rss_total = 0.0
-        gone: list[int] = []
-        for pid, tracked in procs.items():
-            reading = self._read(tracked)
-            if reading is None:
-                gone.append(pid)
-                continue
-            cpu, rss = reading
+        for tracked, cpu, rss in readings:
             rss_total += rss
             previous = tracked.cpu
             tracked.cpu = cpu
@@ -290,8 +355,8 @@ class ProcessTreeCollector(Collector):
             out.append(catalogue.RAM_PROCESS_TREE_RSS.sample(rss_total / _MB))
 
 
-def _read_proc_stat(pid: int) -> tuple[float, float] | None:
-    """(utime + stime seconds, rss bytes) from one read of /proc/<pid>/stat; None if gone or a zombie."""
+def _read_proc_stat(pid: int) -> tuple[float, float, int] | None:
+    """(utime + stime seconds, rss bytes, parent pid) from one read of /proc/<pid>/stat; None if gone or a zombie."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
@@ -305,12 +370,12 @@ def _read_proc_stat(pid: int) -> tuple[float, float] | None:
     return _parse_proc_stat(data)
 
 
-def _parse_proc_stat(data: bytes) -> tuple[float, float] | None:
+def _parse_proc_stat(data: bytes) -> tuple[float, float, int] | None:
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
     fields = data[data.rfind(b")") + 2 :].split()
     if len(fields) < 22 or fields[0] in (b"Z", b"X"):
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE, int(fields[1])
 
 
 def _proc_descendants(root: int) -> list[int]:
