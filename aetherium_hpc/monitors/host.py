@@ -93,41 +93,34 @@ class HostCollector(Collector):
             raise ValueError("unexpected /proc/stat")
         return [int(x) for x in line[1:9]]  # user .. steal; guest and guest_nice are already in user and nice
 
-    def _cpu_percent(self) -> float:
-        """psutil.cpu_percent(None) from /proc/stat: busy share of the ticks since the last call."""
-        now = self._cpu_fields()
-        before = self._cpu
-        self._cpu = now
-        assert before is not None
-        deltas = [a - b if a > b else 0 for a, b in zip(now, before)]  # a counter that went back: 0
-        total = sum(deltas)
-        return round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
-
-    def _memory(self) -> tuple[float, float] | None:
-        """(used bytes, used %) as psutil.virtual_memory() gives them, or None to ask psutil."""
-        head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
-        if len(head) < 4 or not head[0].startswith(b"MemTotal:") or not head[2].startswith(b"MemAvailable:"):
-            return None
-        total = int(head[0].split()[1]) * 1024
-        avail = int(head[2].split()[1]) * 1024
-        if avail <= 0 or total <= 0:
-            return None  # psutil estimates it then
-        if avail > total:  # a container that shows the host's figures: psutil uses MemFree
-            avail = int(head[1].split()[1]) * 1024
-        used = total - avail
-        return float(used), round(used / total * 100.0, 1)
-
     def collect(self, out: list[Sample], timestamp: float) -> None:
+        # One method on the /proc path: it runs on caches gone cold since the last tick, where
+        # every call and line costs more than it does in a loop.
+        mem: tuple[float, float] | None = None
         if self._cpu is not None:
             try:
-                cpu = self._cpu_percent()
-                mem = self._memory()
+                # psutil.cpu_percent(None): the busy share of the ticks since the last call.
+                now = self._cpu_fields()
+                deltas = [a - b if a > b else 0 for a, b in zip(now, self._cpu)]  # a counter that went back: 0
+                self._cpu = now
+                total = sum(deltas)
+                cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
+                # psutil.virtual_memory(): used = total - available, percent to one decimal.
+                head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
+                if len(head) == 4 and head[0].startswith(b"MemTotal:") and head[2].startswith(b"MemAvailable:"):
+                    total_kb = int(head[0].split()[1])
+                    avail_kb = int(head[2].split()[1])
+                    if avail_kb > total_kb:  # a container that shows the host's figures: psutil uses MemFree
+                        avail_kb = int(head[1].split()[1])
+                    if avail_kb > 0 and total_kb > 0:  # else psutil estimates it
+                        used = total_kb - avail_kb
+                        mem = used * 1024.0, round(used / total_kb * 100.0, 1)
             except (OSError, ValueError, IndexError):
                 self.close()  # ask psutil from now on
                 psutil.cpu_percent(None)
-                cpu, mem = 0.0, None
+                cpu = 0.0
         else:
-            cpu, mem = psutil.cpu_percent(None), None
+            cpu = psutil.cpu_percent(None)
         if mem is None:
             vm = psutil.virtual_memory()
             mem = float(vm.used), float(vm.percent)
@@ -307,7 +300,14 @@ class ProcessTreeCollector(Collector):
         readings: list[tuple[_Tracked, float, float]] = []
         gone: list[int] = []
         for pid, tracked in procs.items():
-            reading = self._read(tracked)
+            fd = tracked.fd
+            if fd >= 0:  # _read's common case, inline: a descriptor kept open
+                try:
+                    reading = _parse_proc_stat(os.pread(fd, 4096, 0))
+                except OSError:  # the process has ended (ESRCH): the descriptor stays tied to it
+                    reading = None
+            else:
+                reading = self._read(tracked)
             if reading is None:
                 gone.append(pid)
             elif check_parents and reading[2] not in procs and pid != root:
