@@ -388,7 +388,10 @@ def test_proc_stat_reading_agrees_with_psutil() -> None:
     for collector in (fast, slow):
         collector.start()
     me = fast._procs[os.getpid()], slow._procs[os.getpid()]
-    (cpu_fast, rss_fast, ppid_fast), (cpu_slow, rss_slow, ppid_slow) = fast._read(me[0]) or (0, 0, 0), slow._read(me[1]) or (0, 0, 0)
+    (cpu_fast, rss_fast, ppid_fast), (cpu_slow, rss_slow, ppid_slow) = (
+        fast._read(me[0]) or (0, 0, 0),
+        slow._read(me[1]) or (0, 0, 0),
+    )
     assert cpu_fast == pytest.approx(cpu_slow, abs=0.05)
     assert rss_fast == pytest.approx(rss_slow, rel=0.1)
     assert ppid_fast == ppid_slow == os.getppid()

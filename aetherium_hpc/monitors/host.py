@@ -101,7 +101,7 @@ class HostCollector(Collector):
             try:
                 # psutil.cpu_percent(None): the busy share of the ticks since the last call.
                 now = self._cpu_fields()
-                deltas = [a - b if a > b else 0 for a, b in zip(now, self._cpu)]  # a counter that went back: 0
+                deltas = [a - b if a > b else 0 for a, b in zip(now, self._cpu, strict=False)]  # went back: 0
                 self._cpu = now
                 total = sum(deltas)
                 cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
