@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -117,25 +118,46 @@ def main() -> int:
     return 0
 
 
+def thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process, by thread name (Linux: per-thread CPU clocks)."""
+    out: dict[str, float] = {}
+    for thread in threading.enumerate():
+        try:
+            clock = time.pthread_getcpuclockid(thread.ident or 0)
+            out[thread.name] = out.get(thread.name, 0.0) + time.clock_gettime(clock)
+        except (AttributeError, OSError):  # not Linux, or the thread has just ended
+            pass
+    return out
+
+
 def live(seconds: float) -> None:
-    """The real thing: log_system_resources-style monitor at 1 Hz into a real store."""
+    """The real thing: log_system_resources-style monitor at 1 Hz into a real store, and where
+    its process CPU goes, thread by thread (the sampling thread, the store's writer, the rest)."""
     with tempfile.TemporaryDirectory() as folder:
-        init_db(os.path.join(folder, "bench.db"), flush_interval=1.0)
+        init_db(os.path.join(folder, "bench.db"), flush_interval=5.0)
         monitor = ResourceMonitor(1.0, gpu=True).start()
+        time.sleep(1.5)  # collectors started, first samples taken
+        n0, c0, t0 = monitor.samples_taken, time.process_time(), thread_cpu()
         time.sleep(seconds)
+        n, cpu, t1 = monitor.samples_taken - n0, time.process_time() - c0, thread_cpu()
         summary = monitor.stop()
         store = get_db()
         assert store is not None
         per_sample = [r["value"] for r in store.query_resource_metrics("monitor", "sample_cpu_ms")]
         shutdown_db()
-    if not per_sample:
+    if not per_sample or not n:
         print(f"\nlive 1 Hz run: no samples in {seconds:.0f} s")
         return
     mean, median, p95 = stats(per_sample)
-    print(f"\nlive 1 Hz run into a store, {summary['samples']} samples over {summary['duration_s']:.1f} s:")
+    print(
+        f"\nlive 1 Hz run into a store (flush_interval 5 s), {summary['samples']} samples over {summary['duration_s']:.1f} s:"
+    )
     print(f"  monitor/sample_cpu_ms stored: mean {mean:.3f}, median {median:.3f}, p95 {p95:.3f} ms")
-    print(f"  monitor thread CPU, start to stop (incl. store calls, NVML probe): {summary['monitor_cpu_s'] * 1000:.1f} ms"
-          f" = {summary['monitor_cpu_percent_of_one_core']:.4f} % of one core")  # fmt: skip
+    print(f"  process CPU per sample over {seconds:.0f} s of steady state: {cpu / n * 1000:.3f} ms, of which")
+    for name, value in sorted(t1.items(), key=lambda kv: kv[1] - t0.get(kv[0], 0.0), reverse=True):
+        used = (value - t0.get(name, 0.0)) / n * 1000
+        if used >= 0.0005:
+            print(f"    {name:<32}{used:8.3f} ms")
 
 
 if __name__ == "__main__":

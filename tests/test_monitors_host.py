@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from aetherium_hpc import init_db, shutdown_db
-from aetherium_hpc.monitors import Collector, ResourceMonitor, log_system_resources
+from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
@@ -299,6 +299,88 @@ def test_tree_collector_alone_counts_a_new_workers_cpu_from_its_birth(
     assert busy.pid in tree.pids()
 
 
+def test_the_tree_walk_is_skipped_only_while_no_pid_is_handed_out(children: list[subprocess.Popen[bytes]]) -> None:
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc children files here: psutil walks the tree every tick")
+    tree = ProcessTreeCollector(read_proc=True)
+    tree.start()
+    try:
+        assert tree._loadavg_fd >= 0, "/proc/loadavg tells when a walk can find something new"
+        # Never more than WALK_EVERY_TICKS ticks in a row without a walk, whatever the node does.
+        skipped = 0
+        for _ in range(3 * host.WALK_EVERY_TICKS):
+            skipped = 0 if tree._walk_due() else skipped + 1
+            assert skipped <= host.WALK_EVERY_TICKS
+        # A process started since the last tick takes a pid: the next tick walks and finds it.
+        tree._walk_due()  # catch up with the pids other work on the node has taken
+        sleeper = subprocess.Popen(python("import time; time.sleep(60)"))
+        children.append(sleeper)
+        out: list[Sample] = []
+        tree.collect(out, time.time())
+        assert sleeper.pid in tree.pids()
+        assert any(s[4].startswith(f"{sleeper.pid}:") for s in out)
+    finally:
+        tree.close()
+
+
+def test_a_process_that_leaves_the_tree_alive_is_dropped_at_once_without_a_walk(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc children files here: psutil walks the tree every tick")
+    # A worker starts a grandchild and ends: the grandchild is re-parented to init and leaves the tree.
+    parent = subprocess.Popen(
+        python(
+            "import subprocess, sys\n"
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            "print(p.pid, flush=True)\n"
+            "sys.stdin.readline()"
+        ),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    )  # fmt: skip
+    children.append(parent)
+    assert parent.stdout is not None and parent.stdin is not None
+    grandchild = int(parent.stdout.readline())
+    try:
+        tree = ProcessTreeCollector(read_proc=True)
+        tree.start()
+        wait_for(lambda: psutil.Process(grandchild).ppid() == parent.pid, what="the grandchild to start")
+        tree.collect([], time.time())
+        assert {parent.pid, grandchild} <= set(tree.pids())
+        parent.stdin.close()
+        parent.wait()
+        wait_for(lambda: psutil.Process(grandchild).ppid() != parent.pid, what="the grandchild to be re-parented")
+        monkeypatch.setattr(tree, "_walk_due", lambda: False)  # no pid handed out since: no walk due
+        out: list[Sample] = []
+        tree.collect(out, time.time())
+        assert parent.pid not in tree.pids() and grandchild not in tree.pids()
+        assert not any(s[4].startswith((f"{parent.pid}:", f"{grandchild}:")) for s in out)
+        assert os.getpid() in tree.pids()
+        tree.close()
+    finally:
+        os.kill(grandchild, 9)
+
+
+def test_host_figures_from_proc_agree_with_psutil() -> None:
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("no /proc here: psutil is the only path")
+    fast = HostCollector(read_proc=True)
+    fast.start()
+    assert fast._cpu is not None, "the /proc path is in use"
+    time.sleep(0.3)
+    psutil.cpu_percent(None)
+    out: list[Sample] = []
+    fast.collect(out, time.time())
+    vm = psutil.virtual_memory()
+    values = {s[1]: s[2] for s in out}
+    assert [s[:2] for s in out] == [("cpu", "system_total"), ("ram", "system_used"), ("ram", "system_percent")]
+    assert 0.0 <= values["system_total"] <= 100.0
+    assert values["system_used"] == pytest.approx(vm.used / 2**20, rel=0.05)
+    assert values["system_percent"] == pytest.approx(vm.percent, abs=2.0)
+    assert all(type(s[2]) is float for s in out)
+    fast.close()
+
+
 def test_proc_stat_reading_agrees_with_psutil() -> None:
     if not os.path.exists("/proc/self/stat"):
         pytest.skip("no /proc here: psutil is the only path")
@@ -306,9 +388,13 @@ def test_proc_stat_reading_agrees_with_psutil() -> None:
     for collector in (fast, slow):
         collector.start()
     me = fast._procs[os.getpid()], slow._procs[os.getpid()]
-    (cpu_fast, rss_fast), (cpu_slow, rss_slow) = fast._read(me[0]) or (0, 0), slow._read(me[1]) or (0, 0)
+    (cpu_fast, rss_fast, ppid_fast), (cpu_slow, rss_slow, ppid_slow) = (
+        fast._read(me[0]) or (0, 0, 0),
+        slow._read(me[1]) or (0, 0, 0),
+    )
     assert cpu_fast == pytest.approx(cpu_slow, abs=0.05)
     assert rss_fast == pytest.approx(rss_slow, rel=0.1)
+    assert ppid_fast == ppid_slow == os.getppid()
 
 
 def test_docs_table_lists_every_metric() -> None:

@@ -6,10 +6,13 @@ user + system time deltas. Each tick costs, per process of the tree, one read of
 else psutil's ``cpu_times`` + ``memory_info`` inside ``oneshot()`` -- the Linux
 read costs about a quarter of psutil's two (bench/monitor_overhead.py).
 
-New descendants are found each tick through ``/proc/<pid>/task/<tid>/children``
-(a few reads for the tree only); where the kernel lacks that file it falls back to
-psutil's ``children(recursive=True)``, which reads the stat file of every process
-on the node and costs about ten times more.
+New descendants are found through ``/proc/<pid>/task/<tid>/children`` (a few reads for
+the tree only); where the kernel lacks that file it falls back to psutil's
+``children(recursive=True)``, which reads the stat file of every process on the node and
+costs about ten times more. On Linux the walk is skipped on a tick where it cannot find
+anything new (see :meth:`ProcessTreeCollector._walk_due`): a new process takes a pid, which
+moves the last field of ``/proc/loadavg``, and a process that leaves the tree alive has a new
+parent, seen in the stat line read anyway.
 """
 
 from __future__ import annotations
@@ -34,6 +37,18 @@ _PAGE = float(os.sysconf("SC_PAGE_SIZE")) if _LINUX_PROC else 4096.0
 #: /proc/<pid>/stat files a tree collector keeps open (a pread per tick instead of open, read,
 #: close); the processes beyond that many are read with an open each tick.
 MAX_OPEN_STAT_FILES = 256
+# (metric_type, metric_name, unit) of the rows written every tick: a tuple is cheaper to read than a spec's attributes.
+_CPU_TOTAL, _RAM_USED, _RAM_PERCENT, _TREE_CPU, _TREE_RSS, _PROC_CPU, _PROC_RSS = (
+    (spec.metric_type, spec.metric_name, spec.unit)
+    for spec in (
+        catalogue.CPU_SYSTEM_TOTAL, catalogue.RAM_SYSTEM_USED, catalogue.RAM_SYSTEM_PERCENT, catalogue.CPU_PROCESS_TREE,
+        catalogue.RAM_PROCESS_TREE_RSS, catalogue.PROCESS_CPU, catalogue.PROCESS_RSS,
+    )
+)  # fmt: skip
+#: The tree is walked at least once every this many ticks, even when /proc/loadavg says no
+#: process was created since the last walk: the bound on finding a new child should that
+#: file ever fail to say so (a pid counter that wrapped around between two ticks).
+WALK_EVERY_TICKS = 10
 
 
 class HostCollector(Collector):
@@ -76,50 +91,42 @@ class HostCollector(Collector):
         line = os.pread(self._stat_fd, 512, 0).split(b"\n", 1)[0].split()
         if line[0] != b"cpu" or len(line) < 5:
             raise ValueError("unexpected /proc/stat")
-        return [int(x) for x in line[1:11]]
-
-    def _cpu_percent(self) -> float:
-        """psutil.cpu_percent(None) from /proc/stat: busy share of the ticks since the last call."""
-        now = self._cpu_fields()
-        before = self._cpu
-        self._cpu = now
-        assert before is not None
-        deltas = [max(0, a - b) for a, b in zip(now, before, strict=False)]
-        total = sum(deltas[:8])  # guest and guest_nice are already in user and nice
-        busy = total - deltas[3] - deltas[4]  # idle, iowait
-        return round(busy / total * 100.0, 1) if total > 0 else 0.0
-
-    def _memory(self) -> tuple[float, float] | None:
-        """(used bytes, used %) as psutil.virtual_memory() gives them, or None to ask psutil."""
-        head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
-        if len(head) < 4 or not head[0].startswith(b"MemTotal:") or not head[2].startswith(b"MemAvailable:"):
-            return None
-        total = int(head[0].split()[1]) * 1024
-        avail = int(head[2].split()[1]) * 1024
-        if avail <= 0 or total <= 0:
-            return None  # psutil estimates it then
-        if avail > total:  # a container that shows the host's figures: psutil uses MemFree
-            avail = int(head[1].split()[1]) * 1024
-        used = total - avail
-        return float(used), round(used / total * 100.0, 1)
+        return [int(x) for x in line[1:9]]  # user .. steal; guest and guest_nice are already in user and nice
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
+        # One method on the /proc path: it runs on caches gone cold since the last tick, where
+        # every call and line costs more than it does in a loop.
+        mem: tuple[float, float] | None = None
         if self._cpu is not None:
             try:
-                cpu = self._cpu_percent()
-                mem = self._memory()
+                # psutil.cpu_percent(None): the busy share of the ticks since the last call.
+                now = self._cpu_fields()
+                deltas = [a - b if a > b else 0 for a, b in zip(now, self._cpu, strict=False)]  # went back: 0
+                self._cpu = now
+                total = sum(deltas)
+                cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
+                # psutil.virtual_memory(): used = total - available, percent to one decimal.
+                head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
+                if len(head) == 4 and head[0].startswith(b"MemTotal:") and head[2].startswith(b"MemAvailable:"):
+                    total_kb = int(head[0].split()[1])
+                    avail_kb = int(head[2].split()[1])
+                    if avail_kb > total_kb:  # a container that shows the host's figures: psutil uses MemFree
+                        avail_kb = int(head[1].split()[1])
+                    if avail_kb > 0 and total_kb > 0:  # else psutil estimates it
+                        used = total_kb - avail_kb
+                        mem = used * 1024.0, round(used / total_kb * 100.0, 1)
             except (OSError, ValueError, IndexError):
                 self.close()  # ask psutil from now on
                 psutil.cpu_percent(None)
-                cpu, mem = 0.0, None
+                cpu = 0.0
         else:
-            cpu, mem = psutil.cpu_percent(None), None
+            cpu = psutil.cpu_percent(None)
         if mem is None:
             vm = psutil.virtual_memory()
             mem = float(vm.used), float(vm.percent)
-        out.append(catalogue.CPU_SYSTEM_TOTAL.sample(cpu))
-        out.append(catalogue.RAM_SYSTEM_USED.sample(mem[0] / _MB))
-        out.append(catalogue.RAM_SYSTEM_PERCENT.sample(mem[1]))
+        out.append((_CPU_TOTAL[0], _CPU_TOTAL[1], cpu, _CPU_TOTAL[2], ""))
+        out.append((_RAM_USED[0], _RAM_USED[1], mem[0] / _MB, _RAM_USED[2], ""))
+        out.append((_RAM_PERCENT[0], _RAM_PERCENT[1], mem[1], _RAM_PERCENT[2], ""))
 
 
 class _Tracked:
@@ -158,6 +165,9 @@ class ProcessTreeCollector(Collector):
         self._root_gone = False
         self._ended: set[int] = set()  # zombies (and unreadable pids) not to pick up again
         self._open_fds = 0
+        self._loadavg_fd = -1  # /proc/loadavg kept open: its last field, the last pid handed out
+        self._last_pid = b""  # that field at the last walk
+        self._unwalked = 0  # ticks since the last walk
 
     def _forget(self, tracked: _Tracked) -> None:
         if tracked.fd >= 0:
@@ -167,6 +177,9 @@ class ProcessTreeCollector(Collector):
     def close(self) -> None:
         for tracked in self._procs.values():
             self._forget(tracked)
+        if self._loadavg_fd >= 0:
+            os.close(self._loadavg_fd)
+            self._loadavg_fd = -1
 
     def pids(self) -> KeysView[int]:
         """The pids of the tree at the last tick (a live view)."""
@@ -175,6 +188,12 @@ class ProcessTreeCollector(Collector):
     def start(self) -> None:
         self._root = psutil.Process(self.root_pid)
         self._last_mono = time.monotonic()
+        if self.read_proc and self._proc_children:
+            try:
+                self._loadavg_fd = os.open("/proc/loadavg", os.O_RDONLY)
+            except OSError:
+                pass
+            self._walk_due()  # the pid counter before the first walk
         self._update_tree(None)
         for tracked in self._procs.values():
             reading = self._read(tracked)
@@ -182,6 +201,30 @@ class ProcessTreeCollector(Collector):
                 tracked.cpu = reading[0]
 
     # -- finding the tree -------------------------------------------------------------------
+    def _walk_due(self) -> bool:
+        """Whether this tick walks the tree: True unless no pid was handed out on the node since
+        the last walk (the last field of ``/proc/loadavg``: every process and thread created in
+        this pid namespace or one below it takes a pid of this namespace) and the last walk is
+        fewer than :data:`WALK_EVERY_TICKS` ticks ago. Costs one ``pread``; where the file is
+        missing or says something else, the tree is walked every tick."""
+        fd = self._loadavg_fd
+        if fd < 0:
+            return True
+        try:
+            last = os.pread(fd, 128, 0).rsplit(None, 1)[-1]
+        except (OSError, IndexError):
+            last = b""
+        if not last.isdigit():
+            os.close(fd)
+            self._loadavg_fd = -1
+            return True
+        if last == self._last_pid and self._unwalked < WALK_EVERY_TICKS:
+            self._unwalked += 1
+            return False
+        self._last_pid = last  # read before the walk: a process created during it moves it again
+        self._unwalked = 0
+        return True
+
     def _descendants(self) -> list[int]:
         if self._proc_children:
             return _proc_descendants(self.root_pid)
@@ -219,8 +262,8 @@ class ProcessTreeCollector(Collector):
             procs[pid] = _Tracked(proc, device, baseline)
 
     # -- sampling ---------------------------------------------------------------------------
-    def _read(self, tracked: _Tracked) -> tuple[float, float] | None:
-        """(cpu seconds, rss bytes) of one process, or None once it is gone or a zombie."""
+    def _read(self, tracked: _Tracked) -> tuple[float, float, int] | None:
+        """(cpu seconds, rss bytes, parent pid) of one process, or None once it is gone or a zombie."""
         if self.read_proc:
             fd = tracked.fd
             if fd < 0:
@@ -243,40 +286,69 @@ class ProcessTreeCollector(Collector):
                     return None
                 times = proc.cpu_times()
                 rss = proc.memory_info().rss
+                ppid = proc.ppid()
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             return None
-        return times.user + times.system, float(rss)
+        return times.user + times.system, float(rss), ppid
+
+    def _read_tree(self, check_parents: bool) -> tuple[list[tuple[_Tracked, float, float]], list[int]] | None:
+        """((process, cpu seconds, rss bytes) of each live process, pids gone); None when
+        ``check_parents`` and a process has a parent outside the tree: it has left the tree
+        alive (its parent ended, it was re-parented) since the last walk."""
+        procs = self._procs
+        root = self.root_pid
+        readings: list[tuple[_Tracked, float, float]] = []
+        gone: list[int] = []
+        for pid, tracked in procs.items():
+            fd = tracked.fd
+            if fd >= 0:  # _read's common case, inline: a descriptor kept open
+                try:
+                    reading = _parse_proc_stat(os.pread(fd, 4096, 0))
+                except OSError:  # the process has ended (ESRCH): the descriptor stays tied to it
+                    reading = None
+            else:
+                reading = self._read(tracked)
+            if reading is None:
+                gone.append(pid)
+            elif check_parents and reading[2] not in procs and pid != root:
+                return None
+            else:
+                readings.append((tracked, reading[0], reading[1]))
+        return readings, gone
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
         now = time.monotonic()
         elapsed = now - self._last_mono
-        self._update_tree(0.0)
+        walked = self._walk_due()
+        if walked:
+            self._update_tree(0.0)
         self._last_mono = now
+        found = self._read_tree(check_parents=not walked and not self._root_gone)
+        if found is None:  # the tree has changed without a new pid: walk it after all
+            self._unwalked = 0
+            self._update_tree(0.0)
+            found = self._read_tree(check_parents=False)
+            assert found is not None
+        readings, gone = found
         procs = self._procs
         per_process = self.per_process
         scale = 100.0 / elapsed if elapsed > 0 else 0.0
-        p_cpu = catalogue.PROCESS_CPU
-        p_rss = catalogue.PROCESS_RSS
+        cpu_type, cpu_name, cpu_unit = _PROC_CPU
+        rss_type, rss_name, rss_unit = _PROC_RSS
         cpu_total = 0.0
         rss_total = 0.0
-        gone: list[int] = []
-        for pid, tracked in procs.items():
-            reading = self._read(tracked)
-            if reading is None:
-                gone.append(pid)
-                continue
-            cpu, rss = reading
+        for tracked, cpu, rss in readings:
             rss_total += rss
             previous = tracked.cpu
             tracked.cpu = cpu
             if per_process:
-                out.append((p_rss.metric_type, p_rss.metric_name, rss / _MB, p_rss.unit, tracked.device))
+                out.append((rss_type, rss_name, rss / _MB, rss_unit, tracked.device))
             if previous is None or cpu < previous:  # no baseline yet (or a reused pid)
                 continue
             percent = (cpu - previous) * scale
             cpu_total += percent
             if per_process:
-                out.append((p_cpu.metric_type, p_cpu.metric_name, percent, p_cpu.unit, tracked.device))
+                out.append((cpu_type, cpu_name, percent, cpu_unit, tracked.device))
         for pid in gone:
             self._forget(procs.pop(pid))
             self._ended.add(pid)
@@ -286,12 +358,12 @@ class ProcessTreeCollector(Collector):
                     "aetherium-hpc: monitored process %d has ended; only its remaining descendants are sampled", pid
                 )
         if procs:
-            out.append(catalogue.CPU_PROCESS_TREE.sample(cpu_total))
-            out.append(catalogue.RAM_PROCESS_TREE_RSS.sample(rss_total / _MB))
+            out.append((_TREE_CPU[0], _TREE_CPU[1], cpu_total, _TREE_CPU[2], ""))
+            out.append((_TREE_RSS[0], _TREE_RSS[1], rss_total / _MB, _TREE_RSS[2], ""))
 
 
-def _read_proc_stat(pid: int) -> tuple[float, float] | None:
-    """(utime + stime seconds, rss bytes) from one read of /proc/<pid>/stat; None if gone or a zombie."""
+def _read_proc_stat(pid: int) -> tuple[float, float, int] | None:
+    """(utime + stime seconds, rss bytes, parent pid) from one read of /proc/<pid>/stat; None if gone or a zombie."""
     try:
         fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
@@ -305,12 +377,12 @@ def _read_proc_stat(pid: int) -> tuple[float, float] | None:
     return _parse_proc_stat(data)
 
 
-def _parse_proc_stat(data: bytes) -> tuple[float, float] | None:
+def _parse_proc_stat(data: bytes) -> tuple[float, float, int] | None:
     # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ")".
     fields = data[data.rfind(b")") + 2 :].split()
     if len(fields) < 22 or fields[0] in (b"Z", b"X"):
         return None
-    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE, int(fields[1])
 
 
 def _proc_descendants(root: int) -> list[int]:

@@ -63,11 +63,18 @@ class MonitorTelemetry(Collector):
 
 
 class SampleSummary:
-    """Running count / mean / max per metric, for the JSON summary written at stop."""
+    """Running count / mean / max per metric, for the JSON summary written at stop.
+
+    :meth:`add` keeps the tick's list (not a copy) and folds the kept ticks in every
+    :attr:`FOLD_EVERY` ticks: one pass over several ticks costs the sampling thread less
+    than one pass a tick (each tick runs on caches gone cold since the last)."""
+
+    FOLD_EVERY = 10
 
     def __init__(self) -> None:
         # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
         self._acc: dict[tuple[str, str, str], list[Any]] = {}
+        self._ticks: list[Sequence[Sample]] = []  # added, not folded in yet
 
     @staticmethod
     def key(metric_type: str, metric_name: str, device: str) -> str:
@@ -75,21 +82,30 @@ class SampleSummary:
         return f"{metric_type}/{metric_name}[{device}]" if device else f"{metric_type}/{metric_name}"
 
     def add(self, samples: Sequence[Sample]) -> None:
+        ticks = self._ticks
+        ticks.append(samples)
+        if len(ticks) >= self.FOLD_EVERY:
+            self._fold()
+
+    def _fold(self) -> None:
+        ticks, self._ticks = self._ticks, []
         acc = self._acc
-        for mtype, mname, value, unit, device in samples:
-            if value != value:  # NaN
-                continue
-            key = (mtype, mname, "" if mtype == "process" else device)
-            entry = acc.get(key)
-            if entry is None:
-                acc[key] = [1, value, value, unit]
-            else:
-                entry[0] += 1
-                entry[1] += value
-                if value > entry[2]:
-                    entry[2] = value
+        for samples in ticks:
+            for mtype, mname, value, unit, device in samples:
+                if value != value:  # NaN
+                    continue
+                key = (mtype, mname, "" if mtype == "process" else device)
+                entry = acc.get(key)
+                if entry is None:
+                    acc[key] = [1, value, value, unit]
+                else:
+                    entry[0] += 1
+                    entry[1] += value
+                    if value > entry[2]:
+                        entry[2] = value
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
+        self._fold()
         out = {
             self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
             for key, (n, total, peak, unit) in self._acc.items()

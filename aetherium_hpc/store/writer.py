@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import os
 import re
 import sqlite3
@@ -413,7 +414,10 @@ class StoreWriter(threading.Thread):
                     if not -max_ts <= ts <= max_ts:
                         raise ValueError(f"timestamp {ts!r} is not a Unix time in seconds")
                     key = (str(mtype), str(mname), str(unit or ""), str(device or ""))
-                    res.setdefault(key, []).append((ts, None if value is None else float(value)))
+                    series = res.get(key)
+                    if series is None:
+                        series = res[key] = []
+                    series.append((ts, None if value is None else float(value)))
                 elif kind == GENERATION:
                     gen.append(rec[1:9])
                 elif kind == TRAINING:
@@ -511,7 +515,7 @@ class StoreWriter(threading.Thread):
             chunk = self._open.get(sid)
             if chunk is None:
                 chunk = self._open[sid] = chunks.OpenChunk()
-            samples.sort(key=_first)
+            samples.sort(key=_FIRST)
             for ts, value in samples:
                 if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
                     self._write_chunk(conn, sid, chunk, insert, updates)
@@ -681,5 +685,4 @@ def _sql_row(row: tuple[Any, ...], fields: tuple[str, ...]) -> tuple[Any, ...]:
     return row
 
 
-def _first(item: tuple[float, Any]) -> float:
-    return item[0]
+_FIRST = operator.itemgetter(0)
