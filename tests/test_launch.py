@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import pickle
 import shlex
 import stat
 import sys
 from pathlib import Path
 
+import cloudpickle
 import pytest
 import testenv
 from launch_helpers import counts, job_rows, make_config
@@ -17,6 +20,7 @@ from aetherium_hpc.config import load_config
 from aetherium_hpc.errors import LaunchError
 from aetherium_hpc.launch import sbatch
 from aetherium_hpc.paths import RunLayout
+from aetherium_hpc.runtime.entrypoint import JobRunner
 
 TESTS = Path(__file__).parent
 ROOT = TESTS.parent
@@ -159,6 +163,24 @@ def test_local_array_runs_every_task_within_parallelism(tmp_path: Path, job_env:
     assert tasks == [0, 1, 2, 3]
     assert all(counts(db)["training_metrics"] == 5 for db in dbs)
     assert sleeps, "with 4 tasks and parallelism 2 the launcher had to wait for a slot"
+
+
+def test_array_tasks_share_one_pickle_of_the_runner_and_load_their_own_params(tmp_path: Path, job_env: None) -> None:
+    """The runner (the validated config) is pickled once for the whole array; each task's pickle
+    still loads as submitit's call of that JobRunner with the task's own (index, params)."""
+    config = make_config(tmp_path / "runs", array={"sweep": {"seed": [0, 1, 2]}})
+    sub = launch.submit(config)
+    assert set(launch.wait(sub).values()) == {"ok"}
+    loaded = []
+    for i, job in enumerate(sub.jobs):
+        raw = job.paths.submitted_pickle.read_bytes()
+        call = pickle.loads(raw)
+        assert type(call.function) is JobRunner and call.function.run_dir == str(sub.layout.root)
+        assert call.function.config == dataclasses.replace(config, array=None)
+        assert call.args == ((i, {"seed": i}),) and call.kwargs == {}
+        assert cloudpickle.dumps(call.function) in raw  # the runner's own pickle, embedded whole
+        loaded.append(call.function.local_array_id)
+    assert loaded == [sub.array_job_ids[0]] * 3
 
 
 def test_local_backend_refuses_several_nodes(tmp_path: Path) -> None:

@@ -14,16 +14,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import submitit
 
 import aetherium_hpc
@@ -155,6 +158,15 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
 
 
 def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetherium-scontrol") as pool:
+        # Slurm's MaxArraySize is asked (a process, a few ms) while the run folder is written.
+        array_size = pool.submit(max_array_size, config) if cluster == "slurm" and config.is_array else None
+        return _submit_with(config, layout, cluster, sleep, array_size)
+
+
+def _submit_with(
+    config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None], array_size: Future[int] | None
+) -> Submission:
     layout.config_path.write_text(
         f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
         encoding="utf-8",
@@ -168,9 +180,10 @@ def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callabl
             if not config.is_array:
                 sub.jobs.append(executor.submit(runner))
             elif cluster == "slurm":
-                _submit_slurm_arrays(config, executor, runner, sub)
+                assert array_size is not None
+                _submit_slurm_arrays(config, executor, PickledOnce(runner), sub, array_size.result())
             else:
-                _submit_local_array(config, executor, runner, sub, sleep)
+                _submit_local_array(config, executor, PickledOnce(runner), sub, sleep)
             if config.report.auto and cluster in ("slurm", "local"):
                 sub.report_job = _submit_report_job(config, layout, cluster, sub)
     except LaunchError:
@@ -185,6 +198,26 @@ def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callabl
             shutil.copyfile(script[-1], layout.sbatch_path)
     layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
     return sub
+
+
+class PickledOnce:
+    """``target`` (the array's :class:`JobRunner`), pickled once for every task of an array.
+
+    submitit pickles one ``DelayedSubmission(function, (index, params))`` per task, the function
+    by value each time: for a runner that is the whole validated config, 1,000 times. This
+    wrapper pickles as the bytes of ``target``'s pickle, made once, and unpickles as ``target``
+    itself, so each task's pickle loads exactly as before (the job gets the JobRunner).
+    """
+
+    def __init__(self, target: JobRunner) -> None:
+        self.target = target
+        self.blob = cloudpickle.dumps(target)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.target(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[Callable[[bytes], Any], tuple[bytes]]:
+        return pickle.loads, (self.blob,)
 
 
 def _submit_report_job(config: Config, layout: RunLayout, cluster: str, sub: Submission) -> Any:
@@ -209,10 +242,13 @@ def _submit_report_job(config: Config, layout: RunLayout, cluster: str, sub: Sub
     return executor.submit(MergeReportJob(str(layout.root), wait_for_pids=pids))
 
 
-def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner: JobRunner, sub: Submission) -> None:
+def _submit_slurm_arrays(
+    config: Config, executor: submitit.AutoExecutor, runner: PickledOnce, sub: Submission, max_size: int
+) -> None:
+    """One sbatch array per ``max_size`` tasks (Slurm's MaxArraySize)."""
     params = config.array_params()
     indices = list(range(len(params)))
-    size = max(1, max_array_size(config))
+    size = max(1, max_size)
     for start in range(0, len(indices), size):
         chunk = indices[start : start + size]
         jobs = executor.map_array(runner, [(i, params[i]) for i in chunk])
@@ -223,7 +259,7 @@ def _submit_slurm_arrays(config: Config, executor: submitit.AutoExecutor, runner
 def _submit_local_array(
     config: Config,
     executor: submitit.AutoExecutor,
-    runner: JobRunner,
+    runner: PickledOnce,
     sub: Submission,
     sleep: Callable[[float], None],
 ) -> None:
@@ -231,7 +267,7 @@ def _submit_local_array(
     params = config.array_params()
     indices = list(range(len(params)))
     limit = config.slurm.array_parallelism or len(indices)
-    sub.array_job_ids.append(runner.local_array_id or "")
+    sub.array_job_ids.append(runner.target.local_array_id or "")
     if limit >= len(indices):
         sub.jobs.extend(executor.map_array(runner, [(i, params[i]) for i in indices]))
         return
