@@ -174,12 +174,21 @@ def sacct_figures_when_final(
     ids = list(job_ids)
     waiting_for = {j for j in ended_recently if is_slurm_id(j)}
     deadline = time.monotonic() + wait_s
+    asked_queue = False
     while True:
         figures = sacct_figures(ids)
         if not waiting_for or "why" in figures and "knows none" not in figures["why"]:
             return figures  # nothing to wait for, or accounting cannot be asked at all
         final = {r["job"] for r in figures["rows"] if str(r.get("state", "")).split(" ")[0] in FINAL_STATES}
         missing = sorted(waiting_for - final)
+        if missing and not asked_queue:
+            # A job that ended within ACCOUNTING_LAG_S is still known to the controller (MinJobAge,
+            # 300 s by default): one it does not know is not this cluster's, and no wait brings it.
+            asked_queue = True
+            known = squeue_states(missing).get("jobs")
+            if known is not None:
+                waiting_for &= set(known)
+                missing = sorted(waiting_for - final)
         if not missing:
             return figures
         if time.monotonic() >= deadline:

@@ -417,6 +417,27 @@ def test_sigkilled_local_backend_job_shows_lost(tmp_path: Path) -> None:
 
 # -- the real cluster ---------------------------------------------------------------------------------------
 @pytest.mark.slurm
+def test_a_recent_job_this_cluster_never_knew_is_not_waited_for(
+    slurm_conf: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job id that 'ended' moments ago but that neither sacct nor the controller (squeue, which keeps
+    a job for MinJobAge after its end) knows is another cluster's: accounting is asked once, not polled."""
+    from aetherium_hpc import scheduler
+
+    asked: list[list[str | None]] = []
+    real = scheduler.sacct_figures
+
+    def counting(ids: list[str | None], *args: object, **kwargs: object) -> dict[str, object]:
+        asked.append(list(ids))
+        return real(ids, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scheduler, "sacct_figures", counting)
+    figures = scheduler.sacct_figures_when_final(["999999_7"], ["999999_7"], wait_s=30.0, poll_s=0.2)
+    assert "knows none" in str(figures.get("why")) and "not_final" not in figures, figures
+    assert asked == [["999999_7"]]
+
+
+@pytest.mark.slurm
 def test_step_killed_on_the_real_cluster_shows_what_sacct_says(tmp_path: Path, slurm_conf: Path) -> None:
     """sbatch a script running `srun aetherium-hpc run -- sleep 300` (checkpoints every 0.5 s),
     `scancel --signal=KILL` its step, then status, merge and report show Slurm's state."""
