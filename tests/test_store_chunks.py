@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from aetherium_hpc.errors import StoreError
 from aetherium_hpc.store import chunks
 from aetherium_hpc.store.chunks import OpenChunk
 from aetherium_hpc.store.chunks import encode as encode_chunk
@@ -137,3 +138,28 @@ def test_chunk_codec_round_trips_through_python_and_the_sql_view(seed: int) -> N
         r[0] for r in conn.execute(f"SELECT {chunks.TIMESTAMP_SQL} FROM c JOIN json_each(c.vals) j ORDER BY j.key")
     ]
     assert sql_t == pytest.approx(got_t.tolist(), abs=1e-6)
+
+
+def test_decode_many_is_each_chunk_decoded_and_joined() -> None:
+    """Several chunks parsed at once give what decoding them one by one gives; the grid leaves the jitter out."""
+    rng = random.Random(7)
+    rows, want_t, want_v = [], [], []
+    t = 1_700_000_000.0
+    for size in (1, 180, 37, 2):
+        ts = [t := t + 1.0 + rng.uniform(-0.1, 0.1) for _ in range(size)]
+        vals = [rng.choice([None, rng.uniform(-5, 5)]) for _ in range(size)]
+        t0, _, n, dt_ms, jit, text = chunks.encode(ts, vals)
+        rows.append((t0, n, dt_ms, jit, text))
+        one_t, one_v = chunks.decode(t0, n, dt_ms, jit, text)
+        want_t += one_t.tolist()
+        want_v += one_v.tolist()
+    got_t, got_v = chunks.decode_many(rows)
+    assert got_t.tolist() == want_t
+    assert [v if v == v else None for v in got_v.tolist()] == [v if v == v else None for v in want_v]
+    grid_t, _ = chunks.decode_many([(t0, n, dt, None, v) for t0, n, dt, _, v in rows], jitter=False)
+    grid = [t0 + k * dt / 1000.0 for t0, n, dt, _, _ in rows for k in range(n)]
+    assert grid_t.tolist() == pytest.approx(grid, abs=1e-6)
+    none_t, none_v = chunks.decode_many(rows, times=False)
+    assert none_t.size == 0 and none_v.size == len(want_v)
+    with pytest.raises(StoreError, match="values do not match"):
+        chunks.decode_many([(t0, 3, 1000, "[0,0,0]", "[1,2]")])

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+
+from ..errors import StoreError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -100,11 +103,40 @@ class OpenChunk:
 
 def decode(t0: float, n: int, dt_ms: int, jit: str, vals: str) -> tuple[np.ndarray, np.ndarray]:
     """(timestamps, values) of a stored chunk as float64 arrays (``null`` → NaN)."""
+    return decode_many([(t0, n, dt_ms, jit, vals)])
+
+
+def decode_many(
+    rows: Sequence[tuple[float, int, int, str | None, str]], *, jitter: bool = True, times: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """(timestamps, values) of consecutive chunks ``(t0, n, dt_ms, jit, vals)``, concatenated and
+    parsed with one JSON parse for all. Without ``jitter`` a timestamp is its chunk's grid
+    ``t0 + k * dt_ms`` (``jit``, a few milliseconds, is not read and may be None); without
+    ``times`` the timestamps are an empty array. A chunk whose arrays do not hold its ``n``
+    samples raises :class:`StoreError`."""
     import numpy as np  # only readers pay for numpy; the writer path never decodes
 
-    k = np.arange(n, dtype=np.float64)
-    ts = t0 + (k * dt_ms + np.asarray(json.loads(jit), dtype=np.float64)) / 1000.0
-    return ts, np.asarray(json.loads(vals), dtype=np.float64)
+    n = np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+    total = int(n.sum())
+    vals = np.asarray(_parse_arrays(r[4] for r in rows), dtype=np.float64)
+    if vals.size != total:
+        raise StoreError(f"a chunk's values do not match its {total} samples")
+    if not times:
+        return np.empty(0), vals
+    offsets = np.repeat(np.fromiter((r[2] for r in rows), dtype=np.float64, count=len(rows)), n)
+    offsets *= np.arange(total, dtype=np.float64) - np.repeat(np.cumsum(n) - n, n)  # k * dt_ms
+    if jitter:
+        jit = np.asarray(_parse_arrays(r[3] or "[]" for r in rows), dtype=np.float64)
+        if jit.size != total:
+            raise StoreError(f"a chunk's jitter does not match its {total} samples")
+        offsets += jit
+    t0 = np.repeat(np.fromiter((r[0] for r in rows), dtype=np.float64, count=len(rows)), n)
+    return t0 + offsets / 1000.0, vals
+
+
+def _parse_arrays(texts: Iterable[str]) -> list[float | None]:
+    """The JSON arrays ``texts`` as one list (one parse; empty arrays left out)."""
+    return json.loads("[" + ",".join([body for text in texts if (body := text[1:-1])]) + "]")
 
 
 def decode_values(vals: str) -> list[float]:

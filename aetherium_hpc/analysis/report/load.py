@@ -8,7 +8,6 @@ that still say ``running``: this module is the report's one reader of :mod:`..ac
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import StoreError
-from ...store import reader, schema
+from ...store import chunks, reader, schema
 from ...store.backup import readable
 from ..sweep import task_key
 from .across import summarised
@@ -176,7 +175,7 @@ def _load_series(
     """Series of the given metric types with their samples decoded (timestamps, values).
 
     The chunks of many series are decoded together (one JSON parse per batch of about
-    :data:`_DECODE_BATCH` samples, the formula of :func:`...store.chunks.decode`); without
+    :data:`_DECODE_BATCH` samples: :func:`...store.chunks.decode_many`); without
     ``exact_times`` a timestamp is the chunk's grid ``t0 + k * dt_ms`` (its jitter, a few
     milliseconds, is not read: the summaries of a large array bin time far more coarsely).
     ``timed``: the (type, name) of the series read with their timestamps (default: every one);
@@ -228,29 +227,15 @@ def _decode_batch(
     """(series id, timestamps, values) of consecutive chunks (sorted by series, then t0), parsed at once;
     adds to ``unordered`` the series whose timestamps go back somewhere (overlapping chunks).
     Without ``times`` the timestamps are empty arrays."""
+    ts, vals = chunks.decode_many([r[1:] for r in rows], jitter=exact_times, times=times)
     n = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
-    total = int(n.sum())
-    vals = np.asarray(json.loads("[" + ",".join([r[5][1:-1] for r in rows]) + "]"), dtype=np.float64)
     ids = [r[0] for r in rows]
     cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
     bounds = np.cumsum(n)
-    edges = [0, *(int(bounds[i - 1]) for i in cuts), total]
+    edges = [0, *(int(bounds[i - 1]) for i in cuts), int(bounds[-1])]
     firsts = [0, *cuts]
     if not times:
-        if vals.size != total:
-            raise StoreError(f"a chunk's values do not match its {total} samples")
-        none = np.empty(0)
-        return [(ids[f], none, vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
-    offsets = np.repeat(np.fromiter((r[3] for r in rows), dtype=np.float64, count=len(rows)), n)
-    offsets *= np.arange(total, dtype=np.float64) - np.repeat(np.cumsum(n) - n, n)  # k * dt_ms
-    if exact_times:
-        jit = np.asarray(json.loads("[" + ",".join([r[4][1:-1] for r in rows]) + "]"), dtype=np.float64)
-        if jit.size != total:
-            raise StoreError(f"a chunk's jitter does not match its {total} samples")
-        offsets += jit
-    if vals.size != total:
-        raise StoreError(f"a chunk's values do not match its {total} samples")
-    ts = np.repeat(np.fromiter((r[1] for r in rows), dtype=np.float64, count=len(rows)), n) + offsets / 1000.0
+        return [(ids[f], ts, vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
     back = np.flatnonzero(np.diff(ts) < 0) + 1  # sample indexes where time goes back
     if back.size:
         sample_series = np.repeat(np.asarray(ids), n)
