@@ -2,8 +2,8 @@
 
 The one place that asks Slurm about the cluster and its jobs: whether a controller answers
 (``backend: auto``), how large an array may be, accounting (``sacct``: for ``aetherium-hpc
-status``, reports, merges and the final-status check of :mod:`.analysis.final_status`) and the
-queue (``squeue``). Every call is one subprocess with an argument list (never a shell) and a
+status``, reports, merges and the final-status check of :mod:`.analysis.final_status`), the
+queue (``squeue``), and for the job runtime what a job asked for and when its time is up. Every call is one subprocess with an argument list (never a shell) and a
 bounded timeout; a command that cannot run or fails gives a reason, never an exception.
 
 A leaf module: it imports neither submitit nor the store, so analysis code reads Slurm through it.
@@ -96,6 +96,25 @@ def cluster_max_array_size(timeout: float = SLURM_TIMEOUT_S) -> int:
     out = "" if isinstance(proc, str) else proc.stdout
     match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def job_fields(job_id: str, timeout: float = SLURM_TIMEOUT_S) -> dict[str, str]:
+    """``scontrol show job -o JOB`` as key=value pairs; {} when it does not answer."""
+    proc = _run(["scontrol", "show", "job", "-o", job_id], timeout)
+    if isinstance(proc, str) or proc.returncode != 0:
+        return {}
+    return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout))
+
+
+def job_end_time(job_id: str, timeout: float = SLURM_TIMEOUT_S) -> float | None:
+    """When the controller will stop ``job_id`` (``squeue -o %e``); None without a limit or an answer."""
+    proc = _run(["squeue", "-h", "-j", job_id, "-o", "%e"], timeout)
+    if isinstance(proc, str):
+        return None
+    try:
+        return _dt.datetime.strptime(proc.stdout.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:  # no limit ("N/A"), or no answer
+        return None
 
 
 # -- accounting: sacct -------------------------------------------------------------------------------

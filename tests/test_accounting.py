@@ -50,3 +50,25 @@ def test_sacct_output_is_grouped_per_task(tmp_path: Path, monkeypatch: pytest.Mo
         ("123_0", "COMPLETED", 50.0),
         ("123_1", "TIMEOUT", None),
     ]
+
+
+def test_the_runtime_asks_slurm_through_the_scheduler(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job's end time (squeue -o %e) and its fields (scontrol show job -o), and their answers when
+    the command fails, has no limit, or is missing."""
+    import datetime
+
+    for name, body in {
+        "squeue": 'case "$3" in 7) echo 2030-01-02T03:04:05;; 8) echo N/A;; *) exit 1;; esac',
+        "scontrol": '[ "$4" = 7 ] && echo "JobId=7 MinMemoryNode=4G NumCPUs=2 Comment=" || exit 1',
+    }.items():
+        fake = tmp_path / name
+        fake.write_text(f"#!/bin/sh\n{body}\n")
+        fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    assert accounting.job_end_time("7") == datetime.datetime(2030, 1, 2, 3, 4, 5).timestamp()
+    assert accounting.job_end_time("8") is None  # no time limit
+    assert accounting.job_end_time("9") is None  # squeue refuses
+    assert accounting.job_fields("7") == {"JobId": "7", "MinMemoryNode": "4G", "NumCPUs": "2", "Comment": ""}
+    assert accounting.job_fields("9") == {}
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert accounting.job_end_time("7") is None and accounting.job_fields("7") == {}

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import subprocess
 from collections.abc import Mapping
 from typing import Any
 
+from .. import scheduler
 from .context import JobContext
 
 __all__ = ["parse_time_limit", "requested_from_slurm"]
@@ -62,20 +61,6 @@ def _mem_gb(text: str) -> float | None:
     return float(m.group(1)) * scale
 
 
-def _scontrol(job_id: str) -> dict[str, str]:
-    """``scontrol show job -o JOB`` as key=value pairs; {} when it does not answer."""
-    if shutil.which("scontrol") is None:
-        return {}
-    try:
-        proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                              timeout=SCONTROL_TIMEOUT_S, check=False)  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return {}
-    if proc.returncode != 0:
-        return {}
-    return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout))
-
-
 def requested_from_slurm(environ: Mapping[str, str] | None = None, *, ask_scontrol: bool = True) -> dict[str, Any]:
     """What this Slurm job asked for, per node; {} outside Slurm."""
     e = os.environ if environ is None else environ
@@ -105,7 +90,9 @@ def requested_from_slurm(environ: Mapping[str, str] | None = None, *, ask_scontr
         out["nodes"] = nodes
     missing = [k for k in ("cpus", "mem_gb", "timeout_min") if out.get(k) is None]
     if missing and ask_scontrol:
-        fields = _scontrol(JobContext.detect(dict(e)).job_id)  # an array task as scontrol names it
+        fields = scheduler.job_fields(
+            JobContext.detect(dict(e)).job_id, SCONTROL_TIMEOUT_S
+        )  # an array task as scontrol names it
         if fields:
             out["from"] = "slurm environment and scontrol"
             if out.get("timeout_min") is None and fields.get("TimeLimit"):

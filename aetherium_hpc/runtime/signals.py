@@ -23,16 +23,14 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
+from .. import scheduler
 from ..signals import is_watcher_handler, reset_in_fork_child, restore_fork_child_actions
 from ..store.client import shutdown_db
 
@@ -75,16 +73,12 @@ def remember_job_end_time(timeout: float = 5.0) -> float | None:
         except ValueError:
             pass
     job_id = os.environ.get("SLURM_JOB_ID")
-    if not job_id or shutil.which("squeue") is None:
+    if not job_id:
         return None
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", job_id, "-o", "%e"], capture_output=True, text=True, timeout=timeout, check=False
-        ).stdout.strip()
-        _job_end_time = datetime.strptime(out, "%Y-%m-%dT%H:%M:%S").timestamp()
-    except (OSError, subprocess.SubprocessError, ValueError):  # no limit ("N/A"), or no answer
-        return None
-    return _job_end_time
+    found = scheduler.job_end_time(job_id, timeout)
+    if found is not None:
+        _job_end_time = found
+    return found
 
 
 def _past_time_limit(now: float | None = None) -> bool:
