@@ -378,20 +378,8 @@ class SocketSink:
         """Send everything buffered and wait until the store has committed it (for reads)."""
         if not self.connected:
             return False
-        token = next(self._tokens)
-        answer: list[Any] = [threading.Event(), False]
-        self._answers[token] = answer
-        try:
-            if not self._send_lock.acquire(timeout=timeout):
-                return False
-            try:
-                if not self._send_buffered() or not self._send_control((COMMIT, token)):
-                    return False
-            finally:
-                self._send_lock.release()
-            return bool(answer[0].wait(timeout) and answer[1])
-        finally:
-            self._answers.pop(token, None)
+        answered, ok = self._ask(COMMIT, (), timeout, send_buffered=True)
+        return bool(answered and ok)
 
     def ask_recent(self, seconds: float, timeout: float) -> Any:
         """The store's answer to ``("recent", n, seconds)`` (see the module's docstring), within
@@ -400,21 +388,30 @@ class SocketSink:
         where = f"the node store at {self.address.path}"
         if not self.connected:
             raise StoreNotReachableError(f"{where} is not reachable from pid {os.getpid()}")
+        answered, answer = self._ask(RECENT, (float(seconds),), timeout, send_buffered=False)
+        if not answered:
+            raise StoreNotReachableError(
+                f"{where} did not answer within {timeout:g} s (a store that stopped, or is busy); try again"
+            )
+        return answer
+
+    def _ask(self, kind: str, args: tuple[Any, ...], timeout: float, *, send_buffered: bool) -> tuple[bool, Any]:
+        """Send ``(kind, n, *args)`` -- after everything buffered when ``send_buffered`` -- and wait
+        up to ``timeout`` for the store's answer to request ``n``: (answered, the answer)."""
         token = next(self._tokens)
         answer: list[Any] = [threading.Event(), None]
-        self._answers[token] = answer
+        self._answers[token] = answer  # before sending: the answer may come back at once
         try:
-            sent = self._send_lock.acquire(timeout=timeout)
-            if sent:
-                try:
-                    sent = self._send_control((RECENT, token, float(seconds)))
-                finally:
-                    self._send_lock.release()
-            if not sent or not answer[0].wait(timeout):
-                raise StoreNotReachableError(
-                    f"{where} did not answer within {timeout:g} s (a store that stopped, or is busy); try again"
-                )
-            return answer[1]
+            if not self._send_lock.acquire(timeout=timeout):
+                return False, None
+            try:
+                if send_buffered and not self._send_buffered():
+                    return False, None
+                if not self._send_control((kind, token, *args)):
+                    return False, None
+            finally:
+                self._send_lock.release()
+            return answer[0].wait(timeout), answer[1]
         finally:
             self._answers.pop(token, None)
 
