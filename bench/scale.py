@@ -36,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from aetherium_hpc.store.chunks import finite_stats  # noqa: E402
 from bench.merge import build_task_db, report_command  # noqa: E402
 
 STEPS = (100, 500, 2000)
@@ -81,8 +82,11 @@ def build(folder: str, tasks: int, minutes: float) -> list[str]:
         levels = {sid: rng.uniform(*level) for sid, *_, level in REAL_SERIES if level}
         runtime = (end - start) * rng.uniform(0.6, 1.0)
         loss_scale = rng.uniform(0.5, 1.5)
-        vals = [(f"[{','.join(f'{levels[sid] * (0.8 + 0.2 * math.sin((t0 + k) / 20.0)):.7g}' for k in range(n))}]", cid)
-                for sid, rows in shapes.items() for cid, t0, n in rows]  # fmt: skip
+        vals = []
+        for sid, rows in shapes.items():
+            for cid, t0, n in rows:
+                values = [levels[sid] * (0.8 + 0.2 * math.sin((t0 + k) / 20.0)) for k in range(n)]
+                vals.append((f"[{','.join(f'{v:.7g}' for v in values)}]", *finite_stats(values), cid))
         for node in ("n1", "n2"):
             path = os.path.join(folder, "db", f"4242_{task}", f"{node}.db")
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -94,7 +98,7 @@ def build(folder: str, tasks: int, minutes: float) -> list[str]:
                 (f"4242_{task}", task, node, node, path),
             )
             conn.execute("UPDATE series SET node = ?", (node,))
-            conn.executemany("UPDATE sample_chunks SET vals = ? WHERE rowid = ?", vals)
+            conn.executemany("UPDATE sample_chunks SET vals = ?, nfin = ?, vsum = ?, vmax = ? WHERE rowid = ?", vals)
             conn.execute("UPDATE job_rows SET end_time = start_time + ?", (runtime,))
             conn.execute("UPDATE training_rows SET metric_value = metric_value * ? WHERE metric_name = 'loss'",
                          (loss_scale,))  # fmt: skip

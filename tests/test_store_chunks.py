@@ -40,7 +40,33 @@ def test_incremental_text_is_encode_chunk(seed: int) -> None:
         chunk.ts.extend(ts[done:upto])
         chunk.vals.extend(vals[done:upto])
         done = upto
-        assert chunk.row() == encode_chunk(ts[:upto], vals[:upto])
+        got, want = chunk.row(), encode_chunk(ts[:upto], vals[:upto])
+        assert got[:7] == want[:7] and got[8] == want[8]  # text, finite count and maximum: exactly
+        assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)  # the sum, added in another order
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_chunk_statistics_are_those_of_its_finite_values(seed: int) -> None:
+    """nfin / vsum / vmax: what numpy makes of the finite values -- logged and decoded from the text."""
+    import numpy as np
+
+    rng = random.Random(seed)
+    n = rng.randint(1, chunks.CHUNK_SAMPLES)
+    ts = [1.7e9 + k for k in range(n)]
+    vals: list[float | None] = [
+        rng.choice([rng.uniform(-1e3, 1e3), rng.randint(0, 9), None, float("inf"), float("-inf"), float("nan")])
+        for _ in range(n)
+    ]
+    *_, nfin, vsum, vmax = encode_chunk(ts, vals)
+    logged = np.array([np.nan if v is None else v for v in vals], dtype=np.float64)
+    finite = logged[np.isfinite(logged)]
+    assert nfin == finite.size
+    assert vsum == pytest.approx(float(finite.sum()), rel=1e-9, abs=1e-9)
+    assert vmax == (float(finite.max()) if finite.size else None)
+    decoded = chunks.decode(*[encode_chunk(ts, vals)[i] for i in (0, 2, 3, 4, 5)])[1]
+    assert chunks.finite_stats(decoded.tolist())[0] == nfin  # the text keeps which values are finite
+    if nfin:
+        assert chunks.finite_stats(decoded.tolist())[1] == pytest.approx(vsum, rel=1e-6, abs=1e-3)
 
 
 def test_flush_encodes_only_new_values(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +145,7 @@ def test_chunk_codec_round_trips_through_python_and_the_sql_view(seed: int) -> N
         t += 1.0 + rng.uniform(-0.2, 0.2)
         ts.append(t)
         vals.append(rng.choice([None, float("nan"), float("inf"), -float("inf"), rng.uniform(-1e6, 1e6), 0.0]))
-    t0, t1, count, dt_ms, jit, text = chunks.encode(ts, vals)
+    t0, t1, count, dt_ms, jit, text = chunks.encode(ts, vals)[:6]
     assert (t0, t1, count) == (ts[0], ts[-1], n)
     got_t, got_v = chunks.decode(t0, count, dt_ms, jit, text)
     assert got_t.tolist() == pytest.approx([round((x - t0) * 1000) / 1000 + t0 for x in ts], abs=1e-6)
@@ -148,7 +174,7 @@ def test_decode_many_is_each_chunk_decoded_and_joined() -> None:
     for size in (1, 180, 37, 2):
         ts = [t := t + 1.0 + rng.uniform(-0.1, 0.1) for _ in range(size)]
         vals = [rng.choice([None, rng.uniform(-5, 5)]) for _ in range(size)]
-        t0, _, n, dt_ms, jit, text = chunks.encode(ts, vals)
+        t0, _, n, dt_ms, jit, text = chunks.encode(ts, vals)[:6]
         rows.append((t0, n, dt_ms, jit, text))
         one_t, one_v = chunks.decode(t0, n, dt_ms, jit, text)
         want_t += one_t.tolist()
@@ -159,7 +185,5 @@ def test_decode_many_is_each_chunk_decoded_and_joined() -> None:
     grid_t, _ = chunks.decode_many([(t0, n, dt, None, v) for t0, n, dt, _, v in rows], jitter=False)
     grid = [t0 + k * dt / 1000.0 for t0, n, dt, _, _ in rows for k in range(n)]
     assert grid_t.tolist() == pytest.approx(grid, abs=1e-6)
-    none_t, none_v = chunks.decode_many(rows, times=False)
-    assert none_t.size == 0 and none_v.size == len(want_v)
     with pytest.raises(StoreError, match="values do not match"):
         chunks.decode_many([(t0, 3, 1000, "[0,0,0]", "[1,2]")])

@@ -59,7 +59,7 @@ from typing import Any, TextIO
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..paths import RunLayout
 from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
-from ..store import reader, schema
+from ..store import chunks, reader, schema
 from ..store.backup import readable
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.
@@ -437,7 +437,7 @@ def _ensure_resolved_table(conn: sqlite3.Connection) -> None:
 # -- one input --------------------------------------------------------------------------------
 _SOURCE_COLS = "job_id, array_job_id, array_task_id, node, hostname"
 _SERIES_COLS = "metric_type, metric_name, unit, node, device"
-_CHUNK_COLS = "t0, t1, n, dt_ms, jit, vals"
+_CHUNK_COLS = ", ".join(chunks.COLUMNS)
 _GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
 _TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
 _JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail"  # the identity is in sources

@@ -399,8 +399,10 @@ def _sync_small(conn: sqlite3.Connection, table: str, where: str = "") -> int:
     return len(changed)
 
 
-_CHUNK_COLS = "rowid, series_id, t0, t1, n, dt_ms, jit, vals"
-_INSERT_CHUNK = "INSERT INTO main.sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
+_CHUNK_COLS = ", ".join(("rowid", "series_id", *chunks.COLUMNS))
+_INSERT_CHUNK = (
+    f"INSERT INTO main.sample_chunks(series_id, {', '.join(chunks.COLUMNS)}) VALUES (?{',?' * len(chunks.COLUMNS)})"
+)
 
 
 def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int, int, dict[int, tuple[int, int]]]:
@@ -440,7 +442,7 @@ def _tail(row: tuple[Any, ...], done: int) -> tuple[Any, ...]:
 
     Offsets stay integers (milliseconds from the chunk's t0), so every timestamp is the source's
     to within floating-point rounding of the new t0 (< 1 µs); values are copied as text."""
-    _, sid, t0, t1, n, dt, jit_text, vals_text = row
+    _, sid, t0, t1, n, dt, jit_text, vals_text = row[:8]
     jit = jit_text[1:-1].split(",")
     offsets = [k * dt + int(jit[k]) for k in range(done, n)]
     base = offsets[0]
@@ -448,7 +450,9 @@ def _tail(row: tuple[Any, ...], done: int) -> tuple[Any, ...]:
     new_dt = round((offsets[-1] - base) / (m - 1)) if m > 1 else 0
     new_jit = ",".join([str(o - base - k * new_dt) for k, o in enumerate(offsets)])
     vals = vals_text[1:-1].split(",")[done:]
-    return (sid, t0 + base / 1000.0, t1, m, new_dt, "[" + new_jit + "]", "[" + ",".join(vals) + "]")
+    text = "[" + ",".join(vals) + "]"
+    # the statistics of the samples copied, from their text (the writer's cover the whole chunk)
+    return (sid, t0 + base / 1000.0, t1, m, new_dt, "[" + new_jit + "]", text, *chunks.finite_stats(json.loads(text)))
 
 
 # -- building a full copy ---------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from .chunks import TIMESTAMP_SQL
 APPLICATION_ID = 0x41455448
 #: PRAGMA user_version: bumped on every incompatible change of the tables below.
 #: 2: ``jobs`` is a view over ``job_rows`` and ``sources`` (it was a table repeating the identity).
-SCHEMA_VERSION = 2
+#: 3: ``sample_chunks`` carries the statistics of its finite values (``nfin``, ``vsum``, ``vmax``).
+SCHEMA_VERSION = 3
 
 _CHUNK_COLUMNS = """
     series_id INTEGER NOT NULL REFERENCES series(series_id),
@@ -37,7 +38,10 @@ _CHUNK_COLUMNS = """
     n         INTEGER NOT NULL,   -- number of samples
     dt_ms     INTEGER NOT NULL,   -- nominal interval of the grid, milliseconds
     jit       TEXT    NOT NULL,   -- JSON array: offset of each sample from the grid, ms
-    vals      TEXT    NOT NULL    -- JSON array: values
+    vals      TEXT    NOT NULL,   -- JSON array: values
+    nfin      INTEGER NOT NULL,   -- how many of the values are finite
+    vsum      REAL    NOT NULL,   -- their sum
+    vmax      REAL                -- their maximum (NULL when none is finite)
 """
 
 DDL = f"""

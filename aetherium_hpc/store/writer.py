@@ -499,7 +499,9 @@ class StoreWriter(threading.Thread):
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
         limit = chunks.CHUNK_SAMPLES
-        insert = "INSERT INTO sample_chunks(series_id, t0, t1, n, dt_ms, jit, vals) VALUES (?,?,?,?,?,?,?)"
+        insert = (
+            f"INSERT INTO sample_chunks(series_id, {', '.join(chunks.COLUMNS)}) VALUES (?{',?' * len(chunks.COLUMNS)})"
+        )
         updates: list[tuple[Any, ...]] = []
         for key, samples in res.items():
             sid = self._series.get(key)
@@ -525,7 +527,7 @@ class StoreWriter(threading.Thread):
             self._write_chunk(conn, sid, chunk, insert, updates)
         if updates:
             conn.executemany(
-                "UPDATE sample_chunks SET t0 = ?, t1 = ?, n = ?, dt_ms = ?, jit = ?, vals = ? WHERE rowid = ?", updates
+                f"UPDATE sample_chunks SET {', '.join(c + ' = ?' for c in chunks.COLUMNS)} WHERE rowid = ?", updates
             )
 
     def _write_chunk(
@@ -595,7 +597,7 @@ class StoreWriter(threading.Thread):
     def _rollback(
         self,
         conn: sqlite3.Connection,
-        snapshot: dict[int, tuple[chunks.OpenChunk, tuple[int, int | None, int, str, str, int]]],
+        snapshot: dict[int, tuple[chunks.OpenChunk, chunks.State]],
         touched: list[int],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import testenv
 from launch_helpers import aetherium_cli
-from rel_helpers import cli, integrity, read
+from rel_helpers import chunk_stats, cli, integrity, read, same_stats
 
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
@@ -171,6 +171,12 @@ def test_incremental_copies_equal_the_node_database(tmp_path: Path) -> None:
     assert read(tmp_path / "merged.db", "SELECT count(*) FROM resource_metrics") == read(
         node, "SELECT count(*) FROM resource_metrics"
     )
+    # The chunks' statistics: those of their text in every copy, and the same per series in all three
+    # (a copy's chunks hold the samples of a node chunk in several pieces).
+    at_node = chunk_stats(node)
+    for copy in (dest, tmp_path / "merged.db"):
+        got = chunk_stats(copy)
+        assert got.keys() == at_node.keys() and all(same_stats(got[k], at_node[k]) for k in got)
 
 
 def test_a_copy_changed_or_removed_behind_our_back_gets_a_full_copy(tmp_path: Path) -> None:

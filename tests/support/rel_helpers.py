@@ -64,3 +64,33 @@ def no_pwned(*folders: Path) -> None:
     for folder in folders:
         assert not list(Path(folder).rglob("pwned")), f"a hostile string ran a command under {folder}"
     assert not Path("pwned").exists()
+
+
+def chunk_stats(path: Path | str) -> dict[tuple[object, ...], tuple[int, float, object]]:
+    """Per series (type, name, device, node): how many finite values, their sum and maximum, from the
+    chunks' statistics columns -- checked against the values the ``resource_metrics`` view unpacks
+    (the text holds 7 significant digits: sums agree to about 1e-7 of their terms)."""
+    sql = ("SELECT s.metric_type, s.metric_name, s.device, s.node, sum(c.nfin), sum(c.vsum), max(c.vmax)"
+           " FROM series s JOIN sample_chunks c USING (series_id) GROUP BY 1, 2, 3, 4")  # fmt: skip
+    stats = {tuple(key): (int(nfin), float(vsum), vmax) for *key, nfin, vsum, vmax in read(path, sql)}
+    text = {
+        tuple(key): (int(nfin), float(vsum or 0.0), vmax)
+        for *key, nfin, vsum, vmax in read(
+            path,
+            "SELECT metric_type, metric_name, device, node, count(value), sum(value), max(value) FROM resource_metrics"
+            " WHERE value IS NOT NULL AND abs(value) < 1e308 GROUP BY 1, 2, 3, 4",
+        )
+    }
+    for key, got in stats.items():
+        assert same_stats(got, text.get(key, (0, 0.0, None))), (key, got, text.get(key))
+    return stats
+
+
+def same_stats(a: tuple[int, float, object], b: tuple[int, float, object]) -> bool:
+    """Two (count, sum, max) of the same samples, one from values rounded to 7 significant digits."""
+    if a[0] != b[0] or (a[2] is None) != (b[2] is None):
+        return False
+    scale = max(1.0, abs(float(a[2] or 0.0)))
+    return abs(a[1] - b[1]) <= 1e-7 * a[0] * scale + 1e-9 and (
+        a[2] is None or abs(float(a[2]) - float(b[2])) <= 1e-7 * scale
+    )  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from ..formatting import memory_gb, memory_mb, minutes, pct, slurm_time
 from ..formatting import num as _num
 from ..sweep import higher_is_better, is_schedule, task_key, task_table
 from . import across
-from .load import Arr, Loaded, Series, Source
+from .load import Loaded, Series, Source, nanstat
 
 #: Headroom on top of the largest observed use when advising --mem / --time.
 HEADROOM = 1.2
@@ -84,13 +84,13 @@ def _figures(loaded: Loaded) -> dict[str, Any]:
         series, key=lambda s: (sources[s.sid].label if s.sid in sources else "", s.mtype, s.mname, s.device)
     ):
         src = sources.get(s.sid)
-        avg, mx = _nanstat(s.v)
+        avg, mx = s.mean_max()
         res.append({
             "source": src.label if src else str(s.sid), "source_id": s.sid,
             "job_id": src.job_id if src else None, "array_task_id": src.task if src else None,
             "node": src.node if src else None, "attempt": src.attempt if src else None,
             "metric_type": s.mtype, "metric_name": s.mname, "device": s.device, "unit": s.unit,
-            "samples": int(s.v.size), "avg": avg, "max": mx,
+            "samples": s.count, "avg": avg, "max": mx,
         })  # fmt: skip
     data["resources"] = res
     data["generation"] = _generation_rounds(generation)
@@ -218,9 +218,9 @@ def _per_task(sources: dict[int, Source], series: list[Series], jobs: list[dict[
         mem = _pick(by_key, sid, "ram", ("process_tree_rss", "system_used"))
         gpu = _pick(by_key, sid, "gpu", ("utilization",))
         cpu = _pick(by_key, sid, "cpu", ("process_tree",))
-        peak = _nanstat(mem[0].v)[1] if mem else None
-        gpu_util = _nanstat(np.concatenate([g.v for g in gpu]))[0] if gpu else None
-        cores = _nanstat(cpu[0].v)[0] if cpu else None
+        peak = mem[0].mean_max()[1] if mem else None
+        gpu_util = _pooled_mean(gpu) if gpu else None
+        cores = cpu[0].mean_max()[0] if cpu else None
         job = job_of.get(sid, {})
         runtime = None
         if job.get("start_time") is not None and job.get("end_time") is not None:
@@ -350,16 +350,17 @@ def _dist(values: Sequence[float]) -> dict[str, float | None] | None:
     }
 
 
-def _nanstat(v: Arr) -> tuple[float | None, float | None]:
-    """Mean and maximum of the finite values of ``v`` (None, None when there are none)."""
-    if v.size:
-        mean, mx = float(v.mean()), float(v.max())
-        if math.isfinite(mean) and math.isfinite(mx):  # no NaN or infinity: the common case, one pass each
-            return mean, mx
-    finite = v[np.isfinite(v)]
-    if not finite.size:
-        return None, None
-    return float(finite.mean()), float(finite.max())
+def _pooled_mean(series: Sequence[Series]) -> float | None:
+    """Mean of the finite values of several series together (every GPU of a node)."""
+    if all(s.stats is None for s in series):
+        return nanstat(np.concatenate([s.v for s in series]))[0]
+    n = total = 0.0
+    for s in series:
+        mean = s.mean_max()[0]
+        if mean is not None:
+            k = s.stats[1] if s.stats is not None else float(np.isfinite(s.v).sum())
+            n, total = n + k, total + mean * k
+    return total / n if n else None
 
 
 def _ts(x: float | None) -> str:

@@ -8,6 +8,7 @@ that still say ``running``: this module is the report's one reader of :mod:`..ac
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -71,6 +72,33 @@ class Series:
     device: str
     t: Arr = field(default_factory=lambda: np.empty(0))
     v: Arr = field(default_factory=lambda: np.empty(0))
+    #: Read from the chunks' statistics instead of ``v`` (a large array's series that are not
+    #: drawn): (samples, finite values, their sum, their maximum).
+    stats: tuple[int, int, float, float | None] | None = None
+
+    @property
+    def count(self) -> int:
+        """Samples of the series."""
+        return self.stats[0] if self.stats is not None else int(self.v.size)
+
+    def mean_max(self) -> tuple[float | None, float | None]:
+        """Mean and maximum of the finite values (None, None when there are none)."""
+        if self.stats is None:
+            return nanstat(self.v)
+        _, nfin, vsum, vmax = self.stats
+        return (vsum / nfin, vmax) if nfin else (None, None)
+
+
+def nanstat(v: Arr) -> tuple[float | None, float | None]:
+    """Mean and maximum of the finite values of ``v`` (None, None when there are none)."""
+    if v.size:
+        mean, mx = float(v.mean()), float(v.max())
+        if math.isfinite(mean) and math.isfinite(mx):  # no NaN or infinity: the common case, one pass each
+            return mean, mx
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return None, None
+    return float(finite.mean()), float(finite.max())
 
 
 @dataclass
@@ -179,7 +207,8 @@ def _load_series(
     ``exact_times`` a timestamp is the chunk's grid ``t0 + k * dt_ms`` (its jitter, a few
     milliseconds, is not read: the summaries of a large array bin time far more coarsely).
     ``timed``: the (type, name) of the series read with their timestamps (default: every one);
-    the others have their values only (``t`` empty)."""
+    the others are read from their chunks' statistics (``stats``; ``t`` and ``v`` empty): one
+    SQL aggregate, no JSON parsed."""
     marks = ",".join("?" * len(types))
     series: dict[int, Series] = {}
     for ser_id, sid, mtype, mname, unit, device in conn.execute(
@@ -187,30 +216,41 @@ def _load_series(
         tuple(types),
     ):
         series[ser_id] = Series(sid, mtype, mname, unit, device)
+    decoded = f"s.metric_type IN ({marks})"
+    if timed is not None:
+        pairs = sorted(timed)
+        drawn = f"(s.metric_type, s.metric_name) IN (VALUES {','.join(['(?, ?)'] * len(pairs))})"
+        flat = tuple(x for pair in pairs for x in pair)
+        for ser_id, n, nfin, vsum, vmax in conn.execute(
+            "SELECT c.series_id, sum(c.n), sum(c.nfin), sum(c.vsum), max(c.vmax) FROM sample_chunks c"
+            f" JOIN series s ON s.series_id = c.series_id WHERE {decoded} AND NOT {drawn}"
+            " GROUP BY c.series_id HAVING sum(c.n) > 0",
+            (*types, *flat),
+        ):
+            series[ser_id].stats = (n, nfin, vsum, vmax)
+        decoded += f" AND {drawn}"
+        params = (*types, *flat)
+    else:
+        params = tuple(types)
     rows = conn.execute(
         f"SELECT c.series_id, c.t0, c.n, c.dt_ms, {'c.jit' if exact_times else 'NULL'}, c.vals FROM sample_chunks c"
-        f" JOIN series s ON s.series_id = c.series_id WHERE s.metric_type IN ({marks}) AND c.n > 0",
-        tuple(types),
+        f" JOIN series s ON s.series_id = c.series_id WHERE {decoded} AND c.n > 0",
+        params,
     ).fetchall()
     rows.sort(key=itemgetter(0, 1))  # by series, then time (faster here than SQL's ORDER BY)
     parts: dict[int, tuple[list[Arr], list[Arr]]] = defaultdict(lambda: ([], []))
     unordered: set[int] = set()
-    to_read = [(rows, True)]  # (chunks, with their timestamps)
-    if timed is not None:
-        keep = {i for i, s in series.items() if (s.mtype, s.mname) in timed}
-        to_read = [([r for r in rows if r[0] in keep], True), ([r for r in rows if r[0] not in keep], False)]
-    for part, times in to_read:
-        start = 0
-        while start < len(part):
-            end, count = start, 0
-            while end < len(part) and (count < _DECODE_BATCH or part[end][0] == part[end - 1][0]):
-                count += part[end][2]
-                end += 1
-            for ser_id, ts, vs in _decode_batch(part[start:end], exact_times, unordered, times):
-                p = parts[ser_id]
-                p[0].append(ts)
-                p[1].append(vs)
-            start = end
+    start = 0
+    while start < len(rows):
+        end, count = start, 0
+        while end < len(rows) and (count < _DECODE_BATCH or rows[end][0] == rows[end - 1][0]):
+            count += rows[end][2]
+            end += 1
+        for ser_id, ts, vs in _decode_batch(rows[start:end], exact_times, unordered):
+            p = parts[ser_id]
+            p[0].append(ts)
+            p[1].append(vs)
+        start = end
     for ser_id, (ts_list, vs_list) in parts.items():
         s = series[ser_id]
         t, v = (ts_list[0], vs_list[0]) if len(ts_list) == 1 else (np.concatenate(ts_list), np.concatenate(vs_list))
@@ -218,24 +258,19 @@ def _load_series(
             order = np.argsort(t, kind="stable")
             t, v = t[order], v[order]
         s.t, s.v = t, v
-    return [s for s in series.values() if s.v.size]
+    return [s for s in series.values() if s.count]
 
 
-def _decode_batch(
-    rows: list[tuple[Any, ...]], exact_times: bool, unordered: set[int], times: bool = True
-) -> list[tuple[int, Arr, Arr]]:
+def _decode_batch(rows: list[tuple[Any, ...]], exact_times: bool, unordered: set[int]) -> list[tuple[int, Arr, Arr]]:
     """(series id, timestamps, values) of consecutive chunks (sorted by series, then t0), parsed at once;
-    adds to ``unordered`` the series whose timestamps go back somewhere (overlapping chunks).
-    Without ``times`` the timestamps are empty arrays."""
-    ts, vals = chunks.decode_many([r[1:] for r in rows], jitter=exact_times, times=times)
+    adds to ``unordered`` the series whose timestamps go back somewhere (overlapping chunks)."""
+    ts, vals = chunks.decode_many([r[1:] for r in rows], jitter=exact_times)
     n = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
     ids = [r[0] for r in rows]
     cuts = [i for i in range(1, len(ids)) if ids[i] != ids[i - 1]]
     bounds = np.cumsum(n)
     edges = [0, *(int(bounds[i - 1]) for i in cuts), int(bounds[-1])]
     firsts = [0, *cuts]
-    if not times:
-        return [(ids[f], ts, vals[a:b]) for f, a, b in zip(firsts, edges[:-1], edges[1:], strict=True)]
     back = np.flatnonzero(np.diff(ts) < 0) + 1  # sample indexes where time goes back
     if back.size:
         sample_series = np.repeat(np.asarray(ids), n)
