@@ -278,3 +278,14 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert "a folder; name a file" in err
     assert not (tmp_path / "out").exists()
     assert math.isfinite(sweep_db.stat().st_size)
+
+
+def test_tensorboard_run_names_are_folder_names_and_unique(tmp_path: Path) -> None:
+    """Parameters with a path separator stay one folder; tasks with the same parameters get their task added."""
+    for task in range(2):
+        write_task_db(tmp_path / "run" / "db" / f"900_{task}" / "n1.db", task, params={"data": "../a/b"}, seconds=2)
+    merged = tmp_path / "merged.db"
+    assert merge([tmp_path / "run"], merged).exit_code == 0
+    export(str(merged), fmt="tensorboard", output=str(tmp_path / "tb"))
+    assert sorted(read_runs(tmp_path / "tb")) == ["data=.._a_b,task=900_0", "data=.._a_b,task=900_1"]
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == ["data=.._a_b,task=900_0", "data=.._a_b,task=900_1"]

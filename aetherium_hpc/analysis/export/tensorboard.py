@@ -82,14 +82,15 @@ def plan_runs(conn: sqlite3.Connection) -> list[Run]:
             params.update(task_params(config))
         nodes[node or "node"].append(sid)
     sweep = any(params for params, _ in tasks.values())
-    names = {key: (_params_name(params) if sweep and params else task_label(key)) for key, (params, _) in tasks.items()}
+    names = {key: _safe(_params_name(params) if sweep and params else task_label(key))
+             for key, (params, _) in tasks.items()}  # fmt: skip
     repeated = Counter(names.values())
     runs = []
-    for key in sorted(tasks, key=lambda k: (k[0], k[1])):
-        name = names[key] if repeated[names[key]] == 1 else f"{names[key]},task={task_label(key)}"
+    for key in sorted(tasks):
+        name = names[key] if repeated[names[key]] == 1 else _safe(f"{names[key]},task={task_label(key)}")
         nodes = tasks[key][1]
         for node in sorted(nodes):
-            runs.append(Run(_safe(name) if len(nodes) == 1 else f"{_safe(name)}/{_safe(node)}", nodes[node]))
+            runs.append(Run(name if len(nodes) == 1 else f"{name}/{_safe(node)}", nodes[node]))
     return runs
 
 
