@@ -101,3 +101,14 @@ def test_gpu_notice_of_run_says_how_to_turn_it_off(tmp_path: Path) -> None:
     if notice:  # a machine without GPUs (on a GPU machine there is nothing to say)
         assert "add --no-gpu to aetherium-hpc run" in notice[0] and "gpu=False" not in notice[0]
     assert "GPU metrics skipped" not in run("--no-gpu")
+
+
+def test_export_help_explains_every_format_and_its_output() -> None:
+    from aetherium_hpc.analysis.export import FORMATS
+
+    text = dict(_walk(build_parser(), "aetherium-hpc"))["aetherium-hpc export"].format_help()
+    for fmt in FORMATS:
+        assert f"\n  {fmt} " in text, fmt  # one paragraph per format
+    for extra in ("parquet", "tensorboard"):
+        assert f"pip install 'aetherium-hpc[{extra}]'" in text
+    assert "tensorboard --logdir" in text and "DIR/<run>/events.out.tfevents" in text

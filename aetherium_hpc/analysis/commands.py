@@ -128,10 +128,14 @@ def _write(path: str, data: bytes | str) -> None:
 
 # -- export -------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    """Write tables or views as CSV or JSON."""
+    """Write tables or views as CSV, JSON or Parquet, or TensorBoard event files."""
     from .export import export
 
     written = export(args.db, fmt=args.format, tables=args.table or None, output=args.output)
+    if args.format == "tensorboard":
+        print(f"wrote {len(written)} runs to {args.output}; open them with: tensorboard --logdir {args.output}",
+              file=sys.stderr)  # fmt: skip
+        return 0
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     return 0
@@ -239,18 +243,47 @@ def register(sub: SubParsers) -> None:
 
     e = sub.add_parser(
         "export",
-        help="export tables or views as CSV or JSON",
-        description=(
-            "Export tables or views (resource_metrics, generation_metrics, training_metrics, jobs, sources, ...) "
-            "as CSV or JSON. Without --table: every contract view plus jobs and sources."
-        ),
-        epilog="examples: aetherium-hpc export merged.db --format csv --table jobs -o jobs.csv; "
-        "aetherium-hpc export merged.db --format csv -o out_dir/  (one NAME.csv per table)",
+        help="export to CSV, JSON, Parquet or TensorBoard event files",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Export a database (a node database or the output of merge) for other tools.
+Rows are streamed: a large merged database need not fit in memory.
+
+formats and what -o receives:
+  csv          tables or views (resource_metrics, generation_metrics, training_metrics,
+               jobs, sources, ...; default: the contract views, jobs and sources).
+               One table: -o FILE or stdout; several: -o DIR, one NAME.csv each.
+  json         the same tables; one: a list of row objects; several: {name: [rows]}.
+  parquet      the same tables, -o DIR: one NAME.parquet each, typed columns.
+               Needs pyarrow: pip install 'aetherium-hpc[parquet]'
+  tensorboard  -o DIR is TensorBoard's log folder (tensorboard --logdir DIR):
+                 DIR/<run>/events.out.tfevents.*  one run per task, named
+                   by its parameters in a sweep   learning_rate=0.01,seed=1
+                   else by its task               900_3 (array task) or 12345 (job)
+                   plus /NODE when the task ran on several nodes
+                 tags  PHASE/NAME (val/loss), step = epoch (a later round's epochs
+                       follow those of the round before);
+                       resource/TYPE/NAME[/DEVICE] (resource/gpu/utilization/0),
+                       step = sample index, wall time = the sample's time.
+               Needs tensorboardX: pip install 'aetherium-hpc[tensorboard]'
+""",
+        epilog="""\
+exit codes: 0 ok; 2 usage error (unknown format, missing or foreign database,
+-o a file where a folder is needed, a missing optional package).
+examples:
+  aetherium-hpc export merged.db --format csv --table jobs -o jobs.csv
+  aetherium-hpc export merged.db --format csv -o out_dir/   (one NAME.csv per table)
+  aetherium-hpc export merged.db --format parquet -o parquet/
+  aetherium-hpc export merged.db --format tensorboard -o tb/ && tensorboard --logdir tb/
+""",
     )
-    e.add_argument("db", help="database to read")
-    e.add_argument("--format", choices=("csv", "json"), default="csv", help="output format [csv]")
+    e.add_argument("db", metavar="DB", help="database to read (a node database or the output of merge)")
+    e.add_argument("--format", default="csv", metavar="{csv,json,parquet,tensorboard}",
+                   help="output format [csv]")  # fmt: skip
     e.add_argument("--table", action="append", metavar="NAME",
-                   help="table or view to export (repeatable); default: all contract views, jobs and sources")  # fmt: skip
+                   help="table or view to export (repeatable; csv, json, parquet); default: all contract views, "
+                   "jobs and sources")  # fmt: skip
     e.add_argument("-o", "--output", metavar="FILE|DIR",
-                   help="file to write (a folder for CSV of several tables); default stdout")  # fmt: skip
+                   help="csv/json: file to write (a folder for CSV of several tables), default stdout; "
+                   "parquet/tensorboard: the folder to write into, created if missing")  # fmt: skip
     e.set_defaults(handler=cmd_export)

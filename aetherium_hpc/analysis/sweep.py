@@ -76,7 +76,8 @@ def parse_objective(spec: str | None, keys: list[str]) -> Objective | None:
     return Objective(key, "max" if higher_is_better(key.rpartition("/")[2]) else "min", "default")
 
 
-def _task_params(config: Any) -> dict[str, Any]:
+def task_params(config: Any) -> dict[str, Any]:
+    """The ``task_params`` of a job row's configuration snapshot (JSON text or a dict); {} when none."""
     try:
         parsed = json.loads(config) if isinstance(config, str) else config
     except ValueError:
@@ -134,7 +135,7 @@ def task_table(
                                                                      j.get("array_task_id"))  # fmt: skip
         job_rows[key].append(j)
         e = entry(key)
-        e["params"] = e["params"] or _task_params(j.get("config"))
+        e["params"] = e["params"] or task_params(j.get("config"))
     for key, rows in job_rows.items():
         tasks[key]["status"] = _status_of(rows)
     for s in per_source:
