@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from ..errors import ConfigError
+from ..paths import textfile_problem
 from ..store.options import StoreOptions
 from . import dumping
 from .setting import setting
@@ -140,8 +141,6 @@ def _store_setting(name: str, **spec: Any) -> Any:
 
 def _textfile_form(path: str) -> None:
     """The form of a ``prometheus_textfile`` PATH (its folder is checked on the node, where it is written)."""
-    from ..monitors.prometheus import textfile_problem
-
     problem = textfile_problem(path, folder_exists=False)
     if problem is not None:
         raise ValueError(problem)

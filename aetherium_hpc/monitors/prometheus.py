@@ -24,26 +24,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError
 from ..jobenv import JobIdentity
+from ..paths import textfile_path, textfile_problem
 from ..store import catalogue
 from ..store.catalogue import MetricSpec
 from .base import Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NAMES", "NOT_EXPORTED", "PrometheusTextfile", "require_textfile_folder", "textfile_path", "textfile_problem"]
+__all__ = ["NAMES", "NOT_EXPORTED", "PrometheusTextfile", "require_textfile_folder"]
 
 #: The config key, as messages name it.
 KEY = "monitoring.prometheus_textfile"
 
-SUFFIX = ".prom"
-#: What a ``*.prom`` PATH may hold in braces.
-PLACEHOLDERS = ("job_id", "node")
 #: The gauge written last in every file: the tick's time (node_exporter refuses sample timestamps).
 TIMESTAMP_METRIC = "aetherium_last_sample_timestamp_seconds"
 
@@ -73,9 +70,6 @@ NOT_EXPORTED = (catalogue.PROCESS_CPU, catalogue.PROCESS_RSS)
 _TO_BASE = {catalogue.MB: catalogue.BYTES_PER_MB, catalogue.MS: 1e-3}
 _BASE_UNIT = {catalogue.MB: "bytes", catalogue.MS: "seconds", catalogue.BYTES: "bytes"}
 
-_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
 
 @dataclass(frozen=True)
 class _Family:
@@ -103,7 +97,9 @@ def _families() -> dict[tuple[str, str, str], _Family]:
         unit = _BASE_UNIT.get(spec.unit, spec.unit)
         text = _help(f"{spec.meaning} ({unit}; aetherium-hpc {spec.metric_type}/{spec.metric_name})")
         header = f"# HELP {name} {text}\n# TYPE {name} gauge\n"
-        out[(spec.metric_type, spec.metric_name, spec.unit)] = _Family(order, name, header, _TO_BASE.get(spec.unit, 1.0))
+        out[(spec.metric_type, spec.metric_name, spec.unit)] = _Family(
+            order, name, header, _TO_BASE.get(spec.unit, 1.0)
+        )
     return out
 
 
@@ -122,59 +118,12 @@ def _number(value: float) -> str:
     return repr(float(value))
 
 
-def textfile_problem(path: str, *, folder_exists: bool = True) -> str | None:
-    """What is wrong with a ``prometheus_textfile`` PATH, as ``problem; fix`` (None: nothing).
-
-    The form is checked everywhere; ``folder_exists`` also asks that its folder exist and be
-    writable -- only where the file will be written (the node)."""
-    if not path.strip():
-        return "must not be empty; give the folder node_exporter reads (--collector.textfile.directory)"
-    unknown = [p for p in _PLACEHOLDER_RE.findall(path) if p not in PLACEHOLDERS]
-    if unknown:
-        return (
-            f"unknown placeholder {{{unknown[0]}}}; use " + " or ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-            + ", or give a folder (the file is then named by job and node)"
-        )  # fmt: skip
-    is_file = path.endswith(SUFFIX)
-    if not is_file and _PLACEHOLDER_RE.search(path):
-        return f"placeholders only go in a file name ending in {SUFFIX}; give a folder, or a path like DIR/aetherium_{{job_id}}.prom"
-    if _PLACEHOLDER_RE.search(os.path.dirname(path)):
-        return "placeholders only go in the file name, not in its folder; e.g. DIR/aetherium_{job_id}_{node}.prom"
-    if is_file and os.path.isdir(path):
-        return f"is a folder, but ends in {SUFFIX}; give the folder without the {SUFFIX} name, or a file name inside it"
-    if not is_file and os.path.exists(path) and not os.path.isdir(path):
-        return f"is a file not ending in {SUFFIX} (node_exporter reads *{SUFFIX} files only); give its folder instead"
-    if folder_exists:
-        folder = (os.path.dirname(path) or ".") if is_file else path
-        if not os.path.isdir(folder):
-            return (
-                f"folder {folder} does not exist on this node; create it (the folder node_exporter's "
-                "--collector.textfile.directory names) or point the key at an existing one"
-            )
-        if not os.access(folder, os.W_OK | os.X_OK):
-            return f"folder {folder} is not writable by this user; make it writable (e.g. chmod 1777) or use another"
-    return None
-
-
 def require_textfile_folder(path: str, origin: str) -> None:
     """Refuse, before the job starts, a PATH whose folder is missing here: one line naming where the
     value came from (``origin``: a config file, an option, a variable), the key and the value."""
     problem = textfile_problem(path)
     if problem is not None:
         raise ConfigError(f"{origin}: {KEY}: {path!r}: {problem}")
-
-
-def textfile_path(path: str, job: JobIdentity) -> str:
-    """The file a job writes for ``path``: inside a folder, ``aetherium_<job_id>_<node>.prom``;
-    a ``*.prom`` path with its placeholders replaced (by names safe in a file name)."""
-    values = {"job_id": _safe(job.job_id), "node": _safe(job.node or job.hostname or "node")}
-    if path.endswith(SUFFIX):
-        return _PLACEHOLDER_RE.sub(lambda m: values[m[1]], path)
-    return os.path.join(path, f"aetherium_{values['job_id']}_{values['node']}{SUFFIX}")
-
-
-def _safe(text: str) -> str:
-    return _NAME_UNSAFE.sub("_", text).strip(".") or "_"
 
 
 def job_labels(job: JobIdentity) -> dict[str, str]:
@@ -223,8 +172,9 @@ class PrometheusTextfile:
         lines: dict[_Family, list[str]] = {}
         for mtype, mname, value, unit, device in samples:
             key = (mtype, mname, device)
-            found = series.get(key, False)
-            if found is False:
+            if key in series:
+                found = series[key]
+            else:
                 found = series[key] = self._new_series(mtype, mname, unit, device)
             if found is None or value != value:  # not exported, or NaN (no measurement)
                 continue

@@ -121,11 +121,14 @@ class NodeSession:
         path = self.monitoring.prometheus_textfile
         if not path:
             return None
-        from ..monitors.prometheus import KEY, PrometheusTextfile, textfile_problem
+        from ..monitors.prometheus import KEY, PrometheusTextfile
+        from ..paths import textfile_problem
 
         problem = textfile_problem(path)
         if problem is not None:
-            log.warning("aetherium-hpc: %s: %r: %s (no textfile on %s; the job runs on)", KEY, path, problem, self.ctx.node)
+            log.warning(
+                "aetherium-hpc: %s: %r: %s (no textfile on %s; the job runs on)", KEY, path, problem, self.ctx.node
+            )
             return None
         return PrometheusTextfile.for_job(path, self.ctx)
 
