@@ -115,6 +115,16 @@ def test_label_values_are_escaped_as_the_format_asks(tmp_path: Path) -> None:
     }
 
 
+def test_infinite_values_are_written_as_the_format_spells_them(tmp_path: Path) -> None:
+    textfile = PrometheusTextfile.for_job(str(tmp_path), JobContext(job_id="5", node="n"))
+    for value in (1.5, float("inf"), -float("inf"), 2.5):  # the template path and the +Inf one, in turn
+        textfile.write([catalogue.GPU_POWER.sample(value, "GPU-a"), catalogue.GPU_POWER.sample(7.0, "GPU-b")], 9.0)
+        text = Path(textfile.path).read_text()
+        parsed = parse(text)["aetherium_gpu_power_watts"]
+        assert parsed[key({"job_id": "5", "node": "n", "device": "GPU-a"})] == value
+        assert "inf\n" not in text
+
+
 def test_the_catalogue_is_mapped_once_to_valid_unique_names_in_base_units() -> None:
     assert set(NAMES) | set(NOT_EXPORTED) == set(catalogue.METRICS)
     names = list(NAMES.values())

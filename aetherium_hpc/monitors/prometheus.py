@@ -149,8 +149,11 @@ class PrometheusTextfile:
         folder, name = os.path.split(self.path)
         self._tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp")
         self._labels = ",".join(f'{k}="{label_value(v)}"' for k, v in labels.items())
-        # (metric_type, metric_name, device) -> (family, "name{labels} ", scale); None: not exported
-        self._series: dict[tuple[str, str, str], tuple[_Family, str] | None] = {}
+        # (metric_type, metric_name, device) -> its family and 'name{labels} ' (family None: not exported)
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._layout: list[_Series] = []  # the series of the last tick, in sample order
+        self._template = ""
+        self._order: list[int] = []
         self._stamp = f"{TIMESTAMP_METRIC}{{{self._labels}}} "
         self.closed = False
         self.writes = 0
@@ -159,35 +162,37 @@ class PrometheusTextfile:
     def for_job(cls, path: str, job: JobIdentity) -> PrometheusTextfile:
         return cls(textfile_path(path, job), job_labels(job))
 
-    def _new_series(self, mtype: str, mname: str, unit: str, device: str) -> tuple[_Family, str] | None:
+    def _new_series(self, mtype: str, mname: str, unit: str, device: str) -> _Series:
         family = _FAMILIES.get((mtype, mname, unit))  # a sample in another unit than the catalogue's: not ours
         if family is None:
-            return None
+            return _Series(None, "", 1.0)
         labels = f'{self._labels},device="{label_value(device)}"' if device else self._labels
-        return family, f"{family.name}{{{labels}}} "
+        return _Series(family, f"{family.name}{{{labels}}} ", family.scale)
 
     def render(self, samples: Sequence[Sample], timestamp: float) -> str:
-        """The file's text for one tick: each family's HELP, TYPE and series, then the tick's time."""
+        """The file's text for one tick: each family's HELP, TYPE and series, then the tick's time.
+
+        The series of a tick are nearly always those of the tick before: their text is then one
+        ``%`` template (kept until the series change), filled with the values in one call."""
         series = self._series
-        lines: dict[_Family, list[str]] = {}
+        entries: list[_Series] = []
+        values: list[float] = []
         for mtype, mname, value, unit, device in samples:
             key = (mtype, mname, device)
-            if key in series:
-                found = series[key]
-            else:
-                found = series[key] = self._new_series(mtype, mname, unit, device)
-            if found is None or value != value:  # not exported, or NaN (no measurement)
+            entry = series.get(key)
+            if entry is None:
+                entry = series[key] = self._new_series(mtype, mname, unit, device)
+            if entry.family is None or value != value:  # not exported, or NaN (no measurement)
                 continue
-            family, prefix = found
-            text = f"{prefix}{_number(value * family.scale)}\n"
-            group = lines.get(family)
-            if group is None:
-                lines[family] = [family.header, text]
-            else:
-                group.append(text)
-        parts = [line for family in sorted(lines, key=_order) for line in lines[family]]
-        parts.append(f"{_TIMESTAMP_HEADER}{self._stamp}{timestamp!r}\n")
-        return "".join(parts)
+            entries.append(entry)
+            values.append(value * entry.scale)
+        if entries != self._layout:
+            self._layout = entries
+            self._template, self._order = _template(entries, self._stamp)
+        ordered = [values[i] for i in self._order]
+        if ordered and (max(ordered) == _INF or min(ordered) == -_INF):  # (%r would write inf)
+            return self._template % (*[_Number(v) for v in ordered], _Number(timestamp))
+        return self._template % (*ordered, timestamp)
 
     def write(self, samples: Sequence[Sample], timestamp: float) -> None:
         """Replace the file with this tick's values (raises OSError; the monitor reports it once)."""
@@ -216,5 +221,37 @@ class PrometheusTextfile:
                 log.warning("aetherium-hpc: could not remove the Prometheus textfile %s: %s", path, exc)
 
 
-def _order(family: _Family) -> int:
-    return family.order
+@dataclass(frozen=True, eq=False)
+class _Series:
+    """One exported series: its family (None: a sample not exported) and its text up to the value."""
+
+    family: _Family | None
+    prefix: str
+    scale: float
+
+
+class _Number(float):
+    """A value as the format writes it (``%r`` of it): +Inf, -Inf, NaN."""
+
+    def __repr__(self) -> str:
+        return _number(self)
+
+
+_INF = float("inf")
+
+
+def _template(entries: list[_Series], stamp: str) -> tuple[str, list[int]]:
+    """The ``%`` template of a tick with these series (families in catalogue order, each with its
+    HELP and TYPE), and the order in which the tick's values fill it."""
+    order = sorted(range(len(entries)), key=lambda i: entries[i].family.order)  # type: ignore[union-attr]
+    parts: list[str] = []
+    last: _Family | None = None
+    for i in order:
+        family = entries[i].family
+        assert family is not None
+        if family is not last:
+            parts.append(family.header.replace("%", "%%"))
+            last = family
+        parts.append(entries[i].prefix.replace("%", "%%") + "%r\n")
+    parts.append(f"{_TIMESTAMP_HEADER}{stamp}".replace("%", "%%") + "%r\n")
+    return "".join(parts), order
