@@ -147,10 +147,7 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
     from aetherium_hpc.monitors.gpu import GpuCollector
     from aetherium_hpc.runtime import JobContext
 
-    saved = sys.modules.get("pynvml")
-    if gpus:
-        sys.modules["pynvml"] = fake_gpus(gpus, [os.getpid()])
-    try:
+    with installed_nvml(fake_gpus(gpus, [os.getpid()]) if gpus else None):
         with tempfile.TemporaryDirectory(dir=where) as folder:
             job = JobContext(job_id="1200_7", array_job_id="1200", array_task_id=7, node="n1")
             textfile = PrometheusTextfile.for_job(folder, job)
@@ -178,11 +175,6 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
             for m in monitors:
                 for collector in m.collectors:
                     collector.close()
-    finally:
-        if saved is None:
-            sys.modules.pop("pynvml", None)
-        else:
-            sys.modules["pynvml"] = saved
     series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
     return {"plain": costs[0], "textfile": costs[1], "series": series, "bytes": len(text.encode())}
 
@@ -262,15 +254,28 @@ def fake_gpus(n: int, pids: list[int]) -> Any:
     return fake_pynvml.make_module(devices)
 
 
+@contextmanager
+def installed_nvml(module: Any) -> Iterator[None]:
+    """``module`` as ``pynvml`` (None: leave it as it is) while the block runs; the real one back after."""
+    saved = sys.modules.get("pynvml")
+    if module is not None:
+        sys.modules["pynvml"] = module
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop("pynvml", None)
+        else:
+            sys.modules["pynvml"] = saved
+
+
 def big_node_costs(samples: int, spacing: float, gpus: int = 8, processes: int = 64) -> dict[str, Any]:
     """CPU ms and rows per sample: a ``processes``-process tree with ``gpus`` fake GPUs vs 9 processes, no GPU."""
     from aetherium_hpc.monitors.gpu import GpuCollector
 
-    saved = sys.modules.get("pynvml")
     with sleeper_tree(processes) as big_root, sleeper_tree(9) as small_root:
         big_pids = [big_root, *(p.pid for p in psutil.Process(big_root).children())]
-        sys.modules["pynvml"] = fake_gpus(gpus, big_pids)
-        try:
+        with installed_nvml(fake_gpus(gpus, big_pids)):
             big_tree = ProcessTreeCollector(big_root)
             gpu = GpuCollector(tree_pids=big_tree.pids, environ={})
             big = ResourceMonitor(collectors=[HostCollector(), big_tree, gpu], sink=lambda s, ts: None,
@@ -295,11 +300,6 @@ def big_node_costs(samples: int, spacing: float, gpus: int = 8, processes: int =
             for m in (big, small):
                 for collector in m.collectors:
                     collector.close()
-        finally:
-            if saved is None:
-                sys.modules.pop("pynvml", None)
-            else:
-                sys.modules["pynvml"] = saved
     return {"big": cost_big, "small": cost_small, "rows_big": rows_big, "rows_small": rows_small,
             "processes_big": n_big, "processes_small": n_small, "gpus": n_gpus}  # fmt: skip
 

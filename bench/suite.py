@@ -269,7 +269,7 @@ def run_monitor(res: Results, s: dict[str, Any]) -> None:
             f"{t['bytes']:,} B rewritten each tick: render, write, rename), same monitor without it interleaved",
             f"**{spread(with_file, ms)}**", f"without the textfile: {spread(plain, ms)}",
             f"{times(med(r))} ({', '.join(times(x) for x in r)})",
-            "≤ +0.5 ms a sample (0.05 % of a core at 1 Hz)", med([w - p for w, p in zip(with_file, plain)]) <= 0.5,
+            "≤ +0.5 ms a sample (0.05 % of a core at 1 Hz)", med([w - p for w, p in zip(with_file, plain, strict=True)]) <= 0.5,
             "`python bench/monitor_overhead.py`", f"monitor_textfile_{gpus}gpu",
         ))  # fmt: skip
 
