@@ -167,6 +167,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     monitoring = load_config(args.config).monitoring if args.config else Monitoring()
     if args.no_gpu:
         monitoring = dataclasses.replace(monitoring, gpu=False)
+    textfile, origin = monitoring.prometheus_textfile, args.config
+    if args.prometheus_textfile is not None:
+        textfile, origin = args.prometheus_textfile, "--prometheus-textfile"
+    elif os.environ.get(env.PROMETHEUS_TEXTFILE):
+        textfile, origin = os.environ[env.PROMETHEUS_TEXTFILE], f"${env.PROMETHEUS_TEXTFILE}"
+    if textfile and monitoring.enabled:
+        from .monitors.prometheus import require_textfile_folder
+
+        require_textfile_folder(textfile, origin)  # before anything starts: one line, exit code 2
+        monitoring = dataclasses.replace(monitoring, prometheus_textfile=textfile)
     ctx = JobContext.detect()
     dest = RunLayout.command_db_path(ctx, db_dir=args.db_dir, run_dir=os.environ.get(env.RUN_DIR))
     sessions: list[NodeSession] = []
@@ -203,6 +213,12 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--config", help="YAML config whose monitoring: section to use")
     p.add_argument("--no-gpu", action="store_true", help="do not look for GPUs (no NVML, no GPU notice)")
+    p.add_argument(
+        "--prometheus-textfile",
+        metavar="PATH",
+        help="write the node's latest values for node_exporter's textfile collector into this folder "
+        f"(as aetherium_<job>_<node>.prom; or a *.prom file), removed at the end [${env.PROMETHEUS_TEXTFILE}]",
+    )
     p.add_argument(
         "--db-dir",
         help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",

@@ -24,6 +24,9 @@ NODE_MONITOR = "AETHERIUM_NODE_MONITOR"
 #: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
 
+#: node_exporter textfile folder (or *.prom file) for ``aetherium-hpc run`` (monitoring.prometheus_textfile).
+PROMETHEUS_TEXTFILE = "AETHERIUM_PROMETHEUS_TEXTFILE"
+
 ALL = {
     METRICS_ADDR: "AF_UNIX socket path of the node's metrics store (set by init_db / the runtime)",
     METRICS_KEY: "hex authentication key for that socket",
@@ -32,6 +35,8 @@ ALL = {
     LOCAL_DIR: "node-local folder for live databases and sockets",
     NODE_MONITOR: "pid of the process whose resource monitor samples this node into the store",
     TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
+    PROMETHEUS_TEXTFILE: "folder (or *.prom file) where aetherium-hpc run writes the node's latest values for "
+    "node_exporter's textfile collector (as monitoring.prometheus_textfile)",
 }
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 from .jobenv import JobIdentity
 
-__all__ = ["LOCAL_DB_NAME", "NodeFolder", "RunLayout", "db_key", "safe_component"]
+__all__ = ["LOCAL_DB_NAME", "NodeFolder", "RunLayout", "db_key", "safe_component", "textfile_path", "textfile_problem"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
@@ -177,3 +177,54 @@ class RunLayout:
     def databases(self) -> list[Path]:
         """Every copied-back database of the run (``db/<job>_<task>/<node>.db`` files), sorted."""
         return sorted(p for p in self.db_dir.glob("*/*.db") if p.is_file()) if self.db_dir.is_dir() else []
+
+
+# -- node_exporter's textfile (monitoring.prometheus_textfile) ---------------------------------------
+#: node_exporter's textfile collector reads files of this suffix only.
+PROM_SUFFIX = ".prom"
+#: What a ``*.prom`` PATH may hold in braces.
+PLACEHOLDERS = ("job_id", "node")
+_PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+
+def textfile_problem(path: str, *, folder_exists: bool = True) -> str | None:
+    """What is wrong with a ``prometheus_textfile`` PATH, as ``problem; fix`` (None: nothing).
+
+    The form is checked everywhere; ``folder_exists`` also asks that its folder exist and be
+    writable -- only where the file will be written (the node)."""
+    if not path.strip():
+        return "must not be empty; give the folder node_exporter reads (--collector.textfile.directory)"
+    unknown = [p for p in _PLACEHOLDER_RE.findall(path) if p not in PLACEHOLDERS]
+    if unknown:
+        return (
+            f"unknown placeholder {{{unknown[0]}}}; use " + " or ".join(f"{{{p}}}" for p in PLACEHOLDERS)
+            + ", or give a folder (the file is then named by job and node)"
+        )  # fmt: skip
+    is_file = path.endswith(PROM_SUFFIX)
+    if not is_file and _PLACEHOLDER_RE.search(path):
+        return f"placeholders only go in a file name ending in {PROM_SUFFIX}; give a folder, or a path like DIR/aetherium_{{job_id}}.prom"
+    if _PLACEHOLDER_RE.search(os.path.dirname(path)):
+        return "placeholders only go in the file name, not in its folder; e.g. DIR/aetherium_{job_id}_{node}.prom"
+    if is_file and os.path.isdir(path):
+        return f"is a folder, but ends in {PROM_SUFFIX}; give the folder without the {PROM_SUFFIX} name, or a file name inside it"
+    if not is_file and os.path.exists(path) and not os.path.isdir(path):
+        return f"is a file not ending in {PROM_SUFFIX} (node_exporter reads *{PROM_SUFFIX} files only); give its folder instead"
+    if folder_exists:
+        folder = (os.path.dirname(path) or ".") if is_file else path
+        if not os.path.isdir(folder):
+            return (
+                f"folder {folder} does not exist on this node; create it (the folder node_exporter's "
+                "--collector.textfile.directory names) or point the key at an existing one"
+            )
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return f"folder {folder} is not writable by this user; make it writable (e.g. chmod 1777) or use another"
+    return None
+
+
+def textfile_path(path: str, job: JobIdentity) -> str:
+    """The file a job writes for ``path``: inside a folder, ``aetherium_<job_id>_<node>.prom``;
+    a ``*.prom`` path with its placeholders replaced (by names safe in a file name)."""
+    values = {"job_id": safe_component(job.job_id), "node": safe_component(job.node or job.hostname or "node")}
+    if path.endswith(PROM_SUFFIX):
+        return _PLACEHOLDER_RE.sub(lambda m: values[m[1]], path)
+    return os.path.join(path, f"aetherium_{values['job_id']}_{values['node']}{PROM_SUFFIX}")

@@ -1,5 +1,8 @@
 """CPU cost of one resource sample: the monitor vs a naive psutil loop, measured in the same run.
 
+Also: the cost of ``monitoring.prometheus_textfile`` (the same monitor with and without
+the node_exporter textfile it rewrites each tick, interleaved), without GPUs and with 8 fake ones.
+
 A 9-process tree (this process + 8 children, half sleeping, half lightly busy) is
 sampled ``--samples`` times by each side, interleaved, with ``time.thread_time``
 around each sample (CPU time of the sampling thread only). Then the real monitor
@@ -113,9 +116,67 @@ def main() -> int:
         ratio = statistics.fmean(naive) / statistics.fmean(ours)
         print(f"\nnaive / monitor: {ratio:.1f}x  (target: monitor <= 0.5 ms per sample with a 9-process tree)")
 
+        print()
+        for where in (tempfile.gettempdir(), "/dev/shm"):
+            if not os.path.isdir(where):
+                continue
+            for gpus in (0, 8):
+                t = textfile_costs(args.samples, args.spacing, gpus=gpus, where=where)
+                plain, with_file = statistics.fmean(t["plain"]), statistics.fmean(t["textfile"])
+                print(f"prometheus_textfile in {where} ({fs_type(where)}), {gpus} GPUs, {t['series']} series, "
+                      f"{t['bytes']:,} B: {plain:.3f} ms without, {with_file:.3f} ms with "
+                      f"({with_file / plain:.2f}x, +{(with_file - plain) * 1000:.0f} us a sample)")  # fmt: skip
+
         if args.live > 0:
             live(args.live)
     return 0
+
+
+def fs_type(path: str) -> str:
+    """The file system type of the mount holding ``path`` (from psutil), '?' if unknown."""
+    best = max((p for p in psutil.disk_partitions(all=True) if path.startswith(p.mountpoint)),
+               key=lambda p: len(p.mountpoint), default=None)  # fmt: skip
+    return best.fstype if best is not None else "?"
+
+
+def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | None = None) -> dict[str, Any]:
+    """CPU ms per sample of the same monitor without and with a Prometheus textfile, interleaved
+    (host + this process's tree, and ``gpus`` fake GPUs), and the file's size. ``where``: the
+    folder's parent (its file system decides the cost of the write and rename)."""
+    from aetherium_hpc.monitors import PrometheusTextfile
+    from aetherium_hpc.monitors.gpu import GpuCollector
+    from aetherium_hpc.runtime import JobContext
+
+    with installed_nvml(fake_gpus(gpus, [os.getpid()]) if gpus else None):
+        with tempfile.TemporaryDirectory(dir=where) as folder:
+            job = JobContext(job_id="1200_7", array_job_id="1200", array_task_id=7, node="n1")
+            textfile = PrometheusTextfile.for_job(folder, job)
+            monitors = []
+            for exporter in (None, textfile):
+                tree = ProcessTreeCollector(os.getpid())
+                collectors: list[Any] = [HostCollector(), tree]
+                if gpus:
+                    collectors.append(GpuCollector(tree_pids=tree.pids, environ={}))
+                monitors.append(
+                    ResourceMonitor(
+                        collectors=collectors, sink=lambda s, ts: None, store_getter=None, textfile=exporter
+                    )
+                )
+            for m in monitors:
+                for collector in m.collectors:
+                    collector.start()
+                m.sample_once()
+            costs: list[list[float]] = [[], []]
+            for _ in range(samples):
+                for side, m in enumerate(monitors):
+                    costs[side].append(cpu_ms(m.sample_once))
+                    time.sleep(spacing)
+            text = open(textfile.path, encoding="utf-8").read()
+            for m in monitors:
+                for collector in m.collectors:
+                    collector.close()
+    series = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+    return {"plain": costs[0], "textfile": costs[1], "series": series, "bytes": len(text.encode())}
 
 
 def thread_cpu() -> dict[str, float]:
@@ -160,10 +221,6 @@ def live(seconds: float) -> None:
             print(f"    {name:<32}{used:8.3f} ms")
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 # -- a big node: 8 GPUs (fake NVML) and a 64-process tree, against the 9-process, no-GPU case ------------
 @contextmanager
 def sleeper_tree(processes: int) -> Iterator[int]:
@@ -197,15 +254,28 @@ def fake_gpus(n: int, pids: list[int]) -> Any:
     return fake_pynvml.make_module(devices)
 
 
+@contextmanager
+def installed_nvml(module: Any) -> Iterator[None]:
+    """``module`` as ``pynvml`` (None: leave it as it is) while the block runs; the real one back after."""
+    saved = sys.modules.get("pynvml")
+    if module is not None:
+        sys.modules["pynvml"] = module
+    try:
+        yield
+    finally:
+        if saved is None:
+            sys.modules.pop("pynvml", None)
+        else:
+            sys.modules["pynvml"] = saved
+
+
 def big_node_costs(samples: int, spacing: float, gpus: int = 8, processes: int = 64) -> dict[str, Any]:
     """CPU ms and rows per sample: a ``processes``-process tree with ``gpus`` fake GPUs vs 9 processes, no GPU."""
     from aetherium_hpc.monitors.gpu import GpuCollector
 
-    saved = sys.modules.get("pynvml")
     with sleeper_tree(processes) as big_root, sleeper_tree(9) as small_root:
         big_pids = [big_root, *(p.pid for p in psutil.Process(big_root).children())]
-        sys.modules["pynvml"] = fake_gpus(gpus, big_pids)
-        try:
+        with installed_nvml(fake_gpus(gpus, big_pids)):
             big_tree = ProcessTreeCollector(big_root)
             gpu = GpuCollector(tree_pids=big_tree.pids, environ={})
             big = ResourceMonitor(collectors=[HostCollector(), big_tree, gpu], sink=lambda s, ts: None,
@@ -230,10 +300,9 @@ def big_node_costs(samples: int, spacing: float, gpus: int = 8, processes: int =
             for m in (big, small):
                 for collector in m.collectors:
                     collector.close()
-        finally:
-            if saved is None:
-                sys.modules.pop("pynvml", None)
-            else:
-                sys.modules["pynvml"] = saved
     return {"big": cost_big, "small": cost_small, "rows_big": rows_big, "rows_small": rows_small,
             "processes_big": n_big, "processes_small": n_small, "gpus": n_gpus}  # fmt: skip
+
+
+if __name__ == "__main__":
+    sys.exit(main())

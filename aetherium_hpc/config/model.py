@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, cast, get_args
 
 from ..errors import ConfigError
+from ..paths import textfile_problem
 from ..store.options import StoreOptions
 from . import dumping
 from .setting import setting
@@ -138,6 +139,13 @@ def _store_setting(name: str, **spec: Any) -> Any:
     return setting(getattr(StoreOptions(), name), check=check, **spec)
 
 
+def _textfile_form(path: str) -> None:
+    """The form of a ``prometheus_textfile`` PATH (its folder is checked on the node, where it is written)."""
+    problem = textfile_problem(path, folder_exists=False)
+    if problem is not None:
+        raise ValueError(problem)
+
+
 @dataclass(frozen=True)
 class Monitoring:
     """Resource monitor and metrics store settings."""
@@ -149,6 +157,12 @@ class Monitoring:
     flush_interval_s: float = _store_setting("flush_interval_s", unit="s", help="... or after this long")
     checkpoint_interval_s: float = setting(30.0, unit="s", ge=0, help="time between copies to the run folder")
     local_dir: str | None = setting(None, example="/scratch/$USER", help="node-local folder of the live database")
+    prometheus_textfile: str | None = setting(
+        None,
+        example="/var/lib/node_exporter/textfile_collector",
+        check=_textfile_form,
+        help="folder (or *.prom file) node_exporter's textfile collector reads; null: none written",
+    )
 
     def store_options(self) -> StoreOptions:
         """The store's settings of this section."""

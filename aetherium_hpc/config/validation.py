@@ -187,6 +187,12 @@ class _Section:
                 self.fail(key, f"must be a string, got {show(value)}", f'quote it: {key}: "{value}" (e.g. "{example}")')
             if not value.strip():
                 self.fail(key, "must not be empty", f"remove the key or write {key}: {example}")
+            if spec.check is not None:  # a check owned elsewhere words its own "problem; fix"
+                try:
+                    spec.check(value)
+                except ValueError as exc:
+                    problem, _, fix = str(exc).partition("; ")
+                    self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
             return value
         if base is int:
             self._check_int(key, value, example)

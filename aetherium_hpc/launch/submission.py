@@ -125,6 +125,11 @@ def check_submission(config: Config, cluster: str, root: Path) -> None:
             f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
             "use backend: slurm, or --set resources.nodes=1"
         )
+    if cluster != "slurm" and config.monitoring.enabled and config.monitoring.prometheus_textfile:
+        from ..monitors.prometheus import require_textfile_folder
+
+        # The job runs on this machine: its textfile folder must be here (a Slurm node checks its own).
+        require_textfile_folder(config.monitoring.prometheus_textfile, config.source)
     if cluster == "slurm" and shutil.which("sbatch") is None:
         return  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
     with tempfile.TemporaryDirectory(prefix="aetherium-check-") as folder:

@@ -14,6 +14,7 @@ from .. import env
 from .base import Collector, Sample
 from .collectors import default_collectors
 from .monitor import MonitorTelemetry, ResourceMonitor, SampleSummary
+from .prometheus import PrometheusTextfile
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def log_system_resources(
     interval: float = 1.0,
     gpu: bool = True,
     root_pid: int | None = None,
+    *,
+    textfile: PrometheusTextfile | None = None,
 ) -> ResourceMonitor:
     """Start sampling this node into the store (the one of :func:`init_db`, or the node socket).
 
@@ -33,7 +36,8 @@ def log_system_resources(
     written when the monitor stops: a file path, or a folder (one that exists, or a path
     ending in ``/``), which then gets ``aetherium_resource_summary.json`` inside it
     (the folder is created if missing). ``root_pid``: the process whose tree is followed
-    (default: this one). Returns the running monitor; call ``.stop()`` to end it (it
+    (default: this one). ``textfile``: a :class:`~.prometheus.PrometheusTextfile` the monitor
+    rewrites every tick for node_exporter and removes when it stops. Returns the running monitor; call ``.stop()`` to end it (it
     also stops at interpreter exit). One monitor per process: while one is running,
     a second call returns it.
     """
@@ -52,7 +56,9 @@ def log_system_resources(
                 os.environ.get(env.METRICS_DB, "the node store"),
             )  # fmt: skip
             return ResourceMonitor(interval, collectors=[], store_getter=None)  # never started: stop() is a no-op
-        _active = ResourceMonitor(interval, gpu=gpu, root_pid=root_pid, output_path=output_path).start()
+        _active = ResourceMonitor(
+            interval, gpu=gpu, root_pid=root_pid, output_path=output_path, textfile=textfile
+        ).start()
         os.environ[env.NODE_MONITOR] = str(os.getpid())
         return _active
 
@@ -74,6 +80,7 @@ def _node_monitor_elsewhere() -> int | None:
 __all__ = [
     "Collector",
     "MonitorTelemetry",
+    "PrometheusTextfile",
     "ResourceMonitor",
     "Sample",
     "SampleSummary",

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
@@ -23,6 +23,9 @@ from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
 from .window import RecentWindow
+
+if TYPE_CHECKING:
+    from .prometheus import PrometheusTextfile
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +134,9 @@ class ResourceMonitor:
     Every tick also goes into :attr:`window`, the last 60 s in memory; ``start()`` makes it what
     ``get_db().recent()`` answers in every process of the node (until another monitor starts; after
     ``stop()`` its samples age out).
+
+    ``textfile``: a :class:`~.prometheus.PrometheusTextfile` rewritten after every tick with its
+    values (node_exporter's textfile collector) and removed by ``stop()``.
     """
 
     def __init__(
@@ -144,6 +150,7 @@ class ResourceMonitor:
         collectors: Sequence[Collector] | None = None,
         sink: SampleSink | None = None,
         store_getter: Callable[[], Any] | None = get_db,
+        textfile: PrometheusTextfile | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
@@ -160,6 +167,7 @@ class ResourceMonitor:
             sink = log_builtin_samples if builtin else log_resource_samples
         self._sink: SampleSink = sink
         self.summary = SampleSummary()
+        self.textfile = textfile
         self.samples_taken = 0
         self.missed_ticks = 0
         self.started_at: float | None = None
@@ -212,6 +220,8 @@ class ResourceMonitor:
                     "often in NVML); leaving it behind as a daemon thread", timeout,
                 )  # fmt: skip
         self.stopped_at = time.time()
+        if self.textfile is not None:  # the job's values leave node_exporter with the job
+            self.textfile.remove()
         self._result = self._summary_dict()
         if self.output_path is not None:
             self._write_summary(self.output_path, self._result)
@@ -273,6 +283,11 @@ class ResourceMonitor:
             self.window.add(out, ts)
         except Exception as exc:  # (a collector of the user's that gives something not a number)
             self._report_failure(None, exc, "window")
+        if self.textfile is not None:
+            try:
+                self.textfile.write(out, ts)
+            except Exception as exc:  # (its folder removed, the disk full): said once, sampling goes on
+                self._report_failure(None, exc, f"the Prometheus textfile {self.textfile.path}")
         self.samples_taken += 1
         return out
 

@@ -106,13 +106,31 @@ class NodeSession:
                 gpu_monitor.set_off_hint("set monitoring.gpu: false in the config (or --set monitoring.gpu=false)")
             else:  # aetherium-hpc run
                 gpu_monitor.set_off_hint("add --no-gpu to aetherium-hpc run")
-            self._monitor = log_system_resources(interval=mon.interval_s, gpu=mon.gpu)
+            self._monitor = log_system_resources(interval=mon.interval_s, gpu=mon.gpu, textfile=self._textfile())
         if mon.checkpoint_interval_s and mon.checkpoint_interval_s > 0:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name="aetherium-checkpoint", daemon=True
             )
             self._checkpointer.start()
         return self
+
+    def _textfile(self) -> Any:
+        """The node_exporter textfile of ``monitoring.prometheus_textfile`` (None: not asked for). The
+        launcher and ``aetherium-hpc run`` refuse a missing folder before the job; a Slurm node
+        without it gets one warning and the job runs on without the file."""
+        path = self.monitoring.prometheus_textfile
+        if not path:
+            return None
+        from ..monitors.prometheus import KEY, PrometheusTextfile
+        from ..paths import textfile_problem
+
+        problem = textfile_problem(path)
+        if problem is not None:
+            log.warning(
+                "aetherium-hpc: %s: %r: %s (no textfile on %s; the job runs on)", KEY, path, problem, self.ctx.node
+            )
+            return None
+        return PrometheusTextfile.for_job(path, self.ctx)
 
     def _checkpoint_loop(self) -> None:
         block_job_signals()

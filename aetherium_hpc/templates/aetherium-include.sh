@@ -5,6 +5,11 @@
 #
 # Sets AETHERIUM_RUN_DIR (if unset) to ./aetherium-runs/<job id> and runs the command under
 # `srun aetherium-hpc run --`, with any SRUN_ARGS you set before (an array, e.g. SRUN_ARGS=(-N2)).
+#
+# For Prometheus: export AETHERIUM_PROMETHEUS_TEXTFILE=/var/lib/node_exporter/textfile_collector
+# (the folder node_exporter's --collector.textfile.directory reads; it must exist on the nodes)
+# before aetherium_run, and each node writes its latest values there as
+# aetherium_<job>_<node>.prom, removed when the command ends (docs/PROMETHEUS.md).
 
 export AETHERIUM_RUN_DIR="${AETHERIUM_RUN_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/aetherium-runs/${SLURM_ARRAY_JOB_ID:-${SLURM_JOB_ID:-local}}}"
 mkdir -p "$AETHERIUM_RUN_DIR"
