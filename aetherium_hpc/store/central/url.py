@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 SCHEMES = ("postgresql://", "postgres://")
 #: Seconds a connection attempt may take (libpq's connect_timeout; the job never waits on it).
 CONNECT_TIMEOUT_S = 5
-_URL_PASSWORD = re.compile(r"^(postgres(?:ql)?://[^:@/?#]*:)([^@/?#]*)(@)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"""(postgres(?:ql)?://[^:@/?#\s"']*:)([^@/?#\s"']*)(@)""", re.IGNORECASE)
 _KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 INSTALL_HINT = "pip install 'aetherium-hpc[central]' (psycopg 3)"
@@ -39,7 +39,7 @@ def mask(text: str) -> str:
 
 def secret_of(url: str) -> str | None:
     """The password written in ``url``, if any (to scrub it from error messages)."""
-    m = _URL_PASSWORD.match(url) or _QUERY_PASSWORD.search(url)
+    m = _URL_PASSWORD.search(url) or _QUERY_PASSWORD.search(url)
     return m.group(2) if m and m.group(2) else None
 
 
