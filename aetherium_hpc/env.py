@@ -23,6 +23,8 @@ TASK_PARAMS = "AETHERIUM_TASK_PARAMS"
 NODE_MONITOR = "AETHERIUM_NODE_MONITOR"
 #: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
+#: postgresql:// URL of a central store that the node store streams to (when the YAML names none).
+CENTRAL = "AETHERIUM_CENTRAL"
 
 ALL = {
     METRICS_ADDR: "AF_UNIX socket path of the node's metrics store (set by init_db / the runtime)",
@@ -32,6 +34,7 @@ ALL = {
     LOCAL_DIR: "node-local folder for live databases and sockets",
     NODE_MONITOR: "pid of the process whose resource monitor samples this node into the store",
     TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
+    CENTRAL: "postgresql:// URL of the central store (monitoring.central in the YAML wins; empty: none)",
 }
 
 

@@ -14,7 +14,7 @@ import aetherium_hpc
 
 @pytest.fixture(autouse=True)
 def _no_leftover_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("AETHERIUM_METRICS_ADDR", "AETHERIUM_METRICS_KEY", "AETHERIUM_METRICS_DB"):
+    for name in ("AETHERIUM_METRICS_ADDR", "AETHERIUM_METRICS_KEY", "AETHERIUM_METRICS_DB", "AETHERIUM_CENTRAL"):
         monkeypatch.delenv(name, raising=False)
     yield
     aetherium_hpc.shutdown_db()

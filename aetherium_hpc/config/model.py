@@ -149,10 +149,14 @@ class Monitoring:
     flush_interval_s: float = _store_setting("flush_interval_s", unit="s", help="... or after this long")
     checkpoint_interval_s: float = setting(30.0, unit="s", ge=0, help="time between copies to the run folder")
     local_dir: str | None = setting(None, example="/scratch/$USER", help="node-local folder of the live database")
+    central: str | None = _store_setting(
+        "central", example="postgresql://lab@db.example.org:5432/aetherium",
+        help="PostgreSQL URL (no password) the node store also streams to; null: $AETHERIUM_CENTRAL, if set",
+    )  # fmt: skip
 
     def store_options(self) -> StoreOptions:
         """The store's settings of this section."""
-        return StoreOptions(buffer_size=self.buffer_size, flush_interval_s=self.flush_interval_s)
+        return StoreOptions(buffer_size=self.buffer_size, flush_interval_s=self.flush_interval_s, central=self.central)
 
 
 @dataclass(frozen=True)

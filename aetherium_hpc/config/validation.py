@@ -187,8 +187,9 @@ class _Section:
                 self.fail(key, f"must be a string, got {show(value)}", f'quote it: {key}: "{value}" (e.g. "{example}")')
             if not value.strip():
                 self.fail(key, "must not be empty", f"remove the key or write {key}: {example}")
-            return value
-        if base is int:
+            if spec.check is None:
+                return value
+        elif base is int:
             self._check_int(key, value, example)
         else:
             self._check_number(key, value, example)
@@ -202,7 +203,9 @@ class _Section:
                 found = _BOUND_RE.search(str(exc))
                 if found is None:
                     self.fail(
-                        key, f"{str(exc).partition(': ')[2] or exc}, got {value}", f"use a value such as {example}"
+                        key,
+                        f"{str(exc).partition(': ')[2] or exc}, got {show(value) if isinstance(value, str) else value}",
+                        f"use a value such as {example}",
                     )
                 self._out_of_bounds(key, value, found[1], base(found[2]), base, example)
         return float(value) if base is float and not optional else value

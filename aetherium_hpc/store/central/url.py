@@ -1,16 +1,15 @@
 """``postgresql://`` URLs: recognised, shown with the password masked, opened with one clear line.
 
-A URL's password is never shown: :func:`mask` turns ``postgresql://user:secret@host/db`` into
-``postgresql://user:***@host/db`` (and ``password=secret`` in a key=value string into
-``password=***``). Without a password in the URL, libpq finds one in ``PGPASSWORD``, in the file
+A URL's password is never shown: ``mask`` turns ``postgresql://user:secret@host/db`` into
+``postgresql://user:***@host/db`` (:mod:`aetherium_hpc.credentials`). Without a password in the URL, libpq finds one in ``PGPASSWORD``, in the file
 ``PGPASSFILE`` names, or in ``~/.pgpass``.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Any
 
+from ...credentials import mask, scrub
 from ...errors import CentralStoreError
 
 if TYPE_CHECKING:
@@ -19,37 +18,12 @@ if TYPE_CHECKING:
 SCHEMES = ("postgresql://", "postgres://")
 #: Seconds a connection attempt may take (libpq's connect_timeout; the job never waits on it).
 CONNECT_TIMEOUT_S = 5
-_URL_PASSWORD = re.compile(r"""(postgres(?:ql)?://[^:@/?#\s"']*:)([^@/?#\s"']*)(@)""", re.IGNORECASE)
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-_QUERY_PASSWORD = re.compile(r"([?&]password=)([^&#]*)", re.IGNORECASE)
 INSTALL_HINT = "pip install 'aetherium-hpc[central]' (psycopg 3)"
 
 
 def is_central_url(text: object) -> bool:
     """True for a ``postgresql://`` (or ``postgres://``) URL."""
     return isinstance(text, str) and text.lower().startswith(SCHEMES)
-
-
-def mask(text: str) -> str:
-    """``text`` with any password in it replaced by ``***``."""
-    text = _URL_PASSWORD.sub(r"\1***\3", text)
-    text = _QUERY_PASSWORD.sub(r"\1***", text)
-    return _KV_PASSWORD.sub(r"\1***", text)
-
-
-def secret_of(url: str) -> str | None:
-    """The password written in ``url``, if any (to scrub it from error messages)."""
-    m = _URL_PASSWORD.search(url) or _QUERY_PASSWORD.search(url)
-    return m.group(2) if m and m.group(2) else None
-
-
-def scrub(message: str, url: str) -> str:
-    """One line of ``message`` with the password of ``url`` (and any other) masked."""
-    line = " ".join(str(message).split())
-    secret = secret_of(url)
-    if secret:
-        line = line.replace(secret, "***")
-    return mask(line)
 
 
 def psycopg_module() -> Any:
