@@ -130,16 +130,23 @@ def training_db(path: str, rows: int) -> None:
     ah.shutdown_db()
 
 
+def _rows(path: str, columns: str) -> list[tuple[object, ...]]:
+    conn = reader.open_readonly(path)
+    try:
+        return conn.execute(f"SELECT {columns} FROM training_rows").fetchall()
+    finally:
+        conn.close()
+
+
+_COLUMNS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+
+
 def bare_copy(url: str, path: str) -> float:
     """Seconds to read the training rows from SQLite and COPY them into an unindexed table."""
     import psycopg
 
     started = time.perf_counter()
-    conn = reader.open_readonly(path)
-    rows = conn.execute(
-        "SELECT 1, timestamp, metric_name, metric_value, round_number, epoch_number, phase FROM training_rows"
-    ).fetchall()
-    conn.close()
+    rows = _rows(path, "1, " + _COLUMNS)
     with psycopg.connect(url) as pg, pg.cursor() as cur:
         cur.execute(
             "CREATE TABLE IF NOT EXISTS bare (source_id bigint, timestamp double precision, metric_name text,"
@@ -159,19 +166,15 @@ def executemany_insert(url: str, path: str) -> float:
     from aetherium_hpc.store.central import schema as pg_schema
 
     started = time.perf_counter()
-    conn = reader.open_readonly(path)
-    rows = conn.execute(
-        "SELECT timestamp, metric_name, metric_value, round_number, epoch_number, phase FROM training_rows"
-    ).fetchall()
-    conn.close()
+    rows = _rows(path, _COLUMNS)
     with psycopg.connect(url) as pg:
         pg_schema.ensure(pg, "bench")
         with pg.cursor() as cur:
             cur.execute("INSERT INTO sources(source_key) VALUES ('bench') RETURNING source_id")
             (sid,) = cur.fetchone()  # type: ignore[misc]
             cur.executemany(
-                "INSERT INTO training_rows(source_id, timestamp, metric_name, metric_value, round_number,"
-                " epoch_number, phase) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                f"INSERT INTO training_rows(source_id, {_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT DO NOTHING",
                 [(sid, *r) for r in rows],
             )
     return time.perf_counter() - started

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testenv import unavailable
 
 import aetherium_hpc
 
@@ -53,8 +54,6 @@ def pg_url() -> str:
     url = os.environ.get("AETHERIUM_TEST_PG")
     reason = _pg_unreachable_reason(url)
     if reason is not None:
-        if os.environ.get("AETHERIUM_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"AETHERIUM_REQUIRE_POSTGRES=1 but {reason}")
-        pytest.skip(reason)
+        unavailable(reason, "AETHERIUM_REQUIRE_POSTGRES")
     assert url is not None
     return url
