@@ -23,6 +23,8 @@ TASK_PARAMS = "AETHERIUM_TASK_PARAMS"
 NODE_MONITOR = "AETHERIUM_NODE_MONITOR"
 #: Node-local scratch folder for the live database (default: $SLURM_TMPDIR, else $TMPDIR, else /tmp).
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
+#: postgresql:// URL of a central store that the node store streams to (when the YAML names none).
+CENTRAL = "AETHERIUM_CENTRAL"
 
 #: node_exporter textfile folder (or *.prom file) for ``aetherium-hpc run`` (monitoring.prometheus_textfile).
 PROMETHEUS_TEXTFILE = "AETHERIUM_PROMETHEUS_TEXTFILE"
@@ -37,6 +39,7 @@ ALL = {
     TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
     PROMETHEUS_TEXTFILE: "folder (or *.prom file) where aetherium-hpc run writes the node's latest values for "
     "node_exporter's textfile collector (as monitoring.prometheus_textfile)",
+    CENTRAL: "postgresql:// URL of the central store (monitoring.central in the YAML wins; empty: none)",
 }
 
 

@@ -42,3 +42,7 @@ class StoreNotReachableError(StoreError):
 
 class LaunchError(AetheriumError):
     """A job could not be submitted or run."""
+
+
+class CentralStoreError(StoreError):
+    """The central PostgreSQL store cannot be reached or used (its message never shows a password)."""

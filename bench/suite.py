@@ -32,11 +32,13 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from aetherium_hpc.analysis.report.across import MANY_TASKS  # noqa: E402
-from bench import copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage, window  # noqa: E402
+from bench import central, copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage, window  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PERFORMANCE.md"
-SECTIONS = ("ingest", "peers", "monitor", "window", "live", "storage", "copyback", "merge", "scale", "edges", "submit")
+SECTIONS = (
+    "ingest", "peers", "monitor", "window", "live", "storage", "copyback", "merge", "scale", "edges", "submit", "central",
+)  # fmt: skip
 
 FULL: dict[str, Any] = {
     "records": 200_000, "workers": 4, "latency_calls": 200_000,
@@ -49,6 +51,7 @@ FULL: dict[str, Any] = {
     "scale_tasks": 1000, "scale_minutes": 5.0, "scale_steps": (100, 500, 2000),
     "edge_records": 10_000,
     "array": 1000,
+    "central_rows": 200_000, "central_seconds": 8.0,
 }  # fmt: skip
 QUICK: dict[str, Any] = {
     "records": 50_000, "workers": 4, "latency_calls": 50_000,
@@ -61,6 +64,7 @@ QUICK: dict[str, Any] = {
     "scale_tasks": 100, "scale_minutes": 5.0, "scale_steps": (20, 100, 200),
     "edge_records": 2_000,
     "array": 200,
+    "central_rows": 50_000, "central_seconds": 4.0,
 }  # fmt: skip
 
 PROSE_FALLBACK = """## How the targets are reached
@@ -563,10 +567,44 @@ def _wait_for_room(n: int, most_s: float = 360.0) -> None:
         time.sleep(2.0)
 
 
+def run_central(res: Results, s: dict[str, Any]) -> None:
+    cmd = "`python -m bench --only central`"
+    why = central.unreachable()
+    if why:
+        for what, target in (("log call and monitor sample with the central sender", "≤ 1.1× without"),
+                             ("rows per second into PostgreSQL (push vs bare COPY)", "–")):  # fmt: skip
+            res.missing(what, why, target, cmd)
+        return
+    job = central.measure_job(s["central_seconds"], res.repeat)
+    r = pairwise(job["call_on"], job["call_off"])
+    res.add(Row(
+        f"log call p50 with the central sender pushing every 1 s (10 Hz monitor, {s['central_seconds']:g} s training loop)",
+        f"**{spread(job['call_on'], us)}**", f"no sender, interleaved: {spread(job['call_off'], us)}",
+        f"**{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 1.1×", med(r) <= 1.1, cmd, "central_call",
+    ))  # fmt: skip
+    r = pairwise(job["sample_on"], job["sample_off"])
+    res.add(Row(
+        "monitor CPU per sample (its own `monitor/sample_cpu_ms`) with the central sender pushing every 1 s",
+        f"**{spread(job['sample_on'], ms)}**", f"no sender, interleaved: {spread(job['sample_off'], ms)}",
+        f"**{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 1.1×", med(r) <= 1.1, cmd, "central_monitor",
+    ))  # fmt: skip
+    rates = central.measure_rates(s["central_rows"], res.repeat)
+    r = pairwise(rates["push"], rates["copy"])
+    e = pairwise(rates["executemany"], rates["copy"])
+    res.add(Row(
+        f"{s['central_rows']:,} training rows into PostgreSQL by the push (`merge --into`: COPY into a temp table, "
+        "INSERT ... ON CONFLICT DO NOTHING on the unique key)",
+        f"**{spread(rates['push'], rate)}**",
+        f"bare binary `COPY` into an unindexed table: {spread(rates['copy'], rate)}; executemany (pipelined) "
+        f"+ ON CONFLICT: {spread(rates['executemany'], rate)} ({pct(med(e))} of COPY)",
+        f"**{pct(med(r))}** of bare COPY ({', '.join(pct(x) for x in r)})", "–", None, cmd, "central_rate",
+    ))  # fmt: skip
+
+
 RUNNERS: dict[str, Callable[[Results, dict[str, Any]], None]] = {
     "ingest": run_ingest, "peers": run_peers, "monitor": run_monitor, "window": run_window, "live": run_live,
     "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "scale": run_scale, "edges": run_edges,
-    "submit": run_submit,
+    "submit": run_submit, "central": run_central,
 }  # fmt: skip
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,43 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge run directories / databases into one database; 3 when an input was skipped."""
     from .merge import merge
 
+    if args.into is not None:
+        return merge_into_central(args.inputs, args.into)
     output = args.output or default_merge_output(args.inputs)
     result = merge(args.inputs, output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
     for skipped in result.skipped:
         print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
     print(result.summary())
     return result.exit_code
+
+
+def merge_into_central(inputs: list[str], url: str) -> int:
+    """``merge --into postgresql://...``: load the inputs into the central store; 3 when one was skipped."""
+    from ..errors import AetheriumError
+    from ..store.backup import readable
+    from ..store.central import is_central_url, mask
+    from ..store.central.load import load
+    from .merge import SKIPPED_EXIT_CODE, check_input, collect_inputs
+
+    if not is_central_url(url):
+        raise AetheriumError(
+            f"merge --into {mask(url)}: not a postgresql:// URL; write --into postgresql://USER@HOST:PORT/DATABASE "
+            "(a file: -o MERGED.db)"
+        )
+    skipped = 0
+    with ExitStack() as stack:
+        paths: list[str] = []
+        for path in collect_inputs(inputs):
+            current = stack.enter_context(readable(path))
+            why = check_input(current)
+            if why is not None:
+                print(f"aetherium-hpc merge: skipped {path}: {why}", file=sys.stderr)
+                skipped += 1
+                continue
+            paths.append(current)
+        result = load(paths, url)
+    print(result.summary())
+    return SKIPPED_EXIT_CODE if skipped else 0
 
 
 def default_merge_output(inputs: list[str]) -> str:
@@ -195,12 +227,19 @@ def register(sub: SubParsers) -> None:
         epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error or the "
         "output still locked by another merge after --wait seconds. "
         "examples: aetherium-hpc merge runs/demo-array-20240501-093000-1a2b  (writes its merged.db); "
-        "aetherium-hpc merge runs/a runs/b -o both.db",
+        "aetherium-hpc merge runs/a runs/b -o both.db; "
+        "aetherium-hpc merge runs/a --into postgresql://lab@db.example/aetherium",
     )
     m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
-    m.add_argument("-o", "--output", metavar="MERGED.db",
-                   help="database to create, or to add to if it exists (default for one run directory: "
-                   "RUN_DIR/merged.db)")  # fmt: skip
+    where = m.add_mutually_exclusive_group()
+    where.add_argument("-o", "--output", metavar="MERGED.db",
+                       help="database to create, or to add to if it exists (default for one run directory: "
+                       "RUN_DIR/merged.db)")  # fmt: skip
+    where.add_argument("--into", metavar="postgresql://USER@HOST/DB",
+                       help="load the inputs into a central PostgreSQL store instead (same tables and views, "
+                       "every job of a lab in one place; loading again, or what a job streamed live, adds "
+                       "nothing). Put the password in PGPASSWORD or a PGPASSFILE, not in the URL; see "
+                       "docs/CENTRAL.md")  # fmt: skip
     m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     m.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="how long to wait for another merge into the same output (default: 600)")  # fmt: skip

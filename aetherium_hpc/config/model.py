@@ -163,10 +163,14 @@ class Monitoring:
         check=_textfile_form,
         help="folder (or *.prom file) node_exporter's textfile collector reads; null: none written",
     )
+    central: str | None = _store_setting(
+        "central", example="postgresql://lab@db.example.org:5432/aetherium",
+        help="PostgreSQL URL (no password) the node store also streams to; null: $AETHERIUM_CENTRAL, if set",
+    )  # fmt: skip
 
     def store_options(self) -> StoreOptions:
         """The store's settings of this section."""
-        return StoreOptions(buffer_size=self.buffer_size, flush_interval_s=self.flush_interval_s)
+        return StoreOptions(buffer_size=self.buffer_size, flush_interval_s=self.flush_interval_s, central=self.central)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import datetime
 from collections.abc import Mapping
 from typing import Any, NoReturn
 
+from ..credentials import mask
 from ..errors import ConfigError
 
 __all__ = ["Origin", "one_line", "show"]
@@ -22,6 +23,7 @@ def show(value: Any) -> str:
     if isinstance(value, bool):
         return f"{str(value).lower()} (a boolean)"
     if isinstance(value, str):
+        value = mask(value)  # a URL's password is never shown
         text = value if len(value) <= 60 else value[:57] + "..."
         return repr(text)
     if isinstance(value, (int, float)):

@@ -192,6 +192,7 @@ class _Section:
                     spec.check(value)
                 except ValueError as exc:
                     problem, _, fix = str(exc).partition("; ")
+                    problem = problem.removeprefix(f"{f.name}: ")
                     self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
             return value
         if base is int:
@@ -208,7 +209,9 @@ class _Section:
                 found = _BOUND_RE.search(str(exc))
                 if found is None:
                     self.fail(
-                        key, f"{str(exc).partition(': ')[2] or exc}, got {value}", f"use a value such as {example}"
+                        key,
+                        f"{str(exc).partition(': ')[2] or exc}, got {show(value) if isinstance(value, str) else value}",
+                        f"use a value such as {example}",
                     )
                 self._out_of_bounds(key, value, found[1], base(found[2]), base, example)
         return float(value) if base is float and not optional else value

@@ -110,3 +110,12 @@ def spec_of(metric_type: str, metric_name: str) -> MetricSpec:
             return spec
     known = ", ".join(f"{s.metric_type}/{s.metric_name}" for s in METRICS)
     raise KeyError(f"unknown metric {metric_type}/{metric_name}; known: {known}")
+
+
+# The central sender's own telemetry (store/central/sender.py), in store_stats (name -> value).
+CENTRAL_SENT_ROWS = "central/sent_rows"  # rows PostgreSQL inserted or updated so far
+CENTRAL_PENDING = "central/pending"  # rows read for a push not yet acknowledged (0 once one succeeds)
+CENTRAL_DROPPED = "central/dropped"  # rows given up on (PostgreSQL refused them: not the network)
+CENTRAL_ERRORS = "central/errors"  # failed pushes and connection attempts so far
+CENTRAL_LAST_OK = "central/last_ok"  # Unix time of the last push PostgreSQL acknowledged
+CENTRAL_STATS = (CENTRAL_SENT_ROWS, CENTRAL_PENDING, CENTRAL_DROPPED, CENTRAL_ERRORS, CENTRAL_LAST_OK)

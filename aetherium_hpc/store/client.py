@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 import warnings
@@ -19,15 +20,16 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .. import env, signals
+from ..credentials import mask
 from ..errors import StoreError
 from . import reader, records
 from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish
-from .options import StoreOptions
+from .options import StoreOptions, central_url
 from .ownership import Holder, WriterLock
 from .provenance import SourceInfo, source_from_environ
-from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
+from .records import GENERATION, JOB, MAX_NAME, RESOURCE, STATS, TRAINING
 from .transport import SocketServer, SocketSink
-from .writer import StoreWriter
+from .writer import RecordQueue, StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +189,8 @@ class MetricsStore(StoreReader):
         self.writer = StoreWriter(self.path, options=options, source=self.source)
         self.writer.start_and_wait()
         self.queue = self.writer.queue
+        #: The thread streaming to a central PostgreSQL store (monitoring.central / $AETHERIUM_CENTRAL), if any.
+        self.sender: Any = _start_sender(self.path, central_url(options), self.queue)
         self.server: SocketServer | None = None
         self._socket_dir: str | None = None
         self._owner_pid = os.getpid()
@@ -238,6 +242,10 @@ class MetricsStore(StoreReader):
         self._closed = True
         if self.server is not None:
             self.server.close()
+        if self.sender is not None:
+            # commit what is queued, give the sender its last push (bounded), then commit its counters
+            self.writer.flush(timeout=30.0)
+            self.sender.stop()
         self.writer.stop()
         if self._socket_dir is not None:
             try:
@@ -253,6 +261,25 @@ class MetricsStore(StoreReader):
             self.server.forget_in_fork_child()
         if self._lock_file is not None:
             self._lock_file.forget_in_fork_child()
+
+
+def _start_sender(path: str, url: str | None, queue: RecordQueue) -> Any:
+    """Start the central sender for ``url`` (None: none). A missing psycopg is one line on stderr;
+    the store works without it. Its counters reach store_stats through ``queue``."""
+    if not url:
+        return None
+    try:
+        from .central.sender import CentralSender
+        from .central.url import psycopg_module
+
+        psycopg_module()
+    except StoreError as exc:
+        print(f"aetherium-hpc: {exc}; the job goes on with its local store only", file=sys.stderr, flush=True)
+        return None
+    sender = CentralSender(path, url, counters=lambda delta: queue.put((STATS, time.time(), delta)))
+    sender.start()
+    log.info("aetherium-hpc: streaming %s to the central store %s", path, mask(url))
+    return sender
 
 
 class JoinedStore(StoreReader):

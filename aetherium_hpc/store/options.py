@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+from .. import env
+from ..credentials import has_password
 
 #: What a log call does when the in-memory queue is full.
 ON_FULL = ("block", "drop")
@@ -20,6 +24,9 @@ class StoreOptions:
     max_queue: int = 1_000_000
     #: "block": a log call waits for room (nothing accepted is lost); "drop": drop and count
     on_full: str = "block"
+    #: postgresql:// URL of a central store the node store streams to; None: none (see
+    #: :func:`central_url`). Without a password: a YAML file is copied into the run directory.
+    central: str | None = None
 
     def __post_init__(self) -> None:
         if self.buffer_size < 1:
@@ -32,3 +39,20 @@ class StoreOptions:
             raise ValueError(f"max_queue={self.max_queue} must be >= buffer_size={self.buffer_size}")
         if self.on_full not in ON_FULL:
             raise ValueError(f"on_full={self.on_full!r}: use one of {', '.join(ON_FULL)}")
+        if self.central is not None:
+            if not self.central.lower().startswith(("postgresql://", "postgres://")):
+                raise ValueError("central: must be a postgresql:// URL (postgresql://USER@HOST:PORT/DATABASE)")
+            if has_password(self.central):
+                raise ValueError(
+                    "central: must not hold a password (the configuration is copied into the run directory); "
+                    "put it in ~/.pgpass, a file named by PGPASSFILE, or PGPASSWORD"
+                )
+
+
+def central_url(options: StoreOptions | None, environ: dict[str, str] | None = None) -> str | None:
+    """The central store a node store streams to: ``options.central`` (the YAML's
+    ``monitoring.central``) when set, else ``$AETHERIUM_CENTRAL``; None (or empty): none."""
+    if options is not None and options.central:
+        return options.central
+    value = (os.environ if environ is None else environ).get(env.CENTRAL, "").strip()
+    return value or None

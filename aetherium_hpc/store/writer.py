@@ -337,7 +337,10 @@ class StoreWriter(threading.Thread):
             self._retry = []
         if self.telemetry and batch:
             now = time.time()
-            if now - self._last_telemetry >= self.flush_interval:
+            # not for a batch of counters alone (the central sender's last ones, after the job's data)
+            if now - self._last_telemetry >= self.flush_interval and any(
+                type(r) is not tuple or r[0] != STATS for r in batch
+            ):
                 self._last_telemetry = now
                 batch.append(self._telemetry_record(now))
         ok = True

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from testenv import unavailable
 
 CLIENTS = ("sinfo", "scontrol", "srun", "sbatch", "sacct")
 
@@ -69,9 +70,7 @@ def slurm_conf() -> Iterator[Path]:
     conf = find_slurm_conf()
     reason = _unreachable_reason(conf)
     if reason is not None:
-        if os.environ.get("AETHERIUM_REQUIRE_SLURM") == "1":
-            pytest.fail(f"AETHERIUM_REQUIRE_SLURM=1 but {reason}")
-        pytest.skip(reason)
+        unavailable(reason, "AETHERIUM_REQUIRE_SLURM")
     assert conf is not None
     previous = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)

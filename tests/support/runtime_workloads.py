@@ -37,3 +37,18 @@ def log_rows(n: int = 5, label: str = "x", learning_rate: float = 0.0, seed: int
     for i in range(n):
         ah.log_training_epoch_metric(label, float(i), round_number=seed, epoch_number=i)
     return {"label": label, "learning_rate": learning_rate, "seed": seed, "pid": os.getpid()}
+
+
+def log_slowly(seconds: float = 12.0, learning_rate: float = 0.0, seed: int = 0) -> int:
+    """Log a training row and a generation chunk every 0.1 s for ``seconds`` (a job long enough
+    for the central sender's periodic pushes)."""
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        t = ah.log_data_generation_start(operation="gen", round_number=seed, chunk_number=n)
+        ah.log_data_generation_complete(t, operation="gen", samples_generated=10, round_number=seed,
+                                        chunk_number=n)  # fmt: skip
+        ah.log_training_epoch_metric("loss", learning_rate + 1.0 / (n + 1), epoch_number=n)
+        n += 1
+        time.sleep(0.1)
+    return 0

@@ -1,0 +1,387 @@
+"""One routine copies SQLite into PostgreSQL: what is new since a high-water mark, idempotently.
+
+:func:`push` reads one consistent snapshot of an SQLite database (a read-only connection, one
+read transaction), copies into PostgreSQL what the :class:`Mark` says it has not sent yet, in one
+PostgreSQL transaction, and returns the new mark. The live sender keeps the mark in memory
+between pushes; ``merge --into`` starts from an empty mark. Either way nothing is stored twice:
+
+* sources, series: upserted on their natural keys (:mod:`.schema`);
+* chunks: each SQLite chunk gets ``k0``, the ordinal of its first sample in its series. A chunk
+  PostgreSQL already holds whole is skipped; the chunk the node writer still fills in place is
+  upserted (``ON CONFLICT DO UPDATE`` when it grew); a chunk cut differently (a run-directory
+  copy cuts the live chunks at each checkpoint) sends only the samples PostgreSQL lacks;
+* generation and training rows: ``INSERT ... ON CONFLICT DO NOTHING`` on their logged fields;
+* job rows and store_stats: upserted when they changed.
+
+What PostgreSQL holds for a series (its sample count) is read once per series and mark, so a new
+mark (a restarted sender, a merge) resumes where PostgreSQL stands without resending samples.
+Rows go through ``COPY`` into temporary tables, then one ``INSERT ... SELECT ... ON CONFLICT``
+per table (bench/central.py measures it against a bare ``COPY``). At most :data:`BATCH_ROWS`
+chunks and rows of each table are read per call; ``Pushed.more`` says there is more to send.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .. import chunks as codec
+from .url import mask
+
+#: Chunks, and rows of each table, one push reads at most (bounds the sender's memory).
+BATCH_ROWS = 20_000
+
+
+@dataclass(frozen=True)
+class _SeriesMark:
+    """One SQLite series: its PostgreSQL series, and where its chunks stand."""
+
+    pg_id: int
+    next_k0: int = 0  # ordinal of the first sample of the series' next chunk not yet read
+    last_rowid: int | None = None  # its last chunk read, while that may still grow in place
+    last_k0: int = 0
+    last_n: int = 0
+
+
+@dataclass
+class Mark:
+    """How far one SQLite database has been copied into one PostgreSQL database."""
+
+    sources: dict[int, int] = field(default_factory=dict)  # SQLite source_id -> PostgreSQL source_id
+    source_rows: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # as last sent
+    series: dict[int, _SeriesMark] = field(default_factory=dict)  # SQLite series_id ->
+    stored: dict[int, tuple[int, int]] = field(default_factory=dict)  # PG series_id -> (samples held, last k0)
+    max_series: int = 0
+    max_chunk: int = 0
+    max_generation: int = 0
+    max_training: int = 0
+    jobs: dict[int, tuple[Any, ...]] = field(default_factory=dict)  # SQLite source_id -> job row as sent
+    stats: dict[tuple[int, str], float] = field(default_factory=dict)
+
+    def copy(self) -> Mark:
+        """A copy whose dicts can change without touching this one (their values are immutable)."""
+        return Mark(
+            dict(self.sources), dict(self.source_rows), dict(self.series), dict(self.stored), self.max_series,
+            self.max_chunk, self.max_generation, self.max_training, dict(self.jobs), dict(self.stats),
+        )  # fmt: skip
+
+
+@dataclass
+class Pushed:
+    """What one :func:`push` sent (rows PostgreSQL inserted or updated, per table)."""
+
+    sources: int = 0
+    series: int = 0
+    chunks: int = 0
+    samples: int = 0  # samples in the chunks sent (a chunk that grew counts whole)
+    generation_rows: int = 0
+    training_rows: int = 0
+    job_rows: int = 0
+    store_stats: int = 0
+    read: int = 0  # rows read from SQLite that had to be offered
+    more: bool = False  # a table had more than BATCH_ROWS new rows: push again
+
+    @property
+    def rows(self) -> int:
+        return (
+            self.sources + self.series + self.chunks + self.generation_rows + self.training_rows
+            + self.job_rows + self.store_stats
+        )  # fmt: skip
+
+    def add(self, other: Pushed) -> None:
+        for name in ("sources", "series", "chunks", "samples", "generation_rows", "training_rows", "job_rows",
+                     "store_stats", "read"):  # fmt: skip
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def source_key(job_id: Any, array_job_id: Any, array_task_id: Any, node: Any, hostname: Any) -> str:
+    """The natural key of a source in PostgreSQL (attempt excluded: see :mod:`.schema`)."""
+    return json.dumps([job_id, array_job_id, array_task_id, node or "", hostname or ""], separators=(",", ":"))
+
+
+# -- reading SQLite ---------------------------------------------------------------------------------
+@dataclass
+class _Snapshot:
+    sources: list[tuple[Any, ...]]
+    series: list[tuple[Any, ...]]
+    regrown: list[tuple[Any, ...]]  # chunks read before that grew since (rowid, series_id, t0, t1, n, dt_ms, jit, vals)
+    chunks: list[tuple[Any, ...]]  # new chunks, in rowid order
+    generation: list[tuple[Any, ...]]
+    training: list[tuple[Any, ...]]
+    jobs: list[tuple[Any, ...]]
+    stats: list[tuple[Any, ...]]
+    more: bool
+
+
+def _read(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
+    """Everything :func:`push` needs, from one read transaction (a consistent snapshot)."""
+    q = conn.execute
+    sources = q(
+        "SELECT source_id, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt FROM sources"
+    ).fetchall()
+    series = q(
+        "SELECT series_id, source_id, metric_type, metric_name, unit, node, device FROM series"
+        " WHERE series_id > ? ORDER BY series_id",
+        (mark.max_series,),
+    ).fetchall()
+    chunk_cols = "rowid, series_id, t0, t1, n, dt_ms, jit, vals"
+    regrown: list[tuple[Any, ...]] = []
+    growing = {s.last_rowid: s.last_n for s in mark.series.values() if s.last_rowid is not None}
+    if growing:
+        ids = list(growing)
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            grown = [
+                rowid
+                for rowid, n in q(
+                    f"SELECT rowid, n FROM sample_chunks WHERE rowid IN ({','.join('?' * len(part))})", part
+                )
+                if n > growing[rowid]
+            ]
+            if grown:
+                regrown += q(
+                    f"SELECT {chunk_cols} FROM sample_chunks WHERE rowid IN ({','.join('?' * len(grown))})", grown
+                ).fetchall()
+    limit = BATCH_ROWS + 1
+    new_chunks = q(
+        f"SELECT {chunk_cols} FROM sample_chunks WHERE rowid > ? ORDER BY rowid LIMIT ?", (mark.max_chunk, limit)
+    ).fetchall()
+    generation = q(
+        "SELECT id, source_id, timestamp, operation, round_number, chunk_number, duration_seconds,"
+        " samples_generated, memory_used_mb, pid FROM generation_rows WHERE id > ? ORDER BY id LIMIT ?",
+        (mark.max_generation, limit),
+    ).fetchall()
+    training = q(
+        "SELECT id, source_id, timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+        " FROM training_rows WHERE id > ? ORDER BY id LIMIT ?",
+        (mark.max_training, limit),
+    ).fetchall()
+    jobs = q(
+        "SELECT source_id, start_time, end_time, status, exit_code, config, requested, detail FROM job_rows"
+    ).fetchall()
+    stats = q("SELECT source_id, name, value FROM store_stats").fetchall()
+    more = False
+    for rows in (new_chunks, generation, training):
+        if len(rows) > BATCH_ROWS:
+            del rows[BATCH_ROWS:]
+            more = True
+    return _Snapshot(sources, series, regrown, new_chunks, generation, training, jobs, stats, more)
+
+
+def snapshot(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
+    """:func:`_read` inside one read transaction of ``conn`` (opened with ``isolation_level=None``)."""
+    conn.execute("BEGIN")
+    try:
+        return _read(conn, mark)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+# -- writing PostgreSQL ---------------------------------------------------------------------------
+def push(sqlite_conn: sqlite3.Connection, pg: Any, mark: Mark | None = None) -> tuple[Mark, Pushed]:
+    """Copy what ``sqlite_conn`` holds beyond ``mark`` into the PostgreSQL connection ``pg`` in one
+    transaction; return the new mark and what was sent. On an error nothing is committed and
+    ``mark`` is unchanged (the caller retries with it)."""
+    old = mark if mark is not None else Mark()
+    snap = snapshot(sqlite_conn, old)
+    new = old.copy()
+    out = Pushed(more=snap.more)
+    out.read = len(snap.regrown) + len(snap.chunks) + len(snap.generation) + len(snap.training)
+    try:
+        with pg.cursor() as cur:
+            _push_sources(cur, snap, new, out)
+            _push_series(cur, snap, new, out)
+            _push_chunks(cur, snap, new, out)
+            _push_rows(cur, snap, new, out)
+            _push_jobs_and_stats(cur, snap, new, out)
+        pg.commit()
+    except BaseException:
+        try:
+            pg.rollback()
+        except Exception:  # the connection is gone: the caller reconnects
+            pass
+        raise
+    return new, out
+
+
+def _push_sources(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
+    for row in snap.sources:
+        sid, job, ajob, task, node, host, path, attempt = row
+        if new.source_rows.get(sid) == tuple(row):
+            continue
+        cur.execute(
+            "INSERT INTO sources(source_key, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_key) DO UPDATE"
+            " SET attempt = greatest(sources.attempt, excluded.attempt) RETURNING source_id, xmax = 0",
+            (source_key(job, ajob, task, node, host), job, ajob, task, node, host, path, attempt),
+        )
+        pg_id, inserted = cur.fetchone()
+        new.sources[sid] = pg_id
+        new.source_rows[sid] = tuple(row)
+        out.sources += int(inserted)
+
+
+def _push_series(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
+    if not snap.series:
+        return
+    by_key: dict[tuple[Any, ...], list[int]] = {}
+    for sid, src, mtype, mname, unit, node, device in snap.series:
+        pg_src = new.sources.get(src)
+        if pg_src is None:  # a series of no source (not written by aetherium-hpc): skipped
+            continue
+        by_key.setdefault((pg_src, mtype, mname, unit or "", node or "", device or ""), []).append(sid)
+    keys = list(by_key)
+    if not keys:
+        return
+    cols = [list(c) for c in zip(*keys, strict=True)]
+    # DO UPDATE (a no-op) so that RETURNING names the series that existed already too.
+    cur.execute(
+        "INSERT INTO series(source_id, metric_type, metric_name, unit, node, device)"
+        " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        " ON CONFLICT (source_id, metric_type, metric_name, unit, node, device)"
+        " DO UPDATE SET metric_type = excluded.metric_type"
+        " RETURNING series_id, source_id, metric_type, metric_name, unit, node, device, xmax = 0",
+        cols,
+    )
+    returned = cur.fetchall()
+    pg_of = {tuple(r[1:7]): r[0] for r in returned}
+    out.series += sum(1 for r in returned if r[7])
+    fresh = [pg_of[k] for k in keys if pg_of[k] not in new.stored]
+    if fresh:
+        cur.execute(
+            "SELECT series_id, max(k0 + n), max(k0) FROM sample_chunks WHERE series_id = ANY(%s) GROUP BY series_id",
+            (fresh,),
+        )
+        held = {r[0]: (int(r[1]), int(r[2])) for r in cur.fetchall()}
+        for pid in fresh:
+            new.stored[pid] = held.get(pid, (0, -1))
+    for key, sids in by_key.items():
+        for sid in sids:
+            new.series[sid] = _SeriesMark(pg_of[key])
+    new.max_series = max(new.max_series, snap.series[-1][0])
+
+
+def _push_chunks(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
+    limit = codec.CHUNK_SAMPLES
+    pending: dict[tuple[int, int], tuple[Any, ...]] = {}  # (pg series, k0) -> row: one upsert per key
+
+    def offer(mark: _SeriesMark, k0: int, t0: float, t1: float, n: int, dt_ms: int, jit: str, vals: str) -> None:
+        held, last = new.stored.get(mark.pg_id, (0, -1))
+        if k0 + n <= held:
+            return
+        if k0 >= held or k0 == last:
+            row = (mark.pg_id, k0, t0, t1, n, dt_ms, json.loads(jit), _floats(json.loads(vals)))
+            new.stored[mark.pg_id] = (max(held, k0 + n), max(last, k0))
+        else:  # cut differently: only the samples PostgreSQL lacks, as a chunk of their own
+            ts, vs = codec.decode(t0, n, dt_ms, jit, vals)
+            cut = held - k0
+            t0c, t1c, nc, dtc, jitc, valsc = codec.encode(ts[cut:].tolist(), _floats(vs[cut:].tolist()))
+            row = (mark.pg_id, held, t0c, t1c, nc, dtc, json.loads(jitc), _floats(json.loads(valsc)))
+            new.stored[mark.pg_id] = (k0 + n, held)
+        pending[(row[0], row[1])] = row
+
+    for rowid, sid, t0, t1, n, dt_ms, jit, vals in snap.regrown:
+        m = new.series.get(sid)
+        if m is None or m.last_rowid != rowid:
+            continue
+        offer(m, m.last_k0, t0, t1, n, dt_ms, jit, vals)
+        new.series[sid] = replace(m, next_k0=m.last_k0 + n, last_n=n, last_rowid=rowid if n < limit else None)
+    for rowid, sid, t0, t1, n, dt_ms, jit, vals in snap.chunks:
+        m = new.series.get(sid)
+        if m is None:
+            continue
+        k0 = m.next_k0
+        offer(m, k0, t0, t1, n, dt_ms, jit, vals)
+        new.series[sid] = replace(m, next_k0=k0 + n, last_rowid=rowid if n < limit else None, last_k0=k0, last_n=n)
+    if snap.chunks:
+        new.max_chunk = snap.chunks[-1][0]
+    if not pending:
+        return
+    cur.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS push_chunks (series_id bigint, k0 bigint, t0 double precision,"
+        " t1 double precision, n integer, dt_ms integer, jit integer[], vals double precision[]) ON COMMIT DELETE ROWS"
+    )
+    _copy_rows(cur, "push_chunks", list(pending.values()),
+               ["int8", "int8", "float8", "float8", "int4", "int4", "int4[]", "float8[]"])  # fmt: skip
+    cur.execute(
+        "INSERT INTO sample_chunks SELECT * FROM push_chunks ON CONFLICT (series_id, k0) DO UPDATE"
+        " SET t0 = excluded.t0, t1 = excluded.t1, n = excluded.n, dt_ms = excluded.dt_ms, jit = excluded.jit,"
+        " vals = excluded.vals WHERE excluded.n > sample_chunks.n"
+    )
+    out.chunks += max(cur.rowcount, 0)
+    out.samples += sum(r[4] for r in pending.values())
+
+
+_GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
+_TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+
+
+def _push_rows(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
+    for table, cols, types, rows, attr in (
+        ("generation_rows", _GEN_COLS, ["float8", "text", "int8", "int8", "float8", "int8", "float8", "int8"],
+         snap.generation, "max_generation"),
+        ("training_rows", _TRN_COLS, ["float8", "text", "float8", "int8", "int8", "text"],
+         snap.training, "max_training"),
+    ):  # fmt: skip
+        if not rows:
+            continue
+        mapped = [(new.sources[r[1]], *r[2:]) for r in rows if r[1] in new.sources]
+        tmp = f"push_{table}"
+        decl = ", ".join(f"{c} {t}" for c, t in zip(cols.split(", "), types, strict=True))
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (source_id bigint, {decl}) ON COMMIT DELETE ROWS")
+        _copy_rows(cur, tmp, mapped, ["int8", *types])
+        cur.execute(f"INSERT INTO {table}(source_id, {cols}) SELECT * FROM {tmp} ON CONFLICT DO NOTHING")
+        setattr(out, table, getattr(out, table) + max(cur.rowcount, 0))
+        setattr(new, attr, rows[-1][0])
+
+
+def _push_jobs_and_stats(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
+    jobs: dict[int, tuple[Any, ...]] = {}
+    for row in snap.jobs:
+        sid = row[0]
+        if sid in new.sources and new.jobs.get(sid) != tuple(row):
+            config = row[5]
+            # a URL's password never reaches the central store, even from a database written before masking
+            jobs[new.sources[sid]] = (new.sources[sid], *row[1:5], mask(config) if config else config, *row[6:])
+            new.jobs[sid] = tuple(row)
+    if jobs:
+        cur.executemany(
+            "INSERT INTO job_rows(source_id, start_time, end_time, status, exit_code, config, requested, detail)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_id) DO UPDATE SET"
+            " start_time = excluded.start_time, end_time = excluded.end_time, status = excluded.status,"
+            " exit_code = excluded.exit_code, config = excluded.config, requested = excluded.requested,"
+            " detail = excluded.detail WHERE (job_rows.start_time, job_rows.end_time, job_rows.status,"
+            " job_rows.exit_code, job_rows.config, job_rows.requested, job_rows.detail) IS DISTINCT FROM"
+            " (excluded.start_time, excluded.end_time, excluded.status, excluded.exit_code, excluded.config,"
+            " excluded.requested, excluded.detail)",
+            list(jobs.values()),
+        )
+        out.job_rows += max(cur.rowcount, 0)
+    stats: dict[tuple[int, str], float] = {}
+    for sid, name, value in snap.stats:
+        if sid in new.sources and new.stats.get((sid, name)) != value:
+            stats[(new.sources[sid], name)] = value
+            new.stats[(sid, name)] = value
+    if stats:
+        cur.executemany(
+            "INSERT INTO store_stats(source_id, name, value) VALUES (%s, %s, %s)"
+            " ON CONFLICT (source_id, name) DO UPDATE SET value = excluded.value"
+            " WHERE store_stats.value IS DISTINCT FROM excluded.value",
+            [(s, n, v) for (s, n), v in stats.items()],
+        )
+        out.store_stats += max(cur.rowcount, 0)
+
+
+def _copy_rows(cur: Any, table: str, rows: list[tuple[Any, ...]], types: list[str]) -> None:
+    """``rows`` into ``table`` with one binary ``COPY``."""
+    with cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for row in rows:
+            copy.write_row(row)
+
+
+def _floats(values: list[Any]) -> list[float | None]:
+    """JSON values as floats (``3`` is a float in a double precision array; null stays None)."""
+    return [None if v is None or v != v else float(v) for v in values]

@@ -1,0 +1,183 @@
+"""The PostgreSQL schema: the SQLite schema's tables and views, for many sources at once.
+
+The same names as :mod:`..schema` (``sources``, ``series``, ``sample_chunks``, ``generation_rows``,
+``training_rows``, ``job_rows``, ``store_stats``; views ``resource_metrics``, ``generation_metrics``,
+``training_metrics``, ``jobs``), with what a central database needs besides:
+
+* **Sources** get a surrogate ``source_id`` local to PostgreSQL and a unique ``source_key``, the
+  JSON of the natural key ``[job_id, array_job_id, array_task_id, node, hostname]``. ``attempt`` is
+  not part of it: a requeued job reopens the same database, whose rows from the earlier attempt
+  are already here; the source keeps the latest attempt number.
+* **Idempotent keys.** A series is unique per source and (type, name, unit, node, device); a
+  chunk per series and ``k0``, the ordinal of its first sample in the series (the samples of a
+  series are the same sequence in the live database, its run-directory copy and a merged one,
+  only cut into chunks differently); a generation or training row per source and its logged
+  fields. So streaming live and loading the finished files later store everything once.
+* **Chunks** hold native arrays (``jit integer[]``, ``vals double precision[]``) rather than the
+  SQLite JSON text: ``unnest ... WITH ORDINALITY`` reads them without parsing, ±inf are native,
+  and they take less room; ``resource_metrics`` computes the same timestamps as SQLite's view.
+* ``meta`` records the schema version; a database of a newer version is refused in one line.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...errors import CentralStoreError
+
+#: Version of the PostgreSQL schema below (``meta.schema_version``).
+PG_SCHEMA_VERSION = 1
+#: pg_advisory_xact_lock key held while the schema is created (many nodes start at once).
+_LOCK_KEY = 0x41455448
+
+DDL = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   text PRIMARY KEY,
+    value text
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source_id     bigserial PRIMARY KEY,
+    source_key    text NOT NULL UNIQUE,
+    job_id        text,
+    array_job_id  text,
+    array_task_id bigint,
+    node          text,
+    hostname      text,
+    source_path   text,
+    attempt       bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS series (
+    series_id   bigserial PRIMARY KEY,
+    source_id   bigint NOT NULL REFERENCES sources(source_id),
+    metric_type text NOT NULL,
+    metric_name text NOT NULL,
+    unit        text NOT NULL DEFAULT '',
+    node        text NOT NULL DEFAULT '',
+    device      text NOT NULL DEFAULT '',
+    UNIQUE (source_id, metric_type, metric_name, unit, node, device)
+);
+CREATE INDEX IF NOT EXISTS series_by_name ON series(metric_type, metric_name);
+CREATE TABLE IF NOT EXISTS sample_chunks (
+    series_id bigint NOT NULL REFERENCES series(series_id),
+    k0        bigint NOT NULL,              -- ordinal of the chunk's first sample in its series
+    t0        double precision NOT NULL,
+    t1        double precision NOT NULL,
+    n         integer NOT NULL,
+    dt_ms     integer NOT NULL,
+    jit       integer[] NOT NULL,
+    vals      double precision[] NOT NULL,  -- NULL elements: missing values (NaN)
+    PRIMARY KEY (series_id, k0)
+);
+CREATE TABLE IF NOT EXISTS generation_rows (
+    id                bigserial PRIMARY KEY,
+    source_id         bigint NOT NULL REFERENCES sources(source_id),
+    timestamp         double precision NOT NULL,
+    operation         text NOT NULL,
+    round_number      bigint,
+    chunk_number      bigint,
+    duration_seconds  double precision,
+    samples_generated bigint,
+    memory_used_mb    double precision,
+    pid               bigint
+);
+CREATE UNIQUE INDEX IF NOT EXISTS generation_rows_key ON generation_rows (source_id, timestamp, operation,
+    coalesce(round_number, -1), coalesce(chunk_number, -1), coalesce(pid, -1));
+CREATE TABLE IF NOT EXISTS training_rows (
+    id            bigserial PRIMARY KEY,
+    source_id     bigint NOT NULL REFERENCES sources(source_id),
+    timestamp     double precision NOT NULL,
+    metric_name   text NOT NULL,
+    metric_value  double precision,
+    round_number  bigint,
+    epoch_number  bigint,
+    phase         text
+);
+CREATE UNIQUE INDEX IF NOT EXISTS training_rows_key ON training_rows (source_id, timestamp, metric_name,
+    coalesce(round_number, -1), coalesce(epoch_number, -1), coalesce(phase, ''));
+CREATE TABLE IF NOT EXISTS job_rows (
+    source_id   bigint PRIMARY KEY REFERENCES sources(source_id),
+    start_time  double precision,
+    end_time    double precision,
+    status      text NOT NULL DEFAULT 'running',
+    exit_code   bigint,
+    config      text,
+    requested   text,
+    detail      text
+);
+CREATE TABLE IF NOT EXISTS store_stats (
+    source_id bigint NOT NULL REFERENCES sources(source_id),
+    name      text NOT NULL,
+    value     double precision NOT NULL,
+    PRIMARY KEY (source_id, name)
+);
+
+CREATE OR REPLACE VIEW resource_metrics AS
+SELECT c.t0 + (((u.k - 1) * c.dt_ms + c.jit[u.k])::double precision / 1000.0::double precision) AS timestamp,
+       s.metric_type, s.metric_name, u.value, s.unit, s.node, s.device,
+       src.job_id, src.array_job_id, src.array_task_id, s.source_id
+FROM series s
+JOIN sources src ON src.source_id = s.source_id
+JOIN sample_chunks c ON c.series_id = s.series_id
+CROSS JOIN LATERAL unnest(c.vals) WITH ORDINALITY AS u(value, k);
+
+CREATE OR REPLACE VIEW generation_metrics AS
+SELECT g.timestamp, g.operation, g.round_number, g.chunk_number, g.duration_seconds,
+       g.samples_generated, g.memory_used_mb, g.pid,
+       src.job_id, src.array_job_id, src.array_task_id, src.node, g.source_id
+FROM generation_rows g JOIN sources src ON src.source_id = g.source_id;
+
+CREATE OR REPLACE VIEW training_metrics AS
+SELECT t.timestamp, t.metric_name, t.metric_value, t.round_number, t.epoch_number, t.phase,
+       src.job_id, src.array_job_id, src.array_task_id, src.node, t.source_id
+FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
+
+CREATE OR REPLACE VIEW jobs AS
+SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
+       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail
+FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
+"""
+
+#: The tables, in the order a load fills them.
+TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats")
+
+
+def ensure(conn: Any, where: str) -> None:
+    """Create the schema if it is missing, check its version if not; commits. ``where``: the
+    masked URL, for the message of a :class:`CentralStoreError`."""
+    version = _version(conn)
+    if version is None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+        version = _version(conn)  # another node may have created it while we waited
+        if version is None:
+            conn.execute(DDL)
+            conn.execute(
+                "INSERT INTO meta(key, value) VALUES ('schema_version', %s), ('application', 'aetherium-hpc')"
+                " ON CONFLICT (key) DO NOTHING",
+                (str(PG_SCHEMA_VERSION),),
+            )
+            version = PG_SCHEMA_VERSION
+    conn.commit()
+    if version != PG_SCHEMA_VERSION:
+        newer = version > PG_SCHEMA_VERSION
+        raise CentralStoreError(
+            f"central store {where}: schema version {version} is "
+            + (
+                f"newer than this aetherium-hpc understands ({PG_SCHEMA_VERSION}); upgrade with "
+                "`pip install -U aetherium-hpc`"
+                if newer
+                else f"not {PG_SCHEMA_VERSION}; point monitoring.central at another database"
+            )
+        )
+
+
+def _version(conn: Any) -> int | None:
+    """The schema version recorded in ``meta``; None when there is no aetherium-hpc schema yet."""
+    if not conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()[0]:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        return None
+    try:
+        return int(row[0])
+    except (TypeError, ValueError):
+        return -1

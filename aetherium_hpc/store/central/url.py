@@ -1,0 +1,48 @@
+"""``postgresql://`` URLs: recognised, shown with the password masked, opened with one clear line.
+
+A URL's password is never shown: ``mask`` turns ``postgresql://user:secret@host/db`` into
+``postgresql://user:***@host/db`` (:mod:`aetherium_hpc.credentials`). Without a password in the URL, libpq finds one in ``PGPASSWORD``, in the file
+``PGPASSFILE`` names, or in ``~/.pgpass``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ...credentials import mask, scrub
+from ...errors import CentralStoreError
+
+if TYPE_CHECKING:
+    import psycopg
+
+SCHEMES = ("postgresql://", "postgres://")
+#: Seconds a connection attempt may take (libpq's connect_timeout; the job never waits on it).
+CONNECT_TIMEOUT_S = 5
+INSTALL_HINT = "pip install 'aetherium-hpc[central]' (psycopg 3)"
+
+
+def is_central_url(text: object) -> bool:
+    """True for a ``postgresql://`` (or ``postgres://``) URL."""
+    return isinstance(text, str) and text.lower().startswith(SCHEMES)
+
+
+def psycopg_module() -> Any:
+    """psycopg, or a :class:`CentralStoreError` that says how to install it."""
+    try:
+        import psycopg
+    except ImportError:
+        raise CentralStoreError(f"a postgresql:// central store needs psycopg: {INSTALL_HINT}") from None
+    return psycopg
+
+
+def connect(url: str, *, timeout: float = CONNECT_TIMEOUT_S, application: str = "aetherium-hpc") -> psycopg.Connection:
+    """A connection to ``url`` (autocommit off), or a :class:`CentralStoreError` in one line, password masked."""
+    psycopg = psycopg_module()
+    if not is_central_url(url):
+        raise CentralStoreError(f"{mask(url)}: not a postgresql:// URL; write postgresql://USER@HOST:PORT/DATABASE")
+    try:
+        return psycopg.connect(url, connect_timeout=max(1, int(timeout)), application_name=application)
+    except psycopg.Error as exc:
+        raise CentralStoreError(f"central store {mask(url)}: {scrub(str(exc), url)}") from None
+    except Exception as exc:  # a malformed URL (psycopg.ProgrammingError is a psycopg.Error; others are ValueError)
+        raise CentralStoreError(f"central store {mask(url)}: {scrub(str(exc), url)}") from None

@@ -1,0 +1,209 @@
+#!/usr/bin/env bash
+# A private PostgreSQL server for the central-store tests and for trying `monitoring.central`
+# by hand (Debian's postgresql package; PostgreSQL 15 on Debian 12).
+#
+#   postgres/server.sh up       install what is missing, initdb once, start, create the role and database
+#   postgres/server.sh down     stop the server this script started (and nothing else)
+#   postgres/server.sh status   up or down, and the URL's host and port
+#   postgres/server.sh env      print `export AETHERIUM_TEST_PG=postgresql://...`: eval "$(postgres/server.sh env)"
+#   postgres/server.sh url      print the URL alone (password included: a private test server)
+#
+# Everything (data folder, socket, log, password) lives in ${AETHERIUM_PG_DIR:-/tmp/aetherium-pg};
+# nothing under /etc is changed. The server listens on 127.0.0.1 only, on its own port, and
+# asks for a password (scram-sha-256) over TCP, so a wrong password is refused as on a site's
+# server. initdb and postgres refuse to run as root: as root, the server runs as the OS user
+# ${AETHERIUM_PG_OS_USER:-postgres} (the Debian package creates it); otherwise as the caller.
+set -euo pipefail
+
+# ---- settings (all overridable from the environment) ----
+PG_DIR="${AETHERIUM_PG_DIR:-/tmp/aetherium-pg}"
+PG_PORT="${AETHERIUM_PG_PORT:-15432}"
+PG_DB="${AETHERIUM_PG_DB:-aetherium}"
+PG_ROLE="${AETHERIUM_PG_ROLE:-aetherium}"
+OS_USER="${AETHERIUM_PG_OS_USER:-postgres}"
+WAIT_S="${AETHERIUM_PG_WAIT_S:-60}"
+PACKAGES=(postgresql postgresql-client)
+
+[[ "$PG_PORT" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_PORT='$PG_PORT' is not a port number" >&2; exit 2; }
+[[ "$WAIT_S" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_WAIT_S='$WAIT_S' is not a positive integer" >&2; exit 2; }
+for _v in PG_DB PG_ROLE; do
+    [[ "${!_v}" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "server.sh: ERROR: $_v='${!_v}' must be a plain lower-case SQL name" >&2; exit 2; }
+done
+
+DATA="$PG_DIR/data"
+RUN="$PG_DIR/run"          # the Unix socket (used by this script only) and postmaster's lock
+LOG="$PG_DIR/log/postgres.log"       # the server's own log (written by the server's user)
+CTL_LOG="$PG_DIR/log/server-sh.log"  # initdb and pg_ctl output (written by this script)
+PASS_FILE="$PG_DIR/password"
+
+die() {  # die MESSAGE [LOGFILE]
+    echo "server.sh: ERROR: $1" >&2
+    if [[ $# -ge 2 && -f "$2" ]]; then
+        echo "---- last 30 lines of $2 ----" >&2
+        tail -n 30 "$2" >&2 || true
+        echo "----" >&2
+    fi
+    exit 1
+}
+
+info() { echo "server.sh: $*"; }
+
+# The folder of initdb/pg_ctl/postgres: Debian keeps them out of PATH, under /usr/lib/postgresql/<major>/bin.
+find_bindir() {
+    local d
+    if [[ -n "${AETHERIUM_PG_BIN:-}" ]]; then echo "$AETHERIUM_PG_BIN"; return 0; fi
+    for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+        [[ -x "$d/initdb" && -x "$d/pg_ctl" ]] && { echo "$d"; return 0; }
+    done
+    command -v pg_ctl >/dev/null 2>&1 && { dirname "$(command -v pg_ctl)"; return 0; }
+    return 1
+}
+
+install_packages() {
+    find_bindir >/dev/null && command -v psql >/dev/null 2>&1 && return 0
+    [[ "$(id -u)" -eq 0 ]] || die "PostgreSQL is not installed and installing needs root: sudo apt-get install ${PACKAGES[*]} (or set AETHERIUM_PG_BIN to the folder of initdb and pg_ctl)"
+    info "installing ${PACKAGES[*]} with apt-get"
+    apt-get update -q </dev/null
+    # (the package may also set up Debian's own cluster on port 5432: ours is separate from it)
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${PACKAGES[@]}" </dev/null
+    find_bindir >/dev/null || die "initdb/pg_ctl still missing after apt-get install"
+}
+
+# as_server CMD...: run CMD as the server's OS user (root cannot run initdb/postgres).
+as_server() {
+    if [[ "$(id -u)" -eq 0 ]]; then
+        runuser -u "$OS_USER" -- "$@"
+    else
+        "$@"
+    fi
+}
+
+server_pid() {  # the postmaster's pid, if its pid file names a live postgres
+    local pid comm
+    [[ -r "$DATA/postmaster.pid" ]] || return 1
+    pid="$(head -n 1 "$DATA/postmaster.pid" | tr -dc '0-9')"
+    [[ -n "$pid" ]] || return 1
+    comm="$(cat "/proc/$pid/comm" 2>/dev/null)" || return 1
+    [[ "$comm" == postgres* ]] || return 1
+    echo "$pid"
+}
+
+is_up() { server_pid >/dev/null; }
+
+psql_admin() {  # psql as the superuser, over the private Unix socket
+    as_server timeout 20 "$(command -v psql)" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PG_PORT" -d postgres "$@"
+}
+
+make_layout() {
+    mkdir -p "$PG_DIR" "$DATA" "$RUN" "$(dirname "$LOG")"
+    chmod 755 "$PG_DIR"
+    if [[ ! -s "$PASS_FILE" ]]; then
+        (umask 077 && od -An -N12 -tx1 /dev/urandom | tr -d ' \n' >"$PASS_FILE")
+    fi
+    chmod 600 "$PASS_FILE"
+    if [[ "$(id -u)" -eq 0 ]]; then
+        getent passwd "$OS_USER" >/dev/null || die "OS user '$OS_USER' does not exist; set AETHERIUM_PG_OS_USER to a non-root user (initdb refuses root)"
+        chown "$OS_USER" "$DATA" "$RUN" "$(dirname "$LOG")"
+        [[ ! -e "$LOG" ]] || chown "$OS_USER" "$LOG"
+        as_server test -w "$RUN" || die "user $OS_USER cannot reach $RUN; put AETHERIUM_PG_DIR somewhere every user can traverse (default /tmp/aetherium-pg)"
+    fi
+    chmod 700 "$DATA"
+}
+
+init_cluster() {
+    [[ -f "$DATA/PG_VERSION" ]] && return 0
+    local bindir="$1" superuser
+    superuser="$(as_server id -un)"
+    info "initdb $DATA (superuser $superuser: local socket only, peer authentication)"
+    as_server "$bindir/initdb" -D "$DATA" -U "$superuser" -E UTF8 --locale=C.UTF-8 \
+        --auth-local=peer --auth-host=scram-sha-256 </dev/null 9>&- >>"$CTL_LOG" 2>&1 \
+        || die "initdb failed" "$CTL_LOG"
+    # TCP on 127.0.0.1 with a password; the Unix socket (in $RUN, mode 700) for this script alone.
+    as_server tee "$DATA/pg_hba.conf" >/dev/null <<HBA
+# Written by postgres/server.sh.
+local   all   all                  peer
+host    all   all   127.0.0.1/32   scram-sha-256
+HBA
+}
+
+start_server() {
+    local bindir="$1"
+    if is_up; then info "postgres already running (pid $(server_pid))"; return 0; fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; then
+        die "port $PG_PORT is already in use by another program; choose another with AETHERIUM_PG_PORT"
+    fi
+    rm -f "$DATA/postmaster.pid"
+    as_server "$bindir/pg_ctl" -D "$DATA" -l "$LOG" -w -t "$WAIT_S" \
+        -o "-p $PG_PORT -k $RUN -c listen_addresses=127.0.0.1 -c password_encryption=scram-sha-256 -c fsync=off -c synchronous_commit=off -c max_connections=200" \
+        start </dev/null 9>&- >>"$CTL_LOG" 2>&1 || { tail -n 5 "$CTL_LOG" >&2; die "postgres did not start within ${WAIT_S}s" "$LOG"; }
+    info "postgres started on 127.0.0.1:$PG_PORT"
+}
+
+create_role_and_db() {
+    local pass
+    pass="$(cat "$PASS_FILE")"    # hex digits only: safe inside the SQL string below
+    psql_admin <<SQL || die "could not create role $PG_ROLE" "$LOG"
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
+    CREATE ROLE $PG_ROLE LOGIN;
+  END IF;
+END \$\$;
+ALTER ROLE $PG_ROLE LOGIN PASSWORD '$pass';
+SQL
+    if [[ "$(psql_admin -tA -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
+        psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_ROLE" || die "could not create database $PG_DB" "$LOG"
+        info "database $PG_DB created (owner $PG_ROLE)"
+    fi
+}
+
+url() { printf 'postgresql://%s:%s@127.0.0.1:%s/%s' "$PG_ROLE" "$(cat "$PASS_FILE")" "$PG_PORT" "$PG_DB"; }
+
+cmd_up() {
+    local t0="$SECONDS" bindir
+    install_packages
+    bindir="$(find_bindir)"
+    make_layout
+    exec 9>"$PG_DIR/.lock"
+    flock -w "$WAIT_S" 9 || die "another 'server.sh up/down' holds $PG_DIR/.lock"
+    init_cluster "$bindir"
+    start_server "$bindir"
+    create_role_and_db
+    info "ready in $((SECONDS - t0)) s; use it with:"
+    cmd_env
+}
+
+cmd_down() {
+    [[ -d "$DATA" ]] || { info "nothing to stop: $DATA does not exist"; return 0; }
+    exec 9>"$PG_DIR/.lock"
+    flock -w "$WAIT_S" 9 || die "another 'server.sh up/down' holds $PG_DIR/.lock"
+    is_up || { info "postgres is not running"; return 0; }
+    as_server "$(find_bindir)/pg_ctl" -D "$DATA" -m fast -w -t "$WAIT_S" stop </dev/null 9>&- >>"$CTL_LOG" 2>&1 \
+        || die "pg_ctl stop failed" "$CTL_LOG"
+    info "postgres stopped (data kept in $DATA; rm -rf $PG_DIR for a clean slate)"
+}
+
+cmd_status() {
+    if is_up; then
+        echo "postgres up (pid $(server_pid)) on 127.0.0.1:$PG_PORT, database $PG_DB, role $PG_ROLE"
+    else
+        echo "postgres down ($DATA)"
+        return 1
+    fi
+}
+
+cmd_env() {
+    [[ -s "$PASS_FILE" ]] || die "no password file $PASS_FILE: run '$0 up' first"
+    printf 'export AETHERIUM_TEST_PG=%q\n' "$(url)"
+}
+
+case "${1:-}" in
+    up) cmd_up ;;
+    down) cmd_down ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    url) [[ -s "$PASS_FILE" ]] || die "no password file $PASS_FILE: run '$0 up' first"; url; echo ;;
+    *)
+        echo "usage: $0 up|down|status|env|url" >&2
+        exit 2
+        ;;
+esac

@@ -1,0 +1,146 @@
+"""The push routine and ``merge --into postgresql://``: same views as SQLite, nothing stored twice."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from central_helpers import VIEWS, norm, pg_counts, pg_rows, private_schema, sqlite_counts, write_node_db
+from launch_helpers import aetherium_cli
+
+from aetherium_hpc.analysis.merge import merge
+from aetherium_hpc.errors import CentralStoreError
+from aetherium_hpc.store import CopyBack, client, reader
+from aetherium_hpc.store.central import schema as pg_schema
+from aetherium_hpc.store.central.load import load
+from aetherium_hpc.store.central.push import push
+from aetherium_hpc.store.central.url import connect
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def central(pg_url: str) -> Iterator[str]:
+    with private_schema(pg_url) as url:
+        yield url
+
+
+@pytest.fixture
+def two_nodes(tmp_path: Path) -> list[Path]:
+    paths = []
+    for task, node in ((0, "n1"), (1, "n2")):
+        path = tmp_path / f"7_{task}" / f"{node}.db"
+        path.parent.mkdir()
+        write_node_db(path, job="7", task=task, node=node, t0=1_700_000_000.0 + task * 0.25)
+        paths.append(path)
+    return paths
+
+
+def test_pg_views_equal_the_sqlite_views(central: str, two_nodes: list[Path], tmp_path: Path) -> None:
+    merged = tmp_path / "merged.db"
+    merge([str(p) for p in two_nodes], str(merged), progress=False)
+    load([str(p) for p in two_nodes], central)
+    conn = sqlite3.connect(merged)
+    try:
+        for view, cols in VIEWS.items():
+            lite = norm(conn.execute(f"SELECT {cols} FROM {view}").fetchall())
+            pg = norm(pg_rows(central, f"SELECT {cols} FROM {view}"))
+            assert len(lite) > 0 and lite == pg, view
+    finally:
+        conn.close()
+    # NaN is a NULL value, +inf is Infinity, in both
+    assert pg_rows(central, "SELECT count(*) FROM resource_metrics WHERE value IS NULL")[0][0] == 2
+    assert pg_rows(central, "SELECT count(*) FROM resource_metrics WHERE value = 'Infinity'")[0][0] == 2
+
+
+def test_merge_into_twice_gives_the_same_counts(central: str, two_nodes: list[Path], tmp_path: Path) -> None:
+    inputs = [str(p) for p in two_nodes]
+    first = aetherium_cli(["merge", *inputs, "--into", central], tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "2 sources" in first.stdout and "pw" not in first.stdout + first.stderr
+    counts = pg_counts(central)
+    again = aetherium_cli(["merge", *inputs, "--into", central], tmp_path)
+    assert again.returncode == 0 and "0 sources, 0 series, 0 chunks (0 samples), 0 generation rows" in again.stdout
+    assert pg_counts(central) == counts
+    merged = tmp_path / "merged.db"
+    merge(inputs, str(merged), progress=False)
+    assert counts == sqlite_counts(merged)
+    # the merged database too: the same sources, nothing new
+    aetherium_cli(["merge", str(merged), "--into", central], tmp_path)
+    assert pg_counts(central) == counts
+    # the config snapshot's URL password never reaches the central store
+    (config,) = pg_rows(central, "SELECT DISTINCT config FROM job_rows")
+    assert "u:***@h" in config[0] and "pw@" not in config[0]
+
+
+def test_a_copy_cut_mid_chunk_then_the_live_database_store_every_sample_once(central: str, tmp_path: Path) -> None:
+    """A checkpoint copy loaded while the job ran, then the finished database: the chunk that
+    overlaps both is sent from where PostgreSQL stands (its samples re-encoded), nothing twice."""
+    live, copy = tmp_path / "live.db", tmp_path / "copy.db"
+    client.init_db(str(live), buffer_size=10, flush_interval=0.05, listen=False)
+    store = client.get_db()
+    assert store is not None
+    copier = CopyBack(live, copy)
+    t0 = time.time() - 1000
+    for k in range(450):
+        client.log_resource_samples([("cpu", "system_total", float(k), "%", "")], t0 + k + (0.002 if k % 3 else 0))
+        if k in (100, 250):
+            store.flush()
+            copier.copy()
+    load([str(copy)], central)
+    client.shutdown_db()
+    load([str(live)], central)
+    assert pg_counts(central)["samples"] == sqlite_counts(live)["samples"]
+    got = pg_rows(central, "SELECT timestamp, value FROM resource_metrics WHERE metric_type = 'cpu' ORDER BY timestamp")
+    assert [v for _, v in got] == [float(k) for k in range(450)]
+    assert all(abs(ts - (t0 + k + (0.002 if k % 3 else 0))) < 0.0015 for k, (ts, _) in enumerate(got))
+
+
+def test_live_pushes_then_checkpoint_copies_store_every_sample_once(central: str, tmp_path: Path) -> None:
+    """Pushes while the writer fills chunks in place, then the run-directory copy (cut at every
+    checkpoint) loaded on top: every sample once."""
+    live, copy = tmp_path / "live.db", tmp_path / "copy.db"
+    client.init_db(str(live), buffer_size=10, flush_interval=0.05, listen=False)
+    store = client.get_db()
+    assert store is not None
+    copier = CopyBack(live, copy)
+    pg = connect(central)
+    pg_schema.ensure(pg, "test")
+    sconn = reader.open_readonly(live)
+    sconn.isolation_level = None
+    mark = None
+    t0 = time.time() - 1000
+    for k in range(500):
+        client.log_resource_samples([("cpu", "system_total", float(k), "%", "")], t0 + k)
+        if k % 37 == 0:
+            store.flush()
+            mark, _ = push(sconn, pg, mark)
+        if k % 53 == 0:
+            store.flush()
+            copier.copy()
+    client.shutdown_db()
+    copier.copy(final=True)
+    mark, _ = push(sconn, pg, mark)
+    sconn.close()
+    pg.close()
+    expected = sqlite_counts(live)["samples"]  # 500 + the writer's own telemetry
+    assert pg_counts(central)["samples"] == expected >= 500
+    load([str(copy)], central)
+    assert pg_counts(central)["samples"] == expected
+    values = [
+        r[0]
+        for r in pg_rows(central, "SELECT value FROM resource_metrics WHERE metric_type = 'cpu' ORDER BY timestamp")
+    ]
+    assert values == [float(k) for k in range(500)]
+
+
+def test_newer_schema_is_refused_in_one_line(central: str, two_nodes: list[Path]) -> None:
+    load([str(two_nodes[0])], central)
+    with psycopg.connect(central) as conn:
+        conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    with pytest.raises(CentralStoreError, match="schema version 99 is newer than this aetherium-hpc understands"):
+        load([str(two_nodes[0])], central)
