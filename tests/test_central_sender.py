@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import testenv
 from central_helpers import pg_counts, pg_rows, private_schema, sqlite_counts
 from launch_helpers import aetherium_cli
 
@@ -118,6 +119,18 @@ def test_a_password_in_the_yaml_url_is_refused_in_one_line() -> None:
         parse_config(text, source="c.yaml")
     message = str(err.value)
     assert "monitoring.central" in message and "PGPASSFILE" in message and "hunter2" not in message
+
+
+def test_a_password_given_with_set_is_refused_and_never_echoed(tmp_path: Path) -> None:
+    """The one-line error names the --set override it came from: with the password masked there too."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", "submit", str(testenv.ROOT / "configs" / "train.yaml"), "--dry-run",
+         "--set", "monitoring.central=postgresql://lab:hunter2@db.example.org/aeth"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env={**os.environ, "PYTHONPATH": testenv.PYTHONPATH},
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "hunter2" not in proc.stdout + proc.stderr
+    assert "monitoring.central" in proc.stderr and "--set monitoring.central=postgresql://lab:***@" in proc.stderr
 
 
 def test_yaml_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

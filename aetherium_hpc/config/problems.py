@@ -53,4 +53,5 @@ class Origin:
         return "".join(f" (from --set {one_line(t)})" for t in hits)
 
     def fail(self, line: int, path: str, problem: str, fix: str) -> NoReturn:
-        raise ConfigError(f"{self.source}:{line}: {path}: {one_line(problem)}{self._note(path)}; {one_line(fix)}")
+        # masked whole: a password may come in through the value, an override or the fix
+        raise ConfigError(mask(f"{self.source}:{line}: {path}: {one_line(problem)}{self._note(path)}; {one_line(fix)}"))
