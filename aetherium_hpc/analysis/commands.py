@@ -257,7 +257,9 @@ def _task_ids(text: str) -> list[int]:
                 raise ValueError(part)
             out += range(lo, hi + 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a list of array task ids, e.g. --task 3 or 0,2,5-7") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of array task ids, e.g. --task 3 or 0,2,5-7"
+        ) from None
     return out
 
 

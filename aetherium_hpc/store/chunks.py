@@ -69,9 +69,7 @@ def encode(ts: list[float], vals: list[float | None]) -> Row:
             *finite_stats(vals))  # fmt: skip
 
 
-def encode_gridded(
-    t0: float, t1: float, n: int, dt_ms: int, jit: Sequence[int], vals: Sequence[float | None]
-) -> Row:
+def encode_gridded(t0: float, t1: float, n: int, dt_ms: int, jit: Sequence[int], vals: Sequence[float | None]) -> Row:
     """The row (:data:`COLUMNS`) of a chunk already on its grid (``jit`` in milliseconds, as
     :func:`encode` computed it): a central store's arrays back into the same text, with the
     statistics of its values."""
