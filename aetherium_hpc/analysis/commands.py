@@ -321,7 +321,8 @@ def register(sub: SubParsers) -> None:
         ),
         epilog="exit codes: 0 ok, 2 empty or unreadable database. "
         "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
-        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png",
+        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png; "
+        "aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456  (an array: every task)",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)
@@ -336,7 +337,8 @@ def register(sub: SubParsers) -> None:
             "checkpoint_interval_s old). Ends by itself when every task has ended."
         ),
         epilog="examples: aetherium-hpc watch runs/demo-array-20240501-093000-1a2b; "
-        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts)",
+        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts); "
+        "aetherium-hpc watch postgresql://lab@db.example/aetherium --job 123456  (a central store's tasks)",
     )
     w.add_argument(
         "target", metavar="RUN_DIR|DB|postgresql://URL",
