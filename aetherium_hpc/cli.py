@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__, env
 from .errors import AetheriumError, StoreNotReachableError
@@ -194,13 +195,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload,
         dest.absolute(),
         monitoring,
-        config={"command": command},
+        config=command_snapshot(command, os.environ.get(env.RUN_DIR)),
         requested=requested or None,
         exit_code_of=lambda result: int(result),
     )
     if ctx.is_node_leader and not any(s.copy_error for s in sessions):  # (a failed copy said where the data is)
         print(f"aetherium-hpc: metrics of {ctx.job_id} on {ctx.node}: {dest}", file=sys.stderr)
     return code
+
+
+def command_snapshot(command: list[str], run_dir: str | None) -> dict[str, Any]:
+    """The config snapshot of an ``aetherium-hpc run`` job: its command, and its run directory when
+    ``$AETHERIUM_RUN_DIR`` names one (so ``report --run`` finds it in a central store)."""
+    from .paths import SNAPSHOT_RUN_KEY
+
+    snapshot: dict[str, Any] = {"command": command}
+    if run_dir:
+        snapshot[SNAPSHOT_RUN_KEY] = os.path.abspath(run_dir)
+    return snapshot
 
 
 def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

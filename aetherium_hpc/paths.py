@@ -52,6 +52,11 @@ LOCAL_DB_NAME = "metrics.db"
 _NODE_FOLDER = "aeth-"
 
 
+#: The key of a job's config snapshot (``job_rows.config``) that holds its run directory, so that a
+#: source names its run wherever its rows go (copies, merges, a central store): :meth:`RunLayout.run_of`.
+SNAPSHOT_RUN_KEY = "run"
+
+
 @dataclass(frozen=True)
 class NodeFolder:
     """Node-local folder of one (job, task, node) on scratch, and the live database in it.
@@ -173,6 +178,25 @@ class RunLayout:
         """A folder made by ``submit`` (a ``db/`` folder beside ``config.yaml`` or ``jobs.json``)."""
         p = Path(path)
         return (p / "db").is_dir() and ((p / "config.yaml").is_file() or (p / "jobs.json").is_file())
+
+    @staticmethod
+    def run_of(config: Any, source_path: str | None = None) -> str | None:
+        """The name of the run directory a source belongs to: the ``run`` key of its job's config
+        snapshot (:data:`SNAPSHOT_RUN_KEY`, written by the runtime), else a ``source_path`` of the form
+        ``<run>/db/<job>_<task>/<node>.db`` (what ``merge`` records); None when neither says."""
+        if isinstance(config, str):
+            try:
+                config = json.loads(config)
+            except ValueError:
+                config = None
+        recorded = config.get(SNAPSHOT_RUN_KEY) if isinstance(config, dict) else None
+        if isinstance(recorded, str) and recorded.strip("/"):
+            return os.path.basename(os.path.normpath(recorded))
+        if source_path:
+            parts = Path(source_path).parts
+            if len(parts) >= 4 and parts[-3] == "db":
+                return parts[-4]
+        return None
 
     def databases(self) -> list[Path]:
         """Every copied-back database of the run (``db/<job>_<task>/<node>.db`` files), sorted."""

@@ -12,7 +12,10 @@ import os
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..store.central.pull import Selection
 
 SubParsers = Any  # argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -97,16 +100,40 @@ def report_database(path: str) -> str:
 # -- report -------------------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the text report; write PNG / HTML / JSON when asked."""
-    return run_report(
-        report_database(args.db),
-        plot=args.plot,
-        html=args.html,
-        json_out=args.json,
-        json_path=args.json_file,
-        plot_dir=args.plot_dir,
-        quiet=args.quiet,
-        objective=args.objective,
-    )
+    options: dict[str, Any] = dict(plot=args.plot, html=args.html, json_out=args.json, json_path=args.json_file,
+                                   plot_dir=args.plot_dir, quiet=args.quiet, objective=args.objective)  # fmt: skip
+    selection = central_selection(args, "report")
+    if selection is None:
+        return run_report(report_database(args.db), **options)
+    from ..store.central import mask
+    from ..store.central.pull import pulled
+
+    with pulled(args.db, selection) as path:  # a temporary SQLite database of the selected sources
+        return run_report(path, label=f"{mask(args.db)} {selection.describe()}", **options)
+
+
+def central_selection(args: argparse.Namespace, command: str) -> Selection | None:
+    """The filter of ``report``/``watch`` for a ``postgresql://`` target; None for a file or a run
+    directory (which takes no filter: a usage error if one was given)."""
+    from ..errors import AetheriumError
+    from ..store.central import is_central_url
+    from ..store.central.pull import Selection
+
+    target = args.db if command == "report" else args.target
+    selection = Selection(tuple(args.job or ()), tuple(t for group in args.task or () for t in group),
+                          os.path.basename(os.path.normpath(args.run)) if args.run else None)  # fmt: skip
+    if is_central_url(target):
+        if selection.tasks and not (selection.jobs or selection.run):
+            raise AetheriumError(
+                f"{command} {selection.describe()}: array task ids need their array: add --job ARRAY_JOB_ID or --run NAME"
+            )
+        return selection
+    if not selection.empty:
+        raise AetheriumError(
+            f"{command} {selection.describe()}: --job, --task and --run choose sources of a postgresql:// central "
+            f"store; {target} is a file or a run directory (merge the databases you want with `aetherium-hpc merge`)"
+        )
+    return None
 
 
 def run_report(
@@ -119,11 +146,13 @@ def run_report(
     plot_dir: str | None = None,
     quiet: bool = False,
     objective: str | None = None,
+    label: str | None = None,
 ) -> int:
-    """What ``aetherium-hpc report`` does with a database; raises :class:`AetheriumError` for user errors."""
+    """What ``aetherium-hpc report`` does with a database; raises :class:`AetheriumError` for user errors.
+    ``label``: what the report calls the database (default: its path)."""
     from .report import build_report
 
-    rep = build_report(db, objective=objective)
+    rep = build_report(db, objective=objective, label=label)
     if json_out:
         sys.stdout.write(rep.to_json() + "\n")
     elif not quiet:
@@ -178,14 +207,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """A live view of a run until every task has ended (``--once``: one frame)."""
     from .watch import watch
 
-    return watch(args.target, interval=args.interval, once=args.once)
+    return watch(args.target, interval=args.interval, once=args.once, selection=central_selection(args, "watch"))
 
 
 def add_report_arguments(p: argparse.ArgumentParser) -> None:
     """Arguments of ``report``."""
-    p.add_argument("db", metavar="DB|RUN_DIR",
-                   help="database to report on (a node database or the output of `aetherium-hpc merge`), or a "
-                   "run directory: its databases are merged into RUN_DIR/merged.db first")  # fmt: skip
+    p.add_argument("db", metavar="DB|RUN_DIR|postgresql://URL",
+                   help="database to report on (a node database or the output of `aetherium-hpc merge`), a "
+                   "run directory: its databases are merged into RUN_DIR/merged.db first, or a central "
+                   "PostgreSQL store: the sources --job/--task/--run choose are pulled into a temporary "
+                   "database first (docs/CENTRAL.md)")  # fmt: skip
+    add_central_filter(p, "report on")
     p.add_argument("--plot", metavar="OUT.png", help="write all plots as one PNG dashboard to OUT.png")
     p.add_argument("--plot-dir", metavar="DIR", help="write each plot as its own PNG into DIR")
     p.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML file (plots embedded)")
@@ -196,6 +228,39 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    help="rank the tasks of an array by the final value of this training metric, as PHASE/NAME "
                    "or NAME, e.g. val/loss:min or val/accuracy:max (default: the first validation loss, "
                    "else the first metric that is not a learning rate)")  # fmt: skip
+
+
+def add_central_filter(p: argparse.ArgumentParser, verb: str) -> None:
+    """``--job``, ``--task``, ``--run``: which sources of a ``postgresql://`` store to read."""
+    g = p.add_argument_group(
+        "choosing what to read of a postgresql:// central store",
+        "All filters given must match. Without one, a store holding more than one job is refused "
+        "with its 10 most recent jobs listed.",
+    )
+    g.add_argument("--job", action="append", metavar="ID",
+                   help=f"{verb} this job: a job id, or an array job id (every task of the array); repeatable")  # fmt: skip
+    g.add_argument("--task", action="append", type=_task_ids, metavar="N[,M-K]",
+                   help="only these array task ids (with --job ARRAY_ID or --run), e.g. 3 or 0,2,5-7")  # fmt: skip
+    g.add_argument("--run", metavar="NAME",
+                   help="the tasks of one run directory, by its name as submit printed it "
+                   "(demo-array-20240501-093000-1a2b; a path's last part is taken)")  # fmt: skip
+
+
+def _task_ids(text: str) -> list[int]:
+    """``3``, ``0,2,5-7``: array task ids."""
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            first, _, last = part.strip().partition("-")
+            lo, hi = int(first), int(last or first)
+            if lo < 0 or hi < lo or hi - lo > 100_000:
+                raise ValueError(part)
+            out += range(lo, hi + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a list of array task ids, e.g. --task 3 or 0,2,5-7"
+        ) from None
+    return out
 
 
 def _seconds(text: str) -> float:
@@ -256,7 +321,8 @@ def register(sub: SubParsers) -> None:
         ),
         epilog="exit codes: 0 ok, 2 empty or unreadable database. "
         "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
-        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png",
+        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png; "
+        "aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456  (an array: every task)",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)
@@ -271,11 +337,15 @@ def register(sub: SubParsers) -> None:
             "checkpoint_interval_s old). Ends by itself when every task has ended."
         ),
         epilog="examples: aetherium-hpc watch runs/demo-array-20240501-093000-1a2b; "
-        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts)",
+        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts); "
+        "aetherium-hpc watch postgresql://lab@db.example/aetherium --job 123456  (a central store's tasks)",
     )
     w.add_argument(
-        "target", metavar="RUN_DIR|DB", help="a run directory printed by `aetherium-hpc submit`, or a database"
-    )
+        "target", metavar="RUN_DIR|DB|postgresql://URL",
+        help="a run directory printed by `aetherium-hpc submit`, a database, or a central PostgreSQL store "
+        "with --job/--task/--run: each frame pulls what is new of those tasks",
+    )  # fmt: skip
+    add_central_filter(w, "watch")
     w.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS", help="seconds between frames [2]")
     w.add_argument("--once", action="store_true", help="print one frame and exit")
     w.set_defaults(handler=cmd_watch)

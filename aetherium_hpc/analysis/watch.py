@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +24,8 @@ from .. import env
 from ..errors import AetheriumError
 from ..paths import NodeFolder, RunLayout
 from ..store import chunks, reader
+from ..store.central import is_central_url
+from ..store.central.pull import Puller, Selection
 from .formatting import duration, memory_mb, num
 
 __all__ = ["TaskView", "read_task", "render", "watch"]
@@ -38,6 +43,7 @@ class TaskView:
 
     path: str
     live: bool  # the node-local file (else the copy in db/)
+    origin: str | None = None  # what the "from" column says instead of live / copy (``central``)
     job: str = "?"
     node: str = "?"
     status: str | None = None
@@ -68,11 +74,12 @@ def sparkline(values: list[float]) -> str:
                    for v in vals)  # fmt: skip
 
 
-def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) -> list[float]:
-    """The last samples of the first of ``names`` this database has (summed over devices by time)."""
+def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], source: int) -> list[float]:
+    """The last samples of the first of ``names`` the source has (summed over devices by time)."""
     for name in names:
         ids = [r[0] for r in conn.execute(
-            "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ?", (mtype, name))]  # fmt: skip
+            "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ? AND source_id = ?",
+            (mtype, name, source))]  # fmt: skip
         if not ids:
             continue
         per_series: list[list[float]] = []
@@ -91,42 +98,51 @@ def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...]) 
     return []
 
 
-def read_task(path: str, live: bool = False) -> TaskView:
-    """One database's view now; a database that cannot be read yet gives a view with ``error``."""
-    view = TaskView(path, live)
+def read_task(path: str, live: bool = False, source: int | None = None, origin: str | None = None) -> TaskView:
+    """One database's view now (of its source ``source``, default its last one: a node database has
+    one); a database that cannot be read yet gives a view with ``error``."""
+    view = TaskView(path, live, origin)
     try:
         conn = reader.open_readonly(path, timeout=2.0)
     except sqlite3.Error as exc:
         view.error = str(exc)
         return view
     try:
-        src = conn.execute("SELECT job_id, array_job_id, array_task_id, node FROM sources ORDER BY source_id DESC LIMIT 1").fetchone()  # fmt: skip
-        if src:
-            job_id, array_id, task, node = src
-            view.job = f"{array_id}_{task}" if array_id and task is not None else str(job_id)
-            view.node = node or "?"
-        job = conn.execute("SELECT status, start_time, end_time FROM jobs ORDER BY source_id DESC LIMIT 1").fetchone()
+        src = conn.execute(
+            "SELECT source_id, job_id, array_job_id, array_task_id, node FROM sources"
+            + (" ORDER BY source_id DESC LIMIT 1" if source is None else " WHERE source_id = ?"),
+            () if source is None else (source,),
+        ).fetchone()
+        if src is None:
+            view.error = "no source yet"
+            return view
+        sid, job_id, array_id, task, node = src
+        view.job = f"{array_id}_{task}" if array_id and task is not None else str(job_id)
+        view.node = node or "?"
+        job = conn.execute("SELECT status, start_time, end_time FROM job_rows WHERE source_id = ?", (sid,)).fetchone()
         if job:
             view.status, view.start, view.end = job
-        view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"))
-        view.mem = _last_samples(conn, "ram", ("process_tree_rss", "system_used"))
-        view.gpu = _last_samples(conn, "gpu", ("utilization",))
+        view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"), sid)
+        view.mem = _last_samples(conn, "ram", ("process_tree_rss", "system_used"), sid)
+        view.gpu = _last_samples(conn, "gpu", ("utilization",), sid)
         n, first, last = conn.execute(
-            "SELECT count(*), min(timestamp), max(timestamp) FROM generation_metrics"
+            "SELECT count(*), min(timestamp), max(timestamp) FROM generation_rows WHERE source_id = ?", (sid,)
         ).fetchone()
         view.chunks = int(n or 0)
         if n and n > 1 and last > first:
             view.chunk_rate = (n - 1) / (last - first) * 60.0
         row = (
             conn.execute(
-                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_metrics"
-                " WHERE lower(metric_name) LIKE '%loss%'"
+                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_rows"
+                " WHERE source_id = ? AND lower(metric_name) LIKE '%loss%'"
                 " ORDER BY coalesce(round_number, -1) DESC, coalesce(epoch_number, -1) DESC, phase = 'val' DESC,"
-                " timestamp DESC LIMIT 1"
+                " timestamp DESC LIMIT 1",
+                (sid,),
             ).fetchone()
             or conn.execute(
-                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_metrics"
-                " ORDER BY timestamp DESC LIMIT 1"
+                "SELECT metric_name, phase, metric_value, round_number, epoch_number FROM training_rows"
+                " WHERE source_id = ? ORDER BY timestamp DESC LIMIT 1",
+                (sid,),
             ).fetchone()
         )
         if row:
@@ -209,16 +225,45 @@ def render(views: list[TaskView], title: str, expected: int | None = None) -> An
             f"{memory_mb(v.mem[-1]) if v.mem else '-'} {sparkline(v.mem)}",
             f"{num(v.gpu[-1])} {sparkline(v.gpu)}" if v.gpu else "-",
             f"{v.chunks}{rate}", v.epoch, f"{num(v.loss, 4)} {v.loss_name}" if v.loss is not None else "-",
-            ("live" if v.live else "copy") + (f" ({v.error[:30]})" if v.error else ""),
+            (v.origin or ("live" if v.live else "copy")) + (f" ({v.error[:30]})" if v.error else ""),
         )  # fmt: skip
     return table
 
 
-def watch(target: str, *, interval: float = 2.0, once: bool = False) -> int:
-    """Show ``target`` until every task has ended (or once); 0, or 130 when interrupted."""
+def watch(target: str, *, interval: float = 2.0, once: bool = False, selection: Selection | None = None) -> int:
+    """Show ``target`` until every task has ended (or once); 0, or 130 when interrupted. ``target``: a
+    run directory, a database, or a central store's ``postgresql://`` URL with ``selection``."""
     from rich.console import Console
     from rich.live import Live
 
+    with ExitStack() as stack:
+        if is_central_url(target):
+            frame = _central_frames(target, selection or Selection(), stack)
+        else:
+            frame = _run_frames(target)
+        console = Console()
+        if not console.is_terminal:  # a script or a pipe: one frame as wide as it needs, no colour codes
+            console = Console(width=200, no_color=True)
+        table, done = frame()
+        if once:
+            console.print(table)
+            return 0
+        try:
+            with Live(table, console=console, refresh_per_second=4, transient=False) as live:
+                while not done:
+                    time.sleep(interval)
+                    table, done = frame()
+                    live.update(table)
+        except KeyboardInterrupt:
+            return 130
+        console.print("every task has ended")
+        return 0
+
+
+Frame = Callable[[], tuple[Any, bool]]
+
+
+def _run_frames(target: str) -> Frame:
     title = f"aetherium-hpc watch: {os.path.basename(os.path.normpath(target))}"
 
     def frame() -> tuple[Any, bool]:
@@ -227,20 +272,30 @@ def watch(target: str, *, interval: float = 2.0, once: bool = False) -> int:
         done = bool(views) and all(v.ended for v in views) and (expected is None or len(views) >= expected)
         return render(views, title, expected), done
 
-    console = Console()
-    if not console.is_terminal:  # a script or a pipe: one frame as wide as it needs, no colour codes
-        console = Console(width=200, no_color=True)
-    table, done = frame()
-    if once:
-        console.print(table)
-        return 0
-    try:
-        with Live(table, console=console, refresh_per_second=4, transient=False) as live:
-            while not done:
-                time.sleep(interval)
-                table, done = frame()
-                live.update(table)
-    except KeyboardInterrupt:
-        return 130
-    console.print("every task has ended")
-    return 0
+    return frame
+
+
+def _central_frames(url: str, selection: Selection, stack: ExitStack) -> Frame:
+    """Frames of a central store's selection: each pulls what is new into one temporary database
+    (the first pull is whole, later ones incremental: :class:`...store.central.pull.Puller`), then
+    reads one view per source. A refresh that fails keeps the last frame and says why in the title."""
+    folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="aeth-watch-"))
+    puller = stack.enter_context(Puller(url, selection, os.path.join(folder, "central.db")))
+    title = f"aetherium-hpc watch: {puller.where} {selection.describe()}"
+    pulls = 0
+
+    def frame() -> tuple[Any, bool]:
+        nonlocal pulls
+        note = ""
+        try:
+            puller.pull()
+        except AetheriumError as exc:
+            if not pulls:  # a wrong URL or an empty selection: one line, exit code 2
+                raise
+            note = f" (not refreshed: {str(exc)[:120]})"  # the server away for a moment: the last state
+        pulls += 1
+        views = [read_task(puller.path, False, sid, "central") for sid in puller.source_ids]
+        done = bool(views) and all(v.ended for v in views)
+        return render(views, title + note), done
+
+    return frame

@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import env
 from ..config import Config
-from ..paths import RunLayout
+from ..paths import SNAPSHOT_RUN_KEY, RunLayout
 from .context import JobContext
 from .session import NodeSession, run_command, run_task
 
@@ -71,6 +71,7 @@ class JobRunner:
             os.chdir(workload.workdir)
         # The jobs table's config snapshot: every key but the array (this task's part is task_params).
         snapshot = {k: v for k, v in config.to_dict().items() if k != "array"}
+        snapshot[SNAPSHOT_RUN_KEY] = os.path.abspath(self.run_dir)  # `report --run NAME` finds it here
         if params:
             snapshot["task_params"] = params
 

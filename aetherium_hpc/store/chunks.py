@@ -12,7 +12,8 @@ is one SQL aggregate, with no JSON parsed (the report of a large array reads its
 does not draw that way). They are the values as logged; the text holds them to 7 significant
 digits, so the two agree to about 5e-8 relative.
 
-:func:`encode` writes a chunk, :class:`OpenChunk` writes the chunk a writer is still filling
+:func:`encode` writes a chunk (:func:`encode_gridded` one whose grid is known: a central store's
+arrays), :class:`OpenChunk` writes the chunk a writer is still filling
 (the same text, encoded incrementally), :func:`decode` reads one back, and :data:`TIMESTAMP_SQL`
 is the same formula for SQLite's ``json_each`` (the ``resource_metrics`` view).
 """
@@ -66,6 +67,16 @@ def encode(ts: list[float], vals: list[float | None]) -> Row:
     jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
     return (t0, ts[-1], n, dt_ms, "[" + jit + "]", "[" + ",".join([encode_value(v) for v in vals]) + "]",
             *finite_stats(vals))  # fmt: skip
+
+
+def encode_gridded(t0: float, t1: float, n: int, dt_ms: int, jit: Sequence[int], vals: Sequence[float | None]) -> Row:
+    """The row (:data:`COLUMNS`) of a chunk already on its grid (``jit`` in milliseconds, as
+    :func:`encode` computed it): a central store's arrays back into the same text, with the
+    statistics of its values."""
+    if len(jit) != n or len(vals) != n:
+        raise StoreError(f"a chunk of {n} samples holds {len(jit)} offsets and {len(vals)} values")
+    return (t0, t1, n, dt_ms, "[" + ",".join([str(int(j)) for j in jit]) + "]",
+            "[" + ",".join([encode_value(v) for v in vals]) + "]", *finite_stats(vals))  # fmt: skip
 
 
 #: What :meth:`OpenChunk.state` saves and :meth:`OpenChunk.restore` puts back.

@@ -49,13 +49,17 @@ class Report:
         return html.render(self.data, self.plots)
 
 
-def build_report(db: str | os.PathLike[str], objective: str | None = None) -> Report:
+def build_report(db: str | os.PathLike[str], objective: str | None = None, label: str | None = None) -> Report:
     """Read ``db`` (read-only) and compute the report; :class:`EmptyDatabaseError` if it holds nothing.
 
     ``objective``: ``METRIC[:min|max]`` that ranks the tasks of an array (``val/loss:min``);
-    default: the first validation loss, else the first metric that is not a learning rate."""
+    default: the first validation loss, else the first metric that is not a learning rate.
+    ``label``: what the report names as its database instead of the path (a central store's masked
+    URL and filter, for the temporary file it was pulled into)."""
     path = os.path.abspath(os.fspath(db))
     loaded = load.read(path)
     sacct = load.resolve_unfinished(path, loaded.jobs)  # before the figures: it settles rows still "running"
     data = compute.conclude(loaded, sacct, objective)
+    if label is not None:
+        data["database"] = label
     return Report(path, data, text.render(data), loaded)

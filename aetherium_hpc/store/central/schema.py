@@ -157,6 +157,23 @@ def ensure(conn: Any, where: str) -> None:
             )
             version = PG_SCHEMA_VERSION
     conn.commit()
+    _refuse_other(version, where)
+
+
+def check(conn: Any, where: str) -> None:
+    """Check, without creating anything, that ``conn`` holds this schema (a reader's check); ends the
+    transaction. A database without it, or of another version: a :class:`CentralStoreError`."""
+    version = _version(conn)
+    conn.rollback()
+    if version is None:
+        raise CentralStoreError(
+            f"central store {where}: no aetherium-hpc tables there; fill it with `aetherium-hpc merge RUN_DIR "
+            "--into URL` or monitoring.central, or check the database name and search_path in the URL"
+        )
+    _refuse_other(version, where)
+
+
+def _refuse_other(version: int, where: str) -> None:
     if version != PG_SCHEMA_VERSION:
         newer = version > PG_SCHEMA_VERSION
         raise CentralStoreError(
