@@ -47,6 +47,7 @@ def test_submit_train_yaml_without_slurm_leaves_a_full_database(tmp_path: Path) 
     row = job_rows(db)[0]
     assert row["status"] == "completed" and row["exit_code"] == 0
     assert row["config"]["workload"]["callable"] == "aetherium_hpc.demo.pipeline:run"
+    assert row["config"]["backend"] == "local"  # the snapshot says what `backend: auto` became
     assert (run_dir / "config.yaml").is_file() and (run_dir / "jobs.json").is_file()
 
     status = _cli(["status", str(run_dir)], tmp_path, path=no_slurm)

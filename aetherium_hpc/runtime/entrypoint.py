@@ -72,6 +72,10 @@ class JobRunner:
         # The jobs table's config snapshot: every key but the array (this task's part is task_params).
         snapshot = {k: v for k, v in config.to_dict().items() if k != "array"}
         snapshot[SNAPSHOT_RUN_KEY] = os.path.abspath(self.run_dir)  # `report --run NAME` finds it here
+        if ctx.cluster in ("slurm", "local", "debug"):
+            # what `auto` became: a report read without the run directory (a copy, a central store)
+            # then knows not to ask Slurm's accounting about a local job's process id
+            snapshot["backend"] = ctx.cluster
         if params:
             snapshot["task_params"] = params
 
