@@ -667,8 +667,8 @@ WHY_MISSED = {
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
     "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
     "oneshot() once per process per sample reaches it.",
-    "live": "the whole process costs about 0.35-0.45 ms a sample on this host (2 shared vCPUs; the figure "
-    "moves with the load of the machine). Most of it is the sampling thread's reads on cold caches: with the "
+    "live": "the whole process costs about 0.4-0.5 ms a sample on this host (2 shared vCPUs; more on an idle "
+    "machine, whose cores sleep deeper between ticks, than on a busy one). Most of it is the sampling thread's reads on cold caches: with the "
     "store, the 60 s window, the summary and the self-telemetry all switched off, the thread alone still "
     "costs about 0.25 ms a tick under load (waking it, about 0.045 ms; the kernel producing /proc/loadavg, "
     "/proc/stat, /proc/meminfo and the tree's stat files, about 0.085 ms; the Python that parses them on "

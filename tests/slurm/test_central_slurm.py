@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,7 @@ def test_four_task_array_streams_what_the_merged_files_hold(pg_url: str, tmp_pat
         local = sqlite_counts(merged)
         assert local["sources"] == 4 and local["job_rows"] == 4 and local["samples"] > 0
         assert pg_counts(central) == local
+        print(f"4-task array on Slurm: PostgreSQL = merged files = {local}", file=sys.stderr)
         statuses = pg_rows(central, "SELECT array_task_id, status FROM jobs ORDER BY array_task_id")
         assert statuses == [(i, "completed") for i in range(4)]
         # while the tasks ran (12 s each, a push every 5 s), not only at their end
