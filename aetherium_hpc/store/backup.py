@@ -419,9 +419,9 @@ def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int
             " WHERE c.n > json_extract(j.value, '$[1]')",
             (json.dumps(growing),),
         ):
-            rowid, sid, n = row[0], row[1], row[4]
+            rowid, sid, t0, t1, n, dt_ms, jit, vals = row[:8]
             done = last[sid][1]
-            out.append(_tail(row, done))
+            out.append((sid, *chunks.tail(t0, t1, n, dt_ms, jit, vals, done)))
             samples += n - done
             last[sid] = (rowid, n)
     top = state.chunk_rowid
@@ -435,24 +435,6 @@ def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int
         conn.executemany(_INSERT_CHUNK, out)
         (dest_top,) = conn.execute("SELECT max(rowid) FROM main.sample_chunks").fetchone()
     return samples, top, dest_top, last
-
-
-def _tail(row: tuple[Any, ...], done: int) -> tuple[Any, ...]:
-    """The samples ``done:`` of a source chunk row as a chunk of their own (same encoding as the writer's).
-
-    Offsets stay integers (milliseconds from the chunk's t0), so every timestamp is the source's
-    to within floating-point rounding of the new t0 (< 1 µs); values are copied as text."""
-    _, sid, t0, t1, n, dt, jit_text, vals_text = row[:8]
-    jit = jit_text[1:-1].split(",")
-    offsets = [k * dt + int(jit[k]) for k in range(done, n)]
-    base = offsets[0]
-    m = n - done
-    new_dt = round((offsets[-1] - base) / (m - 1)) if m > 1 else 0
-    new_jit = ",".join([str(o - base - k * new_dt) for k, o in enumerate(offsets)])
-    vals = vals_text[1:-1].split(",")[done:]
-    text = "[" + ",".join(vals) + "]"
-    # the statistics of the samples copied, from their text (the writer's cover the whole chunk)
-    return (sid, t0 + base / 1000.0, t1, m, new_dt, "[" + new_jit + "]", text, *chunks.finite_stats(json.loads(text)))
 
 
 # -- building a full copy ---------------------------------------------------------------------------

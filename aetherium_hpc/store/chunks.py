@@ -64,19 +64,33 @@ def encode(ts: list[float], vals: list[float | None]) -> Row:
     t0 = ts[0]
     n = len(ts)
     dt_ms = round((ts[-1] - t0) * 1000.0 / (n - 1)) if n > 1 else 0
-    jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
-    return (t0, ts[-1], n, dt_ms, "[" + jit + "]", "[" + ",".join([encode_value(v) for v in vals]) + "]",
-            *finite_stats(vals))  # fmt: skip
+    return encode_gridded(t0, ts[-1], n, dt_ms, [round((t - t0) * 1000.0) - k * dt_ms for k, t in enumerate(ts)], vals)
 
 
 def encode_gridded(t0: float, t1: float, n: int, dt_ms: int, jit: Sequence[int], vals: Sequence[float | None]) -> Row:
     """The row (:data:`COLUMNS`) of a chunk already on its grid (``jit`` in milliseconds, as
-    :func:`encode` computed it): a central store's arrays back into the same text, with the
+    :func:`encode` computes it): also a central store's arrays back into the same text, with the
     statistics of its values."""
     if len(jit) != n or len(vals) != n:
         raise StoreError(f"a chunk of {n} samples holds {len(jit)} offsets and {len(vals)} values")
     return (t0, t1, n, dt_ms, "[" + ",".join([str(int(j)) for j in jit]) + "]",
             "[" + ",".join([encode_value(v) for v in vals]) + "]", *finite_stats(vals))  # fmt: skip
+
+
+def tail(t0: float, t1: float, n: int, dt_ms: int, jit: str, vals: str, done: int) -> Row:
+    """The samples ``done:`` of a stored chunk as a chunk of their own, in the same encoding.
+
+    Offsets stay integers (milliseconds from the chunk's t0), so every timestamp is the
+    original's to within floating-point rounding of the new t0 (< 1 µs); values are copied as
+    text, and their statistics computed from it (the original's cover the whole chunk)."""
+    offsets_jit = jit[1:-1].split(",")
+    offsets = [k * dt_ms + int(offsets_jit[k]) for k in range(done, n)]
+    base = offsets[0]
+    m = n - done
+    new_dt = round((offsets[-1] - base) / (m - 1)) if m > 1 else 0
+    new_jit = ",".join([str(o - base - k * new_dt) for k, o in enumerate(offsets)])
+    text = "[" + ",".join(vals[1:-1].split(",")[done:]) + "]"
+    return (t0 + base / 1000.0, t1, m, new_dt, "[" + new_jit + "]", text, *finite_stats(json.loads(text)))
 
 
 #: What :meth:`OpenChunk.state` saves and :meth:`OpenChunk.restore` puts back.

@@ -275,9 +275,7 @@ def _push_chunks(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
             row = (mark.pg_id, k0, t0, t1, n, dt_ms, json.loads(jit), _floats(json.loads(vals)))
             new.stored[mark.pg_id] = (max(held, k0 + n), max(last, k0))
         else:  # cut differently: only the samples PostgreSQL lacks, as a chunk of their own
-            ts, vs = codec.decode(t0, n, dt_ms, jit, vals)
-            cut = held - k0
-            t0c, t1c, nc, dtc, jitc, valsc = codec.encode(ts[cut:].tolist(), _floats(vs[cut:].tolist()))[:6]
+            t0c, t1c, nc, dtc, jitc, valsc = codec.tail(t0, t1, n, dt_ms, jit, vals, held - k0)[:6]
             row = (mark.pg_id, held, t0c, t1c, nc, dtc, json.loads(jitc), _floats(json.loads(valsc)))
             new.stored[mark.pg_id] = (k0 + n, held)
         pending[(row[0], row[1])] = row
