@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from aetherium_hpc.analysis.merge import merge  # noqa: E402
 from aetherium_hpc.store import schema  # noqa: E402
 from aetherium_hpc.store.chunks import CHUNK_SAMPLES  # noqa: E402
-from aetherium_hpc.store.chunks import COLUMNS as CHUNK_COLUMNS  # noqa: E402
+from aetherium_hpc.store.chunks import INSERT_SQL as CHUNK_INSERT_SQL  # noqa: E402
 from aetherium_hpc.store.chunks import encode as encode_chunk  # noqa: E402
 
 N_METRICS = 42
@@ -63,10 +63,7 @@ def build_task_db(path: str, task: int, hours: float, rng: random.Random) -> Non
             ts = [t_start + start + k + (0.001 if k % 17 == 0 else 0.0) for k in range(n)]
             vals: list[float | None] = [base + rng.random() for _ in range(n)]
             chunks.append((m + 1, *encode_chunk(ts, vals)))
-    conn.executemany(
-        f"INSERT INTO sample_chunks(series_id, {', '.join(CHUNK_COLUMNS)}) VALUES (?{',?' * len(CHUNK_COLUMNS)})",
-        chunks,
-    )
+    conn.executemany(CHUNK_INSERT_SQL, chunks)
     conn.executemany(
         "INSERT INTO generation_rows(source_id, timestamp, operation, round_number, chunk_number, duration_seconds,"
         " samples_generated, memory_used_mb, pid) VALUES (1, ?, 'signal_injection', ?, ?, ?, 1000, ?, 1)",

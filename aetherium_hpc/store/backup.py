@@ -400,9 +400,6 @@ def _sync_small(conn: sqlite3.Connection, table: str, where: str = "") -> int:
 
 
 _CHUNK_COLS = ", ".join(("rowid", "series_id", *chunks.COLUMNS))
-_INSERT_CHUNK = (
-    f"INSERT INTO main.sample_chunks(series_id, {', '.join(chunks.COLUMNS)}) VALUES (?{',?' * len(chunks.COLUMNS)})"
-)
 
 
 def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int, int, dict[int, tuple[int, int]]]:
@@ -432,7 +429,7 @@ def _copy_new_samples(conn: sqlite3.Connection, state: _State) -> tuple[int, int
         top = row[0]
     dest_top = state.dest_chunk_rowid
     if out:
-        conn.executemany(_INSERT_CHUNK, out)
+        conn.executemany(chunks.INSERT_SQL, out)  # (main: searched before src)
         (dest_top,) = conn.execute("SELECT max(rowid) FROM main.sample_chunks").fetchone()
     return samples, top, dest_top, last
 

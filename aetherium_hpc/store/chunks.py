@@ -49,6 +49,11 @@ def encode_value(value: float | None) -> str:
 #: A chunk row's columns after ``series_id``, in the order :func:`encode` and :meth:`OpenChunk.row` give them.
 COLUMNS = ("t0", "t1", "n", "dt_ms", "jit", "vals", "nfin", "vsum", "vmax")
 
+#: A new chunk row: ``series_id`` then :data:`COLUMNS`.
+INSERT_SQL = f"INSERT INTO sample_chunks(series_id, {', '.join(COLUMNS)}) VALUES (?{', ?' * len(COLUMNS)})"
+#: A chunk rewritten in place: :data:`COLUMNS` then its ``rowid`` (the row keeps its place in the table).
+UPDATE_SQL = f"UPDATE sample_chunks SET {', '.join(c + ' = ?' for c in COLUMNS)} WHERE rowid = ?"
+
 #: One encoded chunk: (t0, t1, n, dt_ms, jit, vals, nfin, vsum, vmax), as :data:`COLUMNS` names them.
 Row = tuple[float, float, int, int, str, str, int, float, "float | None"]
 

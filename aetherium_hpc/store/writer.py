@@ -502,9 +502,7 @@ class StoreWriter(threading.Thread):
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
         limit = chunks.CHUNK_SAMPLES
-        insert = (
-            f"INSERT INTO sample_chunks(series_id, {', '.join(chunks.COLUMNS)}) VALUES (?{',?' * len(chunks.COLUMNS)})"
-        )
+        insert = chunks.INSERT_SQL
         updates: list[tuple[Any, ...]] = []
         for key, samples in res.items():
             sid = self._series.get(key)
@@ -529,9 +527,7 @@ class StoreWriter(threading.Thread):
                 chunk.vals.append(value)
             self._write_chunk(conn, sid, chunk, insert, updates)
         if updates:
-            conn.executemany(
-                f"UPDATE sample_chunks SET {', '.join(c + ' = ?' for c in chunks.COLUMNS)} WHERE rowid = ?", updates
-            )
+            conn.executemany(chunks.UPDATE_SQL, updates)
 
     def _write_chunk(
         self, conn: sqlite3.Connection, sid: int, chunk: chunks.OpenChunk, insert: str, updates: list[tuple[Any, ...]]

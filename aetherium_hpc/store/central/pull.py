@@ -299,9 +299,7 @@ class Puller:
             (known, [last[s][0] for s in known], [last[s][1] for s in known], ids),
             ["int8", "int8", "float8", "float8", "int4", "int4", "int4[]", "float8[]"],
         )
-        cols = ", ".join(chunks.COLUMNS)
-        insert = f"INSERT INTO sample_chunks(series_id, {cols}) VALUES (?{', ?' * len(chunks.COLUMNS)})"
-        update = f"UPDATE sample_chunks SET ({cols}) = ({', '.join('?' * len(chunks.COLUMNS))}) WHERE rowid = ?"
+        insert, update = chunks.INSERT_SQL, chunks.UPDATE_SQL
         for batch in _batches(rows):
             for series_id, k0, t0, t1, n, dt_ms, jit, vals in batch:
                 row = chunks.encode_gridded(t0, t1, n, dt_ms, jit, vals)
