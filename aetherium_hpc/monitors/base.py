@@ -4,11 +4,18 @@ Sampling and aggregation are kept apart (as in mlflow's system metrics): a
 :class:`Collector` only reads one resource and appends sample tuples; the
 :class:`~.monitor.ResourceMonitor` stamps them with the tick's time, hands them to the store
 and folds them into a summary for the end-of-run JSON file.
+
+A collector may split a tick in two: :meth:`Collector.read` runs at the tick and keeps what
+must be read then (the bytes of a ``/proc`` file), :meth:`Collector.samples_from` turns that
+into samples later, when the monitor processes several ticks in one go (see
+:attr:`~.monitor.ResourceMonitor.batch_ticks`). A collector that only has :meth:`collect`
+does all its work at the tick.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 #: (metric_type, metric_name, value, unit, device), as log_resource_samples takes it.
 Sample = tuple[str, str, float, str, str]
@@ -26,6 +33,17 @@ class Collector:
     def collect(self, out: list[Sample], timestamp: float) -> None:
         """Append this tick's samples to ``out``."""
         raise NotImplementedError
+
+    def read(self, timestamp: float) -> Any:
+        """What this tick must read now; :meth:`samples_from` makes it samples later, in tick order.
+        By default the whole of :meth:`collect`, at the tick."""
+        out: list[Sample] = []
+        self.collect(out, timestamp)
+        return out
+
+    def samples_from(self, reading: Any, out: list[Sample], timestamp: float) -> None:
+        """Append the samples of one :meth:`read` (taken at ``timestamp``) to ``out``."""
+        out.extend(reading)
 
     def close(self) -> None:
         """Release handles (runs in the monitor thread after the last tick)."""

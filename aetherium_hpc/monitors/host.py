@@ -58,7 +58,8 @@ class HostCollector(Collector):
     ``/proc/meminfo`` with ``pread`` on descriptors kept open between ticks: the same
     figures as ``psutil.cpu_percent()`` and ``psutil.virtual_memory()`` (used = total -
     available, percent to one decimal) for about a third of their cost. Elsewhere, or
-    when those files say something unexpected, it asks psutil.
+    when those files say something unexpected at the start, it asks psutil. The files are read
+    at the tick (:meth:`read`) and parsed when the monitor processes its batch of ticks.
     """
 
     name = "host"
@@ -77,7 +78,8 @@ class HostCollector(Collector):
                 self._stat_fd = os.open("/proc/stat", os.O_RDONLY)
                 self._meminfo_fd = os.open("/proc/meminfo", os.O_RDONLY)
                 self._cpu = self._cpu_fields()
-            except (OSError, ValueError):
+                _meminfo_kb(os.pread(self._meminfo_fd, 256, 0))  # a kernel without MemAvailable: psutil
+            except (OSError, ValueError, IndexError):
                 self.close()
 
     def close(self) -> None:
@@ -87,55 +89,63 @@ class HostCollector(Collector):
         self._stat_fd = self._meminfo_fd = -1
         self._cpu = None
 
-    def _cpu_fields(self) -> list[int]:
-        line = os.pread(self._stat_fd, 512, 0).split(b"\n", 1)[0].split()
+    def _cpu_fields(self, data: bytes | None = None) -> list[int]:
+        if data is None:
+            data = os.pread(self._stat_fd, 512, 0)
+        line = data.split(b"\n", 1)[0].split()
         if line[0] != b"cpu" or len(line) < 5:
-            raise ValueError("unexpected /proc/stat")
+            raise ValueError(f"unexpected /proc/stat: {bytes(line[:3])!r}")
         return [int(x) for x in line[1:9]]  # user .. steal; guest and guest_nice are already in user and nice
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
-        # One method on the /proc path: it runs on caches gone cold since the last tick, where
-        # every call and line costs more than it does in a loop.
-        mem: tuple[float, float] | None = None
-        if self._cpu is not None:
+        self.samples_from(self.read(timestamp), out, timestamp)
+
+    def read(self, timestamp: float) -> tuple[bytes, bytes] | tuple[float, float, float]:
+        """The bytes of /proc/stat and /proc/meminfo; elsewhere (or once a read failed) psutil's
+        (cpu %, used bytes, used %)."""
+        if self._stat_fd >= 0:
             try:
-                # psutil.cpu_percent(None): the busy share of the ticks since the last call.
-                now = self._cpu_fields()
-                deltas = [a - b if a > b else 0 for a, b in zip(now, self._cpu, strict=False)]  # went back: 0
-                self._cpu = now
-                total = sum(deltas)
-                cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
-                # psutil.virtual_memory(): used = total - available, percent to one decimal.
-                head = os.pread(self._meminfo_fd, 256, 0).split(b"\n", 3)
-                if len(head) == 4 and head[0].startswith(b"MemTotal:") and head[2].startswith(b"MemAvailable:"):
-                    total_kb = int(head[0].split()[1])
-                    avail_kb = int(head[2].split()[1])
-                    if avail_kb > total_kb:  # a container that shows the host's figures: psutil uses MemFree
-                        avail_kb = int(head[1].split()[1])
-                    if avail_kb > 0 and total_kb > 0:  # else psutil estimates it
-                        used = total_kb - avail_kb
-                        mem = used * 1024.0, round(used / total_kb * 100.0, 1)
-            except (OSError, ValueError, IndexError):
+                return os.pread(self._stat_fd, 512, 0), os.pread(self._meminfo_fd, 256, 0)
+            except OSError:
                 self.close()  # ask psutil from now on
                 psutil.cpu_percent(None)
-                cpu = 0.0
+        vm = psutil.virtual_memory()
+        return psutil.cpu_percent(None), float(vm.used), float(vm.percent)
+
+    def samples_from(
+        self, reading: tuple[bytes, bytes] | tuple[float, float, float], out: list[Sample], timestamp: float
+    ) -> None:
+        # One method on the /proc path: it runs on caches gone cold since the last batch, where
+        # every call and line costs more than it does in a loop.
+        if len(reading) == 2:
+            stat, meminfo = reading
+            # psutil.cpu_percent(None): the busy share of the ticks since the last reading.
+            now = self._cpu_fields(stat)
+            before = self._cpu or now
+            deltas = [a - b if a > b else 0 for a, b in zip(now, before, strict=False)]  # went back: 0
+            self._cpu = now
+            total = sum(deltas)
+            cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
+            # psutil.virtual_memory(): used = total - available, percent to one decimal.
+            total_kb, avail_kb = _meminfo_kb(meminfo)
+            used = total_kb - avail_kb
+            used_mb, percent = used / 1024.0, round(used / total_kb * 100.0, 1) if total_kb > 0 else 0.0
         else:
-            cpu = psutil.cpu_percent(None)
-        if mem is None:
-            vm = psutil.virtual_memory()
-            mem = float(vm.used), float(vm.percent)
+            cpu, used_b, percent = reading  # type: ignore[misc]
+            used_mb = used_b / _MB
         out.append((_CPU_TOTAL[0], _CPU_TOTAL[1], cpu, _CPU_TOTAL[2], ""))
-        out.append((_RAM_USED[0], _RAM_USED[1], mem[0] / _MB, _RAM_USED[2], ""))
-        out.append((_RAM_PERCENT[0], _RAM_PERCENT[1], mem[1], _RAM_PERCENT[2], ""))
+        out.append((_RAM_USED[0], _RAM_USED[1], used_mb, _RAM_USED[2], ""))
+        out.append((_RAM_PERCENT[0], _RAM_PERCENT[1], percent, _RAM_PERCENT[2], ""))
 
 
 class _Tracked:
     """One process of the tree, kept across ticks."""
 
-    __slots__ = ("proc", "device", "cpu", "fd")
+    __slots__ = ("proc", "pid", "device", "cpu", "fd")
 
     def __init__(self, proc: psutil.Process, device: str, cpu: float | None) -> None:
         self.proc = proc
+        self.pid: int = proc.pid
         self.device = device
         self.cpu = cpu  # user + system seconds at the previous tick, None before the first
         self.fd = -1  # /proc/<pid>/stat kept open between ticks (pread), -1: not open
@@ -291,53 +301,55 @@ class ProcessTreeCollector(Collector):
             return None
         return times.user + times.system, float(rss), ppid
 
-    def _read_tree(self, check_parents: bool) -> tuple[list[tuple[_Tracked, float, float]], list[int]] | None:
-        """((process, cpu seconds, rss bytes) of each live process, pids gone); None when
-        ``check_parents`` and a process has a parent outside the tree: it has left the tree
-        alive (its parent ended, it was re-parented) since the last walk."""
-        procs = self._procs
-        root = self.root_pid
-        readings: list[tuple[_Tracked, float, float]] = []
-        gone: list[int] = []
-        for pid, tracked in procs.items():
+    def collect(self, out: list[Sample], timestamp: float) -> None:
+        self.samples_from(self.read(timestamp), out, timestamp)
+
+    def read(self, timestamp: float) -> tuple[float, list[tuple[_Tracked, bytes | tuple[float, float, int] | None]]]:
+        """Walk the tree if due, then read every process of it: (seconds since the last reading,
+        [(process, the bytes of its stat file, or its parsed reading, or None once gone)])."""
+        now = time.monotonic()
+        elapsed = now - self._last_mono
+        self._last_mono = now
+        if self._walk_due():
+            self._update_tree(0.0)
+        raws: list[tuple[_Tracked, bytes | tuple[float, float, int] | None]] = []
+        for tracked in self._procs.values():
             fd = tracked.fd
             if fd >= 0:  # _read's common case, inline: a descriptor kept open
                 try:
-                    reading = _parse_proc_stat(os.pread(fd, 4096, 0))
+                    raws.append((tracked, os.pread(fd, 4096, 0)))
                 except OSError:  # the process has ended (ESRCH): the descriptor stays tied to it
-                    reading = None
+                    raws.append((tracked, None))
             else:
-                reading = self._read(tracked)
-            if reading is None:
-                gone.append(pid)
-            elif check_parents and reading[2] not in procs and pid != root:
-                return None
-            else:
-                readings.append((tracked, reading[0], reading[1]))
-        return readings, gone
+                raws.append((tracked, self._read(tracked)))
+        return elapsed, raws
 
-    def collect(self, out: list[Sample], timestamp: float) -> None:
-        now = time.monotonic()
-        elapsed = now - self._last_mono
-        walked = self._walk_due()
-        if walked:
-            self._update_tree(0.0)
-        self._last_mono = now
-        found = self._read_tree(check_parents=not walked and not self._root_gone)
-        if found is None:  # the tree has changed without a new pid: walk it after all
-            self._unwalked = 0
-            self._update_tree(0.0)
-            found = self._read_tree(check_parents=False)
-            assert found is not None
-        readings, gone = found
-        procs = self._procs
+    def samples_from(
+        self,
+        reading: tuple[float, list[tuple[_Tracked, bytes | tuple[float, float, int] | None]]],
+        out: list[Sample],
+        timestamp: float,
+    ) -> None:
+        elapsed, raws = reading
+        parse = _parse_proc_stat
+        readings: list[tuple[_Tracked, float, float, int]] = []
+        gone: list[_Tracked] = []
+        for tracked, raw in raws:
+            if raw.__class__ is bytes:
+                raw = parse(raw)  # type: ignore[arg-type]
+            if raw is None:
+                gone.append(tracked)
+            else:
+                readings.append((tracked, *raw))  # type: ignore[misc]
+        if not self._root_gone:
+            readings = self._still_in_tree(readings)
         per_process = self.per_process
         scale = 100.0 / elapsed if elapsed > 0 else 0.0
         cpu_type, cpu_name, cpu_unit = _PROC_CPU
         rss_type, rss_name, rss_unit = _PROC_RSS
         cpu_total = 0.0
         rss_total = 0.0
-        for tracked, cpu, rss in readings:
+        for tracked, cpu, rss, _ in readings:
             rss_total += rss
             previous = tracked.cpu
             tracked.cpu = cpu
@@ -349,17 +361,56 @@ class ProcessTreeCollector(Collector):
             cpu_total += percent
             if per_process:
                 out.append((cpu_type, cpu_name, percent, cpu_unit, tracked.device))
-        for pid in gone:
-            self._forget(procs.pop(pid))
+        for tracked in gone:
+            pid = tracked.pid
+            self._drop(tracked)
             self._ended.add(pid)
-            if pid == self.root_pid:
+            if pid == self.root_pid and not self._root_gone:
                 self._root_gone = True
                 log.info(
                     "aetherium-hpc: monitored process %d has ended; only its remaining descendants are sampled", pid
                 )
-        if procs:
+        if readings:
             out.append((_TREE_CPU[0], _TREE_CPU[1], cpu_total, _TREE_CPU[2], ""))
             out.append((_TREE_RSS[0], _TREE_RSS[1], rss_total / _MB, _TREE_RSS[2], ""))
+
+    def _still_in_tree(self, readings: list[tuple[_Tracked, float, float, int]]) -> list[tuple[_Tracked, float, float, int]]:
+        """The readings whose process was still in the tree: its parent among the processes read
+        at that tick. One whose parent is not has left the tree alive since the last walk (its
+        parent ended, it was re-parented): it is left out, with its descendants, and forgotten,
+        and the next tick walks the tree (a process that leaves the tree takes no new pid)."""
+        root = self.root_pid
+        tick = {tracked.pid for tracked, *_ in readings}
+        left = {tracked.pid for tracked, _, _, ppid in readings if ppid not in tick and tracked.pid != root}
+        if not left:
+            return readings
+        grew = True
+        while grew:  # their descendants left with them
+            more = {t.pid for t, _, _, ppid in readings if ppid in left and t.pid not in left}
+            left |= more
+            grew = bool(more)
+        for tracked, *_ in readings:
+            if tracked.pid in left:
+                self._drop(tracked)
+        self._unwalked = WALK_EVERY_TICKS
+        return [r for r in readings if r[0].pid not in left]
+
+    def _drop(self, tracked: _Tracked) -> None:
+        """Forget a process, unless a walk since its reading already has."""
+        if self._procs.get(tracked.pid) is tracked:
+            self._forget(self._procs.pop(tracked.pid))
+
+
+def _meminfo_kb(data: bytes) -> tuple[int, int]:
+    """(MemTotal, MemAvailable) in kB from the head of /proc/meminfo, as psutil.virtual_memory() takes them."""
+    head = data.split(b"\n", 3)
+    if len(head) < 4 or not head[0].startswith(b"MemTotal:") or not head[2].startswith(b"MemAvailable:"):
+        raise ValueError(f"unexpected /proc/meminfo: {data[:40]!r}")
+    total_kb = int(head[0].split()[1])
+    avail_kb = int(head[2].split()[1])
+    if avail_kb > total_kb:  # a container that shows the host's figures: psutil uses MemFree
+        avail_kb = int(head[1].split()[1])
+    return total_kb, avail_kb
 
 
 def _read_proc_stat(pid: int) -> tuple[float, float, int] | None:

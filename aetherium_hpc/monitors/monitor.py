@@ -20,49 +20,93 @@ from typing import TYPE_CHECKING, Any
 from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
 from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples, set_recent_source
+from ..store.client import Recent
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
-from .window import RecentWindow
+from .window import WINDOW_S, RecentWindow
 
 if TYPE_CHECKING:
     from .prometheus import PrometheusTextfile
 
 log = logging.getLogger(__name__)
 
+_FAILED = object()  # the reading of a collector whose read() raised (reported once)
+
 #: The summary's file name when ``output_path`` is a folder (an existing one, or a path ending in "/").
 SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
+#: Seconds of ticks the sampling loop reads before it turns them into samples in one go (the
+#: store's default ``flush_interval``: the samples reach the database no later than they did).
+BATCH_S = 5.0
 
 
 class MonitorTelemetry(Collector):
-    """The monitor watching itself: CPU per sample, its window's memory, the store's queue depth and drops."""
+    """The monitor watching itself: CPU per sample, its window's memory, the store's queue depth and drops.
+
+    ``monitor/sample_cpu_ms`` is the sampling thread's CPU time from one batch to the next (its
+    waking, reading and processing) divided by the ticks it read in between: every tick of a
+    batch carries that mean, so the series sums to the thread's CPU time. (Ticks processed early
+    for another thread, a ``recent()`` query, carry the last mean; NaN before there is one.) The
+    window's size and the queue's depth are read at each tick."""
 
     name = "monitor"
 
     def __init__(self, store_getter: Callable[[], Any] | None = None, window: RecentWindow | None = None) -> None:
         self._store_getter = store_getter
+        self._store: Any = None  # the store of the last reading, kept while it is open
         self._window = window
-        self._cpu0 = 0.0
+        self._stamp = threading.local()  # .cpu: the thread's CPU time when it last charged a batch
+        self._reads = 0  # ticks read since then
+        self._per_tick_ms = math.nan
         self._dropped_seen = 0
         self.dropped_total = 0
 
+    def start(self) -> None:
+        self.begin()
+
     def begin(self) -> None:
-        """Mark the start of a tick: the CPU time up to :meth:`collect` is the sample's cost."""
-        self._cpu0 = time.thread_time()
+        """Count this thread's CPU time from now (the start of the loop, or a sample taken outside it)."""
+        self._stamp.cpu = time.thread_time()
+        self._reads = 0
+
+    def charge(self) -> None:
+        """Before a batch is processed (in the thread processing it): the CPU time per tick read
+        since the last batch, which every tick processed from now on carries."""
+        before = getattr(self._stamp, "cpu", None)
+        if before is None or not self._reads:
+            return
+        now = time.thread_time()
+        self._per_tick_ms = (now - before) * 1000.0 / self._reads
+        self._stamp.cpu = now
+        self._reads = 0
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
-        out.append(catalogue.MONITOR_SAMPLE_CPU.sample((time.thread_time() - self._cpu0) * 1000.0))
-        if self._window is not None:
-            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
-        store = self._store_getter() if self._store_getter is not None else None
-        if store is None:
-            return
+        self.charge()
+        self.samples_from(self.read(timestamp), out, timestamp)
+
+    def read(self, timestamp: float) -> tuple[int, int, int]:
+        """(window bytes, queue depth, dropped so far); -1: no window, no store."""
+        self._reads += 1
+        nbytes = -1 if self._window is None else self._window.nbytes
+        store = self._store
+        if store is None or store._closed:  # (a forked child's copy of the store is closed too)
+            store = self._store = self._store_getter() if self._store_getter is not None else None
+            if store is None:
+                return nbytes, -1, -1
         queue = store.queue
         # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
         dropped = queue.dropped
         self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
         self._dropped_seen = dropped
-        out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(len(queue))))
-        out.append(catalogue.STORE_DROPPED.sample(float(self.dropped_total)))
+        return nbytes, len(queue), self.dropped_total
+
+    def samples_from(self, reading: tuple[int, int, int], out: list[Sample], timestamp: float) -> None:
+        nbytes, depth, dropped = reading
+        out.append(catalogue.MONITOR_SAMPLE_CPU.sample(self._per_tick_ms))
+        if nbytes >= 0:
+            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(nbytes)))
+        if depth >= 0:
+            out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(depth)))
+            out.append(catalogue.STORE_DROPPED.sample(float(dropped)))
 
 
 class SampleSummary:
@@ -135,6 +179,13 @@ class ResourceMonitor:
     ``get_db().recent()`` answers in every process of the node (until another monitor starts; after
     ``stop()`` its samples age out).
 
+    The loop reads at each tick only what must be read then (the ``/proc`` files, NVML) and turns
+    every :attr:`batch_ticks` ticks into samples in one go: for the store, the window and the
+    summary. Work done once for several ticks runs on warm caches; a tick on its own wakes to
+    cold ones and costs several times more. ``batch_ticks`` defaults to the ticks in
+    :data:`BATCH_S` (at least 1; 1 with a ``textfile``). ``get_db().recent()``, ``stop()`` and
+    ``sample_once()`` process the ticks read so far first, so nothing they see is late.
+
     ``textfile``: a :class:`~.prometheus.PrometheusTextfile` rewritten after every tick with its
     values (node_exporter's textfile collector) and removed by ``stop()``.
     """
@@ -151,10 +202,16 @@ class ResourceMonitor:
         sink: SampleSink | None = None,
         store_getter: Callable[[], Any] | None = get_db,
         textfile: PrometheusTextfile | None = None,
+        batch_ticks: int | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
+        if batch_ticks is not None and (type(batch_ticks) is not int or batch_ticks < 1):
+            raise ValueError(f"batch_ticks={batch_ticks!r}: must be an int >= 1 (1: every tick on its own)")
         self.interval = float(interval)
+        if batch_ticks is None:
+            batch_ticks = 1 if textfile is not None else max(1, int(BATCH_S / self.interval + 1e-9))
+        self.batch_ticks = batch_ticks
         self.output_path = None if output_path is None else os.fspath(output_path)
         self.root_pid = os.getpid() if root_pid is None else int(root_pid)
         builtin = collectors is None
@@ -183,6 +240,10 @@ class ResourceMonitor:
         self._result: dict[str, Any] | None = None
         self._failed: set[str] = set()
         self._owner_pid = os.getpid()
+        # Ticks read, not yet turned into samples: (timestamp, one reading per collector). The
+        # lock keeps reading and processing in tick order whichever thread processes.
+        self._pending: list[tuple[float, list[Any]]] = []
+        self._tick_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> ResourceMonitor:
@@ -193,7 +254,7 @@ class ResourceMonitor:
             self.started_at = time.time()
             self._thread = threading.Thread(target=childless(self._run), name="aetherium-resource-monitor", daemon=True)
             self._thread.start()
-        set_recent_source(self.window.summary)
+        set_recent_source(self.recent)
         atexit.register(self._stop_at_exit)
         return self
 
@@ -249,7 +310,7 @@ class ResourceMonitor:
         monotonic = time.monotonic
         try:
             while not gate.acquire(True, max(0.0, next_tick - monotonic())):
-                self.sample_once()
+                self._tick()
                 next_tick += interval
                 now = monotonic()
                 if now > next_tick:  # this tick overran the next one: skip what was missed
@@ -260,19 +321,72 @@ class ResourceMonitor:
                 # A run shorter than one interval still gets one sample of what it used.
                 self.sample_once()
         finally:
+            try:
+                self.process_pending()
+            except Exception as exc:  # (the store's sink raising is reported inside; this is the rest)
+                self._report_failure(None, exc, "processing the last ticks")
             for collector in self.collectors:
                 self._guard(collector, collector.close)
             self.thread_cpu_s = time.thread_time() - cpu_start
 
+    def _tick(self) -> None:
+        """One tick of the loop: read, and every :attr:`batch_ticks` ticks process what was read."""
+        ts = time.time()
+        with self._tick_lock:
+            self._pending.append((ts, self._read(ts)))
+            self.samples_taken += 1
+            if len(self._pending) >= self.batch_ticks:
+                self._process_locked()
+
     def sample_once(self, timestamp: float | None = None) -> list[Sample]:
-        """Take one sample from every collector, send it to the store and return it."""
+        """Take one sample from every collector, send it to the store and return it (the ticks
+        the loop has read but not processed yet go first)."""
         ts = time.time() if timestamp is None else timestamp
-        self.telemetry.begin()
-        out: list[Sample] = []
+        with self._tick_lock:
+            self._process_locked()
+            self.telemetry.begin()
+            readings = self._read(ts)
+            self.telemetry.charge()
+            out = self._samples(ts, readings)
+            self.samples_taken += 1
+        return out
+
+    def process_pending(self) -> None:
+        """Turn the ticks read so far into samples: into the store, the window and the summary."""
+        with self._tick_lock:
+            self._process_locked()
+
+    def recent(self, seconds: float = WINDOW_S) -> Recent:
+        """:meth:`RecentWindow.summary` of the last ``seconds``, the ticks read so far included."""
+        if self._pending:
+            self.process_pending()
+        return self.window.summary(seconds)
+
+    def _read(self, ts: float) -> list[Any]:
+        readings: list[Any] = []
         for collector in self.collectors:
             try:
-                collector.collect(out, ts)
+                readings.append(collector.read(ts))
             except Exception as exc:  # one failing collector never stops the others
+                self._report_failure(collector, exc)
+                readings.append(_FAILED)
+        return readings
+
+    def _process_locked(self) -> None:
+        pending, self._pending = self._pending, []
+        if pending:
+            self.telemetry.charge()
+            for ts, readings in pending:
+                self._samples(ts, readings)
+
+    def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
+        out: list[Sample] = []
+        for collector, reading in zip(self.collectors, readings, strict=True):
+            if reading is _FAILED:
+                continue
+            try:
+                collector.samples_from(reading, out, ts)
+            except Exception as exc:
                 self._report_failure(collector, exc)
         try:
             self._sink(out, ts)
@@ -288,7 +402,6 @@ class ResourceMonitor:
                 self.textfile.write(out, ts)
             except Exception as exc:  # (its folder removed, the disk full): said once, sampling goes on
                 self._report_failure(None, exc, f"the Prometheus textfile {self.textfile.path}")
-        self.samples_taken += 1
         return out
 
     def _guard(self, collector: Collector, step: Callable[[], None]) -> None:
