@@ -35,23 +35,23 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aetherium_hpc import get_db, init_db, shutdown_db  # noqa: E402
 from aetherium_hpc.monitors import ResourceMonitor  # noqa: E402
-from aetherium_hpc.monitors.base import Sample  # noqa: E402
 from aetherium_hpc.monitors.gpu import GpuCollector, _load_nvml  # noqa: E402
 
 NO_GPU, FAILED, OK = 2, 1, 0
 
 
 class TimedMonitor(ResourceMonitor):
-    """The normal monitor, with the wall time of each sample kept."""
+    """The normal monitor, each tick processed on its own (``batch_ticks=1``), with the wall time
+    of each tick kept: what one whole sample of the GPUs takes."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, batch_ticks=1, **kwargs)
         self.wall_s: list[float] = []
 
-    def sample_once(self, timestamp: float | None = None) -> list[Sample]:
+    def _tick(self) -> None:
         t0 = time.perf_counter()
         try:
-            return super().sample_once(timestamp)
+            super()._tick()
         finally:
             self.wall_s.append(time.perf_counter() - t0)
 

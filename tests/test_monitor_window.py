@@ -41,6 +41,7 @@ def wait_ticks(monitor: ResourceMonitor, n: int) -> None:
     while monitor.samples_taken < target:
         assert time.monotonic() < deadline, f"no {n} more ticks in 30 s"
         time.sleep(0.02)
+    monitor.process_pending()  # the monitor batches ticks: their samples are out when this returns
 
 
 def wait_stopped(pid: int) -> None:

@@ -58,8 +58,11 @@ def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "c
 
 
 def wait_ticks(monitor: ResourceMonitor, n: int) -> None:
+    """Wait for ``n`` more ticks, then have the monitor process them (it batches ticks): their
+    samples are in the store's queue when this returns."""
     target = monitor.samples_taken + n
     wait_for(lambda: monitor.samples_taken >= target, what=f"{n} more ticks")
+    monitor.process_pending()
 
 
 def python(code: str) -> list[str]:

@@ -94,7 +94,7 @@ class HostCollector(Collector):
             data = os.pread(self._stat_fd, 512, 0)
         line = data.split(b"\n", 1)[0].split()
         if line[0] != b"cpu" or len(line) < 5:
-            raise ValueError(f"unexpected /proc/stat: {bytes(line[:3])!r}")
+            raise ValueError(f"unexpected /proc/stat: {data[:40]!r}")
         return [int(x) for x in line[1:9]]  # user .. steal; guest and guest_nice are already in user and nice
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
@@ -131,7 +131,7 @@ class HostCollector(Collector):
             used = total_kb - avail_kb
             used_mb, percent = used / 1024.0, round(used / total_kb * 100.0, 1) if total_kb > 0 else 0.0
         else:
-            cpu, used_b, percent = reading  # type: ignore[misc]
+            cpu, used_b, percent = reading
             used_mb = used_b / _MB
         out.append((_CPU_TOTAL[0], _CPU_TOTAL[1], cpu, _CPU_TOTAL[2], ""))
         out.append((_RAM_USED[0], _RAM_USED[1], used_mb, _RAM_USED[2], ""))
@@ -336,11 +336,11 @@ class ProcessTreeCollector(Collector):
         gone: list[_Tracked] = []
         for tracked, raw in raws:
             if raw.__class__ is bytes:
-                raw = parse(raw)  # type: ignore[arg-type]
+                raw = parse(raw)
             if raw is None:
                 gone.append(tracked)
             else:
-                readings.append((tracked, *raw))  # type: ignore[misc]
+                readings.append((tracked, *raw))
         if not self._root_gone:
             readings = self._still_in_tree(readings)
         per_process = self.per_process
@@ -374,7 +374,9 @@ class ProcessTreeCollector(Collector):
             out.append((_TREE_CPU[0], _TREE_CPU[1], cpu_total, _TREE_CPU[2], ""))
             out.append((_TREE_RSS[0], _TREE_RSS[1], rss_total / _MB, _TREE_RSS[2], ""))
 
-    def _still_in_tree(self, readings: list[tuple[_Tracked, float, float, int]]) -> list[tuple[_Tracked, float, float, int]]:
+    def _still_in_tree(
+        self, readings: list[tuple[_Tracked, float, float, int]]
+    ) -> list[tuple[_Tracked, float, float, int]]:
         """The readings whose process was still in the tree: its parent among the processes read
         at that tick. One whose parent is not has left the tree alive since the last walk (its
         parent ended, it was re-parented): it is left out, with its descendants, and forgotten,

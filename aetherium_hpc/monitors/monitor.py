@@ -44,9 +44,9 @@ class MonitorTelemetry(Collector):
 
     ``monitor/sample_cpu_ms`` is the sampling thread's CPU time from one batch to the next (its
     waking, reading and processing) divided by the ticks it read in between: every tick of a
-    batch carries that mean, so the series sums to the thread's CPU time. (Ticks processed early
-    for another thread, a ``recent()`` query, carry the last mean; NaN before there is one.) The
-    window's size and the queue's depth are read at each tick."""
+    batch carries that mean, so the series sums to the thread's CPU time (whichever thread
+    processes the batch: a ``recent()`` query may). The queue's depth is read at the tick, the
+    window's size as the tick goes into it."""
 
     name = "monitor"
 
@@ -54,9 +54,10 @@ class MonitorTelemetry(Collector):
         self._store_getter = store_getter
         self._store: Any = None  # the store of the last reading, kept while it is open
         self._window = window
-        self._stamp = threading.local()  # .cpu: the thread's CPU time when it last charged a batch
+        self._clock = _thread_clock()  # the CPU clock of the thread that samples
+        self._cpu0 = time.clock_gettime(self._clock)  # its CPU time when a batch was last charged
         self._reads = 0  # ticks read since then
-        self._per_tick_ms = math.nan
+        self._per_tick_ms = 0.0
         self._dropped_seen = 0
         self.dropped_total = 0
 
@@ -64,49 +65,53 @@ class MonitorTelemetry(Collector):
         self.begin()
 
     def begin(self) -> None:
-        """Count this thread's CPU time from now (the start of the loop, or a sample taken outside it)."""
-        self._stamp.cpu = time.thread_time()
+        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside it)."""
+        self._clock = _thread_clock()
+        self._cpu0 = time.clock_gettime(self._clock)
         self._reads = 0
 
     def charge(self) -> None:
         """Before a batch is processed (in the thread processing it): the CPU time per tick read
         since the last batch, which every tick processed from now on carries."""
-        before = getattr(self._stamp, "cpu", None)
-        if before is None or not self._reads:
+        if not self._reads:
             return
-        now = time.thread_time()
-        self._per_tick_ms = (now - before) * 1000.0 / self._reads
-        self._stamp.cpu = now
+        now = time.clock_gettime(self._clock)
+        self._per_tick_ms = (now - self._cpu0) * 1000.0 / self._reads
+        self._cpu0 = now
         self._reads = 0
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
         self.charge()
         self.samples_from(self.read(timestamp), out, timestamp)
 
-    def read(self, timestamp: float) -> tuple[int, int, int]:
-        """(window bytes, queue depth, dropped so far); -1: no window, no store."""
+    def read(self, timestamp: float) -> tuple[int, int]:
+        """(queue depth, dropped so far); -1: no store."""
         self._reads += 1
-        nbytes = -1 if self._window is None else self._window.nbytes
         store = self._store
         if store is None or store._closed:  # (a forked child's copy of the store is closed too)
             store = self._store = self._store_getter() if self._store_getter is not None else None
             if store is None:
-                return nbytes, -1, -1
+                return -1, -1
         queue = store.queue
         # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
         dropped = queue.dropped
         self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
         self._dropped_seen = dropped
-        return nbytes, len(queue), self.dropped_total
+        return len(queue), self.dropped_total
 
-    def samples_from(self, reading: tuple[int, int, int], out: list[Sample], timestamp: float) -> None:
-        nbytes, depth, dropped = reading
+    def samples_from(self, reading: tuple[int, int], out: list[Sample], timestamp: float) -> None:
+        depth, dropped = reading
         out.append(catalogue.MONITOR_SAMPLE_CPU.sample(self._per_tick_ms))
-        if nbytes >= 0:
-            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(nbytes)))
+        if self._window is not None:
+            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
         if depth >= 0:
             out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(depth)))
             out.append(catalogue.STORE_DROPPED.sample(float(dropped)))
+
+
+def _thread_clock() -> int:
+    """The CPU-time clock of the calling thread, readable from any thread."""
+    return time.pthread_getcpuclockid(threading.get_ident())
 
 
 class SampleSummary:
@@ -344,7 +349,9 @@ class ResourceMonitor:
         ts = time.time() if timestamp is None else timestamp
         with self._tick_lock:
             self._process_locked()
-            self.telemetry.begin()
+            loop = self._thread
+            if loop is None or not loop.is_alive() or loop is threading.current_thread():
+                self.telemetry.begin()  # (while the loop runs, its clock is the one counted)
             readings = self._read(ts)
             self.telemetry.charge()
             out = self._samples(ts, readings)

@@ -1,0 +1,92 @@
+"""The sampling loop reads at each tick and processes ticks in batches: nothing is late or lost.
+
+Real store, real /proc, the real loop thread."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aetherium_hpc import init_db, shutdown_db
+from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor
+from aetherium_hpc.store.client import MetricsStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[MetricsStore]:
+    db = init_db(tmp_path / "m.db", flush_interval=0.2)
+    yield db
+    shutdown_db()
+
+
+def wait_read(monitor: ResourceMonitor, n: int) -> None:
+    deadline = time.monotonic() + 30
+    while monitor.samples_taken < n:
+        assert time.monotonic() < deadline, f"no {n} ticks in 30 s"
+        time.sleep(0.02)
+
+
+def stored(store: MetricsStore, mtype: str, mname: str) -> list[float]:
+    store.flush()
+    return [r["value"] for r in store.query_resource_metrics(metric_type=mtype, metric_name=mname)]
+
+
+def test_ticks_wait_for_their_batch_and_stop_processes_what_is_read(store: MetricsStore) -> None:
+    monitor = ResourceMonitor(0.02, gpu=False, batch_ticks=10_000).start()
+    try:
+        wait_read(monitor, 6)
+        # read, not processed: nothing in the store yet, but a recent() query sees every tick read
+        assert stored(store, "cpu", "system_total") == []
+        seen = monitor.recent(60)[("cpu", "system_total", "")]["n"]
+        assert seen >= 6
+        assert len(stored(store, "cpu", "system_total")) == seen  # processing sent them to the store too
+    finally:
+        summary = monitor.stop()
+    # every tick read is in the store, once: the ones stop() processed included
+    values = stored(store, "cpu", "system_total")
+    assert len(values) == monitor.samples_taken == summary["samples"]
+    assert all(0.0 <= v <= 100.0 for v in values)
+    assert summary["metrics"]["cpu/system_total"]["n"] == monitor.samples_taken
+
+
+def test_a_batch_goes_out_every_batch_ticks(store: MetricsStore) -> None:
+    monitor = ResourceMonitor(0.02, gpu=False, batch_ticks=4).start()
+    try:
+        wait_read(monitor, 13)
+        n = len(stored(store, "ram", "system_used"))
+        taken = monitor.samples_taken
+        assert n % 4 == 0 and taken - 4 < n <= taken, (n, taken)  # whole batches only, the last one at most 3 behind
+    finally:
+        monitor.stop()
+
+
+def test_sample_cpu_is_the_threads_cpu_spread_over_the_ticks_of_each_batch(store: MetricsStore) -> None:
+    monitor = ResourceMonitor(0.02, gpu=False, batch_ticks=5).start()
+    try:
+        wait_read(monitor, 20)
+    finally:
+        monitor.stop()
+    store.flush()
+    rows = store.query_resource_metrics(metric_type="monitor", metric_name="sample_cpu_ms")
+    values = [r["value"] for r in rows]
+    assert len(values) == monitor.samples_taken
+    assert all(v >= 0.0 for v in values)
+    # one mean per batch: runs of equal values, at most one run per batch (+ the last, partial one)
+    runs = sum(1 for i, v in enumerate(values) if i == 0 or v != values[i - 1])
+    assert runs <= monitor.samples_taken // 5 + 1, values
+    # the series adds up to the loop thread's CPU time (less its start-up and its last batch)
+    assert 0.0 < sum(values) <= monitor.thread_cpu_s * 1000.0 + 1e-6
+
+
+def test_batch_size_follows_the_interval_and_is_checked(tmp_path: Path) -> None:
+    assert ResourceMonitor(1.0, collectors=[]).batch_ticks == 5  # 5 s of ticks, the store's default flush
+    assert ResourceMonitor(0.5, collectors=[]).batch_ticks == 10
+    assert ResourceMonitor(30.0, collectors=[]).batch_ticks == 1
+    textfile = PrometheusTextfile(str(tmp_path / "x.prom"), {})
+    assert ResourceMonitor(0.5, collectors=[], textfile=textfile).batch_ticks == 1  # node_exporter reads each tick
+    for bad in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match="batch_ticks"):
+            ResourceMonitor(1.0, collectors=[], batch_ticks=bad)  # type: ignore[arg-type]
