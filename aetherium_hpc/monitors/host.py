@@ -13,6 +13,9 @@ costs about ten times more. On Linux the walk is skipped on a tick where it cann
 anything new (see :meth:`ProcessTreeCollector._walk_due`): a new process takes a pid, which
 moves the last field of ``/proc/loadavg``, and a process that leaves the tree alive has a new
 parent, seen in the stat line read anyway.
+
+Both collectors split a tick: :meth:`~.base.Collector.read` takes the bytes of the files at the
+tick, :meth:`~.base.Collector.samples_from` parses them when the monitor processes its batch.
 """
 
 from __future__ import annotations

@@ -83,7 +83,11 @@ GPU_PROCESS_TREE_MEMORY = _metric(
 
 # base.py: the monitor watching itself -------------------------------------------------------
 MONITOR_SAMPLE_CPU = _metric(
-    "monitor", "sample_cpu_ms", MS, "", "CPU time the monitor thread spent taking this sample (time.thread_time)"
+    "monitor",
+    "sample_cpu_ms",
+    MS,
+    "",
+    "CPU time of the monitor's sampling thread per sample: from one batch of ticks to the next, divided by the ticks read (its CPU clock)",
 )
 MONITOR_NVML_ERRORS = _metric(
     "monitor", "nvml_errors", COUNT, "",
