@@ -146,9 +146,9 @@ class _Tracked:
 
     __slots__ = ("proc", "pid", "device", "cpu", "fd")
 
-    def __init__(self, proc: psutil.Process, device: str, cpu: float | None) -> None:
-        self.proc = proc
-        self.pid: int = proc.pid
+    def __init__(self, proc: psutil.Process | None, device: str, cpu: float | None, pid: int | None = None) -> None:
+        self.proc = proc  # None: read by the native ticker only
+        self.pid: int = proc.pid if proc is not None else int(pid)  # type: ignore[arg-type]
         self.device = device
         self.cpu = cpu  # user + system seconds at the previous tick, None before the first
         self.fd = -1  # /proc/<pid>/stat kept open between ticks (pread), -1: not open
@@ -281,9 +281,9 @@ class ProcessTreeCollector(Collector):
             fd = tracked.fd
             if fd < 0:
                 if self._open_fds >= MAX_OPEN_STAT_FILES:
-                    return _read_proc_stat(tracked.proc.pid)
+                    return _read_proc_stat(tracked.pid)
                 try:
-                    fd = tracked.fd = os.open(f"/proc/{tracked.proc.pid}/stat", os.O_RDONLY)
+                    fd = tracked.fd = os.open(f"/proc/{tracked.pid}/stat", os.O_RDONLY)
                 except OSError:
                     return None
                 self._open_fds += 1
@@ -293,6 +293,8 @@ class ProcessTreeCollector(Collector):
                 return None
             return _parse_proc_stat(data)
         proc = tracked.proc
+        if proc is None:
+            proc = tracked.proc = psutil.Process(tracked.pid)
         try:
             with proc.oneshot():
                 if proc.status() == psutil.STATUS_ZOMBIE:
@@ -325,6 +327,26 @@ class ProcessTreeCollector(Collector):
                     raws.append((tracked, None))
             else:
                 raws.append((tracked, self._read(tracked)))
+        return elapsed, raws
+
+    def from_native(
+        self, mono: float, procs: tuple[tuple[int, bytes | None], ...]
+    ) -> tuple[float, list[tuple[_Tracked, bytes | tuple[float, float, int] | None]]]:
+        """A tick of the native ticker (``_ticker.c``: the pids it read and their stat bytes, None once
+        ended) as a :meth:`read` of this collector, the tree mirrored from it: a pid seen for the first
+        time is a process born since (charged all its CPU time), one no longer listed is forgotten."""
+        elapsed = mono - self._last_mono
+        self._last_mono = mono
+        tracked_procs = self._procs
+        raws: list[tuple[_Tracked, bytes | tuple[float, float, int] | None]] = []
+        for pid, data in procs:
+            tracked = tracked_procs.get(pid)
+            if tracked is None:
+                tracked = tracked_procs[pid] = _Tracked(None, _device_of(pid, data), 0.0, pid)
+            raws.append((tracked, data))
+        if len(raws) != len(tracked_procs):
+            for pid in tracked_procs.keys() - {pid for pid, _ in procs}:
+                self._forget(tracked_procs.pop(pid))
         return elapsed, raws
 
     def samples_from(
@@ -416,6 +438,16 @@ def _meminfo_kb(data: bytes) -> tuple[int, int]:
     if avail_kb > total_kb:  # a container that shows the host's figures: psutil uses MemFree
         avail_kb = int(head[1].split()[1])
     return total_kb, avail_kb
+
+
+def _device_of(pid: int, stat: bytes | None) -> str:
+    """A process's device label, "<pid>:<name>": psutil's name while the process runs (the
+    executable's name where the kernel's 15-character ``comm`` cut it), else that ``comm``."""
+    try:
+        return f"{pid}:{psutil.Process(pid).name()}"
+    except (psutil.Error, OSError):
+        comm = stat[stat.find(b"(") + 1 : stat.rfind(b")")].decode(errors="replace") if stat else "?"
+        return f"{pid}:{comm}"
 
 
 def _read_proc_stat(pid: int) -> tuple[float, float, int] | None:

@@ -8,6 +8,7 @@ file; :class:`MonitorTelemetry` is the collector that watches the monitor and th
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import logging
 import math
@@ -22,7 +23,9 @@ from ..signals import block_job_signals, childless
 from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples, set_recent_source
 from ..store.client import Recent
 from .base import Collector, Sample, SampleSink
+from . import native
 from .collectors import default_collectors
+from .host import HostCollector, ProcessTreeCollector
 from .window import WINDOW_S, RecentWindow
 
 if TYPE_CHECKING:
@@ -55,7 +58,8 @@ class MonitorTelemetry(Collector):
         self._store: Any = None  # the store of the last reading, kept while it is open
         self._window = window
         self._clock = _thread_clock()  # the CPU clock of the thread that samples
-        self._cpu0 = time.clock_gettime(self._clock)  # its CPU time when a batch was last charged
+        self._native: Callable[[], float] | None = None  # CPU seconds of the native ticker's thread, if it ticks
+        self._cpu0 = self._cpu_now()  # their CPU time when a batch was last charged
         self._reads = 0  # ticks read since then
         self._per_tick_ms = 0.0
         self._dropped_seen = 0
@@ -64,18 +68,35 @@ class MonitorTelemetry(Collector):
     def start(self) -> None:
         self.begin()
 
-    def begin(self) -> None:
-        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside it)."""
+    def begin(self, native: Callable[[], float] | None = None) -> None:
+        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside
+        it), plus that of the native ticker's thread (``native``: its CPU seconds) when it ticks."""
         self._clock = _thread_clock()
-        self._cpu0 = time.clock_gettime(self._clock)
+        self._native = native
+        self._cpu0 = self._cpu_now()
         self._reads = 0
 
-    def charge(self) -> None:
+    def _cpu_now(self) -> float:
+        cpu = time.clock_gettime(self._clock)
+        return cpu if self._native is None else cpu + self._native()
+
+    def add_cpu(self, seconds: float) -> None:
+        """CPU time spent for the monitor in another thread (processing at the store's flush)."""
+        self._cpu0 -= seconds
+
+    def current_store(self) -> Any:
+        """The store the telemetry reads (the one :func:`get_db` gives), or None."""
+        self.queue_state()
+        return self._store
+
+    def charge(self, reads: int = 0) -> None:
         """Before a batch is processed (in the thread processing it): the CPU time per tick read
-        since the last batch, which every tick processed from now on carries."""
+        since the last batch, which every tick processed from now on carries. ``reads``: ticks
+        read without :meth:`read` (by the native ticker)."""
+        self._reads += reads
         if not self._reads:
             return
-        now = time.clock_gettime(self._clock)
+        now = self._cpu_now()
         self._per_tick_ms = (now - self._cpu0) * 1000.0 / self._reads
         self._cpu0 = now
         self._reads = 0
@@ -87,6 +108,10 @@ class MonitorTelemetry(Collector):
     def read(self, timestamp: float) -> tuple[int, int]:
         """(queue depth, dropped so far); -1: no store."""
         self._reads += 1
+        return self.queue_state()
+
+    def queue_state(self) -> tuple[int, int]:
+        """(the store's queue depth now, dropped so far); -1: no store."""
         store = self._store
         if store is None or store._closed:  # (a forked child's copy of the store is closed too)
             store = self._store = self._store_getter() if self._store_getter is not None else None
@@ -208,6 +233,7 @@ class ResourceMonitor:
         store_getter: Callable[[], Any] | None = get_db,
         textfile: PrometheusTextfile | None = None,
         batch_ticks: int | None = None,
+        native: bool | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
@@ -230,8 +256,15 @@ class ResourceMonitor:
         self._sink: SampleSink = sink
         self.summary = SampleSummary()
         self.textfile = textfile
-        self.samples_taken = 0
-        self.missed_ticks = 0
+        self._builtin = builtin
+        self._native_allowed = native is not False
+        #: Whether the native ticker takes the ticks (see native.py), once the loop has started;
+        #: :attr:`native_off` says why not.
+        self.native = False
+        self.native_off: str | None = None if self._native_allowed else "native=False"
+        self._ticker: Any = None
+        self._taken = 0  # ticks read in Python
+        self._missed = 0
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.thread_cpu_s = 0.0
@@ -249,6 +282,26 @@ class ResourceMonitor:
         # lock keeps reading and processing in tick order whichever thread processes.
         self._pending: list[tuple[float, list[Any]]] = []
         self._tick_lock = threading.Lock()
+
+    @property
+    def samples_taken(self) -> int:
+        """Ticks read so far (processed or not)."""
+        ticker = self._live_ticker()
+        return self._taken + (ticker.counters()["ticks"] if ticker is not None else self._native_ticks)
+
+    @property
+    def missed_ticks(self) -> int:
+        """Ticks skipped because the one before ran past them."""
+        ticker = self._live_ticker()
+        return self._missed + (ticker.counters()["missed"] if ticker is not None else self._native_missed)
+
+    _native_ticks = 0  # the counters of a ticker no longer running
+    _native_missed = 0
+
+    def _live_ticker(self) -> Any:
+        """The native ticker while it belongs to this process (never a forked child's copy)."""
+        ticker = self._ticker
+        return ticker if ticker is not None and os.getpid() == self._owner_pid else None
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> ResourceMonitor:
@@ -314,32 +367,99 @@ class ResourceMonitor:
         gate = self._stop_gate
         monotonic = time.monotonic
         try:
-            while not gate.acquire(True, max(0.0, next_tick - monotonic())):
+            if self._start_native(next_tick):
+                # With the store's writer processing at its flush, this thread only catches up (a
+                # store closed or replaced): every second batch.
+                period = self.batch_ticks * interval * (2 if self._flush_store is not None else 1)
+                while not gate.acquire(True, period):
+                    self._ticker.set_skip(native.skip_tids())
+                    if self._flush_store is None or monotonic() - self._processed_at > period / 2:
+                        self.process_pending()
+                self._stop_native()
+            while not self.native and not gate.acquire(True, max(0.0, next_tick - monotonic())):
                 self._tick()
                 next_tick += interval
                 now = monotonic()
                 if now > next_tick:  # this tick overran the next one: skip what was missed
                     missed = math.ceil((now - next_tick) / interval)
-                    self.missed_ticks += missed
+                    self._missed += missed
                     next_tick += missed * interval
             if self.samples_taken == 0:
                 # A run shorter than one interval still gets one sample of what it used.
                 self.sample_once()
         finally:
             try:
+                self._stop_native()
                 self.process_pending()
             except Exception as exc:  # (the store's sink raising is reported inside; this is the rest)
                 self._report_failure(None, exc, "processing the last ticks")
+            self._ticker = None
             for collector in self.collectors:
                 self._guard(collector, collector.close)
-            self.thread_cpu_s = time.thread_time() - cpu_start
+            self.thread_cpu_s = time.thread_time() - cpu_start + self._native_cpu_s + self._hook_cpu_s
+
+    _native_cpu_s = 0.0  # CPU seconds of the native ticker's thread, once it has stopped
+
+    def _start_native(self, first_tick: float) -> bool:
+        """Let the native ticker take the ticks from ``first_tick`` on, if it can (see native.py)."""
+        if self._native_allowed:
+            self.native_off = native.why_not(self.collectors, self._builtin, self.batch_ticks, self.textfile)
+        if self.native_off is not None:
+            return False
+        tree = next(c for c in self.collectors if isinstance(c, ProcessTreeCollector))
+        try:
+            ticker = native.start_ticker(self.interval, tree, first_tick, max(64, 4 * self.batch_ticks))
+        except (OSError, RuntimeError, ValueError) as exc:
+            self.native_off = f"the native ticker did not start ({type(exc).__name__}: {exc})"
+            tree.start()  # its descriptors again, for the Python tick
+            return False
+        with self._tick_lock:
+            self._ticker = ticker
+            self.native = True
+            self.telemetry.begin(native=functools.partial(native.ticker_cpu_s, ticker))
+        store = self.telemetry.current_store()
+        writer = getattr(store, "writer", None)
+        if writer is not None and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9:
+            store.add_flush_hook(self._process_at_flush)
+            self._flush_store = store
+        return True
+
+    _flush_store: Any = None  # the store whose writer processes the ticks at its flush (native tick)
+    _processed_at = 0.0  # time.monotonic() of the last processing
+    _hook_cpu_s = 0.0  # CPU seconds the store's writer spent processing for the monitor
+
+    def _process_at_flush(self) -> None:
+        """In the store's writer thread, before its flush: the ticks read so far into samples, which
+        that flush then writes (one wake for both). Skipped while another thread processes."""
+        if not self._tick_lock.acquire(blocking=False):
+            return
+        try:
+            cpu = time.thread_time()
+            self._process_locked()
+            cpu = time.thread_time() - cpu
+            self._hook_cpu_s += cpu
+            self.telemetry.add_cpu(cpu)
+        finally:
+            self._tick_lock.release()
+
+    def _stop_native(self) -> None:
+        """Stop the native ticker's thread; what it read stays to process."""
+        store, self._flush_store = self._flush_store, None
+        if store is not None:
+            store.remove_flush_hook(self._process_at_flush)
+        ticker = self._ticker
+        if ticker is not None and os.getpid() == self._owner_pid:
+            ticker.stop()
+            counters = ticker.counters()
+            self._native_ticks, self._native_missed = counters["ticks"], counters["missed"]
+            self._native_cpu_s = counters["cpu_s"]
 
     def _tick(self) -> None:
         """One tick of the loop: read, and every :attr:`batch_ticks` ticks process what was read."""
         ts = time.time()
         with self._tick_lock:
             self._pending.append((ts, self._read(ts)))
-            self.samples_taken += 1
+            self._taken += 1
             if len(self._pending) >= self.batch_ticks:
                 self._process_locked()
 
@@ -349,13 +469,17 @@ class ResourceMonitor:
         ts = time.time() if timestamp is None else timestamp
         with self._tick_lock:
             self._process_locked()
+            ticker = self._live_ticker()
+            if ticker is not None:  # a tick of the native ticker's, now (stamped with its own time)
+                ticker.tick_now()
+                return self._process_locked()
             loop = self._thread
             if loop is None or not loop.is_alive() or loop is threading.current_thread():
                 self.telemetry.begin()  # (while the loop runs, its clock is the one counted)
             readings = self._read(ts)
             self.telemetry.charge()
             out = self._samples(ts, readings)
-            self.samples_taken += 1
+            self._taken += 1
         return out
 
     def process_pending(self) -> None:
@@ -365,7 +489,7 @@ class ResourceMonitor:
 
     def recent(self, seconds: float = WINDOW_S) -> Recent:
         """:meth:`RecentWindow.summary` of the last ``seconds``, the ticks read so far included."""
-        if self._pending:
+        if self._pending or self._ticker is not None:
             self.process_pending()
         return self.window.summary(seconds)
 
@@ -379,12 +503,40 @@ class ResourceMonitor:
                 readings.append(_FAILED)
         return readings
 
-    def _process_locked(self) -> None:
+    def _process_locked(self) -> list[Sample]:
+        """Process the ticks read so far; the samples of the last."""
+        ticker = self._live_ticker()
+        drained = 0
+        if ticker is not None:
+            self._processed_at = time.monotonic()
+            records = ticker.drain()
+            drained = len(records)
+            self._pending.extend(self._native_readings(records))
         pending, self._pending = self._pending, []
+        out: list[Sample] = []
         if pending:
-            self.telemetry.charge()
+            self.telemetry.charge(drained)
             for ts, readings in pending:
-                self._samples(ts, readings)
+                out = self._samples(ts, readings)
+        return out
+
+    def _native_readings(self, records: list[Any]) -> list[tuple[float, list[Any]]]:
+        """The native ticker's records as the readings of the collectors (see native.py)."""
+        out: list[tuple[float, list[Any]]] = []
+        telemetry = self.telemetry
+        for wall, mono, stat, meminfo, procs in records:
+            readings: list[Any] = []
+            for collector in self.collectors:
+                if isinstance(collector, HostCollector):
+                    readings.append(_FAILED if stat is None or meminfo is None else (stat, meminfo))
+                elif isinstance(collector, ProcessTreeCollector):
+                    readings.append(collector.from_native(mono, procs))
+                elif collector is telemetry:
+                    readings.append(telemetry.queue_state())  # (read when the batch is processed)
+                else:  # a GPU collector with no GPU: nothing
+                    readings.append([])
+            out.append((wall, readings))
+        return out
 
     def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
         out: list[Sample] = []

@@ -234,6 +234,18 @@ class MetricsStore(StoreReader):
             self.server.settle()
         return self.writer.flush(timeout)
 
+    def add_flush_hook(self, hook: Callable[[], object]) -> None:
+        """Call ``hook`` in the writer thread before each timed flush (every ``flush_interval``):
+        what it logs then goes into that flush, on the writer's own wake. It must not block; an
+        exception is logged once and the flush goes on."""
+        self.writer.before_flush.append(hook)
+
+    def remove_flush_hook(self, hook: Callable[[], object]) -> None:
+        try:
+            self.writer.before_flush.remove(hook)
+        except ValueError:
+            pass
+
     def close(self) -> None:
         """Collect what connected processes still hold, stop the socket, drain the queue,
         commit, close. Idempotent."""
