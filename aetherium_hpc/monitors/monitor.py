@@ -22,8 +22,8 @@ from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
 from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples, set_recent_source
 from ..store.client import Recent
-from .base import Collector, Sample, SampleSink
 from . import native
+from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
 from .host import HostCollector, ProcessTreeCollector
 from .window import WINDOW_S, RecentWindow
