@@ -120,7 +120,7 @@ typedef struct {
     pid_t owner;
     int self_tid;
     /* counters (under mu) */
-    unsigned long long ticks, missed, dropped;
+    unsigned long long ticks, missed, dropped, walks;
     int exited;   /* the thread has left its loop; cpu_s is its CPU time */
     double cpu_s;
 } Ticker;
@@ -351,7 +351,10 @@ static int tick_locked(Ticker *t) {
         if (meminfo_len < 0) meminfo_len = -1;
         else off += (size_t)meminfo_len;
     }
-    if (!t->root_gone && walk_due(t)) walk(t);
+    if (!t->root_gone && walk_due(t)) {
+        walk(t);
+        t->walks++;
+    }
 
     /* read every process; entries point into the scratch */
     entry_t *ent = malloc((size_t)(t->nprocs ? t->nprocs : 1) * sizeof(entry_t));
@@ -526,8 +529,8 @@ static int Ticker_init(Ticker *t, PyObject *args, PyObject *kwds) {
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "diOOOiin", kw, &interval, &root_pid, &pids, &ended, &skip,
                                      &walk_every, &max_open, &capacity))
         return -1;
-    if (!(interval > 0) || capacity < 1 || walk_every < 1 || max_open < 0) {
-        PyErr_SetString(PyExc_ValueError, "interval > 0, capacity >= 1, walk_every >= 1, max_open >= 0");
+    if (!(interval > 0) || capacity < 1 || walk_every < 0 || max_open < 0) {
+        PyErr_SetString(PyExc_ValueError, "interval > 0, capacity >= 1, walk_every >= 0 (0: walk at every tick), max_open >= 0");
         return -1;
     }
     t->interval = interval;
@@ -727,12 +730,12 @@ static PyObject *Ticker_set_skip(Ticker *t, PyObject *seq) {
 
 static PyObject *Ticker_counters(Ticker *t, PyObject *Py_UNUSED(ignored)) {
     if (not_owner(t)) return NULL;
-    unsigned long long ticks, missed, dropped;
+    unsigned long long ticks, missed, dropped, walks;
     Py_ssize_t pending;
     double cpu_s = 0.0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&t->mu);
-    ticks = t->ticks, missed = t->missed, dropped = t->dropped, pending = t->count;
+    ticks = t->ticks, missed = t->missed, dropped = t->dropped, walks = t->walks, pending = t->count;
     if (t->exited) {
         cpu_s = t->cpu_s;
     } else if (t->started) { /* the thread waits (or is about to): its clock is valid while mu is held */
@@ -743,8 +746,8 @@ static PyObject *Ticker_counters(Ticker *t, PyObject *Py_UNUSED(ignored)) {
     }
     pthread_mutex_unlock(&t->mu);
     Py_END_ALLOW_THREADS
-    return Py_BuildValue("{s:K,s:K,s:K,s:n,s:d}", "ticks", ticks, "missed", missed, "dropped", dropped, "pending",
-                         pending, "cpu_s", cpu_s);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:n,s:d}", "ticks", ticks, "missed", missed, "dropped", dropped, "walks",
+                         walks, "pending", pending, "cpu_s", cpu_s);
 }
 
 static void Ticker_dealloc(Ticker *t) {
@@ -777,7 +780,7 @@ static PyMethodDef Ticker_methods[] = {
     {"drain", (PyCFunction)Ticker_drain, METH_NOARGS,
      "the ticks read so far, oldest first: [(wall, mono, stat, meminfo, ((pid, stat bytes or None), ...))]"},
     {"set_skip", (PyCFunction)Ticker_set_skip, METH_O, "the thread ids whose children files the walk skips"},
-    {"counters", (PyCFunction)Ticker_counters, METH_NOARGS, "{ticks, missed, dropped, pending, cpu_s}: cpu_s is the thread's CPU time"},
+    {"counters", (PyCFunction)Ticker_counters, METH_NOARGS, "{ticks, missed, dropped, walks, pending, cpu_s}: walks of the tree; cpu_s: the thread's CPU time"},
     {NULL, NULL, 0, NULL},
 };
 

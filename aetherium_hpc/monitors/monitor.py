@@ -216,6 +216,14 @@ class ResourceMonitor:
     :data:`BATCH_S` (at least 1; 1 with a ``textfile``). ``get_db().recent()``, ``stop()`` and
     ``sample_once()`` process the ticks read so far first, so nothing they see is late.
 
+    With the built-in collectors and no GPU to read, the ticks are read by a native thread where
+    the extension is built (:mod:`.native`; ``native=False`` or ``AETHERIUM_NATIVE_TICK=0``: in
+    Python): this thread then wakes once per batch only, and :attr:`native` says so
+    (:attr:`native_off` why not). With the default ``batch_ticks`` and the node store open in
+    this process with a ``flush_interval`` no longer than a batch, the store's writer turns the
+    ticks into samples just before each of its flushes (one wake for both) and this thread only
+    catches up should the store stop flushing.
+
     ``textfile``: a :class:`~.prometheus.PrometheusTextfile` rewritten after every tick with its
     values (node_exporter's textfile collector) and removed by ``stop()``.
     """
@@ -240,6 +248,7 @@ class ResourceMonitor:
         if batch_ticks is not None and (type(batch_ticks) is not int or batch_ticks < 1):
             raise ValueError(f"batch_ticks={batch_ticks!r}: must be an int >= 1 (1: every tick on its own)")
         self.interval = float(interval)
+        self._batch_default = batch_ticks is None
         if batch_ticks is None:
             batch_ticks = 1 if textfile is not None else max(1, int(BATCH_S / self.interval + 1e-9))
         self.batch_ticks = batch_ticks
@@ -419,7 +428,7 @@ class ResourceMonitor:
             self.telemetry.begin(native=functools.partial(native.ticker_cpu_s, ticker))
         store = self.telemetry.current_store()
         writer = getattr(store, "writer", None)
-        if writer is not None and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9:
+        if self._batch_default and writer is not None and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9:
             store.add_flush_hook(self._process_at_flush)
             self._flush_store = store
         return True

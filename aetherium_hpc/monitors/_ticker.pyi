@@ -1,0 +1,23 @@
+# Types of the optional C extension (_ticker.c).
+from collections.abc import Sequence
+
+Record = tuple[float, float, bytes | None, bytes | None, tuple[tuple[int, bytes | None], ...]]
+
+class Ticker:
+    def __init__(
+        self,
+        interval: float,
+        root_pid: int,
+        pids: Sequence[int],
+        ended: Sequence[int],
+        skip: Sequence[int],
+        walk_every: int,
+        max_open: int,
+        capacity: int,
+    ) -> None: ...
+    def start(self, first_tick: float) -> None: ...
+    def stop(self) -> None: ...
+    def tick_now(self) -> None: ...
+    def drain(self) -> list[Record]: ...
+    def set_skip(self, tids: Sequence[int]) -> None: ...
+    def counters(self) -> dict[str, float]: ...
