@@ -197,6 +197,7 @@ def test_the_store_writer_processes_the_ticks_at_its_flush(store: MetricsStore) 
     finally:
         summary = monitor.stop()
     assert store.writer.before_flush == []  # stop() removes the hook
+    assert summary["tick"] == "native"
     store.flush()
     rows = store.query_resource_metrics(metric_type="ram", metric_name="system_used")
     assert len(rows) == summary["samples"]  # every tick read, once
@@ -209,6 +210,7 @@ def test_the_python_tick_is_chosen_with_the_reason(store: MetricsStore, monkeypa
     with ResourceMonitor(0.05, gpu=False) as monitor:
         wait_for(lambda: monitor.samples_taken >= 2, what="2 ticks")
         assert not monitor.native and monitor.native_off == f"{NATIVE_TICK}=0"
+    assert monitor.stop()["tick"] == f"python ({NATIVE_TICK}=0)"
     monkeypatch.delenv(NATIVE_TICK)
     with ResourceMonitor(0.05, gpu=False, batch_ticks=1) as monitor:
         wait_for(lambda: monitor.samples_taken >= 2, what="2 ticks")

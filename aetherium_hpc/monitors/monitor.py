@@ -428,7 +428,11 @@ class ResourceMonitor:
             self.telemetry.begin(native=functools.partial(native.ticker_cpu_s, ticker))
         store = self.telemetry.current_store()
         writer = getattr(store, "writer", None)
-        if self._batch_default and writer is not None and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9:
+        if (
+            self._batch_default
+            and writer is not None
+            and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9
+        ):
             store.add_flush_hook(self._process_at_flush)
             self._flush_store = store
         return True
@@ -600,6 +604,7 @@ class ResourceMonitor:
             "missed_ticks": self.missed_ticks,
             "monitor_cpu_s": round(self.thread_cpu_s, 6),
             "monitor_cpu_percent_of_one_core": round(100.0 * self.thread_cpu_s / duration, 4) if duration else 0.0,
+            "tick": "native" if self.native else f"python ({self.native_off})" if self.native_off else "python",
             "root_pid": self.root_pid,
             "metrics": self.summary.as_dict(),
         }

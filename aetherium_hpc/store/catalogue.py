@@ -87,7 +87,8 @@ MONITOR_SAMPLE_CPU = _metric(
     "sample_cpu_ms",
     MS,
     "",
-    "CPU time of the monitor's sampling thread per sample: from one batch of ticks to the next, divided by the ticks read (its CPU clock)",
+    "CPU time of the monitor's sampling per sample: from one batch of ticks to the next, divided by the ticks read (the sampling "
+    "thread's CPU clock; with the native tick, its native thread's, the monitor thread's and the time the store's writer spent processing)",
 )
 MONITOR_NVML_ERRORS = _metric(
     "monitor", "nvml_errors", COUNT, "",
@@ -98,7 +99,11 @@ MONITOR_WINDOW_BYTES = _metric(
     "Memory the monitor's window of the last 60 s holds (what get_db().recent() answers): its array, index and keys",
 )  # fmt: skip
 STORE_QUEUE_DEPTH = _metric(
-    "store", "queue_depth", COUNT, "", "Records waiting in the store's in-memory queue (main process store only)"
+    "store",
+    "queue_depth",
+    COUNT,
+    "",
+    "Records waiting in the store's in-memory queue (main process store only; with the native tick, read when the batch is processed)",
 )
 STORE_DROPPED = _metric(
     "store", "dropped", COUNT, "", "Records the store's queue dropped so far, as seen by the monitor (on_full='drop')"
