@@ -130,10 +130,13 @@ def mlflow_ingest(n_metric: int, n_batch: int, db_dir: str) -> tuple[float, floa
 
 
 # -- live monitor CPU per sample ----------------------------------------------------------------
-def live_cpu(kind: str, interval: float, seconds: float, flush: float = 1.0) -> dict[str, float]:
+def live_cpu(
+    kind: str, interval: float, seconds: float, flush: float = 1.0, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run in a fresh interpreter (``python bench/peers.py live ...``): process CPU s over ``seconds``.
 
     ``flush``: the store's ``flush_interval`` (kind ``ours``); 5 s is what a job runs with.
+    ``env``: added to the interpreter's environment (``AETHERIUM_NATIVE_TICK=0``: the tick in Python).
     """
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "live", kind, str(interval), str(seconds), str(flush)],
@@ -141,6 +144,7 @@ def live_cpu(kind: str, interval: float, seconds: float, flush: float = 1.0) -> 
         text=True,
         check=False,
         timeout=seconds + 120,
+        env={**os.environ, **(env or {})},
     )
     if out.returncode == 3:
         raise Missing(out.stdout.strip().splitlines()[-1])
@@ -154,6 +158,7 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
 
     with tempfile.TemporaryDirectory() as d:
         samples = 0.0
+        tick = ""
         if kind == "ours":
             from aetherium_hpc.monitors import ResourceMonitor
 
@@ -164,7 +169,7 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
             time.sleep(seconds)
             cpu = time.process_time() - c0
             samples = float(monitor.samples_taken - n0)
-            monitor.stop()
+            tick = monitor.stop()["tick"]
             ah.shutdown_db()
         elif kind == "mlflow":
             try:
@@ -198,7 +203,7 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
             c0 = time.process_time()
             time.sleep(seconds)
             cpu = time.process_time() - c0
-        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads()}))
+        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads(), "tick": tick}))
     return 0
 
 
