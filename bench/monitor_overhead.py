@@ -180,14 +180,25 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
 
 
 def thread_cpu() -> dict[str, float]:
-    """CPU seconds of each thread of this process, by thread name (Linux: per-thread CPU clocks)."""
+    """CPU seconds of each thread of this process, by thread name: Python's names, the kernel's
+    ``comm`` for a native thread (the monitor's native ticker: ``aeth-ticker``). Linux only."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
     out: dict[str, float] = {}
-    for thread in threading.enumerate():
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
         try:
-            clock = time.pthread_getcpuclockid(thread.ident or 0)
-            out[thread.name] = out.get(thread.name, 0.0) + time.clock_gettime(clock)
-        except (AttributeError, OSError):  # not Linux, or the thread has just ended
-            pass
+            with open(f"/proc/self/task/{tid}/schedstat", encoding="ascii") as fh:
+                ns = int(fh.read().split()[0])
+            name = names.get(int(tid))
+            if name is None:
+                with open(f"/proc/self/task/{tid}/comm", encoding="utf-8") as fh:
+                    name = fh.read().strip()
+        except (OSError, ValueError, IndexError):  # the thread has just ended
+            continue
+        out[name] = out.get(name, 0.0) + ns / 1e9
     return out
 
 

@@ -29,6 +29,7 @@
  * of its parent (no thread runs there and the mutex may be held): its methods raise and its
  * deallocation leaks what it holds.
  */
+#define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include "structmember.h"
@@ -603,6 +604,7 @@ static PyObject *Ticker_start(Ticker *t, PyObject *arg) {
         errno = rc;
         return PyErr_SetFromErrno(PyExc_OSError);
     }
+    pthread_setname_np(t->thread, "aeth-ticker"); /* as top -H and /proc/<pid>/task/<tid>/comm show it */
     t->started = 1;
     Py_RETURN_NONE;
 }
