@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
 
 from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.env import NATIVE_TICK
@@ -38,36 +38,6 @@ def store(tmp_path: Path) -> Iterator[MetricsStore]:
     db = init_db(tmp_path / "m.db", flush_interval=0.2)
     yield db
     shutdown_db()
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def wait_ticks(monitor: ResourceMonitor, n: int) -> None:
-    target = monitor.samples_taken + n
-    wait_for(lambda: monitor.samples_taken >= target, what=f"{n} more ticks")
-    monitor.process_pending()
-
-
-def python(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
 
 
 def devices_since(store: MetricsStore, ts: float) -> set[str]:
@@ -133,18 +103,8 @@ def test_the_tree_follows_workers_that_start_and_end(
 def test_a_process_that_leaves_the_tree_alive_is_dropped_with_its_descendants(
     store: MetricsStore, children: list[subprocess.Popen[bytes]], use_native: bool
 ) -> None:
-    parent = subprocess.Popen(
-        python(
-            "import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "print(p.pid, flush=True)\n"
-            "sys.stdin.readline()"
-        ),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    children.append(parent)
-    assert parent.stdout is not None and parent.stdin is not None
-    grandchild = int(parent.stdout.readline())
+    parent, grandchild = parent_with_grandchild(children)
+    assert parent.stdin is not None
     monitor = start(use_native)
     try:
         tree = monitor.collectors[1]
@@ -286,18 +246,8 @@ def test_the_ticker_reports_an_ended_process_once_and_never_picks_its_zombie_up_
 def test_the_ticker_drops_a_process_that_left_the_tree_on_the_tick_it_is_read(
     children: list[subprocess.Popen[bytes]],
 ) -> None:
-    parent = subprocess.Popen(
-        python(
-            "import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "print(p.pid, flush=True)\n"
-            "sys.stdin.readline()"
-        ),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    children.append(parent)
-    assert parent.stdout is not None and parent.stdin is not None
-    grandchild = int(parent.stdout.readline())
+    parent, grandchild = parent_with_grandchild(children)
+    assert parent.stdin is not None
     me = os.getpid()
     try:
         ticker = Ticker(10.0, me, [me, parent.pid, grandchild], [], [], 10**6, 256, 64)  # walks when a pid is taken

@@ -8,14 +8,14 @@ import math
 import os
 import re
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
 
 from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
@@ -35,38 +35,6 @@ def store(tmp_path: Path) -> Iterator[MetricsStore]:
     db = init_db(tmp_path / "m.db", flush_interval=0.2)
     yield db
     shutdown_db()
-
-
-@pytest.fixture
-def children() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def wait_ticks(monitor: ResourceMonitor, n: int) -> None:
-    """Wait for ``n`` more ticks, then have the monitor process them (it batches ticks): their
-    samples are in the store's queue when this returns."""
-    target = monitor.samples_taken + n
-    wait_for(lambda: monitor.samples_taken >= target, what=f"{n} more ticks")
-    monitor.process_pending()
-
-
-def python(code: str) -> list[str]:
-    return [sys.executable, "-c", code]
 
 
 def test_host_metrics_names_units_and_ranges(store: MetricsStore, tmp_path: Path) -> None:
@@ -332,18 +300,8 @@ def test_a_process_that_leaves_the_tree_alive_is_dropped_at_once_without_a_walk(
     if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
         pytest.skip("no /proc children files here: psutil walks the tree every tick")
     # A worker starts a grandchild and ends: the grandchild is re-parented to init and leaves the tree.
-    parent = subprocess.Popen(
-        python(
-            "import subprocess, sys\n"
-            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-            "print(p.pid, flush=True)\n"
-            "sys.stdin.readline()"
-        ),
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-    )  # fmt: skip
-    children.append(parent)
-    assert parent.stdout is not None and parent.stdin is not None
-    grandchild = int(parent.stdout.readline())
+    parent, grandchild = parent_with_grandchild(children)
+    assert parent.stdin is not None
     try:
         tree = ProcessTreeCollector(read_proc=True)
         tree.start()

@@ -58,14 +58,19 @@ typedef struct {
     Py_ssize_t n, cap;
 } intvec;
 
+/* Room for one more element in the array *v of n elements (capacity *cap, doubled as needed). */
+static int room_for_one(void **v, Py_ssize_t n, Py_ssize_t *cap, size_t size) {
+    if (n < *cap) return 0;
+    Py_ssize_t grown = *cap ? *cap * 2 : 16;
+    void *p = realloc(*v, (size_t)grown * size);
+    if (p == NULL) return -1;
+    *v = p;
+    *cap = grown;
+    return 0;
+}
+
 static int iv_push(intvec *a, int x) {
-    if (a->n == a->cap) {
-        Py_ssize_t cap = a->cap ? a->cap * 2 : 16;
-        int *v = realloc(a->v, (size_t)cap * sizeof(int));
-        if (v == NULL) return -1;
-        a->v = v;
-        a->cap = cap;
-    }
+    if (room_for_one((void **)&a->v, a->n, &a->cap, sizeof(int)) < 0) return -1;
     a->v[a->n++] = x;
     return 0;
 }
@@ -165,13 +170,7 @@ static int proc_open_stat(int pid) {
 }
 
 static int proc_add(Ticker *t, int pid, int open_now) {
-    if (t->nprocs == t->procs_cap) {
-        Py_ssize_t cap = t->procs_cap ? t->procs_cap * 2 : 16;
-        proc_t *p = realloc(t->procs, (size_t)cap * sizeof(proc_t));
-        if (p == NULL) return -1;
-        t->procs = p;
-        t->procs_cap = cap;
-    }
+    if (room_for_one((void **)&t->procs, t->nprocs, &t->procs_cap, sizeof(proc_t)) < 0) return -1;
     int fd = -1;
     if (open_now && t->open_fds < t->max_open) {
         fd = proc_open_stat(pid);
