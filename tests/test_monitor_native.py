@@ -151,9 +151,10 @@ def test_the_store_writer_processes_the_ticks_at_its_flush(store: MetricsStore) 
         assert monitor._flush_store is store
         # no process_pending(), no recent(): only the writer's timed flushes move ticks to the database
         wait_for(lambda: monitor.samples_taken >= 20, what="20 ticks")
-        time.sleep(0.5)  # two flushes at least
-        rows = store.query_resource_metrics(metric_type="ram", metric_name="system_used")
-        assert len(rows) >= 20
+        wait_for(
+            lambda: len(store.query_resource_metrics(metric_type="ram", metric_name="system_used")) >= 20,
+            what="the writer's flushes to store the first 20 ticks",
+        )
     finally:
         summary = monitor.stop()
     assert store.writer.before_flush == []  # stop() removes the hook
