@@ -163,27 +163,19 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
 
 
 def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
-    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="aetherium-submit") as pool:
-        # Slurm's MaxArraySize is asked (a process, a few ms) while the run folder is written, and
-        # the resolved config.yaml (for people and `watch`; the jobs get the config in their pickle)
-        # is written while sbatch runs; both are waited for before submit() returns.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetherium-scontrol") as pool:
+        # Slurm's MaxArraySize is asked (a process, a few ms) while the run folder is written.
         array_size = pool.submit(max_array_size, config) if cluster == "slurm" and config.is_array else None
-        written = pool.submit(_write_config, config, layout)
-        sub = _submit_with(config, layout, cluster, sleep, array_size)
-        written.result()
-        return sub
-
-
-def _write_config(config: Config, layout: RunLayout) -> None:
-    layout.config_path.write_text(
-        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
-        encoding="utf-8",
-    )
+        return _submit_with(config, layout, cluster, sleep, array_size)
 
 
 def _submit_with(
     config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None], array_size: Future[int] | None
 ) -> Submission:
+    layout.config_path.write_text(
+        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
+        encoding="utf-8",
+    )
     executor = _make_executor(config, layout.submitit_dir, cluster)
     # The runner carries the validated config without its array: each task gets (index, its own params).
     runner = JobRunner(config, str(layout.root), local_array_id=str(os.getpid()))
