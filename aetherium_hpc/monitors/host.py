@@ -146,9 +146,9 @@ class _Tracked:
 
     __slots__ = ("proc", "pid", "device", "cpu", "fd")
 
-    def __init__(self, proc: psutil.Process | None, device: str, cpu: float | None, pid: int | None = None) -> None:
-        self.proc = proc  # None: read by the native ticker only
-        self.pid: int = proc.pid if proc is not None else int(pid)  # type: ignore[arg-type]
+    def __init__(self, pid: int, device: str, cpu: float | None, proc: psutil.Process | None = None) -> None:
+        self.proc = proc  # None: not needed yet (read from /proc, or by the native ticker)
+        self.pid = pid
         self.device = device
         self.cpu = cpu  # user + system seconds at the previous tick, None before the first
         self.fd = -1  # /proc/<pid>/stat kept open between ticks (pread), -1: not open
@@ -272,7 +272,7 @@ class ProcessTreeCollector(Collector):
                 device = f"{pid}:{proc.name()}"
             except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
                 continue
-            procs[pid] = _Tracked(proc, device, baseline)
+            procs[pid] = _Tracked(pid, device, baseline, proc)
 
     # -- sampling ---------------------------------------------------------------------------
     def _read(self, tracked: _Tracked) -> tuple[float, float, int] | None:
@@ -342,7 +342,7 @@ class ProcessTreeCollector(Collector):
         for pid, data in procs:
             tracked = tracked_procs.get(pid)
             if tracked is None:
-                tracked = tracked_procs[pid] = _Tracked(None, _device_of(pid, data), 0.0, pid)
+                tracked = tracked_procs[pid] = _Tracked(pid, _device_of(pid, data), 0.0)
             raws.append((tracked, data))
         if len(raws) != len(tracked_procs):
             for pid in tracked_procs.keys() - {pid for pid, _ in procs}:

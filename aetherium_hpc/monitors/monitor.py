@@ -272,6 +272,10 @@ class ResourceMonitor:
         self.native = False
         self.native_off: str | None = None if self._native_allowed else "native=False"
         self._ticker: Any = None
+        self._native_final = {"ticks": 0, "missed": 0, "cpu_s": 0.0}  # the ticker's counters once it has stopped
+        self._flush_store: Any = None  # the store whose writer processes the ticks at its flush (native tick)
+        self._processed_at = 0.0  # time.monotonic() of the last processing of the ticker's records
+        self._hook_cpu_s = 0.0  # CPU seconds the store's writer spent processing for the monitor
         self._taken = 0  # ticks read in Python
         self._missed = 0
         self.started_at: float | None = None
@@ -295,17 +299,16 @@ class ResourceMonitor:
     @property
     def samples_taken(self) -> int:
         """Ticks read so far (processed or not)."""
-        ticker = self._live_ticker()
-        return self._taken + (ticker.counters()["ticks"] if ticker is not None else self._native_ticks)
+        return self._taken + int(self._native_counters()["ticks"])
 
     @property
     def missed_ticks(self) -> int:
         """Ticks skipped because the one before ran past them."""
-        ticker = self._live_ticker()
-        return self._missed + (ticker.counters()["missed"] if ticker is not None else self._native_missed)
+        return self._missed + int(self._native_counters()["missed"])
 
-    _native_ticks = 0  # the counters of a ticker no longer running
-    _native_missed = 0
+    def _native_counters(self) -> dict[str, float]:
+        ticker = self._live_ticker()
+        return ticker.counters() if ticker is not None else self._native_final
 
     def _live_ticker(self) -> Any:
         """The native ticker while it belongs to this process (never a forked child's copy)."""
@@ -384,7 +387,6 @@ class ResourceMonitor:
                     self._ticker.set_skip(native.skip_tids())
                     if self._flush_store is None or monotonic() - self._processed_at > period / 2:
                         self.process_pending()
-                self._stop_native()
             while not self.native and not gate.acquire(True, max(0.0, next_tick - monotonic())):
                 self._tick()
                 next_tick += interval
@@ -405,9 +407,7 @@ class ResourceMonitor:
             self._ticker = None
             for collector in self.collectors:
                 self._guard(collector, collector.close)
-            self.thread_cpu_s = time.thread_time() - cpu_start + self._native_cpu_s + self._hook_cpu_s
-
-    _native_cpu_s = 0.0  # CPU seconds of the native ticker's thread, once it has stopped
+            self.thread_cpu_s = time.thread_time() - cpu_start + self._native_final["cpu_s"] + self._hook_cpu_s
 
     def _start_native(self, first_tick: float) -> bool:
         """Let the native ticker take the ticks from ``first_tick`` on, if it can (see native.py)."""
@@ -437,10 +437,6 @@ class ResourceMonitor:
             self._flush_store = store
         return True
 
-    _flush_store: Any = None  # the store whose writer processes the ticks at its flush (native tick)
-    _processed_at = 0.0  # time.monotonic() of the last processing
-    _hook_cpu_s = 0.0  # CPU seconds the store's writer spent processing for the monitor
-
     def _process_at_flush(self) -> None:
         """In the store's writer thread, before its flush: the ticks read so far into samples, which
         that flush then writes (one wake for both). Skipped while another thread processes."""
@@ -460,12 +456,10 @@ class ResourceMonitor:
         store, self._flush_store = self._flush_store, None
         if store is not None:
             store.remove_flush_hook(self._process_at_flush)
-        ticker = self._ticker
-        if ticker is not None and os.getpid() == self._owner_pid:
+        ticker = self._live_ticker()
+        if ticker is not None:
             ticker.stop()
-            counters = ticker.counters()
-            self._native_ticks, self._native_missed = counters["ticks"], counters["missed"]
-            self._native_cpu_s = counters["cpu_s"]
+            self._native_final = ticker.counters()
 
     def _tick(self) -> None:
         """One tick of the loop: read, and every :attr:`batch_ticks` ticks process what was read."""
