@@ -32,7 +32,6 @@
 #define _GNU_SOURCE /* pthread_setname_np */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include "structmember.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -40,7 +39,6 @@
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +88,6 @@ typedef struct {
     double wall, mono;
     int stat_len, meminfo_len;  /* -1: not read */
     int nproc;
-    size_t size;
     /* then: stat bytes, meminfo bytes, and per process: int pid, int len, bytes */
 } rec_t;
 
@@ -413,8 +410,7 @@ static int tick_locked(Ticker *t) {
         t->last_pid[0] = '\0';
     }
     /* the record: header, host bytes, then the processes reported */
-    size_t size = off; /* an upper bound of what is kept */
-    rec_t *r = malloc(size);
+    rec_t *r = malloc(off); /* off: an upper bound of what is kept */
     if (r == NULL) {
         free(ent);
         return -1;
@@ -436,7 +432,6 @@ static int tick_locked(Ticker *t) {
     r->stat_len = (int)stat_len;
     r->meminfo_len = (int)meminfo_len;
     r->nproc = nrep;
-    r->size = (size_t)(w - (char *)r);
     /* forget the processes that ended or left (ended: not picked up again while listed) */
     for (Py_ssize_t i = n - 1; i >= 0; i--) {
         if (ent[i].len >= 0 && !ent[i].leaves) continue;
