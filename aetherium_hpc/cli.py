@@ -81,7 +81,7 @@ def _add_log(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate the config, submit the job (or array), print the run directory and job ids."""
     from . import launch
-    from .config import load_config, yaml_text
+    from .config import load_config, snapshot_yaml
     from .paths import RunLayout
 
     config = load_config(args.config, args.set or ())
@@ -90,7 +90,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
         launch.check_submission(config, cluster, layout.root)  # what submit would refuse, the dry run refuses
         print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}")
-        print(yaml_text(config.to_dict()), end="")
+        print(snapshot_yaml(config), end="")
         print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))
         print(launch.render_sbatch(config, layout))
         print("# dry run: nothing was submitted")

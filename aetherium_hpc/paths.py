@@ -141,7 +141,7 @@ class RunLayout:
 
     @property
     def sbatch_path(self) -> Path:
-        """Copy of the rendered sbatch script (submitit keeps its own under submitit/)."""
+        """Copy of the job's sbatch script, for an array its first sbatch's (submitit keeps them under submitit/)."""
         return self.logs_dir / "job.sbatch"
 
     @property

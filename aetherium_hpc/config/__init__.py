@@ -17,7 +17,7 @@ lists every key.
 
 from __future__ import annotations
 
-from .dumping import yaml_text
+from .dumping import snapshot_yaml, yaml_text
 from .loading import config_from_dict, load_config, parse_config
 from .model import (
     BACKENDS,
@@ -44,5 +44,6 @@ __all__ = [
     "config_from_dict",
     "load_config",
     "parse_config",
+    "snapshot_yaml",
     "yaml_text",
 ]

@@ -5,7 +5,6 @@ docs/CONFIG.md explains every key; tests/test_config_docs.py keeps it in step wi
 
 from __future__ import annotations
 
-import copy
 import importlib
 import itertools
 import math
@@ -114,11 +113,12 @@ class ArraySpec:
     def expand(self) -> list[dict[str, Any]]:
         """One kwargs mapping per array task, in task order."""
         if self.params is not None:
-            return [copy.deepcopy(p) for p in self.params]
+            return [dumping.plain_copy(p) for p in self.params]
         if self.sweep is not None:
             keys = list(self.sweep)
             return [
-                dict(zip(keys, copy.deepcopy(combo), strict=True)) for combo in itertools.product(*self.sweep.values())
+                dict(zip(keys, dumping.plain_copy(combo), strict=True))
+                for combo in itertools.product(*self.sweep.values())
             ]
         return []
 

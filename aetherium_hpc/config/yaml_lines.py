@@ -1,8 +1,9 @@
 """YAML text -> plain data whose mappings and sequences remember their line numbers.
 
-libyaml's C parser reads the file first (a 1,000-entry array parses several times faster); a
-file it refuses, or one with a duplicate key, is parsed again by the pure-Python SafeLoader, whose
-messages are the ones users see. Only plain YAML is read: ``!!python/...`` tags are refused, and
+libyaml's C parser reads the file first and :func:`_build` turns its nodes into data (a 1,000-entry
+array parses several times faster); a file it refuses, or one :func:`_build` leaves to PyYAML (a
+duplicate key, an alias, a merge key, an explicit tag), is parsed again by the pure-Python
+SafeLoader, whose messages are the ones users see. Only plain YAML is read: ``!!python/...`` tags are refused, and
 a key written twice is an error instead of YAML's silent "last one wins".
 """
 
@@ -113,21 +114,56 @@ def _find_duplicate(node: yaml.Node, path: str, seen_nodes: set[int]) -> tuple[s
     return None
 
 
+class _LeftToPyYAML(Exception):
+    """:func:`_build` met something it does not build itself: the slow path reads the file."""
+
+
+_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+_PLAIN_SCALAR_TAGS = frozenset({_STR, *(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))})
+
+
+def _build(loader: Any, node: yaml.Node, seen: set[int]) -> Any:
+    """``node`` as :class:`_LineLoader` would construct it, without PyYAML's per-node bookkeeping;
+    raises :class:`_LeftToPyYAML` for a node seen twice (an alias), a merge or ``=`` key, a
+    duplicate key, a tag other than the plain scalars, ``seq`` and ``map``, or a non-scalar key."""
+    if id(node) in seen:
+        raise _LeftToPyYAML
+    seen.add(id(node))
+    tag = node.tag
+    if tag in _PLAIN_SCALAR_TAGS and isinstance(node, yaml.ScalarNode):
+        return node.value if tag == _STR else loader.yaml_constructors[tag](loader, node)
+    if tag == _SEQ and isinstance(node, yaml.SequenceNode):
+        items = LineList([_build(loader, child, seen) for child in node.value])
+        items.line = node.start_mark.line + 1
+        items.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return items
+    if tag == _MAP and isinstance(node, yaml.MappingNode):
+        mapping = LineDict()
+        mapping.line = node.start_mark.line + 1
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_SCALAR_TAGS:
+                raise _LeftToPyYAML
+            key = _build(loader, key_node, seen)
+            if key in mapping:
+                raise _LeftToPyYAML
+            mapping[key] = _build(loader, value_node, seen)
+            mapping.key_lines[key] = key_node.start_mark.line + 1
+        return mapping
+    raise _LeftToPyYAML
+
+
 def read_yaml(text: str, source: str) -> Any:
     """The document, with line numbers and no duplicate keys; a ConfigError naming file:line if not."""
     for fast in _FAST_LOADERS:
         loader = fast(text)
         try:
             node = loader.get_single_node()
-            if node is None:
-                return None
-            if _find_duplicate(node, "", set()) is None:
-                return loader.construct_document(node)
-        except yaml.YAMLError:
+            return None if node is None else _build(loader, node, set())
+        except (yaml.YAMLError, _LeftToPyYAML):
             pass
         finally:
             loader.dispose()
-        # Invalid YAML or a duplicate key: parse again below, to report it in the usual words.
+        # Invalid YAML, a duplicate key or an alias: parse again below, to report or build it PyYAML's way.
     loader = _LineLoader(text)
     try:
         node = loader.get_single_node()

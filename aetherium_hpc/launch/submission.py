@@ -32,7 +32,7 @@ import submitit
 import aetherium_hpc
 
 from .. import scheduler
-from ..config import Config, yaml_text
+from ..config import Config, snapshot_yaml
 from ..errors import LaunchError
 from ..paths import RunLayout
 from ..runtime.entrypoint import JobRunner
@@ -173,7 +173,7 @@ def _submit_with(
     config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None], array_size: Future[int] | None
 ) -> Submission:
     layout.config_path.write_text(
-        f"# resolved configuration of {config.source}\n" + yaml_text(config.to_dict()),
+        f"# resolved configuration of {config.source}\n" + snapshot_yaml(config),
         encoding="utf-8",
     )
     executor = _make_executor(config, layout.submitit_dir, cluster)
@@ -198,9 +198,8 @@ def _submit_with(
             f"submission failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}"
         ) from None
     if cluster == "slurm":
-        script = sorted(layout.submitit_dir.glob("**/*.sh"))
-        if script:
-            shutil.copyfile(script[-1], layout.sbatch_path)
+        # The script of the job, or of the array's first sbatch (not the report job's).
+        shutil.copyfile(sub.jobs[0].paths.submission_file, layout.sbatch_path)
     layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
     return sub
 

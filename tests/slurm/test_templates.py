@@ -171,6 +171,8 @@ def test_submit_with_auto_report_chains_a_merge_job_after_the_array(tmp_path: Pa
     array_id = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("submitted "))
     show = subprocess.run(["scontrol", "show", "job", report_id], env=env, capture_output=True, text=True, timeout=30)
     assert f"afterany:{array_id}" in show.stdout or "Dependency=(null)" in show.stdout, show.stdout
+    script = (run_dir / "logs" / "job.sbatch").read_text()  # the array's script, not the report job's
+    assert "#SBATCH --array=0-3%2" in script and "#SBATCH --job-name=demo-array\n" in script, script
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and not (run_dir / "report.html").exists():
         time.sleep(1)
