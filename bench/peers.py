@@ -235,7 +235,8 @@ def _scancel(job_ids: list[str]) -> None:
 
 def ours_submit(n_tasks: int, work: str) -> tuple[float, float]:
     """launch.submit of a config with an ``n_tasks``-entry array; (wall, this process's CPU) seconds;
-    cancelled at once."""
+    submitted held (``--hold``, on both sides: no task starts and loads the CPUs while the next
+    submit is measured) and cancelled at once."""
     from aetherium_hpc import launch
     from aetherium_hpc.config import load_config
 
@@ -249,6 +250,7 @@ def ours_submit(n_tasks: int, work: str) -> tuple[float, float]:
             "workload:\n  callable: aetherium_hpc.demo.pipeline:run\n"
             f"array:\n  params:\n{params}\n"
             "resources:\n  timeout_min: 1\n  cpus_per_task: 1\n  mem_gb: 1\n"
+            "slurm:\n  additional_parameters: {hold: true}\n"
             "report:\n  auto: false\n"
         )
     t0, c0 = time.perf_counter(), time.process_time()
@@ -263,12 +265,13 @@ def ours_submit(n_tasks: int, work: str) -> tuple[float, float]:
 
 def submitit_submit(n_tasks: int, work: str) -> tuple[float, float]:
     """submitit AutoExecutor.map_array of a trivial function; (wall, this process's CPU) seconds;
-    cancelled at once."""
+    held and cancelled at once, as :func:`ours_submit`."""
     import submitit
 
     t0, c0 = time.perf_counter(), time.process_time()
     executor = submitit.AutoExecutor(folder=os.path.join(work, "submitit", "%j"), cluster="slurm")
-    executor.update_parameters(name="bench-submitit", timeout_min=1, cpus_per_task=1, mem_gb=1)
+    executor.update_parameters(name="bench-submitit", timeout_min=1, cpus_per_task=1, mem_gb=1,
+                               slurm_additional_parameters={"hold": True})  # fmt: skip
     jobs = executor.map_array(_trivial, range(n_tasks))
     elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     _scancel([str(j.job_id) for j in jobs])

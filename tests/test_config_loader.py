@@ -48,7 +48,8 @@ def test_line_numbers_of_a_long_array(tmp_path: Path) -> None:
 
 #: YAML features whose data or lines the fast build must give exactly as PyYAML, or leave to it.
 FEATURES = [
-    "a: 1\nb: [x, 'y', \"z\", 017, 0x1F, 1_000, 1:30, -0, +5]\n",
+    "a: 1\nb: [x, 'y', \"z\", 017, 0x1F, 1_000, 1:30, -0, +5, 0, 00, 10, 0b11, 190:20:30]\n",
+    "a: &x 1\nb: *x\nc: [*x, *x]\n",
     "f: [1.5, 1e5, 1.0e+5, .inf, -.Inf, .nan, 0.]\nn: [~, null, Null, '']\nb: [yes, No, on, OFF, true, y]\n",
     "nested:\n  - {k: [1, {deep: [a, b]}]}\n  -\n    - x\n  - {}\n  - []\nempty:\n",
     "base: &b {x: 1, y: 2}\nuse: *b\n",
@@ -106,7 +107,8 @@ def test_fast_build_takes_plain_files_and_leaves_aliases_merges_tags_and_duplica
             loader.dispose()
 
     params = "".join(f"    - {{seed: {i}, lr: 0.1, opt: adam}}\n" for i in range(1000))
-    assert built(f"{BASE}array:\n  params:\n{params}") and built(FEATURES[0]) and built(FEATURES[2])
-    for text in (FEATURES[3], FEATURES[4], FEATURES[5], FEATURES[6], FEATURES[7], FEATURES[8], FEATURES[9],
-                 FEATURES[10], FEATURES[12]):  # fmt: skip
+    assert built(f"{BASE}array:\n  params:\n{params}") and built(FEATURES[0]) and built(FEATURES[3])
+    assert built(FEATURES[1])  # an aliased scalar: the same value, built twice
+    for text in (FEATURES[4], FEATURES[5], FEATURES[6], FEATURES[7], FEATURES[8], FEATURES[9], FEATURES[10],
+                 FEATURES[11], FEATURES[13]):  # fmt: skip
         assert not built(text), text

@@ -118,20 +118,27 @@ class _LeftToPyYAML(Exception):
     """:func:`_build` met something it does not build itself: the slow path reads the file."""
 
 
-_STR, _SEQ, _MAP = "tag:yaml.org,2002:str", "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
+_STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
+_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
 _PLAIN_SCALAR_TAGS = frozenset({_STR, *(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))})
 
 
 def _build(loader: Any, node: yaml.Node, seen: set[int]) -> Any:
     """``node`` as :class:`_LineLoader` would construct it, without PyYAML's per-node bookkeeping;
-    raises :class:`_LeftToPyYAML` for a node seen twice (an alias), a merge or ``=`` key, a
-    duplicate key, a tag other than the plain scalars, ``seq`` and ``map``, or a non-scalar key."""
+    raises :class:`_LeftToPyYAML` for a list or mapping seen twice (an alias, which PyYAML shares
+    and may make recursive), a merge or ``=`` key, a duplicate key, a tag other than the plain
+    scalars, ``seq`` and ``map``, or a non-scalar key."""
+    tag = node.tag
+    if tag in _PLAIN_SCALAR_TAGS and isinstance(node, yaml.ScalarNode):
+        if tag == _STR:
+            return node.value
+        value = node.value
+        if tag == _INT and value.isdigit() and (value[0] != "0" or value == "0"):
+            return int(value)  # plain decimal; PyYAML's constructor for 0x1F, 017, 1_000, 1:30, -5
+        return loader.yaml_constructors[tag](loader, node)
     if id(node) in seen:
         raise _LeftToPyYAML
     seen.add(id(node))
-    tag = node.tag
-    if tag in _PLAIN_SCALAR_TAGS and isinstance(node, yaml.ScalarNode):
-        return node.value if tag == _STR else loader.yaml_constructors[tag](loader, node)
     if tag == _SEQ and isinstance(node, yaml.SequenceNode):
         items = LineList([_build(loader, child, seen) for child in node.value])
         items.line = node.start_mark.line + 1
