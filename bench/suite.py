@@ -522,7 +522,7 @@ SUBMIT_SETTLE_S = 0.3  # after each submit and its scancel, before the next one
 
 def run_submit(res: Results, s: dict[str, Any]) -> None:
     n = s["array"]
-    what = f"submit of a {n:,}-task array on the Slurm cluster (everything cancelled at once)"
+    what = f"submit of a {n:,}-task array on the Slurm cluster (held with `--hold` on both sides, cancelled at once)"
     cmd = "`python -m bench --only submit`"
     why = peers.slurm_ready()
     if why:
@@ -706,10 +706,11 @@ WHY_MISSED = {
     "lowers it.",
     "copy_cpu": "the increment reads the newest chunk of every series and the rows above the last copied ids; "
     "many more series (thousands of short-lived processes) make that part grow.",
-    "submit": "the runner is pickled once for the whole array and MaxArraySize is asked on a thread; with "
-    "sbatch faked and the run folder on tmpfs (the client side alone) the submit is about 1.5x submitit's: "
-    "parsing and validating the config (about 9 ms) and writing the resolved config.yaml (about 6 ms), "
-    "which submitit does not do. On the cluster sbatch's round trip is added to both sides; the ratio is "
+    "submit": "the runner is pickled once for the whole array, MaxArraySize is asked on a thread, the YAML "
+    "is built from libyaml's nodes in one pass and config.yaml's array.params written line by line; with "
+    "sbatch faked and the run folder on tmpfs (the client side alone) the submit is about 1.3x submitit's: "
+    "parsing and validating the config (about 7 ms) and writing config.yaml (about 2 ms), which submitit "
+    "does not do. On the cluster sbatch's round trip is added to both sides (both submit held); the ratio is "
     "noisy under load (sbatch, slurmctld and the file system share the 2 CPUs), and a submit past "
     "MaxJobCount stalls (cancelled arrays keep their task records for MinJobAge), which the bench waits out.",
     "startup_slurm": "the srun step starts the runtime's interpreter, store, socket and monitor before the "
