@@ -528,6 +528,7 @@ def run_submit(res: Results, s: dict[str, Any]) -> None:
     if why:
         res.missing(what, f"Slurm not reachable: {why}", "≤ 1.2× submitit", cmd)
         return
+    _wait_for_room(1000, 400.0, settled=True)
     ours, theirs = submit_pairs(n, max(res.repeat, SUBMIT_PAIRS))
     r = pairwise([w for w, _ in ours], [w for w, _ in theirs])
     cpu = pairwise([c for _, c in ours], [c for _, c in theirs])
@@ -560,22 +561,25 @@ def submit_pairs(n: int, pairs: int) -> tuple[list[tuple[float, float]], list[tu
     return ours, theirs
 
 
-def _wait_for_room(n: int, most_s: float = 360.0) -> None:
-    """Wait (untimed) until slurmctld can take ``n`` more job records.
+def _wait_for_room(n: int, most_s: float = 360.0, *, settled: bool = False) -> None:
+    """Wait (untimed) until slurmctld can take ``n`` more job records; with ``settled``, until at
+    most ``n`` records are left at all.
 
     A cancelled array's tasks stay job records for MinJobAge (300 s by default) and count towards
-    MaxJobCount; a submit past it makes sbatch sleep and retry, which once made a pair 232x. Gives
-    up after ``most_s`` (the submit is then measured as it goes)."""
+    MaxJobCount; a submit past it makes sbatch sleep and retry, which once made a pair 232x. Tens of
+    thousands of records also slow both sides' submits several times over, so the section starts
+    settled (back-to-back runs of `--only submit` then start alike). Gives up after ``most_s`` (the
+    submit is then measured as it goes)."""
     config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30, check=False)
     found = re.search(r"^MaxJobCount\s*=\s*(\d+)", config.stdout, re.MULTILINE)
     if found is None:
         return
-    limit = int(found.group(1))
+    most_records = n if settled else int(found.group(1)) - n - 100
     deadline = time.monotonic() + most_s
     while time.monotonic() < deadline:
         out = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i"], capture_output=True, text=True,
                              timeout=30, check=False)  # fmt: skip
-        if out.returncode != 0 or len(out.stdout.splitlines()) + n + 100 <= limit:
+        if out.returncode != 0 or len(out.stdout.splitlines()) <= most_records:
             return
         time.sleep(2.0)
 
