@@ -2,10 +2,10 @@
 
 libyaml's C parser reads the file first and :func:`_build` turns its nodes into data (a 1,000-entry
 array parses several times faster); a file it refuses, or one :func:`_build` leaves to PyYAML (a
-duplicate key, an alias, a merge key, an explicit tag), is parsed again by the pure-Python
-SafeLoader, whose messages are the ones users see. Only plain YAML is read: ``!!python/...`` tags are refused, and
-a key written twice is an error instead of YAML's silent "last one wins".
-"""
+duplicate key, an aliased list or mapping, a merge key, a tag such as ``!!binary`` or an implicit
+timestamp), is parsed again by the pure-Python SafeLoader, whose messages are the ones users see.
+Only plain YAML is read: ``!!python/...`` tags are refused, and a key written twice is an error
+instead of YAML's silent "last one wins"."""
 
 from __future__ import annotations
 
