@@ -91,7 +91,6 @@ def snapshot_yaml(config: Any) -> str:
 _SIMPLE_STR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_./-]*")
 _RESOLVER = yaml.resolver.Resolver()
 _REPRESENTER = yaml.representer.SafeRepresenter()
-_STR_TAG = "tag:yaml.org,2002:str"
 _LONGEST_KEY = 100  # PyYAML writes a key of 128 characters or more as '? key' (not a simple key)
 
 
@@ -112,7 +111,7 @@ def _block_scalar(value: Any) -> str | None:
         return "''"
     if not _SIMPLE_STR.fullmatch(value):
         return None
-    plain = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG
+    plain = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
     return value if plain else f"'{value}'"  # '0.5', 'yes', '2024-01-01' would load as other types
 
 

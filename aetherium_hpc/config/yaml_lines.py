@@ -9,6 +9,7 @@ instead of YAML's silent "last one wins"."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -28,6 +29,13 @@ class LineDict(dict[Any, Any]):
         super().__init__(*args, **kwargs)
         self.key_lines: dict[Any, int] = {}
 
+    @classmethod
+    def of(cls, node: yaml.Node) -> LineDict:
+        """An empty mapping at ``node``'s line; its keys are added with their lines."""
+        mapping = cls()
+        mapping.line = node.start_mark.line + 1
+        return mapping
+
 
 class LineList(list[Any]):
     """A sequence from YAML that remembers the line of each item (1-based)."""
@@ -38,27 +46,31 @@ class LineList(list[Any]):
         super().__init__(*args)
         self.item_lines: list[int] = []
 
+    @classmethod
+    def of(cls, node: yaml.SequenceNode, items: Iterable[Any]) -> LineList:
+        """``items`` (built from ``node``'s children) with ``node``'s line and each child's."""
+        sequence = cls(items)
+        sequence.line = node.start_mark.line + 1
+        sequence.item_lines = [child.start_mark.line + 1 for child in node.value]
+        return sequence
+
 
 class _LineLoader(yaml.SafeLoader):
     """SafeLoader whose mappings and sequences carry line numbers (see :class:`LineDict`)."""
 
 
-if getattr(yaml, "__with_libyaml__", False):
-
-    class _FastLineLoader(yaml.CSafeLoader):
-        """The same with libyaml's C scanner, parser and composer (its nodes carry their lines too):
-        a 1,000-entry array parses several times faster. Used first; a file it refuses is parsed
-        again with :class:`_LineLoader`, whose error messages the users see."""
-
-    _FAST_LOADERS: tuple[Any, ...] = (_FastLineLoader,)
-else:  # pragma: no cover - PyYAML built without libyaml
-    _FAST_LOADERS = ()
+#: libyaml's C scanner, parser and composer (its nodes carry their lines too), used first: only
+#: its nodes are used, :func:`_build` turns them into data. A file it refuses, or one
+#: :func:`_build` leaves, is read again with :class:`_LineLoader`, whose messages the users see.
+_FAST_LOADERS: tuple[Any, ...] = (yaml.CSafeLoader,) if getattr(yaml, "__with_libyaml__", False) else ()
+_STR = yaml.resolver.BaseResolver.DEFAULT_SCALAR_TAG
+_SEQ = yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG
+_MAP = yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG
 
 
 def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineDict:
     loader.flatten_mapping(node)
-    result = LineDict()
-    result.line = node.start_mark.line + 1
+    result = LineDict.of(node)
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -73,15 +85,11 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> LineD
 
 
 def _construct_sequence(loader: yaml.SafeLoader, node: yaml.SequenceNode) -> LineList:
-    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
-    result.line = node.start_mark.line + 1
-    result.item_lines = [child.start_mark.line + 1 for child in node.value]
-    return result
+    return LineList.of(node, (loader.construct_object(child, deep=True) for child in node.value))
 
 
-for _loader in (_LineLoader, *_FAST_LOADERS):
-    _loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
-    _loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
+_LineLoader.add_constructor(_MAP, _construct_mapping)
+_LineLoader.add_constructor(_SEQ, _construct_sequence)
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -118,9 +126,8 @@ class _LeftToPyYAML(Exception):
     """:func:`_build` met something it does not build itself: the slow path reads the file."""
 
 
-_STR, _INT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:int"
-_SEQ, _MAP = "tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"
-_PLAIN_SCALAR_TAGS = frozenset({_STR, *(f"tag:yaml.org,2002:{t}" for t in ("int", "float", "bool", "null"))})
+_INT = "tag:yaml.org,2002:int"
+_PLAIN_SCALAR_TAGS = frozenset({_STR, _INT, *(f"tag:yaml.org,2002:{t}" for t in ("float", "bool", "null"))})
 
 
 def _build(loader: Any, node: yaml.Node, seen: set[int]) -> Any:
@@ -140,13 +147,9 @@ def _build(loader: Any, node: yaml.Node, seen: set[int]) -> Any:
         raise _LeftToPyYAML
     seen.add(id(node))
     if tag == _SEQ and isinstance(node, yaml.SequenceNode):
-        items = LineList([_build(loader, child, seen) for child in node.value])
-        items.line = node.start_mark.line + 1
-        items.item_lines = [child.start_mark.line + 1 for child in node.value]
-        return items
+        return LineList.of(node, [_build(loader, child, seen) for child in node.value])
     if tag == _MAP and isinstance(node, yaml.MappingNode):
-        mapping = LineDict()
-        mapping.line = node.start_mark.line + 1
+        mapping = LineDict.of(node)
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _PLAIN_SCALAR_TAGS:
                 raise _LeftToPyYAML
