@@ -25,8 +25,6 @@ NODE_MONITOR = "AETHERIUM_NODE_MONITOR"
 LOCAL_DIR = "AETHERIUM_LOCAL_DIR"
 #: postgresql:// URL of a central store that the node store streams to (when the YAML names none).
 CENTRAL = "AETHERIUM_CENTRAL"
-#: "0": the resource monitor ticks in Python even where its native ticker is built (monitors/native.py).
-NATIVE_TICK = "AETHERIUM_NATIVE_TICK"
 
 #: node_exporter textfile folder (or *.prom file) for ``aetherium-hpc run`` (monitoring.prometheus_textfile).
 PROMETHEUS_TEXTFILE = "AETHERIUM_PROMETHEUS_TEXTFILE"
@@ -42,7 +40,6 @@ ALL = {
     PROMETHEUS_TEXTFILE: "folder (or *.prom file) where aetherium-hpc run writes the node's latest values for "
     "node_exporter's textfile collector (as monitoring.prometheus_textfile)",
     CENTRAL: "postgresql:// URL of the central store (monitoring.central in the YAML wins; empty: none)",
-    NATIVE_TICK: "0: the resource monitor reads its ticks in Python, not in its native thread (for comparison)",
 }
 
 

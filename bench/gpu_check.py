@@ -48,10 +48,10 @@ class TimedMonitor(ResourceMonitor):
         super().__init__(*args, batch_ticks=1, **kwargs)
         self.wall_s: list[float] = []
 
-    def _tick(self) -> None:
+    def _tick(self, process: bool = False) -> None:
         t0 = time.perf_counter()
         try:
-            super()._tick()
+            super()._tick(process)
         finally:
             self.wall_s.append(time.perf_counter() - t0)
 

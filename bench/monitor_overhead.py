@@ -181,7 +181,7 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
 
 def thread_cpu() -> dict[str, float]:
     """CPU seconds of each thread of this process, by thread name: Python's names, the kernel's
-    ``comm`` for a native thread (the monitor's native ticker: ``aeth-ticker``). Linux only."""
+    ``comm`` for a thread Python did not start. Linux only."""
     names = {thread.native_id: thread.name for thread in threading.enumerate()}
     out: dict[str, float] = {}
     try:

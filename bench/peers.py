@@ -136,7 +136,7 @@ def live_cpu(
     """Run in a fresh interpreter (``python bench/peers.py live ...``): process CPU s over ``seconds``.
 
     ``flush``: the store's ``flush_interval`` (kind ``ours``); 5 s is what a job runs with.
-    ``env``: added to the interpreter's environment (``AETHERIUM_NATIVE_TICK=0``: the tick in Python).
+    ``env``: added to the interpreter's environment.
     """
     out = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "live", kind, str(interval), str(seconds), str(flush)],
@@ -158,7 +158,6 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
 
     with tempfile.TemporaryDirectory() as d:
         samples = 0.0
-        tick = ""
         if kind == "ours":
             from aetherium_hpc.monitors import ResourceMonitor
 
@@ -169,7 +168,7 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
             time.sleep(seconds)
             cpu = time.process_time() - c0
             samples = float(monitor.samples_taken - n0)
-            tick = monitor.stop()["tick"]
+            monitor.stop()
             ah.shutdown_db()
         elif kind == "mlflow":
             try:
@@ -203,7 +202,7 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
             c0 = time.process_time()
             time.sleep(seconds)
             cpu = time.process_time() - c0
-        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads(), "tick": tick}))
+        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads()}))
     return 0
 
 

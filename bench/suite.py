@@ -32,7 +32,6 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from aetherium_hpc.analysis.report.across import MANY_TASKS  # noqa: E402
-from aetherium_hpc.env import NATIVE_TICK  # noqa: E402
 from bench import central, copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage, window  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,17 +314,12 @@ def run_live(res: Results, s: dict[str, Any]) -> None:
     interval, seconds = s["live_interval"], s["live_seconds"]
     ours: list[float] = []
     ours_1s: list[float] = []
-    ours_py: list[float] = []
     theirs: list[float] = []
     why = ""
-    ticks: set[str] = set()
     for _ in range(res.repeat):
         idle = peers.live_cpu("idle", interval, seconds)["cpu_s"]
         o = peers.live_cpu("ours", interval, seconds, LIVE_FLUSH_S)
         ours.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
-        ticks.add(o["tick"])
-        o = peers.live_cpu("ours", interval, seconds, LIVE_FLUSH_S, env={NATIVE_TICK: "0"})
-        ours_py.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
         o = peers.live_cpu("ours", interval, seconds, 1.0)
         ours_1s.append((o["cpu_s"] - idle) / max(1.0, o["samples"]) * 1000)
         if not why:
@@ -335,8 +329,7 @@ def run_live(res: Results, s: dict[str, Any]) -> None:
             except peers.Missing as exc:
                 why = str(exc)
     what = (f"live monitor at {interval:g} s, {seconds:g} s of steady state in a fresh interpreter, into a store: "
-            "process CPU per sample (sampling threads + store writer), idle interpreter subtracted; "
-            f"tick: {', '.join(sorted(ticks))}")  # fmt: skip
+            "process CPU per sample (sampling thread + store writer), idle interpreter subtracted")  # fmt: skip
     cmd = "`python -m bench --only live`"
     if why:
         res.add(Row(what, f"**{spread(ours, ms)}**", f"MLflow SystemMetricsMonitor: not measured ({why})", "–",
@@ -355,12 +348,6 @@ def run_live(res: Results, s: dict[str, Any]) -> None:
         "the same with the store committing every second (`flush_interval_s` 1 s)",
         f"**{spread(ours_1s, ms)}**", base, f"MLflow is {times(med(r))} ({', '.join(times(x) for x in r)})",
         "–", None, cmd, "live_1s",
-    ))  # fmt: skip
-    r = pairwise(ours_py, ours)
-    res.add(Row(
-        f"the same as the first with the tick in Python (`{NATIVE_TICK}=0`), against the native tick",
-        f"**{spread(ours_py, ms)}**", f"native tick (the first row): {spread(ours, ms)}",
-        f"the Python tick costs {times(med(r))} ({', '.join(times(x) for x in r)})", "–", None, cmd, "live_py",
     ))  # fmt: skip
 
 
@@ -684,10 +671,9 @@ WHY_MISSED = {
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
     "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
     "oneshot() once per process per sample reaches it.",
-    "live": "the whole process costs about 0.25 ms a sample on this host with the native tick (the row says which "
-    "tick ran): about 0.13 ms the native thread's wake and reads of /proc on cold caches, 0.11 ms the store's "
-    "writer turning 10 ticks into samples and committing them every 5 s. A Python tick (the extension not built: "
-    "no C compiler at install) costs about 0.33 ms, which misses it; so does a machine busier than this one.",
+    "live": "the whole process costs about 0.35 ms a sample on this host: the Python thread's wake and reads of /proc "
+    "on cold caches each tick, then turning 10 ticks into samples and committing them every 5 s. A machine busier "
+    "than this one misses it.",
     "bytes": "the chunks are too short or values too wide; longer chunks (CHUNK_SAMPLES) or fewer significant "
     "digits reach it.",
     "query": "the aggregate decodes every chunk's JSON array; a per-chunk min/max/sum column would answer it "

@@ -37,19 +37,21 @@ def stored(store: MetricsStore, mtype: str, mname: str) -> list[float]:
 def test_ticks_wait_for_their_batch_and_stop_processes_what_is_read(store: MetricsStore) -> None:
     monitor = ResourceMonitor(0.02, gpu=False, batch_ticks=10_000).start()
     try:
+        assert len(stored(store, "ram", "system_used")) == 1  # start() processed the first tick at once
         wait_read(monitor, 6)
-        # read, not processed: nothing in the store yet, but a recent() query sees every tick read
-        assert stored(store, "cpu", "system_total") == []
-        seen = monitor.recent(60)[("cpu", "system_total", "")]["n"]
+        # read, not processed: only the first tick in the store, but a recent() query sees every tick read
+        assert len(stored(store, "ram", "system_used")) == 1
+        seen = monitor.recent(60)[("ram", "system_used", "")]["n"]
         assert seen >= 6
-        assert len(stored(store, "cpu", "system_total")) == seen  # processing sent them to the store too
+        assert len(stored(store, "ram", "system_used")) == seen  # processing sent them to the store too
     finally:
         summary = monitor.stop()
     # every tick read is in the store, once: the ones stop() processed included
+    assert len(stored(store, "ram", "system_used")) == monitor.samples_taken == summary["samples"]
     values = stored(store, "cpu", "system_total")
-    assert len(values) == monitor.samples_taken == summary["samples"]
+    assert len(values) == monitor.samples_taken - 1  # the first tick is the CPU baseline
     assert all(0.0 <= v <= 100.0 for v in values)
-    assert summary["metrics"]["cpu/system_total"]["n"] == monitor.samples_taken
+    assert summary["metrics"]["cpu/system_total"]["n"] == monitor.samples_taken - 1
 
 
 def test_a_batch_goes_out_every_batch_ticks(store: MetricsStore) -> None:
@@ -58,7 +60,8 @@ def test_a_batch_goes_out_every_batch_ticks(store: MetricsStore) -> None:
         wait_read(monitor, 13)
         n = len(stored(store, "ram", "system_used"))
         taken = monitor.samples_taken
-        assert n % 4 == 0 and taken - 4 < n <= taken, (n, taken)  # whole batches only, the last one at most 3 behind
+        # the first tick at once, then whole batches only, the last one at most 3 behind
+        assert (n - 1) % 4 == 0 and taken - 4 < n <= taken, (n, taken)
     finally:
         monitor.stop()
 
@@ -74,9 +77,10 @@ def test_sample_cpu_is_the_threads_cpu_spread_over_the_ticks_of_each_batch(store
     values = [r["value"] for r in rows]
     assert len(values) == monitor.samples_taken
     assert all(v >= 0.0 for v in values)
-    # one mean per batch: runs of equal values, at most one run per batch (+ the last, partial one)
+    # one mean per batch: runs of equal values, at most one run per batch (+ the first tick, processed
+    # alone, and the last, partial batch)
     runs = sum(1 for i, v in enumerate(values) if i == 0 or v != values[i - 1])
-    assert runs <= monitor.samples_taken // 5 + 1, values
+    assert runs <= (monitor.samples_taken - 1) // 5 + 2, values
     # the series adds up to the loop thread's CPU time (less its start-up and its last batch)
     assert 0.0 < sum(values) <= monitor.thread_cpu_s * 1000.0 + 1e-6
 

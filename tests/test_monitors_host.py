@@ -142,7 +142,7 @@ def test_loop_does_not_drift(store: MetricsStore) -> None:
     slow.monitor = monitor
     with monitor:
         wait_for(lambda: len(slow.seen) >= 20, what="20 ticks")
-    stamps = [r["timestamp"] for r in store.query_resource_metrics("cpu", "system_total")][:20]
+    stamps = [r["timestamp"] for r in store.query_resource_metrics("ram", "system_used")][:20]
     assert stamps == pytest.approx([t for t, _ in slow.seen[:20]], abs=0.002)  # the store keeps ms
     skipped = slow.seen[19][1] - slow.seen[0][1]  # ticks the loop skipped because one ran late
     slots = [(t - stamps[0]) / interval for t in stamps]
@@ -178,8 +178,8 @@ def test_stop_returns_promptly_is_idempotent_and_writes_the_summary(store: Metri
     assert not monitor.running
     assert monitor.stop() == summary
     on_disk = json.loads(out.read_text())
-    # Stopped before its first tick: the monitor takes one closing sample, no more.
-    assert on_disk["samples"] == 1 and on_disk["interval_s"] == 30.0
+    # Stopped before its second tick: the first (taken by start()) and the closing one, no more.
+    assert on_disk["samples"] == 2 and on_disk["interval_s"] == 30.0
     assert on_disk["duration_s"] > 0
 
 
@@ -327,7 +327,10 @@ def test_host_figures_from_proc_agree_with_psutil() -> None:
         pytest.skip("no /proc here: psutil is the only path")
     fast = HostCollector(read_proc=True)
     fast.start()
-    assert fast._cpu is not None, "the /proc path is in use"
+    assert fast._stat_fd >= 0, "the /proc path is in use"
+    first: list[Sample] = []
+    fast.collect(first, time.time())
+    assert [s[:2] for s in first] == [("ram", "system_used"), ("ram", "system_percent")]  # the CPU baseline
     time.sleep(0.3)
     psutil.cpu_percent(None)
     out: list[Sample] = []

@@ -198,7 +198,8 @@ def test_a_job_session_writes_the_file_while_it_runs_and_removes_it_at_the_end(
     def workload(session: object) -> None:
         path = folder / "aetherium_700_3_n1.prom"
         deadline = time.monotonic() + 30
-        while not path.exists() and time.monotonic() < deadline:
+        # the first tick has no CPU share yet (it is the baseline): wait for the second
+        while not (path.exists() and "aetherium_cpu_percent{" in path.read_text()) and time.monotonic() < deadline:
             time.sleep(0.02)
         seen.update(parse(path.read_text()))
 
@@ -213,7 +214,10 @@ CHILD_READS_THE_FILE = (
     "import glob, os, sys, time\n"
     "folder = os.environ['AETHERIUM_PROMETHEUS_TEXTFILE']\n"
     "deadline = time.monotonic() + 60\n"
-    "while not glob.glob(folder + '/*.prom') and time.monotonic() < deadline: time.sleep(0.05)\n"
+    "def ready():\n"
+    "    paths = glob.glob(folder + '/*.prom')\n"
+    "    return paths and 'aetherium_cpu_percent{' in open(paths[0]).read()\n"
+    "while not ready() and time.monotonic() < deadline: time.sleep(0.05)\n"
     "[path] = glob.glob(folder + '/*.prom')\n"
     "print(os.path.basename(path)); print(open(path).read())\n"
 )

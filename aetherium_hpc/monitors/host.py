@@ -80,7 +80,7 @@ class HostCollector(Collector):
             try:
                 self._stat_fd = os.open("/proc/stat", os.O_RDONLY)
                 self._meminfo_fd = os.open("/proc/meminfo", os.O_RDONLY)
-                self._cpu = self._cpu_fields()
+                self._cpu_fields()  # (a file that says something unexpected: psutil)
                 _meminfo_kb(os.pread(self._meminfo_fd, 256, 0))  # a kernel without MemAvailable: psutil
             except (OSError, ValueError, IndexError):
                 self.close()
@@ -123,12 +123,16 @@ class HostCollector(Collector):
         if len(reading) == 2:
             stat, meminfo = reading
             # psutil.cpu_percent(None): the busy share of the ticks since the last reading.
+            # The first reading is the baseline: no CPU sample (a share of no time is no figure).
             now = self._cpu_fields(stat)
-            before = self._cpu or now
-            deltas = [a - b if a > b else 0 for a, b in zip(now, before, strict=False)]  # went back: 0
+            before = self._cpu
             self._cpu = now
-            total = sum(deltas)
-            cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1) if total > 0 else 0.0  # idle, iowait
+            cpu: float | None = None
+            if before is not None:
+                deltas = [a - b if a > b else 0 for a, b in zip(now, before, strict=False)]  # went back: 0
+                total = sum(deltas)
+                if total > 0:  # (no clock tick of the kernel's since the last reading: no figure)
+                    cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1)  # less idle, iowait
             # psutil.virtual_memory(): used = total - available, percent to one decimal.
             total_kb, avail_kb = _meminfo_kb(meminfo)
             used = total_kb - avail_kb
@@ -136,7 +140,8 @@ class HostCollector(Collector):
         else:
             cpu, used_b, percent = reading
             used_mb = used_b / _MB
-        out.append((_CPU_TOTAL[0], _CPU_TOTAL[1], cpu, _CPU_TOTAL[2], ""))
+        if cpu is not None:
+            out.append((_CPU_TOTAL[0], _CPU_TOTAL[1], cpu, _CPU_TOTAL[2], ""))
         out.append((_RAM_USED[0], _RAM_USED[1], used_mb, _RAM_USED[2], ""))
         out.append((_RAM_PERCENT[0], _RAM_PERCENT[1], percent, _RAM_PERCENT[2], ""))
 
@@ -147,7 +152,7 @@ class _Tracked:
     __slots__ = ("proc", "pid", "device", "cpu", "fd")
 
     def __init__(self, pid: int, device: str, cpu: float | None, proc: psutil.Process | None = None) -> None:
-        self.proc = proc  # None: not needed yet (read from /proc, or by the native ticker)
+        self.proc = proc  # None: not needed yet (read from /proc)
         self.pid = pid
         self.device = device
         self.cpu = cpu  # user + system seconds at the previous tick, None before the first
@@ -207,11 +212,7 @@ class ProcessTreeCollector(Collector):
             except OSError:
                 pass
             self._walk_due()  # the pid counter before the first walk
-        self._update_tree(None)
-        for tracked in self._procs.values():
-            reading = self._read(tracked)
-            if reading is not None:
-                tracked.cpu = reading[0]
+        self._update_tree(None)  # (the first tick reads the CPU baselines of these: no CPU figure then)
 
     # -- finding the tree -------------------------------------------------------------------
     def _walk_due(self) -> bool:
@@ -329,26 +330,6 @@ class ProcessTreeCollector(Collector):
                 raws.append((tracked, self._read(tracked)))
         return elapsed, raws
 
-    def from_native(
-        self, mono: float, procs: tuple[tuple[int, bytes | None], ...]
-    ) -> tuple[float, list[tuple[_Tracked, bytes | tuple[float, float, int] | None]]]:
-        """A tick of the native ticker (``_ticker.c``: the pids it read and their stat bytes, None once
-        ended) as a :meth:`read` of this collector, the tree mirrored from it: a pid seen for the first
-        time is a process born since (charged all its CPU time), one no longer listed is forgotten."""
-        elapsed = mono - self._last_mono
-        self._last_mono = mono
-        tracked_procs = self._procs
-        raws: list[tuple[_Tracked, bytes | tuple[float, float, int] | None]] = []
-        for pid, data in procs:
-            tracked = tracked_procs.get(pid)
-            if tracked is None:
-                tracked = tracked_procs[pid] = _Tracked(pid, _device_of(pid, data), 0.0)
-            raws.append((tracked, data))
-        if len(raws) != len(tracked_procs):
-            for pid in tracked_procs.keys() - {pid for pid, _ in procs}:
-                self._forget(tracked_procs.pop(pid))
-        return elapsed, raws
-
     def samples_from(
         self,
         reading: tuple[float, list[tuple[_Tracked, bytes | tuple[float, float, int] | None]]],
@@ -374,6 +355,7 @@ class ProcessTreeCollector(Collector):
         rss_type, rss_name, rss_unit = _PROC_RSS
         cpu_total = 0.0
         rss_total = 0.0
+        timed = 0  # processes with a CPU baseline
         for tracked, cpu, rss, _ in readings:
             rss_total += rss
             previous = tracked.cpu
@@ -382,6 +364,7 @@ class ProcessTreeCollector(Collector):
                 out.append((rss_type, rss_name, rss / _MB, rss_unit, tracked.device))
             if previous is None or cpu < previous:  # no baseline yet (or a reused pid)
                 continue
+            timed += 1
             percent = (cpu - previous) * scale
             cpu_total += percent
             if per_process:
@@ -396,7 +379,8 @@ class ProcessTreeCollector(Collector):
                     "aetherium-hpc: monitored process %d has ended; only its remaining descendants are sampled", pid
                 )
         if readings:
-            out.append((_TREE_CPU[0], _TREE_CPU[1], cpu_total, _TREE_CPU[2], ""))
+            if timed:
+                out.append((_TREE_CPU[0], _TREE_CPU[1], cpu_total, _TREE_CPU[2], ""))
             out.append((_TREE_RSS[0], _TREE_RSS[1], rss_total / _MB, _TREE_RSS[2], ""))
 
     def _still_in_tree(

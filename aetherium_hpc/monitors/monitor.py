@@ -8,7 +8,6 @@ file; :class:`MonitorTelemetry` is the collector that watches the monitor and th
 from __future__ import annotations
 
 import atexit
-import functools
 import json
 import logging
 import math
@@ -20,12 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
-from ..store import catalogue, get_db, log_builtin_samples, log_resource_samples, set_recent_source
+from ..store import (
+    add_close_hook,
+    catalogue,
+    get_db,
+    log_builtin_samples,
+    log_resource_samples,
+    remove_close_hook,
+    set_recent_source,
+)
 from ..store.client import Recent
-from . import native
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
-from .host import HostCollector, ProcessTreeCollector
 from .window import WINDOW_S, RecentWindow
 
 if TYPE_CHECKING:
@@ -40,6 +45,15 @@ SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
 #: Seconds of ticks the sampling loop reads before it turns them into samples in one go (the
 #: store's default ``flush_interval``: the samples reach the database no later than they did).
 BATCH_S = 5.0
+#: How long :meth:`ResourceMonitor.start` waits for the first tick (a hanging NVML is not waited out).
+FIRST_TICK_WAIT_S = 5.0
+#: ``stop()`` takes a last tick unless the last one is more recent than this (seconds).
+FINAL_TICK_GAP_S = 0.01
+
+
+def _store_now() -> Any:
+    """The telemetry's store: the process's open store, never waiting for the store's lock."""
+    return get_db(wait=False)
 
 
 class MonitorTelemetry(Collector):
@@ -58,45 +72,24 @@ class MonitorTelemetry(Collector):
         self._store: Any = None  # the store of the last reading, kept while it is open
         self._window = window
         self._clock = _thread_clock()  # the CPU clock of the thread that samples
-        self._native: Callable[[], float] | None = None  # CPU seconds of the native ticker's thread, if it ticks
-        self._cpu0 = self._cpu_now()  # their CPU time when a batch was last charged
+        self._cpu0 = time.clock_gettime(self._clock)  # its CPU time when a batch was last charged
         self._reads = 0  # ticks read since then
         self._per_tick_ms = 0.0
         self._dropped_seen = 0
         self.dropped_total = 0
 
-    def start(self) -> None:
-        self.begin()
-
-    def begin(self, native: Callable[[], float] | None = None) -> None:
-        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside
-        it), plus that of the native ticker's thread (``native``: its CPU seconds) when it ticks."""
+    def begin(self) -> None:
+        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside it)."""
         self._clock = _thread_clock()
-        self._native = native
-        self._cpu0 = self._cpu_now()
+        self._cpu0 = time.clock_gettime(self._clock)
         self._reads = 0
 
-    def _cpu_now(self) -> float:
-        cpu = time.clock_gettime(self._clock)
-        return cpu if self._native is None else cpu + self._native()
-
-    def add_cpu(self, seconds: float) -> None:
-        """CPU time spent for the monitor in another thread (processing at the store's flush)."""
-        self._cpu0 -= seconds
-
-    def current_store(self) -> Any:
-        """The store the telemetry reads (the one :func:`get_db` gives), or None."""
-        self.queue_state()
-        return self._store
-
-    def charge(self, reads: int = 0) -> None:
+    def charge(self) -> None:
         """Before a batch is processed (in the thread processing it): the CPU time per tick read
-        since the last batch, which every tick processed from now on carries. ``reads``: ticks
-        read without :meth:`read` (by the native ticker)."""
-        self._reads += reads
+        since the last batch, which every tick processed from now on carries."""
         if not self._reads:
             return
-        now = self._cpu_now()
+        now = time.clock_gettime(self._clock)
         self._per_tick_ms = (now - self._cpu0) * 1000.0 / self._reads
         self._cpu0 = now
         self._reads = 0
@@ -209,20 +202,20 @@ class ResourceMonitor:
     ``get_db().recent()`` answers in every process of the node (until another monitor starts; after
     ``stop()`` its samples age out).
 
+    ``start()`` returns once the first tick is in the store's queue and the window (``recent()``
+    answers at once; CPU shares need two readings, so they start at the second tick). ``stop()``
+    takes a last tick at the moment of the call. A monitor that logs into the process's store
+    (the default sink) stops by itself when that store is closed (``shutdown_db()``), before the
+    store's queue is drained, so its last sample is stored.
+
     The loop reads at each tick only what must be read then (the ``/proc`` files, NVML) and turns
     every :attr:`batch_ticks` ticks into samples in one go: for the store, the window and the
     summary. Work done once for several ticks runs on warm caches; a tick on its own wakes to
     cold ones and costs several times more. ``batch_ticks`` defaults to the ticks in
     :data:`BATCH_S` (at least 1; 1 with a ``textfile``). ``get_db().recent()``, ``stop()`` and
-    ``sample_once()`` process the ticks read so far first, so nothing they see is late.
-
-    With the built-in collectors and no GPU to read, the ticks are read by a native thread where
-    the extension is built (:mod:`.native`; ``native=False`` or ``AETHERIUM_NATIVE_TICK=0``: in
-    Python): this thread then wakes once per batch only, and :attr:`native` says so
-    (:attr:`native_off` why not). With the default ``batch_ticks`` and the node store open in
-    this process with a ``flush_interval`` no longer than a batch, the store's writer turns the
-    ticks into samples just before each of its flushes (one wake for both) and this thread only
-    catches up should the store stop flushing.
+    ``sample_once()`` process the ticks read so far first, so nothing they see is late. Only
+    this monitor's threads and the caller of those methods run monitor code: never a thread of
+    the store.
 
     ``textfile``: a :class:`~.prometheus.PrometheusTextfile` rewritten after every tick with its
     values (node_exporter's textfile collector) and removed by ``stop()``.
@@ -238,17 +231,15 @@ class ResourceMonitor:
         per_process: bool = True,
         collectors: Sequence[Collector] | None = None,
         sink: SampleSink | None = None,
-        store_getter: Callable[[], Any] | None = get_db,
+        store_getter: Callable[[], Any] | None = _store_now,
         textfile: PrometheusTextfile | None = None,
         batch_ticks: int | None = None,
-        native: bool | None = None,
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval={interval!r}: must be a number of seconds > 0")
         if batch_ticks is not None and (type(batch_ticks) is not int or batch_ticks < 1):
             raise ValueError(f"batch_ticks={batch_ticks!r}: must be an int >= 1 (1: every tick on its own)")
         self.interval = float(interval)
-        self._batch_default = batch_ticks is None
         if batch_ticks is None:
             batch_ticks = 1 if textfile is not None else max(1, int(BATCH_S / self.interval + 1e-9))
         self.batch_ticks = batch_ticks
@@ -260,24 +251,16 @@ class ResourceMonitor:
         self.window = RecentWindow()
         self.telemetry = MonitorTelemetry(store_getter, self.window)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
+        #: Whether the samples go to the process's store (then its closing stops this monitor first).
+        self.into_store = sink is None
         if sink is None:  # collectors of the user's: every field checked at the call
             sink = log_builtin_samples if builtin else log_resource_samples
         self._sink: SampleSink = sink
         self.summary = SampleSummary()
         self.textfile = textfile
-        self._builtin = builtin
-        self._native_allowed = native is not False
-        #: Whether the native ticker takes the ticks (see native.py), once the loop has started;
-        #: :attr:`native_off` says why not.
-        self.native = False
-        self.native_off: str | None = None if self._native_allowed else "native=False"
-        self._ticker: Any = None
-        self._native_final = {"ticks": 0, "missed": 0, "cpu_s": 0.0}  # the ticker's counters once it has stopped
-        self._flush_store: Any = None  # the store whose writer processes the ticks at its flush (native tick)
-        self._processed_at = 0.0  # time.monotonic() of the last processing of the ticker's records
-        self._hook_cpu_s = 0.0  # CPU seconds the store's writer spent processing for the monitor
-        self._taken = 0  # ticks read in Python
+        self._taken = 0  # ticks read
         self._missed = 0
+        self._last_tick = 0.0  # time.monotonic() of the last tick read
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self.thread_cpu_s = 0.0
@@ -285,6 +268,7 @@ class ResourceMonitor:
         # C call, where Event.wait builds a Condition waiter each tick.
         self._stop_gate = threading.Lock()
         self._stop_gate.acquire()
+        self._first_tick = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopped = False
@@ -299,25 +283,16 @@ class ResourceMonitor:
     @property
     def samples_taken(self) -> int:
         """Ticks read so far (processed or not)."""
-        return self._taken + int(self._native_counters()["ticks"])
+        return self._taken
 
     @property
     def missed_ticks(self) -> int:
         """Ticks skipped because the one before ran past them."""
-        return self._missed + int(self._native_counters()["missed"])
-
-    def _native_counters(self) -> dict[str, float]:
-        ticker = self._live_ticker()
-        return ticker.counters() if ticker is not None else self._native_final
-
-    def _live_ticker(self) -> Any:
-        """The native ticker while it belongs to this process (never a forked child's copy)."""
-        ticker = self._ticker
-        return ticker if ticker is not None and os.getpid() == self._owner_pid else None
+        return self._missed
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> ResourceMonitor:
-        """Start the sampling thread (once); returns self."""
+        """Start the sampling thread (once) and wait for its first tick; returns self."""
         with self._lock:
             if self._thread is not None or self._stopped:
                 return self
@@ -326,6 +301,13 @@ class ResourceMonitor:
             self._thread.start()
         set_recent_source(self.recent)
         atexit.register(self._stop_at_exit)
+        if self.into_store:
+            add_close_hook(self._stop_before_close)
+        if not self._first_tick.wait(FIRST_TICK_WAIT_S):
+            log.warning(
+                "aetherium-hpc: the resource monitor's first tick took over %.0f s (often NVML); going on without it",
+                FIRST_TICK_WAIT_S,
+            )
         return self
 
     @property
@@ -333,12 +315,13 @@ class ResourceMonitor:
         return self._thread is not None and self._thread.is_alive() and not self._stopped
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
-        """Stop sampling, write the summary (if ``output_path``) and return it. Idempotent."""
+        """Stop sampling (a last tick now), write the summary (if ``output_path``) and return it. Idempotent."""
         with self._lock:
             if self._stopped:
                 return self._result or self._summary_dict()
             self._stopped = True
         atexit.unregister(self._stop_at_exit)
+        remove_close_hook(self._stop_before_close)
         if os.environ.get(NODE_MONITOR) == str(os.getpid()):
             del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
         self._stop_gate.release()
@@ -362,6 +345,12 @@ class ResourceMonitor:
         if os.getpid() == self._owner_pid:
             self.stop(timeout=2.0)
 
+    def _stop_before_close(self) -> None:
+        """The store's close hook: stop while the store still takes the last samples (bounded: a
+        hanging NVML read is left behind rather than holding up the store's close)."""
+        if os.getpid() == self._owner_pid:
+            self.stop(timeout=2.0)
+
     def __enter__(self) -> ResourceMonitor:
         return self.start()
 
@@ -372,22 +361,21 @@ class ResourceMonitor:
     def _run(self) -> None:
         block_job_signals()
         cpu_start = time.thread_time()
-        for collector in self.collectors:
-            self._guard(collector, collector.start)
+        try:
+            for collector in self.collectors:
+                self._guard(collector, collector.start)
+            self.telemetry.begin()
+            self._tick(process=True)  # the first sample, before start() returns
+        except Exception as exc:
+            self._report_failure(None, exc, "the first tick")
+        finally:
+            self._first_tick.set()
         interval = self.interval
-        next_tick = time.monotonic() + interval
+        next_tick = self._last_tick + interval
         gate = self._stop_gate
         monotonic = time.monotonic
         try:
-            if self._start_native(next_tick):
-                # With the store's writer processing at its flush, this thread only catches up (a
-                # store closed or replaced): every second batch.
-                period = self.batch_ticks * interval * (2 if self._flush_store is not None else 1)
-                while not gate.acquire(True, period):
-                    self._ticker.set_skip(native.skip_tids())
-                    if self._flush_store is None or monotonic() - self._processed_at > period / 2:
-                        self.process_pending()
-            while not self.native and not gate.acquire(True, max(0.0, next_tick - monotonic())):
+            while not gate.acquire(True, max(0.0, next_tick - monotonic())):
                 self._tick()
                 next_tick += interval
                 now = monotonic()
@@ -395,79 +383,26 @@ class ResourceMonitor:
                     missed = math.ceil((now - next_tick) / interval)
                     self._missed += missed
                     next_tick += missed * interval
-            if self.samples_taken == 0:
-                # A run shorter than one interval still gets one sample of what it used.
-                self.sample_once()
+            if monotonic() - self._last_tick > FINAL_TICK_GAP_S:
+                self._tick(process=True)  # stopped: the last sample, at the moment of stop()
         finally:
             try:
-                self._stop_native()
                 self.process_pending()
             except Exception as exc:  # (the store's sink raising is reported inside; this is the rest)
                 self._report_failure(None, exc, "processing the last ticks")
-            self._ticker = None
             for collector in self.collectors:
                 self._guard(collector, collector.close)
-            self.thread_cpu_s = time.thread_time() - cpu_start + self._native_final["cpu_s"] + self._hook_cpu_s
+            self.thread_cpu_s = time.thread_time() - cpu_start
 
-    def _start_native(self, first_tick: float) -> bool:
-        """Let the native ticker take the ticks from ``first_tick`` on, if it can (see native.py)."""
-        if self._native_allowed:
-            self.native_off = native.why_not(self.collectors, self._builtin, self.batch_ticks, self.textfile)
-        if self.native_off is not None:
-            return False
-        tree = next(c for c in self.collectors if isinstance(c, ProcessTreeCollector))
-        try:
-            ticker = native.start_ticker(self.interval, tree, first_tick, max(64, 4 * self.batch_ticks))
-        except (OSError, RuntimeError, ValueError) as exc:
-            self.native_off = f"the native ticker did not start ({type(exc).__name__}: {exc})"
-            tree.start()  # its descriptors again, for the Python tick
-            return False
-        with self._tick_lock:
-            self._ticker = ticker
-            self.native = True
-            self.telemetry.begin(native=functools.partial(native.ticker_cpu_s, ticker))
-        store = self.telemetry.current_store()
-        writer = getattr(store, "writer", None)
-        if (
-            self._batch_default
-            and writer is not None
-            and writer.flush_interval <= self.batch_ticks * self.interval + 1e-9
-        ):
-            store.add_flush_hook(self._process_at_flush)
-            self._flush_store = store
-        return True
-
-    def _process_at_flush(self) -> None:
-        """In the store's writer thread, before its flush: the ticks read so far into samples, which
-        that flush then writes (one wake for both). Skipped while another thread processes."""
-        if not self._tick_lock.acquire(blocking=False):
-            return
-        try:
-            cpu = time.thread_time()
-            self._process_locked()
-            cpu = time.thread_time() - cpu
-            self._hook_cpu_s += cpu
-            self.telemetry.add_cpu(cpu)
-        finally:
-            self._tick_lock.release()
-
-    def _stop_native(self) -> None:
-        """Stop the native ticker's thread; what it read stays to process."""
-        store, self._flush_store = self._flush_store, None
-        if store is not None:
-            store.remove_flush_hook(self._process_at_flush)
-        ticker = self._live_ticker()
-        if ticker is not None:
-            ticker.stop()
-            self._native_final = ticker.counters()
-
-    def _tick(self) -> None:
-        """One tick of the loop: read, and every :attr:`batch_ticks` ticks process what was read."""
+    def _tick(self, process: bool = False) -> None:
+        """One tick of the loop: read, and every :attr:`batch_ticks` ticks (or now, ``process``)
+        process what was read."""
         ts = time.time()
+        self._last_tick = time.monotonic()
         with self._tick_lock:
             self._pending.append((ts, self._read(ts)))
             self._taken += 1
-            if len(self._pending) >= self.batch_ticks:
+            if process or len(self._pending) >= self.batch_ticks:
                 self._process_locked()
 
     def sample_once(self, timestamp: float | None = None) -> list[Sample]:
@@ -476,10 +411,6 @@ class ResourceMonitor:
         ts = time.time() if timestamp is None else timestamp
         with self._tick_lock:
             self._process_locked()
-            ticker = self._live_ticker()
-            if ticker is not None:  # a tick of the native ticker's, now (stamped with its own time)
-                ticker.tick_now()
-                return self._process_locked()
             loop = self._thread
             if loop is None or not loop.is_alive() or loop is threading.current_thread():
                 self.telemetry.begin()  # (while the loop runs, its clock is the one counted)
@@ -496,7 +427,7 @@ class ResourceMonitor:
 
     def recent(self, seconds: float = WINDOW_S) -> Recent:
         """:meth:`RecentWindow.summary` of the last ``seconds``, the ticks read so far included."""
-        if self._pending or self._ticker is not None:
+        if self._pending:
             self.process_pending()
         return self.window.summary(seconds)
 
@@ -512,37 +443,12 @@ class ResourceMonitor:
 
     def _process_locked(self) -> list[Sample]:
         """Process the ticks read so far; the samples of the last."""
-        ticker = self._live_ticker()
-        drained = 0
-        if ticker is not None:
-            self._processed_at = time.monotonic()
-            records = ticker.drain()
-            drained = len(records)
-            self._pending.extend(self._native_readings(records))
         pending, self._pending = self._pending, []
         out: list[Sample] = []
         if pending:
-            self.telemetry.charge(drained)
+            self.telemetry.charge()
             for ts, readings in pending:
                 out = self._samples(ts, readings)
-        return out
-
-    def _native_readings(self, records: list[Any]) -> list[tuple[float, list[Any]]]:
-        """The native ticker's records as the readings of the collectors (see native.py)."""
-        out: list[tuple[float, list[Any]]] = []
-        telemetry = self.telemetry
-        for wall, mono, stat, meminfo, procs in records:
-            readings: list[Any] = []
-            for collector in self.collectors:
-                if isinstance(collector, HostCollector):
-                    readings.append(_FAILED if stat is None or meminfo is None else (stat, meminfo))
-                elif isinstance(collector, ProcessTreeCollector):
-                    readings.append(collector.from_native(mono, procs))
-                elif collector is telemetry:
-                    readings.append(telemetry.queue_state())  # (read when the batch is processed)
-                else:  # a GPU collector with no GPU: nothing
-                    readings.append([])
-            out.append((wall, readings))
         return out
 
     def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
@@ -598,7 +504,6 @@ class ResourceMonitor:
             "missed_ticks": self.missed_ticks,
             "monitor_cpu_s": round(self.thread_cpu_s, 6),
             "monitor_cpu_percent_of_one_core": round(100.0 * self.thread_cpu_s / duration, 4) if duration else 0.0,
-            "tick": "native" if self.native else f"python ({self.native_off})" if self.native_off else "python",
             "root_pid": self.root_pid,
             "metrics": self.summary.as_dict(),
         }

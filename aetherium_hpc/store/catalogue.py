@@ -88,7 +88,7 @@ MONITOR_SAMPLE_CPU = _metric(
     MS,
     "",
     "CPU time of the monitor's sampling per sample: from one batch of ticks to the next, divided by the ticks read (the sampling "
-    "thread's CPU clock; with the native tick, its native thread's, the monitor thread's and the time the store's writer spent processing)",
+    "thread's CPU clock)",
 )
 MONITOR_NVML_ERRORS = _metric(
     "monitor", "nvml_errors", COUNT, "",
@@ -103,7 +103,7 @@ STORE_QUEUE_DEPTH = _metric(
     "queue_depth",
     COUNT,
     "",
-    "Records waiting in the store's in-memory queue (main process store only; with the native tick, read when the batch is processed)",
+    "Records waiting in the store's in-memory queue (main process store only)",
 )
 STORE_DROPPED = _metric(
     "store", "dropped", COUNT, "", "Records the store's queue dropped so far, as seen by the monitor (on_full='drop')"

@@ -38,6 +38,7 @@ _store: MetricsStore | JoinedStore | None = None
 _sink: Any = None  # where this process's records go: a RecordQueue or a SocketSink
 _warned_uninitialized = False
 _recent_source: Callable[[float], dict[Any, Any]] | None = None  # the monitor's window, in its process
+_before_close: list[Callable[[], object]] = []  # resource monitors logging into this process's store
 _time = time.time
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
@@ -233,18 +234,6 @@ class MetricsStore(StoreReader):
         if self.server is not None:
             self.server.settle()
         return self.writer.flush(timeout)
-
-    def add_flush_hook(self, hook: Callable[[], object]) -> None:
-        """Call ``hook`` in the writer thread before each timed flush (every ``flush_interval``):
-        what it logs then goes into that flush, on the writer's own wake. It must not block; an
-        exception is logged once and the flush goes on."""
-        self.writer.before_flush.append(hook)
-
-    def remove_flush_hook(self, hook: Callable[[], object]) -> None:
-        try:
-            self.writer.before_flush.remove(hook)
-        except ValueError:
-            pass
 
     def close(self) -> None:
         """Collect what connected processes still hold, stop the socket, drain the queue,
@@ -492,15 +481,21 @@ def _join(db_path: str, address: StoreAddress) -> JoinedStore | None:
     return JoinedStore(db_path, sink)
 
 
-def get_db() -> MetricsStore | JoinedStore | None:
+def get_db(*, wait: bool = True) -> MetricsStore | JoinedStore | None:
     """The store this process logs into: the one :func:`init_db` opened or joined, or -- in a
     worker process of the node (fork or spawn child, another srun task) -- the node store its
-    environment names. None when there is none."""
+    environment names. None when there is none.
+
+    ``wait=False`` (the resource monitor's thread): None instead of waiting while another thread
+    opens or closes the store, so that no thread of ours ever waits for this module's lock while
+    the closing thread waits for it (see "Locks" in docs/ARCHITECTURE.md)."""
     global _store
     store = _store
     if store is not None and not store._closed and store._owner_pid == os.getpid():
         return store
-    with _lock:
+    if not _lock.acquire(blocking=wait):
+        return None
+    try:
         if _store is None or _store._closed or _store._owner_pid != os.getpid():
             path = os.environ.get(env.METRICS_DB)
             sink = _resolve_sink(warn=False)
@@ -509,24 +504,55 @@ def get_db() -> MetricsStore | JoinedStore | None:
             else:
                 return None
         return _store
+    finally:
+        _lock.release()
 
 
 def shutdown_db() -> None:
-    """Drain every queue, commit, close the store (or flush this process's buffer). Safe to call twice.
+    """Stop the resource monitor logging into the store (its last sample stored), drain every
+    queue, commit, close the store (or flush this process's buffer). Safe to call twice.
 
     The owner of the store first asks every process connected to its socket to send what it
     holds, and waits for their answers (at most ``transport.CLIENT_FLUSH_TIMEOUT_S``, 5 s): what
     live worker processes logged before this call is in the database when it returns."""
     store = _store
     if isinstance(store, MetricsStore) and store.is_node_store and not store._closed:
-        store.flush()  # the job's runtime closes its node store at the end of the job
+        store.flush()  # the job's runtime closes its node store (and stops its monitor) at the end of the job
         return
     close_store()
 
 
+def add_close_hook(hook: Callable[[], object]) -> None:
+    """Call ``hook`` (once) when this process's store closes, in the closing thread, before the
+    store is touched: a resource monitor stops there and its last sample goes into the store.
+    The store keeps only the callable (it never imports the monitors)."""
+    if hook not in _before_close:
+        _before_close.append(hook)
+
+
+def remove_close_hook(hook: Callable[[], object]) -> None:
+    try:
+        _before_close.remove(hook)
+    except ValueError:
+        pass
+
+
+def _run_close_hooks() -> None:
+    while _before_close:
+        hook = _before_close.pop()
+        try:
+            hook()
+        except Exception as exc:  # the store still closes
+            log.warning("aetherium-hpc: %r before closing the store failed: %s: %s", hook, type(exc).__name__, exc)
+
+
 def close_store() -> None:
-    """Close this process's store, the job's node store included (what the runtime calls at the end)."""
+    """Close this process's store, the job's node store included (what the runtime calls at the end).
+
+    The close hooks (the resource monitor) run first, with no lock held; then this module's lock
+    is taken and the store's threads are stopped. No thread of the store waits for that lock."""
     global _store, _sink
+    _run_close_hooks()
     with _lock:
         store, _store = _store, None
         sink, _sink = _sink, None
@@ -548,6 +574,7 @@ def _after_fork_in_child() -> None:
     global _store, _sink, _lock, _recent_source
     _lock = threading.RLock()
     _recent_source = None  # the monitor thread is the parent's: ask the node store
+    _before_close.clear()
     store, sink = _store, _sink
     _store = None
     _sink = None

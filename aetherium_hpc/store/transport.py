@@ -51,6 +51,8 @@ HANDSHAKE_TIMEOUT_S = 10.0
 #: How long the closing store waits for the answers of connected clients it asked to send
 #: what they hold (all asked at once; a client whose process is frozen costs this once).
 CLIENT_FLUSH_TIMEOUT_S = 5.0
+#: How long the closing store waits, for all its reader threads together, once it has woken them.
+READERS_JOIN_S = 1.0
 
 # Control messages (tuples; batches of records are lists).
 FLUSH, ACK, COMMIT, COMMITTED, RECENT, RECENT_IS = "flush", "ack", "commit", "committed", "recent", "recent_is"
@@ -86,6 +88,7 @@ class SocketServer:
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
         self._readers: list[threading.Thread] = []
+        self._open_fds: set[int] = set()  # the clients' sockets until their reader closes them
         self._busy = 0  # clients in their handshake, or batches being decoded and queued
         self._handshaking = 0
         self.batches = 0
@@ -111,6 +114,7 @@ class SocketServer:
             with self._lock:
                 self._busy += 1
                 self._handshaking += 1
+                self._open_fds.add(raw.fileno())
             reader = threading.Thread(
                 target=childless(self._read_loop), args=(raw,), name="aetherium-store-reader", daemon=True
             )
@@ -123,6 +127,7 @@ class SocketServer:
 
     def _read_loop(self, raw: socket.socket) -> None:
         block_job_signals()
+        fd = raw.fileno()
         conn = Connection(raw.detach())
         try:
             deliver_challenge(conn, self.address.key)
@@ -131,10 +136,11 @@ class SocketServer:
             self.refused += 1
             if isinstance(exc, AuthenticationError):  # (a peer that died mid-handshake is no news)
                 log.warning("aetherium-hpc: refused a client on %s: %s", self.address.path, exc)
-            conn.close()
             with self._lock:
                 self._busy -= 1
                 self._handshaking -= 1
+                self._open_fds.discard(fd)
+            conn.close()
             return
         with self._lock:
             self._conns.add(conn)
@@ -174,6 +180,7 @@ class SocketServer:
             with self._lock:
                 self._conns.discard(conn)
                 self._send_locks.pop(conn, None)
+                self._open_fds.discard(fd)  # (before the close: close() shuts down only open ones)
             with self._answered:
                 for waiting in self._waiting.values():
                     waiting.discard(conn)
@@ -289,11 +296,14 @@ class SocketServer:
             pass
         self._sock.close()
         self._acceptor.join(timeout)
+        # Wake every reader at once (a shutdown ends its poll() with EOF; closing the descriptor
+        # under it would not), and let each close its own connection.
         with self._lock:
-            for conn in list(self._conns):
-                conn.close()
+            for fd in self._open_fds:
+                _shutdown_fd(fd)
+        deadline = time.monotonic() + READERS_JOIN_S
         for reader in list(self._readers):
-            reader.join(0.5)
+            reader.join(max(0.0, deadline - time.monotonic()))
         for path in (self.address.path, self.address.key_path):
             try:
                 os.unlink(path)
@@ -307,6 +317,20 @@ class SocketServer:
         conns, self._conns = list(self._conns), set()  # no lock: a parent thread may have held it
         for conn in conns:
             conn.close()
+
+
+def _shutdown_fd(fd: int) -> None:
+    """shutdown(2) the socket behind ``fd`` (through a duplicate: the descriptor stays its owner's)."""
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 class SocketSink:

@@ -23,7 +23,6 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -232,11 +231,6 @@ class StoreWriter(threading.Thread):
         self._bad_seen: set[tuple[str, str, str]] = set()  # causes of refused records already logged
         self._bad_pending = 0  # records refused one by one, not yet counted in store_stats
         self._last_telemetry = 0.0
-        #: Called in this thread before each timed flush (a resource monitor turning the ticks it has
-        #: read into samples, so that they go into this flush on the same wake); see
-        #: :meth:`~.client.MetricsStore.add_flush_hook`.
-        self.before_flush: list[Callable[[], object]] = []
-        self._hook_failed: set[str] = set()
 
     # -- life cycle -------------------------------------------------------------------------
     def start_and_wait(self, timeout: float = 30.0) -> None:
@@ -287,11 +281,7 @@ class StoreWriter(threading.Thread):
                 q.wake.clear()
                 now = time.monotonic()
                 if len(q) >= self.buffer_size or now >= next_flush or self._stop_requested.is_set():
-                    batch = q.drain()
-                    if now >= next_flush and self.before_flush:
-                        self._run_hooks()  # (after the drain: what they log finds room)
-                        batch += q.drain()
-                    self._write(batch)
+                    self._write(q.drain())
                     next_flush = now + self.flush_interval
                     if self._stop_requested.is_set() and not len(q):
                         break
@@ -302,16 +292,6 @@ class StoreWriter(threading.Thread):
             q.close()
             self._write(q.drain())
             self._close_db()
-
-    def _run_hooks(self) -> None:
-        for hook in tuple(self.before_flush):
-            try:
-                hook()
-            except Exception as exc:  # said once per hook; the flush goes on
-                name = getattr(hook, "__qualname__", repr(hook))
-                if name not in self._hook_failed:
-                    self._hook_failed.add(name)
-                    log.warning("aetherium-hpc: %s before a flush failed: %s: %s", name, type(exc).__name__, exc)
 
     def _open_db(self) -> sqlite3.Connection:
         directory = os.path.dirname(os.path.abspath(self.path))

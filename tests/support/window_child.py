@@ -27,7 +27,7 @@ def serve(db: str) -> None:
 
     store = aetherium_hpc.init_db(db, flush_interval=0.2)
     monitor = log_system_resources(interval=0.05, gpu=False)
-    while monitor.samples_taken < 3:
+    while monitor.samples_taken < 4:  # 3 CPU shares (the first tick is their baseline)
         time.sleep(0.02)
     assert store.address is not None
     print(json.dumps({**store.address.to_environ(), "AETHERIUM_METRICS_DB": store.path}), flush=True)
