@@ -55,12 +55,16 @@ __all__ = [
     "FORK_CHILD_ACTIONS",
     "JOB_SIGNALS",
     "block_job_signals",
+    "caught_outside_python",
     "childless",
     "die_of",
     "flush_on_sigterm",
     "is_watcher_handler",
+    "own_handler",
     "reset_in_fork_child",
     "restore_fork_child_actions",
+    "shielded",
+    "wait_shielded",
 ]
 
 # -- background threads --------------------------------------------------------------------------
@@ -95,6 +99,80 @@ def block_job_signals() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
     except (AttributeError, OSError, ValueError):  # not POSIX: nothing to do
         pass
+
+
+# -- work that a signal handler's exception must not cut short -----------------------------------
+def wait_shielded(thread: threading.Thread) -> BaseException | None:
+    """Wait until ``thread`` ends, whatever is raised into the waiting thread meanwhile; the first
+    exception so raised (None: none). Python runs signal handlers in the main thread only, so work
+    done in another thread is out of reach of the exceptions they raise (PyTorch's SIGCHLD handler
+    raising RuntimeError when DataLoader workers die, a KeyboardInterrupt, a user's own)."""
+    raised: BaseException | None = None
+    while thread.is_alive():
+        try:
+            thread.join()
+        except BaseException as exc:  # (from a signal handler: the wait goes on)
+            if raised is None:
+                raised = exc
+    return raised
+
+
+def own_handler(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a signal handler of ours: :func:`shielded` leaves it in place."""
+    func._aetherium_own = True  # type: ignore[attr-defined]
+    return func
+
+
+def _defer_foreign_handlers(replaced: dict[int, Any]) -> None:
+    """In the main thread: replace every Python-level signal handler that is not ours by one that
+    drops the signal (said at debug level); ``replaced`` gets each one replaced, to put back."""
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (ValueError, OSError):
+            continue
+        if callable(handler) and not getattr(handler, "_aetherium_own", False) and handler is not _python_handler:
+            try:
+                signal.signal(signum, _dropped)
+            except (ValueError, OSError, RuntimeError):
+                continue
+            replaced[signum] = handler
+
+
+def _dropped(signum: int, frame: object) -> None:
+    log.debug(
+        "aetherium-hpc: %s while the metrics are being saved: its handler is not run", signal.Signals(signum).name
+    )
+
+
+def shielded(work: Callable[..., object], *args: Any, name: str = "aetherium-shielded") -> BaseException | None:
+    """Run ``work(*args)`` out of reach of other signal handlers' exceptions (PyTorch's SIGCHLD
+    handler raising RuntimeError as DataLoader workers die, a user's own).
+
+    Called from the main thread: the Python-level handlers that are not ours (:func:`own_handler`)
+    are set aside for the duration (a signal they would have handled is dropped, said at debug
+    level), ``work`` runs in a thread of its own and the main thread waits for it; anything still
+    raised into the wait is returned (the first one), never into ``work``. From another thread
+    (which no signal handler runs in) ``work`` runs directly. An exception of ``work`` itself is
+    logged by its thread, as any thread's is."""
+    if threading.current_thread() is not threading.main_thread():
+        work(*args)
+        return None
+    raised: BaseException | None = None
+    replaced: dict[int, Any] = {}
+    try:
+        _defer_foreign_handlers(replaced)
+    except BaseException as exc:  # (raised before the handlers were all set aside)
+        raised = exc
+        _defer_foreign_handlers(replaced)
+    try:
+        thread = threading.Thread(target=work, args=args, name=name, daemon=True)
+        thread.start()
+        first = wait_shielded(thread)
+    finally:
+        for signum, handler in replaced.items():
+            signal.signal(signum, handler)
+    return raised or first
 
 
 # -- SIGTERM: flush, then die -------------------------------------------------------------------
@@ -157,6 +235,8 @@ def flush_on_sigterm(hook: Callable[[], object]) -> bool:
                 return False  # the job's runtime, submitit or the user handles SIGTERM: leave it
         except ValueError:
             return False
+        if caught_outside_python(signal.SIGTERM):
+            return False  # a library's C handler (PyTorch's DataLoader workers): leave it
         read_fd, write_fd = os.pipe()  # non-inheritable: programs started later do not get them
         os.set_blocking(write_fd, False)
         try:
@@ -177,6 +257,25 @@ def flush_on_sigterm(hook: Callable[[], object]) -> bool:
         _watch = watch
         watch.thread.start()
         return True
+
+
+def caught_outside_python(signum: int) -> bool:
+    """True when the kernel says this process catches ``signum`` while Python's record says it does
+    not: a handler installed from C with ``sigaction`` (PyTorch's DataLoader workers catch SIGTERM
+    that way, to exit quietly when their parent ends them), which ``signal.getsignal`` cannot see
+    and ``signal.signal`` would silently replace. Read from ``SigCgt`` in /proc/self/status; False
+    where that is not there."""
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"SigCgt:"):
+                    caught = int(line.split()[1], 16) >> (signum - 1) & 1
+                    break
+            else:
+                return False
+    except (OSError, ValueError, IndexError):
+        return False
+    return bool(caught) and signal.getsignal(signum) in (signal.SIG_DFL, signal.SIG_IGN, None)
 
 
 def _run_hooks(hooks: list[Callable[[], object]]) -> None:

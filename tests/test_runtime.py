@@ -262,3 +262,53 @@ def test_leader_waits_for_a_sibling_task_that_is_still_sending(tmp_path: Path, j
     conn = sqlite3.connect(dest)
     assert conn.execute("SELECT count(*) FROM training_metrics WHERE metric_name='sibling'").fetchone() == (100,)
     conn.close()
+
+
+@pytest.mark.parametrize("order", ["workers-first", "together"])
+def test_workers_killed_by_the_same_scancel_neither_abort_the_copy_back_nor_change_the_status(
+    tmp_path: Path, job_env: Path, order: str
+) -> None:
+    """scancel signals every process of the step; workers that die first make a handler like
+    PyTorch's SIGCHLD one raise RuntimeError in the main thread: before the job's own SIGTERM is
+    handled ("workers-first"), or while it saves the metrics ("together"). Either way the status is
+    what was done to the job (cancelled, 128+15), and every committed row is copied back."""
+    marker = tmp_path / "ready"
+    config = make_config(
+        tmp_path / "runs",
+        workload={"callable": "runtime_workloads:torch_like_workers", "kwargs": {"marker": str(marker), "n": 20}},
+        monitoring={"interval_s": 0.2, "flush_interval_s": 30.0, "buffer_size": 100000},
+    )
+    sub = launch.submit(config)
+    main, *workers = (int(p) for p in _wait_for(marker).split())
+    if order == "workers-first":
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.3)  # the RuntimeError is raised in the main thread and the workload fails
+        os.kill(main, signal.SIGTERM)
+    else:
+        for pid in [*workers, main]:
+            os.kill(pid, signal.SIGTERM)
+    _wait_done(sub.jobs[0])
+    (db,) = sub.layout.databases()
+    row = job_rows(db)[0]
+    assert (row["status"], row["exit_code"]) == ("cancelled", 128 + signal.SIGTERM), row
+    got = counts(db)
+    assert got["training_metrics"] == 22, got
+    assert not list(job_env.iterdir()), "the node-local folder was left behind (copy-back aborted)"
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "exit_code"),
+    [(3, "failed", 3), (0, "completed", 0), (None, "completed", 0), ("bye", "failed", 1)],
+)
+def test_system_exit_in_a_callable_is_recorded_with_its_code(
+    tmp_path: Path, job_env: Path, code: object, status: str, exit_code: int
+) -> None:
+    config = make_config(
+        tmp_path / "runs", workload={"callable": "runtime_workloads:exit_with", "kwargs": {"code": code}}
+    )
+    sub = launch.submit(config)
+    _wait_done(sub.jobs[0])
+    (db,) = sub.layout.databases()
+    row = job_rows(db)[0]
+    assert (row["status"], row["exit_code"]) == (status, exit_code), row

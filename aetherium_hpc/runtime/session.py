@@ -31,7 +31,7 @@ from typing import Any
 from .. import env
 from ..config import Monitoring
 from ..paths import RunLayout
-from ..signals import block_job_signals
+from ..signals import block_job_signals, shielded
 from ..store import CopyBack, address, client, copy_database, source_of
 from .context import JobContext
 from .signals import JobInterrupted, SignalGuard
@@ -42,6 +42,9 @@ __all__ = ["NodeSession", "connect_to_node_store", "run_command", "run_task"]
 
 #: How long a non-leader task waits for rank 0's socket to appear.
 SIBLING_WAIT_S = 60.0
+#: How long a workload's failure waits for a termination signal that may have caused it (the
+#: DataLoader workers of the same scancel died first) before it is recorded as ``failed``.
+SIGNAL_GRACE_S = 1.0
 
 
 class NodeSession:
@@ -193,12 +196,27 @@ class NodeSession:
         return done
 
     def finish(self, status: str, exit_code: int | None, detail: str | None = None) -> None:
-        """Record the status, stop the monitor, close the store, copy back. Runs once."""
+        """Record the status, stop the monitor, close the store, copy back. Runs once.
+
+        The work runs in a thread of its own while the main thread waits (:func:`..signals.shielded`):
+        Python runs signal handlers in the main thread only, so an exception a handler raises
+        meanwhile -- PyTorch's SIGCHLD handler when the DataLoader workers die of the same
+        ``scancel``, a KeyboardInterrupt, a user's own -- lands in the wait, never half-way
+        through the copy-back. It is reported in one line once the metrics are saved."""
         if self._finishing:
             return
         self._finishing = True
         self.status = status
         self._stop.set()
+        raised = shielded(self._finish, status, exit_code, detail, name="aetherium-finish")
+        if raised is not None:
+            log.warning(
+                "aetherium-hpc: %s: %s was raised while the metrics were being saved (status %s); they were "
+                "saved first", type(raised).__name__, str(raised).strip() or "-", status,
+            )  # fmt: skip
+
+    def _finish(self, status: str, exit_code: int | None, detail: str | None) -> None:
+        block_job_signals()
         try:
             client.log_job(status=status, end_time=time.time(), exit_code=exit_code, detail=detail)
             if self._monitor is not None:
@@ -298,6 +316,40 @@ def _reap(child: subprocess.Popen[bytes], timeout: float) -> None:
         time.sleep(0.02)
 
 
+def _end_after_failure(session: NodeSession, guard: SignalGuard, exc: BaseException) -> None:
+    """The workload raised ``exc``: record ``failed`` -- unless a signal is what ended it.
+
+    A workload that fails as the job is being ended failed because of the signal: ``scancel``
+    signals every process of the step, the DataLoader workers die first and PyTorch's SIGCHLD
+    handler raises in the main thread (once per worker, at any moment). So this waits up to
+    :data:`SIGNAL_GRACE_S` for a handled signal, shielded from such exceptions: its handler runs
+    in the main thread meanwhile and records what Slurm did (then ends the process, or raises
+    :class:`JobInterrupted`, which is raised here in place of ``exc``). A handler cut short before
+    it could save is completed here."""
+
+    def wait_then_fail() -> None:
+        deadline = time.monotonic() + SIGNAL_GRACE_S
+        while guard.received is None and guard.installed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if guard.received is None:
+            session.finish("failed", 1, detail=f"{type(exc).__name__}: {exc}"[:2000])
+
+    raised = shielded(wait_then_fail, name="aetherium-failed")
+    guard.complete_interrupted()
+    if isinstance(raised, JobInterrupted):
+        raise raised from exc
+
+
+def system_exit_code(exc: SystemExit) -> int:
+    """The exit status Python gives ``raise SystemExit(code)``: None 0, an int itself, anything else 1."""
+    code = exc.code
+    if code is None:
+        return 0
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code & 0xFF
+    return 1
+
+
 def _exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
@@ -348,9 +400,18 @@ def run_task(
             if session is not None:
                 session.finish("cancelled", 130, detail="KeyboardInterrupt")
             raise
+        except SystemExit as exc:
+            if session is not None:
+                code = system_exit_code(exc)
+                session.finish(
+                    "completed" if code == 0 else "failed",
+                    code,
+                    detail=None if code == 0 else f"SystemExit: {exc.code}"[:2000],
+                )
+            raise
         except BaseException as exc:
             if session is not None:
-                session.finish("failed", 1, detail=f"{type(exc).__name__}: {exc}"[:2000])
+                _end_after_failure(session, guard, exc)
             raise
         code = exit_code_of(result)
         if session is not None:

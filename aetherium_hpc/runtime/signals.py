@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from .. import scheduler
-from ..signals import is_watcher_handler, reset_in_fork_child, restore_fork_child_actions
+from ..signals import is_watcher_handler, own_handler, reset_in_fork_child, restore_fork_child_actions, shielded
 from ..store.client import shutdown_db
 
 log = logging.getLogger(__name__)
@@ -144,6 +144,9 @@ class SignalGuard:
         self.owner_pid = os.getpid()
         self.previous: dict[int, Handler] = {}
         self.received: int | None = None
+        self._saving: threading.Event | None = None  # set once the first signal's save is done
+        self._saved: bool | None = None  # what on_signal answered
+        self._chained = False
 
     def install(self) -> SignalGuard:
         remember_job_end_time()
@@ -156,6 +159,11 @@ class SignalGuard:
         _active.append(self)
         return self
 
+    @property
+    def installed(self) -> bool:
+        """Whether the handlers are in place (the main thread installed them, not yet uninstalled)."""
+        return bool(self.previous)
+
     def uninstall(self) -> None:
         if os.getpid() != self.owner_pid or threading.current_thread() is not threading.main_thread():
             return
@@ -166,17 +174,54 @@ class SignalGuard:
                 signal.signal(signum, prev if prev is not None else signal.SIG_DFL)
         self.previous.clear()
 
+    @own_handler
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum  # first: should another handler's exception cut this one short, the
+        # workload's end (run_task) sees the signal and completes its work (complete_interrupted)
         if os.getpid() != self.owner_pid:
             _flush_child_and_die(signum)
             return
-        prev = self.previous.get(signum, signal.SIG_DFL)
-        status = status_for(signum, prev)
-        if self.received is None:
+        self._complete(signum, frame)
+
+    def complete_interrupted(self) -> None:
+        """After the workload ended with an exception: if a handled signal came and its handler was
+        cut short (an exception that another signal handler raised in the main thread landed in it),
+        save the metrics for it and act on it now, as the handler would have."""
+        signum = self.received
+        if signum is not None and not self._chained and os.getpid() == self.owner_pid:
+            self._complete(signum, None)
+
+    def _complete(self, signum: int, frame: FrameType | None) -> None:
+        """Save the metrics in a thread of their own (out of reach of other handlers' exceptions;
+        a repeated signal waits for the same save), then let the previous handler act."""
+        if self._saving is None:
+            self._saving = threading.Event()
+            raised = shielded(self._save, signum, name="aetherium-save")
+        else:  # a repeated signal while the first one's save runs: wait for it, shielded too
+            raised = shielded(self._saving.wait)
+        if raised is not None:
+            log.warning(
+                "aetherium-hpc: %s: %s was raised while the metrics were being saved; they were saved first",
+                type(raised).__name__, str(raised).strip() or "-",
+            )  # fmt: skip
+        if self._saved is False:  # the metrics were being saved already (the workload's own end): let
+            self._saving = None  # that finish; a signal after it asks again (and then takes effect)
+            return
+        self._chain(signum, frame)
+
+    def _save(self, signum: int) -> None:
+        try:
+            prev = self.previous.get(signum, signal.SIG_DFL)
+            status = status_for(signum, prev)
             log.warning("aetherium-hpc: %s received: saving metrics (status %s)", signal.Signals(signum).name, status)
-        self.received = signum
-        if self.on_signal(status, signum) is False:
-            return  # the metrics are being saved right now (an earlier signal): let that finish
+            self._saved = self.on_signal(status, signum) is not False
+        finally:
+            if self._saving is not None:
+                self._saving.set()
+
+    def _chain(self, signum: int, frame: FrameType | None) -> None:
+        self._chained = True
+        prev = self.previous.get(signum, signal.SIG_DFL)
         if callable(prev) and not is_watcher_handler(prev):
             prev(signum, frame)  # submitit's requeue (may exit), its bypass, or KeyboardInterrupt
         elif prev in (signal.SIG_DFL, None) or is_watcher_handler(prev):  # (the store's stands for SIG_DFL)
@@ -184,4 +229,4 @@ class SignalGuard:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        raise JobInterrupted(status, signum)
+        raise JobInterrupted(status_for(signum, prev), signum)

@@ -52,3 +52,60 @@ def log_slowly(seconds: float = 12.0, learning_rate: float = 0.0, seed: int = 0)
         n += 1
         time.sleep(0.1)
     return 0
+
+
+def _worker_logs_then_waits(i: int) -> None:
+    ah.log_training_epoch_metric("worker", float(i), round_number=1, epoch_number=i)
+    ah.get_db().flush()  # type: ignore[union-attr]  (committed before the test signals)
+    time.sleep(300)
+
+
+def torch_like_workers(marker: str, n: int = 20) -> int:
+    """Two fork workers and a SIGCHLD handler that raises in the main thread when one of them dies of
+    a signal, exactly as PyTorch's DataLoader does (torch/utils/data/_utils/signal_handling.py:
+    ``waitid(WNOHANG | WNOWAIT)`` on each worker, then ``RuntimeError("DataLoader worker (pid(s)
+    ...) exited unexpectedly")``). Announces ``"<main pid> <worker pid> <worker pid>"`` in
+    ``marker`` once every row is committed, then trains (sleeps) until a signal ends it."""
+    import signal
+
+    for i in range(n):
+        ah.log_training_epoch_metric("loss", float(i), round_number=0, epoch_number=i)
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_worker_logs_then_waits, args=(i,), daemon=True) for i in range(2)]
+    for w in workers:
+        w.start()
+    pids = [w.pid for w in workers]
+    previous = signal.getsignal(signal.SIGCHLD)
+
+    def handler(signum: int, frame: object) -> None:
+        for pid in pids:
+            assert pid is not None
+            try:
+                info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                continue
+            if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                raise RuntimeError(
+                    f"DataLoader worker (pid(s) {pid}) exited unexpectedly: killed by signal {info.si_status}"
+                )
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGCHLD, handler)
+    db = ah.get_db()
+    assert db is not None
+    deadline = time.monotonic() + 60
+    while len(db.query_training_metrics(metric_name="worker")) < 2:
+        assert time.monotonic() < deadline, "the workers' rows were not committed within 60 s"
+        time.sleep(0.05)
+    tmp = Path(marker + ".tmp")
+    tmp.write_text(" ".join(str(p) for p in [os.getpid(), *pids]))
+    os.replace(tmp, marker)
+    while True:  # the training loop: a signal ends it
+        time.sleep(0.01)
+
+
+def exit_with(code: object) -> None:
+    """Log a row, then ``raise SystemExit(code)`` (a callable that ends with sys.exit)."""
+    ah.log_training_epoch_metric("loss", 1.0, epoch_number=0)
+    raise SystemExit(code)
