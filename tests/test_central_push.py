@@ -144,3 +144,22 @@ def test_newer_schema_is_refused_in_one_line(central: str, two_nodes: list[Path]
         conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(CentralStoreError, match="schema version 99 is newer than this aetherium-hpc understands"):
         load([str(two_nodes[0])], central)
+
+
+def test_an_input_the_server_refuses_is_skipped_by_name_and_the_rest_loaded(
+    central: str, two_nodes: list[Path], tmp_path: Path
+) -> None:
+    bad = tmp_path / "7_9" / "n9.db"
+    bad.parent.mkdir()
+    write_node_db(bad, job="7", task=9, node="n9", t0=1_700_000_100.0)
+    conn = sqlite3.connect(bad)
+    conn.execute("UPDATE training_rows SET metric_name = ?", ("x" * 1_000_000,))  # past PostgreSQL's index rows
+    conn.commit()
+    conn.close()
+    out = aetherium_cli(["merge", str(two_nodes[0]), str(bad), str(two_nodes[1]), "--into", central], tmp_path)
+    assert out.returncode == 3, out.stdout + out.stderr
+    (line,) = [x for x in out.stderr.splitlines() if "skipped" in x]
+    assert str(bad) in line and "refused by the server" in line and len(line) < 2000
+    assert (
+        pg_rows(central, "SELECT count(DISTINCT array_task_id) FROM sources WHERE array_task_id IN (0, 1)")[0][0] == 2
+    )

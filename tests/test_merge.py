@@ -231,3 +231,27 @@ def test_merge_command_exit_codes(run_dir: Path, tmp_path: Path, capsys: pytest.
     good = sorted(run_dir.glob("db/777_1/*.db"))
     args = parser.parse_args(["merge", *map(str, good), "-o", str(tmp_path / "m2.db")])
     assert args.handler(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "bad"),
+    [("training_rows", "timestamp", "x"), ("generation_rows", "timestamp", "x")],
+)
+def test_an_input_with_bad_values_is_skipped_by_name_and_the_rest_merged(
+    tmp_path: Path, table: str, column: str, bad: str
+) -> None:
+    for task in range(3):
+        write_task_db(tmp_path / "in" / f"t{task}.db", task)
+    conn = sqlite3.connect(tmp_path / "in" / "t1.db")
+    conn.execute(f"UPDATE {table} SET {column} = ?", (bad,))
+    conn.commit()
+    conn.close()
+    result = merge([tmp_path / "in"], tmp_path / "out.db")
+    assert [Path(s.path).name for s in result.skipped] == ["t1.db"], result.summary()
+    assert result.sources_added == 2 and result.exit_code == SKIPPED_EXIT_CODE
+    out = sqlite3.connect(tmp_path / "out.db")
+    try:
+        assert out.execute("SELECT count(*) FROM sources").fetchone() == (2,)
+        assert out.execute("SELECT count(*) FROM training_rows").fetchone() == (2,)
+    finally:
+        out.close()

@@ -60,8 +60,10 @@ def merge_into_central(inputs: list[str], url: str) -> int:
                 continue
             paths.append(current)
         result = load(paths, url)
+    for path, why in result.skipped:
+        print(f"aetherium-hpc merge: skipped {path}: {why}", file=sys.stderr)
     print(result.summary())
-    return SKIPPED_EXIT_CODE if skipped else 0
+    return SKIPPED_EXIT_CODE if skipped or result.skipped else 0
 
 
 def default_merge_output(inputs: list[str]) -> str:

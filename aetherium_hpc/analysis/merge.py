@@ -649,14 +649,19 @@ def _copy_group(
             conn.execute("SAVEPOINT input")
             try:
                 _merge_one(conn, path, result, by_fp, by_id, alias)
-            except sqlite3.DatabaseError as exc:
+            except Exception as exc:  # this input's data or file: it alone is rolled back and skipped
                 if not conn.in_transaction:  # SQLite rolled the whole group back (disk full, I/O error)
                     raise
                 conn.execute("ROLLBACK TO input")
                 conn.execute("RELEASE input")
-                if "locked" in str(exc):  # the input was readable (checked): the output is locked
-                    raise _output_locked(result, exc) from exc
-                result.skipped.append(Skipped(path, f"unreadable while copying ({exc})"))
+                if isinstance(exc, sqlite3.DatabaseError) and "locked" in str(exc):
+                    raise _output_locked(result, exc) from exc  # (the input was readable: checked)
+                why = (
+                    f"unreadable while copying ({exc})"
+                    if isinstance(exc, sqlite3.DatabaseError)
+                    else f"bad data ({type(exc).__name__}: {exc}); check its rows with the sqlite3 shell"
+                )
+                result.skipped.append(Skipped(path, why))
                 continue
             conn.execute("RELEASE input")
         conn.execute("COMMIT")

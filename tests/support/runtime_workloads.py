@@ -109,3 +109,34 @@ def exit_with(code: object) -> None:
     """Log a row, then ``raise SystemExit(code)`` (a callable that ends with sys.exit)."""
     ah.log_training_epoch_metric("loss", 1.0, epoch_number=0)
     raise SystemExit(code)
+
+
+class _LoggedItems:
+    """A map-style dataset whose every item is logged from the DataLoader worker that loads it."""
+
+    def __len__(self) -> int:
+        return 32
+
+    def __getitem__(self, i: int) -> float:
+        ah.log_training_epoch_metric("item", float(i), round_number=0, epoch_number=i)
+        return float(i)
+
+
+def torch_dataloader_train(marker: str, epochs: int = 100_000, sleep_s: float = 0.05) -> int:
+    """A training loop over a PyTorch DataLoader with 2 persistent workers that log; after the
+    first epoch (its rows committed) announces ``"<pid> <rows committed>"`` in ``marker``."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(_LoggedItems(), batch_size=4, num_workers=2, persistent_workers=True)  # type: ignore[arg-type]
+    for epoch in range(epochs):
+        for _batch in loader:
+            time.sleep(sleep_s)
+        ah.log_training_epoch_metric("loss", 1.0 / (epoch + 1), round_number=1, epoch_number=epoch)
+        if epoch == 0:
+            db = ah.get_db()
+            assert db is not None
+            db.flush()
+            tmp = Path(marker + ".tmp")
+            tmp.write_text(f"{os.getpid()} {len(db.query_training_metrics())}")
+            os.replace(tmp, marker)
+    return epochs

@@ -25,6 +25,8 @@ class LoadResult:
     url: str  # masked
     per_input: list[tuple[str, Pushed]] = field(default_factory=list)
     total: Pushed = field(default_factory=Pushed)
+    #: (input, why) of each input the server refused: its transaction rolled back, the rest loaded.
+    skipped: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         t = self.total
@@ -58,9 +60,19 @@ def load(
                     if not pushed.more:
                         break
             except psycopg.Error as exc:
-                raise CentralStoreError(
-                    f"central store {where}: loading {path} failed: {scrub(str(exc), url)}"
-                ) from None
+                # No answer, or a connection-class one (08...): the server, not this input.
+                if pg.closed or pg.broken or not exc.sqlstate or exc.sqlstate.startswith("08"):
+                    raise CentralStoreError(
+                        f"central store {where}: loading {path} failed: {scrub(str(exc), url)}"
+                    ) from None
+                pg.rollback()  # only this input's batch: the batches before it are committed
+                result.skipped.append((os.fspath(path), f"refused by the server ({scrub(str(exc), url).strip()})"))
+                continue
+            except (ValueError, TypeError, ArithmeticError) as exc:  # a value of this input's rows
+                if pg.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    pg.rollback()
+                result.skipped.append((os.fspath(path), f"bad data ({type(exc).__name__}: {exc})"))
+                continue
             finally:
                 conn.close()
             result.per_input.append((os.fspath(path), done))
