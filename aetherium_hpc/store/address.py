@@ -79,11 +79,16 @@ def new_address(folder: str) -> StoreAddress:
         raise OSError(
             f"socket path {path!r} is longer than {MAX_SOCKET_PATH} bytes; set AETHERIUM_LOCAL_DIR to a short folder"
         )
-    key = secrets.token_bytes(32)
-    fd = os.open(path + KEY_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    address = StoreAddress(path, secrets.token_bytes(32))
+    write_key(address)
+    return address
+
+
+def write_key(address: StoreAddress) -> None:
+    """Write ``address``'s key to its key file (0600), for processes that find the socket by its path."""
+    fd = os.open(address.key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(key.hex())
-    return StoreAddress(path, key)
+        fh.write(address.key.hex())
 
 
 def socket_dir_for(local_dir: str) -> str:

@@ -23,7 +23,7 @@ from .. import env, signals
 from ..credentials import mask
 from ..errors import StoreError
 from . import reader, records
-from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish
+from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish, write_key
 from .options import StoreOptions, central_url
 from .ownership import Holder, WriterLock
 from .provenance import SourceInfo, source_from_environ
@@ -203,11 +203,13 @@ class MetricsStore(StoreReader):
 
     def _listen(self, socket_dir: str | None) -> None:
         try:
-            folder = new_socket_folder(socket_dir)
-            self._socket_dir = folder
-            self.server = SocketServer(
-                new_address(folder), self.queue.put_many, commit=self.writer.flush, recent=_serve_recent
-            )
+            if socket_dir is None:  # a store of the library's: this process's one address, kept
+                folder, address = _process_address()
+            else:  # the job's node store: in the folder every task of the node looks in
+                folder = new_socket_folder(socket_dir)
+                self._socket_dir = folder
+                address = new_address(folder)
+            self.server = SocketServer(address, self.queue.put_many, commit=self.writer.flush, recent=_serve_recent)
         except OSError as exc:
             log.warning(
                 "aetherium-hpc: no node socket for %s (%s); only this process and its fork children "
@@ -262,6 +264,35 @@ class MetricsStore(StoreReader):
             self.server.forget_in_fork_child()
         if self._lock_file is not None:
             self._lock_file.forget_in_fork_child()
+
+
+_address: tuple[int, str, StoreAddress] | None = None  # (pid, folder, address) of this process's stores
+
+
+def _process_address() -> tuple[str, StoreAddress]:
+    """The node-socket address every store this process opens with :func:`init_db` listens on: made
+    once (a fresh private folder, a random key), kept until the process exits. Workers that outlive
+    a store -- a Pool, a ``ProcessPoolExecutor`` or joblib's loky executor kept across
+    ``shutdown_db()`` / ``init_db()`` -- hold that address, and find the next store there."""
+    global _address
+    pid = os.getpid()
+    if _address is not None and _address[0] == pid and os.path.isdir(_address[1]):
+        _, folder, address = _address
+        write_key(address)  # (removed with the socket when the last store closed)
+        return folder, address
+    folder = new_socket_folder(None)
+    address = new_address(folder)
+    _address = (pid, folder, address)
+    atexit.register(_remove_process_folder, pid, folder)
+    return folder, address
+
+
+def _remove_process_folder(pid: int, folder: str) -> None:
+    if os.getpid() == pid:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 def _start_sender(path: str, url: str | None, queue: RecordQueue) -> Any:

@@ -53,6 +53,10 @@ HANDSHAKE_TIMEOUT_S = 10.0
 CLIENT_FLUSH_TIMEOUT_S = 5.0
 #: How long the closing store waits, for all its reader threads together, once it has woken them.
 READERS_JOIN_S = 1.0
+#: While the store does not answer, a client tries again at most this often (seconds), holding
+#: up to :data:`MAX_HELD` records meanwhile (beyond: the oldest are dropped and counted).
+RETRY_S = 0.2
+MAX_HELD = 200_000
 
 # Control messages (tuples; batches of records are lists).
 FLUSH, ACK, COMMIT, COMMITTED, RECENT, RECENT_IS = "flush", "ack", "commit", "committed", "recent", "recent_is"
@@ -352,7 +356,10 @@ class SocketSink:
         self._dq: deque[Any] = deque()
         self._send_lock = threading.Lock()
         self._conn: Connection | None = None
-        self._failed = False
+        self._down_since: float | None = None  # time.monotonic() the store stopped answering (None: it answers)
+        self._last_try = 0.0  # time.monotonic() of the last connection attempt
+        self._said_dropped = False
+        self._why = ""  # why the last attempt to reach the store failed
         self._closed = False
         self._pid = os.getpid()
         self._tokens = itertools.count(1)
@@ -371,15 +378,42 @@ class SocketSink:
     def put(self, rec: Any) -> bool:
         dq = self._dq
         dq.append(rec)
-        if len(dq) >= self.batch:
-            self.flush()
+        if len(dq) >= self.batch or self._conn is None:
+            self._flush_or_hold()
         return True
 
     def put_many(self, recs: list[Any]) -> bool:
         self._dq.extend(recs)
-        if len(self._dq) >= self.batch:
-            self.flush()
+        if len(self._dq) >= self.batch or self._conn is None:
+            self._flush_or_hold()
         return True
+
+    def _flush_or_hold(self) -> None:
+        """Send now; while the store is away (it closed; the next one its owner opens listens on the
+        same address), try again at once when its socket is back, else at most every :data:`RETRY_S`,
+        and hold what waits."""
+        if (
+            self._conn is None
+            and time.monotonic() - self._last_try < RETRY_S
+            and not os.path.exists(self.address.path)  # (a store listens there again: try at once)
+        ):
+            if len(self._dq) > MAX_HELD:
+                self._drop_oldest()
+            return
+        self.flush()
+
+    def _drop_oldest(self) -> None:
+        dq = self._dq
+        while len(dq) > MAX_HELD:
+            dq.popleft()
+            self.dropped += 1
+        if not self._said_dropped:
+            self._said_dropped = True
+            log.warning(
+                "aetherium-hpc: pid %d holds more than %d records for the metrics store at %s, which has not "
+                "answered for %.0f s; the oldest are dropped and counted",
+                os.getpid(), MAX_HELD, self.address.path, time.monotonic() - (self._down_since or time.monotonic()),
+            )  # fmt: skip
 
     def __len__(self) -> int:
         return len(self._dq)
@@ -387,7 +421,7 @@ class SocketSink:
     @property
     def connected(self) -> bool:
         """True while connected to the store (the connection is made, bounded, in ``__init__``)."""
-        return self._conn is not None and not self._failed
+        return self._conn is not None
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Send everything buffered; False if the store cannot be reached (records then dropped, counted)."""
@@ -400,7 +434,7 @@ class SocketSink:
 
     def commit(self, timeout: float = 60.0) -> bool:
         """Send everything buffered and wait until the store has committed it (for reads)."""
-        if not self.connected:
+        if not self.connected and not self.flush(timeout):
             return False
         answered, ok = self._ask(COMMIT, (), timeout, send_buffered=True)
         return bool(answered and ok)
@@ -453,27 +487,37 @@ class SocketSink:
         return conn is not None and _send_message(conn, msg)
 
     def _send(self, batch: list[Any]) -> bool:
-        if self.dropped and not self._failed and batch:
+        """Send ``batch`` (connecting first if need be); when the store does not answer, the batch
+        goes back to the front of the buffer, held for the next try (see :meth:`_flush_or_hold`)."""
+        if self.dropped and batch and self._conn is not None:
             batch.append((STATS, time.time(), {"dropped_client": self.dropped}))
             self.dropped = 0
         try:
             if self._conn is None:
-                if self._failed:
-                    raise OSError("store not reachable")
+                self._last_try = time.monotonic()
                 self._conn = _connect(self.address)
+                if self._down_since is not None:
+                    log.info(
+                        "aetherium-hpc: pid %d reaches the metrics store at %s again", os.getpid(), self.address.path
+                    )
+                    self._down_since = None
+                if self.dropped and batch:
+                    batch.append((STATS, time.time(), {"dropped_client": self.dropped}))
+                    self.dropped = 0
             if batch:
                 self._conn.send_bytes(marshal.dumps(batch))
             return True
         except (OSError, EOFError, ValueError, AuthenticationError) as exc:
-            lost = sum(1 for r in batch if r[0] != STATS)
-            self.dropped += lost
-            if not self._failed:
-                self._failed = True
-                log.warning(
-                    "aetherium-hpc: metrics store at %s not reachable from pid %d (%s); "
-                    "records logged by this process from now on are dropped and counted",
-                    self.address.path, os.getpid(), exc,
-                )  # fmt: skip
+            self._why = f"{type(exc).__name__}: {exc}" if isinstance(exc, AuthenticationError) else str(exc)
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                conn.close()
+            if self._down_since is None:
+                self._down_since = time.monotonic()
+            held = [r for r in batch if r[0] != STATS]
+            self._dq.extendleft(reversed(held))
+            if len(self._dq) > MAX_HELD:
+                self._drop_oldest()
             return False
 
     def _flush_loop(self) -> None:
@@ -491,7 +535,11 @@ class SocketSink:
             except (OSError, EOFError, ValueError):
                 if self._closed:
                     return
-                time.sleep(wait)  # the store closed: later sends fail and are counted
+                with self._send_lock:  # the store closed: the next send connects again (or holds)
+                    if self._conn is conn and conn is not None:
+                        self._conn = None
+                        conn.close()
+                time.sleep(wait)
             next_send = time.monotonic() + self.interval
             if self._dq:
                 self.flush()
@@ -521,7 +569,13 @@ class SocketSink:
         if not self._send_lock.acquire(timeout=10.0):
             return
         try:
-            self._send_buffered()
+            if not self._send_buffered():
+                lost = sum(1 for r in self._dq if r[0] != STATS) + self.dropped
+                self._dq.clear()
+                log.warning(
+                    "aetherium-hpc: pid %d: %d records could not be delivered: the metrics store at %s is not "
+                    "reachable (%s); they are lost", os.getpid(), lost, self.address.path, self._why,
+                )  # fmt: skip
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
