@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from procs import read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, StoreError
-from aetherium_hpc.store import SourceInfo, chunks, records, schema
+from aetherium_hpc.store import SourceInfo, chunks, client, records, schema
 
 
 def test_whole_api_round_trip(db_path: Path) -> None:
@@ -227,15 +228,61 @@ def test_full_queue_blocks_and_loses_nothing(db_path: Path) -> None:
     assert stats["dropped"] == 0
 
 
-def test_full_queue_in_drop_mode_counts_drops(db_path: Path) -> None:
+def test_full_queue_in_drop_mode_counts_drops(db_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     ah.init_db(str(db_path), buffer_size=100, flush_interval=3600, max_queue=100, on_full="drop")
     for i in range(150):  # the writer cannot drain in between: nothing wakes it below 100
         ah.log_training_epoch_metric("x", float(i), 0, i)
     ah.shutdown_db()
     written = read(db_path, "SELECT count(*) FROM training_rows")[0][0]
     dropped = read(db_path, "SELECT value FROM store_stats WHERE name='dropped_queue_full'")
-    assert written + (dropped[0][0] if dropped else 0) == 150
+    n_dropped = int(dropped[0][0]) if dropped else 0
+    assert written + n_dropped == 150
     assert written >= 100
+    # the owner says how many in one line at shutdown (none: no line)
+    lines = [x for x in capfd.readouterr().err.splitlines() if "could not be stored" in x]
+    assert lines == ([f"aetherium-hpc: {n_dropped} record(s) logged for {db_path} could not be stored (a full queue "
+                      "with on_full='drop', or workers that could not reach the store); counted in its store_stats"]
+                     if n_dropped else [])  # fmt: skip
+
+
+def test_records_a_worker_could_not_deliver_are_counted_by_the_next_store_and_said_once(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from aetherium_hpc.store import transport
+
+    ah.init_db(str(tmp_path / "a.db"))
+    pid = os.fork()
+    if pid == 0:  # a worker kept across stores that overflows its held records while no store listens
+        code = 1
+        try:
+            ah.log_training_epoch_metric("w", 0.0)  # connects
+            sink = client._sink
+            assert sink is not None and sink.flush()
+            while os.path.exists(str(tmp_path / "go")) is False:
+                time.sleep(0.01)
+            transport.MAX_HELD = 10
+            for i in range(25):  # the store is gone: 10 held, 15 dropped and counted
+                ah.log_training_epoch_metric("w", float(i))
+            while not os.path.exists(str(tmp_path / "b.ready")):
+                time.sleep(0.01)
+            code = 0 if sink.commit(30.0) else 2  # delivers the 10 and the count to the next store
+        finally:
+            os._exit(code)
+    try:
+        time.sleep(0.3)
+        ah.shutdown_db()
+        (tmp_path / "go").touch()
+        time.sleep(0.5)
+        ah.init_db(str(tmp_path / "b.db"))
+        (tmp_path / "b.ready").touch()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        ah.shutdown_db()
+    assert read(tmp_path / "b.db", "SELECT count(*) FROM training_rows") == [(10,)]
+    assert read(tmp_path / "b.db", "SELECT value FROM store_stats WHERE name = 'dropped_client'") == [(15,)]
+    err = capfd.readouterr().err
+    assert f"aetherium-hpc: 15 record(s) logged for {tmp_path / 'b.db'} could not be stored" in err
 
 
 def test_malformed_record_is_counted_not_fatal(db_path: Path) -> None:

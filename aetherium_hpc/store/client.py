@@ -250,6 +250,13 @@ class MetricsStore(StoreReader):
             self.writer.flush(timeout=30.0)
             self.sender.stop()
         self.writer.stop()
+        lost = self.writer.stats.lost + self.queue.dropped
+        if lost:  # said by the process that owns the store, whichever process lost them
+            print(
+                f"aetherium-hpc: {lost} record(s) logged for {self.path} could not be stored (a full queue "
+                "with on_full='drop', or workers that could not reach the store); counted in its store_stats",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
         if self._socket_dir is not None:
             try:
                 os.rmdir(self._socket_dir)

@@ -195,6 +195,9 @@ class WriterStats:
     bad_records: int = 0
     write_errors: int = 0
     dropped_on_error: int = 0
+    #: Records logged into this store that it could not store, in this session: its queue full
+    #: (on_full='drop'), or lost in a client process (``dropped_client``, as the clients report them).
+    lost: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
@@ -494,6 +497,7 @@ class StoreWriter(threading.Thread):
             self.queue.dropped -= dropped
         self._bad_pending -= pending_bad
         stats = self.stats
+        stats.lost += int(dropped + counters.get("dropped_client", 0.0))
         stats.written += n_ok
         stats.bad_records += bad
         stats.batches += 1
