@@ -119,6 +119,19 @@ def _wait_for(path: Path, timeout: float = 60.0) -> str:
     return path.read_text()
 
 
+def _submit_and_wait_for_marker(tmp_path: Path, func: str, **kwargs: object) -> tuple[launch.Submission, str]:
+    """Submit ``func(marker=..., **kwargs)`` locally, the store committing only at the end (flush
+    every 30 s), and wait until the workload writes its marker: (the submission, what it wrote)."""
+    marker = tmp_path / "ready"
+    config = make_config(
+        tmp_path / "runs",
+        workload={"callable": func, "kwargs": {"marker": str(marker), **kwargs}},
+        monitoring={"interval_s": 0.2, "flush_interval_s": 30.0, "buffer_size": 100000},
+    )
+    sub = launch.submit(config)
+    return sub, _wait_for(marker)
+
+
 def _wait_done(job: object, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not job.done():  # type: ignore[attr-defined]
@@ -133,14 +146,8 @@ def _wait_done(job: object, timeout: float = 60.0) -> None:
 def test_signal_during_run_saves_everything_logged_before(
     tmp_path: Path, job_env: Path, signum: int, expected: set[str]
 ) -> None:
-    marker = tmp_path / "ready"
-    config = make_config(
-        tmp_path / "runs",
-        workload={"callable": "runtime_workloads:log_then_wait", "kwargs": {"marker": str(marker), "n": 50}},
-        monitoring={"interval_s": 0.2, "flush_interval_s": 30.0, "buffer_size": 100000},
-    )
-    sub = launch.submit(config)
-    pid = int(_wait_for(marker))
+    sub, announced = _submit_and_wait_for_marker(tmp_path, "runtime_workloads:log_then_wait", n=50)
+    pid = int(announced)
     time.sleep(0.5)  # Pool workers' records reach the node socket within 0.2 s (SocketSink interval)
     os.kill(pid, signum)
     _wait_done(sub.jobs[0])
@@ -272,14 +279,8 @@ def test_workers_killed_by_the_same_scancel_neither_abort_the_copy_back_nor_chan
     PyTorch's SIGCHLD one raise RuntimeError in the main thread: before the job's own SIGTERM is
     handled ("workers-first"), or while it saves the metrics ("together"). Either way the status is
     what was done to the job (cancelled, 128+15), and every committed row is copied back."""
-    marker = tmp_path / "ready"
-    config = make_config(
-        tmp_path / "runs",
-        workload={"callable": "runtime_workloads:torch_like_workers", "kwargs": {"marker": str(marker), "n": 20}},
-        monitoring={"interval_s": 0.2, "flush_interval_s": 30.0, "buffer_size": 100000},
-    )
-    sub = launch.submit(config)
-    main, *workers = (int(p) for p in _wait_for(marker).split())
+    sub, announced = _submit_and_wait_for_marker(tmp_path, "runtime_workloads:torch_like_workers", n=20)
+    main, *workers = (int(p) for p in announced.split())
     if order == "workers-first":
         for pid in workers:
             os.kill(pid, signal.SIGTERM)

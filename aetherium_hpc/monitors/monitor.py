@@ -302,7 +302,7 @@ class ResourceMonitor:
         set_recent_source(self.recent)
         atexit.register(self._stop_at_exit)
         if self.into_store:
-            add_close_hook(self._stop_before_close)
+            add_close_hook(self._stop_at_exit)
         if not self._first_tick.wait(FIRST_TICK_WAIT_S):
             log.warning(
                 "aetherium-hpc: the resource monitor's first tick took over %.0f s (often NVML); going on without it",
@@ -321,7 +321,7 @@ class ResourceMonitor:
                 return self._result or self._summary_dict()
             self._stopped = True
         atexit.unregister(self._stop_at_exit)
-        remove_close_hook(self._stop_before_close)
+        remove_close_hook(self._stop_at_exit)
         if os.environ.get(NODE_MONITOR) == str(os.getpid()):
             del os.environ[NODE_MONITOR]  # processes started from now on may monitor for themselves
         self._stop_gate.release()
@@ -342,12 +342,8 @@ class ResourceMonitor:
         return self._result
 
     def _stop_at_exit(self) -> None:
-        if os.getpid() == self._owner_pid:
-            self.stop(timeout=2.0)
-
-    def _stop_before_close(self) -> None:
-        """The store's close hook: stop while the store still takes the last samples (bounded: a
-        hanging NVML read is left behind rather than holding up the store's close)."""
+        """At interpreter exit, and as the store's close hook (while the store still takes the last
+        samples): stop, bounded (a hanging NVML read is left behind rather than holding either up)."""
         if os.getpid() == self._owner_pid:
             self.stop(timeout=2.0)
 

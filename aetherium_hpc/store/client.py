@@ -204,7 +204,7 @@ class MetricsStore(StoreReader):
     def _listen(self, socket_dir: str | None) -> None:
         try:
             if socket_dir is None:  # a store of the library's: this process's one address, kept
-                folder, address = _process_address()
+                address = _process_address()
             else:  # the job's node store: in the folder every task of the node looks in
                 folder = new_socket_folder(socket_dir)
                 self._socket_dir = folder
@@ -276,7 +276,7 @@ class MetricsStore(StoreReader):
 _address: tuple[int, str, StoreAddress] | None = None  # (pid, folder, address) of this process's stores
 
 
-def _process_address() -> tuple[str, StoreAddress]:
+def _process_address() -> StoreAddress:
     """The node-socket address every store this process opens with :func:`init_db` listens on: made
     once (a fresh private folder, a random key), kept until the process exits. Workers that outlive
     a store -- a Pool, a ``ProcessPoolExecutor`` or joblib's loky executor kept across
@@ -284,14 +284,14 @@ def _process_address() -> tuple[str, StoreAddress]:
     global _address
     pid = os.getpid()
     if _address is not None and _address[0] == pid and os.path.isdir(_address[1]):
-        _, folder, address = _address
+        address = _address[2]
         write_key(address)  # (removed with the socket when the last store closed)
-        return folder, address
+        return address
     folder = new_socket_folder(None)
     address = new_address(folder)
     _address = (pid, folder, address)
     atexit.register(_remove_process_folder, pid, folder)
-    return folder, address
+    return address
 
 
 def _remove_process_folder(pid: int, folder: str) -> None:

@@ -487,11 +487,10 @@ class SocketSink:
         return conn is not None and _send_message(conn, msg)
 
     def _send(self, batch: list[Any]) -> bool:
-        """Send ``batch`` (connecting first if need be); when the store does not answer, the batch
-        goes back to the front of the buffer, held for the next try (see :meth:`_flush_or_hold`)."""
-        if self.dropped and batch and self._conn is not None:
-            batch.append((STATS, time.time(), {"dropped_client": self.dropped}))
-            self.dropped = 0
+        """Send ``batch`` (connecting first if need be), with the count of records this process
+        dropped so far; when the store does not answer, the batch goes back to the front of the
+        buffer, held for the next try (see :meth:`_flush_or_hold`), and the count stays to send."""
+        counted = 0
         try:
             if self._conn is None:
                 self._last_try = time.monotonic()
@@ -501,9 +500,9 @@ class SocketSink:
                         "aetherium-hpc: pid %d reaches the metrics store at %s again", os.getpid(), self.address.path
                     )
                     self._down_since = None
-                if self.dropped and batch:
-                    batch.append((STATS, time.time(), {"dropped_client": self.dropped}))
-                    self.dropped = 0
+            if self.dropped and batch:
+                counted, self.dropped = self.dropped, 0
+                batch.append((STATS, time.time(), {"dropped_client": counted}))
             if batch:
                 self._conn.send_bytes(marshal.dumps(batch))
             return True
@@ -514,8 +513,10 @@ class SocketSink:
                 conn.close()
             if self._down_since is None:
                 self._down_since = time.monotonic()
-            held = [r for r in batch if r[0] != STATS]
-            self._dq.extendleft(reversed(held))
+            if counted:  # (the count went out with the batch: it comes back with it)
+                batch.pop()
+                self.dropped += counted
+            self._dq.extendleft(reversed(batch))
             if len(self._dq) > MAX_HELD:
                 self._drop_oldest()
             return False
