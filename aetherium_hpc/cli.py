@@ -250,7 +250,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         print(f"{row['job']:<16} {row['state']:<12} {row['exit']:<6} {row['elapsed']:<12} {row['nodes']}")
     for row in rows:
-        if row.get("note"):  # a task whose database still said running: how its state was found
+        if row.get("note"):  # how the state of a task whose database said running was found; requeues
             print(f"# {row['job']} on {row['nodes']}: {row['state']}: {row['note']}")
     return 0
 

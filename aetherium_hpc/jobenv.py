@@ -44,6 +44,8 @@ class JobIdentity:
     #: Slurm's own id of this job or array task (SLURM_JOB_ID: 1207 for the task named 1200_7);
     #: None where the identity did not come from the SLURM_* variables.
     slurm_job_id: str | None = None
+    #: Which run of the job this is: 0 the first, 1 after one requeue (Slurm's SLURM_RESTART_COUNT).
+    attempt: int = 0
 
     @property
     def task(self) -> int:
@@ -63,7 +65,8 @@ class JobIdentity:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(job_id={self.job_id}, node={self.node}, array_task={self.array_task_id}, "
-            f"local_rank={self.local_rank}, global_rank={self.global_rank}({self.num_tasks}), cluster={self.cluster})"
+            f"local_rank={self.local_rank}, global_rank={self.global_rank}({self.num_tasks}), cluster={self.cluster}"
+            + (f", attempt={self.attempt})" if self.attempt else ")")
         )
 
     @staticmethod
@@ -96,7 +99,14 @@ class JobIdentity:
             num_nodes=int_or_none(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES")) or 1,
             cluster="slurm",
             slurm_job_id=env["SLURM_JOB_ID"],
+            attempt=cls.restart_count(env),
         )
+
+    @staticmethod
+    def restart_count(environ: Mapping[str, str] | None = None) -> int:
+        """How many times Slurm requeued this job (SLURM_RESTART_COUNT; 0 when unset)."""
+        env = os.environ if environ is None else environ
+        return max(0, int_or_none(env.get("SLURM_RESTART_COUNT")) or 0)
 
     @classmethod
     def local_process(cls: type[_J], environ: Mapping[str, str] | None = None) -> _J:

@@ -124,8 +124,10 @@ def _bases(job_ids: Iterable[str]) -> list[str]:
 
 
 def sacct_argv(job_ids: Iterable[str]) -> list[str]:
-    """The one ``sacct`` command line: every line (allocation and steps) of these jobs."""
-    return ["sacct", "-j", ",".join(_bases(job_ids)), "--parsable2", "--noheader", "-o", ",".join(SACCT_FIELDS)]
+    """The one ``sacct`` command line: every line (allocation and steps) of these jobs, and of
+    each earlier attempt of a requeued one (``--duplicates``)."""
+    return ["sacct", "-j", ",".join(_bases(job_ids)), "--duplicates", "--parsable2", "--noheader",
+            "-o", ",".join(SACCT_FIELDS)]  # fmt: skip
 
 
 def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) -> list[dict[str, Any]] | str:
@@ -134,6 +136,7 @@ def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) 
     The allocation line gives state, exit code, elapsed, limits, nodes, start and end (Unix
     times); the steps give the peak MaxRSS (``max_rss_mb``) and ``steps`` (step, state, exit
     code, end of each). Ids that are no Slurm ids (a local job's process id) are never sent.
+    A requeued job is its last attempt; ``requeues`` counts the attempts before it.
     """
     wanted = sorted({str(j) for j in job_ids if is_slurm_id(j)})
     if not wanted:
@@ -151,7 +154,9 @@ def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) 
         job, _, step = values.get("JobID", "").partition(".")
         if job not in wanted and job.split("_")[0] not in wanted:
             continue
-        row = jobs.setdefault(job, {"job": job, "max_rss_mb": None, "steps": []})
+        row = jobs.setdefault(job, {"job": job, "max_rss_mb": None, "steps": [], "requeues": 0})
+        if not step and "state" in row:  # the next attempt of a requeued job (sacct lists them in order)
+            row.update(max_rss_mb=None, steps=[], requeues=row["requeues"] + 1)
         if step:  # batch, extern, 0, 1 ...: what ended each step (a job may complete after its step was killed)
             row["steps"].append({
                 "step": step, "state": values.get("State", ""), "exit_code": values.get("ExitCode", ""),

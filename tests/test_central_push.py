@@ -57,6 +57,25 @@ def test_pg_views_equal_the_sqlite_views(central: str, two_nodes: list[Path], tm
     assert pg_rows(central, "SELECT count(*) FROM resource_metrics WHERE value = 'Infinity'")[0][0] == 2
 
 
+def test_the_attempts_of_a_requeued_task_stay_apart(central: str, tmp_path: Path) -> None:
+    first = tmp_path / "attempt0" / "n1.db"
+    first.parent.mkdir()
+    write_node_db(first, job="8", task=None, node="n1", t0=1_700_000_000.0, samples=50)
+    requeued = tmp_path / "attempt1" / "n1.db"  # the next attempt goes on from the copy
+    requeued.parent.mkdir()
+    requeued.write_bytes(first.read_bytes())
+    write_node_db(requeued, job="8", task=None, node="n1", t0=1_700_000_200.0, samples=50, attempt=1)
+    load([str(first), str(requeued)], central)
+    assert pg_rows(central, "SELECT s.attempt, j.status FROM jobs j JOIN sources s USING (source_id) ORDER BY 1") == [
+        (0, "completed"), (1, "completed")
+    ]  # fmt: skip
+    per_attempt = (
+        "SELECT s.attempt, count(*) FROM training_rows t JOIN sources s USING (source_id) GROUP BY 1 ORDER BY 1"
+    )
+    assert pg_rows(central, per_attempt) == [(0, 20), (1, 20)]  # each attempt's rows once
+    assert pg_counts(central) == sqlite_counts(requeued)
+
+
 def test_merge_into_twice_gives_the_same_counts(central: str, two_nodes: list[Path], tmp_path: Path) -> None:
     inputs = [str(p) for p in two_nodes]
     first = aetherium_cli(["merge", *inputs, "--into", central], tmp_path)

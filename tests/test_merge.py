@@ -19,11 +19,14 @@ from aetherium_hpc.store import SourceInfo
 N_SAMPLES = 12
 
 
-def write_task_db(path: Path, task: int, *, job: str = "777", node: str | None = None, t0: float | None = None) -> None:
+def write_task_db(
+    path: Path, task: int, *, job: str = "777", node: str | None = None, t0: float | None = None, attempt: int = 0
+) -> None:
     """One small node database, written with init_db / log_* / shutdown_db like a real task."""
     path.parent.mkdir(parents=True, exist_ok=True)
     node = node or f"n{task % 3}"
-    src = SourceInfo(job_id=f"{job}_{task}", array_job_id=job, array_task_id=task, node=node, hostname=node)
+    src = SourceInfo(job_id=f"{job}_{task}", array_job_id=job, array_task_id=task, node=node, hostname=node,
+                     attempt=attempt)  # fmt: skip
     aetherium_hpc.init_db(path, source=src, listen=False)
     now = t0 if t0 is not None else time.time()
     for k in range(N_SAMPLES):
@@ -144,19 +147,19 @@ def test_merge_twice_adds_nothing(run_dir: Path, tmp_path: Path) -> None:
 def test_requeued_task_keeps_both_attempts(tmp_path: Path) -> None:
     first = tmp_path / "a1" / "n0.db"
     write_task_db(first, 4, node="n0")
-    # A requeued task on another node-local copy: the writer reopens the file, attempt becomes 1.
+    # The requeued task goes on from the copy of attempt 0 (SLURM_RESTART_COUNT=1): a source of its own.
     requeued = tmp_path / "a2" / "n0.db"
     requeued.parent.mkdir()
     shutil.copy(first, requeued)
-    write_task_db(requeued, 4, node="n0", t0=time.time() + 100)
-    assert q(requeued, "SELECT attempt FROM sources") == [(1,)]
+    write_task_db(requeued, 4, node="n0", t0=time.time() + 100, attempt=1)
+    assert q(requeued, "SELECT source_id, attempt FROM sources") == [(1, 0), (2, 1)]
     out = tmp_path / "merged.db"
     result = merge([first, requeued], out)
-    assert result.sources_added == 2 and not result.skipped
+    assert not result.skipped
     assert q(out, "SELECT array_task_id, node, attempt FROM sources ORDER BY attempt") == [(4, "n0", 0), (4, "n0", 1)]
     by_attempt = q(out, "SELECT s.attempt, count(*) FROM training_metrics t JOIN sources s USING (source_id)"
                         " GROUP BY s.attempt ORDER BY s.attempt")  # fmt: skip
-    assert by_attempt == [(0, 1), (1, 2)]  # attempt 1's file holds attempt 0's rows too
+    assert by_attempt == [(0, 1), (1, 1)]  # each attempt's rows once
 
 
 def test_newer_copy_replaces_older(tmp_path: Path) -> None:

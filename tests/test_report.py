@@ -246,3 +246,49 @@ def test_html_renders_in_headless_chromium(array_db: Path, tmp_path: Path) -> No
     assert coloured.sum() > 2000
     if os.environ.get("AETHERIUM_SAVE_SCREENSHOT"):
         shutil.copy(shot, os.environ["AETHERIUM_SAVE_SCREENSHOT"])
+
+
+def _attempt(path: Path, attempt: int, loss: float, end: str | None) -> None:
+    """One attempt of job 950 on n1: 2 rounds of 3 chunks, 4 epochs, 30 s of CPU samples."""
+    src = SourceInfo(job_id="950", node="n1", hostname="n1", attempt=attempt)
+    aetherium_hpc.init_db(path, source=src, listen=False)
+    t0 = time.time() - 600 + 300 * attempt  # a gap between the attempts, as Slurm holds a requeued job
+    aetherium_hpc.log_job(status="running", start_time=t0, requested={"mem_gb": 4, "timeout_min": 30})
+    aetherium_hpc.log_resource_samples([("cpu", "system_total", 10.0 + attempt, "%", "")], timestamp=t0)
+    for k in range(1, 30):
+        aetherium_hpc.log_resource_samples([("cpu", "system_total", 10.0 + attempt, "%", "")], timestamp=t0 + k)
+    for rnd in range(2):
+        for chunk in range(3):
+            aetherium_hpc.log_data_generation_complete(t0 + chunk, operation="gen", samples_generated=10,
+                                                       round_number=rnd, chunk_number=chunk)  # fmt: skip
+    for epoch in range(4):
+        aetherium_hpc.log_training_epoch_metric("val_loss", loss - 0.1 * epoch, round_number=0, epoch_number=epoch)
+    if end is not None:
+        aetherium_hpc.log_job(status=end, end_time=t0 + 30, exit_code=0 if end == "completed" else None)
+    aetherium_hpc.shutdown_db()
+
+
+@pytest.mark.parametrize("first_end", ["cancelled", None], ids=["cancelled", "killed"])
+def test_a_requeued_job_is_reported_from_its_last_attempt(tmp_path: Path, first_end: str | None) -> None:
+    db = tmp_path / "db" / "950_0" / "n1.db"
+    db.parent.mkdir(parents=True)
+    _attempt(db, 0, loss=5.0, end=first_end)  # killed: its row still says running
+    _attempt(db, 1, loss=1.0, end="completed")
+    rep = build_report(db)
+    d = rep.data
+    assert [(j["source"], j["status"], j["superseded"]) for j in d["jobs"]] == [
+        ("950/n1#1", first_end or "requeued", True), ("950/n1#2", "completed", False)
+    ]  # fmt: skip
+    assert d["requeues"] == [{"task": "950", "requeues": 1, "last_attempt": 2, "status": "completed",
+                              "text": "requeued once (attempt 2 completed)"}]  # fmt: skip
+    # counts, final values and winners are those of the last attempt
+    assert [(g["round"], g["chunks"]) for g in d["generation"]] == [(0, 3), (1, 3)]
+    assert d["samples"]["generation"] == 6 and d["samples"]["training"] == 4
+    (val,) = d["training"]
+    assert (val["final"], val["best"], val["count"]) == (pytest.approx(0.7), pytest.approx(0.7), 4)
+    assert [t["source"] for t in d["tasks"]] == ["950/n1#2"]
+    assert "requeued once (attempt 2 completed)" in rep.text
+    assert "1 completed (+ 1 earlier attempt, requeued)" in rep.text
+    assert "requeued once (attempt 2 completed)" in rep.to_html()
+    # every attempt's resources are kept, each its own series (no line drawn across the gap)
+    assert sorted(r["source"] for r in d["resources"]) == ["950/n1#1", "950/n1#2"]

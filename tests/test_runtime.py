@@ -231,10 +231,10 @@ def test_a_requeued_task_goes_on_from_the_previous_copy(tmp_path: Path, job_env:
         ah.log_training_epoch_metric("loss", 0.5)
         return 0
 
-    for _ in range(2):
-        run_task(JobContext(job_id="3", node="n1"), workload, dest, Monitoring(enabled=False))
+    for attempt in range(2):  # SLURM_RESTART_COUNT 0, then 1
+        run_task(JobContext(job_id="3", node="n1", attempt=attempt), workload, dest, Monitoring(enabled=False))
     assert counts(dest)["training_metrics"] == 2
-    assert job_rows(dest)[0]["status"] == "completed"
+    assert [(r["attempt"], r["status"]) for r in job_rows(dest)] == [(0, "completed"), (1, "completed")]
 
 
 @pytest.mark.parametrize("weird", ["it's", "$(touch pwned)", "a b;touch pwned", "`touch pwned`"])

@@ -166,7 +166,7 @@ def test_second_init_same_path_returns_store_other_path_fails(db_path: Path, tmp
         ah.init_db(str(tmp_path / "other.db"))
 
 
-def test_reopen_appends_and_counts_attempts(db_path: Path) -> None:
+def test_reopen_in_the_same_run_appends_to_its_source(db_path: Path) -> None:
     ah.init_db(str(db_path))
     ah.log_resource_metric("cpu", "system_total", 1.0, "%")
     ah.shutdown_db()
@@ -174,7 +174,37 @@ def test_reopen_appends_and_counts_attempts(db_path: Path) -> None:
     ah.log_resource_metric("cpu", "system_total", 2.0, "%")
     assert [r["value"] for r in db.query_resource_metrics(metric_type="cpu")] == [1.0, 2.0]
     ah.shutdown_db()
-    assert read(db_path, "SELECT attempt FROM sources") == [(1,)]
+    assert read(db_path, "SELECT source_id, attempt FROM sources") == [(1, 0)]
+
+
+def test_a_requeued_job_writes_its_attempt_as_a_source_of_its_own(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_JOB_ID", "41")
+    monkeypatch.setenv("SLURMD_NODENAME", "n1")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    for attempt, value in ((None, 1.0), ("1", 2.0), ("1", 3.0), ("2", 4.0)):
+        if attempt is not None:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", attempt)  # as Slurm sets it in a requeued job
+        ah.init_db(str(db_path))
+        ah.log_training_epoch_metric("loss", value)
+        ah.log_job(status="completed" if value == 4.0 else "cancelled")
+        ah.shutdown_db()
+    assert read(db_path, "SELECT source_id, job_id, node, attempt FROM sources") == [
+        (1, "41", "n1", 0), (2, "41", "n1", 1), (3, "41", "n1", 2)
+    ]  # fmt: skip
+    assert read(db_path, "SELECT source_id, metric_value FROM training_metrics ORDER BY timestamp") == [
+        (1, 1.0), (2, 2.0), (2, 3.0), (3, 4.0)
+    ]  # fmt: skip
+    assert read(db_path, "SELECT source_id, status FROM jobs ORDER BY source_id") == [
+        (1, "cancelled"), (2, "cancelled"), (3, "completed")
+    ]  # fmt: skip
+    # Another job writing to the same file is another source too.
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.delenv("SLURM_RESTART_COUNT")
+    ah.init_db(str(db_path))
+    ah.shutdown_db()
+    assert read(db_path, "SELECT source_id, job_id, attempt FROM sources WHERE source_id = 4") == [(4, "42", 0)]
 
 
 def test_foreign_database_is_refused_not_rewritten(db_path: Path) -> None:

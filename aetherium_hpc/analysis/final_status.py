@@ -42,6 +42,8 @@ RUNNING = "running"
 LOST = "lost"
 #: Whether the job still runs cannot be found out from here.
 UNKNOWN = "unknown"
+#: An attempt that never wrote its end, of a task a later attempt shows was requeued.
+REQUEUED = "requeued"
 #: Slurm states of a job that has not ended (sacct and squeue spellings).
 SLURM_ALIVE = frozenset({
     "RUNNING", "PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SUSPENDED", "SIGNALING",

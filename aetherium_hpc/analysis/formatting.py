@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "slurm_time"]
+__all__ = ["duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "requeued", "slurm_time"]
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -76,3 +76,10 @@ def slurm_time(minutes: float) -> str:
     h, rest = divmod(rest, 3600)
     m = rest // 60
     return f"{d}-{h:02d}:{m:02d}:00" if d else f"{h:02d}:{m:02d}:00"
+
+
+def requeued(attempt: int, end: str | None = None) -> str:
+    """``requeued once (attempt 2 completed)``: a task whose last attempt is ``attempt`` (0-based,
+    Slurm's SLURM_RESTART_COUNT), ``end`` the status of that attempt."""
+    times = {1: "once", 2: "twice"}.get(attempt, f"{attempt} times")
+    return f"requeued {times} (attempt {attempt + 1}" + (f" {end})" if end else ")")

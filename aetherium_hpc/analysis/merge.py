@@ -16,9 +16,9 @@ Rules (also in docs/REPORT.md):
   a different fingerprint is a newer or older copy of the same database (a checkpoint copy,
   or a merge taken while the job was running): the copy with the later last timestamp (then
   more rows) is kept, the other dropped, so merging again after a job finished updates it.
-* **Requeue**: the writer increments ``attempt`` each time a database is reopened. The same
-  ``(job_id, array_task_id, node)`` with another ``attempt`` is another identity, so every
-  attempt is kept, each tagged by its ``attempt`` in ``sources``.
+* **Requeue**: each attempt of a requeued job is a source of its own (``attempt`` is Slurm's
+  SLURM_RESTART_COUNT). The same ``(job_id, array_task_id, node)`` with another ``attempt`` is
+  another identity, so every attempt is kept once, tagged by its ``attempt`` in ``sources``.
 * **Broken inputs** (not SQLite, truncated or corrupt -- ``PRAGMA quick_check`` of every table but
   the chunks, which the copy reads whole: a malformed page there fails it --, foreign
   ``application_id``, another schema version, missing tables) are skipped with a one-line

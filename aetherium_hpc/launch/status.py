@@ -43,6 +43,9 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
         if accounted and not isinstance(accounted, str):
             rows = [{"job": r["job"], "state": r.get("state", ""), "exit": r.get("exit_code", ""),
                      "elapsed": r.get("elapsed", ""), "nodes": r.get("nodes", "")} for r in accounted]  # fmt: skip
+            for row, r in zip(rows, accounted, strict=True):
+                if r.get("requeues"):
+                    row["note"] = _requeued_note(r["requeues"])
             return rows, "sacct"
         # Asked once: the databases' open rows are checked against these answers, not by asking again.
         why = "sacct gave no answer" if isinstance(accounted, str) else "sacct knows none of these jobs"
@@ -84,7 +87,7 @@ def _rows_from_databases(
         except Exception as exc:  # a half-copied or foreign file: show it, go on
             rows.append({"job": db.parent.name, "state": "UNREADABLE", "exit": "", "elapsed": "", "nodes": str(exc)})
             continue
-        for job in found:
+        for job in _last_attempts(found):
             jobs[len(rows)] = job
             rows.append(_db_row(job))
     open_rows = [(i, job, record, job.get("hostname")) for i, job in jobs.items() if job.get("status") == RUNNING]
@@ -102,13 +105,32 @@ def _rows_from_databases(
     return rows
 
 
+def _last_attempts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The row of each job's last attempt (a requeued job has one per attempt), in order."""
+    last: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for job in found:
+        key = (job.get("job_id"), job.get("node"))
+        if key not in last or (job.get("attempt") or 0) >= (last[key].get("attempt") or 0):
+            last[key] = job
+    return list(last.values())
+
+
 def _db_row(job: dict[str, Any]) -> dict[str, str]:
     start, end, exit_code = job.get("start_time"), job.get("end_time"), job.get("exit_code")
-    return {
+    row = {
         "job": str(job.get("job_id")), "state": str(job.get("status")).upper(),
         "exit": "" if exit_code is None else str(exit_code),
         "elapsed": "" if start is None or end is None else f"{end - start:.0f}s", "nodes": str(job.get("node")),
     }  # fmt: skip
+    if job.get("attempt"):
+        row["note"] = _requeued_note(job["attempt"])
+    return row
+
+
+def _requeued_note(attempt: int) -> str:
+    from ..analysis.formatting import requeued
+
+    return requeued(attempt)
 
 
 def _local_report_row(layout: RunLayout, record: dict[str, Any]) -> list[dict[str, str]]:

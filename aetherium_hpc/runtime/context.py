@@ -48,4 +48,5 @@ class JobContext(JobIdentity):
             num_tasks=job_env.num_tasks,
             num_nodes=job_env.num_nodes,
             cluster=job_env.cluster,
+            attempt=cls.restart_count(),  # submitit does not say; Slurm's variable does
         )

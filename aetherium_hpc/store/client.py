@@ -159,7 +159,8 @@ class StoreReader:
         row["db_size_mb"] = size / 2**20
         row["db_path"] = self.path
         for name, value in (
-            (r["name"], r["value"]) for r in self._read("SELECT name, value FROM store_stats WHERE source_id = 1")
+            (r["name"], r["value"])
+            for r in self._read("SELECT name, sum(value) AS value FROM store_stats GROUP BY name")
         ):
             row[name] = int(value)
         row["dropped"] = row.get("dropped_queue_full", 0) + row.get("dropped_client", 0) + self._dropped_here()

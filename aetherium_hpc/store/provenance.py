@@ -17,6 +17,8 @@ class SourceInfo:
     array_task_id: int | None = None
     node: str = ""
     hostname: str = ""
+    #: Which run of the job: 0 the first, n after n requeues (each attempt is its own source).
+    attempt: int = 0
 
 
 def source_of(job: JobIdentity | None) -> SourceInfo:
@@ -25,7 +27,7 @@ def source_of(job: JobIdentity | None) -> SourceInfo:
         node, host = JobIdentity.node_and_host()
         return SourceInfo(node=node, hostname=host)
     return SourceInfo(job_id=job.job_id, array_job_id=job.array_job_id, array_task_id=job.array_task_id,
-                      node=job.node, hostname=job.hostname)  # fmt: skip
+                      node=job.node, hostname=job.hostname, attempt=job.attempt)  # fmt: skip
 
 
 def source_from_environ() -> SourceInfo:

@@ -19,12 +19,14 @@ def open_readonly(path: str | os.PathLike[str], *, timeout: float = 30.0) -> sql
 
 
 def job_rows(path: str | os.PathLike[str], *, timeout: float = 30.0) -> list[dict[str, Any]]:
-    """Every ``jobs`` row of the database at ``path``, with the ``hostname`` of its writer."""
+    """Every ``jobs`` row of the database at ``path``, with the ``hostname`` and ``attempt`` of its
+    writer, in the order they were written."""
     conn = open_readonly(path, timeout=timeout)
     try:
         cur = conn.execute(
             "SELECT j.job_id, j.array_job_id, j.array_task_id, j.status, j.exit_code, j.start_time,"
-            " j.end_time, j.node, j.config, s.hostname FROM jobs j LEFT JOIN sources s USING (source_id)"
+            " j.end_time, j.node, j.config, s.hostname, s.attempt FROM jobs j LEFT JOIN sources s USING (source_id)"
+            " ORDER BY j.source_id"
         )
         names = [d[0] for d in cur.description]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]

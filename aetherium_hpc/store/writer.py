@@ -227,6 +227,8 @@ class StoreWriter(threading.Thread):
         self._started_ok = threading.Event()
         self._start_error: BaseException | None = None
         self._conn: sqlite3.Connection | None = None
+        #: This writer's row in ``sources`` (set when the database is opened).
+        self.source_id = 0
         self._series: dict[tuple[str, str, str, str], int] = {}
         self._open: dict[int, chunks.OpenChunk] = {}
         self._retry: list[Any] = []
@@ -308,21 +310,34 @@ class StoreWriter(threading.Thread):
         conn.execute("PRAGMA synchronous=NORMAL")
         if not exists:
             schema.create(conn)
-        src = self.source
         conn.execute("BEGIN IMMEDIATE")
-        row = conn.execute("SELECT attempt FROM sources WHERE source_id = 1").fetchone()
-        conn.execute(
-            "INSERT INTO sources(source_id, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
-            " VALUES (1, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(source_id) DO UPDATE SET attempt = excluded.attempt",
-            (src.job_id, src.array_job_id, src.array_task_id, src.node, src.hostname,
-             os.path.abspath(self.path), 0 if row is None else row[0] + 1),
-        )  # fmt: skip
-        for sid, mtype, mname, unit, device in conn.execute(
-            "SELECT series_id, metric_type, metric_name, unit, device FROM series WHERE source_id = 1"
+        self.source_id = sid = self._source_row(conn)
+        for ser, mtype, mname, unit, device in conn.execute(
+            "SELECT series_id, metric_type, metric_name, unit, device FROM series WHERE source_id = ?", (sid,)
         ):
-            self._series[(mtype, mname, unit, device)] = sid
+            self._series[(mtype, mname, unit, device)] = ser
         conn.execute("COMMIT")
         return conn
+
+    def _source_row(self, conn: sqlite3.Connection) -> int:
+        """The ``sources`` row this writer's records go to: the one of the same job, task, node and
+        attempt (a store reopened within one run of the job), else a new one (a first open, a
+        requeued job's next attempt, another job writing to the same file)."""
+        src = self.source
+        who = (src.job_id, src.array_job_id, src.array_task_id, src.node, src.attempt)
+        row = conn.execute(
+            "SELECT source_id FROM sources WHERE job_id IS ? AND array_job_id IS ? AND array_task_id IS ?"
+            " AND node IS ? AND attempt = ? ORDER BY source_id DESC LIMIT 1",
+            who,
+        ).fetchone()
+        if row is not None:
+            return int(row[0])
+        cur = conn.execute(
+            "INSERT INTO sources(job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*who[:4], src.hostname, os.path.abspath(self.path), src.attempt),
+        )
+        return int(cur.lastrowid or 0)
 
     def _close_db(self) -> None:
         conn = self._conn
@@ -462,7 +477,7 @@ class StoreWriter(threading.Thread):
                 bad += self._insert_rows(
                     conn,
                     "INSERT INTO generation_rows(timestamp, operation, round_number, chunk_number,"
-                    " duration_seconds, samples_generated, memory_used_mb, pid) VALUES (?,?,?,?,?,?,?,?)",
+                    f" duration_seconds, samples_generated, memory_used_mb, pid, source_id) VALUES (?,?,?,?,?,?,?,?,{self.source_id:d})",
                     gen,
                     _GENERATION_FIELDS,
                 )
@@ -470,7 +485,7 @@ class StoreWriter(threading.Thread):
                 bad += self._insert_rows(
                     conn,
                     "INSERT INTO training_rows(timestamp, metric_name, metric_value, round_number,"
-                    " epoch_number, phase) VALUES (?,?,?,?,?,?)",
+                    f" epoch_number, phase, source_id) VALUES (?,?,?,?,?,?,{self.source_id:d})",
                     trn,
                     _TRAINING_FIELDS,
                 )
@@ -484,9 +499,9 @@ class StoreWriter(threading.Thread):
             if dropped:
                 counters["dropped_queue_full"] = counters.get("dropped_queue_full", 0.0) + dropped
             conn.executemany(
-                "INSERT INTO store_stats(source_id, name, value) VALUES (1, ?, ?)"
+                "INSERT INTO store_stats(source_id, name, value) VALUES (?, ?, ?)"
                 " ON CONFLICT(source_id, name) DO UPDATE SET value = value + excluded.value",
-                list(counters.items()),
+                [(self.source_id, k, v) for k, v in counters.items()],
             )
             conn.execute("COMMIT")
         except Exception as exc:
@@ -518,8 +533,8 @@ class StoreWriter(threading.Thread):
             if sid is None:
                 cur = conn.execute(
                     "INSERT INTO series(source_id, metric_type, metric_name, unit, node, device)"
-                    " VALUES (1, ?, ?, ?, ?, ?)",
-                    (key[0], key[1], key[2], self.source.node, key[3]),
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (self.source_id, key[0], key[1], key[2], self.source.node, key[3]),
                 )
                 sid = int(cur.lastrowid or 0)
                 self._series[key] = sid
@@ -563,13 +578,13 @@ class StoreWriter(threading.Thread):
         try:
             if who:
                 conn.execute(
-                    f"UPDATE sources SET {', '.join(f'{c} = ?' for c in who)} WHERE source_id = 1",
-                    [job[c] for c in who],
+                    f"UPDATE sources SET {', '.join(f'{c} = ?' for c in who)} WHERE source_id = ?",
+                    [*(job[c] for c in who), self.source_id],
                 )
             conn.execute(
-                f"INSERT INTO job_rows(source_id{''.join(f', {c}' for c in cols)}) VALUES (1{', ?' * len(cols)})"
+                f"INSERT INTO job_rows(source_id{''.join(f', {c}' for c in cols)}) VALUES (?{', ?' * len(cols)})"
                 f" ON CONFLICT(source_id) {upsert}",
-                [job[c] for c in cols],
+                [self.source_id, *(job[c] for c in cols)],
             )
         except _RECORD_ERRORS as exc:
             conn.execute("ROLLBACK TO job")

@@ -326,12 +326,18 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
         return 0
 
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(tmp_path))
-    run_task(JobContext(job_id="77", node="n1", hostname="h1"), workload, dest, Monitoring(enabled=False))
+    ctx = JobContext(job_id="77", node="n1", hostname="h1", attempt=1)  # SLURM_RESTART_COUNT=1
+    run_task(ctx, workload, dest, Monitoring(enabled=False))
     assert seen == {"page_size": 4096, "index": 1}
     assert integrity(dest) == "ok"
     assert _count_or_zero(dest) == kept
     assert read(dest, "SELECT count(*) FROM training_rows WHERE metric_name = 'again'") == [(100,)]
-    assert read(dest, "SELECT status, attempt FROM jobs JOIN sources USING (source_id)") == [("completed", 1)]
+    # Each attempt its own source: the killed one still says running (report and merge settle it).
+    assert read(dest, "SELECT status, attempt FROM jobs JOIN sources USING (source_id) ORDER BY attempt") == [
+        ("running", 0), ("completed", 1)
+    ]  # fmt: skip
+    assert read(dest, "SELECT DISTINCT s.attempt FROM training_rows t JOIN sources s USING (source_id)"
+                      " WHERE metric_name = 'again'") == [(1,)]  # fmt: skip
 
 
 def _count_or_zero(db: Path) -> int:

@@ -16,6 +16,8 @@ TESTS = Path(__file__).parent.parent
 ROOT = TESTS.parent
 
 from launch_helpers import TABLES, aetherium_cli, counts, job_rows  # noqa: E402
+from procs import read as q  # noqa: E402
+from slurm_helpers import requeue_now  # noqa: E402
 
 
 def cli(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -83,13 +85,16 @@ def test_two_node_job_writes_one_database_per_node(tmp_path: Path) -> None:
     assert all(job_rows(db)[0]["status"] == "completed" for db in dbs)
 
 
-def _start_waiting_job(tmp_path: Path, timeout_min: int, sleep_s: float = 120.0) -> tuple[Path, str, Path]:
+def _start_waiting_job(
+    tmp_path: Path, timeout_min: int, sleep_s: float = 120.0, first_attempt_only: bool = False
+) -> tuple[Path, str, Path]:
     """Submit log_then_wait; return (run dir, job id, marker) once it has logged and waits."""
     marker = tmp_path / "ready"
     config = tmp_path / "wait.yaml"
+    once = ", first_attempt_only: true" if first_attempt_only else ""
     config.write_text(
         "name: wait-me\nworkload:\n  callable: runtime_workloads:log_then_wait\n"
-        f"  kwargs: {{marker: {json.dumps(str(marker))}, n: 50, sleep_s: {sleep_s}}}\n"
+        f"  kwargs: {{marker: {json.dumps(str(marker))}, n: 50, sleep_s: {sleep_s}{once}}}\n"
         f"resources: {{timeout_min: {timeout_min}}}\nmonitoring: {{interval_s: 0.2, flush_interval_s: 30}}\n"
     )
     run, _ = submit(str(config), tmp_path / "runs", wait=False)
@@ -148,6 +153,39 @@ def test_usr2_preemption_is_recorded_then_submitit_requeues(tmp_path: Path) -> N
     # The second attempt may land on the other node (then one database per node and attempt).
     assert statuses in (["completed"], ["completed", "preempted"]), statuses
     assert sum(counts(db)["training_metrics"] for db in dbs) == 100  # 50 per attempt
+
+
+def wait_for_attempt(run: Path, attempt: int, timeout: float = 180.0) -> list[Path]:
+    """The run's databases once some task's attempt ``attempt`` has written its end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dbs = sorted(run.glob("db/*/*.db"))
+        ends = [(r["attempt"], r["status"]) for db in dbs for r in job_rows(db)]
+        if any(a == attempt and st != "running" for a, st in ends):
+            return dbs
+        assert time.monotonic() < deadline, f"attempt {attempt} did not end: {ends}"
+        time.sleep(0.5)
+
+
+def test_scontrol_requeue_keeps_each_attempt_apart(tmp_path: Path) -> None:
+    run, job_id, _ = _start_waiting_job(tmp_path, timeout_min=30, first_attempt_only=True)
+    requeue_now(job_id)
+    dbs = wait_for_attempt(run, 1)
+    merged = tmp_path / "merged.db"
+    assert cli(["merge", str(run), "-o", str(merged)], tmp_path).returncode == 0
+    rows = job_rows(merged)
+    # Slurm's SIGTERM at the requeue ends attempt 1 as cancelled; attempt 2 runs on from its copy.
+    assert sorted((r["attempt"], r["status"]) for r in rows) == [(0, "cancelled"), (1, "completed")], rows
+    per_attempt = q(merged, "SELECT s.attempt, count(*) FROM training_rows t JOIN sources s USING (source_id)"
+                            " GROUP BY 1 ORDER BY 1")  # fmt: skip
+    assert per_attempt == [(0, 50), (1, 50)]
+    report = cli(["report", str(merged)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "requeued once (attempt 2 completed)" in report.stdout
+    assert "1 completed (+ 1 earlier attempt, requeued)" in report.stdout
+    status = cli(["status", str(run)], tmp_path)
+    assert status.returncode == 0 and "requeued once (attempt 2)" in status.stdout, status.stdout
+    assert len(dbs) in (1, 2)  # attempt 2 may run on the other node: a database of its own
 
 
 def test_hostile_run_dir_on_slurm(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm_helpers import requeue_now
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_conf")]
 
@@ -93,6 +94,43 @@ def test_time_limit_records_timeout_and_keeps_the_data(tmp_path: Path) -> None:
     assert status == [("timeout",)], [p.read_text() for p in tmp_path.glob("out-*.txt")]
     # About 20 records a second for a minute; all that reached the store before SIGTERM is there, gap-free.
     assert logged[0] > 500 and logged[1] == logged[0] - 1
+
+
+def test_a_requeued_sbatch_job_keeps_each_attempt_apart(tmp_path: Path) -> None:
+    """The job template under `scontrol requeue`: one database, each attempt its own source and end."""
+    run_dir, marker = tmp_path / "run", tmp_path / "ready"
+    code = (LOGGER.format(n=20, pause=0.0) + "import os, pathlib\n"
+            f"pathlib.Path({str(marker)!r}).write_text(os.environ.get('SLURM_RESTART_COUNT', '0'))\n"
+            "if 'SLURM_RESTART_COUNT' not in os.environ: time.sleep(300)\n")  # fmt: skip
+    job_id = sbatch(["--requeue", "--mem=500M", f"--output={tmp_path}/out-%j.txt", str(TEMPLATES / "job.sbatch"),
+                     sys.executable, "-c", code], job_env(run_dir), tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the job did not start"
+        time.sleep(0.2)
+    requeue_now(job_id)
+    deadline = time.monotonic() + 180
+    while not rows_or_none(run_dir, "SELECT 1 FROM jobs WHERE status = 'completed'"):
+        assert time.monotonic() < deadline, [p.read_text() for p in tmp_path.glob("out-*.txt")]
+        time.sleep(0.5)
+    dbs = sorted((run_dir / "db").glob("*/*.db"))  # one, or one per node: attempt 2 may run on the other
+    ends = sorted(
+        r for d in dbs for r in rows(d, "SELECT s.attempt, j.status FROM jobs j JOIN sources s USING (source_id)")
+    )
+    assert ends == [(0, "cancelled"), (1, "completed")]
+    per_attempt = sorted(r for d in dbs for r in rows(d, "SELECT s.attempt, count(*) FROM training_rows t"
+                                                          " JOIN sources s USING (source_id) GROUP BY 1"))  # fmt: skip
+    assert per_attempt == [(0, 20), (1, 20)]
+
+
+def rows_or_none(run_dir: Path, sql: str) -> list[tuple[object, ...]]:
+    found = []
+    for db in sorted((run_dir / "db").glob("*/*.db")):
+        try:
+            found += rows(db, sql)
+        except sqlite3.Error:  # being copied
+            pass
+    return found
 
 
 def _daemon_pid(name: str) -> int:

@@ -75,10 +75,12 @@ def norm(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return sorted((tuple(cell(x) for x in r) for r in rows), key=lambda r: tuple((v is None, str(v)) for v in r))
 
 
-def write_node_db(path: Path, *, job: str, task: int | None, node: str, t0: float, samples: int = 400) -> None:
+def write_node_db(
+    path: Path, *, job: str, task: int | None, node: str, t0: float, samples: int = 400, attempt: int = 0
+) -> None:
     """A node database like a job's: resource series (with NaN and inf), generation, training and job rows."""
     src = SourceInfo(job_id=job if task is None else f"{job}_{task}", array_job_id=None if task is None else job,
-                     array_task_id=task, node=node, hostname="host-" + node)  # fmt: skip
+                     array_task_id=task, node=node, hostname="host-" + node, attempt=attempt)  # fmt: skip
     aetherium_hpc.init_db(str(path), buffer_size=50, flush_interval=0.05, source=src, listen=False)
     client.log_job(status="running", start_time=t0, config={"monitoring": {"central": "postgresql://u:pw@h/db"}})
     for k in range(samples):

@@ -63,7 +63,12 @@ def job_rows(db: Path) -> list[dict[str, Any]]:
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     conn.row_factory = sqlite3.Row
     try:
-        rows = [dict(r) for r in conn.execute("SELECT * FROM jobs")]
+        rows = [
+            dict(r)
+            for r in conn.execute(
+                "SELECT j.*, s.attempt FROM jobs j JOIN sources s USING (source_id) ORDER BY source_id"
+            )
+        ]
     finally:
         conn.close()
     for r in rows:

@@ -17,9 +17,14 @@ def _chunk(c: int) -> int:
     return c
 
 
-def log_then_wait(marker: str, n: int = 50, chunks: int = 4, sleep_s: float = 120.0) -> int:
+def log_then_wait(
+    marker: str, n: int = 50, chunks: int = 4, sleep_s: float = 120.0, first_attempt_only: bool = False
+) -> int:
     """Log ``n`` training rows and ``chunks`` generation rows (from Pool workers), announce the
-    pid in ``marker``, then sleep in a Pool wait so that a signal finds work in progress."""
+    pid in ``marker``, then sleep in a Pool wait so that a signal finds work in progress
+    (``first_attempt_only``: a requeued attempt does not sleep)."""
+    if first_attempt_only and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+        sleep_s = 0.0
     for i in range(n):
         ah.log_training_epoch_metric("loss", float(i), round_number=0, epoch_number=i)
     ctx = multiprocessing.get_context("fork")

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 
 from ..formatting import duration as fmt_duration
-from ..formatting import memory_gb, memory_mb, minutes, pct, slurm_time
+from ..formatting import memory_gb, memory_mb, minutes, pct, requeued, slurm_time
 from ..formatting import num as _num
-from ..sweep import higher_is_better, is_schedule, task_key, task_table
+from ..sweep import higher_is_better, is_schedule, task_key, task_label, task_table
 from . import across
 from .load import Loaded, Series, Source, nanstat
 
@@ -113,10 +113,12 @@ def _figures(loaded: Loaded) -> dict[str, Any]:
             # set when the database said running after the job had ended: sacct | squeue | process
             "resolved_from": j.get("resolved_from"),
             "recorded_status": j.get("recorded_status"),
+            "superseded": bool(j.get("superseded")),  # a later attempt of the task followed
         }  # fmt: skip
         for j in jobs
     ]
-    tasks = _per_task(sources, series, jobs)
+    data["requeues"] = requeues(sources, data["jobs"])
+    tasks = _per_task(sources, series, jobs, loaded.superseded)
     data["tasks"] = tasks
     data["array"] = {
         "tasks": len(tasks),
@@ -200,10 +202,27 @@ def _pick(by_key: dict[tuple[int, str, str], list[Series]], sid: int, mtype: str
     return []
 
 
-def _per_task(sources: dict[int, Source], series: list[Series], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Peak memory, runtime, GPU and CPU use of every source (one task on one node, one attempt)."""
+def requeues(sources: dict[int, Source], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every requeued task: how often (Slurm's count), and how its last attempt ended."""
+    last: dict[tuple[str, int], Source] = {}
+    for s in sources.values():
+        if s.requeued and (s.task_key not in last or s.attempt > last[s.task_key].attempt):
+            last[s.task_key] = s
+    status = {j["source"]: j["status"] for j in jobs}
+    out = []
+    for key, src in sorted(last.items()):
+        end = status.get(src.label) or "no end recorded"
+        out.append({"task": task_label(key), "requeues": src.attempt, "last_attempt": src.attempt + 1,
+                    "status": status.get(src.label), "text": requeued(src.attempt, end)})  # fmt: skip
+    return out
+
+
+def _per_task(
+    sources: dict[int, Source], series: list[Series], jobs: list[dict[str, Any]], superseded: frozenset[int]
+) -> list[dict[str, Any]]:
+    """Peak memory, runtime, GPU and CPU use of every source (one task on one node) of its last attempt."""
     job_of = {j["source_id"]: j for j in jobs}
-    with_data = {s.sid for s in series} | set(job_of)
+    with_data = ({s.sid for s in series} | set(job_of)) - superseded
     by_key: dict[tuple[int, str, str], list[Series]] = defaultdict(list)
     span: dict[int, tuple[float, float]] = {}
     for s in series:

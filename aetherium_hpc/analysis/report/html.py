@@ -17,7 +17,7 @@ from ..formatting import minutes
 from ..formatting import num as _num
 from ..sweep import OK_STATUSES
 from .across import FORMAT
-from .text import ACROSS, cell, status_counts, summary_lines, sweep_rows, training_rows
+from .text import ACROSS, cell, requeue_lines, status_counts, summary_lines, sweep_rows, training_rows
 
 #: Rows of the ranking and sacct tables of a large array (every row in JSON), and of its tasks
 #: that did not complete.
@@ -173,9 +173,13 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
     jobs = d["jobs"]
     if jobs:
         parts.append("<h2>Tasks</h2>")
+        requeued = requeue_lines(d, _MANY_JOB_ROWS)
+        if requeued:
+            parts.append("<p>" + "<br>".join(_h(line.strip()) for line in requeued) + "</p>")
     if jobs and many:
         counts = f"{len(jobs)} rows: {status_counts(jobs)}"
-        jobs = [j for j in jobs if j["status"] not in OK_STATUSES or j.get("resolved_from")][:_MANY_JOB_ROWS]
+        jobs = [j for j in jobs if not j["superseded"] and (j["status"] not in OK_STATUSES or j.get("resolved_from"))]
+        jobs = jobs[:_MANY_JOB_ROWS]
         listed = "those that did not complete" if jobs else "none: every task completed"
         parts.append(f"<p>{_h(counts)}<br>{_h(f'Listed: {listed} (every row in --json).')}</p>")
     if jobs:
@@ -200,7 +204,7 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
             head.append("note")
         body = []
         for j in jobs:
-            cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], j["attempt"]]
+            cells = [j["source"], j["job_id"], j["array_task_id"], j["node"], (j["attempt"] or 0) + 1]
             row = "".join(f"<td>{_h(c)}</td>" for c in cells)
             row += f"<td class='st-{_h(j['status'])}'>{_h(j['status'])}</td>"
             row += "".join(f"<td>{_h(c)}</td>" for c in (j["exit_code"], j["start_utc"], j["end_utc"],

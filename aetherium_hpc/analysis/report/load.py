@@ -49,8 +49,14 @@ class Source:
     array_job_id: str | None
     task: int | None
     node: str
-    attempt: int
+    attempt: int  # 0 the first run, n after n requeues (SLURM_RESTART_COUNT)
     path: str | None
+    #: The task was requeued (it has, or had, another attempt): labels name the attempt.
+    requeued: bool = False
+
+    @property
+    def task_key(self) -> tuple[str, int]:
+        return task_key(self.job_id, self.array_job_id, self.task)
 
     @property
     def label(self) -> str:
@@ -58,7 +64,7 @@ class Source:
         if self.task is not None and self.array_job_id and not str(who).endswith(f"_{self.task}"):
             who = f"{self.array_job_id}_{self.task}"
         text = f"{who}/{self.node or '?'}"
-        return text + (f"#{self.attempt}" if self.attempt else "")
+        return text + (f"#{self.attempt + 1}" if self.requeued or self.attempt else "")
 
 
 @dataclass
@@ -103,17 +109,30 @@ def nanstat(v: Arr) -> tuple[float | None, float | None]:
 
 @dataclass
 class Loaded:
-    """What the report is computed from; ``jobs`` rows carry their source's attempt, host and path."""
+    """What the report is computed from; ``jobs`` rows carry their source's attempt, host and path,
+    and ``superseded``: True for an attempt of a task that was requeued after it."""
 
     path: str
     sources: dict[int, Source]
-    series: list[Series]
-    generation: list[dict[str, Any]]
-    training: list[dict[str, Any]]  # in (round, epoch, time) order, a missing round or epoch as 0
-    jobs: list[dict[str, Any]]
+    series: list[Series]  # of every attempt
+    generation: list[dict[str, Any]]  # of the last attempt of each task
+    training: list[dict[str, Any]]  # the same; in (round, epoch, time) order, a missing round or epoch as 0
+    jobs: list[dict[str, Any]]  # of every attempt
     span: tuple[float | None, float | None]  # first and last timestamp of any sample or row
     n_samples: int
     n_series: int
+    #: Sources of an attempt a later attempt of the same task followed (the rows above skip them).
+    superseded: frozenset[int] = frozenset()
+
+
+def superseded_attempts(sources: dict[int, Source]) -> frozenset[int]:
+    """The sources of every attempt but the last of each task (marking the requeued tasks' sources)."""
+    last: dict[tuple[str, int], int] = {}
+    for s in sources.values():
+        last[s.task_key] = max(last.get(s.task_key, 0), s.attempt)
+    for s in sources.values():
+        s.requeued = last[s.task_key] > 0
+    return frozenset(sid for sid, s in sources.items() if s.attempt < last[s.task_key])
 
 
 def read(path: str) -> Loaded:
@@ -132,7 +151,8 @@ def read(path: str) -> Loaded:
                 "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
             )
         }
-        tasks = {task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
+        superseded = superseded_attempts(sources)
+        tasks = {s.task_key for s in sources.values()}
         many = summarised(len(tasks))
         series = _load_series(conn, RESOURCE_TYPES, exact_times=not many, timed=DRAWN if many else None)
         n_samples = conn.execute("SELECT coalesce(sum(n), 0) FROM sample_chunks").fetchone()[0]
@@ -162,12 +182,17 @@ def read(path: str) -> Loaded:
         raise StoreError(f"{path}: cannot be read ({exc}); is it a complete aetherium-hpc database?") from exc
     finally:
         conn.close()
+    for j in jobs:
+        j["superseded"] = j["source_id"] in superseded
+    if superseded:  # final values, winners and counts are those of each task's last attempt
+        generation = [r for r in generation if r["source_id"] not in superseded]
+        training = [r for r in training if r["source_id"] not in superseded]
     if not n_samples and not generation and not training and not jobs:
         raise EmptyDatabaseError(
             f"{path}: no metrics to report (no resource samples, generation, training or job rows); "
             "check the path, or that the job ran with the metrics store enabled"
         )
-    return Loaded(path, sources, series, generation, training, jobs, span, n_samples, n_series)
+    return Loaded(path, sources, series, generation, training, jobs, span, n_samples, n_series, superseded)
 
 
 def _open(db: str) -> sqlite3.Connection:
@@ -289,7 +314,7 @@ def resolve_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     that still says ``running`` (:mod:`..final_status`): its ``status``, ``exit_code``,
     ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
     from ...scheduler import ACCOUNTING_LAG_S, sacct_figures_when_final
-    from ..final_status import RUNNING, classify, resolve_rows, run_record, slurm_name
+    from ..final_status import REQUEUED, RUNNING, classify, resolve_rows, run_record, slurm_name
 
     cache: dict[str, dict[str, Any] | None] = {}
 
@@ -313,6 +338,10 @@ def resolve_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
             ):
                 ended_recently.append(job_id)
     sacct = sacct_figures_when_final(slurm_ids, ended_recently)
+    for j in jobs:
+        if j.get("superseded") and j.get("status") == RUNNING:  # accounting speaks of the last attempt only
+            j.update(status=REQUEUED, resolved_from="a later attempt", recorded_status=RUNNING,
+                     detail="killed before it could write its end; Slurm requeued the task")  # fmt: skip
     open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == RUNNING]
     for i, res in resolve_rows(open_rows, sacct=sacct).items():
         if res.status == RUNNING or not isinstance(i, int):  # (the keys are the row indexes)

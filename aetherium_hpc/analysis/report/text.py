@@ -96,6 +96,7 @@ def _summary(d: dict[str, Any]) -> str:
     if d["jobs"] and d["array"].get("summarised"):
         lines += ["", f"tasks: {len(d['jobs'])} rows (every one in --json; the HTML lists those that did not complete)"]
         lines.append("  " + status_counts(d["jobs"]))
+        lines += requeue_lines(d, _TEXT_MAX_TASKS)
         noted = [j for j in d["jobs"] if j.get("resolved_from") or j["status"] == "unknown"]
         lines += [f"  {j['source']}: {j['status']}: {j['detail']}" for j in noted[:_TEXT_MAX_TASKS]]
         if len(noted) > _TEXT_MAX_TASKS:
@@ -108,6 +109,7 @@ def _summary(d: dict[str, Any]) -> str:
              for j in d["jobs"]],
         )  # fmt: skip
         lines.append("  " + status_counts(d["jobs"]))
+        lines += requeue_lines(d)
         for j in d["jobs"]:
             if j.get("resolved_from") or j["status"] == "unknown":
                 lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
@@ -117,11 +119,26 @@ def _summary(d: dict[str, Any]) -> str:
 
 
 def status_counts(jobs: list[dict[str, Any]]) -> str:
-    """``998 completed, 2 timeout``."""
+    """``998 completed, 2 timeout`` (each task's last attempt; ``+ 1 earlier attempt`` of requeued ones)."""
     counts: dict[str, int] = defaultdict(int)
     for j in jobs:
-        counts[str(j["status"])] += 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if not j.get("superseded"):
+            counts[str(j["status"])] += 1
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    earlier = sum(1 for j in jobs if j.get("superseded"))
+    return text + (f" (+ {earlier} earlier attempt{'s' if earlier > 1 else ''}, requeued)" if earlier else "")
+
+
+def requeue_lines(d: dict[str, Any], limit: int | None = None) -> list[str]:
+    """``  7_3: requeued once (attempt 2 completed)`` for every requeued task (the first ``limit``)."""
+    found = d.get("requeues") or []
+    shown = found[:limit] if limit else found
+    if len(found) == 1 and d["run"]["jobs"] == 1:
+        return [f"  {found[0]['text']}"]
+    lines = [f"  {r['task']}: {r['text']}" for r in shown]
+    if len(found) > len(shown):
+        lines.append(f"  ... {len(found) - len(shown)} more requeued tasks: see --json")
+    return lines
 
 
 def across_lines(d: dict[str, Any]) -> list[str]:

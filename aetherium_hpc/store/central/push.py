@@ -96,9 +96,11 @@ class Pushed:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def source_key(job_id: Any, array_job_id: Any, array_task_id: Any, node: Any, hostname: Any) -> str:
-    """The natural key of a source in PostgreSQL (attempt excluded: see :mod:`.schema`)."""
-    return json.dumps([job_id, array_job_id, array_task_id, node or "", hostname or ""], separators=(",", ":"))
+def source_key(job_id: Any, array_job_id: Any, array_task_id: Any, node: Any, hostname: Any, attempt: Any) -> str:
+    """The natural key of a source in PostgreSQL (see :mod:`.schema`): a first attempt's key has
+    no attempt, so keys written before attempts were told apart still name the same source."""
+    key = [job_id, array_job_id, array_task_id, node or "", hostname or ""] + ([attempt] if attempt else [])
+    return json.dumps(key, separators=(",", ":"))
 
 
 # -- reading SQLite ---------------------------------------------------------------------------------
@@ -214,8 +216,8 @@ def _push_sources(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         cur.execute(
             "INSERT INTO sources(source_key, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_key) DO UPDATE"
-            " SET attempt = greatest(sources.attempt, excluded.attempt) RETURNING source_id, xmax = 0",
-            (source_key(job, ajob, task, node, host), job, ajob, task, node, host, path, attempt),
+            " SET source_path = excluded.source_path RETURNING source_id, xmax = 0",
+            (source_key(job, ajob, task, node, host, attempt), job, ajob, task, node, host, path, attempt),
         )
         pg_id, inserted = cur.fetchone()
         new.sources[sid] = pg_id

@@ -5,9 +5,9 @@ The same names as :mod:`..schema` (``sources``, ``series``, ``sample_chunks``, `
 ``training_metrics``, ``jobs``), with what a central database needs besides:
 
 * **Sources** get a surrogate ``source_id`` local to PostgreSQL and a unique ``source_key``, the
-  JSON of the natural key ``[job_id, array_job_id, array_task_id, node, hostname]``. ``attempt`` is
-  not part of it: a requeued job reopens the same database, whose rows from the earlier attempt
-  are already here; the source keeps the latest attempt number.
+  JSON of the natural key ``[job_id, array_job_id, array_task_id, node, hostname, attempt]``
+  (``attempt`` left out when 0, so a first attempt's key is the one written before attempts were
+  told apart). Each attempt of a requeued job is a source of its own, as in SQLite.
 * **Idempotent keys.** A series is unique per source and (type, name, unit, node, device); a
   chunk per series and ``k0``, the ordinal of its first sample in the series (the samples of a
   series are the same sequence in the live database, its run-directory copy and a merged one,
