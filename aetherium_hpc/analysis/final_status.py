@@ -34,7 +34,7 @@ from typing import Any
 
 from ..paths import RunLayout
 from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
-from ..scheduler import is_slurm_id, sacct_figures, squeue_states
+from ..scheduler import is_slurm_id, sacct_figures, sacct_rows, squeue_states
 
 #: The status a job writes when it starts; the only one :func:`resolve` looks at.
 RUNNING = "running"
@@ -74,13 +74,14 @@ class OpenJob:
     pid: int | None = None  # the job's process (local jobs)
     hostname: str | None = None
     start_time: float | None = None
+    attempt: int = 0  # which run of a requeued job the row is (SLURM_RESTART_COUNT)
 
 
 @dataclass(frozen=True)
 class Resolved:
     """What :func:`resolve` found for one :class:`OpenJob`."""
 
-    status: str  # running | a Slurm state in lower case | lost | unknown
+    status: str  # running | a Slurm state in lower case | lost | unknown | requeued
     how: str  # sacct | squeue | process | "" (nothing could be asked)
     detail: str  # one line: what was asked and what it said
     exit_code: int | None = None
@@ -93,6 +94,14 @@ class Resolved:
     def final(self) -> bool:
         """True when the job has ended."""
         return self.status not in (RUNNING, UNKNOWN)
+
+
+#: An earlier attempt of a task whose later attempt is in the same database: it ended (Slurm
+#: requeued it) without writing its status; accounting speaks of the last attempt only.
+LATER_ATTEMPT = Resolved(
+    REQUEUED, "a later attempt", "resolved after the fact: a later attempt of the task followed (Slurm requeued it); "
+    "this one ended without writing its status",
+)  # fmt: skip
 
 
 # -- telling Slurm jobs from local ones ------------------------------------------------------------
@@ -121,6 +130,50 @@ def slurm_name(job_id: Any, array_job_id: Any, array_task_id: Any) -> str | None
     if name is None and job_id is not None:
         name = str(job_id)
     return name if is_slurm_id(name) else None
+
+
+def task_name(job_id: Any, array_job_id: Any, array_task_id: Any) -> str:
+    """How ``jobs.json`` names a task: ``<array job>_<task>`` for array tasks (local ones too), else the job id."""
+    return f"{array_job_id}_{array_task_id}" if array_job_id and array_task_id is not None else str(job_id)
+
+
+def submitted_tasks(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(name, cluster)`` of every task a run submitted, from its ``jobs.json``."""
+    cluster = record.get("cluster")
+    ids = [str(j) for j in record.get("job_ids") or []]
+    arrays = [str(a) for a in record.get("array_job_ids") or [] if a]
+    if cluster == "local" and arrays:  # the ids are the tasks' process ids; rows name the tasks <array>_<task>
+        return [(f"{arrays[0]}_{i}", "local") for i in range(len(ids))]
+    return [(j, str(cluster)) for j in ids] if cluster in ("slurm", "local") else []
+
+
+def tasks_without_database(
+    records: Iterable[dict[str, Any]], present: set[str], sacct: dict[str, Any] | None = None,
+    timeout: float = SACCT_TIMEOUT_S,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Every task the runs of ``records`` submitted that left no database (none of ``present``, the
+    names of :func:`task_name`), each with what Slurm accounting says of it (``sacct``: an answer
+    already fetched that covers them; else asked once here): ``{"task", "state", "detail"}``."""
+    missing = [(name, cluster) for r in records for name, cluster in submitted_tasks(r) if name not in present]
+    slurm = [name for name, cluster in missing if cluster == "slurm"]
+    if slurm and (sacct is None or not {str(r["job"]) for r in sacct.get("rows", [])} & set(slurm)):
+        rows_or_why = sacct_rows(slurm, timeout=timeout)
+        sacct = {"rows": [], "why": rows_or_why} if isinstance(rows_or_why, str) else {"rows": rows_or_why}
+    rows = {str(r["job"]): r for r in (sacct or {}).get("rows", [])}
+    unasked = (sacct or {}).get("why") if not (sacct or {}).get("rows") else None
+    out = []
+    for name, cluster in missing:
+        state = str(rows.get(name, {}).get("state") or "")
+        if state:
+            detail = f"no database; sacct says {state}"
+        elif cluster != "slurm":
+            detail = "no database (a local task: it did not start, or was killed before its first copy)"
+        elif unasked and "knows none" not in unasked:
+            detail = f"no database; Slurm cannot be asked ({unasked})"
+        else:  # an array task cancelled while it waited is never written to accounting
+            detail = "no database; it never started (Slurm accounting has no record of it)"
+        out.append({"task": name, "state": state.split()[0].lower() if state else None, "detail": detail})
+    return out
 
 
 def classify(
@@ -182,6 +235,7 @@ def open_job(
         pid=pid,
         hostname=hostname,
         start_time=row.get("start_time"),
+        attempt=int(row.get("attempt") or 0),
     )
 
 
@@ -207,6 +261,13 @@ def resolve(
     left: list[tuple[OpenJob, dict[str, Any] | None]] = []  # with sacct's row when it says the job lives
     for j in slurmish:
         row = by_job.get(str(j.slurm_id))
+        if row is not None and j.attempt < (row.get("requeues") or 0):  # sacct's row is a later attempt's
+            out[j.key] = Resolved(
+                REQUEUED, "sacct",
+                f"resolved after the fact: sacct says {j.slurm_id} was requeued after attempt {j.attempt + 1}, "
+                "which ended without writing its status",
+            )  # fmt: skip
+            continue
         if row is not None and not _fits(row, j.start_time):
             row = None  # another job of the same id (ids restart on a new cluster)
         res = _from_slurm(str(j.slurm_id), str(row.get("state") or ""), "sacct", row) if row is not None else None

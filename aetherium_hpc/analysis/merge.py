@@ -126,6 +126,7 @@ class MergeResult:
     still_running: int = 0  # jobs rows saying running whose job really still runs
     status_unknown: int = 0  # jobs rows saying running that could not be checked from here
     status_pending: int = 0  # ended, but accounting has not the details yet: not stored, merge again later
+    missing: list[str] = field(default_factory=list)  # "<task>: no database; <what Slurm says>" per task
     seconds: float = 0.0
 
     @property
@@ -150,9 +151,11 @@ class MergeResult:
             line += f", {self.status_unknown} with a status that cannot be checked from here"
         if self.status_pending:
             line += f", {self.status_pending} ended but not in Slurm accounting yet (merge again later)"
+        if self.missing:
+            line += f"; {len(self.missing)} submitted task(s) left no database"
         if self.skipped:
             line += f"; {len(self.skipped)} skipped (exit code {SKIPPED_EXIT_CODE})"
-        return "\n".join([*(f"status of {r}" for r in self.resolved), line])
+        return "\n".join([*(f"status of {r}" for r in self.resolved), *(f"task {m}" for m in self.missing), line])
 
 
 @dataclass
@@ -588,6 +591,7 @@ def _merge_locked(files: list[str], result: MergeResult, progress: bool | None, 
                     )
         bar.close()
         _resolve_unfinished(conn, result, resolve_timeout)
+        _name_tasks_without_database(conn, result, resolve_timeout)
     finally:
         bar.close()
         conn.close()
@@ -683,12 +687,14 @@ def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: 
     """Jobs rows of the output that still say ``running``: ask what became of the job
     (:mod:`.final_status`); store a final answer in the row, what it said before in
     :data:`RESOLVED_TABLE`."""
-    from .final_status import RUNNING, resolve_rows, run_record
+    from .final_status import LATER_ATTEMPT, RUNNING, resolve_rows, run_record
 
     cur = conn.execute(
         "SELECT j.source_id, s.job_id, s.array_job_id, s.array_task_id, s.node, j.start_time, j.status, j.config,"
-        " s.hostname, s.source_path FROM main.job_rows j JOIN main.sources s ON s.source_id = j.source_id"
-        " WHERE j.status = ?",
+        " s.hostname, s.source_path, s.attempt,"
+        " EXISTS (SELECT 1 FROM main.sources n WHERE n.job_id IS s.job_id AND n.array_job_id IS s.array_job_id"
+        "   AND n.array_task_id IS s.array_task_id AND n.attempt > s.attempt) AS later"
+        " FROM main.job_rows j JOIN main.sources s ON s.source_id = j.source_id WHERE j.status = ?",
         (RUNNING,),
     )
     names = [d[0] for d in cur.description]
@@ -697,8 +703,12 @@ def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: 
         return
     cache: dict[str, dict[str, Any] | None] = {}
     found = resolve_rows(
-        [(r["source_id"], r, run_record(r["source_path"], cache), r["hostname"]) for r in rows], timeout=timeout
+        [(r["source_id"], r, run_record(r["source_path"], cache), r["hostname"]) for r in rows if not r["later"]],
+        timeout=timeout,
     )
+    for r in rows:
+        if r["later"]:  # accounting speaks of the last attempt only
+            found[r["source_id"]] = LATER_ATTEMPT
     now = time.time()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(now))
     finals = []
@@ -738,6 +748,24 @@ def _resolve_unfinished(conn: sqlite3.Connection, result: MergeResult, timeout: 
     for r, res in finals:
         task = r["job_id"] if r["array_task_id"] is None else f"{r['array_job_id']}_{r['array_task_id']}"
         result.resolved.append(f"{task}/{r['node']}: running -> {res.status} ({res.detail})")
+
+
+def _name_tasks_without_database(conn: sqlite3.Connection, result: MergeResult, timeout: float) -> None:
+    """The tasks the runs of the output's sources submitted (their ``jobs.json``) that left no database."""
+    from .final_status import run_record, task_name, tasks_without_database
+
+    cache: dict[str, dict[str, Any] | None] = {}
+    present, records = set(), {}
+    for job, ajob, task, path in conn.execute(
+        "SELECT job_id, array_job_id, array_task_id, source_path FROM main.sources"
+    ):
+        present.add(task_name(job, ajob, task))
+        rec = run_record(path, cache)
+        if rec is not None:
+            records[id(rec)] = rec
+    result.missing = [
+        f"{m['task']}: {m['detail']}" for m in tasks_without_database(records.values(), present, None, timeout)
+    ]
 
 
 def _merge_one(

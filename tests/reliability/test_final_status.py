@@ -43,6 +43,7 @@ def write_node_db(
     start: float | None = None,
     host: str = HOST,
     node: str = "n1",
+    attempt: int = 0,
 ) -> Path:
     """A copied-back node database whose jobs row says ``status`` (a job killed after a checkpoint)."""
     task = array[1] if array else 0
@@ -50,7 +51,7 @@ def write_node_db(
     path = run / "db" / f"{base}_{task}" / f"{node}.db"
     path.parent.mkdir(parents=True, exist_ok=True)
     src = SourceInfo(job_id=job_id, array_job_id=array[0] if array else None,
-                     array_task_id=array[1] if array else None, node=node, hostname=host)  # fmt: skip
+                     array_task_id=array[1] if array else None, node=node, hostname=host, attempt=attempt)  # fmt: skip
     ah.init_db(path, source=src, listen=False)
     t0 = time.time() - 600 if start is None else start
     for k in range(20):
@@ -219,6 +220,36 @@ def test_oom_killed_array_task_shows_out_of_memory_in_status_merge_and_report(tm
     assert read(out, "SELECT count(*) FROM sources") == [(2,)]
 
 
+def test_array_tasks_that_left_no_database_are_named_by_merge_and_report(tmp_path: Path, fake: FakeSlurm) -> None:
+    run = tmp_path / "run"
+    t0 = time.time() - 600
+    for task in (0, 1, 3):
+        write_node_db(run, f"950_{task}", array=("950", task), status="completed", start=t0)
+    (run / "jobs.json").write_text(json.dumps({"cluster": "slurm", "array_job_ids": ["950"],
+                                               "job_ids": [f"950_{i}" for i in range(5)]}))  # fmt: skip
+    fake.set(
+        "sacct",
+        "\n".join(
+            [
+                *(sacct_line(f"950_{i}", "COMPLETED", "0:0", t0 - 1, t0 + 30) for i in (0, 1, 3)),
+                sacct_line("950_2", "CANCELLED by 0", "0:0", None, t0 + 5),  # cancelled while it waited
+            ]
+        ),
+    )  # fmt: skip  (950_4: accounting has no record of it)
+    out = tmp_path / "merged.db"
+    merge = run_cli(["merge", str(run), "-o", str(out)], tmp_path, fake)
+    assert merge.returncode == 0, merge.stderr
+    assert "task 950_2: no database; sacct says CANCELLED by 0" in merge.stdout, merge.stdout
+    assert "task 950_4: no database; it never started" in merge.stdout
+    assert "2 submitted task(s) left no database" in merge.stdout
+    html = tmp_path / "r.html"
+    proc = run_cli(["report", str(out), "--html", str(html)], tmp_path, fake)
+    assert "no database: 2 of the 5 tasks submitted left none: 950_2 (sacct says CANCELLED by 0); 950_4" in proc.stdout
+    assert "950_2 (sacct says CANCELLED by 0)" in html.read_text()
+    data = json.loads(run_cli(["report", str(out), "--json"], tmp_path, fake).stdout)
+    assert [(m["task"], m["state"]) for m in data["missing"]] == [("950_2", "cancelled"), ("950_4", None)]
+
+
 def test_job_that_completed_after_its_step_was_killed_shows_the_step(tmp_path: Path, fake: FakeSlurm) -> None:
     # `scancel --signal=KILL JOB.0`: srun returns 137, the script goes on and exits 0.
     run = tmp_path / "run"
@@ -233,6 +264,34 @@ def test_job_that_completed_after_its_step_was_killed_shows_the_step(tmp_path: P
     assert [r[:3] for r in rows] == [["77", "CANCELLED", "137"]]
     (job,) = report_jobs(run / "db" / "77_0" / "n1.db", tmp_path, fake)
     assert job["status"] == "cancelled" and job["exit_code"] == 137 and "step 77.0 CANCELLED" in job["detail"]
+
+
+def test_an_attempt_killed_with_its_node_then_requeued_is_requeued_not_the_last_attempts_end(
+    tmp_path: Path, fake: FakeSlurm
+) -> None:
+    # Attempt 1 died with node n1 (its row says running); Slurm requeued the job onto n2, where it completed.
+    run = tmp_path / "run"
+    t0 = time.time() - 600
+    write_node_db(run, "44", start=t0, node="n1")
+    write_node_db(run, "44", start=t0 + 130, node="n2", attempt=1, status="completed")
+    fake.set("sacct", "\n".join([  # sacct --duplicates: every attempt, in order
+        sacct_line("44", "NODE_FAIL", "0:0", t0 - 1, t0 + 10),
+        sacct_line("44.batch", "CANCELLED", "0:15", t0 - 1, t0 + 10),
+        sacct_line("44", "COMPLETED", "0:0", t0 + 129, t0 + 200),
+        sacct_line("44.batch", "COMPLETED", "0:0", t0 + 129, t0 + 200),
+    ]))  # fmt: skip
+    status = run_cli(["status", str(run)], tmp_path, fake)
+    assert [r[:2] for r in status_rows(status)] == [["44", "REQUEUED"], ["44", "COMPLETED"]]
+    assert any("--duplicates" in c for c in fake.calls("sacct"))
+    assert "requeued once (attempt 2)" in status.stdout and "requeued after attempt 1" in status.stdout
+    (job,) = report_jobs(run / "db" / "44_0" / "n1.db", tmp_path, fake)  # the killed attempt's file alone
+    assert job["status"] == "requeued" and job["resolved_from"] == "sacct"
+    out = tmp_path / "m.db"
+    merge = run_cli(["merge", str(run), "-o", str(out)], tmp_path, fake)
+    assert merge.returncode == 0 and "running -> requeued" in merge.stdout, merge.stdout
+    assert sorted(j[1] for j in merged_jobs(out)) == ["completed", "requeued"]
+    text = run_cli(["report", str(out)], tmp_path, fake).stdout
+    assert "requeued once (attempt 2 completed)" in text and "1 completed (+ 1 earlier attempt, requeued)" in text
 
 
 def test_controller_knows_the_end_before_accounting(tmp_path: Path, fake: FakeSlurm) -> None:

@@ -78,6 +78,27 @@ def test_array_larger_than_max_array_size_is_split(tmp_path: Path) -> None:
     assert len(sorted(run.glob("db/*/*.db"))) == 4
 
 
+def test_an_array_task_cancelled_before_it_started_is_named_by_merge_and_report(tmp_path: Path) -> None:
+    run, _ = submit(
+        str(ROOT / "configs" / "array.yaml"), tmp_path / "runs", "slurm.array_parallelism=1",
+        "array.sweep={seed: [0, 1, 2]}",
+        "workload.kwargs={rounds: 1, epochs: 1, chunks: 1, samples_per_chunk: 8, workers: 1}", wait=False,
+    )  # fmt: skip
+    array = json.loads((run / "jobs.json").read_text())["array_job_ids"][0]
+    subprocess.run(["scancel", f"{array}_2"], check=True, timeout=30)  # still pending: one task at a time
+    deadline = time.monotonic() + 240
+    while len([db for db in run.glob("db/*/*.db") if job_rows(db)[0]["status"] == "completed"]) < 2:
+        assert time.monotonic() < deadline, sorted(run.glob("db/*/*.db"))
+        time.sleep(0.5)
+    merge = cli(["merge", str(run)], tmp_path)
+    assert merge.returncode == 0, merge.stdout + merge.stderr
+    # Slurm never writes a pending array task that was cancelled to accounting.
+    assert f"task {array}_2: no database; it never started" in merge.stdout, merge.stdout
+    report = cli(["report", str(run)], tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert f"no database: 1 of the 3 tasks submitted left none: {array}_2 (it never started" in report.stdout
+
+
 def test_two_node_job_writes_one_database_per_node(tmp_path: Path) -> None:
     run, _ = submit(str(ROOT / "configs" / "multinode.yaml"), tmp_path / "runs", "resources.cpus_per_task=1")
     dbs = sorted(run.glob("db/*/*.db"))

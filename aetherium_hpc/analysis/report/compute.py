@@ -39,6 +39,7 @@ def conclude(loaded: Loaded, sacct: dict[str, Any], objective: str | None = None
     sources = loaded.sources
     source_task = {s.sid: task_key(s.job_id, s.array_job_id, s.task) for s in sources.values()}
     data["sweep"] = task_table(loaded.jobs, loaded.training, data["tasks"], source_task, objective)
+    data["missing"] = sacct.pop("missing", [])  # tasks the run submitted that left no database
     data["sacct"] = sacct
     n_tasks = len(set(source_task.values()))
     data["array"]["summarised"] = across.summarised(n_tasks)

@@ -312,42 +312,51 @@ def _rows(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> lis
 def resolve_unfinished(path: str, jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """sacct figures for the Slurm jobs of ``jobs`` (asked once), and the truth about every row
     that still says ``running`` (:mod:`..final_status`): its ``status``, ``exit_code``,
-    ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how."""
+    ``end_time`` and ``detail`` are replaced in place, ``resolved_from`` says how. The answer's
+    ``missing``: the tasks the run submitted (``jobs.json``) that left no database."""
     from ...scheduler import ACCOUNTING_LAG_S, sacct_figures_when_final
-    from ..final_status import REQUEUED, RUNNING, classify, resolve_rows, run_record, slurm_name
+    from .. import final_status as fs
 
     cache: dict[str, dict[str, Any] | None] = {}
 
     def record(j: dict[str, Any]) -> dict[str, Any] | None:
         # A node database in its run directory, else the file a merged source was copied from.
-        return run_record(path, cache) or run_record(j.get("source_path"), cache)
+        return fs.run_record(path, cache) or fs.run_record(j.get("source_path"), cache)
 
     slurm_ids: list[str | None] = []
     ended_recently: list[str] = []
+    records: dict[int, dict[str, Any]] = {}
     for j in jobs:
-        cluster, _ = classify(j.get("job_id"), j.get("array_task_id"), j.get("config"), record(j))
+        rec = record(j)
+        if rec is not None:
+            records[id(rec)] = rec
+        cluster, _ = fs.classify(j.get("job_id"), j.get("array_task_id"), j.get("config"), rec)
         if cluster in ("slurm", None):  # never ask Slurm about a local job: its id is a process id
-            job_id = slurm_name(j.get("job_id"), j.get("array_job_id"), j.get("array_task_id"))
+            job_id = fs.slurm_name(j.get("job_id"), j.get("array_job_id"), j.get("array_task_id"))
             slurm_ids.append(job_id)
             end = j.get("end_time")
             if (
                 job_id
-                and j.get("status") != RUNNING
+                and j.get("status") != fs.RUNNING
                 and isinstance(end, (int, float))
                 and time.time() - end < ACCOUNTING_LAG_S
             ):
                 ended_recently.append(job_id)
+    present = {fs.task_name(j.get("job_id"), j.get("array_job_id"), j.get("array_task_id")) for j in jobs}
+    submitted = [name for rec in records.values() for name, cluster in fs.submitted_tasks(rec) if cluster == "slurm"]
+    slurm_ids += [name for name in submitted if name not in present]  # (asked in the same sacct call)
     sacct = sacct_figures_when_final(slurm_ids, ended_recently)
+    sacct["missing"] = fs.tasks_without_database(records.values(), present, sacct)
     for j in jobs:
-        if j.get("superseded") and j.get("status") == RUNNING:  # accounting speaks of the last attempt only
-            j.update(status=REQUEUED, resolved_from="a later attempt", recorded_status=RUNNING,
-                     detail="killed before it could write its end; Slurm requeued the task")  # fmt: skip
-    open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == RUNNING]
-    for i, res in resolve_rows(open_rows, sacct=sacct).items():
-        if res.status == RUNNING or not isinstance(i, int):  # (the keys are the row indexes)
+        if j.get("superseded") and j.get("status") == fs.RUNNING:  # accounting speaks of the last attempt only
+            j.update(status=fs.LATER_ATTEMPT.status, resolved_from=fs.LATER_ATTEMPT.how, recorded_status=fs.RUNNING,
+                     detail=fs.LATER_ATTEMPT.detail)  # fmt: skip
+    open_rows = [(i, j, record(j), j.get("hostname")) for i, j in enumerate(jobs) if j.get("status") == fs.RUNNING]
+    for i, res in fs.resolve_rows(open_rows, sacct=sacct).items():
+        if res.status == fs.RUNNING or not isinstance(i, int):  # (the keys are the row indexes)
             continue
         j = jobs[i]
-        j.update(status=res.status, detail=res.detail, resolved_from=res.how or None, recorded_status=RUNNING)
+        j.update(status=res.status, detail=res.detail, resolved_from=res.how or None, recorded_status=fs.RUNNING)
         if j.get("exit_code") is None:
             j["exit_code"] = res.exit_code
         if j.get("end_time") is None:

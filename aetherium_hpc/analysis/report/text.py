@@ -189,6 +189,12 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
                           for t in bad[:10])  # fmt: skip
         more = f"; ... {len(bad) - 10} more" if len(bad) > 10 else ""
         out.append(f"did not complete: {len(bad)} of {len(tasks)} tasks: {names}{more}")
+    missing = d.get("missing") or []
+    if missing:
+        n_tasks = len({(j["job_id"], j["array_task_id"]) for j in d["jobs"]}) + len(missing)
+        names = "; ".join(f"{m['task']} ({m['detail'].removeprefix('no database; ')})" for m in missing[:10])
+        more = f"; ... {len(missing) - 10} more (see --json)" if len(missing) > 10 else ""
+        out.append(f"no database: {len(missing)} of the {n_tasks} tasks submitted left none: {names}{more}")
     return out
 
 
