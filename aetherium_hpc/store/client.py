@@ -251,8 +251,18 @@ class MetricsStore(StoreReader):
             self.writer.flush(timeout=30.0)
             self.sender.stop()
         self.writer.stop()
-        lost = self.writer.stats.lost + self.queue.dropped
-        if lost:  # said by the process that owns the store, whichever process lost them
+        stats = self.writer.stats
+        lost = stats.lost + self.queue.dropped
+        if stats.unwritten:  # the writes failed to the end (a disk that never freed): not even counted in the file
+            print(
+                f"aetherium-hpc: {lost + stats.unwritten} record(s) logged for {self.path} could not be stored: "
+                f"{stats.unwritten} still unwritten when the store closed ({self.writer.last_error or 'writes failed'}), "
+                f"{lost} dropped before (the queue full while writes failed, or workers that could not reach the "
+                f"store); the {stats.written} written since it opened are in {self.path} (with {self.path}-wal if it is there: "
+                "keep the files together)",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+        elif lost:  # said by the process that owns the store, whichever process lost them
             print(
                 f"aetherium-hpc: {lost} record(s) logged for {self.path} could not be stored (a full queue "
                 "with on_full='drop', or workers that could not reach the store); counted in its store_stats",

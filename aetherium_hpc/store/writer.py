@@ -83,6 +83,8 @@ _RECORD_ERRORS = (
     sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError,
     OverflowError, TypeError, ValueError,
 )  # fmt: skip
+#: Seconds the writer keeps retrying a failed write when it stops (then what is left is counted as lost).
+FINAL_RETRY_S = 2.0
 #: At most this many distinct bad-record causes are logged; later ones are only counted.
 _MAX_BAD_MESSAGES = 20
 _VALUE_IN_MESSAGE = re.compile(r"""['"{\[(<]|\d""")
@@ -198,6 +200,8 @@ class WriterStats:
     #: Records logged into this store that it could not store, in this session: its queue full
     #: (on_full='drop'), or lost in a client process (``dropped_client``, as the clients report them).
     lost: int = 0
+    #: Records still unwritten when the store closed (the disk full to the end): lost, not in the file.
+    unwritten: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
     extra: dict[str, float] = field(default_factory=dict)
@@ -229,6 +233,9 @@ class StoreWriter(threading.Thread):
         self._conn: sqlite3.Connection | None = None
         #: This writer's row in ``sources`` (set when the database is opened).
         self.source_id = 0
+        self._own: tuple[Any, ...] | None = None  # the writer's own telemetry sample in the batch being written
+        #: What the last failed write that is retried failed of (``the disk is full: ...``).
+        self.last_error: str | None = None
         self._series: dict[tuple[str, str, str, str], int] = {}
         self._open: dict[int, chunks.OpenChunk] = {}
         self._retry: list[Any] = []
@@ -296,6 +303,11 @@ class StoreWriter(threading.Thread):
         finally:
             q.close()
             self._write(q.drain())
+            deadline = time.monotonic() + FINAL_RETRY_S
+            while self._retry and self._conn is not None and time.monotonic() < deadline:
+                time.sleep(FINAL_RETRY_S / 10)  # the disk may free in a moment
+                self._write([])
+            self.stats.unwritten, self._retry = len(self._retry), []
             self._close_db()
 
     def _open_db(self) -> sqlite3.Connection:
@@ -347,7 +359,11 @@ class StoreWriter(threading.Thread):
         try:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error as exc:
-            log.warning("aetherium-hpc: checkpoint of %s failed at close: %s", self.path, exc)
+            log.warning(
+                "aetherium-hpc: checkpoint of %s failed at close (%s): what was written is in %s and %s-wal; "
+                "keep the two files together (SQLite reads the -wal file when it opens the database)",
+                self.path, exc, self.path, self.path,
+            )  # fmt: skip
         conn.close()
 
     # -- one batch --------------------------------------------------------------------------
@@ -358,6 +374,7 @@ class StoreWriter(threading.Thread):
         if self._retry:
             batch = self._retry + batch
             self._retry = []
+        own = self._own = None
         if self.telemetry and batch:
             now = time.time()
             # not for a batch of counters alone (the central sender's last ones, after the job's data)
@@ -365,7 +382,8 @@ class StoreWriter(threading.Thread):
                 type(r) is not tuple or r[0] != STATS for r in batch
             ):
                 self._last_telemetry = now
-                batch.append(self._telemetry_record(now))
+                own = self._own = self._telemetry_record(now)
+                batch.append(own)
         ok = True
         if batch:
             ok = self._commit(batch)
@@ -415,6 +433,7 @@ class StoreWriter(threading.Thread):
         return True
 
     def _keep(self, batch: list[Any], exc: BaseException) -> None:
+        self.last_error = f"{_CAUSES.get(retry_cause(exc) or 'other', ('an error',))[0]}: {exc}"
         self._report_error(exc)
         self.stats.write_errors += 1
         self._keep_for_retry(batch)
@@ -643,6 +662,8 @@ class StoreWriter(threading.Thread):
                 self._open.pop(sid, None)
 
     def _keep_for_retry(self, batch: list[Any]) -> None:
+        if batch and batch[-1] is self._own:  # the writer's own sample is not retried: what is kept (and
+            batch = batch[:-1]  # counted as lost, should it never be written) is what was logged
         room = self.queue.maxsize - len(self.queue)
         if len(batch) > room:
             lost = len(batch) - max(room, 0)

@@ -92,3 +92,25 @@ def test_disk_full_keeps_logging_counts_drops_and_recovers(
     assert n_full <= kept + stats["dropped"] <= n_full + 100, (kept, stats)
     counted = dict(read(db, "SELECT name, value FROM store_stats"))  # type: ignore[arg-type]
     assert counted["dropped_queue_full"] == stats["dropped"]
+
+
+def test_disk_that_never_frees_shutdown_returns_and_says_exactly_what_was_lost(
+    small_fs: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    db = small_fs / "metrics.db"
+    ah.init_db(str(db), buffer_size=500, flush_interval=0.05, max_queue=20_000, socket_dir=str(tmp_path))
+    for i in range(1000):
+        ah.log_training_epoch_metric("before", float(i), 0, i)
+    assert ah.get_db().flush()
+    _fill(small_fs)  # and never freed
+    n_full = 100_000
+    for i in range(n_full):
+        ah.log_training_epoch_metric("during", float(i), 1, i)
+    ah.shutdown_db()  # returns: it retries for FINAL_RETRY_S, then counts what is left
+    err = capfd.readouterr().err
+    stored = read(db, "SELECT count(*) FROM training_metrics")[0][0]
+    (line,) = [ln for ln in err.splitlines() if "could not be stored" in ln]
+    lost = int(line.split("aetherium-hpc: ")[1].split(" record(s)")[0])
+    assert stored + lost == 1000 + n_full, (stored, line)  # every record logged: in the file, or counted here
+    assert "still unwritten when the store closed (the disk is full" in line and str(db) in line
+    assert integrity(db) == "ok"

@@ -156,6 +156,9 @@ def test_usr2_near_the_time_limit_records_timeout(tmp_path: Path) -> None:
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=30)
     db, row = _final_row(run, {"timeout"})
     assert counts(db)["training_metrics"] == 50
+    # sacct says FAILED (the job ended before its limit, with submitit's error): the report says why.
+    report = cli(["report", str(db)], tmp_path)
+    assert "the database says timeout, sacct FAILED (exit 1:0): the job stopped at Slurm's warning" in report.stdout
 
 
 @pytest.mark.slow  # Slurm holds a requeued job (BeginTime) for a minute or two

@@ -41,6 +41,7 @@ def conclude(loaded: Loaded, sacct: dict[str, Any], objective: str | None = None
     data["sweep"] = task_table(loaded.jobs, loaded.training, data["tasks"], source_task, objective)
     data["missing"] = sacct.pop("missing", [])  # tasks the run submitted that left no database
     data["sacct"] = sacct
+    data["differences"] = status_differences(data["jobs"], sacct)
     n_tasks = len(set(source_task.values()))
     data["array"]["summarised"] = across.summarised(n_tasks)
     if data["array"]["summarised"]:
@@ -201,6 +202,35 @@ def _pick(by_key: dict[tuple[int, str, str], list[Series]], sid: int, mtype: str
         if found:
             return found
     return []
+
+
+#: The database's status and the sacct state that say the same.
+_SAME = {"completed": "COMPLETED", "failed": "FAILED", "cancelled": "CANCELLED", "timeout": "TIMEOUT",
+         "preempted": "PREEMPTED", "requeued": "REQUEUED"}  # fmt: skip
+
+
+def status_differences(jobs: list[dict[str, Any]], sacct: dict[str, Any]) -> list[str]:
+    """Where a task's own status and Slurm accounting disagree, one line saying why."""
+    from ..final_status import slurm_name
+
+    by_job = {str(r["job"]): r for r in sacct.get("rows", [])}
+    out = []
+    for j in jobs:
+        row = by_job.get(str(slurm_name(j["job_id"], j["array_job_id"], j["array_task_id"])))
+        if row is None or j["superseded"] or j.get("resolved_from") or not row.get("state"):
+            continue
+        state, status = str(row["state"]).split()[0], str(j["status"])
+        if _SAME.get(status) == state or state in ("RUNNING", "PENDING", "REQUEUED"):
+            continue
+        said = f"{j['source']}: the database says {status}, sacct {state} (exit {row.get('exit_code') or '-'})"
+        if status in ("timeout", "preempted") and state in ("FAILED", "COMPLETED", "CANCELLED"):
+            said += (": the job stopped at Slurm's warning signal (USR2), which may come up to a minute before "
+                     "the time limit, after saving its metrics; Slurm saw it end before the limit (submitit ends "
+                     "a timed-out job that has no checkpoint with an error)")  # fmt: skip
+        else:
+            said += ": the database tells how the workload ended, sacct how the whole allocation did"
+        out.append(said)
+    return out
 
 
 def requeues(sources: dict[int, Source], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -173,9 +173,9 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
     jobs = d["jobs"]
     if jobs:
         parts.append("<h2>Tasks</h2>")
-        requeued = requeue_lines(d, _MANY_JOB_ROWS)
-        if requeued:
-            parts.append("<p>" + "<br>".join(_h(line.strip()) for line in requeued) + "</p>")
+        said = [*requeue_lines(d, _MANY_JOB_ROWS), *d.get("differences", [])[:_MANY_JOB_ROWS]]
+        if said:
+            parts.append("<p>" + "<br>".join(_h(line.strip()) for line in said) + "</p>")
     if jobs and many:
         counts = f"{len(jobs)} rows: {status_counts(jobs)}"
         jobs = [j for j in jobs if not j["superseded"] and (j["status"] not in OK_STATUSES or j.get("resolved_from"))]

@@ -97,6 +97,7 @@ def _summary(d: dict[str, Any]) -> str:
         lines += ["", f"tasks: {len(d['jobs'])} rows (every one in --json; the HTML lists those that did not complete)"]
         lines.append("  " + status_counts(d["jobs"]))
         lines += requeue_lines(d, _TEXT_MAX_TASKS)
+        lines += [f"  {x}" for x in d.get("differences", [])[:_TEXT_MAX_TASKS]]
         noted = [j for j in d["jobs"] if j.get("resolved_from") or j["status"] == "unknown"]
         lines += [f"  {j['source']}: {j['status']}: {j['detail']}" for j in noted[:_TEXT_MAX_TASKS]]
         if len(noted) > _TEXT_MAX_TASKS:
@@ -110,6 +111,7 @@ def _summary(d: dict[str, Any]) -> str:
         )  # fmt: skip
         lines.append("  " + status_counts(d["jobs"]))
         lines += requeue_lines(d)
+        lines += [f"  {x}" for x in d.get("differences", [])]
         for j in d["jobs"]:
             if j.get("resolved_from") or j["status"] == "unknown":
                 lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
