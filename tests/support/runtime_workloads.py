@@ -127,10 +127,16 @@ class _LoggedItems:
         return float(i)
 
 
-def torch_dataloader_train(marker: str, epochs: int = 100_000, sleep_s: float = 0.05) -> int:
+def torch_dataloader_train(
+    marker: str, epochs: int = 100_000, sleep_s: float = 0.05, epochs_when_requeued: int | None = None
+) -> int:
     """A training loop over a PyTorch DataLoader with 2 persistent workers that log; after the
-    first epoch (its rows committed) announces ``"<pid> <rows committed>"`` in ``marker``."""
+    first epoch (its rows committed) announces ``"<pid> <rows committed>"`` in ``marker``. A requeued
+    attempt (SLURM_RESTART_COUNT > 0) runs ``epochs_when_requeued`` epochs, when given."""
     from torch.utils.data import DataLoader
+
+    if epochs_when_requeued is not None and os.environ.get("SLURM_RESTART_COUNT", "0") != "0":
+        epochs = epochs_when_requeued
 
     loader = DataLoader(_LoggedItems(), batch_size=4, num_workers=2, persistent_workers=True)  # type: ignore[arg-type]
     for epoch in range(epochs):

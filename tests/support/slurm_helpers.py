@@ -7,14 +7,19 @@ import time
 
 
 def requeue_now(job_id: str) -> None:
-    """``scontrol requeue`` a running job, then let it start again at once (Slurm would hold it
-    for about two minutes: BeginTime)."""
+    """``scontrol requeue`` a running job, then let it start again at once."""
     subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=30)
-    deadline = time.monotonic() + 60
+    start_requeued_now(job_id)
+
+
+def start_requeued_now(job_id: str, timeout: float = 60.0) -> None:
+    """Once ``job_id`` is pending again (requeued), let it start at once: Slurm would hold a
+    requeued job for about two minutes (BeginTime)."""
+    deadline = time.monotonic() + timeout
     while True:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
         if state.stdout.strip() == "PENDING":
             break
-        assert time.monotonic() < deadline, f"job {job_id} not pending after the requeue: {state.stdout!r}"
+        assert time.monotonic() < deadline, f"job {job_id} not pending again (requeued): {state.stdout!r}"
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
