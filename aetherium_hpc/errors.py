@@ -20,6 +20,10 @@ class StoreError(AetheriumError):
     """The metrics store cannot be used as asked."""
 
 
+class UnsafeFolderError(StoreError):
+    """A node-local folder that is not this user's alone (another user made it, or it is a link)."""
+
+
 class SchemaError(StoreError):
     """A database file is foreign, corrupt, or of another schema version."""
 

@@ -25,6 +25,7 @@ import json
 import os
 import re
 import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,53 @@ LOCAL_DB_NAME = "metrics.db"
 _NODE_FOLDER = "aeth-"
 
 
+# -- private folders on shared scratch ---------------------------------------------------------------
+def user_scratch(scratch: str) -> str:
+    """This user's folder under a node-local scratch folder (``<scratch>/aetherium-<uid>``): every
+    node folder and socket folder of the user lives in it, so another user can neither plant nor
+    take over one (see :func:`private_folder`)."""
+    return os.path.join(scratch, f"aetherium-{os.getuid()}")
+
+
+def not_private(path: str) -> str | None:
+    """Why ``path`` is not a folder only this user can use (None: it is one). ``lstat``: a symbolic
+    link is never accepted, only a real folder owned by this uid that nobody else can enter."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "it does not exist"
+    if stat.S_ISLNK(st.st_mode):
+        return "it is a symbolic link"
+    if not stat.S_ISDIR(st.st_mode):
+        return "it is not a folder"
+    if st.st_uid != os.getuid():
+        return f"it belongs to uid {st.st_uid}, not to this user (uid {os.getuid()})"
+    if st.st_mode & 0o077:
+        return f"its mode is {stat.S_IMODE(st.st_mode):04o}, not 0700 (others can enter it)"
+    return None
+
+
+def private_folder(path: str) -> str:
+    """Create ``path`` with mode 0700, or accept an existing one that :func:`not_private` accepts;
+    otherwise raise :class:`~aetherium_hpc.errors.UnsafeFolderError` in one line. Returns ``path``."""
+    from .errors import UnsafeFolderError
+
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeFolderError(f"{path}: cannot create the folder ({exc.strerror}); set AETHERIUM_LOCAL_DIR "
+                                "to a node-local folder of yours") from exc  # fmt: skip
+    why = not_private(path)
+    if why is not None:
+        raise UnsafeFolderError(
+            f"{path}: refused: {why}; another user may have made it in advance. Remove it, or set "
+            "AETHERIUM_LOCAL_DIR to a node-local folder of yours"
+        )
+    return path
+
+
 #: The key of a job's config snapshot (``job_rows.config``) that holds its run directory, so that a
 #: source names its run wherever its rows go (copies, merges, a central store): :meth:`RunLayout.run_of`.
 SNAPSHOT_RUN_KEY = "run"
@@ -71,7 +119,13 @@ class NodeFolder:
     @classmethod
     def of(cls, scratch: str, key: str, node: str) -> NodeFolder:
         """The folder of a :func:`db_key` and a node (as in a run's ``db/<key>/<node>.db``)."""
-        return cls(os.path.join(scratch, f"{_NODE_FOLDER}{key}-{safe_component(node)[:40]}"))
+        return cls(os.path.join(user_scratch(scratch), f"{_NODE_FOLDER}{key}-{safe_component(node)[:40]}"))
+
+    def create(self) -> NodeFolder:
+        """Make the folder and this user's folder above it private (0700, checked): see :func:`private_folder`."""
+        private_folder(os.path.dirname(self.path))
+        private_folder(self.path)
+        return self
 
     @property
     def database(self) -> str:
@@ -82,7 +136,10 @@ class NodeFolder:
     def live_databases(scratch: str, job_id: str) -> list[tuple[str, str, str]]:
         """``(key, node, live database)`` of every task of ``job_id`` with a live database under ``scratch``."""
         found = []
-        pattern = os.path.join(glob.escape(scratch), f"{_NODE_FOLDER}{glob.escape(job_id)}_*-*", LOCAL_DB_NAME)
+        base = user_scratch(scratch)
+        if not_private(base) is not None:  # none of this user's, or not one to trust
+            return []
+        pattern = os.path.join(glob.escape(base), f"{_NODE_FOLDER}{glob.escape(job_id)}_*-*", LOCAL_DB_NAME)
         for live in glob.glob(pattern):
             key, _, node = os.path.basename(os.path.dirname(live))[len(_NODE_FOLDER) :].rpartition("-")
             found.append((key, node, live))

@@ -76,7 +76,8 @@ def test_run_task_writes_status_and_copies_back(tmp_path: Path, job_env: Path) -
     rows = job_rows(dest)
     assert rows[0]["status"] == "completed" and rows[0]["exit_code"] == 0 and rows[0]["config"] == {"a": 1}
     assert counts(dest)["training_metrics"] == 1
-    assert list(job_env.iterdir()) == []  # the node-local files are gone
+    # The node-local files are gone; this user's folder stays (other jobs of the user may use it).
+    assert [p.name for p in job_env.rglob("*")] == [f"aetherium-{os.getuid()}"]
 
 
 def test_run_task_failure_is_recorded_and_raised(tmp_path: Path, job_env: Path) -> None:
@@ -295,7 +296,8 @@ def test_workers_killed_by_the_same_scancel_neither_abort_the_copy_back_nor_chan
     assert (row["status"], row["exit_code"]) == ("cancelled", 128 + signal.SIGTERM), row
     got = counts(db)
     assert got["training_metrics"] == 22, got
-    assert not list(job_env.iterdir()), "the node-local folder was left behind (copy-back aborted)"
+    left = [p.name for p in job_env.rglob("*")]
+    assert left == [f"aetherium-{os.getuid()}"], f"the node-local folder was left behind (copy-back aborted): {left}"
 
 
 @pytest.mark.parametrize(

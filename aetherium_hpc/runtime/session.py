@@ -30,6 +30,7 @@ from typing import Any
 
 from .. import env
 from ..config import Monitoring
+from ..errors import UnsafeFolderError
 from ..paths import RunLayout
 from ..signals import block_job_signals, shielded
 from ..store import CopyBack, address, client, copy_database, source_of
@@ -64,7 +65,7 @@ class NodeSession:
         self.monitoring = monitoring or Monitoring()
         self.config = config
         self.requested = requested
-        folder = RunLayout.node_folder(self.monitoring.local_dir or env.local_scratch_dir(), ctx)
+        folder = self._folder = RunLayout.node_folder(self.monitoring.local_dir or env.local_scratch_dir(), ctx)
         self.local_dir = folder.path
         self.local_db = folder.database
         self.socket_dir = address.socket_dir_for(self.local_dir)
@@ -84,8 +85,9 @@ class NodeSession:
 
     # -- start ------------------------------------------------------------------------------
     def start(self) -> NodeSession:
-        os.makedirs(self.local_dir, mode=0o700, exist_ok=True)
-        os.makedirs(self.socket_dir, mode=0o700, exist_ok=True)
+        self._folder.create()  # private (0700, this uid's), or refused: other users share node-local scratch
+        if self.socket_dir != self.local_dir:
+            address.make_socket_dir(self.socket_dir)
         address.remove_stale_sockets(self.socket_dir)  # a requeued job's old socket
         if self.dest.exists() and not os.path.exists(self.local_db):
             # A requeued job (preempted, timed out with checkpointing): go on from the copy of
@@ -258,11 +260,15 @@ class NodeSession:
             else "nothing was written there"
         )
         command = f"python -m aetherium_hpc.store.backup {shlex.quote(self.local_db)} {shlex.quote(str(self.dest))}"
+        where = self.ctx.hostname or self.ctx.node
+        if os.path.isfile(self.local_db):
+            kept = (f"ALL metrics are kept in {self.local_db} on {where}: when {self.dest.parent} is writable and "
+                    f"has room, run `{command}` on that node, before its scratch space is cleaned")  # fmt: skip
+        else:
+            kept = f"the node-local database {self.local_db} on {where} is gone too (removed or renamed during the run)"
         print(
             f"aetherium-hpc: could not copy the metrics database to {self.dest} ({' '.join(why.split())}); {held}. "
-            f"ALL metrics are kept in {self.local_db} on {self.ctx.hostname or self.ctx.node}: when "
-            f"{self.dest.parent} is writable and has room, run `{command}` on that node, before its scratch "
-            "space is cleaned",
+            + kept,
             file=sys.stderr,
             flush=True,
         )
@@ -286,7 +292,11 @@ def connect_to_node_store(
     folder = address.socket_dir_for(local.path)
     deadline = time.monotonic() + wait_s
     while True:
-        found = address.find_socket(folder)
+        try:
+            found = address.find_socket(folder)
+        except UnsafeFolderError as exc:
+            log.warning("aetherium-hpc: %s; this task logs nothing", exc)
+            return False
         if found is not None:
             address.publish(found, local.database)
             return True

@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 
 from .. import env
+from ..errors import UnsafeFolderError
+from ..paths import not_private, private_folder, user_scratch
 
 #: Longest path an AF_UNIX socket may have on Linux (108 bytes with the NUL).
 MAX_SOCKET_PATH = 107
@@ -68,8 +70,11 @@ class StoreAddress:
 
 
 def new_socket_folder(socket_dir: str | None) -> str:
-    """A fresh private (0700) folder for one store's socket, in ``socket_dir`` (default: node-local scratch)."""
-    return tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=socket_dir or env.local_scratch_dir())
+    """A fresh private (0700, unpredictable) folder for one store's socket, in ``socket_dir`` (default:
+    this user's folder under node-local scratch, made private and checked)."""
+    return tempfile.mkdtemp(
+        prefix=FOLDER_PREFIX, dir=socket_dir or private_folder(user_scratch(env.local_scratch_dir()))
+    )
 
 
 def new_address(folder: str) -> StoreAddress:
@@ -92,12 +97,18 @@ def write_key(address: StoreAddress) -> None:
 
 
 def socket_dir_for(local_dir: str) -> str:
-    """Folder of the node socket: ``local_dir`` itself, or a short folder under /tmp derived
-    from it when the socket path would not fit in AF_UNIX's 107 bytes."""
+    """Folder of the node socket: ``local_dir`` itself, or a short folder in this user's folder
+    under /tmp, derived from it, when the socket path would not fit in AF_UNIX's 107 bytes."""
     if len(os.fsencode(local_dir)) + len(f"/{FOLDER_PREFIX}xxxxxxxx/{SOCKET_NAME}{KEY_SUFFIX}") <= 100:
         return local_dir
     digest = hashlib.sha1(os.fsencode(local_dir)).hexdigest()[:16]
-    return os.path.join("/tmp", f"{FOLDER_PREFIX}{digest}")
+    return os.path.join(user_scratch("/tmp"), f"{FOLDER_PREFIX}{digest}")
+
+
+def make_socket_dir(socket_dir: str) -> None:
+    """Create the node socket's folder (and this user's folder above it), private and checked."""
+    private_folder(os.path.dirname(socket_dir))
+    private_folder(socket_dir)
 
 
 def remove_stale_sockets(socket_dir: str) -> None:
@@ -107,10 +118,22 @@ def remove_stale_sockets(socket_dir: str) -> None:
 
 
 def find_socket(socket_dir: str) -> str | None:
-    """The socket a store of ``socket_dir`` listens on, once its key file is there too; else None."""
-    found = glob.glob(os.path.join(glob.escape(socket_dir), FOLDER_PREFIX + "*", SOCKET_NAME))
-    if found and os.path.exists(found[0] + KEY_SUFFIX):
-        return found[0]
+    """The socket a store of ``socket_dir`` listens on, once its key file is there too; else None.
+    Raises :class:`UnsafeFolderError` when a folder on the way is not this user's alone (another
+    user's socket there would receive the records)."""
+    for folder in (os.path.dirname(socket_dir), socket_dir):
+        why = not_private(folder)
+        if why == "it does not exist":
+            return None  # not made yet: the store has not started
+        if why is not None:
+            raise UnsafeFolderError(f"{folder}: refused: {why}; no records are sent there")
+    for path in glob.glob(os.path.join(glob.escape(socket_dir), FOLDER_PREFIX + "*", SOCKET_NAME)):
+        folder = os.path.dirname(path)
+        why = not_private(folder)
+        if why is not None:
+            raise UnsafeFolderError(f"{folder}: refused: {why}; no records are sent there")
+        if os.path.exists(path + KEY_SUFFIX):
+            return path
     return None
 
 

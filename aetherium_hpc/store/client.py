@@ -25,7 +25,7 @@ from ..errors import StoreError
 from . import reader, records
 from .address import StoreAddress, new_address, new_socket_folder, publish, unpublish, write_key
 from .options import StoreOptions, central_url
-from .ownership import Holder, WriterLock
+from .ownership import Holder, WriterLock, check_path
 from .provenance import SourceInfo, source_from_environ
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, STATS, TRAINING
 from .transport import SocketServer, SocketSink
@@ -456,6 +456,7 @@ def init_db(
             if joined is not None:
                 _store = joined
                 return joined
+        check_path(path)
         lock = WriterLock.acquire(path)
         if isinstance(lock, Holder):
             # Joining an unrelated process's store would lose what we log once it ends first.

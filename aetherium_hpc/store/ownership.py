@@ -10,17 +10,42 @@ dies with its process, so a crashed writer never blocks the next one.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import dataclass
 
-__all__ = ["Holder", "WriterLock", "lock_path"]
+from ..errors import StoreError
+
+__all__ = ["Holder", "WriterLock", "check_path", "lock_path"]
 
 #: How long a second opener waits for the holder to write who it is (right after it took the lock).
 HOLDER_WAIT_S = 2.0
+
+
+def check_path(db_path: str) -> None:
+    """Refuse a database path that is not a regular file or a new path (``/dev/null``, a folder, a
+    FIFO), or that is a symbolic link another user made (a link planted in a shared folder); and a
+    lock file beside it that is a link (written through, it would change the file it points at)."""
+    if os.path.islink(lock_path(db_path)):
+        raise StoreError(f"{lock_path(db_path)}: a symbolic link; refused (it would be written through): remove it")
+    try:
+        st = os.lstat(db_path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode) and st.st_uid != os.getuid():
+        raise StoreError(f"{db_path}: a symbolic link that uid {st.st_uid} made; refused: choose a path of yours")
+    try:
+        st = os.stat(db_path)
+    except FileNotFoundError:  # a dangling link of ours: SQLite creates its target
+        return
+    if not stat.S_ISREG(st.st_mode):
+        what = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file (a device, FIFO or socket)"
+        raise StoreError(f"{db_path}: {what}; pass the path of a database file, or a new one")
 
 
 def lock_path(db_path: str) -> str:
@@ -55,9 +80,14 @@ class WriterLock:
         path = lock_path(db_path)
         while True:
             try:
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            except OSError:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise StoreError(f"{path}: a symbolic link; refused (it would be written through)") from exc
                 return None  # a read-only folder: the writer itself will say what is wrong
+            if os.fstat(fd).st_uid != os.getuid():
+                os.close(fd)
+                raise StoreError(f"{path}: a file of another user; refused: remove it, or choose another path")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
