@@ -8,7 +8,7 @@ import yaml
 
 from ..errors import ConfigError
 from .problems import Origin, one_line, show
-from .yaml_lines import LineDict, key_line
+from .yaml_lines import LineDict, key_line, read_value
 
 __all__ = ["apply_override"]
 
@@ -30,7 +30,7 @@ def apply_override(origin: Origin, data: Any, text: str) -> None:
             f"{origin.source}: --set {shown}: {key!r} is not a dotted key path; write KEY.PATH=VALUE, {example}"
         )
     try:
-        value = yaml.safe_load(value_text)
+        value = read_value(value_text, f"{origin.source}: --set {shown}")
     except yaml.YAMLError as exc:
         problem = one_line(getattr(exc, "problem", None) or str(exc))
         raise ConfigError(

@@ -187,6 +187,8 @@ class _Section:
                 self.fail(key, f"must be a string, got {show(value)}", f'quote it: {key}: "{value}" (e.g. "{example}")')
             if not value.strip():
                 self.fail(key, "must not be empty", f"remove the key or write {key}: {example}")
+            if has_control(value):  # a line break would end an #SBATCH line and start a shell line
+                self.fail(key, f"{show(value)}: contains a line break or control character", "write it on one line")
             if spec.check is not None:  # a check owned elsewhere words its own "problem; fix"
                 try:
                     spec.check(value)
@@ -289,6 +291,14 @@ def _section(origin: Origin, top: _Section, key: str) -> _Section:
     return _Section(origin, value, key, top.line_of(key), _SECTIONS[key])
 
 
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a line break or another control character."""
+    return _CONTROL_RE.search(text) is not None
+
+
 def _check_plain(origin: Origin, value: Any, path: str, line: int) -> Any:
     """Refuse YAML values that would not survive JSON (dates, bytes, sets, non-string keys)."""
     if value is None or isinstance(value, (str, bool, int)):
@@ -354,6 +364,10 @@ def _slurm(origin: Origin, top: _Section) -> SlurmSettings:
                     f"must be a string, got {show(item)}",
                     "quote the line",
                 )
+            if has_control(item.replace("\t", " ")):
+                origin.fail(item_line(setup_raw, i, s.line_of("setup")), f"slurm.setup[{i}]",
+                            f"{show(item)}: contains a line break or control character",
+                            "write one shell line per item")  # fmt: skip
             setup.append(item)
 
     extra: dict[str, str | int | bool] = {}
@@ -373,6 +387,8 @@ def _slurm(origin: Origin, top: _Section) -> SlurmSettings:
             origin.fail(line, path, "is set by aetherium-hpc itself", f"use {owned} instead")
         if v is None or isinstance(v, float) or not isinstance(v, (str, int, bool)):
             origin.fail(line, path, f"must be a string, integer or boolean, got {show(v)}", f'quote it: {k}: "{v}"')
+        if isinstance(v, str) and has_control(v):
+            origin.fail(line, path, f"{show(v)}: contains a line break or control character", "write it on one line")
         extra[k] = v
 
     return cast(SlurmSettings, s.build(SlurmSettings, setup=tuple(setup), additional_parameters=extra))

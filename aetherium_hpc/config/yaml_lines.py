@@ -17,7 +17,13 @@ import yaml
 from ..errors import ConfigError
 from .problems import one_line
 
-__all__ = ["LineDict", "LineList", "item_line", "key_line", "read_yaml"]
+__all__ = ["LineDict", "LineList", "item_line", "key_line", "read_value", "read_yaml"]
+
+#: Deepest nesting of lists and mappings a config may have (aliases expanded).
+MAX_DEPTH = 100
+#: Most values a config may hold with its aliases expanded (an "alias bomb" of a few hundred
+#: bytes expands to billions; a 10,000-task array.params is about 50,000).
+MAX_VALUES = 1_000_000
 
 
 class LineDict(dict[Any, Any]):
@@ -162,12 +168,71 @@ def _build(loader: Any, node: yaml.Node, seen: set[int]) -> Any:
     raise _LeftToPyYAML
 
 
+def _check_bounds(node: yaml.Node, source: str, lines: bool = True) -> None:
+    """Refuse a document deeper than :data:`MAX_DEPTH` or larger than :data:`MAX_VALUES` with its
+    aliases expanded, or with an alias inside itself; in one walk over the distinct nodes."""
+    seen: dict[int, tuple[int, int]] = {}  # node -> (values, height) of its expansion; (-1, 0) while open
+
+    def walk(n: yaml.Node, depth: int) -> tuple[int, int]:
+        where = f"{source}:{n.start_mark.line + 1}: (yaml)" if lines else source
+        if depth > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; "
+                              "flatten the lists and mappings")  # fmt: skip
+        done = seen.get(id(n))
+        if done is None:
+            seen[id(n)] = (-1, 0)
+            values, height = 1, 0
+            children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                n.value if isinstance(n, yaml.SequenceNode) else []  # fmt: skip
+            for child in children:
+                v, h = walk(child, depth + 1)
+                values, height = values + v, max(height, h + 1)
+                if values > MAX_VALUES:
+                    break
+            done = seen[id(n)] = (values, height)
+        elif done[0] < 0:
+            raise ConfigError(f"{where}: an alias inside its own anchor (a loop); remove it")
+        if depth + done[1] > MAX_DEPTH:
+            raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep (aliases "
+                              "expanded); flatten the lists and mappings")  # fmt: skip
+        if done[0] > MAX_VALUES:
+            raise ConfigError(f"{where}: more than {MAX_VALUES:,} values with its aliases "
+                              "expanded (an alias of an alias of ...); write the values out, or fewer")  # fmt: skip
+        return done
+
+    walk(node, 0)
+
+
+def _compose(loader: Any, source: str, lines: bool = True) -> yaml.Node | None:
+    """The document's node graph, bounded (:func:`_check_bounds`); PyYAML's composer recurses once
+    per level, so a document nested deeper than Python's stack is refused here too."""
+    try:
+        node = loader.get_single_node()
+    except RecursionError:
+        where = f"{source}:1: (yaml)" if lines else source
+        raise ConfigError(f"{where}: nested more than {MAX_DEPTH} levels deep; "
+                          "flatten the lists and mappings") from None  # fmt: skip
+    if node is not None:
+        _check_bounds(node, source, lines)
+    return node
+
+
+def read_value(text: str, source: str) -> Any:
+    """One YAML value (``--set key=VALUE``), bounded as a config file is; plain data, no line numbers."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = _compose(loader, source, lines=False)
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(text: str, source: str) -> Any:
     """The document, with line numbers and no duplicate keys; a ConfigError naming file:line if not."""
     for fast in _FAST_LOADERS:
         loader = fast(text)
         try:
-            node = loader.get_single_node()
+            node = _compose(loader, source)
             return None if node is None else _build(loader, node, set())
         except (yaml.YAMLError, _LeftToPyYAML):
             pass
@@ -176,7 +241,7 @@ def read_yaml(text: str, source: str) -> Any:
         # Invalid YAML, a duplicate key or an alias: parse again below, to report or build it PyYAML's way.
     loader = _LineLoader(text)
     try:
-        node = loader.get_single_node()
+        node = _compose(loader, source)
         if node is None:
             return None
         dup = _find_duplicate(node, "", set())

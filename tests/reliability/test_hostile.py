@@ -154,3 +154,43 @@ def test_job_template_passes_a_hostile_command_argument_literally(tmp_path: Path
     assert read(db, "SELECT metric_name FROM training_metrics") == [("$(touch pwned)",)]
     assert read(db, "SELECT status, exit_code FROM jobs") == [("completed", 0)]
     no_pwned(tmp_path, Path.cwd())
+
+
+# -- hostile configs (tests/data/hostile: kept, so they never come back) -------------------------
+HOSTILE_DATA = ROOT / "tests" / "data" / "hostile"
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("alias_bomb.yaml", "more than 1,000,000 values with its aliases expanded"),
+        ("deep_400.yaml", "nested more than 100 levels deep"),
+        ("deep_150.yaml", "nested more than 100 levels deep"),
+        ("newline_partition.yaml", "slurm.partition: 'debug\\ntouch /tmp/pwned-by-partition': contains a line break"),
+        ("newline_additional.yaml", "slurm.additional_parameters.comment: 'ok\\n#SBATCH --uid=0\\ntouch /tmp/pwned'"),
+    ],
+)
+def test_a_hostile_config_file_is_one_line_and_exit_2(tmp_path: Path, name: str, said: str) -> None:
+    # (The 60 s are the hang guard: before the bound, the alias bomb ran past 120 s and 2 GB.)
+    proc = cli(["submit", str(HOSTILE_DATA / name), "--dry-run"], tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stdout[-500:] + proc.stderr[-2000:]
+    line = one_error_line(proc)
+    assert str(HOSTILE_DATA / name) in line and said in line, line
+    no_pwned(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ((HOSTILE_DATA / "alias_bomb_set.txt").read_text().strip(), "more than 1,000,000 values"),
+        ("[" * 400 + "]" * 400, "nested more than 100 levels deep"),
+        ("[" * 150 + "]" * 150, "nested more than 100 levels deep"),
+    ],
+    ids=["alias-bomb", "deep-400", "deep-150"],
+)
+def test_a_hostile_set_value_is_one_line_and_exit_2(tmp_path: Path, value: str, said: str) -> None:
+    config = ROOT / "configs" / "train.yaml"
+    proc = cli(["submit", str(config), "--dry-run", "--set", f"workload.kwargs.x={value}"], tmp_path, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    line = one_error_line(proc)
+    assert "--set workload.kwargs.x=" in line and said in line, line
