@@ -194,3 +194,31 @@ def test_a_hostile_set_value_is_one_line_and_exit_2(tmp_path: Path, value: str, 
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = one_error_line(proc)
     assert "--set workload.kwargs.x=" in line and said in line, line
+
+
+def test_escape_sequences_from_a_database_never_reach_the_terminal(tmp_path: Path) -> None:
+    # Python escapes, one per line: retitle and clear the screen; CSI as one C1 character; overwrite a line.
+    escapes = [ln.encode().decode("unicode_escape") for ln in (HOSTILE_DATA / "escapes.txt").read_text().splitlines()]
+    hostile = "".join(escapes)
+    run = tmp_path / "run"
+    db = run / "db" / "5_0" / "n1.db"
+    db.parent.mkdir(parents=True)
+    (run / "jobs.json").write_text('{"cluster": "local", "job_ids": ["5"], "array_job_ids": []}')
+    ah.init_db(str(db), source=SourceInfo(job_id="5" + hostile, node="n1" + hostile), listen=False)
+    for i in range(5):
+        ah.log_training_epoch_metric("loss" + hostile, float(i), 0, i)
+        ah.log_resource_metric("cpu", "system_total" + hostile, 10.0, "%" + hostile)
+    ah.log_job(status="completed" + hostile, exit_code=0, start_time=1.0, end_time=2.0)
+    ah.shutdown_db()
+    merged = tmp_path / "merged.db"
+    outputs = [
+        cli(["report", str(db)], tmp_path),
+        cli(["watch", str(db), "--once"], tmp_path),
+        cli(["status", str(run)], tmp_path),
+        cli(["merge", str(run), "-o", str(merged)], tmp_path),
+        cli(["report", str(merged)], tmp_path),
+    ]
+    for proc in outputs:
+        both = proc.stdout + proc.stderr
+        assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", both), (proc.args, both[:3000])
+    assert "loss\\x1b]0;OWNED\\x07\\x1b[2J\\x9b31mred" in outputs[0].stdout  # shown, escaped
