@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -73,3 +74,25 @@ def test_password_file_works(pg_url: str, tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         conn.close()
     assert os.environ["PGPASSFILE"] == str(passfile)
+
+
+PASSWORD_URLS = (ROOT / "tests" / "data" / "hostile" / "password_urls.txt").read_text().split()
+
+
+@pytest.mark.parametrize("url", PASSWORD_URLS)
+def test_every_spelling_of_a_password_in_monitoring_central_is_refused_and_never_shown(
+    url: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("psycopg.conninfo", reason="libpq's own parser comes with psycopg (the test extra)")
+    from psycopg.conninfo import conninfo_to_dict
+
+    assert conninfo_to_dict(url).get("password") == "pw"  # libpq would authenticate with it
+    config = ROOT / "configs" / "train.yaml"
+    proc = subprocess.run(
+        [sys.executable, "-m", "aetherium_hpc", "submit", str(config), "--dry-run", "--set", f"monitoring.central={url}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.splitlines()
+    assert "must not hold a password" in line and "=pw" not in line and ":pw@" not in line, line

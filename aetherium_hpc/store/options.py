@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 
 from .. import env
-from ..credentials import has_password
 
 #: What a log call does when the in-memory queue is full.
 ON_FULL = ("block", "drop")
@@ -42,6 +41,8 @@ class StoreOptions:
         if self.central is not None:
             if not self.central.lower().startswith(("postgresql://", "postgres://")):
                 raise ValueError("central: must be a postgresql:// URL (postgresql://USER@HOST:PORT/DATABASE)")
+            from .central.url import has_password
+
             if has_password(self.central):
                 raise ValueError(
                     "central: must not hold a password (the configuration is copied into the run directory); "

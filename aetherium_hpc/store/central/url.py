@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ... import credentials
 from ...credentials import mask, scrub
 from ...errors import CentralStoreError
 
@@ -24,6 +25,20 @@ INSTALL_HINT = "pip install 'aetherium-hpc[central]' (psycopg 3)"
 def is_central_url(text: object) -> bool:
     """True for a ``postgresql://`` (or ``postgres://``) URL."""
     return isinstance(text, str) and text.lower().startswith(SCHEMES)
+
+
+def has_password(url: str) -> bool:
+    """True when ``url`` holds a password libpq would use: asked of libpq's own parser (every
+    spelling that authenticates: ``user:pw@``, ``?password=``, ``?pass%77ord=``); without psycopg,
+    the spellings :func:`aetherium_hpc.credentials.has_password` knows."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return credentials.has_password(url)
+    try:
+        return bool(conninfo_to_dict(url).get("password"))
+    except Exception:  # libpq cannot parse it (so it cannot authenticate with it): the text decides
+        return credentials.has_password(url)
 
 
 def psycopg_module() -> Any:
