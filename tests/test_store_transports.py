@@ -140,3 +140,58 @@ def test_eight_processes_fifty_thousand_records_each(db_path: Path) -> None:
     per_producer = read(db_path, "SELECT round_number, count(*) FROM training_rows GROUP BY round_number")
     assert per_producer == [(p, n_rec) for p in range(n_proc)]
     assert read(db_path, "SELECT count(*) FROM store_stats WHERE name LIKE 'dropped%' AND value > 0") == [(0,)]
+
+
+# -- peers that do not play along: the node socket stays bounded --------------------------------
+def _stuck_peers(path: str, n: int) -> list[object]:
+    import socket
+
+    peers = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path)  # and never answers the challenge
+        peers.append(s)
+    return peers
+
+
+def test_stuck_handshakes_and_a_huge_length_prefix_neither_lose_records_nor_hold_the_close(
+    db_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+    import struct
+    import time
+    from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+
+    from aetherium_hpc.store import transport
+
+    monkeypatch.setattr(transport, "HANDSHAKE_TIMEOUT_S", 1.0)
+    store = ah.init_db(str(db_path))
+    address = store.address
+    assert address is not None
+    stuck = _stuck_peers(address.path, 300)  # beyond MAX_HANDSHAKING (256) closed at once, the rest after 1 s
+    time.sleep(1.5)
+    assert store.server is not None and store.server.refused >= 300
+    # An authenticated peer announces a 2**40-byte message.
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(address.path)
+    huge = Connection(raw.detach())
+    answer_challenge(huge, address.key)
+    deliver_challenge(huge, address.key)
+    os.write(huge.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))
+    # A process that plays along logs meanwhile: nothing of it is lost.
+    proc = subprocess.run([sys.executable, "-c", "import aetherium_hpc as ah\nfor i in range(1000): ah.log_training_epoch_metric('ok', float(i), 0, i)"],
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}, timeout=120)  # fmt: skip
+    assert proc.returncode == 0
+    stuck += _stuck_peers(address.path, 200)  # and more that are still in their handshake at the close
+    started = time.monotonic()
+    ah.shutdown_db()
+    took = time.monotonic() - started
+    assert read(db_path, "SELECT count(*) FROM training_rows WHERE metric_name = 'ok'") == [(1000,)]
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "MemoryError" not in err, err[-3000:]
+    assert any("announced a message over" in r.getMessage() for r in caplog.records)
+    # Bounded by the close's own bounds (collect 5 s + settle 5 s + readers 1 s), whatever the peers do.
+    assert took < transport.CLIENT_FLUSH_TIMEOUT_S + 5.0 + transport.READERS_JOIN_S + 5.0, took
+    for s in stuck:
+        s.close()  # type: ignore[attr-defined]
+    huge.close()

@@ -46,8 +46,13 @@ from .records import STATS
 
 log = logging.getLogger(__name__)
 
-#: Longest a process waits for the store to accept it (connect and handshake).
+#: Longest a process waits for the store to accept it (connect and handshake); the store drops a
+#: client that has not completed its handshake by then.
 HANDSHAKE_TIMEOUT_S = 10.0
+#: Clients in their handshake at once; a connection beyond is closed at once (legitimate ones take ms).
+MAX_HANDSHAKING = 256
+#: Longest message either end accepts (a batch is split below it); a longer length prefix ends the connection.
+MAX_MESSAGE_BYTES = 64 * 2**20
 #: How long the closing store waits for the answers of connected clients it asked to send
 #: what they hold (all asked at once; a client whose process is frozen costs this once).
 CLIENT_FLUSH_TIMEOUT_S = 5.0
@@ -115,6 +120,10 @@ class SocketServer:
             if self._closing:
                 raw.close()
                 return
+            if self._handshaking >= MAX_HANDSHAKING:  # (read without the lock: a bound, not a count)
+                self.refused += 1
+                raw.close()
+                continue
             with self._lock:
                 self._busy += 1
                 self._handshaking += 1
@@ -132,10 +141,12 @@ class SocketServer:
     def _read_loop(self, raw: socket.socket) -> None:
         block_job_signals()
         fd = raw.fileno()
+        _io_timeout(raw, HANDSHAKE_TIMEOUT_S)  # a peer that never answers is dropped (EAGAIN)
         conn = Connection(raw.detach())
         try:
             deliver_challenge(conn, self.address.key)
             answer_challenge(conn, self.address.key)
+            _io_timeout(socket.socket(fileno=os.dup(fd)), 0.0, close=True)  # then reads wait as long as it takes
         except (AuthenticationError, OSError, EOFError) as exc:
             self.refused += 1
             if isinstance(exc, AuthenticationError):  # (a peer that died mid-handshake is no news)
@@ -162,9 +173,13 @@ class SocketServer:
                     return
                 self._add_busy(1)
                 try:
-                    data = conn.recv_bytes()
-                except (EOFError, OSError):
+                    data = conn.recv_bytes(MAX_MESSAGE_BYTES)
+                except (EOFError, OSError) as exc:
                     self._add_busy(-1)
+                    if "bad message length" in str(exc):  # a length prefix beyond the bound: nothing read
+                        self.bad_batches += 1
+                        log.warning("aetherium-hpc: a client of %s announced a message over %d bytes; disconnected",
+                                    self.address.path, MAX_MESSAGE_BYTES)  # fmt: skip
                     return
                 try:
                     batch = marshal.loads(data)
@@ -321,6 +336,29 @@ class SocketServer:
         conns, self._conns = list(self._conns), set()  # no lock: a parent thread may have held it
         for conn in conns:
             conn.close()
+
+
+def _io_timeout(sock: socket.socket, seconds: float, close: bool = False) -> None:
+    """Make blocking reads and writes on ``sock``'s descriptor fail (EAGAIN) after ``seconds`` (0: never)."""
+    try:
+        whole = int(seconds)
+        value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        if close:
+            sock.close()
+
+
+def _encoded(batch: list[Any]) -> list[bytes]:
+    """``batch`` marshalled, in messages of at most :data:`MAX_MESSAGE_BYTES` (halves until they fit)."""
+    if not batch:
+        return []
+    data = marshal.dumps(batch)
+    if len(data) <= MAX_MESSAGE_BYTES or len(batch) == 1:  # (one record that large: the store refuses it)
+        return [data]
+    mid = len(batch) // 2
+    return _encoded(batch[:mid]) + _encoded(batch[mid:])
 
 
 def _shutdown_fd(fd: int) -> None:
@@ -503,8 +541,8 @@ class SocketSink:
             if self.dropped and batch:
                 counted, self.dropped = self.dropped, 0
                 batch.append((STATS, time.time(), {"dropped_client": counted}))
-            if batch:
-                self._conn.send_bytes(marshal.dumps(batch))
+            for data in _encoded(batch):
+                self._conn.send_bytes(data)
             return True
         except (OSError, EOFError, ValueError, AuthenticationError) as exc:
             self._why = f"{type(exc).__name__}: {exc}" if isinstance(exc, AuthenticationError) else str(exc)
@@ -604,10 +642,8 @@ def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Con
     """Connect and authenticate (as ``multiprocessing.connection.Client`` does), bounded by
     ``timeout``: a log call never hangs on a store that stopped answering."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    limit = struct.pack("ll", int(timeout), int(timeout % 1 * 1e6))
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, limit)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, limit)
+        _io_timeout(sock, timeout)
         sock.connect(address.path)
     except BaseException:
         sock.close()
@@ -616,13 +652,8 @@ def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Con
     try:
         answer_challenge(conn, address.key)
         deliver_challenge(conn, address.key)
-        unlimited = struct.pack("ll", 0, 0)
-        plain = socket.socket(fileno=conn.fileno())
-        try:  # from now on sends wait for the store (back-pressure) and reads wait for its requests
-            plain.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, unlimited)
-            plain.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, unlimited)
-        finally:
-            plain.detach()
+        # from now on sends wait for the store (back-pressure) and reads wait for its requests
+        _io_timeout(socket.socket(fileno=os.dup(conn.fileno())), 0.0, close=True)
     except BaseException:
         conn.close()
         raise
