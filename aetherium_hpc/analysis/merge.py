@@ -59,7 +59,7 @@ from typing import Any, TextIO
 from ..errors import AetheriumError, SchemaError, StoreError
 from ..paths import RunLayout
 from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
-from ..store import chunks, reader, schema
+from ..store import check_path, chunks, reader, schema
 from ..store.backup import readable
 
 #: Exit code of ``aetherium-hpc merge`` when one or more inputs were skipped.
@@ -299,7 +299,7 @@ def output_lock(output: PathLike, timeout: float | None = None, notify: TextIO |
     lock = out + ".lock"
     limit = LOCK_TIMEOUT_S if timeout is None else timeout
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
     except PermissionError:
         try:
             fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
@@ -342,6 +342,11 @@ def open_output(output: PathLike) -> sqlite3.Connection:
     """Open (creating if new) the output database, read-write, URI filenames enabled for ATTACH."""
     out = os.path.abspath(os.fspath(output))
     _check_folder(out)
+    check_path(out)  # a regular file or a new path; not a link another user planted
+    try:  # a new output gets the mode of every database aetherium-hpc writes: 0640 (docs/SECURITY.md)
+        os.close(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, schema.DB_FILE_MODE))
+    except FileExistsError:
+        pass
     uri = reader.uri(out, "rwc")
     conn = sqlite3.connect(uri, uri=True, isolation_level=None)
     try:

@@ -48,6 +48,7 @@ from .client import (
     worker_initializer,
 )
 from .options import StoreOptions
+from .ownership import check_path
 from .provenance import SourceInfo, source_from_environ, source_of
 
 if TYPE_CHECKING:
@@ -77,6 +78,7 @@ __all__ = [
     "add_close_hook",
     "address",
     "catalogue",
+    "check_path",
     "chunks",
     "client",
     "close_store",

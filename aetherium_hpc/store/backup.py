@@ -528,7 +528,7 @@ def _replace_with_copy(
     tmp = _tmp_of(dest)
     _remove_quietly(tmp, Path(f"{tmp}-journal"))
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640))  # as private as the node database
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, schema.DB_FILE_MODE))  # as the node database
         built = _build(os.fspath(src), str(tmp), token, page_size=page_size, index=index, timeout=timeout)
         _fsync(tmp)
         if before_replace is not None:

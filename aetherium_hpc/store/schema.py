@@ -24,6 +24,10 @@ import sqlite3
 from ..errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, SchemaError
 from .chunks import TIMESTAMP_SQL
 
+#: Mode of every database file aetherium-hpc writes (the live one, its run-directory copy, a merged
+#: one): read and written by its owner, read by the owner's group (a lab's shared group), nothing
+#: for others; the umask may take more away.
+DB_FILE_MODE = 0o640
 #: PRAGMA application_id of every aetherium-hpc database ("AETH").
 APPLICATION_ID = 0x41455448
 #: PRAGMA user_version: bumped on every incompatible change of the tables below.

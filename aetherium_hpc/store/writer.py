@@ -314,7 +314,7 @@ class StoreWriter(threading.Thread):
         directory = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(directory):
             raise StoreError(f"{self.path}: folder {directory} does not exist; create it or choose another path")
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, schema.DB_FILE_MODE)
         os.close(fd)
         conn = schema.connect(self.path)
         exists = schema.check_version(conn, self.path)

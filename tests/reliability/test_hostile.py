@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -124,8 +125,28 @@ def test_database_socket_and_key_files_are_private(tmp_path: Path) -> None:
     assert _mode(copy) & 0o007 == 0, f"node DB copy {copy} is {oct(_mode(copy))}"
     merged = tmp_path / "merged.db"
     assert cli(["merge", str(copy), "-o", str(merged), "--no-progress"], tmp_path).returncode == 0
-    assert _mode(merged) & 0o002 == 0, f"merged DB is world-writable: {oct(_mode(merged))}"
-    assert _mode(copy) & 0o002 == 0
+    # One rule for every database file (docs/SECURITY.md): 0640, whatever the umask leaves of it.
+    umask = os.umask(0)
+    os.umask(umask)
+    assert _mode(merged) == _mode(copy) == 0o640 & ~umask, (oct(_mode(merged)), oct(_mode(copy)))
+
+
+def test_an_export_that_fails_leaves_no_partial_file(tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    ah.init_db(str(db), listen=False)
+    for i in range(3000):
+        ah.log_resource_samples([("cpu", "a", 1.0, "%", ""), ("cpu", "b", 2.0, "%", "")], timestamp=1e9 + i)
+    ah.shutdown_db()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE sample_chunks SET vals = '[1, 2, oops' WHERE rowid = (SELECT max(rowid) FROM sample_chunks)")
+    conn.commit()
+    conn.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    for fmt, target in (("csv", out / "r.csv"), ("json", out / "r.json")):
+        proc = cli(["export", str(db), "--format", fmt, "--table", "resource_metrics", "-o", str(target)], tmp_path)
+        assert proc.returncode != 0, proc.stdout[-300:]
+        assert list(out.iterdir()) == [], [p.name for p in out.iterdir()]  # no partial file, no leftover part
 
 
 # -- the sbatch templates on the real cluster ---------------------------------------------------

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from .output import ExportError, missing_extra, quote
+from .output import ExportError, missing_extra, quote, replaced_atomically
 
 #: Rows per record batch (and per Parquet row group at most).
 BATCH_ROWS = 65_536
@@ -60,9 +60,8 @@ def _write_one(conn: sqlite3.Connection, table: str, path: str) -> int:
     names = [d[0] for d in cur.description]
     schema = pa.schema([pa.field(n, _arrow_type(conn, table, n, declared.get(n, ""))) for n in names])
     schema = schema.with_metadata({"aetherium_hpc.table": table})
-    part = path + ".part"
     n = 0
-    try:
+    with replaced_atomically(path) as part:
         with pq.ParquetWriter(part, schema) as writer:
             while rows := cur.fetchmany(BATCH_ROWS):
                 columns = list(zip(*rows, strict=True))
@@ -77,10 +76,6 @@ def _write_one(conn: sqlite3.Connection, table: str, path: str) -> int:
                         ) from None
                 writer.write_batch(pa.record_batch(arrays, schema=schema))
                 n += len(rows)
-        os.replace(part, path)
-    finally:
-        if os.path.exists(part):
-            os.unlink(part)
     return n
 
 

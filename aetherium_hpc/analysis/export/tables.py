@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from .output import ExportError, quote
+from .output import ExportError, quote, replaced_atomically
 
 
 def _json_value(v: Any) -> Any:
@@ -33,7 +33,7 @@ def _target(path: str | None) -> Iterator[IO[str]]:
         raise ExportError(f"{path}: folder {folder} does not exist; create it or choose another -o path")
     if os.path.isdir(path):
         raise ExportError(f"-o {path}: a folder; name a file to write, or leave -o out for stdout")
-    with open(path, "w", encoding="utf-8", newline="") as fh:
+    with replaced_atomically(path) as part, open(part, "w", encoding="utf-8", newline="") as fh:
         yield fh
 
 
