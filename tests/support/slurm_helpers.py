@@ -13,8 +13,9 @@ def requeue_now(job_id: str) -> None:
 
 
 def start_requeued_now(job_id: str, timeout: float = 60.0) -> None:
-    """Once ``job_id`` is pending again (requeued), let it start at once: Slurm would hold a
-    requeued job for about two minutes (BeginTime)."""
+    """Once ``job_id`` is pending again (requeued), let it start in 2 s: Slurm would hold a
+    requeued job for about two minutes (BeginTime). Not at once: a batch job started in the
+    second its previous attempt's credential was revoked is killed ("Job credential revoked")."""
     deadline = time.monotonic() + timeout
     while True:
         state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
@@ -22,4 +23,4 @@ def start_requeued_now(job_id: str, timeout: float = 60.0) -> None:
             break
         assert time.monotonic() < deadline, f"job {job_id} not pending again (requeued): {state.stdout!r}"
         time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+    subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+2"], check=True, timeout=30)
