@@ -114,6 +114,8 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
         name = task_name(key) if key else str(sid)
         if key and src and len(nodes_per_task[key]) > 1:
             name += f" on {src.node}"
+        if src and src.requeued:  # each attempt of a requeued task its own line, named
+            name += f" #{src.attempt + 1}"
         return f"{name} {device[:12]}" if device else name
 
     def colour(sid: int) -> Any:
