@@ -2,7 +2,7 @@
 
 Library errors (:class:`~aetherium_hpc.errors.AetheriumError`) become one line on
 stderr and exit code 2 here, at the boundary; nothing below prints. Everything the command
-writes passes :class:`EscapedStream`: a metric name, job id or status stored in a database never
+writes passes :class:`~.analysis.formatting.EscapedStream`: a metric name, job id or status stored in a database never
 drives the terminal (an escape sequence shows as ``\x1b``).
 """
 
@@ -12,32 +12,15 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from . import __version__, env
 from .errors import AetheriumError, StoreNotReachableError
 
 Handler = Callable[[argparse.Namespace], int]
-
-#: Control characters a terminal acts on: C0 but tab, line feed and carriage return; DEL; C1.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-
-
-class EscapedStream:
-    """A text stream that writes control characters escaped (``\x1b``), and is otherwise the stream."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        return self._stream.write(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def _number(text: str) -> float:
@@ -367,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .analysis.formatting import EscapedStream
+
     if not isinstance(sys.stdout, EscapedStream):
         sys.stdout, sys.stderr = EscapedStream(sys.stdout), EscapedStream(sys.stderr)
     parser = build_parser()

@@ -8,9 +8,11 @@ same values (``peak 54 MB of the 1 GB requested (5%)``, never ``0.1 GB ... (5%)`
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from typing import Any, TextIO
 
-__all__ = ["duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "requeued", "slurm_time"]
+__all__ = ["EscapedStream", "duration", "memory_gb", "memory_mb", "minutes", "num", "pct", "printable", "requeued",
+           "slurm_time", "unescaped"]  # fmt: skip
 
 
 def num(x: Any, digits: int = 3) -> str:
@@ -83,3 +85,34 @@ def requeued(attempt: int, end: str | None = None) -> str:
     Slurm's SLURM_RESTART_COUNT), ``end`` the status of that attempt."""
     times = {1: "once", 2: "twice"}.get(attempt, f"{attempt} times")
     return f"requeued {times} (attempt {attempt + 1}" + (f" {end})" if end else ")")
+
+
+# -- what reaches a terminal ----------------------------------------------------------------------
+#: Control characters a terminal acts on: C0 but tab, line feed and carriage return; DEL; C1.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character a terminal acts on written out (``\\x1b``)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+class EscapedStream:
+    """A text stream that writes :func:`printable` text, and is otherwise the stream: the
+    ``aetherium-hpc`` command writes through it, so a name stored in a database never drives the
+    terminal. What draws the terminal on purpose (``watch``'s live table) writes to
+    :func:`unescaped` and passes its cells through :func:`printable` itself."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(printable(text))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def unescaped(stream: Any) -> Any:
+    """The stream under an :class:`EscapedStream` (else ``stream``)."""
+    return stream.stream if isinstance(stream, EscapedStream) else stream

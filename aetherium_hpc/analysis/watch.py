@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from ..paths import NodeFolder, RunLayout
 from ..store import chunks, reader
 from ..store.central import is_central_url
 from ..store.central.pull import Puller, Selection
-from .formatting import duration, memory_mb, num
+from .formatting import duration, memory_mb, num, printable, unescaped
 
 __all__ = ["TaskView", "read_task", "render", "watch"]
 
@@ -202,11 +203,15 @@ def render(views: list[TaskView], title: str, expected: int | None = None) -> An
     """A rich Table of ``views``."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
+
+    def cell(value: Any) -> Text:  # data: shown as it is (no rich markup), control characters written out
+        return Text(printable(str(value)))
 
     ended = sum(1 for v in views if v.ended)
     total = max(expected or 0, len(views))
     caption = f"{ended}/{total} ended" + (f"; {total - len(views)} not started" if total > len(views) else "")
-    table = Table(title=title, caption=caption, expand=False, box=box.SIMPLE_HEAD)
+    table = Table(title=cell(title), caption=caption, expand=False, box=box.SIMPLE_HEAD)
     right: dict[str, Any] = {"justify": "right", "no_wrap": True}
     for col, kw in (("task", {"no_wrap": True}), ("node", {"no_wrap": True}), ("status", {"no_wrap": True}),
                     ("runtime", right), ("CPU %", right), ("memory", right), ("GPU %", right),
@@ -220,12 +225,12 @@ def render(views: list[TaskView], title: str, expected: int | None = None) -> An
         style = colours.get(v.status, "red bold")
         rate = f" ({num(v.chunk_rate)}/min)" if v.chunk_rate is not None else ""
         table.add_row(
-            v.job, v.node, f"[{style}]{status}[/]", duration(runtime),
+            cell(v.job), cell(v.node), Text(printable(status), style=style), duration(runtime),
             f"{num(v.cpu[-1]) if v.cpu else '-'} {sparkline(v.cpu)}",
             f"{memory_mb(v.mem[-1]) if v.mem else '-'} {sparkline(v.mem)}",
             f"{num(v.gpu[-1])} {sparkline(v.gpu)}" if v.gpu else "-",
-            f"{v.chunks}{rate}", v.epoch, f"{num(v.loss, 4)} {v.loss_name}" if v.loss is not None else "-",
-            (v.origin or ("live" if v.live else "copy")) + (f" ({v.error[:30]})" if v.error else ""),
+            f"{v.chunks}{rate}", v.epoch, cell(f"{num(v.loss, 4)} {v.loss_name}") if v.loss is not None else "-",
+            cell((v.origin or ("live" if v.live else "copy")) + (f" ({v.error[:30]})" if v.error else "")),
         )  # fmt: skip
     return table
 
@@ -241,9 +246,10 @@ def watch(target: str, *, interval: float = 2.0, once: bool = False, selection: 
             frame = _central_frames(target, selection or Selection(), stack)
         else:
             frame = _run_frames(target)
-        console = Console()
+        out = unescaped(sys.stdout)  # the table draws the terminal; its cells are printable() already
+        console = Console(file=out)
         if not console.is_terminal:  # a script or a pipe: one frame as wide as it needs, no colour codes
-            console = Console(width=200, no_color=True)
+            console = Console(file=out, width=200, no_color=True)
         table, done = frame()
         if once:
             console.print(table)
