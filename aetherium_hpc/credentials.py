@@ -41,8 +41,9 @@ def scrub(message: str, url: str) -> str:
     """``message`` on one line, with the password of ``url`` (and any other) masked."""
     line = " ".join(str(message).split())
     secrets = [m[2] for m in _URL_PASSWORD.finditer(url)]
-    secrets += [unquote(m[4]) for m in _QUERY_PARAM.finditer(url) if _is_password_key(m[2])]
-    secrets += [m[4] for m in _QUERY_PARAM.finditer(url) if _is_password_key(m[2])]
+    for m in _QUERY_PARAM.finditer(url):
+        if _is_password_key(m[2]):
+            secrets += [m[4], unquote(m[4])]
     for secret in secrets:
         if len(secret) > 2:
             line = line.replace(secret, "***")

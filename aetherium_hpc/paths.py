@@ -79,10 +79,14 @@ def not_private(path: str) -> str | None:
     return None
 
 
-def private_folder(path: str) -> str:
+def private_folder(path: str, *, with_parent: bool = False) -> str:
     """Create ``path`` with mode 0700, or accept an existing one that :func:`not_private` accepts;
-    otherwise raise :class:`~aetherium_hpc.errors.UnsafeFolderError` in one line. Returns ``path``."""
+    otherwise raise :class:`~aetherium_hpc.errors.UnsafeFolderError` in one line. ``with_parent``:
+    the folder above it first (this user's folder of :func:`user_scratch`). Returns ``path``."""
     from .errors import UnsafeFolderError
+
+    if with_parent:
+        private_folder(os.path.dirname(path))
 
     try:
         os.mkdir(path, 0o700)
@@ -123,8 +127,7 @@ class NodeFolder:
 
     def create(self) -> NodeFolder:
         """Make the folder and this user's folder above it private (0700, checked): see :func:`private_folder`."""
-        private_folder(os.path.dirname(self.path))
-        private_folder(self.path)
+        private_folder(self.path, with_parent=True)
         return self
 
     @property

@@ -153,10 +153,10 @@ def tasks_without_database(
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Every task the runs of ``records`` submitted that left no database (none of ``present``, the
     names of :func:`task_name`), each with what Slurm accounting says of it (``sacct``: an answer
-    already fetched that covers them; else asked once here): ``{"task", "state", "detail"}``."""
+    already fetched that asked for them too; else asked once here): ``{"task", "state", "detail"}``."""
     missing = [(name, cluster) for r in records for name, cluster in submitted_tasks(r) if name not in present]
     slurm = [name for name, cluster in missing if cluster == "slurm"]
-    if slurm and (sacct is None or not {str(r["job"]) for r in sacct.get("rows", [])} & set(slurm)):
+    if slurm and sacct is None:
         rows_or_why = sacct_rows(slurm, timeout=timeout)
         sacct = {"rows": [], "why": rows_or_why} if isinstance(rows_or_why, str) else {"rows": rows_or_why}
     rows = {str(r["job"]): r for r in (sacct or {}).get("rows", [])}

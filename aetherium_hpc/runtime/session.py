@@ -31,7 +31,7 @@ from typing import Any
 from .. import env
 from ..config import Monitoring
 from ..errors import UnsafeFolderError
-from ..paths import RunLayout
+from ..paths import RunLayout, private_folder
 from ..signals import block_job_signals, shielded
 from ..store import CopyBack, address, client, copy_database, source_of
 from .context import JobContext
@@ -87,7 +87,7 @@ class NodeSession:
     def start(self) -> NodeSession:
         self._folder.create()  # private (0700, this uid's), or refused: other users share node-local scratch
         if self.socket_dir != self.local_dir:
-            address.make_socket_dir(self.socket_dir)
+            private_folder(self.socket_dir, with_parent=True)
         address.remove_stale_sockets(self.socket_dir)  # a requeued job's old socket
         if self.dest.exists() and not os.path.exists(self.local_db):
             # A requeued job (preempted, timed out with checkpointing): go on from the copy of

@@ -105,12 +105,6 @@ def socket_dir_for(local_dir: str) -> str:
     return os.path.join(user_scratch("/tmp"), f"{FOLDER_PREFIX}{digest}")
 
 
-def make_socket_dir(socket_dir: str) -> None:
-    """Create the node socket's folder (and this user's folder above it), private and checked."""
-    private_folder(os.path.dirname(socket_dir))
-    private_folder(socket_dir)
-
-
 def remove_stale_sockets(socket_dir: str) -> None:
     """Remove the socket folders an earlier attempt left in ``socket_dir`` (a requeued job)."""
     for stale in glob.glob(os.path.join(glob.escape(socket_dir), FOLDER_PREFIX + "*")):
@@ -121,20 +115,14 @@ def find_socket(socket_dir: str) -> str | None:
     """The socket a store of ``socket_dir`` listens on, once its key file is there too; else None.
     Raises :class:`UnsafeFolderError` when a folder on the way is not this user's alone (another
     user's socket there would receive the records)."""
-    for folder in (os.path.dirname(socket_dir), socket_dir):
-        why = not_private(folder)
-        if why == "it does not exist":
-            return None  # not made yet: the store has not started
-        if why is not None:
-            raise UnsafeFolderError(f"{folder}: refused: {why}; no records are sent there")
-    for path in glob.glob(os.path.join(glob.escape(socket_dir), FOLDER_PREFIX + "*", SOCKET_NAME)):
-        folder = os.path.dirname(path)
+    if not os.path.lexists(socket_dir):
+        return None  # not made yet: the store has not started
+    found = glob.glob(os.path.join(glob.escape(socket_dir), FOLDER_PREFIX + "*", SOCKET_NAME))
+    for folder in (os.path.dirname(socket_dir), socket_dir, *(os.path.dirname(p) for p in found)):
         why = not_private(folder)
         if why is not None:
             raise UnsafeFolderError(f"{folder}: refused: {why}; no records are sent there")
-        if os.path.exists(path + KEY_SUFFIX):
-            return path
-    return None
+    return next((p for p in found if os.path.exists(p + KEY_SUFFIX)), None)
 
 
 def publish(address: StoreAddress | str, db_path: str) -> None:

@@ -374,7 +374,7 @@ class StoreWriter(threading.Thread):
         if self._retry:
             batch = self._retry + batch
             self._retry = []
-        own = self._own = None
+        self._own = None
         if self.telemetry and batch:
             now = time.time()
             # not for a batch of counters alone (the central sender's last ones, after the job's data)
@@ -382,8 +382,8 @@ class StoreWriter(threading.Thread):
                 type(r) is not tuple or r[0] != STATS for r in batch
             ):
                 self._last_telemetry = now
-                own = self._own = self._telemetry_record(now)
-                batch.append(own)
+                self._own = self._telemetry_record(now)
+                batch.append(self._own)
         ok = True
         if batch:
             ok = self._commit(batch)
