@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_sweep import TASKS, write_task
+from task_dbs import TASKS, write_task
 
 from aetherium_hpc.analysis.merge import collect_inputs
 

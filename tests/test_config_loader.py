@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_config import BASE, MALFORMED
+from config_cases import BASE, MALFORMED
 
 from aetherium_hpc import config
 from aetherium_hpc.config import yaml_lines

@@ -9,37 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from task_dbs import N_SAMPLES, write_task_db
 
 import aetherium_hpc
 from aetherium_hpc.analysis import commands
 from aetherium_hpc.analysis.merge import SKIPPED_EXIT_CODE, MergeInputError, merge
 from aetherium_hpc.errors import SchemaError
 from aetherium_hpc.store import SourceInfo
-
-N_SAMPLES = 12
-
-
-def write_task_db(
-    path: Path, task: int, *, job: str = "777", node: str | None = None, t0: float | None = None, attempt: int = 0
-) -> None:
-    """One small node database, written with init_db / log_* / shutdown_db like a real task."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    node = node or f"n{task % 3}"
-    src = SourceInfo(job_id=f"{job}_{task}", array_job_id=job, array_task_id=task, node=node, hostname=node,
-                     attempt=attempt)  # fmt: skip
-    aetherium_hpc.init_db(path, source=src, listen=False)
-    now = t0 if t0 is not None else time.time()
-    for k in range(N_SAMPLES):
-        aetherium_hpc.log_resource_samples(
-            [("cpu", "system_total", 10.0 + k, "%", ""), ("ram", "process_tree_rss", 100.0 + task, "MB", "")],
-            timestamp=now + k,
-        )
-    aetherium_hpc.log_training_epoch_metric("loss", 1.0 / (task + 1), round_number=0, epoch_number=0)
-    aetherium_hpc.log_data_generation_complete(
-        now - 1.0, operation="signal_injection", samples_generated=100, round_number=0, chunk_number=task
-    )
-    aetherium_hpc.log_job(status="completed", exit_code=0, start_time=now, end_time=now + N_SAMPLES)
-    aetherium_hpc.shutdown_db()
 
 
 def q(path: Path, sql: str) -> list[tuple[object, ...]]:

@@ -7,7 +7,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from test_merge import write_task_db
+from task_dbs import write_task_db
 
 from aetherium_hpc.analysis.merge import merge
 

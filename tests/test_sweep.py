@@ -2,50 +2,16 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
+from task_dbs import TASKS, write_task
 
-import aetherium_hpc
 from aetherium_hpc.analysis.commands import run_report
 from aetherium_hpc.analysis.merge import merge
 from aetherium_hpc.analysis.report import Report, build_report
 from aetherium_hpc.analysis.sweep import is_schedule, parse_objective
 from aetherium_hpc.errors import AetheriumError
-from aetherium_hpc.store import SourceInfo
-
-#: (learning_rate, seed, status, final val loss, final val accuracy) per task.
-TASKS = [
-    (0.01, 0, "completed", 0.30, 0.80),
-    (0.01, 1, "completed", 0.20, 0.70),  # lowest val loss
-    (0.05, 0, "cancelled", 0.10, 0.60),  # lower still, but cancelled: ranked, not the winner
-    (0.05, 1, "completed", 0.40, 0.90),  # highest accuracy
-    (0.10, 0, "failed", None, None),  # died before its first epoch
-]
-
-
-def write_task(path: Path, task: int) -> None:
-    lr, seed, status, val_loss, acc = TASKS[task]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    src = SourceInfo(job_id=f"77_{task}", array_job_id="77", array_task_id=task, node="n1", hostname="n1")
-    aetherium_hpc.init_db(path, source=src, listen=False)
-    t0 = time.time() - 30
-    aetherium_hpc.log_resource_samples([("ram", "process_tree_rss", 100.0 + task, "MB", "")], timestamp=t0)
-    if val_loss is not None:
-        for epoch in range(3):
-            late = 2 - epoch  # the final epoch has the task's value; earlier ones are worse
-            aetherium_hpc.log_training_epoch_metric("loss", val_loss + 0.1 * late, round_number=0, epoch_number=epoch,
-                                                    phase="val")  # fmt: skip
-            aetherium_hpc.log_training_epoch_metric("loss", val_loss + 0.05 * late, round_number=0,
-                                                    epoch_number=epoch, phase="train")  # fmt: skip
-            aetherium_hpc.log_training_epoch_metric("learning_rate", lr * 0.9**epoch, round_number=0,
-                                                    epoch_number=epoch, phase="train")  # fmt: skip
-        aetherium_hpc.log_training_epoch_metric("accuracy", acc or 0.0, round_number=0, epoch_number=2, phase="val")
-    aetherium_hpc.log_job(status=status, exit_code=0 if status == "completed" else 1, start_time=t0,
-                          end_time=t0 + 10 + task, config={"name": "sweep", "task_params": {"learning_rate": lr,
-                                                                                            "seed": seed}})  # fmt: skip
-    aetherium_hpc.shutdown_db()
 
 
 @pytest.fixture

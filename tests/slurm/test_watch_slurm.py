@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_watch import watch_in_tmux
+from watch_helpers import watch_in_tmux
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_conf")]
 
