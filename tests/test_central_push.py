@@ -92,7 +92,7 @@ def test_merge_into_twice_gives_the_same_counts(central: str, two_nodes: list[Pa
     aetherium_cli(["merge", str(merged), "--into", central], tmp_path)
     assert pg_counts(central) == counts
     # the config snapshot's URL password never reaches the central store
-    (config,) = pg_rows(central, "SELECT DISTINCT config FROM job_rows")
+    (config,) = pg_rows(central, "SELECT DISTINCT config::text FROM job_rows")
     assert "u:***@h" in config[0] and "pw@" not in config[0]
 
 
@@ -182,3 +182,41 @@ def test_an_input_the_server_refuses_is_skipped_by_name_and_the_rest_loaded(
     assert (
         pg_rows(central, "SELECT count(DISTINCT array_task_id) FROM sources WHERE array_task_id IN (0, 1)")[0][0] == 2
     )
+
+
+def test_the_same_sql_gives_the_same_numbers_on_both(central: str, two_nodes: list[Path], tmp_path: Path) -> None:
+    """Whole-number samples are REAL in SQLite's view as in PostgreSQL's: ``value / 3`` is not an
+    integer division in one of them only."""
+    merged = tmp_path / "merged.db"
+    merge([str(p) for p in two_nodes], str(merged), progress=False)
+    load([str(p) for p in two_nodes], central)
+    sql = (
+        "SELECT job_id, metric_name, timestamp, value / 3 FROM resource_metrics WHERE value IS NOT NULL"
+        " AND value = round(value) AND value < 1e300 ORDER BY job_id, metric_name, timestamp"
+    )
+    conn = sqlite3.connect(merged)
+    try:
+        lite = conn.execute(sql).fetchall()
+        assert {t for (t,) in conn.execute("SELECT DISTINCT typeof(value) FROM resource_metrics")} <= {"real", "null"}
+    finally:
+        conn.close()
+    pg = pg_rows(central, sql)
+    assert len(lite) > 0 and any(r[3] != int(r[3]) for r in lite)  # whole numbers, divided: fractions
+    assert [(r[0], r[1], r[3]) for r in lite] == [(r[0], r[1], r[3]) for r in pg]
+
+
+def test_a_version_1_database_is_upgraded_by_the_next_push(central: str, two_nodes: list[Path]) -> None:
+    """A central store written by the previous release (text config, no user_name) is brought to this
+    schema under the schema lock by the first sender or load that meets it; its rows stay."""
+    load([str(two_nodes[0])], central)
+    with psycopg.connect(central) as conn:  # back to version 1, as that release left it
+        conn.execute("DROP VIEW jobs; DROP VIEW resource_metrics")
+        conn.execute("ALTER TABLE job_rows ALTER COLUMN config TYPE text, ALTER COLUMN requested TYPE text")
+        conn.execute("ALTER TABLE job_rows DROP COLUMN user_name")
+        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with connect(central) as conn, pytest.raises(CentralStoreError, match="older than 2; the next sender"):
+        pg_schema.check(conn, "x")
+    load([str(p) for p in two_nodes], central)
+    assert pg_rows(central, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
+    assert pg_rows(central, "SELECT count(*), count(DISTINCT config->'monitoring') FROM jobs") == [(2, 1)]
+    assert pg_rows(central, "SELECT count(*) FROM resource_metrics")[0][0] == sqlite_counts(two_nodes[0])["samples"] * 2

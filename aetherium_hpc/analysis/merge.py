@@ -448,7 +448,7 @@ _SERIES_COLS = "metric_type, metric_name, unit, node, device"
 _CHUNK_COLS = ", ".join(chunks.COLUMNS)
 _GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
 _TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
-_JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail"  # the identity is in sources
+_JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail, user_name"  # identity: in sources
 
 
 def _delete_source(conn: sqlite3.Connection, sid: int) -> None:

@@ -33,7 +33,9 @@ APPLICATION_ID = 0x41455448
 #: PRAGMA user_version: bumped on every incompatible change of the tables below.
 #: 2: ``jobs`` is a view over ``job_rows`` and ``sources`` (it was a table repeating the identity).
 #: 3: ``sample_chunks`` carries the statistics of its finite values (``nfin``, ``vsum``, ``vmax``).
-SCHEMA_VERSION = 3
+#: 4: ``resource_metrics.value`` is REAL and the view shows each sample's chunk bounds (``chunk_t0``,
+#:    ``chunk_t1``, indexed by ``sample_chunks_by_end``); ``job_rows.user_name`` (who submitted).
+SCHEMA_VERSION = 4
 
 _CHUNK_COLUMNS = """
     series_id INTEGER NOT NULL REFERENCES series(series_id),
@@ -76,6 +78,7 @@ CREATE TABLE IF NOT EXISTS series (
 CREATE INDEX IF NOT EXISTS series_by_name ON series(metric_type, metric_name);
 CREATE TABLE IF NOT EXISTS sample_chunks ({_CHUNK_COLUMNS});
 CREATE INDEX IF NOT EXISTS sample_chunks_by_series ON sample_chunks(series_id, t0);
+CREATE INDEX IF NOT EXISTS sample_chunks_by_end ON sample_chunks(series_id, t1);
 CREATE TABLE IF NOT EXISTS generation_rows (
     id                INTEGER PRIMARY KEY,
     source_id         INTEGER NOT NULL DEFAULT 1 REFERENCES sources(source_id),
@@ -106,7 +109,8 @@ CREATE TABLE IF NOT EXISTS job_rows (
     exit_code     INTEGER,
     config        TEXT,      -- JSON snapshot of the resolved configuration
     requested     TEXT,      -- JSON: what was asked of the scheduler (mem, cpus, time, gpus)
-    detail        TEXT
+    detail        TEXT,
+    user_name     TEXT       -- who submitted the job (SLURM_JOB_USER, else the process's user)
 );
 CREATE TABLE IF NOT EXISTS store_stats (
     source_id INTEGER NOT NULL DEFAULT 1,
@@ -117,8 +121,8 @@ CREATE TABLE IF NOT EXISTS store_stats (
 
 CREATE VIEW IF NOT EXISTS resource_metrics AS
 SELECT {TIMESTAMP_SQL} AS timestamp,
-       s.metric_type, s.metric_name, j.value AS value, s.unit, s.node, s.device,
-       src.job_id, src.array_job_id, src.array_task_id, s.source_id
+       s.metric_type, s.metric_name, CAST(j.value AS REAL) AS value, s.unit, s.node, s.device,
+       src.job_id, src.array_job_id, src.array_task_id, s.source_id, c.t0 AS chunk_t0, c.t1 AS chunk_t1
 FROM series s
 JOIN sources src ON src.source_id = s.source_id
 JOIN sample_chunks c ON c.series_id = s.series_id
@@ -137,7 +141,7 @@ FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
 
 CREATE VIEW IF NOT EXISTS jobs AS
 SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
-       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail
+       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail, j.user_name
 FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
 

@@ -181,11 +181,14 @@ class Puller:
         self._pull_series(cur, lite, ids, out)
         self._pull_chunks(cur, lite, ids, out)
         self._pull_rows(cur, lite, ids, out)
-        rows = _stream(cur, "SELECT source_id, start_time, end_time, status, exit_code, config, requested, detail"
-                            " FROM job_rows WHERE source_id = ANY(%s)", (ids,),
-                       ["int8", "float8", "float8", "text", "int8", "text", "text", "text"])  # fmt: skip
+        job_cols = "source_id, start_time, end_time, status, exit_code, config, requested, detail, user_name"
+        rows = _stream(cur, "SELECT source_id, start_time, end_time, status, exit_code, config::text, requested::text,"
+                            " detail, user_name FROM job_rows WHERE source_id = ANY(%s)", (ids,),
+                       ["int8", "float8", "float8", "text", "int8", "text", "text", "text", "text"])  # fmt: skip
         for batch in _batches(rows):
-            lite.executemany("INSERT OR REPLACE INTO job_rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._local(batch, 0))
+            lite.executemany(
+                f"INSERT OR REPLACE INTO job_rows({job_cols}) VALUES (?{', ?' * 8})", self._local(batch, 0)
+            )
             out.job_rows += len(batch)
         stats = _stream(cur, "SELECT source_id, name, value FROM store_stats WHERE source_id = ANY(%s)", (ids,),
                         ["int8", "text", "float8"])  # fmt: skip
@@ -217,11 +220,13 @@ class Puller:
             where.append("s.array_task_id = ANY(%s)")
             params.append(list(sel.tasks))
         if sel.run:  # a cheap first cut; the run itself is read from the config below
-            where.append("(strpos(coalesce(j.config, ''), %s) > 0 OR strpos(coalesce(s.source_path, ''), %s) > 0)")
+            where.append(
+                "(strpos(coalesce(j.config::text, ''), %s) > 0 OR strpos(coalesce(s.source_path, ''), %s) > 0)"
+            )
             params += [sel.run, sel.run]
         rows: list[tuple[Any, ...]] = cur.execute(
             "SELECT s.source_id, s.job_id, s.array_job_id, s.array_task_id, s.node, s.hostname, s.source_path,"
-            " s.attempt, j.config FROM sources s LEFT JOIN job_rows j USING (source_id)"
+            " s.attempt, j.config::text FROM sources s LEFT JOIN job_rows j USING (source_id)"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY s.source_id",
             params,
@@ -259,7 +264,7 @@ class Puller:
         where = {
             r[0]: RunLayout.run_of(r[1], r[2])
             for r in cur.execute(
-                "SELECT s.source_id, j.config, s.source_path FROM sources s LEFT JOIN job_rows j USING (source_id)"
+                "SELECT s.source_id, j.config::text, s.source_path FROM sources s LEFT JOIN job_rows j USING (source_id)"
                 " WHERE s.source_id = ANY(%s)",
                 (first,),
             )

@@ -161,7 +161,7 @@ def _read(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
         (mark.max_training, limit),
     ).fetchall()
     jobs = q(
-        "SELECT source_id, start_time, end_time, status, exit_code, config, requested, detail FROM job_rows"
+        "SELECT source_id, start_time, end_time, status, exit_code, config, requested, detail, user_name FROM job_rows"
     ).fetchall()
     stats = q("SELECT source_id, name, value FROM store_stats").fetchall()
     more = False
@@ -316,6 +316,11 @@ def _push_chunks(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
 
 _GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
 _TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+_JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail, user_name"
+
+
+def _cols(table: str, cols: str) -> str:
+    return ", ".join(f"{table}.{c}" for c in cols.split(", "))
 
 
 def _push_rows(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
@@ -344,18 +349,15 @@ def _push_jobs_and_stats(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> N
         if sid in new.sources and new.jobs.get(sid) != tuple(row):
             config = row[5]
             # a URL's password never reaches the central store, even from a database written before masking
-            jobs[new.sources[sid]] = (new.sources[sid], *row[1:5], mask(config) if config else config, *row[6:])
+            jobs[new.sources[sid]] = (
+                new.sources[sid], *row[1:5], _jsonb(mask(config) if config else config), _jsonb(row[6]), *row[7:]
+            )  # fmt: skip
             new.jobs[sid] = tuple(row)
     if jobs:
         cur.executemany(
-            "INSERT INTO job_rows(source_id, start_time, end_time, status, exit_code, config, requested, detail)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_id) DO UPDATE SET"
-            " start_time = excluded.start_time, end_time = excluded.end_time, status = excluded.status,"
-            " exit_code = excluded.exit_code, config = excluded.config, requested = excluded.requested,"
-            " detail = excluded.detail WHERE (job_rows.start_time, job_rows.end_time, job_rows.status,"
-            " job_rows.exit_code, job_rows.config, job_rows.requested, job_rows.detail) IS DISTINCT FROM"
-            " (excluded.start_time, excluded.end_time, excluded.status, excluded.exit_code, excluded.config,"
-            " excluded.requested, excluded.detail)",
+            f"INSERT INTO job_rows(source_id, {_JOB_COLS}) VALUES (%s{', %s' * len(_JOB_COLS.split(', '))})"
+            f" ON CONFLICT (source_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _JOB_COLS.split(', '))}"
+            f" WHERE ({_cols('job_rows', _JOB_COLS)}) IS DISTINCT FROM ({_cols('excluded', _JOB_COLS)})",
             list(jobs.values()),
         )
         out.job_rows += max(cur.rowcount, 0)
@@ -380,6 +382,22 @@ def _copy_rows(cur: Any, table: str, rows: list[tuple[Any, ...]], types: list[st
         copy.set_types(types)
         for row in rows:
             copy.write_row(row)
+
+
+def _jsonb(text: str | None) -> str | None:
+    """``text`` as PostgreSQL ``jsonb`` accepts it: JSON as it is; text that is not JSON (or JSON
+    with NaN, which jsonb refuses) as a JSON string, so that a job row is never refused for it."""
+    if text is None:
+        return None
+    try:
+        json.loads(text, parse_constant=_refuse)
+    except ValueError:
+        return json.dumps(text)
+    return text
+
+
+def _refuse(name: str) -> None:
+    raise ValueError(name)
 
 
 def _floats(values: list[Any]) -> list[float | None]:

@@ -26,7 +26,9 @@ from typing import Any
 from ...errors import CentralStoreError
 
 #: Version of the PostgreSQL schema below (``meta.schema_version``).
-PG_SCHEMA_VERSION = 1
+#: 2: ``job_rows.config`` and ``requested`` are ``jsonb``; ``job_rows.user_name``; ``resource_metrics``
+#: shows its chunk bounds (``chunk_t0``, ``chunk_t1``, indexed by ``sample_chunks_by_end``).
+PG_SCHEMA_VERSION = 2
 #: pg_advisory_xact_lock key held while the schema is created (many nodes start at once).
 _LOCK_KEY = 0x41455448
 
@@ -68,6 +70,7 @@ CREATE TABLE IF NOT EXISTS sample_chunks (
     vals      double precision[] NOT NULL,  -- NULL elements: missing values (NaN)
     PRIMARY KEY (series_id, k0)
 );
+CREATE INDEX IF NOT EXISTS sample_chunks_by_end ON sample_chunks(series_id, t1);
 CREATE TABLE IF NOT EXISTS generation_rows (
     id                bigserial PRIMARY KEY,
     source_id         bigint NOT NULL REFERENCES sources(source_id),
@@ -100,9 +103,10 @@ CREATE TABLE IF NOT EXISTS job_rows (
     end_time    double precision,
     status      text NOT NULL DEFAULT 'running',
     exit_code   bigint,
-    config      text,
-    requested   text,
-    detail      text
+    config      jsonb,
+    requested   jsonb,
+    detail      text,
+    user_name   text
 );
 CREATE TABLE IF NOT EXISTS store_stats (
     source_id bigint NOT NULL REFERENCES sources(source_id),
@@ -114,7 +118,7 @@ CREATE TABLE IF NOT EXISTS store_stats (
 CREATE OR REPLACE VIEW resource_metrics AS
 SELECT c.t0 + (((u.k - 1) * c.dt_ms + c.jit[u.k])::double precision / 1000.0::double precision) AS timestamp,
        s.metric_type, s.metric_name, u.value, s.unit, s.node, s.device,
-       src.job_id, src.array_job_id, src.array_task_id, s.source_id
+       src.job_id, src.array_job_id, src.array_task_id, s.source_id, c.t0 AS chunk_t0, c.t1 AS chunk_t1
 FROM series s
 JOIN sources src ON src.source_id = s.source_id
 JOIN sample_chunks c ON c.series_id = s.series_id
@@ -133,26 +137,41 @@ FROM training_rows t JOIN sources src ON src.source_id = t.source_id;
 
 CREATE OR REPLACE VIEW jobs AS
 SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
-       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail
+       j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail, j.user_name
 FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
+
+#: From version 1 to 2 (run under the schema lock; the views are created again by :data:`DDL`, whose
+#: other statements leave the tables as they are).
+UPGRADE_1_TO_2 = """
+DROP VIEW IF EXISTS jobs;
+DROP VIEW IF EXISTS resource_metrics;
+ALTER TABLE job_rows ALTER COLUMN config TYPE jsonb USING config::jsonb;
+ALTER TABLE job_rows ALTER COLUMN requested TYPE jsonb USING requested::jsonb;
+ALTER TABLE job_rows ADD COLUMN IF NOT EXISTS user_name text;
+"""
+
+#: The statements that bring a database of an older version to this one, by that version.
+UPGRADES = {1: UPGRADE_1_TO_2}
 
 #: The tables, in the order a load fills them.
 TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats")
 
 
 def ensure(conn: Any, where: str) -> None:
-    """Create the schema if it is missing, check its version if not; commits. ``where``: the
-    masked URL, for the message of a :class:`CentralStoreError`."""
+    """Create the schema if it is missing, upgrade an older one, check its version; commits.
+    ``where``: the masked URL, for the message of a :class:`CentralStoreError`."""
     version = _version(conn)
-    if version is None:
+    if version is None or version in UPGRADES:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        version = _version(conn)  # another node may have created it while we waited
-        if version is None:
+        version = _version(conn)  # another node may have created or upgraded it while we waited
+        if version is None or version in UPGRADES:
+            if version is not None:
+                conn.execute(UPGRADES[version])
             conn.execute(DDL)
             conn.execute(
                 "INSERT INTO meta(key, value) VALUES ('schema_version', %s), ('application', 'aetherium-hpc')"
-                " ON CONFLICT (key) DO NOTHING",
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (str(PG_SCHEMA_VERSION),),
             )
             version = PG_SCHEMA_VERSION
@@ -182,6 +201,9 @@ def _refuse_other(version: int, where: str) -> None:
                 f"newer than this aetherium-hpc understands ({PG_SCHEMA_VERSION}); upgrade with "
                 "`pip install -U aetherium-hpc`"
                 if newer
+                else f"older than {PG_SCHEMA_VERSION}; the next sender or `aetherium-hpc merge RUN_DIR --into URL` "
+                "upgrades it"
+                if version in UPGRADES
                 else f"not {PG_SCHEMA_VERSION}; point monitoring.central at another database"
             )
         )
