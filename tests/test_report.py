@@ -17,7 +17,7 @@ import pytest
 import aetherium_hpc
 from aetherium_hpc.analysis import commands
 from aetherium_hpc.analysis.export import export
-from aetherium_hpc.analysis.formatting import slurm_time
+from aetherium_hpc.analysis.formatting import num, slurm_time
 from aetherium_hpc.analysis.merge import merge
 from aetherium_hpc.analysis.report import EmptyDatabaseError, build_report
 from aetherium_hpc.errors import AetheriumError
@@ -156,6 +156,15 @@ def test_report_of_array_has_distribution_and_advice(array_db: Path) -> None:
     assert any(a.startswith("memory: peak 13.0 GB") for a in advice)
     assert "1 timeout" in rep.text and "5 completed" in rep.text
     assert slurm_time(90) == "01:30:00" and slurm_time(60 * 25) == "1-01:00:00"
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [(999.6, "1000"), (-999.6, "-1000"), (999.4, "999"), (0.9996, "1"), (12345.6, "12346"), (0.0001234, "0.000123")],
+)
+def test_numbers_near_a_power_of_ten_are_not_written_in_e_notation(value: float, text: str) -> None:
+    """num() rounds to 3 digits; a value that rounds up to 1000 is written whole, not as "1e+03" (watch's chunk rate)."""
+    assert num(value) == text
 
 
 def test_html_escapes_and_embeds_png(job_db: Path, tmp_path: Path) -> None:

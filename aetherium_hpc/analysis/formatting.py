@@ -22,9 +22,10 @@ def num(x: Any, digits: int = 3) -> str:
     if isinstance(x, float):
         if not math.isfinite(x):
             return "-"
-        if abs(x) >= 10**digits:
+        short = f"{x:.{digits}g}"
+        if abs(float(short)) >= 10**digits:  # 999.6 rounds to "1e+03": write it whole instead
             return f"{x:.0f}"
-        return f"{x:.{digits}g}"
+        return short
     return str(x)
 
 
