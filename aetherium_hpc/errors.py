@@ -50,3 +50,8 @@ class LaunchError(AetheriumError):
 
 class CentralStoreError(StoreError):
     """The central PostgreSQL store cannot be reached or used (its message never shows a password)."""
+
+
+class CentralBusyError(CentralStoreError):
+    """The central store (or the PgBouncer before it) has no connection to give now: a reason to
+    wait and try again, not an outage."""

@@ -8,6 +8,13 @@
 #   postgres/server.sh env      print `export AETHERIUM_TEST_PG=postgresql://...`: eval "$(postgres/server.sh env)"
 #   postgres/server.sh url      print the URL alone (password included: a private test server)
 #
+# A second, small server for the lab-scale tests (.ci/run starts one):
+#   AETHERIUM_PG_DIR=/tmp/aetherium-pg-small AETHERIUM_PG_PORT=15433 AETHERIUM_PG_MAX_CONNECTIONS=20 \
+#   AETHERIUM_PG_SENDER_LIMIT=10 AETHERIUM_PG_ENV=AETHERIUM_TEST_PG_SMALL postgres/server.sh up
+# AETHERIUM_PG_SENDER_LIMIT=N also creates the role <role>_sender (same password, CONNECTION LIMIT N,
+# acting as <role>): what docs/CENTRAL.md advises a lab to give its nodes' senders; `env` then
+# prints its URL as ${AETHERIUM_PG_ENV}_SENDER too.
+#
 # Everything (data folder, socket, log, password) lives in ${AETHERIUM_PG_DIR:-/tmp/aetherium-pg};
 # nothing under /etc is changed. The server listens on 127.0.0.1 only, on its own port, and
 # asks for a password (scram-sha-256) over TCP, so a wrong password is refused as on a site's
@@ -22,10 +29,16 @@ PG_DB="${AETHERIUM_PG_DB:-aetherium}"
 PG_ROLE="${AETHERIUM_PG_ROLE:-aetherium}"
 OS_USER="${AETHERIUM_PG_OS_USER:-postgres}"
 WAIT_S="${AETHERIUM_PG_WAIT_S:-60}"
+MAX_CONN="${AETHERIUM_PG_MAX_CONNECTIONS:-200}"
+SENDER_LIMIT="${AETHERIUM_PG_SENDER_LIMIT:-}"
+ENV_NAME="${AETHERIUM_PG_ENV:-AETHERIUM_TEST_PG}"
 PACKAGES=(postgresql postgresql-client)
 
 [[ "$PG_PORT" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_PORT='$PG_PORT' is not a port number" >&2; exit 2; }
 [[ "$WAIT_S" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_WAIT_S='$WAIT_S' is not a positive integer" >&2; exit 2; }
+[[ "$MAX_CONN" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_MAX_CONNECTIONS='$MAX_CONN' is not a positive integer" >&2; exit 2; }
+[[ -z "$SENDER_LIMIT" || "$SENDER_LIMIT" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_SENDER_LIMIT='$SENDER_LIMIT' is not a positive integer" >&2; exit 2; }
+[[ "$ENV_NAME" =~ ^[A-Z_][A-Z0-9_]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_ENV='$ENV_NAME' must be an upper-case variable name" >&2; exit 2; }
 for _v in PG_DB PG_ROLE; do
     [[ "${!_v}" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "server.sh: ERROR: $_v='${!_v}' must be a plain lower-case SQL name" >&2; exit 2; }
 done
@@ -35,6 +48,7 @@ RUN="$PG_DIR/run"          # the Unix socket (used by this script only) and post
 LOG="$PG_DIR/log/postgres.log"       # the server's own log (written by the server's user)
 CTL_LOG="$PG_DIR/log/server-sh.log"  # initdb and pg_ctl output (written by this script)
 PASS_FILE="$PG_DIR/password"
+SENDER_FILE="$PG_DIR/sender-role"  # names the sender role, once created
 
 die() {  # die MESSAGE [LOGFILE]
     echo "server.sh: ERROR: $1" >&2
@@ -134,7 +148,7 @@ start_server() {
     fi
     rm -f "$DATA/postmaster.pid"
     as_server "$bindir/pg_ctl" -D "$DATA" -l "$LOG" -w -t "$WAIT_S" \
-        -o "-p $PG_PORT -k $RUN -c listen_addresses=127.0.0.1 -c password_encryption=scram-sha-256 -c fsync=off -c synchronous_commit=off -c max_connections=200" \
+        -o "-p $PG_PORT -k $RUN -c listen_addresses=127.0.0.1 -c password_encryption=scram-sha-256 -c fsync=off -c synchronous_commit=off -c max_connections=$MAX_CONN" \
         start </dev/null 9>&- >>"$CTL_LOG" 2>&1 || { tail -n 5 "$CTL_LOG" >&2; die "postgres did not start within ${WAIT_S}s" "$LOG"; }
     info "postgres started on 127.0.0.1:$PG_PORT"
 }
@@ -156,7 +170,27 @@ SQL
     fi
 }
 
-url() { printf 'postgresql://%s:%s@127.0.0.1:%s/%s' "$PG_ROLE" "$(cat "$PASS_FILE")" "$PG_PORT" "$PG_DB"; }
+create_sender_role() {  # <role>_sender: CONNECTION LIMIT $SENDER_LIMIT, acting as <role> (owns what it creates)
+    [[ -n "$SENDER_LIMIT" ]] || return 0
+    local pass sender="${PG_ROLE}_sender"
+    pass="$(cat "$PASS_FILE")"
+    psql_admin <<SQL || die "could not create role $sender" "$LOG"
+DO \$\$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$sender') THEN
+    CREATE ROLE $sender LOGIN;
+  END IF;
+END \$\$;
+ALTER ROLE $sender LOGIN PASSWORD '$pass' CONNECTION LIMIT $SENDER_LIMIT;
+GRANT $PG_ROLE TO $sender;
+ALTER ROLE $sender SET role = '$PG_ROLE';
+SQL
+    echo "$sender" >"$SENDER_FILE"
+    info "role $sender: at most $SENDER_LIMIT connections, acting as $PG_ROLE"
+}
+
+url() {  # url [ROLE]
+    printf 'postgresql://%s:%s@127.0.0.1:%s/%s' "${1:-$PG_ROLE}" "$(cat "$PASS_FILE")" "$PG_PORT" "$PG_DB"
+}
 
 cmd_up() {
     local t0="$SECONDS" bindir
@@ -168,6 +202,7 @@ cmd_up() {
     init_cluster "$bindir"
     start_server "$bindir"
     create_role_and_db
+    create_sender_role
     info "ready in $((SECONDS - t0)) s; use it with:"
     cmd_env
 }
@@ -193,7 +228,10 @@ cmd_status() {
 
 cmd_env() {
     [[ -s "$PASS_FILE" ]] || die "no password file $PASS_FILE: run '$0 up' first"
-    printf 'export AETHERIUM_TEST_PG=%q\n' "$(url)"
+    printf 'export %s=%q\n' "$ENV_NAME" "$(url)"
+    if [[ -s "$SENDER_FILE" ]]; then
+        printf 'export %s_SENDER=%q\n' "$ENV_NAME" "$(url "$(cat "$SENDER_FILE")")"
+    fi
 }
 
 case "${1:-}" in

@@ -3,13 +3,12 @@ private PostgreSQL server of ``postgres/server.sh`` for the tests marked ``postg
 
 from __future__ import annotations
 
-import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testenv import unavailable
+from testenv import server_url
 
 import aetherium_hpc
 
@@ -43,29 +42,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("slurm") is not None)
 
 
-def _pg_unreachable_reason(url: str | None) -> str | None:
-    if not url:
-        return 'no PostgreSQL server: AETHERIUM_TEST_PG is not set; run `postgres/server.sh up && eval "$(postgres/server.sh env)"`'
-    try:
-        import psycopg
-    except ImportError:
-        return "psycopg is not installed: pip install -e '.[test]' (or '.[central]')"
-    from aetherium_hpc.store.central.url import mask
-
-    try:
-        psycopg.connect(url, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        return f"PostgreSQL at {mask(url)} does not answer: {' '.join(str(exc).split())}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def pg_url() -> str:
-    """The URL of the test server (AETHERIUM_TEST_PG, printed by ``postgres/server.sh env``), or a skip
-    with the reason; ``AETHERIUM_REQUIRE_POSTGRES=1`` (CI) turns that skip into a failure."""
-    url = os.environ.get("AETHERIUM_TEST_PG")
-    reason = _pg_unreachable_reason(url)
-    if reason is not None:
-        unavailable(reason, "AETHERIUM_REQUIRE_POSTGRES")
-    assert url is not None
-    return url
+    """The URL of the test server (AETHERIUM_TEST_PG), or a skip with the reason (a failure in CI)."""
+    return server_url("AETHERIUM_TEST_PG")

@@ -26,3 +26,30 @@ def unavailable(reason: str, require: str) -> NoReturn:
     if os.environ.get(require) == "1":
         pytest.fail(f"{require}=1 but {reason}")
     pytest.skip(reason)
+
+
+def _pg_unreachable_reason(url: str | None, var: str, how: str) -> str | None:
+    if not url:
+        return f"no server: {var} is not set; run {how}"
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed: pip install -e '.[test]' (or '.[central]')"
+    from aetherium_hpc.store.central.url import mask
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as exc:
+        return f"PostgreSQL at {mask(url)} does not answer: {' '.join(str(exc).split())}"
+    return None
+
+
+def server_url(var: str, how: str = '`postgres/server.sh up && eval "$(postgres/server.sh env)"`') -> str:
+    """The URL in ``$var`` (printed by the ``env`` of ``postgres/server.sh`` or ``postgres/pgbouncer.sh``),
+    or a skip with the reason; ``AETHERIUM_REQUIRE_POSTGRES=1`` (CI) turns that skip into a failure."""
+    url = os.environ.get(var)
+    reason = _pg_unreachable_reason(url, var, how)
+    if reason is not None:
+        unavailable(reason, "AETHERIUM_REQUIRE_POSTGRES")
+    assert url is not None
+    return url

@@ -5,8 +5,24 @@ what was committed since the last push travels (a restarted sender starts from a
 resumes from what PostgreSQL holds: chunks are not sent again, rows are offered and skipped).
 The job never waits on it: log calls and the writer do not know it exists; the SQLite file is
 the durable backlog and a push reads at most :data:`.push.BATCH_ROWS` rows per table, so its
-memory is bounded whatever the backlog. A failed push is retried after 1, 2, 4 ... up to
-:data:`BACKOFF_CAP_S` seconds, from the same mark: nothing is lost and nothing stored twice.
+memory is bounded whatever the backlog.
+
+**One connection per push, not per job.** A sender connects, pushes what is new, and disconnects:
+it holds a server connection for the few milliseconds of a push, so a thousand nodes at a 5 s
+interval share a handful of the server's connections instead of holding a thousand (which locked
+every other client out). The bound itself is the server's to enforce, since nodes do not know each
+other: a ``CONNECTION LIMIT`` on the senders' role, or PgBouncer's pool (docs/CENTRAL.md). No
+server-side prepared statement is used, so transaction pooling works.
+
+**Spread out.** The first push comes at a random moment of the first interval and each later one
+after ``interval`` ±20 %, so an array started together does not push in the same second.
+
+**Busy is not an outage.** A server with no connection to give ("too many clients", a role's
+limit, PgBouncer refusing) puts the push off by a random part of a growing wait: no line on
+stderr, counted in ``central/busy``. At the end of the job, a busy server is tried again until the
+last push's time is up. A failed push (the network, the server away) is retried after 1, 2, 4 ...
+up to :data:`BACKOFF_CAP_S` seconds (jittered), from the same mark: nothing is lost and nothing
+stored twice.
 
 At start, a URL that cannot work (malformed, unknown host, refused login, no such database) is
 one line on stderr, password masked, and the job goes on with the local store only. At the end
@@ -17,6 +33,7 @@ Its own counters go to ``store_stats`` (names in :mod:`..catalogue`) through the
 
 from __future__ import annotations
 
+import random
 import sys
 import threading
 import time
@@ -24,16 +41,18 @@ from collections.abc import Callable
 from typing import Any
 
 from ...credentials import mask, scrub
-from ...errors import CentralStoreError
+from ...errors import CentralBusyError, CentralStoreError
 from ...signals import block_job_signals
 from .. import catalogue, reader
 from . import schema
 from .push import Mark, push
-from .url import connect, psycopg_module
+from .url import connect, is_busy, psycopg_module
 
 #: Seconds between pushes.
 INTERVAL_S = 5.0
-#: Longest wait between two attempts while PostgreSQL is away.
+#: Each wait between two pushes is the interval times a random factor in this range.
+JITTER = (0.8, 1.2)
+#: Longest wait between two attempts while PostgreSQL is away or busy.
 BACKOFF_CAP_S = 60.0
 #: Seconds the last push at the end of the job may take.
 FINAL_TIMEOUT_S = 5.0
@@ -41,6 +60,8 @@ FINAL_TIMEOUT_S = 5.0
 MAX_DATA_FAILURES = 3
 #: Connection failures no retry can fix (besides a refused password, a missing database or role).
 _FATAL_TEXT = ("could not translate host name", "invalid dsn", "invalid connection option", "invalid uri")
+#: What one attempt came to.
+_OK, _BUSY, _FAILED, _GAVE_UP = "ok", "busy", "failed", "gave up"
 
 
 class CentralSender(threading.Thread):
@@ -70,7 +91,15 @@ class CentralSender(threading.Thread):
         self.dropped = 0
         self.pending = 0
         self.last_ok = 0.0
+        self.pushes = 0  # rounds that reached the server and committed
+        self.busy = 0  # pushes put off because the server had no connection to give
         self.gave_up: str | None = None  # why the sender stopped for good
+        self._rng = random.Random()  # seeded from the OS: every node draws its own moments
+        self._failures = 0  # in a row: failed attempts (network, server), data refusals, busy answers
+        self._data_failures = 0
+        self._busy_run = 0
+        self._first = True  # no attempt has reached the server yet
+        self._schema_ready = False
         self._reported: dict[str, float] | None = None  # None: every counter goes in the first report
         self._pg: Any = None
         self._sqlite: Any = None
@@ -86,61 +115,80 @@ class CentralSender(threading.Thread):
 
     def run(self) -> None:
         block_job_signals()
-        psycopg = psycopg_module()
-        delay = 0.0
-        failures = 0
-        data_failures = 0
-        first = True
+        delay = self._rng.uniform(0.0, self.interval)  # nodes started together spread over the first interval
         while True:
-            stopping = self._stop_event.wait(delay)  # once set: one last attempt, then the end
-            try:
-                self._push_all(final=stopping)
-            except CentralStoreError as exc:  # connecting failed
-                text = str(exc)
-                if first and _fatal(text):
-                    self._give_up(f"{text}; the job goes on with its local store only")
-                    break
-                failures += 1
-                self._failed(text, failures)
-            except psycopg.OperationalError as exc:  # the server went away mid-push
-                failures += 1
-                self._disconnect()
-                self._failed(f"central store {self.where}: {scrub(str(exc), self.url)}", failures)
-            except psycopg.Error as exc:  # PostgreSQL refused the data itself
-                data_failures += 1
-                self._disconnect()
-                text = f"central store {self.where}: {scrub(str(exc), self.url)}"
-                if data_failures >= MAX_DATA_FAILURES:
-                    self.dropped += self.pending
-                    self._give_up(
-                        f"{text}; refused {data_failures} times, the sender stops (the local store keeps all)"
-                    )
-                    break
-                failures += 1
-                self._failed(text, failures)
-            except Exception as exc:  # the SQLite file went away (the job's end), or a bug: never the job's problem
-                self._give_up(f"central sender for {self.path} stopped: {type(exc).__name__}: {exc}")
-                break
-            else:
-                if failures:
-                    print(f"aetherium-hpc: central store {self.where} reachable again; sending resumed",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                failures = data_failures = 0
-            first = False
+            stopping = self._stop_event.wait(delay)  # once set: the last push, then the end
+            outcome = self._attempt(final=stopping)
             self._report()
-            if stopping:
+            if outcome == _GAVE_UP:
                 break
-            delay = self.interval if not failures else min(BACKOFF_CAP_S, self.interval * 2 ** (failures - 1))
+            if stopping:
+                if outcome == _BUSY and self._remaining() > 0.05:  # the whole array ends at once
+                    time.sleep(min(self._remaining(), self._rng.uniform(0.05, 0.5)))
+                    continue
+                break
+            delay = self._next_delay(outcome)
         self._report()
-        self._disconnect()
         self._close_sqlite()
+
+    def _next_delay(self, outcome: str) -> float:
+        if outcome == _OK:
+            return self.interval * self._rng.uniform(*JITTER)
+        run = self._busy_run if outcome == _BUSY else self._failures
+        return min(BACKOFF_CAP_S, self.interval * 2 ** (run - 1)) * self._rng.uniform(0.5, 1.0)
+
+    def _attempt(self, *, final: bool) -> str:
+        """One round: connect, push what is new, disconnect. Returns what it came to."""
+        psycopg = psycopg_module()
+        try:
+            self._push_all(final=final)
+        except CentralBusyError:
+            return self._busy_answer()
+        except CentralStoreError as exc:  # connecting failed
+            text = str(exc)
+            if self._first and _fatal(text):
+                self._give_up(f"{text}; the job goes on with its local store only")
+                return _GAVE_UP
+            return self._failed(text)
+        except psycopg.OperationalError as exc:  # the server went away (or PgBouncer gave up waiting) mid-push
+            if is_busy(exc):
+                return self._busy_answer()
+            return self._failed(f"central store {self.where}: {scrub(str(exc), self.url)}")
+        except psycopg.Error as exc:  # PostgreSQL refused the data itself
+            self._data_failures += 1
+            text = f"central store {self.where}: {scrub(str(exc), self.url)}"
+            if self._data_failures >= MAX_DATA_FAILURES:
+                self.dropped += self.pending
+                self._give_up(
+                    f"{text}; refused {self._data_failures} times, the sender stops (the local store keeps all)"
+                )
+                return _GAVE_UP
+            return self._failed(text)
+        except Exception as exc:  # the SQLite file went away (the job's end), or a bug: never the job's problem
+            self._give_up(f"central sender for {self.path} stopped: {type(exc).__name__}: {exc}")
+            return _GAVE_UP
+        finally:
+            self._disconnect()
+        if self._failures:
+            print(f"aetherium-hpc: central store {self.where} reachable again; sending resumed",
+                  file=sys.stderr, flush=True)  # fmt: skip
+        self._failures = self._data_failures = self._busy_run = 0
+        self._first = False
+        self.pushes += 1
+        return _OK
+
+    def _busy_answer(self) -> str:
+        self.busy += 1
+        self._busy_run += 1
+        return _BUSY
 
     # -- one round --------------------------------------------------------------------------------
     def _push_all(self, *, final: bool) -> None:
-        if self._pg is None:
-            timeout = self._remaining() if final else None
-            self._pg = connect(self.url, timeout=timeout or 5, application="aetherium-hpc sender")
+        timeout = self._remaining() if final else None
+        self._pg = connect(self.url, timeout=timeout or 5, application="aetherium-hpc sender")
+        if not self._schema_ready:
             schema.ensure(self._pg, self.where)
+            self._schema_ready = True
         if self._sqlite is None:
             self._sqlite = reader.open_readonly(self.path, timeout=5.0)
             self._sqlite.isolation_level = None
@@ -159,11 +207,14 @@ class CentralSender(threading.Thread):
     def _remaining(self) -> float:
         return 5.0 if self._final_deadline is None else self._final_deadline - time.monotonic()
 
-    def _failed(self, text: str, failures: int) -> None:
+    def _failed(self, text: str) -> str:
         self.errors += 1
-        if failures == 1:  # once per outage; the next line says it is back
+        self._failures += 1
+        self._first = False
+        if self._failures == 1:  # once per outage; the next line says it is back
             print(f"aetherium-hpc: {text}; retrying with back-off (the job goes on, the local store keeps all)",
                   file=sys.stderr, flush=True)  # fmt: skip
+        return _FAILED
 
     def _give_up(self, text: str) -> None:
         self.errors += 1
@@ -191,6 +242,7 @@ class CentralSender(threading.Thread):
             catalogue.CENTRAL_DROPPED: float(self.dropped),
             catalogue.CENTRAL_ERRORS: float(self.errors),
             catalogue.CENTRAL_LAST_OK: self.last_ok,
+            catalogue.CENTRAL_BUSY: float(self.busy),
         }
         before = self._reported
         delta = {k: v - (before[k] if before else 0.0) for k, v in now.items() if before is None or v != before[k]}
