@@ -35,10 +35,11 @@ def server_url() -> str | None:
     return os.environ.get(URL_VARIABLE) or None
 
 
-def unreachable() -> str | None:
-    url = server_url()
+def unreachable(variable: str = URL_VARIABLE) -> str | None:
+    url = os.environ.get(variable) or None
     if url is None:
-        return f'no PostgreSQL: {URL_VARIABLE} is not set (postgres/server.sh up && eval "$(postgres/server.sh env)")'
+        script = "pgbouncer.sh" if "BOUNCER" in variable else "server.sh"
+        return f'no PostgreSQL: {variable} is not set (postgres/{script} up && eval "$(postgres/{script} env)")'
     try:
         import psycopg
 

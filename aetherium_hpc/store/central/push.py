@@ -15,8 +15,10 @@ between pushes; ``merge --into`` starts from an empty mark. Either way nothing i
 
 What PostgreSQL holds for a series (its sample count) is read once per series and mark, so a new
 mark (a restarted sender, a merge) resumes where PostgreSQL stands without resending samples.
-Rows go through ``COPY`` into temporary tables, then one ``INSERT ... SELECT ... ON CONFLICT``
-per table (bench/central.py measures it against a bare ``COPY``). At most :data:`BATCH_ROWS`
+Each table's rows go in one statement, ``INSERT ... SELECT FROM unnest(<one array per column>)
+... ON CONFLICT``: one round trip per table, and nothing that lives on in the session (no
+temporary table, no prepared statement), so a push through PgBouncer's transaction pooling costs
+the server what the rows cost (bench/central.py measures it against a bare ``COPY``). At most :data:`BATCH_ROWS`
 chunks and rows of each table are read per call; ``Pushed.more`` says there is more to send.
 """
 
@@ -299,16 +301,18 @@ def _push_chunks(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         new.max_chunk = snap.chunks[-1][0]
     if not pending:
         return
+    rows = list(pending.values())
+    cols: list[list[Any]] = [list(c) for c in zip(*rows, strict=True)]
+    cols[6] = [_array_text(jit) for jit in cols[6]]
+    cols[7] = [_array_text(vals) for vals in cols[7]]
     cur.execute(
-        "CREATE TEMP TABLE IF NOT EXISTS push_chunks (series_id bigint, k0 bigint, t0 double precision,"
-        " t1 double precision, n integer, dt_ms integer, jit integer[], vals double precision[]) ON COMMIT DELETE ROWS"
-    )
-    _copy_rows(cur, "push_chunks", list(pending.values()),
-               ["int8", "int8", "float8", "float8", "int4", "int4", "int4[]", "float8[]"])  # fmt: skip
-    cur.execute(
-        "INSERT INTO sample_chunks SELECT * FROM push_chunks ON CONFLICT (series_id, k0) DO UPDATE"
+        "INSERT INTO sample_chunks SELECT s, k, t0, t1, n, dt, jit::integer[], vals::double precision[]"
+        " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::integer[], %s::integer[],"
+        " %s::text[], %s::text[]) AS u(s, k, t0, t1, n, dt, jit, vals)"
+        " ON CONFLICT (series_id, k0) DO UPDATE"
         " SET t0 = excluded.t0, t1 = excluded.t1, n = excluded.n, dt_ms = excluded.dt_ms, jit = excluded.jit,"
-        " vals = excluded.vals WHERE excluded.n > sample_chunks.n"
+        " vals = excluded.vals WHERE excluded.n > sample_chunks.n",
+        cols,
     )
     out.chunks += max(cur.rowcount, 0)
     out.samples += sum(r[4] for r in pending.values())
@@ -333,12 +337,13 @@ def _push_rows(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         if not rows:
             continue
         mapped = [(new.sources[r[1]], *r[2:]) for r in rows if r[1] in new.sources]
-        tmp = f"push_{table}"
-        decl = ", ".join(f"{c} {t}" for c, t in zip(cols.split(", "), types, strict=True))
-        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS {tmp} (source_id bigint, {decl}) ON COMMIT DELETE ROWS")
-        _copy_rows(cur, tmp, mapped, ["int8", *types])
-        cur.execute(f"INSERT INTO {table}(source_id, {cols}) SELECT * FROM {tmp} ON CONFLICT DO NOTHING")
-        setattr(out, table, getattr(out, table) + max(cur.rowcount, 0))
+        if mapped:
+            arrays = ", ".join(f"%s::{t}[]" for t in ["int8", *types])
+            cur.execute(
+                f"INSERT INTO {table}(source_id, {cols}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
+                [list(c) for c in zip(*mapped, strict=True)],
+            )
+            setattr(out, table, getattr(out, table) + max(cur.rowcount, 0))
         setattr(new, attr, rows[-1][0])
 
 
@@ -376,12 +381,10 @@ def _push_jobs_and_stats(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> N
         out.store_stats += max(cur.rowcount, 0)
 
 
-def _copy_rows(cur: Any, table: str, rows: list[tuple[Any, ...]], types: list[str]) -> None:
-    """``rows`` into ``table`` with one binary ``COPY``."""
-    with cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
-        for row in rows:
-            copy.write_row(row)
+def _array_text(values: list[Any]) -> str:
+    """A PostgreSQL array literal of numbers: exact (``repr``), NULL for None, ``inf`` as PostgreSQL
+    reads it. Arrays of unequal length cannot travel as one 2-D array, so each goes as text."""
+    return "{" + ",".join("NULL" if v is None else repr(v) for v in values) + "}"
 
 
 def _jsonb(text: str | None) -> str | None:
