@@ -22,7 +22,11 @@ from rel_helpers import one_error_line
 
 import aetherium_hpc
 from aetherium_hpc.analysis.report.lab import GB_PER_CORE
+from aetherium_hpc.analysis.report.load import read
+from aetherium_hpc.errors import CentralStoreError
 from aetherium_hpc.store import SourceInfo
+from aetherium_hpc.store.central.load import load
+from aetherium_hpc.store.central.pull import Puller, Selection
 
 pytestmark = pytest.mark.postgres
 
@@ -255,6 +259,34 @@ def test_lab_view_html_folds_each_jobs_tasks(lab: tuple[str, list[Job], Path]) -
         assert section.count("<li>") >= 2 and "<li>memory: peak " in section and "--mem" in section
         assert [f"<td>{j.job}_{t}/n1</td>" in section for t in range(j.tasks)] == [True] * j.tasks
         assert f"<td>{j.job}_{j.tasks}/n1</td>" not in section
+
+
+def test_since_selects_the_jobs_that_overlap_the_window(pg_url: str, tmp_path: Path) -> None:
+    """Still running (no end) though started before the window: in; ended before it: out; --user: theirs."""
+    now = time.time()
+    cases = {"1": ("ann", now - 9 * DAY, None), "2": ("ann", now - 9 * DAY, now - 8 * DAY),
+             "3": ("ben", now - 8 * DAY, now - 6 * DAY), "4": ("ben", now - DAY, now - DAY + 60)}  # fmt: skip
+    paths = []
+    for job, (user, start, end) in cases.items():
+        paths.append(str(tmp_path / f"{job}.db"))
+        aetherium_hpc.init_db(paths[-1], source=SourceInfo(job_id=job, node="n1"), listen=False)
+        aetherium_hpc.log_job(status="running" if end is None else "completed", start_time=start, end_time=end,
+                              user_name=user)  # fmt: skip
+        aetherium_hpc.log_resource_samples([("cpu", "system_total", 5.0, "%", "")], timestamp=start)
+        aetherium_hpc.shutdown_db()
+    with private_schema(pg_url) as url:
+        load(paths, url)
+
+        def selected(selection: Selection) -> list[str]:
+            with Puller(url, selection, tmp_path / f"pulled-{time.monotonic_ns()}.db") as puller:
+                puller.pull()
+                return sorted(s.job_id for s in read(puller.path).sources.values() if s.job_id)
+
+        assert selected(Selection(since=now - 7 * DAY)) == ["1", "3", "4"]
+        assert selected(Selection(since=now - 7 * DAY, user="ben")) == ["3", "4"]
+        assert selected(Selection(user="ann")) == ["1", "2"]
+        with pytest.raises(CentralStoreError, match=r"nothing matches --since \d{4}-\d\d-\d\dT\d\d:\d\dZ --user zed"):
+            selected(Selection(since=now - 7 * DAY, user="zed"))
 
 
 @pytest.mark.parametrize("bad", ["7x", "yesterday", "2026-02-30", "-3d"])
