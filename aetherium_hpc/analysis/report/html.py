@@ -251,7 +251,7 @@ def _lab(lab: dict[str, Any]) -> list[str]:
         out += [f"<li>{_h(a)}</li>" for a in j["advice"]] or ["<li>no advice</li>"]
         out.append("</ul>")
         out.append(_html_table(
-            ["task", "status", "runtime", "CPU cores used", "CPU used", "peak memory", "peak mem", "GPU busy",
+            ["task", "status", "runtime", "cores busy", "CPU used/req", "peak memory", "mem peak/req", "GPU busy",
              "unused core-h", "unused GB-h", "idle GPU-h"],
             [[t["source"], t["status"], fmt_duration(t["runtime_s"]), _num(t["cpu_cores"]), pct_cell(t["cpu_efficiency"]),
               memory_mb(t["peak_memory_mb"]), pct_cell(t["memory_efficiency"]),

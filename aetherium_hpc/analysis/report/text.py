@@ -131,8 +131,8 @@ def hours_cell(x: Any) -> str:
 
 
 #: The columns of the lab view's table of jobs (text and HTML); the first five are words.
-LAB_HEADER = ["job", "user", "name", "tasks", "state", "cores", "memory", "GPUs", "time limit", "CPU used",
-              "peak mem", "GPU busy", "runtime/limit", "unused core-h", "unused GB-h", "idle GPU-h"]  # fmt: skip
+LAB_HEADER = ["job", "user", "name", "tasks", "state", "cores", "memory", "GPUs", "time limit", "CPU used/req",
+              "mem peak/req", "GPU busy", "runtime/limit", "unused core-h", "unused GB-h", "idle GPU-h"]  # fmt: skip
 
 
 def lab_title(lab: dict[str, Any]) -> str:
