@@ -200,6 +200,21 @@ def test_lab_view_of_a_merged_file_escapes_what_jobs_recorded(tmp_path: Path) ->
     assert page.count(html_escaped(HOSTILE)) >= 4  # user and name in the table and in the job's section
 
 
+@pytest.mark.parametrize(("util", "said"), [
+    (10.0, "gpu: median utilisation 10%; the GPU waits on data (more data-loader workers) or is not needed; "
+           "--gres=gpu:1 would do"),  # 4 GPUs at 10%: 0.4 busy, 0.48 with headroom
+    (22.0, "gpu: median utilisation 22%; the GPU waits on data (more data-loader workers) or is not needed; "
+           "--gres=gpu:2 would do"),  # 0.88 busy, 1.06 with headroom
+    (None, "gpu: 4 GPU(s) requested but no GPU samples recorded; drop --gres=gpu:4 (--gpus) if unused"),
+])  # fmt: skip
+def test_gpu_advice_names_the_gres_to_ask_for(util: float | None, said: str) -> None:
+    from aetherium_hpc.analysis.report.compute import efficiency
+
+    task = {"requested": {"gpus": 4}, "gpu_util_pct": util, "peak_memory_mb": None, "runtime_s": None,
+            "cpu_cores": None}  # fmt: skip
+    assert efficiency([task], [])["advice"] == [said]
+
+
 def html_escaped(s: str) -> str:
     import html
 

@@ -207,6 +207,8 @@ def test_lab_view_of_a_week_ranks_every_job_by_waste(lab: tuple[str, list[Job], 
             assert any(a.startswith(f"time: {j.tasks} task(s) hit the ") for a in advice), advice
         else:
             assert any(a.startswith("time: ") and a.endswith(_time_advice(j)) for a in advice), advice
+        if j.gpus and j.gpu_util < 30:
+            assert f"gpu: median utilisation {j.gpu_util:.0f}%; the GPU waits on data" in " ".join(advice), advice
         if j.cores_used < 0.5 * j.cpus:
             assert any(a.startswith("cpu: ") and "--cpus-per-task=" in a for a in advice), advice
     users = data["lab"]["users"]  # type: ignore[index]

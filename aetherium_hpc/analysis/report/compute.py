@@ -358,11 +358,16 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
     gpus = [t["requested"]["gpus"] for t in req_tasks if t["requested"].get("gpus")]
     if gpus:
         out["gpu"] = {"requested": max(gpus), "utilization_pct": _dist(gutil)}
+        n_gpus = max(gpus)
         if not gutil:
-            advice.append(f"gpu: {max(gpus)} GPU(s) requested but no GPU samples recorded; drop --gpus if unused")
+            advice.append(f"gpu: {n_gpus} GPU(s) requested but no GPU samples recorded; drop --gres=gpu:{n_gpus} "
+                          "(--gpus) if unused")  # fmt: skip
         elif float(np.median(gutil)) < 30.0:
-            advice.append(f"gpu: median utilisation {float(np.median(gutil)):.0f}%; the GPU waits on data "
-                          "(more data-loader workers) or is not needed")  # fmt: skip
+            median = float(np.median(gutil))
+            fewer = max(1, math.ceil(n_gpus * median / 100.0 * HEADROOM))  # the busy share of them, with headroom
+            advice.append(f"gpu: median utilisation {median:.0f}%; the GPU waits on data "
+                          "(more data-loader workers) or is not needed"
+                          + (f"; --gres=gpu:{fewer} would do" if fewer < n_gpus else ""))  # fmt: skip
     return out
 
 
