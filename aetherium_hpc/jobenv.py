@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-__all__ = ["JobIdentity", "int_or_none"]
+__all__ = ["JobIdentity", "int_or_none", "submitting_user"]
 
 _J = TypeVar("_J", bound="JobIdentity")
 
@@ -24,6 +24,27 @@ def int_or_none(value: Any) -> int | None:
     try:
         return int(value)
     except (TypeError, ValueError):
+        return None
+
+
+def submitting_user(environ: Mapping[str, str] | None = None) -> str | None:
+    """Who submitted the job: Slurm's SLURM_JOB_USER, else the user this process runs as (its
+    password entry, else what :func:`getpass.getuser` finds); None where neither is known."""
+    env = os.environ if environ is None else environ
+    user = env.get("SLURM_JOB_USER")
+    if user:
+        return user
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError):  # no password database (Windows), or a uid without an entry (a container)
+        pass
+    try:
+        import getpass
+
+        return getpass.getuser() or None
+    except (ImportError, KeyError, OSError):
         return None
 
 

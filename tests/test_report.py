@@ -175,6 +175,46 @@ def test_html_escapes_and_embeds_png(job_db: Path, tmp_path: Path) -> None:
     assert "<script" not in page.lower()
 
 
+def test_lab_view_of_a_merged_file_escapes_what_jobs_recorded(tmp_path: Path) -> None:
+    """Two jobs in one merged database: the lab view (a row each), their user and name shown as text."""
+    paths = []
+    for job, user in (("61", HOSTILE), ("62", "dora")):
+        paths.append(tmp_path / f"{job}.db")
+        aetherium_hpc.init_db(paths[-1], source=SourceInfo(job_id=job, node="n1"), listen=False)
+        aetherium_hpc.log_job(status="completed", start_time=1.0e9, end_time=1.0e9 + 3600, user_name=user,
+                              config={"name": f"{HOSTILE}-{job}"}, requested={"cpus": 4, "mem_gb": 2})  # fmt: skip
+        for k in range(3):
+            aetherium_hpc.log_resource_samples([("cpu", "process_tree", 100.0, "%", ""),
+                                                ("ram", "process_tree_rss", 512.0 * int(job[1]), "MB", "")],
+                                               timestamp=1.0e9 + 1800 * k)  # fmt: skip
+        aetherium_hpc.shutdown_db()
+    merge([str(p) for p in paths], str(tmp_path / "m.db"), progress=False)
+    rep = build_report(tmp_path / "m.db")
+    jobs = rep.data["lab"]["jobs"]
+    # 3 of 4 cores idle for an hour each; 2 GB - 0.5 GB (job 61) and 2 GB - 1 GB (job 62) unused for an hour
+    assert [(j["job"], j["wasted_core_hours"], j["wasted_gb_hours"]) for j in jobs] == [("61", 3.0, 1.5),
+                                                                                        ("62", 3.0, 1.0)]  # fmt: skip
+    assert jobs[0]["user"] == HOSTILE and "61" in rep.text and "dora" in rep.text
+    page = rep.to_html()
+    assert HOSTILE not in page and "<script" not in page.lower()
+    assert page.count(html_escaped(HOSTILE)) >= 4  # user and name in the table and in the job's section
+
+
+@pytest.mark.parametrize(("util", "said"), [
+    (10.0, "gpu: median utilisation 10%; the GPU waits on data (more data-loader workers) or is not needed; "
+           "--gres=gpu:1 would do"),  # 4 GPUs at 10%: 0.4 busy, 0.48 with headroom
+    (22.0, "gpu: median utilisation 22%; the GPU waits on data (more data-loader workers) or is not needed; "
+           "--gres=gpu:2 would do"),  # 0.88 busy, 1.06 with headroom
+    (None, "gpu: 4 GPU(s) requested but no GPU samples recorded; drop --gres=gpu:4 (--gpus) if unused"),
+])  # fmt: skip
+def test_gpu_advice_names_the_gres_to_ask_for(util: float | None, said: str) -> None:
+    from aetherium_hpc.analysis.report.compute import efficiency
+
+    task = {"requested": {"gpus": 4}, "gpu_util_pct": util, "peak_memory_mb": None, "runtime_s": None,
+            "cpu_cores": None}  # fmt: skip
+    assert efficiency([task], [])["advice"] == [said]
+
+
 def html_escaped(s: str) -> str:
     import html
 

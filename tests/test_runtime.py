@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import sqlite3
 import subprocess
@@ -190,6 +191,32 @@ def test_run_default_db_dir_is_under_the_job_id(tmp_path: Path, job_env: Path) -
     assert proc.returncode == 0, proc.stderr
     (db,) = (tmp_path / "aetherium-runs" / "55").glob("*.db")
     assert job_rows(db)[0]["job_id"] == "55"
+
+
+@pytest.mark.parametrize("slurm_user", ["alice", None])
+def test_run_records_the_submitting_user(tmp_path: Path, job_env: Path, slurm_user: str | None) -> None:
+    """SLURM_JOB_USER when Slurm sets it (the submitter, whoever the process runs as), else the OS user."""
+    out = tmp_path / "dbs"
+    env = {"SLURM_JOB_USER": slurm_user} if slurm_user else {}
+    proc = _run_cli(["run", "--db-dir", str(out), "--", sys.executable, "-c", LOGGING_CHILD, "0"], tmp_path, **env)
+    assert proc.returncode == 0, proc.stderr
+    (db,) = out.glob("*.db")
+    assert job_rows(db)[0]["user_name"] == (slurm_user or pwd.getpwuid(os.getuid()).pw_name)
+
+
+def test_user_name_is_set_once_and_can_be_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLURM_JOB_USER", "bob")
+    ah.init_db(tmp_path / "a.db", listen=False)
+    ah.log_job(status="running", start_time=1.0e9)
+    ah.log_job(status="completed", end_time=1.0e9 + 5)  # an update keeps the user
+    ah.shutdown_db()
+    assert job_rows(tmp_path / "a.db")[0]["user_name"] == "bob"
+    ah.init_db(tmp_path / "b.db", listen=False)
+    ah.log_job(status="completed", user_name="carol")
+    ah.shutdown_db()
+    assert job_rows(tmp_path / "b.db")[0]["user_name"] == "carol"
+    with pytest.raises(TypeError, match="user_name must be a str"):
+        ah.log_job(user_name=7)
 
 
 def test_run_sigterm_forwards_to_the_command_and_records_cancelled(tmp_path: Path, job_env: Path) -> None:

@@ -122,8 +122,11 @@ def central_selection(args: argparse.Namespace, command: str) -> Selection | Non
     from ..store.central.pull import Selection
 
     target = args.db if command == "report" else args.target
+    since = getattr(args, "since", None)
     selection = Selection(tuple(args.job or ()), tuple(t for group in args.task or () for t in group),
-                          os.path.basename(os.path.normpath(args.run)) if args.run else None)  # fmt: skip
+                          os.path.basename(os.path.normpath(args.run)) if args.run else None,
+                          since=None if since is None else since_time(since, command),
+                          user=getattr(args, "user", None) or None)  # fmt: skip
     if is_central_url(target):
         if selection.tasks and not (selection.jobs or selection.run):
             raise AetheriumError(
@@ -132,10 +135,50 @@ def central_selection(args: argparse.Namespace, command: str) -> Selection | Non
         return selection
     if not selection.empty:
         raise AetheriumError(
-            f"{command} {selection.describe()}: --job, --task and --run choose sources of a postgresql:// central "
+            f"{command} {selection.describe()}: --job, --task, --run, --since and --user choose sources of a "
+            "postgresql:// central "
             f"store; {target} is a file or a run directory (merge the databases you want with `aetherium-hpc merge`)"
         )
     return None
+
+
+#: ``--since`` durations: a number and its unit.
+_SINCE_UNITS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def since_time(text: str, command: str = "report", now: float | None = None) -> float:
+    """``--since``: a duration back from ``now`` (``30m``, ``12h``, ``7d``, ``2w``) or an ISO date or
+    time (``2026-12-01``, ``2026-12-01T08:00``; UTC unless it names its offset) as Unix seconds;
+    an :class:`AetheriumError` (exit 2, one line) for anything else."""
+    import datetime
+    import re
+    import time
+
+    from ..errors import AetheriumError
+
+    now = time.time() if now is None else now
+    value = text.strip()
+    found = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(s|min|m|h|d|w)", value.lower())
+    if found:
+        return now - float(found[1]) * _SINCE_UNITS[found[2]]
+    try:
+        when = datetime.datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        when = None
+    if when is None or not value[:4].isdigit():
+        raise AetheriumError(
+            f"{command} --since {text!r}: not a duration or a date; write a duration back from now "
+            "(30m, 12h, 7d, 2w) or a UTC date (2026-12-01, 2026-12-01T08:00)"
+        )
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    stamp = when.timestamp()
+    if stamp > now:
+        raise AetheriumError(
+            f"{command} --since {text!r}: that is in the future, so no job ran since; give a past date or a "
+            "duration back from now (7d)"
+        )
+    return stamp
 
 
 def run_report(
@@ -219,7 +262,7 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    "run directory: its databases are merged into RUN_DIR/merged.db first, or a central "
                    "PostgreSQL store: the sources --job/--task/--run choose are pulled into a temporary "
                    "database first (docs/CENTRAL.md)")  # fmt: skip
-    add_central_filter(p, "report on")
+    add_central_filter(p, "report on", lab=True)
     p.add_argument("--plot", metavar="OUT.png", help="write all plots as one PNG dashboard to OUT.png")
     p.add_argument("--plot-dir", metavar="DIR", help="write each plot as its own PNG into DIR")
     p.add_argument("--html", metavar="REPORT.html", help="write one self-contained HTML file (plots embedded)")
@@ -232,13 +275,17 @@ def add_report_arguments(p: argparse.ArgumentParser) -> None:
                    "else the first metric that is not a learning rate)")  # fmt: skip
 
 
-def add_central_filter(p: argparse.ArgumentParser, verb: str) -> None:
-    """``--job``, ``--task``, ``--run``: which sources of a ``postgresql://`` store to read."""
+def add_central_filter(p: argparse.ArgumentParser, verb: str, *, lab: bool = False) -> None:
+    """``--job``, ``--task``, ``--run`` (and with ``lab``: ``--since``, ``--user``): which sources of a
+    ``postgresql://`` store to read."""
     g = p.add_argument_group(
         "choosing what to read of a postgresql:// central store",
         "All filters given must match. Without one, a store holding more than one job is refused "
-        "with its 10 most recent jobs listed.",
-    )
+        "with its 10 most recent jobs listed."
+        + (" With --since or --user every job of the window is read: the report shows one row per job, "
+           "sorted by the core-hours and GB-hours requested but unused, with its --mem/--time advice "
+           "(docs/REPORT.md, the lab view)." if lab else ""),
+    )  # fmt: skip
     g.add_argument("--job", action="append", metavar="ID",
                    help=f"{verb} this job: a job id, or an array job id (every task of the array); repeatable")  # fmt: skip
     g.add_argument("--task", action="append", type=_task_ids, metavar="N[,M-K]",
@@ -246,6 +293,16 @@ def add_central_filter(p: argparse.ArgumentParser, verb: str) -> None:
     g.add_argument("--run", metavar="NAME",
                    help="the tasks of one run directory, by its name as submit printed it "
                    "(demo-array-20240501-093000-1a2b; a path's last part is taken)")  # fmt: skip
+    if lab:
+        g.add_argument("--since", metavar="7d|DATE",
+                       help="every job that ran in the window from then to now (still running, ended or "
+                       "started since): a duration back from now, 30m, 12h, 7d or 2w, or a UTC date "
+                       "2026-12-01 (or 2026-12-01T08:00)")  # fmt: skip
+        g.add_argument(
+            "--user",
+            metavar="NAME",
+            help="only the jobs this user submitted (SLURM_JOB_USER, else the user the job ran as)",
+        )
 
 
 def _task_ids(text: str) -> list[int]:
@@ -324,7 +381,9 @@ def register(sub: SubParsers) -> None:
         epilog="exit codes: 0 ok, 2 empty or unreadable database. "
         "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
         "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png; "
-        "aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456  (an array: every task)",
+        "aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456  (an array: every task); "
+        "aetherium-hpc report postgresql://lab@db.example/aetherium --since 7d --user alice --html lab.html  "
+        "(every job of alice's last week, most wasteful first)",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)

@@ -827,8 +827,9 @@ def log_job(**fields: Any) -> None:
 
     Only the columns of ``jobs`` are accepted, each checked at the call (a TypeError or
     ValueError naming it): ids str or int, times numbers, ``exit_code`` an int, ``node``,
-    ``status`` and ``detail`` str, ``config`` / ``requested`` JSON-serialisable dicts.
-    ``job_id``, ``array_job_id``, ``array_task_id`` and ``node`` change the database's
+    ``status``, ``detail`` and ``user_name`` str, ``config`` / ``requested`` JSON-serialisable
+    dicts. ``user_name`` (who submitted the job) need not be given: the row is created with
+    SLURM_JOB_USER, else the user the writing process runs as. ``job_id``, ``array_job_id``, ``array_task_id`` and ``node`` change the database's
     ``sources`` row: the job's identity is stored there only, and every view shows it.
     """
     rec = (JOB, _time(), records.job_fields(fields))

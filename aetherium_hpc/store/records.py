@@ -24,7 +24,7 @@ KIND_NAMES = {RESOURCE: "resource", GENERATION: "generation", TRAINING: "trainin
 #: The columns of the ``jobs`` row a JOB record may set (:func:`job_fields`).
 JOB_COLUMNS = (
     "job_id", "array_job_id", "array_task_id", "node", "start_time", "end_time",
-    "status", "exit_code", "config", "requested", "detail",
+    "status", "exit_code", "config", "requested", "detail", "user_name",
 )  # fmt: skip
 #: Those of them that name the job: the writer stores them in its ``sources`` row, the others in ``job_rows``.
 JOB_IDENTITY_COLUMNS = JOB_COLUMNS[:4]
@@ -169,6 +169,7 @@ _JOB_CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "config": _job_json,
     "requested": _job_json,
     "detail": _job_detail,
+    "user_name": _job_text,
 }
 assert tuple(_JOB_CHECKS) == JOB_COLUMNS
 
@@ -179,7 +180,7 @@ def job_fields(fields: Any) -> dict[str, Any]:
     Raises a TypeError or ValueError naming the column: an unknown column, a value of
     the wrong type (``job_id`` / ``array_job_id``: str or int; ``array_task_id``,
     ``exit_code``: int; ``start_time`` / ``end_time``: finite numbers; ``node``,
-    ``status``, ``detail``: str; ``config`` / ``requested``: a JSON-serialisable dict,
+    ``status``, ``detail``, ``user_name``: str; ``config`` / ``requested``: a JSON-serialisable dict,
     stored as JSON text). None clears a column, except ``status``.
     """
     if not isinstance(fields, dict):

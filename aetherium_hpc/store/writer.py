@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import StoreError
+from ..jobenv import submitting_user
 from ..signals import block_job_signals, childless
 from . import catalogue, chunks, records, schema
 from .options import StoreOptions
@@ -222,6 +223,8 @@ class StoreWriter(threading.Thread):
         opts = options if options is not None else StoreOptions()
         self.path = path
         self.source = source or SourceInfo()
+        #: Who submitted the job: the ``user_name`` of the job row when a JOB record creates it without one.
+        self.user_name = submitting_user()
         self.buffer_size = opts.buffer_size
         self.flush_interval = opts.flush_interval_s
         self.queue = RecordQueue(opts.max_queue, opts.buffer_size, opts.on_full)
@@ -587,12 +590,16 @@ class StoreWriter(threading.Thread):
     def _write_job(self, conn: sqlite3.Connection, job: dict[str, Any]) -> int:
         """Write a JOB record in a savepoint: the identity columns into this writer's ``sources`` row
         (the one place a job's identity is stored), the others into its ``job_rows`` row (created,
-        status ``running``, at the first record). A record SQLite refuses is skipped. Returns rows refused."""
+        status ``running``, at the first record, with :attr:`user_name` unless the record names the
+        user). A record SQLite refuses is skipped. Returns rows refused."""
         who = [c for c in _JOB_IDENTITY_COLUMNS if c in job]
         cols = [c for c in _JOB_COLUMNS if c in job and c not in who]
         if not who and not cols:
             return 0
         upsert = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}" if cols else "DO NOTHING"
+        values = [job[c] for c in cols]
+        if "user_name" not in job and self.user_name:  # set when the row is created, never changed after
+            cols, values = [*cols, "user_name"], [*values, self.user_name]
         conn.execute("SAVEPOINT job")
         try:
             if who:
@@ -603,7 +610,7 @@ class StoreWriter(threading.Thread):
             conn.execute(
                 f"INSERT INTO job_rows(source_id{''.join(f', {c}' for c in cols)}) VALUES (?{', ?' * len(cols)})"
                 f" ON CONFLICT(source_id) {upsert}",
-                [self.source_id, *(job[c] for c in cols)],
+                [self.source_id, *values],
             )
         except _RECORD_ERRORS as exc:
             conn.execute("ROLLBACK TO job")

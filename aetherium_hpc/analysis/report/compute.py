@@ -4,7 +4,8 @@
 values that the text, the HTML page and ``--json`` all show: run span, resources per node,
 data-generation rounds, training finals and bests, per-task peaks, their spread across an
 array, the ranking of a sweep, and ``--mem`` / ``--time`` / ``--cpus-per-task`` advice
-against what was requested.
+against what was requested; of several jobs, the lab view (:mod:`.lab`): each job's use and
+waste, with the same advice for that job alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..formatting import duration as fmt_duration
 from ..formatting import memory_gb, memory_mb, minutes, pct, requeued, slurm_time
 from ..formatting import num as _num
 from ..sweep import higher_is_better, is_schedule, task_key, task_label, task_table
-from . import across
+from . import across, lab
 from .load import Loaded, Series, Source, nanstat
 
 #: Headroom on top of the largest observed use when advising --mem / --time.
@@ -47,6 +48,8 @@ def conclude(loaded: Loaded, sacct: dict[str, Any], objective: str | None = None
     if data["array"]["summarised"]:
         data["across"] = across.summarise(data["tasks"], data["sweep"], n_tasks)
         data["across"]["resources"] = across.resource_spread(data["resources"])
+    if lab.spans_jobs(loaded):  # several jobs: one row each, most wasteful first, with its own advice
+        data["lab"] = lab.summarise(loaded, data["tasks"], efficiency)
     return data
 
 
@@ -355,11 +358,16 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
     gpus = [t["requested"]["gpus"] for t in req_tasks if t["requested"].get("gpus")]
     if gpus:
         out["gpu"] = {"requested": max(gpus), "utilization_pct": _dist(gutil)}
+        n_gpus = max(gpus)
         if not gutil:
-            advice.append(f"gpu: {max(gpus)} GPU(s) requested but no GPU samples recorded; drop --gpus if unused")
+            advice.append(f"gpu: {n_gpus} GPU(s) requested but no GPU samples recorded; drop --gres=gpu:{n_gpus} "
+                          "(--gpus) if unused")  # fmt: skip
         elif float(np.median(gutil)) < 30.0:
-            advice.append(f"gpu: median utilisation {float(np.median(gutil)):.0f}%; the GPU waits on data "
-                          "(more data-loader workers) or is not needed")  # fmt: skip
+            median = float(np.median(gutil))
+            fewer = max(1, math.ceil(n_gpus * median / 100.0 * HEADROOM))  # the busy share of them, with headroom
+            advice.append(f"gpu: median utilisation {median:.0f}%; the GPU waits on data "
+                          "(more data-loader workers) or is not needed"
+                          + (f"; --gres=gpu:{fewer} would do" if fewer < n_gpus else ""))  # fmt: skip
     return out
 
 

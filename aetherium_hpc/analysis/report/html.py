@@ -13,11 +13,26 @@ from html import escape
 from typing import Any
 
 from ..formatting import duration as fmt_duration
-from ..formatting import minutes
+from ..formatting import memory_mb, minutes
 from ..formatting import num as _num
 from ..sweep import OK_STATUSES
 from .across import FORMAT
-from .text import ACROSS, cell, requeue_lines, status_counts, summary_lines, sweep_rows, training_rows
+from .text import (
+    ACROSS,
+    LAB_HEADER,
+    cell,
+    hours_cell,
+    lab_rows,
+    lab_title,
+    lab_user_lines,
+    lab_who,
+    pct_cell,
+    requeue_lines,
+    status_counts,
+    summary_lines,
+    sweep_rows,
+    training_rows,
+)
 
 #: Rows of the ranking and sacct tables of a large array (every row in JSON), and of its tasks
 #: that did not complete.
@@ -33,6 +48,7 @@ td.n{text-align:right;font-variant-numeric:tabular-nums}
 .advice li{margin:4px 0} img{width:100%;border:1px solid #eee}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(560px,1fr));gap:12px} figure{margin:0}
 tr.winner td{background:#eef7ee}
+details.job{margin:4px 0} details.job summary{cursor:pointer;font-size:13px}
 .st-completed{color:#176b1e} .st-failed,.st-timeout,.st-cancelled,.st-preempted,.st-lost,.st-out_of_memory,
 .st-node_fail,.st-boot_fail,.st-deadline{color:#b3261e;font-weight:600} .st-unknown{color:#8a5a00}
 """
@@ -79,7 +95,9 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         *(f"<li><b>{_h(line)}</b></li>" for line in summary_lines(d)),
         "</ul>",
     ]
-    if d["efficiency"]["advice"]:
+    if d.get("lab"):
+        parts += _lab(d["lab"])
+    elif d["efficiency"]["advice"]:  # (the lab view advises each job on its own)
         parts.append("<h2>Against what was requested</h2><ul class='advice'>")
         parts += [f"<li>{_h(a)}</li>" for a in d["efficiency"]["advice"]]
         parts.append("</ul>")
@@ -95,7 +113,7 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         parts.append(f"<h2>{_h(across)}</h2>")
         parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
     sweep = d.get("sweep") or {}
-    if len(sweep.get("tasks", [])) > 1:
+    if len(sweep.get("tasks", [])) > 1 and not d.get("lab"):  # a ranking across unrelated jobs says nothing
         header, rows = sweep_rows(sweep)
         obj = sweep["objective"]
         how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
@@ -217,6 +235,32 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
                      + "".join(body) + "</tbody></table>")  # fmt: skip
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _lab(lab: dict[str, Any]) -> list[str]:
+    """The lab view: a table of the jobs (most wasteful first), the waste per user, and per job its
+    advice and its tasks (a section each, folded)."""
+    out = [f"<h2>{_h('Jobs: ' + lab_title(lab))}</h2>",
+           _html_table(LAB_HEADER, lab_rows(lab), numeric=(3, *range(5, len(LAB_HEADER)))),
+           "<ul>", *(f"<li>{_h(line)}</li>" for line in lab_user_lines(lab)), "</ul>",
+           f"<h2>{_h('Each job: advice and tasks')}</h2>"]  # fmt: skip
+    for j in lab["jobs"]:
+        said = f"{lab_who(j)}: {j['tasks']} task(s), {j['status']}; unused {hours_cell(j['wasted_core_hours'])} core-h, " \
+               f"{hours_cell(j['wasted_gb_hours'])} GB-h"  # fmt: skip
+        out.append(f"<details class='job'><summary>{_h(said)}</summary><ul class='advice'>")
+        out += [f"<li>{_h(a)}</li>" for a in j["advice"]] or ["<li>no advice</li>"]
+        out.append("</ul>")
+        out.append(_html_table(
+            ["task", "status", "runtime", "cores busy", "CPU used/req", "peak memory", "mem peak/req", "GPU busy",
+             "unused core-h", "unused GB-h", "idle GPU-h"],
+            [[t["source"], t["status"], fmt_duration(t["runtime_s"]), _num(t["cpu_cores"]), pct_cell(t["cpu_efficiency"]),
+              memory_mb(t["peak_memory_mb"]), pct_cell(t["memory_efficiency"]),
+              "-" if t["gpu_util_pct"] is None else f"{t['gpu_util_pct']:.0f}%", hours_cell(t["wasted_core_hours"]),
+              hours_cell(t["wasted_gb_hours"]), hours_cell(t["idle_gpu_hours"])] for t in j["task_rows"]],
+            numeric=range(2, 11),
+        ))  # fmt: skip
+        out.append("</details>")
+    return out
 
 
 def _across(d: dict[str, Any]) -> list[str]:

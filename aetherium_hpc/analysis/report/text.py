@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..formatting import duration as fmt_duration
-from ..formatting import memory_mb
+from ..formatting import memory_gb, memory_mb, minutes
 from ..formatting import num as _num
 from ..sweep import OK_STATUSES, is_schedule, params_text
 from .across import FORMAT
@@ -50,8 +50,10 @@ def _summary(d: dict[str, Any]) -> str:
         f"{smp['generation']} generation rows, {smp['training']} training rows",
     ]
     lines += summary_lines(d)
+    if d.get("lab"):
+        lines += ["", *lab_lines(d["lab"])]
     sweep = d.get("sweep") or {}
-    if len(sweep.get("tasks", [])) > 1:
+    if len(sweep.get("tasks", [])) > 1 and not d.get("lab"):  # a ranking across unrelated jobs says nothing
         header, rows = sweep_rows(sweep)
         obj = sweep["objective"]
         how = f"ranked by the final {obj['metric']} ({obj['goal']})" if obj else "no training metric to rank by"
@@ -115,9 +117,67 @@ def _summary(d: dict[str, Any]) -> str:
         for j in d["jobs"]:
             if j.get("resolved_from") or j["status"] == "unknown":
                 lines.append(f"  {j['source']}: {j['status']}: {j['detail']}")
-    if d["efficiency"]["advice"]:
+    if d["efficiency"]["advice"] and not d.get("lab"):  # (the lab view advises each job on its own)
         lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
     return "\n".join(lines) + "\n"
+
+
+def pct_cell(x: Any) -> str:
+    return "-" if x is None else f"{100.0 * x:.0f}%"
+
+
+def hours_cell(x: Any) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
+#: The columns of the lab view's table of jobs (text and HTML); the first five are words.
+LAB_HEADER = ["job", "user", "name", "tasks", "state", "cores", "memory", "GPUs", "time limit", "CPU used/req",
+              "mem peak/req", "GPU busy", "runtime/limit", "unused core-h", "unused GB-h", "idle GPU-h"]  # fmt: skip
+
+
+def lab_title(lab: dict[str, Any]) -> str:
+    n, users = len(lab["jobs"]), len(lab["users"])
+    return (f"{n} jobs of {users} user{'s' if users != 1 else ''}, most wasteful first (requested but unused "
+            f"core-hours + GB-hours, {_num(lab['gb_per_core'])} GB counted as one core)")  # fmt: skip
+
+
+def lab_rows(lab: dict[str, Any]) -> list[list[str]]:
+    """One row per job of the lab view, in its order (waste first), every cell written."""
+    rows = []
+    for j in lab["jobs"]:
+        req = j["requested"]
+        rows.append([
+            j["job"], j["user"] or "-", j["name"] or "-", str(j["tasks"]), j["status"],
+            cell(req.get("cpus")), memory_gb(req.get("mem_gb")), cell(req.get("gpus")), minutes(req.get("timeout_min")),
+            pct_cell(j["cpu_efficiency"]), pct_cell(j["memory_efficiency"]),
+            "-" if j["gpu_util_pct"] is None else f"{j['gpu_util_pct']:.0f}%", pct_cell(j["time_efficiency"]),
+            hours_cell(j["wasted_core_hours"]), hours_cell(j["wasted_gb_hours"]), hours_cell(j["idle_gpu_hours"]),
+        ])  # fmt: skip
+    return rows
+
+
+def lab_user_lines(lab: dict[str, Any]) -> list[str]:
+    """``alice: 25 jobs (40 tasks), 120.5 core-h, 380.0 GB-h unused, 2.0 GPU-h idle`` per user."""
+    return [f"{user}: {u['jobs']} jobs ({u['tasks']} tasks), {hours_cell(u['wasted_core_hours'])} core-h and "
+            f"{hours_cell(u['wasted_gb_hours'])} GB-h unused, {hours_cell(u['idle_gpu_hours'])} GPU-h idle"
+            for user, u in lab["users"].items()]  # fmt: skip
+
+
+def lab_lines(lab: dict[str, Any]) -> list[str]:
+    """The lab view: the table of jobs, the waste per user, each job's advice."""
+    out = [f"jobs: {lab_title(lab)}:"]
+    out += _table(LAB_HEADER, lab_rows(lab))
+    out += ["", "per user:"] + [f"  {line}" for line in lab_user_lines(lab)]
+    out += ["", "advice per job (each task's figures: --html, --json, or report with --job ID):"]
+    for j in lab["jobs"]:
+        out.append(f"  {lab_who(j)}:" + ("" if j["advice"] else " no advice"))
+        out += [f"    {a}" for a in j["advice"]]
+    return out
+
+
+def lab_who(job: dict[str, Any]) -> str:
+    """``8800114 (bob, exp-a)``: a job of the lab view, its user and name."""
+    return f"{job['job']} ({', '.join(x for x in (job['user'], job['name']) if x) or '-'})"
 
 
 def status_counts(jobs: list[dict[str, Any]]) -> str:
@@ -176,7 +236,7 @@ def summary_lines(d: dict[str, Any]) -> list[str]:
     sweep = d.get("sweep") or {}
     tasks = sweep.get("tasks") or []
     obj = sweep.get("objective")
-    if len(tasks) > 1 and obj and sweep.get("winner"):
+    if len(tasks) > 1 and obj and sweep.get("winner") and not d.get("lab"):  # (no winner among unrelated jobs)
         w = next(t for t in tasks if t["task"] == sweep["winner"])
         params = f" ({params_text(w['params'])})" if w["params"] else ""
         note = "" if w["status"] in (*OK_STATUSES, None) else f", {w['status']}"

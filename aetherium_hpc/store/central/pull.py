@@ -12,7 +12,9 @@ later pull adds what is new without duplicates.
 its last chunk (PostgreSQL's live chunk grows in place: it is rewritten when it grew), per source
 the last generation and training row. One source's rows are pushed by one sender, one transaction
 after the other, so its ids grow in commit order and "id above the last one pulled" misses nothing.
-The selection is resolved again at each pull: tasks that start later join the view.
+The selection is resolved again at each pull: tasks that start later join the view. ``--since`` and
+``--user`` select a lab's jobs of a time window, or one user's: the report then shows them side by
+side (:mod:`...analysis.report.lab`).
 
 Everything is streamed (binary ``COPY (SELECT ...) TO STDOUT``, inserted in batches of
 :data:`BATCH` rows) inside one ``REPEATABLE READ, READ ONLY`` transaction: a consistent snapshot
@@ -55,18 +57,27 @@ class Selection:
     jobs: tuple[str, ...] = ()  # a job id (an array task's own id too) or an array job id: all its tasks
     tasks: tuple[int, ...] = ()  # array task ids
     run: str | None = None  # a run directory's name (``<name>-<YYYYmmdd-HHMMSS>-<hex>``)
+    #: Unix seconds: the tasks that overlap the window from then to now (still running, or without an
+    #: end recorded; ended at or after it; or started at or after it).
+    since: float | None = None
+    user: str | None = None  # the tasks this user submitted (``job_rows.user_name``)
 
     @property
     def empty(self) -> bool:
-        return not (self.jobs or self.tasks or self.run)
+        return not (self.jobs or self.tasks or self.run or self.since is not None or self.user)
 
     def describe(self) -> str:
-        """The filter as the command line wrote it (``--job 123 --task 0,2``)."""
+        """The filter as the command line wrote it (``--job 123 --task 0,2``; ``--since`` as a UTC time)."""
         parts = [f"--job {j}" for j in self.jobs]
         if self.tasks:
             parts.append("--task " + ",".join(str(t) for t in self.tasks))
         if self.run:
             parts.append(f"--run {self.run}")
+        if self.since is not None:
+            when = datetime.datetime.fromtimestamp(self.since, tz=datetime.timezone.utc)
+            parts.append("--since " + when.strftime("%Y-%m-%dT%H:%MZ"))
+        if self.user:
+            parts.append(f"--user {self.user}")
         return " ".join(parts) or "no filter"
 
 
@@ -224,6 +235,12 @@ class Puller:
                 "(strpos(coalesce(j.config::text, ''), %s) > 0 OR strpos(coalesce(s.source_path, ''), %s) > 0)"
             )
             params += [sel.run, sel.run]
+        if sel.since is not None:  # overlapping the window (a task without a job row has no end: kept)
+            where.append("(j.end_time IS NULL OR j.end_time >= %s OR j.start_time >= %s)")
+            params += [sel.since, sel.since]
+        if sel.user:
+            where.append("j.user_name = %s")
+            params.append(sel.user)
         rows: list[tuple[Any, ...]] = cur.execute(
             "SELECT s.source_id, s.job_id, s.array_job_id, s.array_task_id, s.node, s.hostname, s.source_path,"
             " s.attempt, j.config::text FROM sources s LEFT JOIN job_rows j USING (source_id)"
