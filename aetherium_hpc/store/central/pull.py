@@ -313,13 +313,13 @@ class Puller:
         """New chunks of the selected series, and the last chunk of each when it grew (rewritten in place)."""
         last = self._held.last_chunk
         known = sorted(last)
-        newest = window = ""
+        window = ""
         bounds: list[Any] = []
         if self.recent_s is not None:  # each series' newest end: one probe of sample_chunks_by_end
-            newest = (
-                " CROSS JOIN LATERAL (SELECT max(e.t1) AS t1 FROM sample_chunks e WHERE e.series_id = s.series_id) z"
+            window = (
+                " AND c.t1 >= greatest(%s::float8, (SELECT max(e.t1) FROM sample_chunks e"
+                " WHERE e.series_id = s.series_id) - %s::float8) - %s::float8"
             )
-            window = " AND c.t1 >= greatest(%s::float8, z.t1 - %s::float8) - %s::float8"
             bounds = [self.since, self.recent_s, chunks.T1_SLACK_S]
         elif self.since is not None:
             window = " AND c.t1 >= %s::float8 - %s::float8"
@@ -327,14 +327,18 @@ class Puller:
         cols = "c.series_id, c.k0, c.t0, c.t1, c.n, c.dt_ms, c.jit, c.vals"
         rows = _stream(
             cur,
-            # series the file does not hold yet: the chunks that end in the window (by sample_chunks_by_end) ...
-            f"SELECT {cols} FROM series s{newest} JOIN sample_chunks c ON c.series_id = s.series_id{window}"
+            # Per series (a LATERAL subquery kept apart by OFFSET 0: one index range scan each, whatever the
+            # planner guesses of the bound), of those the file does not hold yet the chunks that end in the
+            # window (sample_chunks_by_end) ...
+            f"SELECT {cols} FROM series s CROSS JOIN LATERAL (SELECT * FROM sample_chunks c"
+            f" WHERE c.series_id = s.series_id{window} OFFSET 0) c"
             " WHERE s.source_id = ANY(%s) AND NOT s.series_id = ANY(%s)"
-            # ... and of those it holds, the chunks after its last one and that one when it grew (by the key)
+            # ... and of those it holds, the chunks after its last one and that one when it grew (the key)
             f" UNION ALL SELECT {cols} FROM unnest(%s::bigint[], %s::bigint[], %s::int[]) AS m(series_id, k0, n)"
             " JOIN series s ON s.series_id = m.series_id"
-            " JOIN sample_chunks c ON c.series_id = m.series_id AND c.k0 >= m.k0"
-            " WHERE s.source_id = ANY(%s) AND (c.k0 > m.k0 OR c.n > m.n)"
+            " CROSS JOIN LATERAL (SELECT * FROM sample_chunks c WHERE c.series_id = m.series_id AND c.k0 >= m.k0"
+            " AND (c.k0 > m.k0 OR c.n > m.n) OFFSET 0) c"
+            " WHERE s.source_id = ANY(%s)"
             " ORDER BY 1, 2",
             [*bounds, ids, known, known, [last[s][0] for s in known], [last[s][1] for s in known], ids],
             ["int8", "int8", "float8", "float8", "int4", "int4", "int4[]", "float8[]"],
