@@ -27,6 +27,7 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import aetherium_hpc as ah  # noqa: E402
+from aetherium_hpc.store import SourceInfo  # noqa: E402
 from aetherium_hpc.store.client import log_resource_samples  # noqa: E402
 
 QUERY = (
@@ -68,10 +69,12 @@ def value(spec: tuple[str, str, str, str], k: int, rnd: random.Random) -> float:
     return round(rnd.uniform(0.1, 0.6), 3)
 
 
-def write_ours(path: str, seconds: int, specs: list[tuple[str, str, str, str]]) -> None:
+def write_ours(
+    path: str, seconds: int, specs: list[tuple[str, str, str, str]], source: SourceInfo | None = None
+) -> None:
     rnd = random.Random(1)
     t0 = 1_790_000_000.0
-    ah.init_db(path, buffer_size=10**9, flush_interval=10**6, max_queue=10**9)
+    ah.init_db(path, buffer_size=10**9, flush_interval=10**6, max_queue=10**9, source=source)
     store = ah.get_db()
     assert store is not None
     for k in range(seconds):

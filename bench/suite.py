@@ -32,7 +32,19 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from aetherium_hpc.analysis.report.across import MANY_TASKS  # noqa: E402
-from bench import central, copyback, edges, ingest, merge, monitor_overhead, peers, scale, storage, window  # noqa: E402
+from bench import (  # noqa: E402
+    central,
+    copyback,
+    edges,
+    ingest,
+    merge,
+    monitor_overhead,
+    peers,
+    scale,
+    storage,
+    timerange,
+    window,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PERFORMANCE.md"
@@ -369,6 +381,41 @@ def run_storage(res: Results, s: dict[str, Any]) -> None:
         f"{times(med(r))} the row table's time", "< 50 ms", med(m["q_ours"]) < 50.0, "`python bench/storage.py`",
         "query",
     ))  # fmt: skip
+    run_time_range(res, s)
+
+
+def run_time_range(res: Results, s: dict[str, Any]) -> None:
+    """One metric of one job over the last 5 minutes, SQLite and PostgreSQL: chunk bounds vs naive."""
+    m = timerange.measure(s["hours"], max(res.repeat, s["query_repeat"]))
+    cmd = "`python bench/timerange.py`"
+    what = (f"one metric of one job over the last {timerange.WINDOW_S / 60:g} minutes on {m['samples'] / 1e6:.2f}M "
+            "samples, `chunk_t1 >= :from - 0.001 AND chunk_t0 <= :to AND timestamp BETWEEN :from AND :to`")  # fmt: skip
+    target = f"≤ {timerange.TARGET_MS:g} ms"
+    for name, key in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")):
+        if key not in m:
+            res.missing(
+                f"{what}, {name}", f"skipped: set {central.URL_VARIABLE} ({m['postgres_skipped']})", target, cmd
+            )
+            continue
+        q = m[key]
+        r = pairwise(q["range"], q["naive"])
+        res.add(Row(
+            f"{what}, {name} ({len(q['range'])} runs; {q['rows']} rows, the naive rows: {q['agree']}; "
+            f"index on the chunk ends: {q['index_used']})",
+            f"**{spread(q['range'], ms)}**", f"`timestamp BETWEEN` alone (every chunk unpacked): {spread(q['naive'], ms)}",
+            f"**{times(med(r))}** the naive time", target, med(q["range"]) <= timerange.TARGET_MS and q["agree"], cmd,
+            f"range_{key}",
+        ))  # fmt: skip
+    if "postgres" in m:
+        pg = m["postgres"]
+        res.add(Row(
+            f"`watch` on the central store: its first pull of that job, the last {pg['watch_window_s']:g} s of each "
+            f"series ({pg['window_samples']:,} samples; {len(pg['pull_window'])} runs)",
+            f"**{spread([x * 1000 for x in pg['pull_window']], ms)}**, then a refresh with nothing new "
+            f"{spread([x * 1000 for x in pg['pull_refresh']], ms)}",
+            f"the whole job ({pg['whole_samples']:,} samples): {secs(pg['pull_whole'])}",
+            f"{times(med(pg['pull_window']) / pg['pull_whole'])} the whole pull's time", "–", None, cmd, "range_pull",
+        ))  # fmt: skip
 
 
 def run_copyback(res: Results, s: dict[str, Any]) -> None:
@@ -656,7 +703,8 @@ def versions() -> str:
 
 SHORT = {
     "ingest": "End-to-end ingest", "latency": "Log call", "live": "Live monitor + store", "tbx": "Ingest vs tensorboardX", "monitor": "Monitor sample",
-    "bytes": "Bytes per sample", "query": "Aggregate query", "merge": "Merge", "submit": "1,000-task array submit",
+    "bytes": "Bytes per sample", "query": "Aggregate query",
+    "range_sqlite": "Time range, SQLite", "range_postgres": "Time range, PostgreSQL", "merge": "Merge", "submit": "1,000-task array submit",
     "copy_bytes": "Copy-back bytes", "copy_cpu": "Copy-back CPU", "scale_time": "2,000-database merge time",
     "scale_memory": "2,000-database merge memory", "scale_report": "Report of the 2,000-database merge",
     "startup": "Start-up, locally", "sigterm": "SIGTERM to disk, locally",

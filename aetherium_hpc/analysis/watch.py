@@ -33,6 +33,15 @@ __all__ = ["TaskView", "read_task", "render", "watch"]
 
 #: Samples in a sparkline.
 HISTORY = 24
+#: The sparklines draw at most this many seconds before a series' newest sample: the chunks read
+#: (and, from a central store, pulled) are those that end in it (docs/CENTRAL.md, "Time-range questions").
+WINDOW_S = 600.0
+#: A series' newest chunks that end in :data:`WINDOW_S` (index ``sample_chunks_by_end``, twice:
+#: its newest end, then the chunks from there back; no other chunk of the series is read).
+_RECENT_CHUNKS_SQL = (
+    "SELECT t1, vals FROM sample_chunks WHERE series_id = ?"
+    " AND t1 >= (SELECT max(t1) FROM sample_chunks WHERE series_id = ?) - ? ORDER BY t1 DESC LIMIT 2"
+)
 _BLOCKS = "▁▂▃▄▅▆▇█"
 #: Statuses of a task that has not ended.
 _LIVE = ("running", None)
@@ -76,7 +85,8 @@ def sparkline(values: list[float]) -> str:
 
 
 def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], source: int) -> list[float]:
-    """The last samples of the first of ``names`` the source has (summed over devices by time)."""
+    """The last samples (within :data:`WINDOW_S`) of the first of ``names`` the source has (averaged over
+    devices by time)."""
     for name in names:
         ids = [r[0] for r in conn.execute(
             "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ? AND source_id = ?",
@@ -85,9 +95,7 @@ def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], 
             continue
         per_series: list[list[float]] = []
         for sid in ids:
-            rows: list[tuple[float, str]] = conn.execute(
-                "SELECT t0, vals FROM sample_chunks WHERE series_id = ? ORDER BY t0 DESC LIMIT 2", (sid,)
-            ).fetchall()
+            rows: list[tuple[float, str]] = conn.execute(_RECENT_CHUNKS_SQL, (sid, sid, WINDOW_S)).fetchall()
             vals: list[float] = []
             for _, text in sorted(rows):
                 vals += chunks.decode_values(text)
@@ -283,10 +291,11 @@ def _run_frames(target: str) -> Frame:
 
 def _central_frames(url: str, selection: Selection, stack: ExitStack) -> Frame:
     """Frames of a central store's selection: each pulls what is new into one temporary database
-    (the first pull is whole, later ones incremental: :class:`...store.central.pull.Puller`), then
-    reads one view per source. A refresh that fails keeps the last frame and says why in the title."""
+    (the first pull the chunks of the last :data:`WINDOW_S` of each series and every row, later ones
+    what is new: :class:`...store.central.pull.Puller`), then reads one view per source. A refresh
+    that fails keeps the last frame and says why in the title."""
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="aeth-watch-"))
-    puller = stack.enter_context(Puller(url, selection, os.path.join(folder, "central.db")))
+    puller = stack.enter_context(Puller(url, selection, os.path.join(folder, "central.db"), recent_s=WINDOW_S))
     title = f"aetherium-hpc watch: {puller.where} {selection.describe()}"
     pulls = 0
 

@@ -36,6 +36,12 @@ CHUNK_SAMPLES = 180
 #: A sample's timestamp in SQL, for chunk alias ``c`` and ``json_each(c.vals)`` alias ``j``.
 TIMESTAMP_SQL = "c.t0 + (j.key * c.dt_ms + json_extract(c.jit, '$[' || j.key || ']')) / 1000.0"
 
+#: How far past its chunk's ``t1`` a sample's timestamp as the views compute it (:data:`TIMESTAMP_SQL`)
+#: may lie: ``t1`` is the last sample's time as logged, its offset is rounded to whole milliseconds
+#: (up to 0.5 ms later). Never before ``t0`` (the first offset is 0). A time-range question reads the
+#: chunks with ``t1 >= :from - T1_SLACK_S AND t0 <= :to`` (docs/CENTRAL.md, "Time-range questions").
+T1_SLACK_S = 0.001
+
 
 def encode_value(value: float | None) -> str:
     """JSON text of one sample value: 7 significant digits, NaN → null, ±inf → ±9e999."""

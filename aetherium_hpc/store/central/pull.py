@@ -16,6 +16,11 @@ The selection is resolved again at each pull: tasks that start later join the vi
 ``--user`` select a lab's jobs of a time window, or one user's: the report then shows them side by
 side (:mod:`...analysis.report.lab`).
 
+A time window (``since``: epoch seconds; ``recent_s``: the last seconds before each series' newest
+sample, what ``watch`` draws) pulls of a series it does not hold yet only the chunks that end in it
+(``t1 >= since - chunks.T1_SLACK_S``, over the index ``sample_chunks_by_end``), and then, as
+without one, what follows them. Generation, training and job rows are pulled whole.
+
 Everything is streamed (binary ``COPY (SELECT ...) TO STDOUT``, inserted in batches of
 :data:`BATCH` rows) inside one ``REPEATABLE READ, READ ONLY`` transaction: a consistent snapshot
 whose size need not fit in memory. Nothing in PostgreSQL is created or changed.
@@ -108,8 +113,22 @@ class Puller:
     """Pulls ``selection`` of the central store at ``url`` into the SQLite file ``path`` (created by
     the first :meth:`pull`; later ones add what is new). Close it, or use it as a context manager."""
 
-    def __init__(self, url: str, selection: Selection, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        url: str,
+        selection: Selection,
+        path: str | os.PathLike[str],
+        since: float | None = None,
+        *,
+        recent_s: float | None = None,
+    ) -> None:
+        """``since``: pull only the chunks that end at or after this time (epoch seconds; None: from
+        the first); ``recent_s``: only those that end within this many seconds of their series'
+        newest sample. Both: the later bound. Either applies to a series' first pull; later pulls
+        add what follows what the file holds."""
         self.url = url
+        self.since = since
+        self.recent_s = recent_s
         self.where = mask(url)
         self.selection = selection
         self.path = os.fspath(path)
@@ -311,14 +330,34 @@ class Puller:
         """New chunks of the selected series, and the last chunk of each when it grew (rewritten in place)."""
         last = self._held.last_chunk
         known = sorted(last)
+        window = ""
+        bounds: list[Any] = []
+        if self.recent_s is not None:  # each series' newest end: one probe of sample_chunks_by_end
+            window = (
+                " AND c.t1 >= greatest(%s::float8, (SELECT max(e.t1) FROM sample_chunks e"
+                " WHERE e.series_id = s.series_id) - %s::float8) - %s::float8"
+            )
+            bounds = [self.since, self.recent_s, chunks.T1_SLACK_S]
+        elif self.since is not None:
+            window = " AND c.t1 >= %s::float8 - %s::float8"
+            bounds = [self.since, chunks.T1_SLACK_S]
+        cols = "c.series_id, c.k0, c.t0, c.t1, c.n, c.dt_ms, c.jit, c.vals"
         rows = _stream(
             cur,
-            "SELECT c.series_id, c.k0, c.t0, c.t1, c.n, c.dt_ms, c.jit, c.vals FROM sample_chunks c"
-            " JOIN series s ON s.series_id = c.series_id"
-            " LEFT JOIN unnest(%s::bigint[], %s::bigint[], %s::int[]) AS m(series_id, k0, n) ON m.series_id = c.series_id"
-            " WHERE s.source_id = ANY(%s) AND (m.series_id IS NULL OR c.k0 > m.k0 OR (c.k0 = m.k0 AND c.n > m.n))"
-            " ORDER BY c.series_id, c.k0",
-            (known, [last[s][0] for s in known], [last[s][1] for s in known], ids),
+            # Per series (a LATERAL subquery kept apart by OFFSET 0: one index range scan each, whatever the
+            # planner guesses of the bound), of those the file does not hold yet the chunks that end in the
+            # window (sample_chunks_by_end) ...
+            f"SELECT {cols} FROM series s CROSS JOIN LATERAL (SELECT * FROM sample_chunks c"
+            f" WHERE c.series_id = s.series_id{window} OFFSET 0) c"
+            " WHERE s.source_id = ANY(%s) AND NOT s.series_id = ANY(%s)"
+            # ... and of those it holds, the chunks after its last one and that one when it grew (the key)
+            f" UNION ALL SELECT {cols} FROM unnest(%s::bigint[], %s::bigint[], %s::int[]) AS m(series_id, k0, n)"
+            " JOIN series s ON s.series_id = m.series_id"
+            " CROSS JOIN LATERAL (SELECT * FROM sample_chunks c WHERE c.series_id = m.series_id AND c.k0 >= m.k0"
+            " AND (c.k0 > m.k0 OR c.n > m.n) OFFSET 0) c"
+            " WHERE s.source_id = ANY(%s)"
+            " ORDER BY 1, 2",
+            [*bounds, ids, known, known, [last[s][0] for s in known], [last[s][1] for s in known], ids],
             ["int8", "int8", "float8", "float8", "int4", "int4", "int4[]", "float8[]"],
         )
         insert, update = chunks.INSERT_SQL, chunks.UPDATE_SQL
