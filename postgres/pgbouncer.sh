@@ -7,6 +7,10 @@
 #   postgres/pgbouncer.sh down   stop it
 #   postgres/pgbouncer.sh env    print `export AETHERIUM_TEST_PGBOUNCER=postgresql://...`
 #
+# A second one, in front of the small server of .ci/run (the 300-sender test):
+#   AETHERIUM_PG_DIR=/tmp/aetherium-pg-small AETHERIUM_PG_PORT=15433 AETHERIUM_PGBOUNCER_DIR=/tmp/aetherium-pgbouncer-small \
+#   AETHERIUM_PGBOUNCER_PORT=16433 AETHERIUM_PGBOUNCER_ENV=AETHERIUM_TEST_PGBOUNCER_SMALL postgres/pgbouncer.sh up
+#
 # It listens on 127.0.0.1:${AETHERIUM_PGBOUNCER_PORT:-16432}, pools at most
 # ${AETHERIUM_PGBOUNCER_POOL:-4} server connections per database and role, and serves the database
 # ${AETHERIUM_PG_DB:-aetherium}_pool, which it creates on the server (PgBouncer passes no `options`,
@@ -25,6 +29,7 @@ DIR="${AETHERIUM_PGBOUNCER_DIR:-/tmp/aetherium-pgbouncer}"
 PORT="${AETHERIUM_PGBOUNCER_PORT:-16432}"
 POOL="${AETHERIUM_PGBOUNCER_POOL:-4}"
 POOL_DB="${PG_DB}_pool"
+ENV_NAME="${AETHERIUM_PGBOUNCER_ENV:-AETHERIUM_TEST_PGBOUNCER}"
 WAIT_S=30
 
 die() { echo "pgbouncer.sh: ERROR: $1" >&2; exit 1; }
@@ -33,6 +38,7 @@ info() { echo "pgbouncer.sh: $*"; }
 for _v in PG_PORT PORT POOL; do
     [[ "${!_v}" =~ ^[1-9][0-9]*$ ]] || { echo "pgbouncer.sh: ERROR: $_v='${!_v}' is not a positive integer" >&2; exit 2; }
 done
+[[ "$ENV_NAME" =~ ^[A-Z_][A-Z0-9_]*$ ]] || { echo "pgbouncer.sh: ERROR: AETHERIUM_PGBOUNCER_ENV='$ENV_NAME' must be an upper-case variable name" >&2; exit 2; }
 for _v in PG_DB PG_ROLE; do
     [[ "${!_v}" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "pgbouncer.sh: ERROR: $_v='${!_v}' must be a plain lower-case SQL name" >&2; exit 2; }
 done
@@ -146,7 +152,7 @@ cmd_down() {
 
 cmd_env() {
     [[ -s "$PASS_FILE" ]] || die "no password file $PASS_FILE: run postgres/server.sh up first"
-    printf 'export AETHERIUM_TEST_PGBOUNCER=%q\n' "postgresql://$PG_ROLE:$(cat "$PASS_FILE")@127.0.0.1:$PORT/$POOL_DB"
+    printf 'export %s=%q\n' "$ENV_NAME" "postgresql://$PG_ROLE:$(cat "$PASS_FILE")@127.0.0.1:$PORT/$POOL_DB"
 }
 
 case "${1:-}" in

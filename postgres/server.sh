@@ -10,7 +10,7 @@
 #
 # A second, small server for the lab-scale tests (.ci/run starts one):
 #   AETHERIUM_PG_DIR=/tmp/aetherium-pg-small AETHERIUM_PG_PORT=15433 AETHERIUM_PG_MAX_CONNECTIONS=20 \
-#   AETHERIUM_PG_SENDER_LIMIT=10 AETHERIUM_PG_ENV=AETHERIUM_TEST_PG_SMALL postgres/server.sh up
+#   AETHERIUM_PG_SENDER_LIMIT=8 AETHERIUM_PG_ENV=AETHERIUM_TEST_PG_SMALL postgres/server.sh up
 # AETHERIUM_PG_SENDER_LIMIT=N also creates the role <role>_sender (same password, CONNECTION LIMIT N,
 # acting as <role>): what docs/CENTRAL.md advises a lab to give its nodes' senders; `env` then
 # prints its URL as ${AETHERIUM_PG_ENV}_SENDER too.

@@ -118,6 +118,15 @@ class _Snapshot:
     stats: list[tuple[Any, ...]]
     more: bool
 
+    def news(self, mark: Mark) -> bool:
+        """Whether it holds anything ``mark`` has not sent (else a push would change nothing)."""
+        return bool(
+            self.series or self.regrown or self.chunks or self.generation or self.training
+            or any(mark.source_rows.get(r[0]) != tuple(r) for r in self.sources)
+            or any(mark.jobs.get(r[0]) != tuple(r) for r in self.jobs if r[0] in mark.sources)
+            or any(mark.stats.get((r[0], r[1])) != r[2] for r in self.stats if r[0] in mark.sources)
+        )  # fmt: skip
+
 
 def _read(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
     """Everything :func:`push` needs, from one read transaction (a consistent snapshot)."""
@@ -189,7 +198,12 @@ def push(sqlite_conn: sqlite3.Connection, pg: Any, mark: Mark | None = None) -> 
     transaction; return the new mark and what was sent. On an error nothing is committed and
     ``mark`` is unchanged (the caller retries with it)."""
     old = mark if mark is not None else Mark()
-    snap = snapshot(sqlite_conn, old)
+    return send(snapshot(sqlite_conn, old), pg, old)
+
+
+def send(snap: _Snapshot, pg: Any, old: Mark) -> tuple[Mark, Pushed]:
+    """The PostgreSQL half of :func:`push`: ``snap`` (read with ``old``) in one transaction of ``pg``.
+    The live sender reads first and connects only when the snapshot has :meth:`~_Snapshot.news`."""
     new = old.copy()
     out = Pushed(more=snap.more)
     out.read = len(snap.regrown) + len(snap.chunks) + len(snap.generation) + len(snap.training)

@@ -7,8 +7,9 @@ The job never waits on it: log calls and the writer do not know it exists; the S
 the durable backlog and a push reads at most :data:`.push.BATCH_ROWS` rows per table, so its
 memory is bounded whatever the backlog.
 
-**One connection per push, not per job.** A sender connects, pushes what is new, and disconnects:
-it holds a server connection for the few milliseconds of a push, so a thousand nodes at a 5 s
+**One connection per push, not per job.** A sender reads what is new from SQLite first; only
+then, and only if there is something, it connects, sends it, and disconnects: it holds a server
+connection for the few milliseconds of a push, so a thousand nodes at a 5 s
 interval share a handful of the server's connections instead of holding a thousand (which locked
 every other client out). The bound itself is the server's to enforce, since nodes do not know each
 other: a ``CONNECTION LIMIT`` on the senders' role, or PgBouncer's pool (docs/CENTRAL.md). No
@@ -45,7 +46,7 @@ from ...errors import CentralBusyError, CentralStoreError
 from ...signals import block_job_signals
 from .. import catalogue, reader
 from . import schema
-from .push import Mark, push
+from .push import Mark, send, snapshot
 from .url import connect, is_busy, psycopg_module
 
 #: Seconds between pushes.
@@ -91,7 +92,7 @@ class CentralSender(threading.Thread):
         self.dropped = 0
         self.pending = 0
         self.last_ok = 0.0
-        self.pushes = 0  # rounds that reached the server and committed
+        self.pushes = 0  # transactions committed on the server
         self.busy = 0  # pushes put off because the server had no connection to give
         self.gave_up: str | None = None  # why the sender stopped for good
         self._rng = random.Random()  # seeded from the OS: every node draws its own moments
@@ -174,7 +175,6 @@ class CentralSender(threading.Thread):
                   file=sys.stderr, flush=True)  # fmt: skip
         self._failures = self._data_failures = self._busy_run = 0
         self._first = False
-        self.pushes += 1
         return _OK
 
     def _busy_answer(self) -> str:
@@ -184,25 +184,32 @@ class CentralSender(threading.Thread):
 
     # -- one round --------------------------------------------------------------------------------
     def _push_all(self, *, final: bool) -> None:
-        timeout = self._remaining() if final else None
-        self._pg = connect(self.url, timeout=timeout or 5, application="aetherium-hpc sender")
-        if not self._schema_ready:
-            schema.ensure(self._pg, self.where)
-            self._schema_ready = True
+        """Read what is new, then connect and send it (a node with nothing new does not connect)."""
         if self._sqlite is None:
             self._sqlite = reader.open_readonly(self.path, timeout=5.0)
             self._sqlite.isolation_level = None
         while True:
+            mark = self.mark if self.mark is not None else Mark()
+            snap = snapshot(self._sqlite, mark)
+            if not snap.news(mark):
+                return
+            if self._pg is None:
+                timeout = self._remaining() if final else None
+                self._pg = connect(self.url, timeout=timeout or 5, application="aetherium-hpc sender")
+                if not self._schema_ready:
+                    schema.ensure(self._pg, self.where)
+                    self._schema_ready = True
             try:
-                self.mark, pushed = push(self._sqlite, self._pg, self.mark)
+                self.mark, pushed = send(snap, self._pg, mark)
             except BaseException:
                 self.pending = max(self.pending, 1)
                 raise
             self.sent_rows += pushed.rows
+            self.pushes += 1
             self.pending = 0
             self.last_ok = time.time()
             if not pushed.more or (final and self._remaining() <= 0) or (not final and self._stop_event.is_set()):
-                break
+                return
 
     def _remaining(self) -> float:
         return 5.0 if self._final_deadline is None else self._final_deadline - time.monotonic()
