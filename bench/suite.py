@@ -34,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from aetherium_hpc.analysis.report.across import MANY_TASKS  # noqa: E402
 from bench import (  # noqa: E402
     central,
+    central_scale,
     copyback,
     edges,
     ingest,
@@ -50,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 SECTIONS = (
     "ingest", "peers", "monitor", "window", "live", "storage", "copyback", "merge", "scale", "edges", "submit", "central",
+    "central_scale",
 )  # fmt: skip
 
 FULL: dict[str, Any] = {
@@ -63,7 +65,7 @@ FULL: dict[str, Any] = {
     "scale_tasks": 1000, "scale_minutes": 5.0, "scale_steps": (100, 500, 2000),
     "edge_records": 10_000,
     "array": 1000,
-    "central_rows": 200_000, "central_seconds": 8.0,
+    "central_rows": 200_000, "central_seconds": 8.0, "fleet_nodes": 300, "fleet_seconds": 40.0,
 }  # fmt: skip
 QUICK: dict[str, Any] = {
     "records": 50_000, "workers": 4, "latency_calls": 50_000,
@@ -76,7 +78,7 @@ QUICK: dict[str, Any] = {
     "scale_tasks": 100, "scale_minutes": 5.0, "scale_steps": (20, 100, 200),
     "edge_records": 2_000,
     "array": 200,
-    "central_rows": 50_000, "central_seconds": 4.0,
+    "central_rows": 50_000, "central_seconds": 4.0, "fleet_nodes": 100, "fleet_seconds": 20.0,
 }  # fmt: skip
 
 PROSE_FALLBACK = """## How the targets are reached
@@ -652,10 +654,43 @@ def run_central(res: Results, s: dict[str, Any]) -> None:
     ))  # fmt: skip
 
 
+def run_central_scale(res: Results, s: dict[str, Any]) -> None:
+    """The server's side of a lab: N senders straight to PostgreSQL, then through PgBouncer."""
+    cmd = "`python bench/central_scale.py [--pgbouncer]`"
+    n = s["fleet_nodes"]
+    for bouncer, variable in ((False, central.URL_VARIABLE), (True, central_scale.BOUNCER_VARIABLE)):
+        way = (
+            "through PgBouncer (transaction pooling)" if bouncer else "straight to PostgreSQL, one connection per push"
+        )
+        what = f"{n} node senders {way}, 20 series at 1 Hz each, a push every 5 s: server CPU per push"
+        why = central.unreachable(variable)
+        if why:
+            res.missing(what, why, "–", cmd)
+            continue
+        runs = [central_scale.measure(os.environ[variable], n, 20, s["fleet_seconds"], bouncer=bouncer)
+                for _ in range(res.repeat)]  # fmt: skip
+        if any(r["cpu_per_push_ms"] is None for r in runs):
+            res.missing(what, "the server does not run on this machine (its CPU cannot be read)", "–", cmd)
+            continue
+        cpu = [r["cpu_per_push_ms"] for r in runs]
+        bare = [r["connect_cpu_ms"] for r in runs]
+        extra = ""
+        if bouncer:
+            extra = f"; PgBouncer's own CPU per push {spread([r['pgbouncer_per_push_ms'] for r in runs], ms)}"
+        res.add(Row(
+            what,
+            f"**{spread(cpu, ms)}** at {spread([r['pushes_per_s'] for r in runs], rate)} pushes; WAL "
+            f"{spread([r['wal_per_sample'] for r in runs], lambda x: f'{x:.0f} B')}/sample; peak "
+            f"{max(r['peak_connections'] for r in runs)} sender connections{extra}",
+            f"a bare connection (connect, SELECT 1, close): {spread(bare, ms)}",
+            f"**{times(med(pairwise(cpu, bare)))}** a bare connection", "–", None, cmd, f"central_scale_{int(bouncer)}",
+        ))  # fmt: skip
+
+
 RUNNERS: dict[str, Callable[[Results, dict[str, Any]], None]] = {
     "ingest": run_ingest, "peers": run_peers, "monitor": run_monitor, "window": run_window, "live": run_live,
     "storage": run_storage, "copyback": run_copyback, "merge": run_merge, "scale": run_scale, "edges": run_edges,
-    "submit": run_submit, "central": run_central,
+    "submit": run_submit, "central": run_central, "central_scale": run_central_scale,
 }  # fmt: skip
 
 

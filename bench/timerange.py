@@ -88,7 +88,12 @@ def measure_postgres(url: str, path: str, params: dict[str, Any], repeat: int) -
             sql = {"range": RANGE.format(**PG_NAMES), "naive": NAIVE.format(**PG_NAMES)}
             out = _pairs(lambda key: conn.execute(sql[key], params).fetchall(), repeat)
             plan = [r[0] for r in conn.execute("EXPLAIN " + sql["range"], params)]
+            conn.execute("VACUUM sample_chunks")
+            size, samples = conn.execute(
+                "SELECT pg_total_relation_size('sample_chunks'), sum(n) FROM sample_chunks"
+            ).fetchone()  # type: ignore[misc]
         out.update(pulls(target, repeat))
+    out["bytes_per_sample"] = size / max(int(samples), 1)  # full chunks, indexes included: the disk a day takes
     out["plan"] = "\n".join(plan)
     out["load_s"] = loaded
     out["index_used"] = any("Index Cond" in p and "t1 >=" in p for p in plan) and "sample_chunks_by_end" in out["plan"]
@@ -167,7 +172,8 @@ def main() -> None:
         print(f"PostgreSQL: skipped: set {central.URL_VARIABLE} ({m['postgres_skipped']})")
     else:
         pg = m["postgres"]
-        print(describe("PostgreSQL", pg) + f"; loaded in {pg['load_s']:.1f} s")
+        print(describe("PostgreSQL", pg) + f"; loaded in {pg['load_s']:.1f} s;"
+              f" {pg['bytes_per_sample']:.1f} B/sample on disk (table, TOAST and indexes, full chunks)")  # fmt: skip
         print(
             f"watch's pull of the job: its window (last {pg['watch_window_s']:g} s of each series,"
             f" {pg['window_samples']:,} samples) {statistics.median(pg['pull_window']) * 1000:.0f} ms, a refresh with"
