@@ -20,11 +20,10 @@
 # refused if it is anything else, e.g. a planted symlink). PgBouncer runs as that user, never root.
 set -euo pipefail
 
-PG_DIR="${AETHERIUM_PG_DIR:-/tmp/aetherium-pg}"
-PG_PORT="${AETHERIUM_PG_PORT:-15432}"
-PG_DB="${AETHERIUM_PG_DB:-aetherium}"
-PG_ROLE="${AETHERIUM_PG_ROLE:-aetherium}"
-OS_USER="${AETHERIUM_PG_OS_USER:-postgres}"
+SCRIPT=pgbouncer.sh
+# shellcheck source=postgres/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # PG_DIR, PG_PORT, PG_DB, PG_ROLE, OS_USER, RUN, PASS_FILE; die, info, as_server, psql_admin, create_db
+
 DIR="${AETHERIUM_PGBOUNCER_DIR:-/tmp/aetherium-pgbouncer}"
 PORT="${AETHERIUM_PGBOUNCER_PORT:-16432}"
 POOL="${AETHERIUM_PGBOUNCER_POOL:-4}"
@@ -32,25 +31,13 @@ POOL_DB="${PG_DB}_pool"
 ENV_NAME="${AETHERIUM_PGBOUNCER_ENV:-AETHERIUM_TEST_PGBOUNCER}"
 WAIT_S=30
 
-die() { echo "pgbouncer.sh: ERROR: $1" >&2; exit 1; }
-info() { echo "pgbouncer.sh: $*"; }
-
-for _v in PG_PORT PORT POOL; do
-    [[ "${!_v}" =~ ^[1-9][0-9]*$ ]] || { echo "pgbouncer.sh: ERROR: $_v='${!_v}' is not a positive integer" >&2; exit 2; }
-done
+[[ "$PORT" =~ ^[1-9][0-9]*$ ]] || { echo "pgbouncer.sh: ERROR: AETHERIUM_PGBOUNCER_PORT='$PORT' is not a port number" >&2; exit 2; }
+[[ "$POOL" =~ ^[1-9][0-9]*$ ]] || { echo "pgbouncer.sh: ERROR: AETHERIUM_PGBOUNCER_POOL='$POOL' is not a positive integer" >&2; exit 2; }
 [[ "$ENV_NAME" =~ ^[A-Z_][A-Z0-9_]*$ ]] || { echo "pgbouncer.sh: ERROR: AETHERIUM_PGBOUNCER_ENV='$ENV_NAME' must be an upper-case variable name" >&2; exit 2; }
-for _v in PG_DB PG_ROLE; do
-    [[ "${!_v}" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "pgbouncer.sh: ERROR: $_v='${!_v}' must be a plain lower-case SQL name" >&2; exit 2; }
-done
 
 INI="$DIR/pgbouncer.ini"
 PID_FILE="$DIR/pgbouncer.pid"
 LOG="$DIR/pgbouncer.log"
-PASS_FILE="$PG_DIR/password"
-
-as_user() {  # run as the server's OS user (PgBouncer refuses root)
-    if [[ "$(id -u)" -eq 0 ]]; then runuser -u "$OS_USER" -- "$@"; else "$@"; fi
-}
 
 bouncer_pid() {
     local pid
@@ -73,7 +60,7 @@ install_packages() {
 
 make_dir() {  # a private folder: created here, or one that is already ours (not a link, not another's)
     local me
-    me="$(as_user id -u)"
+    me="$(as_server id -u)"
     if [[ -L "$DIR" ]]; then die "$DIR is a symbolic link; remove it (someone else may have planted it)"; fi
     if [[ ! -e "$DIR" ]]; then
         (umask 077 && mkdir "$DIR")
@@ -83,21 +70,13 @@ make_dir() {  # a private folder: created here, or one that is already ours (not
     chmod 700 "$DIR"
 }
 
-create_pool_db() {  # the database PgBouncer serves, owned by the role (over the server's private socket)
-    local psql
-    psql=(as_user timeout 20 "$(command -v psql)" -X -q -v ON_ERROR_STOP=1 -h "$PG_DIR/run" -p "$PG_PORT" -d postgres)
-    [[ "$("${psql[@]}" -tA -c "SELECT 1 FROM pg_database WHERE datname = '$POOL_DB'")" == 1 ]] && return 0
-    "${psql[@]}" -c "CREATE DATABASE $POOL_DB OWNER $PG_ROLE" || die "could not create database $POOL_DB"
-    info "database $POOL_DB created (owner $PG_ROLE)"
-}
-
 write_config() {
     local pass
     pass="$(cat "$PASS_FILE")"   # hex digits only
-    as_user tee "$DIR/userlist.txt" >/dev/null <<EOF
+    as_server tee "$DIR/userlist.txt" >/dev/null <<EOF
 "$PG_ROLE" "$pass"
 EOF
-    as_user tee "$INI" >/dev/null <<EOF
+    as_server tee "$INI" >/dev/null <<EOF
 ; Written by postgres/pgbouncer.sh.
 [databases]
 $POOL_DB = host=127.0.0.1 port=$PG_PORT dbname=$POOL_DB
@@ -114,7 +93,7 @@ max_client_conn = 1000
 logfile = $LOG
 pidfile = $PID_FILE
 EOF
-    as_user chmod 600 "$DIR/userlist.txt" "$INI"
+    as_server chmod 600 "$DIR/userlist.txt" "$INI"
 }
 
 cmd_up() {
@@ -125,10 +104,10 @@ cmd_up() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
         die "port $PORT is already in use by another program; choose another with AETHERIUM_PGBOUNCER_PORT"
     fi
-    create_pool_db
+    create_db "$POOL_DB"
     write_config
     ulimit -n 4096 2>/dev/null || true  # 1000 clients and the pool's connections
-    as_user pgbouncer -d -q "$INI" </dev/null || { tail -n 20 "$LOG" >&2 || true; die "pgbouncer did not start"; }
+    as_server pgbouncer -d -q "$INI" </dev/null || { tail -n 20 "$LOG" >&2 || true; die "pgbouncer did not start"; }
     local t
     for ((t = 0; t < WAIT_S * 10; t++)); do
         (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break

@@ -22,45 +22,26 @@
 # ${AETHERIUM_PG_OS_USER:-postgres} (the Debian package creates it); otherwise as the caller.
 set -euo pipefail
 
-# ---- settings (all overridable from the environment) ----
-PG_DIR="${AETHERIUM_PG_DIR:-/tmp/aetherium-pg}"
-PG_PORT="${AETHERIUM_PG_PORT:-15432}"
-PG_DB="${AETHERIUM_PG_DB:-aetherium}"
-PG_ROLE="${AETHERIUM_PG_ROLE:-aetherium}"
-OS_USER="${AETHERIUM_PG_OS_USER:-postgres}"
+SCRIPT=server.sh
+# shellcheck source=postgres/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"   # PG_DIR, PG_PORT, PG_DB, PG_ROLE, OS_USER, RUN, PASS_FILE; die, info, as_server, psql_admin, create_db
+
+# ---- settings of the server alone (overridable from the environment) ----
 WAIT_S="${AETHERIUM_PG_WAIT_S:-60}"
 MAX_CONN="${AETHERIUM_PG_MAX_CONNECTIONS:-200}"
 SENDER_LIMIT="${AETHERIUM_PG_SENDER_LIMIT:-}"
 ENV_NAME="${AETHERIUM_PG_ENV:-AETHERIUM_TEST_PG}"
 PACKAGES=(postgresql postgresql-client)
 
-[[ "$PG_PORT" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_PORT='$PG_PORT' is not a port number" >&2; exit 2; }
 [[ "$WAIT_S" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_WAIT_S='$WAIT_S' is not a positive integer" >&2; exit 2; }
 [[ "$MAX_CONN" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_MAX_CONNECTIONS='$MAX_CONN' is not a positive integer" >&2; exit 2; }
 [[ -z "$SENDER_LIMIT" || "$SENDER_LIMIT" =~ ^[1-9][0-9]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_SENDER_LIMIT='$SENDER_LIMIT' is not a positive integer" >&2; exit 2; }
 [[ "$ENV_NAME" =~ ^[A-Z_][A-Z0-9_]*$ ]] || { echo "server.sh: ERROR: AETHERIUM_PG_ENV='$ENV_NAME' must be an upper-case variable name" >&2; exit 2; }
-for _v in PG_DB PG_ROLE; do
-    [[ "${!_v}" =~ ^[a-z_][a-z0-9_]*$ ]] || { echo "server.sh: ERROR: $_v='${!_v}' must be a plain lower-case SQL name" >&2; exit 2; }
-done
 
 DATA="$PG_DIR/data"
-RUN="$PG_DIR/run"          # the Unix socket (used by this script only) and postmaster's lock
 LOG="$PG_DIR/log/postgres.log"       # the server's own log (written by the server's user)
 CTL_LOG="$PG_DIR/log/server-sh.log"  # initdb and pg_ctl output (written by this script)
-PASS_FILE="$PG_DIR/password"
 SENDER_FILE="$PG_DIR/sender-role"  # names the sender role, once created
-
-die() {  # die MESSAGE [LOGFILE]
-    echo "server.sh: ERROR: $1" >&2
-    if [[ $# -ge 2 && -f "$2" ]]; then
-        echo "---- last 30 lines of $2 ----" >&2
-        tail -n 30 "$2" >&2 || true
-        echo "----" >&2
-    fi
-    exit 1
-}
-
-info() { echo "server.sh: $*"; }
 
 # The folder of initdb/pg_ctl/postgres: Debian keeps them out of PATH, under /usr/lib/postgresql/<major>/bin.
 find_bindir() {
@@ -83,15 +64,6 @@ install_packages() {
     find_bindir >/dev/null || die "initdb/pg_ctl still missing after apt-get install"
 }
 
-# as_server CMD...: run CMD as the server's OS user (root cannot run initdb/postgres).
-as_server() {
-    if [[ "$(id -u)" -eq 0 ]]; then
-        runuser -u "$OS_USER" -- "$@"
-    else
-        "$@"
-    fi
-}
-
 server_pid() {  # the postmaster's pid, if its pid file names a live postgres
     local pid comm
     [[ -r "$DATA/postmaster.pid" ]] || return 1
@@ -103,10 +75,6 @@ server_pid() {  # the postmaster's pid, if its pid file names a live postgres
 }
 
 is_up() { server_pid >/dev/null; }
-
-psql_admin() {  # psql as the superuser, over the private Unix socket
-    as_server timeout 20 "$(command -v psql)" -X -q -v ON_ERROR_STOP=1 -h "$RUN" -p "$PG_PORT" -d postgres "$@"
-}
 
 make_layout() {
     mkdir -p "$PG_DIR" "$DATA" "$RUN" "$(dirname "$LOG")"
@@ -153,37 +121,31 @@ start_server() {
     info "postgres started on 127.0.0.1:$PG_PORT"
 }
 
-create_role_and_db() {
-    local pass
+login_role() {  # login_role NAME [SQL ...]: the role NAME, with the password file's password, then SQL
+    local name="$1" pass
+    shift
     pass="$(cat "$PASS_FILE")"    # hex digits only: safe inside the SQL string below
-    psql_admin <<SQL || die "could not create role $PG_ROLE" "$LOG"
+    psql_admin <<SQL || die "could not create role $name" "$LOG"
 DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE') THEN
-    CREATE ROLE $PG_ROLE LOGIN;
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$name') THEN
+    CREATE ROLE $name LOGIN;
   END IF;
 END \$\$;
-ALTER ROLE $PG_ROLE LOGIN PASSWORD '$pass';
+ALTER ROLE $name LOGIN PASSWORD '$pass';
+$(printf '%s\n' "$@")
 SQL
-    if [[ "$(psql_admin -tA -c "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'")" != 1 ]]; then
-        psql_admin -c "CREATE DATABASE $PG_DB OWNER $PG_ROLE" || die "could not create database $PG_DB" "$LOG"
-        info "database $PG_DB created (owner $PG_ROLE)"
-    fi
+}
+
+create_role_and_db() {
+    login_role "$PG_ROLE"
+    create_db "$PG_DB" "$LOG"
 }
 
 create_sender_role() {  # <role>_sender: CONNECTION LIMIT $SENDER_LIMIT, acting as <role> (owns what it creates)
     [[ -n "$SENDER_LIMIT" ]] || return 0
-    local pass sender="${PG_ROLE}_sender"
-    pass="$(cat "$PASS_FILE")"
-    psql_admin <<SQL || die "could not create role $sender" "$LOG"
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$sender') THEN
-    CREATE ROLE $sender LOGIN;
-  END IF;
-END \$\$;
-ALTER ROLE $sender LOGIN PASSWORD '$pass' CONNECTION LIMIT $SENDER_LIMIT;
-GRANT $PG_ROLE TO $sender;
-ALTER ROLE $sender SET role = '$PG_ROLE';
-SQL
+    local sender="${PG_ROLE}_sender"
+    login_role "$sender" "ALTER ROLE $sender CONNECTION LIMIT $SENDER_LIMIT;" "GRANT $PG_ROLE TO $sender;" \
+        "ALTER ROLE $sender SET role = '$PG_ROLE';"
     echo "$sender" >"$SENDER_FILE"
     info "role $sender: at most $SENDER_LIMIT connections, acting as $PG_ROLE"
 }

@@ -1,7 +1,7 @@
 """The live sender: a thread of the node store that pushes what SQLite committed to PostgreSQL.
 
-Every ``interval`` seconds it calls :func:`.push.push` with the mark it keeps in memory, so only
-what was committed since the last push travels (a restarted sender starts from an empty mark and
+Every ``interval`` seconds it reads a :func:`.push.snapshot` beyond the mark it keeps in memory
+and hands it to :func:`.push.send`, so only what was committed since the last push travels (a restarted sender starts from an empty mark and
 resumes from what PostgreSQL holds: chunks are not sent again, rows are offered and skipped).
 The job never waits on it: log calls and the writer do not know it exists; the SQLite file is
 the durable backlog and a push reads at most :data:`.push.BATCH_ROWS` rows per table, so its
