@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, SchemaError
+from .chunks import COLUMNS as CHUNK_COLUMNS
 from .chunks import TIMESTAMP_SQL
 
 #: Mode of every database file aetherium-hpc writes (the live one, its run-directory copy, a merged
@@ -144,6 +145,56 @@ SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
        j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail, j.user_name
 FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
+
+#: The columns of each table, in the order of its CREATE TABLE (the central store's differences are
+#: declared in :data:`.central.schema.COLUMNS`; tests/test_store_schema.py checks both databases
+#: against them). Every copy of rows between databases -- the writer, merge, the central push and
+#: pull, the report's reads -- names columns from here, so a new column is written once.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "sources": ("source_id", "job_id", "array_job_id", "array_task_id", "node", "hostname", "source_path", "attempt"),
+    "series": ("series_id", "source_id", "metric_type", "metric_name", "unit", "node", "device"),
+    "sample_chunks": ("series_id", *CHUNK_COLUMNS),
+    "generation_rows": (
+        "id",
+        "source_id",
+        "timestamp",
+        "operation",
+        "round_number",
+        "chunk_number",
+        "duration_seconds",
+        "samples_generated",
+        "memory_used_mb",
+        "pid",
+    ),  # fmt: skip
+    "training_rows": (
+        "id",
+        "source_id",
+        "timestamp",
+        "metric_name",
+        "metric_value",
+        "round_number",
+        "epoch_number",
+        "phase",
+    ),  # fmt: skip
+    "job_rows": (
+        "source_id",
+        "start_time",
+        "end_time",
+        "status",
+        "exit_code",
+        "config",
+        "requested",
+        "detail",
+        "user_name",
+    ),  # fmt: skip
+    "store_stats": ("source_id", "name", "value"),
+}
+
+
+def columns(table: str, *, without: tuple[str, ...] = (), prefix: str = "") -> str:
+    """``table``'s columns as an SQL list (``"a, b, c"``), leaving out ``without``, each after ``prefix``."""
+    return ", ".join(prefix + c for c in COLUMNS[table] if c not in without)
+
 
 #: Tables and views every aetherium-hpc database answers (the schema contract).
 CONTRACT_NAMES = ("resource_metrics", "generation_metrics", "training_metrics", "jobs")

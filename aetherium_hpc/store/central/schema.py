@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...errors import CentralStoreError
+from ..schema import COLUMNS as LOCAL_COLUMNS
 
 #: Version of the PostgreSQL schema below (``meta.schema_version``).
 #: 2: ``job_rows.config`` and ``requested`` are ``jsonb``; ``job_rows.user_name``; ``resource_metrics``
@@ -140,6 +141,16 @@ SELECT j.source_id, src.job_id, src.array_job_id, src.array_task_id, src.node,
        j.start_time, j.end_time, j.status, j.exit_code, j.config, j.requested, j.detail, j.user_name
 FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
+
+#: The columns of each table here: those of the SQLite tables (:data:`...schema.COLUMNS`) but for
+#: ``sources.source_key`` (the natural key that makes a push idempotent) and ``sample_chunks``, which
+#: keys a chunk by its first sample's ordinal ``k0`` and holds arrays, without the statistics columns.
+COLUMNS: dict[str, tuple[str, ...]] = {
+    **LOCAL_COLUMNS,
+    "sources": ("source_id", "source_key", *LOCAL_COLUMNS["sources"][1:]),
+    "sample_chunks": ("series_id", "k0", "t0", "t1", "n", "dt_ms", "jit", "vals"),
+}
+
 
 #: From version 1 to 2 (run under the schema lock; the views are created again by :data:`DDL`, whose
 #: other statements leave the tables as they are).
