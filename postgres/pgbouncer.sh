@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # PgBouncer in transaction-pooling mode in front of the private PostgreSQL of postgres/server.sh:
 # how a lab puts many clients (a thousand nodes' senders) in front of one server. For the tests
-# (tests/test_central_pgbouncer.py) and to try the set-up of docs/CENTRAL.md on one machine.
+# (tests/store/test_central_pgbouncer.py) and to try the set-up of docs/CENTRAL.md on one machine.
 #
 #   postgres/pgbouncer.sh up     install pgbouncer (apt-get, as root) if needed, start it (idempotent)
 #   postgres/pgbouncer.sh down   stop it

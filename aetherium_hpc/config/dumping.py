@@ -68,7 +68,7 @@ def snapshot_yaml(config: Any) -> str:
     That list (one mapping a task, often thousands) costs PyYAML's Python representer most of the
     dump. When every entry is a mapping of simple scalars (:func:`_block_scalar`), its lines are
     written here and spliced in where a unique placeholder was dumped; else PyYAML writes it all.
-    tests/test_config_dump.py holds the two to the same text over many generated lists."""
+    tests/config/test_config_dump.py holds the two to the same text over many generated lists."""
     data = to_dict(config)
     array = data.get("array")
     if not isinstance(array, dict):

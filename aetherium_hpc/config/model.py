@@ -1,6 +1,6 @@
 """The job configuration: frozen dataclasses, each key declared once (type, default, unit, bounds).
 
-docs/CONFIG.md explains every key; tests/test_config_docs.py keeps it in step with this module.
+docs/CONFIG.md explains every key; tests/config/test_config_docs.py keeps it in step with this module.
 """
 
 from __future__ import annotations

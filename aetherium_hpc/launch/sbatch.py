@@ -2,7 +2,7 @@
 
 submitit has no public call that renders a script without submitting it, so this module uses
 its private parts -- the only module of aetherium_hpc that does (each use is marked PRIVATE
-below). A submitit upgrade that changes them shows up in tests/test_launch.py's golden files
+below). A submitit upgrade that changes them shows up in tests/launch/test_launch.py's golden files
 (tests/golden/*.sbatch), which compare the script rendered here.
 """
 

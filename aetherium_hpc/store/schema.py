@@ -147,7 +147,7 @@ FROM job_rows j JOIN sources src ON src.source_id = j.source_id;
 """
 
 #: The columns of each table, in the order of its CREATE TABLE (the central store's differences are
-#: declared in :data:`.central.schema.COLUMNS`; tests/test_store_schema.py checks both databases
+#: declared in :data:`.central.schema.COLUMNS`; tests/store/test_store_schema.py checks both databases
 #: against them). Every copy of rows between databases -- the writer, merge, the central push and
 #: pull, the report's reads -- names columns from here, so a new column is written once.
 COLUMNS: dict[str, tuple[str, ...]] = {

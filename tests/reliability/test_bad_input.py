@@ -3,7 +3,7 @@ broken / foreign / locked / newer databases given to `merge` and `report`.
 
 Each case: one line that names what is wrong and how to fix it, the documented exit code
 (2 for a usage error; `merge` exits 3 when it skipped inputs and merged the rest), nothing lost.
-tests/test_config.py holds 76 malformed-config cases at the library level (load_config); these
+tests/config/test_config.py holds 76 malformed-config cases at the library level (load_config); these
 are CLI-level cases, run as a user runs them.
 """
 

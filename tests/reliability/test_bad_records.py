@@ -1,4 +1,4 @@
-"""One bad record never stops the store (issue 11, item 3).
+"""One bad record never stops the store.
 
 A value the public calls refuse raises at the call (TypeError/ValueError naming the argument).
 A record that reaches the writer anyway -- sent by another process over the node socket, or put

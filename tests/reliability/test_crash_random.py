@@ -1,6 +1,6 @@
 """SIGKILL of the process that owns the writer at 20 seeded random moments under load.
 
-Unlike tests/test_store_crash.py (3 fixed delays, plain fork Processes) the producer here runs a
+Unlike tests/store/test_store_crash.py (3 fixed delays, plain fork Processes) the producer here runs a
 fork Pool whose workers log through the node socket while the main process logs directly; the
 kill lands at a seeded random moment in [0.05, 1.2] s after the store is open.
 """

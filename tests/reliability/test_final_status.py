@@ -1,5 +1,5 @@
 """A job that ended without writing its status is shown as what Slurm says, or `lost` -- never
-`running` (issue 11, item 6): `aetherium-hpc status`, `merge` and `report`.
+`running`: `aetherium-hpc status`, `merge` and `report`.
 
 Fake `sacct` / `squeue` on PATH play the cluster's answers (each call is logged, so the tests
 also check that Slurm is asked once per command and never about a local process id); a real

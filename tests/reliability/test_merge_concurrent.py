@@ -1,4 +1,4 @@
-"""Two `aetherium-hpc merge … -o same.db` at once give the result of one (issue 11, item 5).
+"""Two `aetherium-hpc merge … -o same.db` at once give the result of one.
 
 Each round starts two real merge processes into one fresh output at the same moment; both must
 exit 0 and the output must hold exactly what a single merge of the same inputs holds: the same

@@ -1,7 +1,7 @@
 """Another user on the node: what they plant in shared scratch gets nowhere.
 
-A second real user (``aeprobe``, made with ``useradd`` when missing) prepares the attacks of
-issue 25 in a world-writable sticky folder, as ``/tmp`` is: a node folder made in advance with
+A second real user (``aeprobe``, made with ``useradd`` when missing) prepares its attacks
+in a world-writable sticky folder, as ``/tmp`` is: a node folder made in advance with
 links to our files, a per-user folder that is theirs, a planted socket folder, links where the
 library's database and lock file go. Needs root (to be two users); skipped otherwise with the
 reason. ``.ci/run`` runs as root.

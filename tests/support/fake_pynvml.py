@@ -1,6 +1,6 @@
 """A fake ``pynvml`` for machines without a GPU: inject it with ``monkeypatch.setitem(sys.modules, ...)``.
 
-It follows nvidia-ml-py (tests/test_fake_pynvml_contract.py compares names, signatures and
+It follows nvidia-ml-py (tests/monitors/test_fake_pynvml_contract.py compares names, signatures and
 constants with the installed module): the same error codes, the same ``NVMLError_*``
 classes built from them, ``NVMLLibraryMismatchError`` (not an ``NVMLError``) from the
 unversioned process queries when the driver lacks their ``_v3`` symbol, strings (not

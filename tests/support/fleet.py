@@ -1,6 +1,6 @@
 """A fleet of node databases growing as live jobs grow them, each with a real :class:`CentralSender`.
 
-The lab-scale test (tests/test_central_fleet.py) and bench/central_scale.py use it: hundreds of
+The lab-scale test (tests/store/test_central_fleet.py) and bench/central_scale.py use it: hundreds of
 nodes in one process. Each node database is a real store file: one is written with the store
 API (schema, source, job row, its series), then copied per node with its identity rewritten. A
 :class:`Feeder` thread then does what a node's writer does at each flush, with ``sqlite3``:

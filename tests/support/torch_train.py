@@ -1,4 +1,4 @@
-"""A plain training script with a PyTorch DataLoader whose workers log (tests/test_torch.py).
+"""A plain training script with a PyTorch DataLoader whose workers log (tests/runtime/test_torch.py).
 
 ``python torch_train.py DB [EPOCHS] [SLEEP_S]``: init_db(DB) (skipped when DB is "-"), a DataLoader
 with 2 persistent workers, each item logged from the worker, one epoch metric per epoch from the

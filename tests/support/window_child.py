@@ -1,4 +1,4 @@
-"""Child processes of tests/test_monitor_window.py (importable under spawn, runnable as a script)."""
+"""Child processes of tests/monitors/test_monitor_window.py (importable under spawn, runnable as a script)."""
 
 from __future__ import annotations
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from task_dbs import TASKS, write_task
+from testenv import ROOT
 
 from aetherium_hpc.analysis.merge import collect_inputs
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from central_helpers import pg_counts, sqlite_counts, write_node_db
 from fleet import Feeder, central_counts, local_counts, make_nodes, start_senders, stop_senders
 from launch_helpers import aetherium_cli
-from testenv import server_url
+from testenv import ROOT, server_url
 
 from aetherium_hpc.analysis.merge import merge
 
@@ -91,7 +91,7 @@ def test_pgbouncer_sh_refuses_a_planted_folder(bouncer: str, tmp_path: Path) -> 
     target.mkdir()
     link = tmp_path / "planted"
     link.symlink_to(target)
-    script = Path(__file__).resolve().parent.parent / "postgres" / "pgbouncer.sh"
+    script = ROOT / "postgres" / "pgbouncer.sh"
     cases = [(link, "is a symbolic link")]
     if os.geteuid() == 0:  # root runs PgBouncer as postgres: a folder of root's is another user's
         cases.append((target, "is not a folder owned by"))

@@ -14,15 +14,13 @@ from pathlib import Path
 import pytest
 import testenv
 from launch_helpers import aetherium_cli, counts, job_rows, make_config
+from testenv import ROOT
 
 import aetherium_hpc as ah
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring
 from aetherium_hpc.runtime import JobContext, run_task
 from aetherium_hpc.store.backup import copy_database
-
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
 
 
 @pytest.fixture

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from launch_helpers import TABLES, counts, job_rows
+from testenv import ROOT
 
 from aetherium_hpc import cli
-
-ROOT = Path(__file__).parent.parent
 
 
 def _cli(args: list[str], cwd: Path, path: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import psutil
 import pytest
 from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
+from testenv import ROOT
 
 from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
@@ -27,7 +28,7 @@ from aetherium_hpc.store import client
 from aetherium_hpc.store.client import MetricsStore
 
 NCPU = psutil.cpu_count() or 1
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "METRICS.md"
+DOCS = ROOT / "docs" / "METRICS.md"
 
 
 @pytest.fixture

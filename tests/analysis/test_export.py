@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from testenv import ROOT
 
 import aetherium_hpc
 from aetherium_hpc.analysis.export import export, parquet
@@ -21,7 +22,6 @@ from aetherium_hpc.cli import main
 from aetherium_hpc.errors import AetheriumError
 from aetherium_hpc.store import SourceInfo
 
-ROOT = Path(__file__).resolve().parents[1]
 SWEEP = [{"learning_rate": 0.001, "seed": 0}, {"learning_rate": 0.01, "seed": 0}, {"learning_rate": 0.01, "seed": 1}]
 
 

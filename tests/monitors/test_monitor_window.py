@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import window_child
 from procs import read
+from testenv import ROOT
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import StoreNotReachableError
@@ -24,8 +25,6 @@ from aetherium_hpc.monitors import ResourceMonitor, log_system_resources
 from aetherium_hpc.monitors.base import Collector, Sample
 from aetherium_hpc.monitors.window import BUCKET_S, RecentWindow
 from aetherium_hpc.store import catalogue, client
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)

@@ -14,6 +14,7 @@ import cloudpickle
 import pytest
 import testenv
 from launch_helpers import counts, job_rows, make_config
+from testenv import ROOT
 
 from aetherium_hpc import launch
 from aetherium_hpc.config import load_config
@@ -22,9 +23,7 @@ from aetherium_hpc.launch import sbatch
 from aetherium_hpc.paths import RunLayout
 from aetherium_hpc.runtime.entrypoint import JobRunner
 
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
-GOLDEN = TESTS / "golden"
+GOLDEN = ROOT / "tests" / "golden"
 
 
 @pytest.fixture

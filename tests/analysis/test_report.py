@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from testenv import ROOT
 
 import aetherium_hpc
 from aetherium_hpc.analysis import commands
@@ -104,7 +105,7 @@ def test_empty_database_clear_message(tmp_path: Path) -> None:
         build_report(tmp_path / "missing.db")
     # Through the command line of python -m aetherium_hpc.analyze: one line, exit code 2.
     proc = subprocess.run([sys.executable, "-m", "aetherium_hpc.analyze", str(empty)], capture_output=True, text=True,
-                          cwd=Path(__file__).parents[1])  # fmt: skip
+                          cwd=ROOT)  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "no metrics to report" in proc.stderr
 

@@ -15,6 +15,7 @@ import pytest
 import testenv
 from central_helpers import pg_counts, pg_rows, private_schema, sqlite_counts
 from launch_helpers import aetherium_cli
+from testenv import ROOT
 
 import aetherium_hpc
 from aetherium_hpc.config import parse_config
@@ -22,7 +23,6 @@ from aetherium_hpc.errors import ConfigError
 from aetherium_hpc.store import catalogue, client
 from aetherium_hpc.store.central import sender as sender_module
 
-ROOT = Path(__file__).parent.parent
 SERVER = ROOT / "postgres" / "server.sh"
 
 

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Any, get_args, get_type_hints
 
 import pytest
 import yaml
+from testenv import ROOT
 
 from aetherium_hpc.config import Config
 from aetherium_hpc.config.setting import default_of, setting_of
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "CONFIG.md"
+DOCS = ROOT / "docs" / "CONFIG.md"
 NO_DEFAULT = "–"  # required, or one of a choice (workload.callable / command, array.params / sweep)
 
 

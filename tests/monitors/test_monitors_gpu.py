@@ -1,6 +1,6 @@
 """GPU monitor against a fake pynvml (this machine has no GPU): selection, MIG, errors, processes, the store.
 
-The fake follows nvidia-ml-py (tests/test_fake_pynvml_contract.py); each behaviour below is
+The fake follows nvidia-ml-py (tests/monitors/test_fake_pynvml_contract.py); each behaviour below is
 what NVML, CUDA or Slurm do on a real node, modelled in the fake first.
 """
 

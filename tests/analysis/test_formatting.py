@@ -20,7 +20,7 @@ def test_memory_duration_share() -> None:
 
 
 def test_advice_figures_match_the_tables() -> None:
-    """The issue's case: a 53 MB peak against 1 GB read "peak 0.1 GB of 1 GB (5%)"."""
+    """A small peak is not rounded away: a 53 MB peak against 1 GB read "peak 0.1 GB of 1 GB (5%)"."""
     task = {"requested": {"mem_gb": 1, "timeout_min": 10, "cpus": 1}, "peak_memory_mb": 53.4, "runtime_s": 7.3,
             "cpu_cores": 0.5, "gpu_util_pct": None}  # fmt: skip
     advice = efficiency([task], [{"status": "completed"}])["advice"]

@@ -9,11 +9,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from testenv import ROOT
 
 from aetherium_hpc.errors import CentralStoreError
 from aetherium_hpc.store.central import url as central_url
-
-ROOT = Path(__file__).parent.parent
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,7 @@ from pathlib import Path
 import procs
 import pytest
 from procs import read
+from testenv import ROOT
 
 import aetherium_hpc as ah
 
@@ -180,7 +181,7 @@ def test_stuck_handshakes_and_a_huge_length_prefix_neither_lose_records_nor_hold
     os.write(huge.fileno(), struct.pack("!i", -1) + struct.pack("!Q", 2**40))
     # A process that plays along logs meanwhile: nothing of it is lost.
     proc = subprocess.run([sys.executable, "-c", "import aetherium_hpc as ah\nfor i in range(1000): ah.log_training_epoch_metric('ok', float(i), 0, i)"],
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}, timeout=120)  # fmt: skip
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
     assert proc.returncode == 0
     stuck += _stuck_peers(address.path, 200)  # and more that are still in their handshake at the close
     started = time.monotonic()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from testenv import ROOT
 
 from aetherium_hpc.cli import build_parser
 
@@ -74,7 +75,7 @@ def test_analyze_module_is_the_report_command(monkeypatch: pytest.MonkeyPatch) -
     """`python -m aetherium_hpc.analyze` (the original pipeline's usage) takes the arguments of `report`."""
     monkeypatch.setenv("COLUMNS", "100")  # the same line width here and in the child
     proc = subprocess.run([sys.executable, "-m", "aetherium_hpc.analyze", "--help"], capture_output=True, text=True,
-                          timeout=120, cwd=Path(__file__).parent.parent)  # fmt: skip
+                          timeout=120, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     report = dict(_walk(build_parser(), "aetherium-hpc"))["aetherium-hpc report"]
     assert proc.stdout == report.format_help()
@@ -93,7 +94,7 @@ def test_gpu_notice_of_run_says_how_to_turn_it_off(tmp_path: Path) -> None:
     def run(*extra: str) -> str:
         proc = subprocess.run([sys.executable, "-m", "aetherium_hpc", "run", *extra, "--db-dir", str(tmp_path / "db"),
                                "--", sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=120,
-                              cwd=Path(__file__).parent.parent)  # fmt: skip
+                              cwd=ROOT)  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         return proc.stderr
 

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import time
 import types
-from pathlib import Path
 from typing import Any
 
 import pytest
 from fake_pynvml import GPU0, FakeDevice, make_module
+from testenv import ROOT
 
 from aetherium_hpc.monitors.gpu import _load_nvml
 
-SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "gpu_check.py"
+SCRIPT = ROOT / "bench" / "gpu_check.py"
 
 
 @pytest.fixture(autouse=True)

@@ -23,10 +23,9 @@ if os.environ.get("CI"):
 else:
     pytest.importorskip("torch", reason="PyTorch is not installed: pip install -e '.[test]'")
 
-from aetherium_hpc.signals import caught_outside_python  # noqa: E402
+from testenv import ROOT, SUPPORT
 
-SUPPORT = Path(__file__).parent / "support"
-ROOT = SUPPORT.parent.parent
+from aetherium_hpc.signals import caught_outside_python  # noqa: E402
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).parent.parent
+from testenv import ROOT
 
 
 def test_local_array_with_auto_report_writes_merged_db_and_report(tmp_path: Path) -> None:

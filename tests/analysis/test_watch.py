@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 from task_dbs import TASKS, write_task
+from testenv import ROOT
 from watch_helpers import watch_in_tmux
 
 from aetherium_hpc.analysis.watch import read_task, sparkline
-
-ROOT = Path(__file__).parent.parent
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:

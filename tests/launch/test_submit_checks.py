@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from testenv import ROOT
 
 from aetherium_hpc import cli, launch
 from aetherium_hpc.config import load_config
 from aetherium_hpc.errors import LaunchError
 
-ROOT = Path(__file__).parent.parent
 TRAIN = str(ROOT / "configs" / "train.yaml")
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from config_cases import BASE, MALFORMED
+from testenv import ROOT
 
 from aetherium_hpc.config import (
     ArraySpec,
@@ -26,7 +27,7 @@ from aetherium_hpc.config import (
 )
 from aetherium_hpc.errors import AetheriumError, ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = ROOT / "configs"
 
 # --------------------------------------------------------------------------------------------
 # Shipped configs

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from testenv import ROOT
 
 from aetherium_hpc import templates
 from aetherium_hpc.cli import cmd_templates
@@ -25,9 +26,7 @@ def test_templates_are_package_data() -> None:
         "job.sbatch"
     )
     # The source checkout's slurm/templates is the same folder.
-    assert (Path(__file__).parent.parent / "slurm" / "templates" / "job.sbatch").read_text() == templates.text(
-        "job.sbatch"
-    )
+    assert (ROOT / "slurm" / "templates" / "job.sbatch").read_text() == templates.text("job.sbatch")
 
 
 def test_list_print_copy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
