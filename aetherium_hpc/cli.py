@@ -88,16 +88,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or ())
     if args.dry_run:
-        cluster = launch.resolve_cluster(config.backend)
+        why: list[str] = []  # why auto chose the local backend: said in the header, not as a warning
+        cluster = launch.resolve_cluster(config.backend, warn=why.append)
         layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
         launch.check_submission(config, cluster, layout.root)  # what submit would refuse, the dry run refuses
-        print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}")
+        reason = f" ({why[0].removeprefix('aetherium-hpc: ')})" if why else ""
+        print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}{reason}")
         print(snapshot_yaml(config), end="")
         print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))
         print(launch.render_sbatch(config, layout))
         print("# dry run: nothing was submitted")
         return 0
-    sub = launch.submit(config)
+    sub = launch.submit(config, progress=lambda line: print(line, file=sys.stderr, flush=True))
     print(f"run directory: {sub.layout.root}")
     if sub.array_job_ids and sub.cluster == "slurm":
         print(f"submitted {len(sub.jobs)} task(s) to slurm: array job id(s) {' '.join(sub.array_job_ids)}")

@@ -44,11 +44,12 @@ DEFAULT_MAX_ARRAY_SIZE = scheduler.DEFAULT_MAX_ARRAY_SIZE
 log = logging.getLogger(__name__)
 
 
-def resolve_cluster(backend: str) -> str:
+def resolve_cluster(backend: str, *, warn: Callable[[str], object] | None = None) -> str:
     """submitit's executor name for a backend.
 
     ``auto``: Slurm when its commands are installed *and* a controller answers; otherwise the
-    local backend (a workstation with Slurm packages but no cluster is a machine without Slurm).
+    local backend (a workstation with Slurm packages but no cluster is a machine without Slurm),
+    said to ``warn`` (default: a warning in the log).
     """
     if backend != "auto":
         return backend
@@ -56,10 +57,9 @@ def resolve_cluster(backend: str) -> str:
     if cluster == "slurm":
         problem = scheduler.slurm_problem()
         if problem is not None:
-            log.warning(
-                "aetherium-hpc: Slurm is installed but %s; running locally "
-                "(backend: local skips this check, backend: slurm submits anyway)",
-                problem,
+            (warn or log.warning)(
+                f"aetherium-hpc: Slurm is installed but {problem}; running locally "
+                "(backend: local skips this check, backend: slurm submits anyway)"
             )
             return "local"
     return cluster
@@ -82,6 +82,15 @@ class Submission:
     jobs: list[Any] = field(default_factory=list)  # submitit Job objects, in task order
     array_job_ids: list[str] = field(default_factory=list)
     report_job: Any = None  # the merge + report job of ``report: {auto: true}``
+    tasks: int = 1  # how many tasks the submission has (a local array launches them over time)
+
+    def write_record(self) -> None:
+        """Write ``jobs.json`` whole (a new file renamed over the old: a reader never sees half)."""
+        path = self.layout.jobs_path
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".jobs-", suffix=".json", delete=False,
+                                         encoding="utf-8") as fh:  # fmt: skip
+            json.dump(self.record(), fh, indent=2)
+        os.replace(fh.name, path)
 
     @property
     def job_ids(self) -> list[str]:
@@ -90,6 +99,7 @@ class Submission:
     def record(self) -> dict[str, Any]:
         return {
             "cluster": self.cluster,
+            "tasks": self.tasks,
             "job_ids": self.job_ids,
             "array_job_ids": self.array_job_ids,
             "report_job_id": None if self.report_job is None else str(self.report_job.job_id),
@@ -145,8 +155,18 @@ def _make_executor(config: Config, folder: Path, cluster: str) -> submitit.AutoE
     return executor
 
 
-def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[float], None] = time.sleep) -> Submission:
-    """Make the run directory, submit the job (or array), record the job ids."""
+def submit(
+    config: Config,
+    *,
+    base_dir: str | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[str], None] | None = None,
+) -> Submission:
+    """Make the run directory, submit the job (or array), record the job ids in ``jobs.json``.
+
+    A local array with ``slurm.array_parallelism`` below its size is launched here, a task as
+    one ends: ``jobs.json`` is written before the first and again as each starts, and
+    ``progress`` gets a line for each (on Slurm the scheduler throttles and this returns at once)."""
     cluster = resolve_cluster(config.backend)
     base = Path(base_dir or config.run_dir).expanduser().absolute()
     check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
@@ -154,7 +174,7 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
     try:
         if cluster == "slurm":
             check_script_path(layout.root)
-        return _submit_into(config, layout, cluster, sleep)
+        return _submit_into(config, layout, cluster, sleep, progress)
     except BaseException:
         # A refused submission leaves no run folder behind -- unless a job was submitted into it.
         if not layout.jobs_path.exists() and not any(layout.submitit_dir.rglob("*_submitted.pkl")):
@@ -162,15 +182,26 @@ def submit(config: Config, *, base_dir: str | None = None, sleep: Callable[[floa
         raise
 
 
-def _submit_into(config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None]) -> Submission:
+def _submit_into(
+    config: Config,
+    layout: RunLayout,
+    cluster: str,
+    sleep: Callable[[float], None],
+    progress: Callable[[str], None] | None,
+) -> Submission:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetherium-scontrol") as pool:
         # Slurm's MaxArraySize is asked (a process, a few ms) while the run folder is written.
         array_size = pool.submit(max_array_size, config) if cluster == "slurm" and config.is_array else None
-        return _submit_with(config, layout, cluster, sleep, array_size)
+        return _submit_with(config, layout, cluster, sleep, array_size, progress)
 
 
 def _submit_with(
-    config: Config, layout: RunLayout, cluster: str, sleep: Callable[[float], None], array_size: Future[int] | None
+    config: Config,
+    layout: RunLayout,
+    cluster: str,
+    sleep: Callable[[float], None],
+    array_size: Future[int] | None,
+    progress: Callable[[str], None] | None = None,
 ) -> Submission:
     layout.config_path.write_text(
         f"# resolved configuration of {config.source}\n" + snapshot_yaml(config),
@@ -179,7 +210,7 @@ def _submit_with(
     executor = _make_executor(config, layout.submitit_dir, cluster)
     # The runner carries the validated config without its array: each task gets (index, its own params).
     runner = JobRunner(config, str(layout.root), local_array_id=str(os.getpid()))
-    sub = Submission(layout, cluster)
+    sub = Submission(layout, cluster, tasks=len(config.array_params()) if config.is_array else 1)
     try:
         with _job_environment():
             if not config.is_array:
@@ -188,7 +219,7 @@ def _submit_with(
                 assert array_size is not None
                 _submit_slurm_arrays(config, executor, PickledOnce(runner), sub, array_size.result())
             else:
-                _submit_local_array(config, executor, PickledOnce(runner), sub, sleep)
+                _submit_local_array(config, executor, PickledOnce(runner), sub, sleep, progress)
             if config.report.auto and cluster in ("slurm", "local"):
                 sub.report_job = _submit_report_job(config, layout, cluster, sub)
     except LaunchError:
@@ -200,7 +231,7 @@ def _submit_with(
     if cluster == "slurm":
         # The script of the job, or of the array's first sbatch (not the report job's).
         shutil.copyfile(sub.jobs[0].paths.submission_file, layout.sbatch_path)
-    layout.jobs_path.write_text(json.dumps(sub.record(), indent=2), encoding="utf-8")
+    sub.write_record()
     return sub
 
 
@@ -266,8 +297,10 @@ def _submit_local_array(
     runner: PickledOnce,
     sub: Submission,
     sleep: Callable[[float], None],
+    progress: Callable[[str], None] | None = None,
 ) -> None:
-    """submitit's local executor starts every task at once: keep ``array_parallelism`` running."""
+    """submitit's local executor starts every task at once: keep ``array_parallelism`` running.
+    ``jobs.json`` is written before the first task and again as each one starts."""
     params = config.array_params()
     indices = list(range(len(params)))
     limit = config.slurm.array_parallelism or len(indices)
@@ -275,13 +308,20 @@ def _submit_local_array(
     if limit >= len(indices):
         sub.jobs.extend(executor.map_array(runner, [(i, params[i]) for i in indices]))
         return
-    pending = indices
+    pending = list(indices)
     while pending:
         running = sum(1 for j in sub.jobs if not j.done())
+        started = 0
         while running < limit and pending:
             i = pending.pop(0)
             sub.jobs.append(executor.submit(runner, (i, params[i])))
             running += 1
+            started += 1
+        if started:
+            sub.write_record()
+            if progress is not None:
+                progress(f"local array {sub.array_job_ids[0]}: {len(sub.jobs)}/{len(indices)} task(s) started, "
+                         f"{limit} at a time (array_parallelism); the rest start as these end")  # fmt: skip
         if pending:
             sleep(0.2)
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -97,3 +99,66 @@ def test_status_of_a_running_local_job(tmp_path: Path) -> None:
     rows, source = run_status(layout.root)
     assert source == "databases"
     assert [(r["job"], r["state"]) for r in rows] == [(str(os.getpid()), "RUNNING"), ("999999999", "LOST")]
+
+
+def test_a_throttled_local_array_records_its_tasks_as_they_start(tmp_path: Path) -> None:
+    """A local array with array_parallelism below its size: jobs.json is there from the first task
+    on and grows as tasks start; each start is one progress line; submit ends once the last started."""
+    go = tmp_path / "go"
+    config = tmp_path / "a.yaml"
+    config.write_text(
+        "name: throttled\nbackend: local\n"
+        f"run_dir: {tmp_path / 'runs'}\n"
+        "workload:\n"
+        f"  command: [sh, -c, 'while [ ! -e {go} ]; do sleep 0.05; done']\n"
+        "array:\n  params: [{i: 0}, {i: 1}, {i: 2}]\n"
+        "slurm:\n  array_parallelism: 1\n"
+        "monitoring:\n  interval_s: 1.0\n",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "AETHERIUM_METRICS"))}
+    env.update(PYTHONPATH=str(ROOT), AETHERIUM_LOCAL_DIR=str(tmp_path))
+    proc = subprocess.Popen([sys.executable, "-m", "aetherium_hpc", "submit", str(config)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        jobs: list[Path] = []
+        while not jobs and proc.poll() is None and time.monotonic() < deadline:
+            jobs = list((tmp_path / "runs").glob("*/jobs.json"))
+            time.sleep(0.05)
+        assert jobs, proc.communicate(timeout=10)
+        first = json.loads(jobs[0].read_text())
+        # The first task waits for `go`: submit is still launching, and jobs.json already names it.
+        assert proc.poll() is None
+        assert first["tasks"] == 3 and len(first["job_ids"]) == 1 and first["cluster"] == "local"
+        go.touch()
+        out, err = proc.communicate(timeout=240)
+    finally:
+        go.touch()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    final = json.loads(jobs[0].read_text())
+    assert final["tasks"] == 3 and len(final["job_ids"]) == 3
+    assert final["job_ids"][0] == first["job_ids"][0]
+    started = [line for line in err.splitlines() if "task(s) started" in line]
+    assert [line.split(": ")[1].split(" ")[0] for line in started] == ["1/3", "2/3", "3/3"], err
+    assert "submitted 3 task(s) to local" in out
+    assert not list(jobs[0].parent.glob(".jobs-*"))  # no half-written record left beside it
+
+
+def test_dry_run_says_why_auto_runs_locally_in_its_header_not_as_a_warning(tmp_path: Path) -> None:
+    """Slurm's commands installed but no controller answering: the dry run's header says so, stderr stays empty."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("sbatch", "srun", "squeue", "scontrol", "sinfo"):
+        (fake / tool).write_text(
+            "#!/bin/sh\necho 'slurm_load_ctl_conf error: Unable to contact slurm controller' >&2\nexit 1\n"
+        )
+        (fake / tool).chmod(0o755)
+    proc = _cli(["submit", str(ROOT / "configs" / "train.yaml"), "--dry-run", "--set", f"run_dir={tmp_path / 'r'}"],
+                tmp_path, path=f"{fake}:{os.path.dirname(sys.executable)}:/usr/bin:/bin")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[0]
+    assert "backend auto -> local (Slurm is installed but" in header, header
+    assert "running locally" not in proc.stderr and proc.stderr.strip() == "", proc.stderr
