@@ -88,11 +88,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set or ())
     if args.dry_run:
-        why: list[str] = []  # why auto chose the local backend: said in the header, not as a warning
-        cluster = launch.resolve_cluster(config.backend, warn=why.append)
+        reasons: list[str] = []  # why auto chose the local backend: said in the header, not as a warning
+        cluster = launch.resolve_cluster(config.backend, warn=reasons.append)
         layout = RunLayout(Path(config.run_dir).absolute() / f"{config.name}-<timestamp>-<hex>")
         launch.check_submission(config, cluster, layout.root)  # what submit would refuse, the dry run refuses
-        reason = f" ({why[0].removeprefix('aetherium-hpc: ')})" if why else ""
+        reason = f" ({reasons[0].removeprefix('aetherium-hpc: ')})" if reasons else ""
         print(f"# resolved configuration ({args.config}); backend {config.backend} -> {cluster}{reason}")
         print(snapshot_yaml(config), end="")
         print("# sbatch script" + ("" if cluster == "slurm" else f" (what Slurm would get; this backend is {cluster})"))
