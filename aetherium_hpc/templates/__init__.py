@@ -3,13 +3,18 @@
 ``aetherium-hpc templates`` lists them, ``aetherium-hpc templates NAME`` prints one, and
 ``aetherium-hpc templates --copy DIR`` copies them all (executable where they are meant to be
 run). In a source checkout they are also reachable as ``slurm/templates/``.
+
+The starter configs ``train.yaml`` (one job) and ``array.yaml`` (an array with a sweep) live here
+too, so that pip users get them: ``aetherium-hpc init [--array] PATH`` writes one
+(:func:`starter_config`). A checkout's ``configs/train.yaml`` and ``configs/array.yaml`` are links
+to these files.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["names", "text"]
+__all__ = ["STARTERS", "names", "starter_config", "text"]
 
 #: One line per template, for the listing.
 DESCRIPTIONS = {
@@ -32,3 +37,15 @@ def text(name: str) -> str:
     if name not in names():
         raise KeyError(name)
     return resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+
+
+#: The starter configs: kind -> file name here.
+STARTERS = {"train": "train.yaml", "array": "array.yaml"}
+
+
+def starter_config(kind: str, path: str) -> str:
+    """The text of starter config ``kind`` (:data:`STARTERS`), its comments naming ``path`` where
+    they show how to submit it."""
+    name = STARTERS[kind]
+    body = resources.files(__name__).joinpath(name).read_text(encoding="utf-8")
+    return body.replace(f"configs/{name}", path)
