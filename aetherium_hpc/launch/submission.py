@@ -11,12 +11,14 @@ The job runs :class:`aetherium_hpc.runtime.JobRunner`. Nothing here prints; the 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
 import pickle
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -107,15 +109,48 @@ class Submission:
         }
 
 
+def callable_folder(config: Config) -> str | None:
+    """Where the job finds the module of ``workload.callable``: None where it imports as it is
+    (installed, or in the folder the job runs in: ``workload.workdir``, else where you submit),
+    else the config file's folder when the module is there. A module found in neither is refused
+    in one line, before anything is submitted. Only the top-level package is looked up: nothing
+    of the user's code runs at submit."""
+    if config.workload.kind != "callable":
+        return None
+    module = config.workload.split_callable()[0]
+    top = module.split(".")[0]
+    runs_in = os.path.abspath(config.workload.workdir or os.getcwd())
+    config_dir = os.path.dirname(os.path.abspath(config.source)) if os.path.isfile(config.source) else None
+    for folder in (runs_in, config_dir):
+        if folder is None:
+            continue
+        sys.path.insert(0, folder)
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        finally:
+            sys.path.remove(folder)
+        if found:
+            return None if folder == runs_in else folder
+    where = f"the installed packages, {runs_in} (where the job runs)" + (f" or {config_dir}" if config_dir else "")
+    raise LaunchError(
+        f"{config.source}: workload.callable: module {top!r} is not in {where}; install it "
+        "(pip install -e YOUR_PROJECT), put it beside the config, or set workload.workdir to its folder"
+    )
+
+
 @contextmanager
-def _job_environment() -> Iterator[None]:
-    """Make this aetherium_hpc importable in the job (sbatch and the local controller copy the
-    environment), also when it is not installed but run from a source tree."""
+def _job_environment(extra: str | None = None) -> Iterator[None]:
+    """Make this aetherium_hpc, and the folder ``extra`` (:func:`callable_folder`), importable in
+    the job (sbatch and the local controller copy the environment), also when it is not installed
+    but run from a source tree."""
     parent = str(Path(aetherium_hpc.__file__).resolve().parent.parent)
     old = os.environ.get("PYTHONPATH")
     parts = [p for p in (old or "").split(os.pathsep) if p]
-    if parent not in parts:
-        os.environ["PYTHONPATH"] = os.pathsep.join([parent, *parts])
+    wanted = [f for f in (extra, parent) if f is not None and f not in parts]
+    if wanted:
+        os.environ["PYTHONPATH"] = os.pathsep.join([*wanted, *parts])
     try:
         yield
     finally:
@@ -130,6 +165,7 @@ def check_submission(config: Config, cluster: str, root: Path) -> None:
     makes the same ones, so a configuration the dry run accepts is not refused by the submit."""
     if cluster == "slurm":
         check_script_path(root)
+    callable_folder(config)
     if cluster == "local" and config.resources.nodes > 1:
         raise LaunchError(
             f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
@@ -212,7 +248,7 @@ def _submit_with(
     runner = JobRunner(config, str(layout.root), local_array_id=str(os.getpid()))
     sub = Submission(layout, cluster, tasks=len(config.array_params()) if config.is_array else 1)
     try:
-        with _job_environment():
+        with _job_environment(callable_folder(config)):
             if not config.is_array:
                 sub.jobs.append(executor.submit(runner))
             elif cluster == "slurm":

@@ -162,3 +162,49 @@ def test_dry_run_says_why_auto_runs_locally_in_its_header_not_as_a_warning(tmp_p
     header = proc.stdout.splitlines()[0]
     assert "backend auto -> local (Slurm is installed but" in header, header
     assert "running locally" not in proc.stderr and proc.stderr.strip() == "", proc.stderr
+
+
+def test_the_callable_module_is_found_beside_the_config_or_refused_in_one_line(tmp_path: Path) -> None:
+    """workload.callable's module beside the config works from another folder; one that is nowhere
+    is refused at submit (also --dry-run) in one line, exit 2, and no run folder is made."""
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "mypipeline.py").write_text(
+        "from aetherium_hpc import log_training_epoch_metric\n\n"
+        "def run(lr):\n    log_training_epoch_metric('loss', lr, round_number=0, epoch_number=0)\n"
+    )
+    config = project / "c.yaml"
+    config.write_text(
+        f"name: beside\nbackend: local\nrun_dir: {tmp_path / 'runs'}\n"
+        "workload:\n  callable: 'mypipeline:run'\n  kwargs: {lr: 0.25}\nmonitoring:\n  interval_s: 1.0\n"
+    )
+    done = _cli(["submit", str(config), "--wait"], elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1/1 task(s) completed" in done.stdout
+    (db,) = (tmp_path / "runs").glob("beside-*/db/*/*.db")
+    assert counts(db)["training_metrics"] == 1
+
+    config.write_text(config.read_text().replace("mypipeline:run", "not_there.sub:run"))
+    for extra in (["--dry-run"], []):
+        refused = _cli(["submit", str(config), *extra], elsewhere)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        (line,) = refused.stderr.strip().splitlines()
+        assert "c.yaml: workload.callable: module 'not_there' is not in" in line and str(project) in line
+    assert len(list((tmp_path / "runs").glob("beside-*"))) == 1  # only the first submit's
+
+
+def test_a_command_workload_gets_its_task_params_as_json(tmp_path: Path) -> None:
+    """docs/CONFIG.md: each task of a command workload finds its mapping in AETHERIUM_TASK_PARAMS."""
+    config = tmp_path / "c.yaml"
+    write = "import json, os; p = os.environ['AETHERIUM_TASK_PARAMS']; open(f\"{os.environ['AETHERIUM_RUN_DIR']}/p{json.loads(p)['seed']}\", 'w').write(p)"
+    config.write_text(
+        f"name: cmd\nbackend: local\nrun_dir: {tmp_path / 'runs'}\n"
+        f"workload:\n  command: [{sys.executable}, -c, {json.dumps(write)}]\n"
+        "array:\n  params: [{seed: 0, lr: 0.5}, {seed: 1, lr: 0.25}]\nmonitoring:\n  interval_s: 1.0\n"
+    )
+    done = _cli(["submit", str(config), "--wait"], tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (run,) = (tmp_path / "runs").glob("cmd-*")
+    assert json.loads((run / "p0").read_text()) == {"seed": 0, "lr": 0.5}
+    assert json.loads((run / "p1").read_text()) == {"seed": 1, "lr": 0.25}
