@@ -21,6 +21,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, Union, cast, get_args, get_origin, get_type_hints
 
+from ..store.options import RELATIONS
 from .model import (
     BACKENDS,
     MAX_ARRAY_TASKS,
@@ -63,9 +64,6 @@ _SBATCH_OWNED = {
 }
 
 _MISSING: Any = object()
-
-# A store-owned bound, as the store words it: "buffer_size=0: must be >= 1 record".
-_BOUND_RE = re.compile(r"must be (>=|>|<=) (-?\d+(?:\.\d+)?)")
 
 
 def _keys(cls: type) -> tuple[str, ...]:
@@ -189,33 +187,21 @@ class _Section:
                 self.fail(key, "must not be empty", f"remove the key or write {key}: {example}")
             if has_control(value):  # a line break would end an #SBATCH line and start a shell line
                 self.fail(key, f"{show(value)}: contains a line break or control character", "write it on one line")
-            if spec.check is not None:  # a check owned elsewhere words its own "problem; fix"
-                try:
-                    spec.check(value)
-                except ValueError as exc:
-                    problem, _, fix = str(exc).partition("; ")
-                    problem = problem.removeprefix(f"{f.name}: ")
-                    self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
-            return value
-        if base is int:
-            self._check_int(key, value, example)
         else:
-            self._check_number(key, value, example)
-        for op, bound in ((">", spec.gt), (">=", spec.ge), ("<=", spec.le)):
-            if bound is not None and not _holds(value, op, bound):
-                self._out_of_bounds(key, value, op, bound, base, example)
-        if spec.check is not None:
+            if base is int:
+                self._check_int(key, value, example)
+            else:
+                self._check_number(key, value, example)
+            for relation, bound in (("gt", spec.gt), ("ge", spec.ge), ("le", spec.le)):
+                if bound is not None and not RELATIONS[relation][1](value, bound):
+                    self._out_of_bounds(key, value, relation, bound, example)
+        if spec.check is not None:  # a check owned elsewhere (the store's options) words its own "problem; fix"
             try:
                 spec.check(value)
-            except ValueError as exc:  # a bound owned elsewhere (the store's options): say it in our words
-                found = _BOUND_RE.search(str(exc))
-                if found is None:
-                    self.fail(
-                        key,
-                        f"{str(exc).partition(': ')[2] or exc}, got {show(value) if isinstance(value, str) else value}",
-                        f"use a value such as {example}",
-                    )
-                self._out_of_bounds(key, value, found[1], base(found[2]), base, example)
+            except ValueError as exc:
+                problem, _, fix = str(exc).partition("; ")
+                problem = problem.removeprefix(f"{f.name}: ")
+                self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
         return float(value) if base is float and not optional else value
 
     def _check_int(self, key: str, value: Any, example: Any) -> None:
@@ -236,15 +222,16 @@ class _Section:
         if not math.isfinite(value):
             self.fail(key, f"must be a finite number, got {value}", f"write a number such as {example}")
 
-    def _out_of_bounds(self, key: str, value: Any, op: str, bound: float, base: type, example: Any) -> NoReturn:
-        if base is int:  # integers only have lower bounds (>=)
-            self.fail(key, f"must be {op} {bound}, got {value}", f"use a value of at least {bound}, e.g. {example}")
+    def _out_of_bounds(self, key: str, value: Any, relation: str, bound: float, example: Any) -> NoReturn:
+        shown = int(bound) if float(bound).is_integer() else bound  # 1000000, not 1e+06 or 1000000.0
         fix = {
-            ">": f"use a positive value such as {example}",
-            ">=": f"use a value such as {example}",
-            "<=": f"use a value between the limits, e.g. {example}",
-        }[op]
-        self.fail(key, f"must be {op} {bound:g}, got {value}", fix)
+            "gt": f"use a positive value such as {example}"
+            if bound == 0
+            else f"use a value above {shown}, e.g. {example}",
+            "ge": f"use a value of at least {shown}, e.g. {example}",
+            "le": f"use a value of at most {shown}, e.g. {example}",
+        }[relation]
+        self.fail(key, f"must be {RELATIONS[relation][0]} {shown}, got {value}", fix)
 
     # -- containers the hand-written checks read ---------------------------------------------------
 
@@ -272,10 +259,6 @@ class _Section:
                 self.origin.fail(line, path, f"must be a string, got {show(v)}", f'quote the value: {k}: "{v}"')
             out[k] = v
         return out
-
-
-def _holds(value: float, op: str, bound: float) -> bool:
-    return value > bound if op == ">" else value >= bound if op == ">=" else value <= bound
 
 
 def _section(origin: Origin, top: _Section, key: str) -> _Section:
