@@ -15,7 +15,7 @@ The store API below is what pipeline code calls; its names are fixed.
 from __future__ import annotations
 
 from .monitors import ResourceMonitor, log_system_resources
-from .store import (
+from .store.client import (
     MetricsStore,
     get_db,
     init_db,

@@ -1,4 +1,5 @@
-"""The ``aetherium-hpc`` command: submit | run | status | merge | report | export | log.
+"""The ``aetherium-hpc`` command: submit | run | status | log | templates, and analysis's merge | report |
+watch | export.
 
 Library errors (:class:`~aetherium_hpc.errors.AetheriumError`) become one line on
 stderr and exit code 2 here, at the boundary; nothing below prints. Everything the command
@@ -15,12 +16,49 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, TypeAlias
 
 from . import __version__, env
 from .errors import AetheriumError, StoreNotReachableError
 
 Handler = Callable[[argparse.Namespace], int]
+SubParsers: TypeAlias = "argparse._SubParsersAction[Any]"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, except that a text written on several lines keeps them (an epilog: ``exit codes:``,
+    then ``examples:`` one per line); a one-line text is wrapped to the terminal as usual."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" not in text.strip("\n"):
+            return super()._fill_text(text, width, indent)
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of the command and of each subcommand: :class:`HelpFormatter` unless one is named."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
+
+
+class CommandText(NamedTuple):
+    """What a command's ``--help`` says besides its arguments."""
+
+    #: its line in ``aetherium-hpc --help``
+    help: str
+    #: what it does
+    description: str
+    #: ``exit codes:`` (a paragraph), then ``examples:`` (one per line, indented two spaces)
+    epilog: str
+
+
+def add_command(sub: SubParsers, name: str, handler: Handler, text: CommandText) -> argparse.ArgumentParser:
+    """Subcommand ``name``, run by ``handler``."""
+    p: argparse.ArgumentParser = sub.add_parser(name, help=text.help, description=text.description, epilog=text.epilog)
+    p.set_defaults(handler=handler)
+    return p
 
 
 def _number(text: str) -> float:
@@ -49,34 +87,50 @@ def cmd_log(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_log(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "log",
-        help="send one metric from a shell script to the job's metrics store",
-        description="Send one record to the metrics store of the node, from any process of the job "
-        f"(found through {env.METRICS_ADDR}, set by `aetherium-hpc run` and submitted jobs).",
-    )
+_LOG_EXIT_CODES = f"""\
+exit codes: 0 the store took the record; 2 no store to log to ({env.METRICS_ADDR} is not set:
+not inside a job or `aetherium-hpc run`), the store did not take it (the job has ended), or an
+invalid value.
+"""
+_LOG_TRAINING = "aetherium-hpc log training val/loss 0.231 --round 0 --epoch 3 --phase val"
+_LOG_RESOURCE = "aetherium-hpc log resource disk scratch_used 412 --unit GB --device /scratch"
+_LOG_GENERATION = "aetherium-hpc log generation signal_injection --duration 12.5 --samples 10000 --round 0 --chunk 3"
+
+
+_LOG = CommandText(
+    help="send one metric from a shell script to the job's metrics store",
+    description="Send one record to the metrics store of the node, from any process of the job "
+    f"(found through {env.METRICS_ADDR}, set by `aetherium-hpc run` and submitted jobs).",
+    epilog=f"{_LOG_EXIT_CODES}examples:\n  {_LOG_TRAINING}\n  {_LOG_RESOURCE}\n  {_LOG_GENERATION}\n",
+)
+
+
+def _add_log(sub: SubParsers) -> None:
+    p = add_command(sub, "log", cmd_log, _LOG)
     kinds = p.add_subparsers(dest="kind", required=True, metavar="{training,resource,generation}")
-    t = kinds.add_parser("training", help="a training metric: NAME VALUE [--round R] [--epoch E] [--phase P]")
+
+    def kind(name: str, example: str, summary: str) -> argparse.ArgumentParser:
+        return kinds.add_parser(name, help=summary, epilog=f"{_LOG_EXIT_CODES}examples:\n  {example}\n")
+
+    t = kind("training", _LOG_TRAINING, "a training metric: NAME VALUE [--round R] [--epoch E] [--phase P]")
     t.add_argument("name", help="metric name, e.g. loss")
     t.add_argument("value", type=_number, help="the metric's value, a number, e.g. 0.231")
     t.add_argument("--round", type=int, default=None, help="training round the value belongs to (an integer)")
     t.add_argument("--epoch", type=int, default=None, help="epoch within the round (an integer)")
     t.add_argument("--phase", default="train", help="train or val [train]")
-    r = kinds.add_parser("resource", help="a resource sample: TYPE NAME VALUE [--unit U] [--device D]")
+    r = kind("resource", _LOG_RESOURCE, "a resource sample: TYPE NAME VALUE [--unit U] [--device D]")
     r.add_argument("type", help="metric type, e.g. disk")
     r.add_argument("name", help="metric name, e.g. scratch_used")
     r.add_argument("value", type=_number, help="the sample's value, a number")
     r.add_argument("--unit", default="", help="unit of the value, e.g. GB or %%")
     r.add_argument("--device", default="", help="device the sample is about, e.g. a GPU index or a mount point")
-    g = kinds.add_parser("generation", help="a finished data-generation chunk: OPERATION --duration S ...")
+    g = kind("generation", _LOG_GENERATION, "a finished data-generation chunk: OPERATION --duration S ...")
     g.add_argument("operation", help="what the chunk did, e.g. signal_injection")
     g.add_argument("--duration", type=_number, required=True, help="seconds the chunk took")
     g.add_argument("--samples", type=int, default=None, help="samples the chunk generated")
     g.add_argument("--round", type=int, default=None, help="round the chunk belongs to")
     g.add_argument("--chunk", type=int, default=None, help="chunk number within the round")
     g.add_argument("--memory-mb", type=_number, default=None, help="memory the chunk used, in MB")
-    p.set_defaults(handler=cmd_log)
 
 
 # -- submit ------------------------------------------------------------------------------------
@@ -138,20 +192,29 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _add_submit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "submit",
-        help="submit a YAML config as a Slurm job or array (or run it locally)",
-        description="Validate CONFIG, make a run directory, and submit the job (Slurm when available, "
-        "else a local process). Prints the run directory and the job ids.",
-    )
+_SUBMIT = CommandText(
+    help="submit a YAML config as a Slurm job or array (or run it locally)",
+    description="Validate CONFIG, make a run directory, and submit the job (Slurm when available, "
+    "else a local process). Prints the run directory and the job ids.",
+    epilog="""\
+exit codes: 0 submitted (a dry run: it would be; with --wait: every task completed); 1 with --wait:
+a task did not complete; 2 an invalid config or a refused submission (one line on stderr).
+examples:
+  aetherium-hpc submit configs/train.yaml
+  aetherium-hpc submit configs/train.yaml --dry-run   (the resolved config and the sbatch script)
+  aetherium-hpc submit configs/array.yaml --set slurm.partition=gpu --set resources.mem_gb=8 --wait
+""",
+)
+
+
+def _add_submit(sub: SubParsers) -> None:
+    p = add_command(sub, "submit", cmd_submit, _SUBMIT)
     p.add_argument("config", help="YAML config file, e.g. configs/train.yaml")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key, e.g. --set resources.nodes=2")
     p.add_argument("--wait", action="store_true", help="wait for the job(s) to finish, with a progress line")
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and the sbatch script; submit nothing"
     )
-    p.set_defaults(handler=cmd_submit)
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -219,14 +282,31 @@ def command_snapshot(command: list[str], run_dir: str | None) -> dict[str, Any]:
     return snapshot
 
 
-def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "run",
-        help="run a command with the metrics store and monitors (inside an sbatch script: srun aetherium-hpc run -- ...)",
-        description="Run COMMAND (no shell) with the node's metrics store, socket and resource monitor "
-        "started on local rank 0; the command logs through the socket. Exits with the command's exit code "
-        "and copies the database to --db-dir.",
-    )
+_RUN = CommandText(
+    help="run a command with the metrics store and monitors (inside an sbatch script: srun aetherium-hpc run -- ...)",
+    description="Run COMMAND (no shell) with the node's metrics store, socket and resource monitor "
+    "started on local rank 0; the command logs through the socket. Exits with the command's exit code "
+    "and copies the database to --db-dir.",
+    epilog="""\
+signals: the metrics are saved before the job is stopped.
+  USR2     what `#SBATCH --signal=USR2@120` asks Slurm to send 120 s before the time limit. The
+           job's row gets status timeout; COMMAND gets USR2 and up to 10 s to exit (the row records
+           its exit code); the store is closed and the database copied to --db-dir; then run ends
+           by USR2 itself (exit code 140). The node's other tasks (local ranks > 0) send what they
+           hold to the store first, then end too.
+  SIGTERM  (scancel, the time limit) the same, with status cancelled (timeout at the time limit).
+exit codes: COMMAND's own (128+N when signal N ended it); 2 when there is nothing to run (no command,
+one that cannot be started, a bad --config or --prometheus-textfile).
+examples:
+  srun aetherium-hpc run -- python train.py --epochs 10   (a line of an sbatch script)
+  aetherium-hpc run --config configs/train.yaml --db-dir out/ -- python train.py
+  aetherium-hpc run --no-gpu --prometheus-textfile /var/lib/node_exporter/textfile_collector -- ./generate.sh
+""",
+)
+
+
+def _add_run(sub: SubParsers) -> None:
+    p = add_command(sub, "run", cmd_run, _RUN)
     p.add_argument("--config", help="YAML config whose monitoring: section to use")
     p.add_argument("--no-gpu", action="store_true", help="do not look for GPUs (no NVML, no GPU notice)")
     p.add_argument(
@@ -240,7 +320,6 @@ def _add_run(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
-    p.set_defaults(handler=cmd_run)
 
 
 # -- status ------------------------------------------------------------------------------------
@@ -259,22 +338,29 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_status(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "status",
-        help="show the state of every task of a run directory",
-        description="State of every task of RUN_DIR: from sacct, else squeue, else the jobs rows of its databases.",
-    )
+_STATUS = CommandText(
+    help="show the state of every task of a run directory",
+    description="State of every task of RUN_DIR: from sacct, else squeue, else the jobs rows of its databases.",
+    epilog="""\
+exit codes: 0 the states were printed (whatever they are); 2 no such run directory.
+examples:
+  aetherium-hpc status runs/demo-train-20240501-093000-1a2b
+  aetherium-hpc status runs/demo-array-20240501-093000-1a2b   (a row per array task)
+""",
+)
+
+
+def _add_status(sub: SubParsers) -> None:
+    p = add_command(sub, "status", cmd_status, _STATUS)
     p.add_argument("run_dir", help="a run directory printed by `aetherium-hpc submit`")
-    p.set_defaults(handler=cmd_status)
 
 
 # -- parser --------------------------------------------------------------------------------------
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [_add_log]
+_EXTENSIONS: list[Callable[[SubParsers], None]] = [_add_log]
 _EXTENSIONS += [_add_submit, _add_run, _add_status]
 
 
-def _add_analysis(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_analysis(sub: SubParsers) -> None:
     from .analysis.commands import register
 
     register(sub)
@@ -320,25 +406,32 @@ def _known_template(name: str) -> None:
         raise AetheriumError(f"no template {name!r}; choose one of: {', '.join(templates.names())}")
 
 
-def _add_templates(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser(
-        "templates",
-        help="list, print or copy the sbatch templates for hand-written job scripts",
-        description="The sbatch templates shipped with aetherium-hpc (a job, an array, a merge job, a chain "
-        "script, shell functions to source). Without arguments: the list.",
-        epilog="examples: aetherium-hpc templates job.sbatch > my-job.sbatch; aetherium-hpc templates --copy slurm/",
-    )
+_TEMPLATES = CommandText(
+    help="list, print or copy the sbatch templates for hand-written job scripts",
+    description="The sbatch templates shipped with aetherium-hpc (a job, an array, a merge job, a chain "
+    "script, shell functions to source). Without arguments: the list.",
+    epilog="""\
+exit codes: 0 listed, printed or copied; 2 no such template, or --copy would overwrite files (add --force).
+examples:
+  aetherium-hpc templates
+  aetherium-hpc templates job.sbatch > my-job.sbatch
+  aetherium-hpc templates --copy slurm/
+""",
+)
+
+
+def _add_templates(sub: SubParsers) -> None:
+    p = add_command(sub, "templates", cmd_templates, _TEMPLATES)
     p.add_argument("name", nargs="?", help="the template to print (or, with --copy, the only one to copy)")
     p.add_argument("--copy", metavar="DIR", help="copy the templates into DIR (created if missing)")
     p.add_argument("--force", action="store_true", help="with --copy: overwrite files that exist")
-    p.set_defaults(handler=cmd_templates)
 
 
 _EXTENSIONS.append(_add_templates)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="aetherium-hpc",
         description="Run ML pipelines on Slurm (or locally) with a per-node SQLite metrics store, "
         "resource monitors, and merged reports across job arrays.",

@@ -149,11 +149,36 @@ class NodeFolder:
         return found
 
 
+class _RunPath:
+    """A file or folder of a run directory, read as an attribute of its :class:`RunLayout`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, layout: RunLayout, owner: type[RunLayout] | None = None) -> Path:
+        return layout.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The files of one run directory; builds paths, creates only what it is asked to."""
 
     root: Path
+
+    #: the resolved configuration (every key, effective values)
+    config_path = _RunPath("config.yaml")
+    #: backend and job ids of the submission (for ``status``)
+    jobs_path = _RunPath("jobs.json")
+    #: submitit's pickles, sbatch scripts and its own logs
+    submitit_dir = _RunPath("submitit")
+    #: aetherium-hpc's notes (e.g. the rendered sbatch script)
+    logs_dir = _RunPath("logs")
+    #: copy of the job's sbatch script, for an array its first sbatch's (submitit keeps them under submitit/)
+    sbatch_path = _RunPath("logs", "job.sbatch")
+    #: ``db/<job>_<task>/<node>.db``: one database per array task and node
+    db_dir = _RunPath("db")
+    #: ``merged.db``: where ``merge RUN_DIR`` and ``report RUN_DIR`` put the run's merged database
+    merged_path = _RunPath("merged.db")
 
     @classmethod
     def new(cls, base: str | os.PathLike[str], name: str, now: datetime.datetime | None = None) -> RunLayout:
@@ -175,14 +200,6 @@ class RunLayout:
         for folder in (self.root, self.submitit_dir, self.logs_dir, self.db_dir):
             folder.mkdir(parents=True, exist_ok=True)
 
-    @property
-    def config_path(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def jobs_path(self) -> Path:
-        return self.root / "jobs.json"
-
     def record(self) -> dict[str, Any] | None:
         """``jobs.json`` (backend, job ids of the submission); None when missing or unreadable."""
         try:
@@ -190,23 +207,6 @@ class RunLayout:
         except (OSError, ValueError):
             return None
         return record if isinstance(record, dict) else None
-
-    @property
-    def submitit_dir(self) -> Path:
-        return self.root / "submitit"
-
-    @property
-    def logs_dir(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def sbatch_path(self) -> Path:
-        """Copy of the job's sbatch script, for an array its first sbatch's (submitit keeps them under submitit/)."""
-        return self.logs_dir / "job.sbatch"
-
-    @property
-    def db_dir(self) -> Path:
-        return self.root / "db"
 
     def db_path(self, job: JobIdentity) -> Path:
         """``db/<job>_<task>/<node>.db``: where the database of ``job`` on its node is copied."""
@@ -228,16 +228,11 @@ class RunLayout:
             return RunLayout(Path(run_dir)).db_path(job)
         return Path("aetherium-runs") / safe_component(job.job_id) / f"{node}.db"
 
-    @property
-    def merged_path(self) -> Path:
-        """``merged.db``: where ``merge RUN_DIR`` and ``report RUN_DIR`` put the run's merged database."""
-        return self.root / "merged.db"
-
     @staticmethod
     def is_run_dir(path: str | os.PathLike[str]) -> bool:
         """A folder made by ``submit`` (a ``db/`` folder beside ``config.yaml`` or ``jobs.json``)."""
-        p = Path(path)
-        return (p / "db").is_dir() and ((p / "config.yaml").is_file() or (p / "jobs.json").is_file())
+        layout = RunLayout(Path(path))
+        return layout.db_dir.is_dir() and (layout.config_path.is_file() or layout.jobs_path.is_file())
 
     @staticmethod
     def run_of(config: Any, source_path: str | None = None) -> str | None:

@@ -348,11 +348,14 @@ def register(sub: SubParsers) -> None:
             "A task whose database still says 'running' after its job ended gets what Slurm accounting "
             "says (CANCELLED, OUT_OF_MEMORY, NODE_FAIL ...) or 'lost', with a note."
         ),
-        epilog="exit codes: 0 all merged, 3 some inputs skipped (the rest merged), 2 usage error or the "
-        "output still locked by another merge after --wait seconds. "
-        "examples: aetherium-hpc merge runs/demo-array-20240501-093000-1a2b  (writes its merged.db); "
-        "aetherium-hpc merge runs/a runs/b -o both.db; "
-        "aetherium-hpc merge runs/a --into postgresql://lab@db.example/aetherium",
+        epilog="""\
+exit codes: 0 all merged; 3 some inputs skipped (the rest merged); 2 usage error, or the output still
+locked by another merge after --wait seconds.
+examples:
+  aetherium-hpc merge runs/demo-array-20240501-093000-1a2b   (writes its merged.db)
+  aetherium-hpc merge runs/a runs/b -o both.db
+  aetherium-hpc merge runs/a --into postgresql://lab@db.example/aetherium
+""",
     )
     m.add_argument("inputs", nargs="+", metavar="RUN_DIR|DB", help="run directories and/or database files")
     where = m.add_mutually_exclusive_group()
@@ -378,12 +381,15 @@ def register(sub: SubParsers) -> None:
             "every task; across an array p50/p95/max of peak memory, runtime and GPU use, and --mem/--time "
             "advice against what was requested."
         ),
-        epilog="exit codes: 0 ok, 2 empty or unreadable database. "
-        "examples: aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html; "
-        "aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png; "
-        "aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456  (an array: every task); "
-        "aetherium-hpc report postgresql://lab@db.example/aetherium --since 7d --user alice --html lab.html  "
-        "(every job of alice's last week, most wasteful first)",
+        epilog="""\
+exit codes: 0 ok; 2 empty or unreadable database.
+examples:
+  aetherium-hpc report runs/demo-array-20240501-093000-1a2b --html report.html
+  aetherium-hpc report merged.db --objective val/accuracy:max --plot report.png
+  aetherium-hpc report postgresql://lab@db.example/aetherium --job 123456   (an array: every task)
+  aetherium-hpc report postgresql://lab@db.example/aetherium --since 7d --user alice --html lab.html
+      (every job of alice's last week, most wasteful first)
+""",
     )
     add_report_arguments(r)
     r.set_defaults(handler=cmd_report)
@@ -397,9 +403,14 @@ def register(sub: SubParsers) -> None:
             "live node-local databases on this machine, else the copies in the run directory (at most "
             "checkpoint_interval_s old). Ends by itself when every task has ended."
         ),
-        epilog="examples: aetherium-hpc watch runs/demo-array-20240501-093000-1a2b; "
-        "aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once  (one frame, for scripts); "
-        "aetherium-hpc watch postgresql://lab@db.example/aetherium --job 123456  (a central store's tasks)",
+        epilog="""\
+exit codes: 0 every task has ended (--once: the frame was drawn); 2 nothing to watch (not a run
+directory or a database, or a central store that cannot be read); 130 interrupted (Ctrl-C).
+examples:
+  aetherium-hpc watch runs/demo-array-20240501-093000-1a2b
+  aetherium-hpc watch runs/demo-array-20240501-093000-1a2b --once   (one frame, for scripts)
+  aetherium-hpc watch postgresql://lab@db.example/aetherium --job 123456   (a central store's tasks)
+""",
     )
     w.add_argument(
         "target", metavar="RUN_DIR|DB|postgresql://URL",

@@ -14,7 +14,7 @@ from typing import Any, Literal, cast, get_args
 
 from ..errors import ConfigError
 from ..paths import textfile_problem
-from ..store.options import StoreOptions
+from ..store.options import StoreOptions, limits
 from . import dumping
 from .setting import setting
 
@@ -131,12 +131,14 @@ class ArraySpec:
 
 
 def _store_setting(name: str, **spec: Any) -> Any:
-    """A key the store owns: its default and its bounds are those of :class:`StoreOptions`."""
+    """A key the store owns: its default is that of :class:`StoreOptions`, its bounds those of
+    :data:`~aetherium_hpc.store.options.BOUNDS` (a bound set by an option the YAML does not have, such
+    as ``max_queue``, is that option's default), and the store checks the rest of the value."""
 
     def check(value: Any) -> StoreOptions:
         return StoreOptions(**{name: value})
 
-    return setting(getattr(StoreOptions(), name), check=check, **spec)
+    return setting(getattr(StoreOptions(), name), check=check, **limits(name), **spec)
 
 
 def _textfile_form(path: str) -> None:

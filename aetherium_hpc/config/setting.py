@@ -31,7 +31,8 @@ class Setting:
     le: float | None = None
     #: a valid value shown in error hints; None: the default
     example: Any = None
-    #: a check owned elsewhere (e.g. by the store's options): raises ValueError("...: must be >= 1 ...")
+    #: a check owned elsewhere (e.g. by the store's options), run after type and bounds: raises
+    #: ValueError("KEY: problem; how to fix") (the fix may be left out)
     check: Callable[[Any], object] | None = None
     #: dumped only when set (one of a choice, such as workload.callable / workload.command)
     omit_when_none: bool = False

@@ -21,6 +21,7 @@ import types
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn, Union, cast, get_args, get_origin, get_type_hints
 
+from ..store.options import RELATIONS
 from .model import (
     BACKENDS,
     MAX_ARRAY_TASKS,
@@ -63,9 +64,6 @@ _SBATCH_OWNED = {
 }
 
 _MISSING: Any = object()
-
-# A store-owned bound, as the store words it: "buffer_size=0: must be >= 1 record".
-_BOUND_RE = re.compile(r"must be (>=|>|<=) (-?\d+(?:\.\d+)?)")
 
 
 def _keys(cls: type) -> tuple[str, ...]:
@@ -152,6 +150,10 @@ class _Section:
     def fail(self, key: str, problem: str, fix: str) -> NoReturn:
         self.origin.fail(self.line_of(key), self.at(key), problem, fix)
 
+    def fail_item(self, key: str, items: Sequence[Any], i: int, problem: str, fix: str) -> NoReturn:
+        """Fail at item ``i`` of the list under ``key`` (``key[i]``, on the item's own line)."""
+        self.origin.fail(item_line(items, i, self.line_of(key)), f"{self.at(key)}[{i}]", problem, fix)
+
     # -- keys the model declares completely ----------------------------------------------------
 
     def build(self, cls: type, **checked: Any) -> Any:
@@ -189,33 +191,21 @@ class _Section:
                 self.fail(key, "must not be empty", f"remove the key or write {key}: {example}")
             if has_control(value):  # a line break would end an #SBATCH line and start a shell line
                 self.fail(key, f"{show(value)}: contains a line break or control character", "write it on one line")
-            if spec.check is not None:  # a check owned elsewhere words its own "problem; fix"
-                try:
-                    spec.check(value)
-                except ValueError as exc:
-                    problem, _, fix = str(exc).partition("; ")
-                    problem = problem.removeprefix(f"{f.name}: ")
-                    self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
-            return value
-        if base is int:
-            self._check_int(key, value, example)
         else:
-            self._check_number(key, value, example)
-        for op, bound in ((">", spec.gt), (">=", spec.ge), ("<=", spec.le)):
-            if bound is not None and not _holds(value, op, bound):
-                self._out_of_bounds(key, value, op, bound, base, example)
-        if spec.check is not None:
+            if base is int:
+                self._check_int(key, value, example)
+            else:
+                self._check_number(key, value, example)
+            for relation, bound in (("gt", spec.gt), ("ge", spec.ge), ("le", spec.le)):
+                if bound is not None and not RELATIONS[relation][1](value, bound):
+                    self._out_of_bounds(key, value, relation, bound, example)
+        if spec.check is not None:  # a check owned elsewhere (the store's options) words its own "problem; fix"
             try:
                 spec.check(value)
-            except ValueError as exc:  # a bound owned elsewhere (the store's options): say it in our words
-                found = _BOUND_RE.search(str(exc))
-                if found is None:
-                    self.fail(
-                        key,
-                        f"{str(exc).partition(': ')[2] or exc}, got {show(value) if isinstance(value, str) else value}",
-                        f"use a value such as {example}",
-                    )
-                self._out_of_bounds(key, value, found[1], base(found[2]), base, example)
+            except ValueError as exc:
+                problem, _, fix = str(exc).partition("; ")
+                problem = problem.removeprefix(f"{f.name}: ")
+                self.fail(key, f"{show(value)}: {problem}", fix or f"use a value such as {example}")
         return float(value) if base is float and not optional else value
 
     def _check_int(self, key: str, value: Any, example: Any) -> None:
@@ -236,15 +226,16 @@ class _Section:
         if not math.isfinite(value):
             self.fail(key, f"must be a finite number, got {value}", f"write a number such as {example}")
 
-    def _out_of_bounds(self, key: str, value: Any, op: str, bound: float, base: type, example: Any) -> NoReturn:
-        if base is int:  # integers only have lower bounds (>=)
-            self.fail(key, f"must be {op} {bound}, got {value}", f"use a value of at least {bound}, e.g. {example}")
+    def _out_of_bounds(self, key: str, value: Any, relation: str, bound: float, example: Any) -> NoReturn:
+        shown = int(bound) if float(bound).is_integer() else bound  # 1000000, not 1e+06 or 1000000.0
         fix = {
-            ">": f"use a positive value such as {example}",
-            ">=": f"use a value such as {example}",
-            "<=": f"use a value between the limits, e.g. {example}",
-        }[op]
-        self.fail(key, f"must be {op} {bound:g}, got {value}", fix)
+            "gt": f"use a positive value such as {example}"
+            if bound == 0
+            else f"use a value above {shown}, e.g. {example}",
+            "ge": f"use a value of at least {shown}, e.g. {example}",
+            "le": f"use a value of at most {shown}, e.g. {example}",
+        }[relation]
+        self.fail(key, f"must be {RELATIONS[relation][0]} {shown}, got {value}", fix)
 
     # -- containers the hand-written checks read ---------------------------------------------------
 
@@ -260,6 +251,26 @@ class _Section:
             )
         return value
 
+    def one_of(self, top: _Section, first: str, second: str, both_fix: str, neither_fix: str) -> bool:
+        """Whether ``first`` is the one of the two keys this section sets (exactly one must be; null
+        is not set, so that ``--set KEY=`` takes one away). ``top``: the mapping holding this section."""
+        has = [self.get(key) not in (_MISSING, None) for key in (first, second)]
+        if all(has):
+            later = second if self.line_of(second) >= self.line_of(first) else first
+            self.origin.fail(self.line_of(later), self.path, f"has both {first} and {second}", both_fix)
+        if not any(has):
+            top.fail(self.path, f"needs {first} or {second}", neither_fix)
+        return has[0]
+
+    def filled(self, key: str, kind: type, what: str, fix: str, empty_fix: str) -> Any:
+        """The value of ``key``, which must be a ``kind`` (list or Mapping; ``what`` in words) and not empty."""
+        value = self.get(key)
+        if not isinstance(value, kind):
+            self.fail(key, f"must be {what}, got {show(value)}", fix)
+        if not value:
+            self.fail(key, "must not be empty", empty_fix)
+        return value
+
     def str_mapping(self, key: str, key_re: re.Pattern[str], key_rule: str, example: str) -> dict[str, str]:
         value = self.mapping(key)
         out: dict[str, str] = {}
@@ -272,10 +283,6 @@ class _Section:
                 self.origin.fail(line, path, f"must be a string, got {show(v)}", f'quote the value: {k}: "{v}"')
             out[k] = v
         return out
-
-
-def _holds(value: float, op: str, bound: float) -> bool:
-    return value > bound if op == ">" else value >= bound if op == ">=" else value <= bound
 
 
 def _section(origin: Origin, top: _Section, key: str) -> _Section:
@@ -358,15 +365,9 @@ def _slurm(origin: Origin, top: _Section) -> SlurmSettings:
             )
         for i, item in enumerate(setup_raw):
             if not isinstance(item, str):
-                origin.fail(
-                    item_line(setup_raw, i, s.line_of("setup")),
-                    f"slurm.setup[{i}]",
-                    f"must be a string, got {show(item)}",
-                    "quote the line",
-                )
+                s.fail_item("setup", setup_raw, i, f"must be a string, got {show(item)}", "quote the line")
             if has_control(item.replace("\t", " ")):
-                origin.fail(item_line(setup_raw, i, s.line_of("setup")), f"slurm.setup[{i}]",
-                            f"{show(item)}: contains a line break or control character",
+                s.fail_item("setup", setup_raw, i, f"{show(item)}: contains a line break or control character",
                             "write one shell line per item")  # fmt: skip
             setup.append(item)
 
@@ -405,22 +406,9 @@ def _workload(origin: Origin, top: _Section) -> Workload:
     s = _section(origin, top, "workload")
     func = s.get("callable")
     cmd = s.get("command")
-    has_func = func is not _MISSING and func is not None
-    has_cmd = cmd is not _MISSING and cmd is not None
-    if has_func and has_cmd:
-        later = "command" if s.line_of("command") >= s.line_of("callable") else "callable"
-        origin.fail(
-            s.line_of(later),
-            "workload",
-            "has both callable and command",
-            "keep exactly one of them (callable for a Python function, command for a program)",
-        )
-    if not has_func and not has_cmd:
-        top.fail(
-            "workload",
-            "needs callable or command",
-            'add callable: "pkg.module:function" or command: [python, train.py]',
-        )
+    has_func = s.one_of(top, "callable", "command",
+                        "keep exactly one of them (callable for a Python function, command for a program)",
+                        'add callable: "pkg.module:function" or command: [python, train.py]')  # fmt: skip
 
     callable_: str | None = None
     kwargs: dict[str, Any] = {}
@@ -455,18 +443,11 @@ def _workload(origin: Origin, top: _Section) -> Workload:
                 "must be a list of arguments, not one string",
                 f"split it into a list: command: {json.dumps(parts)}",
             )
-        if not isinstance(cmd, list):
-            s.fail("command", f"must be a list of strings, got {show(cmd)}", "write command: [python, train.py]")
-        if not cmd:
-            s.fail("command", "must not be empty", "write the program and its arguments: command: [python, train.py]")
+        s.filled("command", list, "a list of strings", "write command: [python, train.py]",
+                 "write the program and its arguments: command: [python, train.py]")  # fmt: skip
         for i, item in enumerate(cmd):
             if not isinstance(item, str):
-                origin.fail(
-                    item_line(cmd, i, s.line_of("command")),
-                    f"workload.command[{i}]",
-                    f"must be a string, got {show(item)}",
-                    f"quote it: '{item}'",
-                )
+                s.fail_item("command", cmd, i, f"must be a string, got {show(item)}", f"quote it: '{item}'")
         command = tuple(cmd)
 
     env = s.str_mapping("env", _ENV_RE, "a valid environment variable name", "OMP_NUM_THREADS")
@@ -480,53 +461,23 @@ def _array(origin: Origin, top: _Section) -> ArraySpec | None:
     s = _section(origin, top, "array")
     params_raw = s.get("params")
     sweep_raw = s.get("sweep")
-    has_params = params_raw is not _MISSING
-    has_sweep = sweep_raw is not _MISSING
-    if has_params and has_sweep:
-        later = "sweep" if s.line_of("sweep") >= s.line_of("params") else "params"
-        origin.fail(
-            s.line_of(later),
-            "array",
-            "has both params and sweep",
-            "keep one: params lists each task, sweep builds every combination",
-        )
-    if not has_params and not has_sweep:
-        top.fail(
-            "array",
-            "needs params or sweep",
-            "add params: [{seed: 0}, {seed: 1}] or sweep: {seed: [0, 1]}, or remove array:",
-        )
-
+    has_params = s.one_of(top, "params", "sweep", "keep one: params lists each task, sweep builds every combination",
+                          "add params: [{seed: 0}, {seed: 1}] or sweep: {seed: [0, 1]}, or remove array:")  # fmt: skip
     if has_params:
-        if not isinstance(params_raw, list):
-            s.fail(
-                "params",
-                f"must be a list of mappings (one per task), got {show(params_raw)}",
-                "write params: [{seed: 0}, {seed: 1}], or use sweep: for combinations",
-            )
-        if not params_raw:
-            s.fail("params", "must not be empty", "list at least one task, e.g. params: [{seed: 0}]")
+        s.filled("params", list, "a list of mappings (one per task)",
+                 "write params: [{seed: 0}, {seed: 1}], or use sweep: for combinations",
+                 "list at least one task, e.g. params: [{seed: 0}]")  # fmt: skip
         params: list[dict[str, Any]] = []
         for i, item in enumerate(params_raw):
-            line = item_line(params_raw, i, s.line_of("params"))
             if not isinstance(item, Mapping):
-                origin.fail(
-                    line,
-                    f"array.params[{i}]",
-                    f"must be a mapping of arguments, got {show(item)}",
-                    "write each task as {name: value, ...}, e.g. {seed: 0}",
-                )
+                s.fail_item("params", params_raw, i, f"must be a mapping of arguments, got {show(item)}",
+                            "write each task as {name: value, ...}, e.g. {seed: 0}")  # fmt: skip
+            line = item_line(params_raw, i, s.line_of("params"))
             params.append(_check_kwargs(origin, item, f"array.params[{i}]", line, "parameter"))
         spec = ArraySpec(params=tuple(params))
     else:
-        if not isinstance(sweep_raw, Mapping):
-            s.fail(
-                "sweep",
-                f"must be a mapping of name: [values], got {show(sweep_raw)}",
-                "write sweep: {learning_rate: [0.01, 0.1], seed: [0, 1]}",
-            )
-        if not sweep_raw:
-            s.fail("sweep", "must not be empty", "add at least one name: [values], e.g. sweep: {seed: [0, 1]}")
+        s.filled("sweep", Mapping, "a mapping of name: [values]", "write sweep: {learning_rate: [0.01, 0.1], seed: [0, 1]}",
+                 "add at least one name: [values], e.g. sweep: {seed: [0, 1]}")  # fmt: skip
         sweep: dict[str, tuple[Any, ...]] = {}
         for k, values in sweep_raw.items():
             line = key_line(sweep_raw, k, s.line_of("sweep"))

@@ -2,7 +2,8 @@
 
 What the rest of the package may use is named here (``__all__``); the public modules are
 
-* :mod:`.client` -- ``init_db``, the ``log_*`` calls, ``get_db``, ``shutdown_db`` (also exported here);
+* :mod:`.client` -- ``init_db``, the ``log_*`` calls, ``get_db``, ``shutdown_db``: the API of pipeline
+  code, which :mod:`aetherium_hpc` exports; here only what the rest of the package calls;
 * :mod:`.options` -- :class:`StoreOptions`, the store's settings as one object;
 * :mod:`.provenance` -- :class:`SourceInfo`, who wrote a database;
 * :mod:`.address` -- the node socket's names (:class:`StoreAddress`, where the socket lives);
@@ -27,25 +28,15 @@ from .address import StoreAddress
 from .client import (
     RECENT_WINDOW_S,
     JoinedStore,
-    MetricsStore,
     StoreReader,
     add_close_hook,
     close_store,
     get_db,
-    init_db,
     log_builtin_samples,
-    log_data_generation_complete,
-    log_data_generation_start,
-    log_job,
-    log_resource_metric,
     log_resource_samples,
-    log_training_epoch_metric,
     remove_close_hook,
     send_one_record,
     set_recent_source,
-    shutdown_db,
-    worker_args,
-    worker_initializer,
 )
 from .options import StoreOptions
 from .ownership import check_path
@@ -70,7 +61,6 @@ __all__ = [
     "RECENT_WINDOW_S",
     "CopyBack",
     "JoinedStore",
-    "MetricsStore",
     "SourceInfo",
     "StoreAddress",
     "StoreOptions",
@@ -84,23 +74,14 @@ __all__ = [
     "close_store",
     "copy_database",
     "get_db",
-    "init_db",
     "log_builtin_samples",
-    "log_data_generation_complete",
-    "log_data_generation_start",
-    "log_job",
-    "log_resource_metric",
     "log_resource_samples",
-    "log_training_epoch_metric",
     "remove_close_hook",
     "send_one_record",
     "set_recent_source",
     "readable",
     "reader",
     "schema",
-    "shutdown_db",
     "source_from_environ",
     "source_of",
-    "worker_args",
-    "worker_initializer",
 ]

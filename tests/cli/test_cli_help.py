@@ -113,3 +113,38 @@ def test_export_help_explains_every_format_and_its_output() -> None:
     for extra in ("parquet", "tensorboard"):
         assert f"pip install 'aetherium-hpc[{extra}]'" in text
     assert "tensorboard --logdir" in text and "DIR/<run>/events.out.tfevents" in text
+
+
+def test_every_command_help_ends_with_exit_codes_then_examples() -> None:
+    """Every subcommand's --help, nested ones too, ends the same way: an ``exit codes:`` paragraph,
+    then ``examples:`` with one indented example of that command per line (kept as written)."""
+    for prog, parser in _walk(build_parser(), "aetherium-hpc")[1:]:
+        text = parser.format_help()
+        assert "\nexit codes: " in text, f"`{prog} --help` gives no exit codes"
+        assert "\nexamples:\n  " in text, f"`{prog} --help` gives no examples"
+        assert text.index("\nexit codes: ") < text.index("\nexamples:\n"), prog
+        examples = text.split("\nexamples:\n", 1)[1].splitlines()
+        assert all(line.startswith("  ") for line in examples), f"`{prog} --help`: {examples}"
+        first_lines = [line for line in examples if not line.startswith("   ")]  # (deeper: a note's next line)
+        assert first_lines and all(prog in line for line in first_lines), f"`{prog} --help`: {first_lines}"
+
+
+def test_help_keeps_the_lines_of_an_epilog_and_wraps_a_description(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "60")
+    text = dict(_walk(build_parser(), "aetherium-hpc"))["aetherium-hpc submit"].format_help()
+    assert (
+        "\n  aetherium-hpc submit configs/train.yaml --dry-run   (the resolved config and the sbatch script)\n" in text
+    )
+    description = text.split("\n\n")[1]
+    assert description.startswith("Validate CONFIG") and max(len(line) for line in description.splitlines()) <= 60
+
+
+def test_run_help_says_what_usr2_does() -> None:
+    """job.sbatch sends its readers to `run --help` about USR2: it is there."""
+    from aetherium_hpc import templates
+
+    assert "aetherium-hpc run --help" in templates.text("job.sbatch") and "USR2" in templates.text("job.sbatch")
+    text = dict(_walk(build_parser(), "aetherium-hpc"))["aetherium-hpc run"].format_help()
+    usr2 = text.split("\n  USR2 ", 1)[1].split("\n  SIGTERM ", 1)[0]
+    for said in ("--signal=USR2@120", "status timeout", "COMMAND gets USR2", "copied to --db-dir", "140"):
+        assert said in " ".join(usr2.split()), said

@@ -49,6 +49,9 @@ MALFORMED = [
     ),
     pytest.param(BASE + "monitoring:\n  interval_s: .nan\n", 5, "monitoring.interval_s", "finite", id="interval-nan"),
     pytest.param(BASE + "monitoring:\n  buffer_size: 0\n", 5, "monitoring.buffer_size", "at least 1", id="zero-buffer"),
+    pytest.param(
+        BASE + "monitoring:\n  buffer_size: 2000000\n", 5, "monitoring.buffer_size", "at most 1000000", id="huge-buffer"
+    ),
     pytest.param(BASE + "monitoring:\n  gpu: 1\n", 5, "monitoring.gpu", "true or", id="int-as-bool"),
     pytest.param(
         BASE + "slurm:\n  signal_delay_s: -5\n", 5, "slurm.signal_delay_s", "at least 0", id="negative-signal"
