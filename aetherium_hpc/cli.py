@@ -369,6 +369,54 @@ def _add_analysis(sub: SubParsers) -> None:
 _EXTENSIONS.append(_add_analysis)
 
 
+# -- init --------------------------------------------------------------------------------------
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a commented starter config for the demo pipeline (a job, or an array with a sweep)."""
+    from . import templates
+
+    kind = "array" if args.array else "train"
+    target = Path(args.path or templates.STARTERS[kind])
+    if target.is_dir():
+        target = target / templates.STARTERS[kind]
+    shown = str(target)
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise AetheriumError(f"{shown}: a link or not a regular file; choose another PATH")
+    if target.exists() and not args.force:
+        raise AetheriumError(f"{shown} exists; choose another PATH, or pass --force to overwrite it")
+    if not target.parent.is_dir():
+        raise AetheriumError(f"{target.parent}: no such folder; create it first, or choose another PATH")
+    if target.exists():
+        target.unlink()
+    with open(target, "x", encoding="utf-8") as fh:  # never through a link planted meanwhile
+        fh.write(templates.starter_config(kind, shown))
+    print(f"wrote {shown}; submit it with: aetherium-hpc submit {shown} --wait", file=sys.stderr)
+    return 0
+
+
+_INIT = CommandText(
+    help="write a commented starter config (the demo pipeline; --array: an array with a sweep)",
+    description="Write a starter config to PATH (default train.yaml, or array.yaml with --array): the demo "
+    "pipeline that comes with the package, every key commented. Edit workload.callable to run your own "
+    "code, then submit it.",
+    epilog="""exit codes: 0 written; 2 PATH exists (add --force), is a link or not a file, or its folder is missing.
+examples:
+  aetherium-hpc init && aetherium-hpc submit train.yaml --wait
+  aetherium-hpc init --array sweep.yaml && aetherium-hpc submit sweep.yaml
+  aetherium-hpc init --force configs/
+""",
+)
+
+
+def _add_init(sub: SubParsers) -> None:
+    p = add_command(sub, "init", cmd_init, _INIT)
+    p.add_argument("path", nargs="?", metavar="PATH", help="file to write, or a folder to write it in")
+    p.add_argument("--array", action="store_true", help="a job array with a 2 x 2 sweep instead of one job")
+    p.add_argument("--force", action="store_true", help="overwrite PATH if it exists")
+
+
+_EXTENSIONS.append(_add_init)
+
+
 # -- templates ---------------------------------------------------------------------------------
 def cmd_templates(args: argparse.Namespace) -> int:
     """List, print or copy the sbatch templates shipped with the package."""
