@@ -376,7 +376,7 @@ def test_an_output_folder_gets_the_summary_inside_it(
     store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, form: str
 ) -> None:
     # The original pipeline calls log_system_resources(output_dir) with its output folder.
-    from aetherium_hpc.monitors.monitor import SUMMARY_FILE_NAME
+    from aetherium_hpc.monitors.summary import SUMMARY_FILE_NAME
 
     folder = tmp_path / "outputs"
     if form == "existing folder":

@@ -22,9 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring, parse_config
 from aetherium_hpc.errors import ConfigError
-from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor
+from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor, default_collectors
 from aetherium_hpc.monitors.base import Sample
-from aetherium_hpc.monitors.collectors import default_collectors
 from aetherium_hpc.monitors.prometheus import NAMES, NOT_EXPORTED, TIMESTAMP_METRIC
 from aetherium_hpc.paths import textfile_path
 from aetherium_hpc.runtime import JobContext, run_task
