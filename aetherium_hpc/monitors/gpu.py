@@ -48,7 +48,6 @@ _FUNCTION_NOT_FOUND = 13
 _GPU_IS_LOST = 15
 _NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong: usedGpuMemory not known
 
-
 #: How to stop looking for GPUs, as the notices say it; the runtime sets the way that applies
 #: (a YAML config's ``monitoring.gpu``, ``aetherium-hpc run --config``); the library's own is the default.
 OFF_HINT = "pass gpu=False to log_system_resources() / ResourceMonitor()"
