@@ -48,6 +48,11 @@ class LaunchError(AetheriumError):
     """A job could not be submitted or run."""
 
 
+class SlurmError(AetheriumError):
+    """A Slurm command could not be asked (not installed, no answer in time) or refused to answer;
+    the message says which, in a few words callers put in their own lines."""
+
+
 class CentralStoreError(StoreError):
     """The central PostgreSQL store cannot be reached or used (its message never shows a password)."""
 

@@ -1,10 +1,13 @@
 """What Slurm's commands say: ``sinfo``, ``scontrol``, ``sacct``, ``squeue``.
 
 The one place that asks Slurm about the cluster and its jobs: whether a controller answers
-(``backend: auto``), how large an array may be, accounting (``sacct``: for ``aetherium-hpc
-status``, reports, merges and the final-status check of :mod:`.analysis.final_status`), the
-queue (``squeue``), and for the job runtime what a job asked for and when its time is up. Every call is one subprocess with an argument list (never a shell) and a
-bounded timeout; a command that cannot run or fails gives a reason, never an exception.
+(``backend: auto``), how large an array may be, which release is installed (the GPU monitor
+reads ``SLURM_*_GPUS`` by it), accounting (``sacct``: for ``aetherium-hpc status``, reports,
+merges and the final-status check of :mod:`.analysis.final_status`), the queue (``squeue``),
+and for the job runtime what a job asked for and when its time is up. Every call is one
+subprocess with an argument list (never a shell) and a bounded timeout. A command that cannot
+run or fails is a :class:`~.errors.SlurmError` saying why (:func:`sacct_rows` raises it); the
+other functions turn it into their answer: a reason, or the value used without one.
 
 A leaf module: it imports neither submitit nor the store, so analysis code reads Slurm through it.
 """
@@ -18,6 +21,8 @@ import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from .errors import SlurmError
 
 #: How long any Slurm command is given to answer.
 SLURM_TIMEOUT_S = 10.0
@@ -56,14 +61,23 @@ def is_slurm_id(job_id: str | None) -> bool:
     return bool(job_id) and _SLURM_ID.match(str(job_id)) is not None
 
 
-def _run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str] | str:
-    """The finished command (whatever its exit status), or why it could not be asked."""
+def _run(argv: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """The finished command (whatever its exit status); :class:`SlurmError` when it cannot be asked."""
     try:
         return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return f"{argv[0]} did not answer within {timeout:.0f} s"
+        raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f} s") from None
     except OSError as exc:
-        return f"{argv[0]} cannot run ({exc.strerror})"
+        raise SlurmError(f"{argv[0]} cannot run ({exc.strerror})") from None
+
+
+def _stdout(argv: Sequence[str], timeout: float) -> str:
+    """What the command printed when it succeeded; "" when it failed or could not be asked."""
+    try:
+        proc = _run(argv, timeout)
+    except SlurmError:
+        return ""
+    return proc.stdout if proc.returncode == 0 else ""
 
 
 def _first_line(stderr: str) -> str:
@@ -73,9 +87,10 @@ def _first_line(stderr: str) -> str:
 # -- the cluster: sinfo, scontrol --------------------------------------------------------------------
 def slurm_problem(timeout: float = SLURM_TIMEOUT_S) -> str | None:
     """None when a Slurm controller answers ``sinfo``, else what went wrong."""
-    proc = _run(["sinfo", "-h", "-o", "%P"], timeout)
-    if isinstance(proc, str):
-        return proc
+    try:
+        proc = _run(["sinfo", "-h", "-o", "%P"], timeout)
+    except SlurmError as exc:
+        return str(exc)
     if proc.returncode != 0:
         return f"no controller answers ({_first_reason(proc.stderr)})"
     return None
@@ -92,27 +107,29 @@ def _first_reason(stderr: str) -> str:
 
 def cluster_max_array_size(timeout: float = SLURM_TIMEOUT_S) -> int:
     """MaxArraySize of ``scontrol show config``, else Slurm's default."""
-    proc = _run(["scontrol", "show", "config"], timeout)
-    out = "" if isinstance(proc, str) else proc.stdout
-    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", out, re.MULTILINE)
+    match = re.search(r"^MaxArraySize\s*=\s*(\d+)", _stdout(["scontrol", "show", "config"], timeout), re.MULTILINE)
     return int(match.group(1)) if match else DEFAULT_MAX_ARRAY_SIZE
+
+
+def slurm_version(timeout: float = 5.0) -> tuple[int, ...] | None:
+    """The installed Slurm's release from ``scontrol --version`` (``slurm 23.02.7``), or None."""
+    exe = shutil.which("scontrol") or shutil.which("srun")
+    if exe is None:
+        return None
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", _stdout([exe, "--version"], timeout))
+    return tuple(int(g) for g in match.groups() if g is not None) if match else None
 
 
 def job_fields(job_id: str, timeout: float = SLURM_TIMEOUT_S) -> dict[str, str]:
     """``scontrol show job -o JOB`` as key=value pairs; {} when it does not answer."""
-    proc = _run(["scontrol", "show", "job", "-o", job_id], timeout)
-    if isinstance(proc, str) or proc.returncode != 0:
-        return {}
-    return dict(re.findall(r"(\S+?)=(\S*)", proc.stdout))
+    return dict(re.findall(r"(\S+?)=(\S*)", _stdout(["scontrol", "show", "job", "-o", job_id], timeout)))
 
 
 def job_end_time(job_id: str, timeout: float = SLURM_TIMEOUT_S) -> float | None:
     """When the controller will stop ``job_id`` (``squeue -o %e``); None without a limit or an answer."""
-    proc = _run(["squeue", "-h", "-j", job_id, "-o", "%e"], timeout)
-    if isinstance(proc, str):
-        return None
+    answer = _stdout(["squeue", "-h", "-j", job_id, "-o", "%e"], timeout).strip()
     try:
-        return _dt.datetime.strptime(proc.stdout.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+        return _dt.datetime.strptime(answer, "%Y-%m-%dT%H:%M:%S").timestamp()
     except ValueError:  # no limit ("N/A"), or no answer
         return None
 
@@ -130,8 +147,9 @@ def sacct_argv(job_ids: Iterable[str]) -> list[str]:
             "-o", ",".join(SACCT_FIELDS)]  # fmt: skip
 
 
-def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) -> list[dict[str, Any]] | str:
-    """One row per Slurm job / array task of ``job_ids``, in sacct's order, or why sacct gave no answer.
+def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) -> list[dict[str, Any]]:
+    """One row per Slurm job / array task of ``job_ids``, in sacct's order; :class:`SlurmError`
+    says why sacct gave no answer.
 
     The allocation line gives state, exit code, elapsed, limits, nodes, start and end (Unix
     times); the steps give the peak MaxRSS (``max_rss_mb``) and ``steps`` (step, state, exit
@@ -140,14 +158,12 @@ def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) 
     """
     wanted = sorted({str(j) for j in job_ids if is_slurm_id(j)})
     if not wanted:
-        return "no Slurm job ids in this database (local runs)"
+        raise SlurmError("no Slurm job ids in this database (local runs)")
     if shutil.which("sacct") is None:
-        return "sacct is not installed here"
+        raise SlurmError("sacct is not installed here")
     proc = _run(sacct_argv(wanted), timeout)
-    if isinstance(proc, str):
-        return proc
     if proc.returncode != 0:
-        return f"accounting is off or unreachable (sacct: {_first_line(proc.stderr)})"
+        raise SlurmError(f"accounting is off or unreachable (sacct: {_first_line(proc.stderr)})")
     jobs: dict[str, dict[str, Any]] = {}
     for line in proc.stdout.splitlines():
         values = dict(zip(SACCT_FIELDS, line.split("|"), strict=False))
@@ -178,9 +194,10 @@ def sacct_rows(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) 
 
 def sacct_figures(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_S) -> dict[str, Any]:
     """``{"rows": [...]}``: :func:`sacct_rows` in job and task order, or ``{"rows": [], "why": reason}``."""
-    rows = sacct_rows(job_ids, timeout)
-    if isinstance(rows, str):
-        return {"rows": [], "why": rows}
+    try:
+        rows = sacct_rows(job_ids, timeout)
+    except SlurmError as exc:
+        return {"rows": [], "why": str(exc)}
     if not rows:
         return {"rows": [], "why": "sacct knows none of these jobs (purged, or another cluster)"}
     return {"rows": sorted(rows, key=lambda r: _order(r["job"]))}
@@ -234,8 +251,11 @@ def queue_rows(job_ids: Sequence[str], timeout: float = SLURM_TIMEOUT_S) -> list
     """What the controller lists of ``job_ids`` (pending, running ...; the tasks of an array
     that have not started as one row, ``5_[2-3]``): job, state, elapsed, nodes, in squeue's
     order. None when squeue failed (one unknown job id makes it exit 1)."""
-    proc = _run(queue_argv(job_ids), timeout)
-    if isinstance(proc, str) or proc.returncode != 0:
+    try:
+        proc = _run(queue_argv(job_ids), timeout)
+    except SlurmError:
+        return None
+    if proc.returncode != 0:
         return None
     rows = []
     for line in proc.stdout.strip().splitlines():
@@ -255,9 +275,10 @@ def squeue_states(job_ids: Iterable[str | None], timeout: float = SLURM_TIMEOUT_
         return {"jobs": {}}
     if shutil.which("squeue") is None:
         return {"jobs": None, "why": "squeue is not installed here"}
-    proc = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(_bases(wanted)), "-o", "%i|%T"], timeout)
-    if isinstance(proc, str):
-        return {"jobs": None, "why": proc}
+    try:
+        proc = _run(["squeue", "-h", "-r", "-t", "all", "-j", ",".join(_bases(wanted)), "-o", "%i|%T"], timeout)
+    except SlurmError as exc:
+        return {"jobs": None, "why": str(exc)}
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():  # the controller knows none of them any more
             return {"jobs": {}}

@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from aetherium_hpc import get_db, init_db, shutdown_db  # noqa: E402
 from aetherium_hpc.monitors import ResourceMonitor  # noqa: E402
-from aetherium_hpc.monitors.gpu import GpuCollector, _load_nvml  # noqa: E402
+from aetherium_hpc.monitors.gpu import GpuCollector, NvmlUnavailable, _load_nvml  # noqa: E402
 
 NO_GPU, FAILED, OK = 2, 1, 0
 
@@ -168,8 +168,9 @@ def main() -> int:
     parser.add_argument("--alloc-mb", type=int, default=2048)
     args = parser.parse_args()
 
-    nvml, why = _load_nvml()
-    if nvml is None:
+    try:
+        nvml = _load_nvml()
+    except NvmlUnavailable as why:
         print(f"gpu_check: cannot run: no usable GPU on this machine: {why}")
         print("gpu_check: run it on a GPU node, e.g. `srun --gpus=1 python bench/gpu_check.py`")
         return NO_GPU

@@ -34,7 +34,7 @@ from typing import Any
 
 from ..paths import RunLayout
 from ..scheduler import SLURM_TIMEOUT_S as SACCT_TIMEOUT_S
-from ..scheduler import is_slurm_id, sacct_figures, sacct_rows, squeue_states
+from ..scheduler import is_slurm_id, sacct_figures, squeue_states
 
 #: The status a job writes when it starts; the only one :func:`resolve` looks at.
 RUNNING = "running"
@@ -157,8 +157,7 @@ def tasks_without_database(
     missing = [(name, cluster) for r in records for name, cluster in submitted_tasks(r) if name not in present]
     slurm = [name for name, cluster in missing if cluster == "slurm"]
     if slurm and sacct is None:
-        rows_or_why = sacct_rows(slurm, timeout=timeout)
-        sacct = {"rows": [], "why": rows_or_why} if isinstance(rows_or_why, str) else {"rows": rows_or_why}
+        sacct = sacct_figures(slurm, timeout=timeout)
     rows = {str(r["job"]): r for r in (sacct or {}).get("rows", [])}
     unasked = (sacct or {}).get("why") if not (sacct or {}).get("rows") else None
     out = []

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import scheduler
-from ..errors import LaunchError
+from ..errors import LaunchError, SlurmError
 from ..paths import RunLayout
 
 STATUS_TIMEOUT_S = scheduler.SLURM_TIMEOUT_S
@@ -39,8 +39,11 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
         ids = [*(record.get("array_job_ids") or record.get("job_ids") or []),
                *([record["report_job_id"]] if record.get("report_job_id") else [])]  # fmt: skip
         ids = [str(i) for i in ids]
-        accounted = scheduler.sacct_rows(ids, timeout)
-        if accounted and not isinstance(accounted, str):
+        try:
+            accounted: list[dict[str, Any]] | None = scheduler.sacct_rows(ids, timeout)
+        except SlurmError:
+            accounted = None
+        if accounted:
             rows = [{"job": r["job"], "state": r.get("state", ""), "exit": r.get("exit_code", ""),
                      "elapsed": r.get("elapsed", ""), "nodes": r.get("nodes", "")} for r in accounted]  # fmt: skip
             for row, r in zip(rows, accounted, strict=True):
@@ -48,7 +51,7 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
                     row["note"] = _requeued_note(r["requeues"])
             return rows, "sacct"
         # Asked once: the databases' open rows are checked against these answers, not by asking again.
-        why = "sacct gave no answer" if isinstance(accounted, str) else "sacct knows none of these jobs"
+        why = "sacct gave no answer" if accounted is None else "sacct knows none of these jobs"
         sacct_seen = {"rows": [], "why": why}
         queued = scheduler.queue_rows(ids, timeout)
         # None (ask again, as the final-status check does): squeue failed, e.g. on one unknown job id.

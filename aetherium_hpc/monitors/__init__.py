@@ -12,9 +12,10 @@ import threading
 
 from .. import env
 from .base import Collector, Sample
-from .collectors import default_collectors
-from .monitor import MonitorTelemetry, ResourceMonitor, SampleSummary
+from .monitor import ResourceMonitor, default_collectors
 from .prometheus import PrometheusTextfile
+from .summary import SampleSummary
+from .telemetry import MonitorTelemetry
 
 log = logging.getLogger(__name__)
 

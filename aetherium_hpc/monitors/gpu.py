@@ -1,25 +1,9 @@
 """The job's GPUs with NVML: utilisation, memory, power, temperature, the job's processes' memory.
 
-The only module that imports ``pynvml`` (nvidia-ml-py). Which GPUs are the job's (one
-info line says which rule chose them):
-
-1. ``CUDA_VISIBLE_DEVICES`` when set, read as CUDA reads it: indices, ``GPU-``/``MIG-``
-   UUIDs or unique UUID prefixes, the list ending at the first entry that names
-   nothing. NVML numbers every GPU of the node and ignores that variable, so a CUDA
-   index is mapped to the GPU of that rank in PCI bus id order among the GPUs NVML lets
-   this process open (CUDA's order with ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, and in practice
-   on nodes of identical GPUs). A GPU in MIG mode named this way gives one MIG device,
-   as CUDA gives a process one (the first).
-2. Else, inside a Slurm job, ``SLURM_STEP_GPUS`` / ``SLURM_JOB_GPUS``: GRES indices, which
-   follow the PCI bus order of the node's GPUs -- NVML's own order. Under Slurm's
-   ``ConstrainDevices`` NVML still counts the GPUs the job's cgroup hides (it refuses their
-   handles with NO_PERMISSION), so NVML indices stay the node's. On a MIG node each MIG
-   slice is its own index. Slurm releases before :data:`GRES_INDEX_SINCE` wrote the device
-   minor number (``/dev/nvidiaN``) there instead; that reading is kept for them only.
-3. A Slurm job with none of these variables was given no GPU (Slurm removes them from
-   steps without GPUs): no GPU is monitored, and one line says so -- without
-   ``ConstrainDevices`` NVML would show other jobs' GPUs.
-4. Outside Slurm, every GPU of the node.
+The only module that imports ``pynvml`` (nvidia-ml-py). It lists the node's GPUs; which of
+them are the job's is decided in :mod:`.selection` (one info line says which rule chose them).
+A node without NVML (no nvidia-ml-py, no NVIDIA library or driver) where no GPU was asked for
+(:func:`.selection.gpus_requested`) is skipped quietly: a CPU node has nothing to say.
 
 MIG slices are recorded under their MIG UUID (memory, the job's memory; NVML has no
 utilisation per slice: said once), the board's power and temperature under the parent
@@ -31,18 +15,26 @@ error is reported once per device and NVML function, retried with back-off and c
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
-import re
-import shutil
-import subprocess
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from .. import scheduler
 from ..store import catalogue
 from .base import Collector, Sample
+from .selection import (
+    GpuDevice,
+    NodeGpu,
+    SlurmVersion,
+    find_job_cgroup,
+    gpus_requested,
+    read_cgroup_pids,
+    select_devices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +47,6 @@ _INSUFFICIENT_SIZE = 7
 _FUNCTION_NOT_FOUND = 13
 _GPU_IS_LOST = 15
 _NOT_AVAILABLE = 2**64 - 1  # NVML_VALUE_NOT_AVAILABLE_ulonglong: usedGpuMemory not known
-
-#: The first Slurm release taken to write GRES indices into SLURM_*_GPUS; older ones wrote
-#: device minor numbers. (Slurm 19.05 reworked GPU GRES around NVML; not verified on a
-#: cluster of each release -- change it here if a site shows otherwise.)
-GRES_INDEX_SINCE = (19, 5)
 
 #: How to stop looking for GPUs, as the notices say it; the runtime sets the way that applies
 #: (a YAML config's ``monitoring.gpu``, ``aetherium-hpc run --config``); the library's own is the default.
@@ -74,63 +61,6 @@ def set_off_hint(text: str) -> None:
 
 #: A failing field is tried again after 1, 2, 4, ... samples, at most this many.
 MAX_BACKOFF_SAMPLES = 64
-
-SlurmVersion = Callable[[], "tuple[int, ...] | None"]
-
-
-@dataclass
-class GpuDevice:
-    """One monitored device: a whole GPU, a MIG device, or (``board``) the board of a MIG GPU."""
-
-    uuid: str
-    handle: Any
-    name: str = ""
-    index: int = -1  # NVML index of the (parent) GPU
-    parent_uuid: str | None = None  # set for MIG devices
-    gpu_instance: int | None = None
-    compute_instance: int | None = None
-    bus_id: str = ""  # of the (parent) GPU
-    board: bool = False  # a MIG GPU's board: power and temperature only
-
-    @property
-    def kind(self) -> str:
-        return "MIG device" if self.parent_uuid else "GPU"
-
-
-@dataclass
-class _Gpu:
-    index: int
-    handle: Any
-    uuid: str
-    name: str
-    bus_id: str
-    minor: int | None
-    mig_enabled: bool
-    migs: list[GpuDevice] = field(default_factory=list)
-
-    def devices(self) -> list[GpuDevice]:
-        """Every device of this GPU: its MIG devices in MIG mode, else itself."""
-        if self.mig_enabled:
-            return list(self.migs)
-        return [GpuDevice(self.uuid, self.handle, self.name, self.index, bus_id=self.bus_id)]
-
-    def cuda_devices(self) -> list[GpuDevice]:
-        """What CUDA gives a process that names this GPU: one MIG device in MIG mode."""
-        return self.devices()[:1] if self.mig_enabled else self.devices()
-
-    def board(self) -> GpuDevice:
-        return GpuDevice(self.uuid, self.handle, self.name, self.index, bus_id=self.bus_id, board=True)
-
-
-@dataclass
-class Selection:
-    """The job's devices, the rule that chose them, and every GPU of the node NVML opened."""
-
-    devices: list[GpuDevice]
-    rule: str
-    gpus: list[_Gpu]
-    slots: list[GpuDevice | None]  # GRES order: hidden GPUs as None, MIG slices one each
-    no_gpu_job: str | None = None  # set when a Slurm job was given no GPU
 
 
 def _text(value: Any) -> str:
@@ -160,9 +90,9 @@ def _absent(nvml: Any, exc: BaseException) -> bool:
     return _missing(nvml, exc) or _code(nvml, exc) == getattr(nvml, "NVML_ERROR_NOT_SUPPORTED", _NOT_SUPPORTED)
 
 
-def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
+def _enumerate(nvml: Any) -> tuple[list[NodeGpu], list[GpuDevice | None]]:
     """(every GPU NVML lets us open, with its MIG devices; the GRES slots in NVML = PCI order)."""
-    gpus: list[_Gpu] = []
+    gpus: list[NodeGpu] = []
     slots: list[GpuDevice | None] = []
     for index in range(nvml.nvmlDeviceGetCount()):
         try:
@@ -181,7 +111,7 @@ def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
         bus_id = _text(getattr(pci, "busId", "")).upper()
         minor = _try(nvml.nvmlDeviceGetMinorNumber, handle)
         mode = (_try(nvml.nvmlDeviceGetMigMode, handle) or [0])[0]
-        gpu = _Gpu(index, handle, uuid, name, bus_id, minor, mode == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
+        gpu = NodeGpu(index, handle, uuid, name, bus_id, minor, mode == getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1))
         if gpu.mig_enabled:
             # The maximum this GPU can hold; slots without a MIG device answer NOT_FOUND.
             for slot in range(int(_try(nvml.nvmlDeviceGetMaxMigDeviceCount, handle, default=0) or 0)):
@@ -200,167 +130,6 @@ def _enumerate(nvml: Any) -> tuple[list[_Gpu], list[GpuDevice | None]]:
         gpus.append(gpu)
         slots.extend(gpu.devices())
     return gpus, slots
-
-
-def _unique(candidates: list[Any]) -> Any:
-    return candidates[0] if len(candidates) == 1 else None
-
-
-def _match_cuda_visible(value: str, gpus: list[_Gpu]) -> list[GpuDevice]:
-    """The devices ``CUDA_VISIBLE_DEVICES=value`` gives, read as CUDA reads it."""
-    by_bus = sorted(gpus, key=lambda g: (g.bus_id == "", g.bus_id, g.index))
-    migs = [m for g in gpus for m in g.migs]
-    chosen: list[GpuDevice] = []
-    for token in (t.strip() for t in value.split(",")):
-        if token.isdigit():
-            if int(token) >= len(by_bus):
-                break
-            chosen.extend(by_bus[int(token)].cuda_devices())
-        elif token.startswith("GPU-"):
-            gpu = _unique([g for g in gpus if g.uuid.startswith(token)])
-            if gpu is None:
-                break
-            chosen.extend(gpu.cuda_devices())
-        elif token.startswith("MIG-GPU-"):  # legacy form MIG-GPU-<uuid>/<gpu instance>/<compute instance>
-            parts = token[len("MIG-") :].split("/")
-            mig = None
-            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
-                gi, ci = int(parts[1]), int(parts[2])
-                mig = _unique(
-                    [m for m in migs if m.parent_uuid == parts[0] and m.gpu_instance == gi and m.compute_instance == ci]
-                )
-            if mig is None:
-                break
-            chosen.append(mig)
-        elif token.startswith("MIG-"):
-            mig = _unique([m for m in migs if m.uuid.startswith(token)])
-            if mig is None:
-                break
-            chosen.append(mig)
-        else:  # CUDA stops at the first entry that names no device
-            break
-    return _dedupe(chosen)
-
-
-def _slurm_ids(value: str) -> list[int]:
-    ids: list[int] = []
-    for token in value.split(","):
-        lo, _, hi = token.strip().partition("-")
-        if lo.isdigit() and (not hi or hi.isdigit()):
-            ids.extend(range(int(lo), int(hi or lo) + 1))
-    return ids
-
-
-def _dedupe(devices: Iterable[GpuDevice]) -> list[GpuDevice]:
-    seen: set[str] = set()
-    return [d for d in devices if not (d.uuid in seen or seen.add(d.uuid))]  # type: ignore[func-returns-value]
-
-
-def probe_slurm_version() -> tuple[int, ...] | None:
-    """The installed Slurm's version from ``scontrol --version`` (``slurm 23.02.7``), or None."""
-    exe = shutil.which("scontrol") or shutil.which("srun")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=5, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", out)
-    return tuple(int(g) for g in match.groups() if g is not None) if match else None
-
-
-def _version_text(version: tuple[int, ...] | None) -> str:
-    return "version unknown" if version is None else ".".join(map(str, version))
-
-
-def select_devices(
-    nvml: Any, environ: Mapping[str, str], slurm_version: SlurmVersion = probe_slurm_version
-) -> Selection:
-    """The job's devices and which rule chose them (see the module's docstring)."""
-    gpus, slots = _enumerate(nvml)
-    cuda = environ.get("CUDA_VISIBLE_DEVICES")
-    if cuda is not None:
-        return Selection(_match_cuda_visible(cuda, gpus), f"CUDA_VISIBLE_DEVICES={cuda!r}", gpus, slots)
-    job_id = environ.get("SLURM_JOB_ID")
-    if job_id:
-        for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS"):
-            value = environ.get(name)
-            if not value:
-                continue
-            ids = _slurm_ids(value)
-            version = slurm_version()
-            if version is not None and version[:2] < GRES_INDEX_SINCE:
-                picked = [d for i in ids for g in gpus if g.minor == i for d in g.devices()]
-                rule = (
-                    f"{name}={value!r} read as device minor numbers (/dev/nvidiaN), as Slurm "
-                    f"{_version_text(version)} writes them (GRES indices since {_version_text(GRES_INDEX_SINCE)})"
-                )
-            else:
-                picked = [d for i in ids if 0 <= i < len(slots) for d in [slots[i]] if d is not None]
-                rule = (
-                    f"{name}={value!r} read as GRES indices (the node's GPUs in PCI bus order, those hidden by "
-                    f"the job's cgroup counted, each MIG slice its own index; Slurm {_version_text(version)})"
-                )
-            return Selection(_dedupe(picked), rule, gpus, slots)
-        return Selection(
-            [], "", gpus, slots,
-            no_gpu_job=(
-                f"this Slurm job ({job_id}) was given no GPU: none of CUDA_VISIBLE_DEVICES, SLURM_STEP_GPUS, "
-                "SLURM_JOB_GPUS is set, so the GPUs NVML shows belong to other jobs. Request GPUs "
-                "(--gpus / --gres=gpu:N) to monitor them"
-            ),
-        )  # fmt: skip
-    return Selection(_dedupe(d for g in gpus for d in g.devices()), "all GPUs of the node (no Slurm job)", gpus, slots)
-
-
-# -- the job's processes ----------------------------------------------------------------------
-def find_job_cgroup(job_id: str, self_cgroup: str, cgroup_root: str) -> tuple[str | None, str]:
-    """(the folder of Slurm job ``job_id``'s cgroup, or None; why not) from ``/proc/self/cgroup``.
-
-    cgroup v2: ``0::/system.slice/slurmstepd.scope/job_<id>/step_0/...``; v1: one line per
-    hierarchy (``4:memory:/slurm/uid_<uid>/job_<id>/step_0``), each under ``<root>/<controller>``.
-    """
-    try:
-        with open(self_cgroup, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
-    except OSError as exc:
-        return None, f"{self_cgroup} is not readable ({exc.strerror or exc})"
-    marker = f"job_{job_id}"
-    tried: list[str] = []
-    for line in lines:
-        hierarchy, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        parts = path.split("/")
-        if marker not in parts:
-            continue
-        job_path = "/".join(parts[: parts.index(marker) + 1]).lstrip("/")
-        bases = [cgroup_root] if hierarchy == "0" and not controllers else [
-            os.path.join(cgroup_root, c.removeprefix("name=")) for c in controllers.split(",")
-        ] + [os.path.join(cgroup_root, controllers)]  # fmt: skip
-        for base in bases:
-            folder = os.path.join(base, job_path)
-            if folder in tried:
-                continue
-            tried.append(folder)
-            if os.access(os.path.join(folder, "cgroup.procs"), os.R_OK):
-                return folder, ""
-    if not tried:
-        return None, f"no {marker} in {self_cgroup} (not a Slurm cgroup layout this monitor knows)"
-    return None, f"{', '.join(tried)} not readable"
-
-
-def read_cgroup_pids(folder: str) -> set[int]:
-    """Every pid in the cgroup ``folder`` and the cgroups below it (every step of the job)."""
-    pids: set[int] = set()
-    for here, _dirs, files in os.walk(folder):
-        if "cgroup.procs" not in files:
-            continue
-        try:
-            with open(os.path.join(here, "cgroup.procs"), encoding="ascii") as fh:
-                pids.update(int(line) for line in fh if line.strip().isdigit())
-        except OSError:
-            continue  # a step that ended meanwhile
-    return pids
 
 
 class _ProcessInfoV1(ctypes.Structure):
@@ -457,7 +226,8 @@ class _Retry:
 
 
 class GpuCollector(Collector):
-    """Per-device NVML readings for the job's GPUs; does nothing (after one info line) without them.
+    """Per-device NVML readings for the job's GPUs; does nothing (after one info line) without them,
+    and says nothing on a node without NVML where no GPU was asked for.
 
     ``tree_pids``: the monitor's process tree (enables ``process_tree_memory_used``);
     ``environ``: where the GPU and Slurm variables are read (default ``os.environ``);
@@ -471,13 +241,13 @@ class GpuCollector(Collector):
         self,
         tree_pids: Callable[[], Collection[int]] | None = None,
         environ: Mapping[str, str] | None = None,
-        slurm_version: SlurmVersion | None = None,
+        slurm_version: SlurmVersion = scheduler.slurm_version,
         self_cgroup: str = "/proc/self/cgroup",
         cgroup_root: str = "/sys/fs/cgroup",
     ) -> None:
         self._tree_pids = tree_pids
         self._environ = environ
-        self._slurm_version = slurm_version or probe_slurm_version
+        self._slurm_version = slurm_version
         self._self_cgroup = self_cgroup
         self._cgroup_root = cgroup_root
         self._nvml: Any = None
@@ -502,34 +272,31 @@ class GpuCollector(Collector):
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
-        nvml, why = _load_nvml()
-        if nvml is None:
-            self._skip(why or "NVML is not available")
-            return
         environ = os.environ if self._environ is None else self._environ
         try:
-            chosen = select_devices(nvml, environ, self._slurm_version)
+            self._nvml = _load_nvml()
+        except NvmlUnavailable as exc:  # a CPU node where no GPU was asked for: nothing to say
+            self._skip(str(exc), quiet=exc.absent and gpus_requested(environ) is None)
+            return
+        try:
+            gpus, slots = _enumerate(self._nvml)
+            chosen = select_devices(gpus, slots, environ, self._slurm_version)
         except Exception as exc:
-            self._shutdown(nvml)
             self._skip(f"listing the GPUs with NVML failed ({type(exc).__name__}: {exc}); check `nvidia-smi`")
             return
         if chosen.no_gpu_job is not None:
-            self._shutdown(nvml)
             self._skip(chosen.no_gpu_job)
             return
         if not chosen.gpus:
-            self._shutdown(nvml)
             self._skip(f"NVML sees no GPU on this node; request GPUs (e.g. --gpus=1) or {OFF_HINT}")
             return
         if not chosen.devices:
-            self._shutdown(nvml)
             listed = ", ".join(f"{g.index}:{g.uuid}" for g in chosen.gpus)
             self._skip(
                 f"{chosen.rule} names none of this node's GPUs ({listed}); this job was given no GPU, or the "
                 "variable holds indices/UUIDs of another node"
             )
             return
-        self._nvml = nvml
         self.devices = chosen.devices
         parents = {d.parent_uuid for d in chosen.devices if d.parent_uuid}
         self.boards = [g.board() for g in chosen.gpus if g.uuid in parents]
@@ -552,21 +319,17 @@ class GpuCollector(Collector):
                     "cgroup: %s); GPU work of other srun steps is not counted", why_not,
                 )  # fmt: skip
 
-    def _skip(self, why: str) -> None:
+    def _skip(self, why: str, quiet: bool = False) -> None:
+        """No GPU metrics: NVML released, ``skipped`` set, one line (at debug level when ``quiet``)."""
+        self.close()
         self.skipped = why
-        log.info("aetherium-hpc: GPU metrics skipped: %s", why)
-
-    @staticmethod
-    def _shutdown(nvml: Any) -> None:
-        try:
-            nvml.nvmlShutdown()
-        except Exception:
-            pass
+        log.log(logging.DEBUG if quiet else logging.INFO, "aetherium-hpc: GPU metrics skipped: %s", why)
 
     def close(self) -> None:
         nvml, self._nvml = self._nvml, None
         if nvml is not None:
-            self._shutdown(nvml)
+            with contextlib.suppress(Exception):
+                nvml.nvmlShutdown()
 
     # -- sampling ---------------------------------------------------------------------------
     def _fields_of(self, dev: GpuDevice) -> tuple[tuple[str, str, Callable[[GpuCollector, GpuDevice], Reading]], ...]:
@@ -731,32 +494,45 @@ MIG_FIELDS = tuple(f for f in FIELDS if f[0] not in ("power", "temperature"))  #
 BOARD_FIELDS = tuple(f for f in FIELDS if f[0] in ("power", "temperature"))
 
 
-def _load_nvml() -> tuple[Any, str | None]:
-    """(pynvml after nvmlInit, None) or (None, why GPU metrics are skipped and what to do)."""
+class NvmlUnavailable(Exception):
+    """NVML cannot be used on this node; the message says why and what to do. ``absent``: the node
+    has no NVML at all (no nvidia-ml-py, no NVIDIA library, or its driver not loaded)."""
+
+    def __init__(self, why: str, absent: bool = False) -> None:
+        super().__init__(why)
+        self.absent = absent
+
+
+def _load_nvml() -> Any:
+    """pynvml after nvmlInit; :class:`NvmlUnavailable` says why GPU metrics are skipped and what to do."""
     try:
         import pynvml
     except ImportError:
-        return None, "the nvidia-ml-py package (module pynvml) is not installed; pip install nvidia-ml-py"
+        raise NvmlUnavailable(
+            "the nvidia-ml-py package (module pynvml) is not installed; pip install nvidia-ml-py", absent=True
+        ) from None
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
         code = getattr(exc, "value", None)
         if code == getattr(pynvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12):
-            return None, (
+            raise NvmlUnavailable(
                 "the NVML library (libnvidia-ml.so.1) was not found: this node has no NVIDIA driver. "
-                f"Run on a GPU node, or stop looking: {OFF_HINT}"
-            )
+                f"Run on a GPU node, or stop looking: {OFF_HINT}",
+                absent=True,
+            ) from None
         if code == getattr(pynvml, "NVML_ERROR_DRIVER_NOT_LOADED", 9):
-            return (
-                None,
+            raise NvmlUnavailable(
                 "the NVIDIA driver is not loaded on this node (nvmlInit: Driver Not Loaded); check `nvidia-smi`",
-            )
+                absent=True,
+            ) from None
         if code == getattr(pynvml, "NVML_ERROR_NO_PERMISSION", 4):
-            return (
-                None,
-                "no permission to open the NVIDIA devices (nvmlInit: Insufficient Permissions); ask for GPUs with --gpus",
-            )
-        return None, f"nvmlInit failed: {exc}; check `nvidia-smi` on this node"
+            raise NvmlUnavailable(
+                "no permission to open the NVIDIA devices (nvmlInit: Insufficient Permissions); ask for GPUs with --gpus"
+            ) from None
+        raise NvmlUnavailable(f"nvmlInit failed: {exc}; check `nvidia-smi` on this node") from None
     except Exception as exc:  # a broken library, an odd platform
-        return None, f"nvmlInit failed: {type(exc).__name__}: {exc}; check `nvidia-smi` on this node"
-    return pynvml, None
+        raise NvmlUnavailable(
+            f"nvmlInit failed: {type(exc).__name__}: {exc}; check `nvidia-smi` on this node"
+        ) from None
+    return pynvml

@@ -1,14 +1,14 @@
 """The sampling loop: a daemon thread that asks each collector for samples once per interval.
 
 The :class:`ResourceMonitor` stamps each tick's samples with its time, hands them to the store
-(through its public API) and folds them into a :class:`SampleSummary` for the end-of-run JSON
-file; :class:`MonitorTelemetry` is the collector that watches the monitor and the store's queue.
+(through its public API), into its window of the last minute, and folds them into a
+:class:`~.summary.SampleSummary` for the end-of-run JSON file; its last collector is a
+:class:`~.telemetry.MonitorTelemetry`, the monitor watching itself and the store's queue.
 """
 
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from ..env import NODE_MONITOR
 from ..signals import block_job_signals, childless
 from ..store import (
+    StoreOptions,
     add_close_hook,
-    catalogue,
     get_db,
     log_builtin_samples,
     log_resource_samples,
@@ -30,7 +30,10 @@ from ..store import (
 )
 from ..store.client import Recent
 from .base import Collector, Sample, SampleSink
-from .collectors import default_collectors
+from .gpu import GpuCollector
+from .host import HostCollector, ProcessTreeCollector
+from .summary import SampleSummary, write_summary
+from .telemetry import MonitorTelemetry
 from .window import WINDOW_S, RecentWindow
 
 if TYPE_CHECKING:
@@ -40,151 +43,24 @@ log = logging.getLogger(__name__)
 
 _FAILED = object()  # the reading of a collector whose read() raised (reported once)
 
-#: The summary's file name when ``output_path`` is a folder (an existing one, or a path ending in "/").
-SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
-#: Seconds of ticks the sampling loop reads before it turns them into samples in one go (the
-#: store's default ``flush_interval``: the samples reach the database no later than they did).
-BATCH_S = 5.0
 #: How long :meth:`ResourceMonitor.start` waits for the first tick (a hanging NVML is not waited out).
 FIRST_TICK_WAIT_S = 5.0
 #: ``stop()`` takes a last tick unless the last one is more recent than this (seconds).
 FINAL_TICK_GAP_S = 0.01
 
 
+def default_collectors(*, gpu: bool = True, root_pid: int | None = None, per_process: bool = True) -> list[Collector]:
+    """Host CPU/RAM, the process tree of ``root_pid``, and (if ``gpu``) the job's GPUs."""
+    tree = ProcessTreeCollector(root_pid, per_process=per_process)
+    collectors: list[Collector] = [HostCollector(), tree]
+    if gpu:
+        collectors.append(GpuCollector(tree_pids=tree.pids))
+    return collectors
+
+
 def _store_now() -> Any:
     """The telemetry's store: the process's open store, never waiting for the store's lock."""
     return get_db(wait=False)
-
-
-class MonitorTelemetry(Collector):
-    """The monitor watching itself: CPU per sample, its window's memory, the store's queue depth and drops.
-
-    ``monitor/sample_cpu_ms`` is the sampling thread's CPU time from one batch to the next (its
-    waking, reading and processing) divided by the ticks it read in between: every tick of a
-    batch carries that mean, so the series sums to the thread's CPU time (whichever thread
-    processes the batch: a ``recent()`` query may). The queue's depth is read at the tick, the
-    window's size as the tick goes into it."""
-
-    name = "monitor"
-
-    def __init__(self, store_getter: Callable[[], Any] | None = None, window: RecentWindow | None = None) -> None:
-        self._store_getter = store_getter
-        self._store: Any = None  # the store of the last reading, kept while it is open
-        self._window = window
-        self._clock = _thread_clock()  # the CPU clock of the thread that samples
-        self._cpu0 = time.clock_gettime(self._clock)  # its CPU time when a batch was last charged
-        self._reads = 0  # ticks read since then
-        self._per_tick_ms = 0.0
-        self._dropped_seen = 0
-        self.dropped_total = 0
-
-    def begin(self) -> None:
-        """Count the CPU time of the calling thread from now (the loop's, or one taking a sample outside it)."""
-        self._clock = _thread_clock()
-        self._cpu0 = time.clock_gettime(self._clock)
-        self._reads = 0
-
-    def charge(self) -> None:
-        """Before a batch is processed (in the thread processing it): the CPU time per tick read
-        since the last batch, which every tick processed from now on carries."""
-        if not self._reads:
-            return
-        now = time.clock_gettime(self._clock)
-        self._per_tick_ms = (now - self._cpu0) * 1000.0 / self._reads
-        self._cpu0 = now
-        self._reads = 0
-
-    def collect(self, out: list[Sample], timestamp: float) -> None:
-        self.charge()
-        self.samples_from(self.read(timestamp), out, timestamp)
-
-    def read(self, timestamp: float) -> tuple[int, int]:
-        """(queue depth, dropped so far); -1: no store."""
-        self._reads += 1
-        return self.queue_state()
-
-    def queue_state(self) -> tuple[int, int]:
-        """(the store's queue depth now, dropped so far); -1: no store."""
-        store = self._store
-        if store is None or store._closed:  # (a forked child's copy of the store is closed too)
-            store = self._store = self._store_getter() if self._store_getter is not None else None
-            if store is None:
-                return -1, -1
-        queue = store.queue
-        # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
-        dropped = queue.dropped
-        self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
-        self._dropped_seen = dropped
-        return len(queue), self.dropped_total
-
-    def samples_from(self, reading: tuple[int, int], out: list[Sample], timestamp: float) -> None:
-        depth, dropped = reading
-        out.append(catalogue.MONITOR_SAMPLE_CPU.sample(self._per_tick_ms))
-        if self._window is not None:
-            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
-        if depth >= 0:
-            out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(depth)))
-            out.append(catalogue.STORE_DROPPED.sample(float(dropped)))
-
-
-def _thread_clock() -> int:
-    """The CPU-time clock of the calling thread, readable from any thread."""
-    return time.pthread_getcpuclockid(threading.get_ident())
-
-
-class SampleSummary:
-    """Running count / mean / max per metric, for the JSON summary written at stop.
-
-    :meth:`add` keeps the tick's list (not a copy) and folds the kept ticks in every
-    :attr:`FOLD_EVERY` ticks: one pass over several ticks costs the sampling thread less
-    than one pass a tick (each tick runs on caches gone cold since the last)."""
-
-    FOLD_EVERY = 10
-
-    def __init__(self) -> None:
-        # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
-        self._acc: dict[tuple[str, str, str], list[Any]] = {}
-        self._ticks: list[Sequence[Sample]] = []  # added, not folded in yet
-
-    @staticmethod
-    def key(metric_type: str, metric_name: str, device: str) -> str:
-        # (add() pools per-process rows: their device is blank here; GPUs stay apart)
-        return f"{metric_type}/{metric_name}[{device}]" if device else f"{metric_type}/{metric_name}"
-
-    def add(self, samples: Sequence[Sample]) -> None:
-        ticks = self._ticks
-        ticks.append(samples)
-        if len(ticks) >= self.FOLD_EVERY:
-            self._fold()
-
-    def _fold(self) -> None:
-        ticks, self._ticks = self._ticks, []
-        acc = self._acc
-        for samples in ticks:
-            for mtype, mname, value, unit, device in samples:
-                if value != value:  # NaN
-                    continue
-                key = (mtype, mname, "" if mtype == "process" else device)
-                entry = acc.get(key)
-                if entry is None:
-                    acc[key] = [1, value, value, unit]
-                else:
-                    entry[0] += 1
-                    entry[1] += value
-                    if value > entry[2]:
-                        entry[2] = value
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        self._fold()
-        out = {
-            self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
-            for key, (n, total, peak, unit) in self._acc.items()
-        }
-        return dict(sorted(out.items()))
-
-
-def _round(value: float) -> float | None:
-    return None if math.isinf(value) or value != value else float(f"{value:.6g}")
 
 
 class ResourceMonitor:
@@ -194,7 +70,7 @@ class ResourceMonitor:
     a tick that could not run on time is skipped (counted in ``missed_ticks``), never
     bunched up. ``stop()`` returns at once (the stop event's wait is the sleep),
     writes the JSON summary to ``output_path`` if given (a folder: to
-    :data:`SUMMARY_FILE_NAME` inside it), and is safe to call twice;
+    :data:`~.summary.SUMMARY_FILE_NAME` inside it), and is safe to call twice;
     it is also called at interpreter exit. Use as a context manager or call
     ``start()`` / ``stop()``.
 
@@ -211,8 +87,9 @@ class ResourceMonitor:
     The loop reads at each tick only what must be read then (the ``/proc`` files, NVML) and turns
     every :attr:`batch_ticks` ticks into samples in one go: for the store, the window and the
     summary. Work done once for several ticks runs on warm caches; a tick on its own wakes to
-    cold ones and costs several times more. ``batch_ticks`` defaults to the ticks in
-    :data:`BATCH_S` (at least 1; 1 with a ``textfile``). ``get_db().recent()``, ``stop()`` and
+    cold ones and costs several times more. ``batch_ticks`` defaults to the ticks in the store's
+    default ``flush_interval`` (at least 1; 1 with a ``textfile``): the samples reach the database
+    no later than they would tick by tick. ``get_db().recent()``, ``stop()`` and
     ``sample_once()`` process the ticks read so far first, so nothing they see is late. Only
     this monitor's threads and the caller of those methods run monitor code: never a thread of
     the store.
@@ -241,7 +118,9 @@ class ResourceMonitor:
             raise ValueError(f"batch_ticks={batch_ticks!r}: must be an int >= 1 (1: every tick on its own)")
         self.interval = float(interval)
         if batch_ticks is None:
-            batch_ticks = 1 if textfile is not None else max(1, int(BATCH_S / self.interval + 1e-9))
+            batch_ticks = (
+                1 if textfile is not None else max(1, int(StoreOptions.flush_interval_s / self.interval + 1e-9))
+            )
         self.batch_ticks = batch_ticks
         self.output_path = None if output_path is None else os.fspath(output_path)
         self.root_pid = os.getpid() if root_pid is None else int(root_pid)
@@ -338,7 +217,7 @@ class ResourceMonitor:
             self.textfile.remove()
         self._result = self._summary_dict()
         if self.output_path is not None:
-            self._write_summary(self.output_path, self._result)
+            write_summary(self.output_path, self._result)
         return self._result
 
     def _stop_at_exit(self) -> None:
@@ -503,30 +382,3 @@ class ResourceMonitor:
             "root_pid": self.root_pid,
             "metrics": self.summary.as_dict(),
         }
-
-    @staticmethod
-    def summary_path(output_path: str | os.PathLike[str]) -> str:
-        """Where the summary goes: ``output_path`` itself, or :data:`SUMMARY_FILE_NAME` inside it
-        when it is a folder (one that exists, or a path ending in a separator)."""
-        path = os.fspath(output_path)
-        if path.endswith((os.sep, "/")) or os.path.isdir(path):
-            return os.path.join(path, SUMMARY_FILE_NAME)
-        return path
-
-    @classmethod
-    def _write_summary(cls, output_path: str, summary: dict[str, Any]) -> None:
-        path = cls.summary_path(output_path)
-        tmp = f"{path}.tmp{os.getpid()}"
-        try:
-            if path != output_path:  # a folder: create it if it is a path ending in "/"
-                os.makedirs(output_path, exist_ok=True)
-            with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(summary, fh, indent=2, allow_nan=False)
-                fh.write("\n")
-            os.replace(tmp, path)
-        except (OSError, ValueError) as exc:
-            log.warning("aetherium-hpc: could not write the monitor summary to %s: %s", path, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass

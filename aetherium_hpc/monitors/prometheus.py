@@ -2,8 +2,8 @@
 
 With ``monitoring.prometheus_textfile: PATH`` (``aetherium-hpc run``: ``--prometheus-textfile``
 or ``$AETHERIUM_PROMETHEUS_TEXTFILE``) the monitor rewrites one file after every tick, in the
-Prometheus text exposition format 0.0.4: a gauge per catalogue metric, in base units (bytes,
-seconds), labelled ``job_id``, ``array_job_id``, ``array_task_id``, ``node`` and, for GPUs,
+Prometheus text exposition format 0.0.4: a gauge per catalogue metric (a counter named ``*_total``
+for the running counts), in base units (bytes, seconds), labelled ``job_id``, ``array_job_id``, ``array_task_id``, ``node`` and, for GPUs,
 ``device``. node_exporter (``--collector.textfile.directory=PATH``) serves it with the node's own
 metrics.
 
@@ -17,7 +17,8 @@ Atomic: written to ``.<name>.<pid>.tmp`` in the same folder (node_exporter reads
 only), then ``os.replace``d over the file: a reader sees the previous tick or this one, never a
 part. Removed when the monitor stops, so node_exporter stops exporting a job that has ended; a
 job killed hard (SIGKILL, a lost node) leaves its last file: ``aetherium_last_sample_timestamp_seconds``
-tells its age. Per-process rows (one series per pid) are not exported.
+tells its age. Per-process rows (one series per pid) are not exported, nor the store writer's
+own ``store/batch_write_ms`` (it goes to the database, never through a monitor tick).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .base import Sample
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NAMES", "NOT_EXPORTED", "PrometheusTextfile", "require_textfile_folder"]
+__all__ = ["COUNTERS", "NAMES", "NOT_EXPORTED", "PrometheusTextfile", "require_textfile_folder"]
 
 #: The config key, as messages name it.
 KEY = "monitoring.prometheus_textfile"
@@ -59,21 +60,23 @@ NAMES: dict[MetricSpec, str] = {
     catalogue.GPU_TEMPERATURE: "aetherium_gpu_temperature_celsius",
     catalogue.GPU_PROCESS_TREE_MEMORY: "aetherium_gpu_job_memory_used_bytes",
     catalogue.MONITOR_SAMPLE_CPU: "aetherium_monitor_sample_cpu_seconds",
-    catalogue.MONITOR_NVML_ERRORS: "aetherium_monitor_nvml_errors",
+    catalogue.MONITOR_NVML_ERRORS: "aetherium_monitor_nvml_errors_total",
     catalogue.MONITOR_WINDOW_BYTES: "aetherium_monitor_window_bytes",
     catalogue.STORE_QUEUE_DEPTH: "aetherium_store_queue_depth_records",
-    catalogue.STORE_DROPPED: "aetherium_store_dropped_records",
-    catalogue.STORE_BATCH_WRITE: "aetherium_store_batch_write_seconds",
+    catalogue.STORE_DROPPED: "aetherium_store_dropped_records_total",
 }
-#: One series per process of the tree: pids come and go, a time series database wants stable series.
-NOT_EXPORTED = (catalogue.PROCESS_CPU, catalogue.PROCESS_RSS)
+#: Running counts since the monitor started (they only grow): typed counter, named ``*_total``.
+COUNTERS = (catalogue.MONITOR_NVML_ERRORS, catalogue.STORE_DROPPED)
+#: Not in the file: one series per process of the tree (pids come and go, a time series database
+#: wants stable series), and what the store's writer records itself (no monitor tick carries it).
+NOT_EXPORTED = (catalogue.PROCESS_CPU, catalogue.PROCESS_RSS, catalogue.STORE_BATCH_WRITE)
 _TO_BASE = {catalogue.MB: catalogue.BYTES_PER_MB, catalogue.MS: 1e-3}
 _BASE_UNIT = {catalogue.MB: "bytes", catalogue.MS: "seconds", catalogue.BYTES: "bytes"}
 
 
 @dataclass(frozen=True)
 class _Family:
-    """One gauge: its name, its HELP and TYPE lines, the factor to base units."""
+    """One metric family: its name, its HELP and TYPE lines, the factor to base units."""
 
     order: int
     name: str
@@ -96,7 +99,7 @@ def _families() -> dict[tuple[str, str, str], _Family]:
     for order, (spec, name) in enumerate(NAMES.items()):
         unit = _BASE_UNIT.get(spec.unit, spec.unit)
         text = _help(f"{spec.meaning} ({unit}; aetherium-hpc {spec.metric_type}/{spec.metric_name})")
-        header = f"# HELP {name} {text}\n# TYPE {name} gauge\n"
+        header = f"# HELP {name} {text}\n# TYPE {name} {'counter' if spec in COUNTERS else 'gauge'}\n"
         out[(spec.metric_type, spec.metric_name, spec.unit)] = _Family(
             order, name, header, _TO_BASE.get(spec.unit, 1.0)
         )
@@ -156,7 +159,6 @@ class PrometheusTextfile:
         self._order: list[int] = []
         self._stamp = f"{TIMESTAMP_METRIC}{{{self._labels}}} "
         self.closed = False
-        self.writes = 0
 
     @classmethod
     def for_job(cls, path: str, job: JobIdentity) -> PrometheusTextfile:
@@ -207,7 +209,6 @@ class PrometheusTextfile:
         finally:
             os.close(fd)
         os.replace(self._tmp, self.path)
-        self.writes += 1
 
     def remove(self) -> None:
         """The job has ended: remove the file (and a temporary one), so node_exporter stops exporting it."""
@@ -215,10 +216,9 @@ class PrometheusTextfile:
         for path in (self.path, self._tmp):
             try:
                 os.unlink(path)
-            except FileNotFoundError:
-                pass
             except OSError as exc:
-                log.warning("aetherium-hpc: could not remove the Prometheus textfile %s: %s", path, exc)
+                if not isinstance(exc, FileNotFoundError):
+                    log.warning("aetherium-hpc: could not remove the Prometheus textfile %s: %s", path, exc)
 
 
 @dataclass(frozen=True, eq=False)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from aetherium_hpc import scheduler as accounting
+from aetherium_hpc.errors import SlurmError
 
 
 def test_local_job_ids_are_not_sent_to_sacct() -> None:
@@ -72,3 +73,29 @@ def test_the_runtime_asks_slurm_through_the_scheduler(tmp_path: Path, monkeypatc
     assert accounting.job_fields("9") == {}
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
     assert accounting.job_end_time("7") is None and accounting.job_fields("7") == {}
+
+
+def test_sacct_rows_raise_a_slurm_error_that_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(SlurmError, match=r"^no Slurm job ids in this database \(local runs\)$"):
+        accounting.sacct_rows(["local123", None])
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    with pytest.raises(SlurmError, match="^sacct is not installed here$"):
+        accounting.sacct_rows(["123"])
+    fake = tmp_path / "sacct"
+    fake.write_text("#!/bin/sh\necho 'sacct: error: Problem talking to the database: Connection refused' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SlurmError, match=r"^accounting is off or unreachable \(sacct: .*Connection refused\)$"):
+        accounting.sacct_rows(["123"])
+
+
+def test_the_slurm_release_from_scontrol_version(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = tmp_path / "scontrol"
+    fake.write_text('#!/bin/sh\n[ "$1" = --version ] && echo "slurm 23.02.7" || exit 1\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert accounting.slurm_version() == (23, 2, 7)
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    assert accounting.slurm_version() is None
+    monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
+    assert accounting.slurm_version() is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from testenv import ROOT
 
 from aetherium_hpc.cli import build_parser
+from aetherium_hpc.monitors.selection import GPU_VARIABLES
 
 
 def _walk(parser: argparse.ArgumentParser, prefix: str) -> list[tuple[str, argparse.ArgumentParser]]:
@@ -91,16 +93,20 @@ def test_help_examples_use_the_real_run_folder_naming() -> None:
 def test_gpu_notice_of_run_says_how_to_turn_it_off(tmp_path: Path) -> None:
     """`aetherium-hpc run` has no gpu=False: its notice names --no-gpu, which silences it."""
 
-    def run(*extra: str) -> str:
+    def run(*extra: str, gpus: str = "0") -> str:
+        """stderr of a run that was given GPUs ``gpus`` (a node without NVML says so only then)."""
+        env = {k: v for k, v in os.environ.items() if k not in GPU_VARIABLES}
         proc = subprocess.run([sys.executable, "-m", "aetherium_hpc", "run", *extra, "--db-dir", str(tmp_path / "db"),
                                "--", sys.executable, "-c", "pass"], capture_output=True, text=True, timeout=120,
-                              cwd=ROOT)  # fmt: skip
+                              cwd=ROOT, env={**env, "CUDA_VISIBLE_DEVICES": gpus})  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         return proc.stderr
 
     notice = [line for line in run().splitlines() if "GPU" in line and "skipped" in line]
     if notice:  # a machine without GPUs (on a GPU machine there is nothing to say)
         assert "add --no-gpu to aetherium-hpc run" in notice[0] and "gpu=False" not in notice[0]
+        if "libnvidia-ml" in notice[0]:  # a CPU node (no NVIDIA library): quiet when given no GPU
+            assert "GPU metrics skipped" not in run(gpus="")
     assert "GPU metrics skipped" not in run("--no-gpu")
 
 

@@ -21,6 +21,7 @@ from aetherium_hpc import get_db, init_db
 from aetherium_hpc.monitors import ResourceMonitor, log_system_resources
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import GpuCollector
+from aetherium_hpc.monitors.selection import gpus_requested
 
 GPU_LOGGER = "aetherium_hpc.monitors.gpu"
 MB = 2**20
@@ -29,7 +30,7 @@ CURRENT_SLURM: Callable[[], tuple[int, ...] | None] = lambda: (24, 11)  # noqa: 
 
 @pytest.fixture(autouse=True)
 def _clean_gpu_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_JOB_ID"):
+    for name in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_ID"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -465,6 +466,14 @@ def test_an_unreadable_cgroup_falls_back_to_the_process_tree(
 
 
 # -- no GPU, and the whole path ----------------------------------------------------------------
+#: A node without NVML: no nvidia-ml-py, no NVIDIA library, the driver not loaded.
+NO_NVML = {
+    "no_module": lambda: None,
+    "no_library": lambda: make_module([], init_error=fake_pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
+    "no_driver": lambda: make_module([], init_error=fake_pynvml.NVML_ERROR_DRIVER_NOT_LOADED),
+}
+
+
 @pytest.mark.parametrize(
     ("setup", "reason"),
     [
@@ -478,16 +487,13 @@ def test_an_unreadable_cgroup_falls_back_to_the_process_tree(
 def test_no_gpu_gives_one_info_line_and_no_samples(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, setup: str, reason: str
 ) -> None:
-    module = {
-        "no_module": None,
-        "no_library": make_module([], init_error=fake_pynvml.NVML_ERROR_LIBRARY_NOT_FOUND),
-        "no_driver": make_module([], init_error=fake_pynvml.NVML_ERROR_DRIVER_NOT_LOADED),
-        "no_gpu": make_module([]),
-        "none_visible": make_module(two_gpus_and_mig()),
-    }[setup]
+    makers = {**NO_NVML, "no_gpu": lambda: make_module([]), "none_visible": lambda: make_module(two_gpus_and_mig())}
+    module = makers[setup]()
     monkeypatch.setitem(sys.modules, "pynvml", module)  # None: import fails
     if setup == "none_visible":
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    if setup in NO_NVML:  # GPUs asked for: a node without NVML says so (asked for none, it says nothing)
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     caplog.set_level(logging.DEBUG, logger=GPU_LOGGER)
     collector = GpuCollector()
     ticks = collect(collector, ticks=3)
@@ -498,6 +504,48 @@ def test_no_gpu_gives_one_info_line_and_no_samples(
     assert collector.skipped is not None and reason in collector.skipped
     if module is not None and setup != "no_library" and setup != "no_driver":
         assert module.state["shutdown"] == module.state["init"]  # NVML released
+
+
+@pytest.mark.parametrize(
+    ("environ", "asked_for"),
+    [
+        ({}, None),
+        ({"CUDA_VISIBLE_DEVICES": ""}, None),
+        ({"CUDA_VISIBLE_DEVICES": "NoDevFiles"}, None),
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "0"}, None),
+        ({"CUDA_VISIBLE_DEVICES": "0"}, "CUDA_VISIBLE_DEVICES=0"),
+        ({"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"}, "SLURM_JOB_GPUS=0"),
+        ({"SLURM_JOB_ID": "7", "SLURM_STEP_GPUS": "1,2"}, "SLURM_STEP_GPUS=1,2"),
+        ({"SLURM_JOB_ID": "7", "SLURM_GPUS_ON_NODE": "2"}, "SLURM_GPUS_ON_NODE=2"),
+    ],
+)
+@pytest.mark.parametrize("setup", sorted(NO_NVML))
+def test_a_node_without_nvml_says_so_only_when_gpus_were_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, setup: str, environ: dict[str, str],
+    asked_for: str | None,
+) -> None:  # fmt: skip
+    """A CPU node, each `aetherium-hpc run`: nothing said unless the job was given GPUs it cannot see."""
+    assert gpus_requested(environ) == asked_for
+    monkeypatch.setitem(sys.modules, "pynvml", NO_NVML[setup]())
+    caplog.set_level(logging.DEBUG, logger=GPU_LOGGER)
+    collector = GpuCollector(environ=environ)
+    assert collect(collector, ticks=3) == [[], [], []]
+    lines = [r for r in caplog.records if r.name == GPU_LOGGER and "GPU metrics skipped" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == (logging.DEBUG if asked_for is None else logging.INFO)
+    said = [r for r in caplog.records if r.name == GPU_LOGGER and r.levelno >= logging.INFO]
+    assert len(said) == (0 if asked_for is None else 1)
+    assert collector.skipped is not None and collector.skipped in lines[0].getMessage()
+
+
+def test_a_failing_nvml_init_is_said_even_when_no_gpu_was_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The library and driver are there but refuse this process: not a CPU node, worth one line.
+    monkeypatch.setitem(sys.modules, "pynvml", make_module([], init_error=fake_pynvml.NVML_ERROR_NO_PERMISSION))
+    caplog.set_level(logging.INFO, logger=GPU_LOGGER)
+    collect(GpuCollector(environ={}))
+    [line] = messages(caplog, logging.INFO)
+    assert "GPU metrics skipped" in line and "no permission" in line
 
 
 def test_through_the_store(nvml: list[FakeDevice], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,7 +22,7 @@ from testenv import ROOT
 from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
 from aetherium_hpc.monitors.base import Sample
-from aetherium_hpc.monitors.gpu import _load_nvml
+from aetherium_hpc.monitors.gpu import NvmlUnavailable, _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
 from aetherium_hpc.store import catalogue as units
 from aetherium_hpc.store import client
@@ -197,11 +198,13 @@ def test_context_manager_and_summary_contents(store: MetricsStore, tmp_path: Pat
     assert summary["metrics"]["process/rss_mb"]["n"] >= 3
 
 
-def test_no_gpu_here_gives_one_info_line(store: MetricsStore, caplog: pytest.LogCaptureFixture) -> None:
-    nvml, _why = _load_nvml()
-    if nvml is not None:
-        nvml.nvmlShutdown()
+def test_no_gpu_here_gives_one_info_line(
+    store: MetricsStore, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with contextlib.suppress(NvmlUnavailable):
+        _load_nvml().nvmlShutdown()
         pytest.skip("this machine has a working NVML")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # GPUs asked for: a node without them says so
     caplog.set_level(logging.INFO, logger="aetherium_hpc.monitors")
     monitor = log_system_resources(interval=0.05, gpu=True)
     try:
@@ -374,7 +377,7 @@ def test_an_output_folder_gets_the_summary_inside_it(
     store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture, form: str
 ) -> None:
     # The original pipeline calls log_system_resources(output_dir) with its output folder.
-    from aetherium_hpc.monitors.monitor import SUMMARY_FILE_NAME
+    from aetherium_hpc.monitors.summary import SUMMARY_FILE_NAME
 
     folder = tmp_path / "outputs"
     if form == "existing folder":

@@ -22,10 +22,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring, parse_config
 from aetherium_hpc.errors import ConfigError
-from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor
+from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor, default_collectors
 from aetherium_hpc.monitors.base import Sample
-from aetherium_hpc.monitors.collectors import default_collectors
-from aetherium_hpc.monitors.prometheus import NAMES, NOT_EXPORTED, TIMESTAMP_METRIC
+from aetherium_hpc.monitors.prometheus import COUNTERS, NAMES, NOT_EXPORTED, TIMESTAMP_METRIC
 from aetherium_hpc.paths import textfile_path
 from aetherium_hpc.runtime import JobContext, run_task
 from aetherium_hpc.store import catalogue
@@ -35,14 +34,15 @@ LABELS = {"job_id": "700_3", "array_job_id": "700", "array_task_id": "3", "node"
 
 
 def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Family name -> {sorted labels: value}; the parser raises on anything not in the format."""
+    """Series name -> {sorted labels: value}; the parser raises on anything not in the format.
+    Gauges, and counters (the running counts) named ``*_total``."""
     out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
     for family in text_string_to_metric_families(text):
-        assert family.type == "gauge", family
+        assert family.type in ("gauge", "counter"), family
         assert family.documentation, family.name
         for s in family.samples:
-            assert s.name == family.name and s.timestamp is None
-            out.setdefault(family.name, {})[tuple(sorted(s.labels.items()))] = s.value
+            assert s.name == family.name + ("_total" if family.type == "counter" else "") and s.timestamp is None
+            out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
     return out
 
 
@@ -101,6 +101,24 @@ def test_every_sampled_value_is_in_the_file_with_its_name_labels_and_base_unit(t
     assert parsed["aetherium_gpu_power_watts"][key({**LABELS, "device": GPU1})] == 300.5
     assert parsed["aetherium_memory_rss_bytes"][key(LABELS)] > 2**20  # this process: MB became bytes
     assert not any(name.startswith("aetherium_process") for name in parsed)  # per-pid rows stay out
+    assert parsed["aetherium_monitor_nvml_errors_total"] == {key(LABELS): 0}  # a running count: a counter
+
+
+def test_running_counts_are_counters_named_total(tmp_path: Path) -> None:
+    textfile = PrometheusTextfile.for_job(str(tmp_path), ARRAY_TASK)
+    textfile.write([catalogue.STORE_DROPPED.sample(3.0), catalogue.MONITOR_NVML_ERRORS.sample(2.0),
+                    catalogue.STORE_QUEUE_DEPTH.sample(5.0)], 1.0)  # fmt: skip
+    text = Path(textfile.path).read_text()
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.MULTILINE))
+    assert types == {
+        "aetherium_store_dropped_records_total": "counter", "aetherium_monitor_nvml_errors_total": "counter",
+        "aetherium_store_queue_depth_records": "gauge", TIMESTAMP_METRIC: "gauge",
+    }  # fmt: skip
+    families = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert families["aetherium_store_dropped_records"] == families["aetherium_monitor_nvml_errors"] == "counter"
+    parsed = parse(text)
+    assert parsed["aetherium_store_dropped_records_total"] == {key(LABELS): 3}
+    assert parsed["aetherium_monitor_nvml_errors_total"] == {key(LABELS): 2}
 
 
 def test_label_values_are_escaped_as_the_format_asks(tmp_path: Path) -> None:
@@ -131,9 +149,12 @@ def test_the_catalogue_is_mapped_once_to_valid_unique_names_in_base_units() -> N
     assert len(set(names)) == len(names)
     for spec, name in NAMES.items():
         assert re.fullmatch(r"aetherium_[a-z_]+", name), name
+        assert name.endswith("_total") == (spec in COUNTERS), (spec, name)  # counters and only they
         suffix = {"MB": "_bytes", "B": "_bytes", "ms": "_seconds", "%": "_percent", "W": "_watts", "C": "_celsius"}
         if spec.unit in suffix:
             assert name.endswith(suffix[spec.unit]), (spec, name)
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "PROMETHEUS.md").read_text(encoding="utf-8")
+    assert [name for name in names if f"| `{name}`" not in docs] == []  # each in the docs' table
 
 
 def test_a_prom_path_with_placeholders_and_labels_of_a_plain_job(tmp_path: Path) -> None:
