@@ -18,6 +18,7 @@ import pytest
 from fake_pynvml import GPU0, GPU1, MIG_A, MIG_B, make_module, two_gpus_and_mig
 from launch_helpers import aetherium_cli, make_config
 from prometheus_client.parser import text_string_to_metric_families
+from testenv import ROOT
 
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring, parse_config
@@ -153,7 +154,7 @@ def test_the_catalogue_is_mapped_once_to_valid_unique_names_in_base_units() -> N
         suffix = {"MB": "_bytes", "B": "_bytes", "ms": "_seconds", "%": "_percent", "W": "_watts", "C": "_celsius"}
         if spec.unit in suffix:
             assert name.endswith(suffix[spec.unit]), (spec, name)
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "PROMETHEUS.md").read_text(encoding="utf-8")
+    docs = (ROOT / "docs" / "PROMETHEUS.md").read_text(encoding="utf-8")
     assert [name for name in names if f"| `{name}`" not in docs] == []  # each in the docs' table
 
 
