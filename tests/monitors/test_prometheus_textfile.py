@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import socket
+import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from fake_pynvml import GPU0, GPU1, MIG_A, MIG_B, make_module, two_gpus_and_mig
 from launch_helpers import aetherium_cli, make_config
 from prometheus_client.parser import text_string_to_metric_families
-from testenv import ROOT
+from testenv import ROOT, unavailable
 
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring, parse_config
@@ -312,3 +316,70 @@ def test_a_write_that_fails_is_reported_once_and_sampling_goes_on(
     assert monitor.samples_taken == 3
     warnings = [r.getMessage() for r in caplog.records if "Prometheus textfile" in r.getMessage()]
     assert len(warnings) == 1 and "reported once" in warnings[0]
+
+
+# -- Prometheus' own tools ---------------------------------------------------------------------
+def _tool(name: str) -> str:
+    """Debian's prometheus / prometheus-node-exporter binary, or a skip naming the package (a failure in CI)."""
+    found = shutil.which(name)
+    if found is None:
+        package = "prometheus" if name == "promtool" else "prometheus-node-exporter"
+        unavailable(f"{name} is not installed: apt-get install {package}", "AETHERIUM_REQUIRE_PROMETHEUS")
+    assert found is not None
+    return found
+
+
+def test_promtool_finds_nothing_to_lint_in_the_file(tmp_path: Path, nvml: None) -> None:
+    """Prometheus' own linter: names, types, help, the _total of every counter, base units."""
+    monitor, _ = sampled_monitor(tmp_path, gpu=True)
+    assert monitor.textfile is not None
+    text = Path(monitor.textfile.path).read_text()
+    checked = subprocess.run([_tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True,
+                             timeout=60)  # fmt: skip
+    assert checked.returncode == 0 and checked.stdout + checked.stderr == "", checked.stdout + checked.stderr
+    # ... and it does find what it should: a running count typed gauge without _total
+    bad = text.replace("aetherium_monitor_nvml_errors_total", "aetherium_monitor_nvml_errors").replace(
+        "# TYPE aetherium_monitor_nvml_errors counter", "# TYPE aetherium_monitor_nvml_errors counter"
+    )
+    linted = subprocess.run([_tool("promtool"), "check", "metrics"], input=bad, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    assert linted.returncode != 0 and "_total" in linted.stdout + linted.stderr
+
+
+def test_node_exporter_serves_the_file_as_written(tmp_path: Path, nvml: None) -> None:
+    """A real node_exporter with only its textfile collector scrapes our file without an error, and
+    serves every family with its type and every value as the file has it."""
+    folder = tmp_path / "textfile"
+    folder.mkdir()
+    monitor, _ = sampled_monitor(folder, gpu=True)
+    assert monitor.textfile is not None
+    written = {f.name: f for f in text_string_to_metric_families(Path(monitor.textfile.path).read_text())}
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    exporter = subprocess.Popen(
+        [_tool("prometheus-node-exporter"), f"--web.listen-address=127.0.0.1:{port}", "--collector.disable-defaults",
+         "--collector.textfile", f"--collector.textfile.directory={folder}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        body = None
+        deadline = time.monotonic() + 60
+        while body is None and exporter.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                    body = resp.read().decode()
+            except OSError:
+                time.sleep(0.1)
+        assert body is not None, exporter.stderr.read() if exporter.poll() is not None else "no answer in 60 s"
+    finally:
+        exporter.terminate()
+        exporter.wait(timeout=30)
+    served = {f.name: f for f in text_string_to_metric_families(body)}
+    assert served["node_textfile_scrape_error"].samples[0].value == 0
+    for name, family in written.items():
+        assert name in served, name
+        assert served[name].type == family.type, name
+        assert {tuple(sorted(s.labels.items())): s.value for s in served[name].samples} == {
+            tuple(sorted(s.labels.items())): s.value for s in family.samples
+        }, name
