@@ -1,10 +1,13 @@
 """``aetherium-hpc watch``: a live terminal view of a running job or array.
 
-Per task and node: the status, CPU and memory now with a short history (a sparkline of the last
-samples), GPU utilisation, data-generation chunks done and their rate, the last epoch and its
-loss. It reads the live node-local database when it is on this machine (``<scratch>/aeth-<job>_
-<task>-<node>/metrics.db``, read-only), else the copy in the run directory (``db/``, at most
-``checkpoint_interval_s`` old). It refreshes every ``--interval`` seconds and ends by itself when
+Per task and node, in the order they matter: the task, node and status, the last epoch, the
+data-generation chunks done and their rate, the runtime, the last loss, CPU and memory now with a
+short history (a sparkline of the last samples), GPU utilisation, and where the figures come from.
+A terminal too narrow for every column shows the first ones that fit, each whole (sparklines
+narrower first); the caption names those left out. It reads the live node-local database when it
+is on this machine (``<scratch>/aeth-<job>_<task>-<node>/metrics.db``, read-only), else the copy
+in the run directory (``db/``, at most ``checkpoint_interval_s`` old). It takes a frame every
+``--interval`` seconds, draws it over the last one only when it differs, and ends by itself when
 every task has ended; ``--once`` prints one frame (for scripts). Drawn with ``rich``.
 """
 
@@ -29,10 +32,10 @@ from ..store.central import is_central_url
 from ..store.central.pull import Puller, Selection
 from .formatting import duration, memory_mb, num, printable, unescaped
 
-__all__ = ["TaskView", "read_task", "render", "watch"]
+__all__ = ["Screen", "TaskView", "read_task", "render", "watch"]
 
-#: Samples in a sparkline.
-HISTORY = 24
+#: Samples read of each series: one character each in the widest sparkline.
+HISTORY = 12
 #: The sparklines draw at most this many seconds before a series' newest sample: the chunks read
 #: (and, from a central store, pulled) are those that end in it (docs/CENTRAL.md, "Time-range questions").
 WINDOW_S = 600.0
@@ -74,9 +77,9 @@ class TaskView:
         return self.status not in _LIVE
 
 
-def sparkline(values: list[float]) -> str:
-    """The last :data:`HISTORY` values as block characters, scaled from 0 to their maximum."""
-    vals = [v for v in values[-HISTORY:] if v == v]  # drop NaN
+def sparkline(values: list[float], width: int = HISTORY) -> str:
+    """The last ``width`` values as block characters, scaled from 0 to their maximum."""
+    vals = [v for v in values[max(0, len(values) - width) :] if v == v]  # drop NaN
     if not vals:
         return ""
     top = max(vals) or 1.0
@@ -207,47 +210,118 @@ def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
     return [out[k] for k in sorted(out)], expected
 
 
-def render(views: list[TaskView], title: str, expected: int | None = None) -> Any:
-    """A rich Table of ``views``."""
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text
+#: The columns in the order they matter: a terminal too narrow for all of them shows the first ones
+#: that fit.
+_COLUMNS = ("task", "node", "status", "epoch", "chunks", "runtime", "loss", "CPU %", "memory", "GPU %", "from")
+_LEFT = {"task", "node", "status", "from"}  # justified left; figures right
+#: (columns shown, sparkline width) in the order tried: the most columns with sparklines, widest first,
+#: as long as the CPU one fits; else the most columns without sparklines.
+_LAYOUTS = [(n, spark) for n in range(len(_COLUMNS), _COLUMNS.index("CPU %"), -1) for spark in (HISTORY, HISTORY // 2)]
+_LAYOUTS += [(n, 0) for n in range(len(_COLUMNS), 0, -1)]
+#: Characters between two columns: a column's right padding and the (blank) column separator.
+_GAP = 2
+_COLOURS = {"completed": "green", "running": "cyan", "starting": "cyan"}
 
-    def cell(value: Any) -> Text:  # data: shown as it is (no rich markup), control characters written out
-        return Text(printable(str(value)))
 
+def _cells(v: TaskView, spark: int, now: float) -> tuple[str, ...]:
+    """``v``'s row, in :data:`_COLUMNS` order, its sparklines at most ``spark`` characters wide; control
+    characters written out (strings from a database never drive the terminal)."""
+    runtime = None if v.start is None else (v.end or now) - v.start
+    rate = f" ({num(v.chunk_rate)}/min)" if v.chunk_rate is not None else ""
+    cells = (
+        v.job, v.node, v.status or "starting", v.epoch, f"{v.chunks}{rate}", duration(runtime),
+        f"{num(v.loss, 4)} {v.loss_name}" if v.loss is not None else "-",
+        _now_and_history(num(v.cpu[-1]) if v.cpu else "-", v.cpu, spark),
+        _now_and_history(memory_mb(v.mem[-1]) if v.mem else "-", v.mem, spark),
+        _now_and_history(num(v.gpu[-1]), v.gpu, spark) if v.gpu else "-",
+        (v.origin or ("live" if v.live else "copy")) + (f" ({v.error[:30]})" if v.error else ""),
+    )  # fmt: skip
+    return tuple(printable(c) for c in cells)
+
+
+def _now_and_history(now: str, values: list[float], spark: int) -> str:
+    line = sparkline(values, spark)
+    return f"{now} {line}" if line else now
+
+
+@dataclass(frozen=True)
+class Screen:
+    """One frame as text: two frames that draw the same are equal. Drawn as a rich Table."""
+
+    title: str
+    caption: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+    def __rich__(self) -> Any:
+        from rich import box
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title=Text(self.title), caption=Text(self.caption), box=box.SIMPLE_HEAD, show_edge=False,
+                      pad_edge=False, padding=(0, 1, 0, 0))  # fmt: skip
+        for name in self.columns:
+            table.add_column(name, justify="left" if name in _LEFT else "right", no_wrap=True)
+        for row in self.rows:  # Text: shown as it is, no rich markup
+            table.add_row(*(Text(c, style=_COLOURS.get(c, "red bold") if name == "status" else "")
+                            for name, c in zip(self.columns, row, strict=True)))  # fmt: skip
+        return table
+
+
+def render(views: list[TaskView], title: str, expected: int | None = None, width: int = 200) -> Screen:
+    """The frame of ``views`` for a terminal ``width`` characters wide: the first of :data:`_LAYOUTS` that
+    fits. A column shown is shown whole; the caption names those left out."""
+    from rich.cells import cell_len
+
+    now = time.time()
+    sparks = sorted({spark for _, spark in _LAYOUTS})
+    rows = {spark: [_cells(v, spark, now) for v in views] for spark in sparks}
+    widths = {spark: [max([cell_len(name)] + [cell_len(row[i]) for row in rows[spark]])
+                      for i, name in enumerate(_COLUMNS)] for spark in sparks}  # fmt: skip
+    n, spark = next(((n, spark) for n, spark in _LAYOUTS if sum(widths[spark][:n]) + _GAP * (n - 1) <= width),
+                    _LAYOUTS[-1])  # fmt: skip
     ended = sum(1 for v in views if v.ended)
     total = max(expected or 0, len(views))
     caption = f"{ended}/{total} ended" + (f"; {total - len(views)} not started" if total > len(views) else "")
-    table = Table(title=cell(title), caption=caption, expand=False, box=box.SIMPLE_HEAD)
-    right: dict[str, Any] = {"justify": "right", "no_wrap": True}
-    for col, kw in (("task", {"no_wrap": True}), ("node", {"no_wrap": True}), ("status", {"no_wrap": True}),
-                    ("runtime", right), ("CPU %", right), ("memory", right), ("GPU %", right),
-                    ("chunks", right), ("epoch", right), ("loss", right), ("from", {"no_wrap": True})):  # fmt: skip
-        table.add_column(col, **kw)
-    now = time.time()
-    colours = {"completed": "green", "running": "cyan", None: "cyan"}
-    for v in views:
-        runtime = None if v.start is None else (v.end or now) - v.start
-        status = v.status or "starting"
-        style = colours.get(v.status, "red bold")
-        rate = f" ({num(v.chunk_rate)}/min)" if v.chunk_rate is not None else ""
-        table.add_row(
-            cell(v.job), cell(v.node), Text(printable(status), style=style), duration(runtime),
-            f"{num(v.cpu[-1]) if v.cpu else '-'} {sparkline(v.cpu)}",
-            f"{memory_mb(v.mem[-1]) if v.mem else '-'} {sparkline(v.mem)}",
-            f"{num(v.gpu[-1])} {sparkline(v.gpu)}" if v.gpu else "-",
-            f"{v.chunks}{rate}", v.epoch, cell(f"{num(v.loss, 4)} {v.loss_name}") if v.loss is not None else "-",
-            cell((v.origin or ("live" if v.live else "copy")) + (f" ({v.error[:30]})" if v.error else "")),
-        )  # fmt: skip
-    return table
+    if n < len(_COLUMNS):
+        caption += "; left out to fit the terminal: " + ", ".join(_COLUMNS[n:])
+    return Screen(printable(title), caption, _COLUMNS[:n],
+                  tuple(row[:n] for row in rows[spark]))  # fmt: skip
+
+
+class _InPlace:
+    """Draws each frame over the one before it (rich's LiveRender: cursor up, erase, write; a frame
+    taller than the terminal is cut with "..."). A frame equal to the one shown writes nothing."""
+
+    def __init__(self, console: Any) -> None:
+        from rich.live_render import LiveRender
+
+        self.console = console
+        self.render = LiveRender("")
+        self.shown: Screen | None = None
+        console.show_cursor(False)
+
+    def show(self, screen: Screen) -> None:
+        if screen == self.shown:
+            return
+        self.render.set_renderable(screen)
+        self.console.print(self.render.position_cursor(), self.render)
+        self.shown = screen
+
+    def close(self) -> None:
+        if self.shown is not None:
+            self.console.line()
+        self.console.show_cursor(True)
+
+
+#: Takes one frame for a terminal so many characters wide: the screen, and whether every task has ended.
+Frame = Callable[[int], tuple[Screen, bool]]
 
 
 def watch(target: str, *, interval: float = 2.0, once: bool = False, selection: Selection | None = None) -> int:
     """Show ``target`` until every task has ended (or once); 0, or 130 when interrupted. ``target``: a
     run directory, a database, or a central store's ``postgresql://`` URL with ``selection``."""
     from rich.console import Console
-    from rich.live import Live
 
     with ExitStack() as stack:
         if is_central_url(target):
@@ -258,33 +332,42 @@ def watch(target: str, *, interval: float = 2.0, once: bool = False, selection: 
         console = Console(file=out)
         if not console.is_terminal:  # a script or a pipe: one frame as wide as it needs, no colour codes
             console = Console(file=out, width=200, no_color=True)
-        table, done = frame()
-        if once:
-            console.print(table)
-            return 0
-        try:
-            with Live(table, console=console, refresh_per_second=4, transient=False) as live:
-                while not done:
-                    time.sleep(interval)
-                    table, done = frame()
-                    live.update(table)
-        except KeyboardInterrupt:
-            return 130
+        return _show(frame, console, interval=interval, once=once)
+
+
+def _show(frame: Frame, console: Any, *, interval: float, once: bool) -> int:
+    """Take a frame every ``interval`` seconds until every task has ended (0; 130 when interrupted). A
+    terminal shows each frame that differs from the one on it, in place; a pipe or a dumb terminal gets
+    the last frame only; ``once``: the first frame."""
+    drawer = _InPlace(console) if console.is_terminal and not console.is_dumb_terminal and not once else None
+    try:
+        while True:
+            screen, done = frame(console.width)
+            if drawer:
+                drawer.show(screen)
+            if done or once:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if drawer:
+            drawer.close()
+    if drawer is None:
+        console.print(screen)
+    if not once:
         console.print("every task has ended")
-        return 0
-
-
-Frame = Callable[[], tuple[Any, bool]]
+    return 0
 
 
 def _run_frames(target: str) -> Frame:
     title = f"aetherium-hpc watch: {os.path.basename(os.path.normpath(target))}"
 
-    def frame() -> tuple[Any, bool]:
+    def frame(width: int) -> tuple[Screen, bool]:
         dbs, expected = find_databases(target)
         views = [read_task(p, live) for p, live in dbs]
         done = bool(views) and all(v.ended for v in views) and (expected is None or len(views) >= expected)
-        return render(views, title, expected), done
+        return render(views, title, expected, width), done
 
     return frame
 
@@ -299,7 +382,7 @@ def _central_frames(url: str, selection: Selection, stack: ExitStack) -> Frame:
     title = f"aetherium-hpc watch: {puller.where} {selection.describe()}"
     pulls = 0
 
-    def frame() -> tuple[Any, bool]:
+    def frame(width: int) -> tuple[Screen, bool]:
         nonlocal pulls
         note = ""
         try:
@@ -311,6 +394,6 @@ def _central_frames(url: str, selection: Selection, stack: ExitStack) -> Frame:
         pulls += 1
         views = [read_task(puller.path, False, sid, "central") for sid in puller.source_ids]
         done = bool(views) and all(v.ended for v in views)
-        return render(views, title + note), done
+        return render(views, title + note, width=width), done
 
     return frame
