@@ -1,4 +1,5 @@
-"""Which sources a database holds: the identity, fingerprint and rank of each (see :mod:`.` "Idempotent").
+"""Which sources a database holds: the identity, fingerprint and rank of each (the rule
+"Idempotent" of :mod:`aetherium_hpc.analysis.merge`).
 
 :func:`source_facts` reads them from a database attached to the output's connection;
 :class:`Present` keeps those of the output up to date while inputs are copied into it.
@@ -97,6 +98,7 @@ class Present:
 
     @classmethod
     def read(cls, conn: sqlite3.Connection) -> Present:
+        """The sources of the output open on ``conn``."""
         present = cls()
         for sid, f in source_facts(conn, "main").items():
             present.add(sid, f)
