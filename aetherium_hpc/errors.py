@@ -40,6 +40,11 @@ class OlderSchemaError(SchemaError):
     """The database was written by an older aetherium-hpc with an incompatible schema."""
 
 
+class LockUnsupportedError(StoreError):
+    """A lock file cannot be made or locked here (a read-only folder, a file system with neither
+    ``flock`` nor POSIX record locks): the caller decides whether to go on unguarded."""
+
+
 class StoreNotReachableError(StoreError):
     """No metrics store can be reached from this process."""
 

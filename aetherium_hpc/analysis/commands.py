@@ -1,4 +1,4 @@
-"""The ``merge``, ``report`` and ``export`` subcommands of ``aetherium-hpc``.
+"""The ``merge``, ``report``, ``watch`` and ``export`` subcommands of ``aetherium-hpc``.
 
 ``register(sub)`` adds them to the CLI's subparsers; each handler takes the parsed
 arguments and returns the exit code. User errors are raised as
@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from ..store.central.pull import Selection
@@ -23,15 +24,21 @@ SubParsers = Any  # argparse._SubParsersAction[argparse.ArgumentParser]
 # -- merge --------------------------------------------------------------------------------------
 def cmd_merge(args: argparse.Namespace) -> int:
     """Merge run directories / databases into one database; 3 when an input was skipped."""
-    from .merge import merge
-
     if args.into is not None:
         return merge_into_central(args.inputs, args.into)
     output = args.output or default_merge_output(args.inputs)
-    result = merge(args.inputs, output, progress=None if not args.no_progress else False, lock_timeout=args.wait)
+    progress = None if not args.no_progress else False
+    return merge_and_say(args.inputs, output, sys.stdout, progress=progress, lock_timeout=args.wait)
+
+
+def merge_and_say(inputs: list[str], output: str, summary_to: TextIO, **options: Any) -> int:
+    """:func:`.merge.merge` with each skipped input on stderr and the summary on ``summary_to``; its exit code."""
+    from .merge import merge
+
+    result = merge(inputs, output, **options)
     for skipped in result.skipped:
         print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
-    print(result.summary())
+    print(result.summary(), file=summary_to)
     return result.exit_code
 
 
@@ -83,7 +90,6 @@ def report_database(path: str) -> str:
     first (a merge of what is already in adds nothing; a newer task copy replaces the older one)."""
     from ..errors import AetheriumError
     from ..paths import RunLayout
-    from .merge import merge
 
     if not os.path.isdir(path):
         return path
@@ -92,10 +98,7 @@ def report_database(path: str) -> str:
             f"{path}: a folder but not a run directory; merge it first: aetherium-hpc merge {path} -o merged.db"
         )
     layout = RunLayout(Path(path))
-    result = merge([path], layout.merged_path, progress=False)
-    for skipped in result.skipped:
-        print(f"aetherium-hpc merge: {skipped}", file=sys.stderr)
-    print(result.summary(), file=sys.stderr)
+    merge_and_say([path], str(layout.merged_path), sys.stderr, progress=False)
     return str(layout.merged_path)
 
 
@@ -332,10 +335,21 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _command(
+    sub: SubParsers, name: str, handler: Callable[[argparse.Namespace], int], **texts: Any
+) -> argparse.ArgumentParser:
+    """The subcommand ``name`` (``texts``: its help, description, epilog ...), run by ``handler``."""
+    parser = sub.add_parser(name, **texts)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
 def register(sub: SubParsers) -> None:
-    """Add ``merge``, ``report`` and ``export`` to the CLI's subparsers."""
-    m = sub.add_parser(
+    """Add ``merge``, ``report``, ``watch`` and ``export`` to the CLI's subparsers."""
+    m = _command(
+        sub,
         "merge",
+        cmd_merge,
         help="merge per-task / per-node databases into one database",
         description=(
             "Merge aetherium-hpc databases -- files, or run directories searched recursively for *.db -- "
@@ -370,10 +384,11 @@ examples:
     m.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     m.add_argument("--wait", type=_seconds, default=None, metavar="SECONDS",
                    help="how long to wait for another merge into the same output (default: 600)")  # fmt: skip
-    m.set_defaults(handler=cmd_merge)
 
-    r = sub.add_parser(
+    r = _command(
+        sub,
         "report",
+        cmd_report,
         help="summarise a database: text, PNG plots, HTML, JSON",
         description=(
             "Summarise a metrics database: run duration, samples, CPU/RAM/GPU average and maximum per node, "
@@ -392,10 +407,11 @@ examples:
 """,
     )
     add_report_arguments(r)
-    r.set_defaults(handler=cmd_report)
 
-    w = sub.add_parser(
+    w = _command(
+        sub,
         "watch",
+        cmd_watch,
         help="a live terminal view of a running job or array",
         description=(
             "Show every task of a run as it runs: status, CPU and memory now with a short history, GPU "
@@ -420,10 +436,11 @@ examples:
     add_central_filter(w, "watch")
     w.add_argument("--interval", type=_seconds, default=2.0, metavar="SECONDS", help="seconds between frames [2]")
     w.add_argument("--once", action="store_true", help="print one frame and exit")
-    w.set_defaults(handler=cmd_watch)
 
-    e = sub.add_parser(
+    e = _command(
+        sub,
         "export",
+        cmd_export,
         help="export to CSV, JSON, Parquet or TensorBoard event files",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="""\
@@ -467,4 +484,3 @@ examples:
     e.add_argument("-o", "--output", metavar="FILE|DIR",
                    help="csv/json: file to write (a folder for CSV of several tables), default stdout; "
                    "parquet/tensorboard: the folder to write into, created if missing")  # fmt: skip
-    e.set_defaults(handler=cmd_export)

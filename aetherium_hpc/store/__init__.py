@@ -15,8 +15,9 @@ What the rest of the package may use is named here (``__all__``); the public mod
   runs it as a script.
 
 Internal (used only inside this package): ``writer`` (the writer thread), ``transport`` (the
-socket protocol), ``ownership`` (the one-writer lock) and ``records`` (record tuples and their
-checks). What SIGTERM does to a process that logs is :mod:`aetherium_hpc.signals`' policy.
+socket protocol), ``ownership`` (the lock files; its :class:`FileLock`, the package's one file lock,
+is exported here) and ``records`` (record tuples and their checks). What SIGTERM does to a
+process that logs is :mod:`aetherium_hpc.signals`' policy.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .client import (
     set_recent_source,
 )
 from .options import StoreOptions
-from .ownership import check_path
+from .ownership import FileLock, check_path
 from .provenance import SourceInfo, source_from_environ, source_of
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "RECENT_WINDOW_S",
     "CopyBack",
+    "FileLock",
     "JoinedStore",
     "SourceInfo",
     "StoreAddress",

@@ -31,6 +31,7 @@ def test_merge_run_dir_writes_its_merged_db(run_dir: Path) -> None:
     first = cli("merge", str(run_dir))
     assert first.returncode == 0, first.stderr
     assert (run_dir / "merged.db").is_file()
+    assert not (run_dir / "merged.db.lock").exists()  # the merge's lock file goes with it
     assert f"into {run_dir / 'merged.db'}" in first.stdout and "5 sources added" in first.stdout
     again = cli("merge", str(run_dir))  # merged.db is not an input of its own run
     assert "merged 5 of 5 inputs" in again.stdout and "0 sources added, 5 already present" in again.stdout
@@ -45,6 +46,7 @@ def test_report_run_dir_merges_first(run_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"aetherium-hpc report: {run_dir / 'merged.db'}")
     assert "winner: task 77_1" in proc.stdout and "5 sources added" in proc.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "db", "merged.db"]  # no lock file left
     plain = run_dir.parent / "plain"
     plain.mkdir()
     refused = cli("report", str(plain))

@@ -3,7 +3,8 @@
 Each round starts two real merge processes into one fresh output at the same moment; both must
 exit 0 and the output must hold exactly what a single merge of the same inputs holds: the same
 sources (no identity twice), the same row counts per table. A merge that cannot get the output's
-lock within its bound says so in one line and exits 2, leaving the output as it was.
+lock within its bound says so in one line and exits 2, leaving the output as it was. The lock
+file is removed by the merge that holds it last: none is left after a merge.
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ def test_two_merges_at_once_give_the_result_of_one(run_dir: Path, tmp_path: Path
         assert _counts(out) == expected, f"round {r}"
         assert _duplicate_sources(out) == [], f"round {r}"
         assert integrity(out) == "ok"
+        assert sorted(p.name for p in out.parent.iterdir()) == ["merged.db"], f"round {r}"  # no lock file left
 
 
 def test_a_merge_that_cannot_get_the_lock_says_so_and_exits_2(run_dir: Path, tmp_path: Path) -> None:
@@ -127,6 +129,7 @@ def test_a_merge_that_cannot_get_the_lock_says_so_and_exits_2(run_dir: Path, tmp
     assert lines[-1].startswith("aetherium-hpc: error:") and str(out) in lines[-1], proc.stderr
     assert "another merge" in lines[-1]
     assert _counts(out) == before
+    assert lock_path.exists()  # a merge that never held the lock leaves its holder's file alone
 
 
 def test_merges_that_wait_for_the_lock_then_find_everything_merged(run_dir: Path, tmp_path: Path) -> None:
@@ -164,3 +167,4 @@ def test_merges_that_wait_for_the_lock_then_find_everything_merged(run_dir: Path
     assert [p.returncode for p in procs] == [0, 0], results
     assert _counts(out) == _counts(single)
     assert _duplicate_sources(out) == []
+    assert not Path(str(out) + ".lock").exists()  # the last merge to hold it removed it

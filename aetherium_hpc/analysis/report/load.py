@@ -23,6 +23,7 @@ import numpy as np
 from ...errors import StoreError
 from ...store import chunks, reader, schema
 from ...store.backup import readable
+from ..merge.unfinished import RESOLVED_TABLE, has_resolved
 from ..sweep import task_key
 from .across import summarised
 
@@ -146,11 +147,10 @@ def read(path: str) -> Loaded:
                 "copy it again from the run directory, or merge the other databases without it"
             )
         sources = {
-            r[0]: Source(r[0], r[1], r[2], r[3], r[4] or "", r[5] or 0, r[6])
-            for r in conn.execute(
-                "SELECT source_id, job_id, array_job_id, array_task_id, node, attempt, source_path FROM sources"
-            )
-        }
+            r["source_id"]: Source(r["source_id"], r["job_id"], r["array_job_id"], r["array_task_id"],
+                                   r["node"] or "", r["attempt"] or 0, r["source_path"])
+            for r in _rows(conn, f"SELECT {schema.columns('sources')} FROM sources")
+        }  # fmt: skip
         superseded = superseded_attempts(sources)
         tasks = {s.task_key for s in sources.values()}
         many = summarised(len(tasks))
@@ -159,17 +159,14 @@ def read(path: str) -> Loaded:
         n_series = conn.execute("SELECT count(*) FROM series").fetchone()[0]
         # The row tables, not their views: the report keys rows by source_id (a view's join costs a
         # second on a 1,000-task array).
-        generation = _rows(conn, "SELECT source_id, timestamp, operation, round_number, chunk_number, duration_seconds,"
-                                 " samples_generated, memory_used_mb FROM generation_rows"
-                                 " WHERE source_id IN (SELECT source_id FROM sources) ORDER BY timestamp")  # fmt: skip
-        training = _rows(conn, "SELECT source_id, timestamp, metric_name, metric_value, round_number, epoch_number,"
-                               " phase FROM training_rows WHERE source_id IN (SELECT source_id FROM sources)"
-                               " ORDER BY coalesce(round_number, 0), coalesce(epoch_number, 0), timestamp")  # fmt: skip
-        has_resolved = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'jobs_resolved'"
-        ).fetchone()  # a merged database whose merge resolved unfinished jobs
-        resolved_cols = ", r.resolved_from, r.recorded_status" if has_resolved else ""
-        resolved_join = " LEFT JOIN jobs_resolved r ON r.source_id = j.source_id" if has_resolved else ""
+        of_sources = "WHERE source_id IN (SELECT source_id FROM sources)"
+        generation = _rows(conn, f"SELECT {schema.columns('generation_rows', without=('id', 'pid'))}"
+                                 f" FROM generation_rows {of_sources} ORDER BY timestamp")  # fmt: skip
+        training = _rows(conn, f"SELECT {schema.columns('training_rows', without=('id',))} FROM training_rows"
+                               f" {of_sources} ORDER BY coalesce(round_number, 0), coalesce(epoch_number, 0), timestamp")  # fmt: skip
+        resolved = has_resolved(conn, "main")  # a merged database whose merge resolved unfinished jobs
+        resolved_cols = ", r.resolved_from, r.recorded_status" if resolved else ""
+        resolved_join = f" LEFT JOIN {RESOLVED_TABLE} r ON r.source_id = j.source_id" if resolved else ""
         jobs = _rows(conn, f"SELECT j.*, s.attempt, s.hostname, s.source_path{resolved_cols} FROM jobs j"
                            f" LEFT JOIN sources s USING (source_id){resolved_join}"
                            " ORDER BY j.array_task_id, j.node, s.attempt")  # fmt: skip
@@ -236,11 +233,8 @@ def _load_series(
     SQL aggregate, no JSON parsed."""
     marks = ",".join("?" * len(types))
     series: dict[int, Series] = {}
-    for ser_id, sid, mtype, mname, unit, device in conn.execute(
-        f"SELECT series_id, source_id, metric_type, metric_name, unit, device FROM series WHERE metric_type IN ({marks})",
-        tuple(types),
-    ):
-        series[ser_id] = Series(sid, mtype, mname, unit, device)
+    for r in _rows(conn, f"SELECT {schema.columns('series')} FROM series WHERE metric_type IN ({marks})", types):
+        series[r["series_id"]] = Series(r["source_id"], r["metric_type"], r["metric_name"], r["unit"], r["device"])
     decoded = f"s.metric_type IN ({marks})"
     if timed is not None:
         pairs = sorted(timed)
