@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from task_dbs import write_task_db
+from testenv import ROOT
 
 from aetherium_hpc.analysis.merge import merge
 from aetherium_hpc.errors import LockUnsupportedError
 from aetherium_hpc.store import FileLock, ownership
 
-ROOT = Path(__file__).parent.parent
 #: A second process that tries the lock once, on a file system without flock: prints held / busy.
 NO_FLOCK_CHILD = """
 import errno, fcntl, sys
