@@ -234,3 +234,26 @@ def test_submit_with_auto_report_chains_a_merge_job_after_the_array(tmp_path: Pa
             break
         time.sleep(2)
     assert jobs == expected
+
+
+def test_the_include_templates_folder_is_a_run_directory_for_merge_and_report(tmp_path: Path) -> None:
+    """A hand-written sbatch script that sources aetherium-include.sh leaves aetherium-runs/<job id>/:
+    `merge DIR` and `report DIR` take it as the run directory (as configs/array.yaml's header says)."""
+    script = tmp_path / "mine.sbatch"
+    script.write_text(
+        "#!/bin/bash\n#SBATCH --mem=500M\n#SBATCH --array=0-1\n"
+        f"source {TEMPLATES / 'aetherium-include.sh'}\n"
+        f'aetherium_run {sys.executable} -c "{LOGGER.format(n=5, pause=0.01)}"\n'
+    )
+    env = job_env(tmp_path)
+    del env["AETHERIUM_RUN_DIR"]  # the template's default: $SLURM_SUBMIT_DIR/aetherium-runs/<job id>
+    job_id = sbatch(["--wait", f"--output={tmp_path}/out-%A_%a.txt", str(script)], env, tmp_path)
+    run = tmp_path / "aetherium-runs" / job_id
+    assert len(sorted(run.glob("db/*/*.db"))) == 2, sorted(tmp_path.rglob("*"))
+    cli = [sys.executable, "-m", "aetherium_hpc"]
+    merged = subprocess.run([*cli, "merge", str(run)], env=env, capture_output=True, text=True, timeout=240)
+    assert merged.returncode == 0, merged.stderr
+    assert rows(run / "merged.db", "SELECT count(*) FROM training_metrics") == [(10,)]
+    report = subprocess.run([*cli, "report", str(run)], env=env, capture_output=True, text=True, timeout=240)
+    assert report.returncode == 0, report.stderr
+    assert "2 tasks" in report.stdout or "2 task(s)" in report.stdout, report.stdout
