@@ -252,7 +252,7 @@ def test_export_csv_and_json(job_db: Path, tmp_path: Path) -> None:
     assert len(export(str(job_db), fmt="csv", output=str(folder))) == 5
     with pytest.raises(AetheriumError, match="unknown table"):
         export(str(job_db), fmt="csv", tables=["nope; DROP TABLE jobs"], output=str(out))
-    with pytest.raises(AetheriumError, match="existing folder"):
+    with pytest.raises(AetheriumError, match="writes a folder .*add -o OUT_DIR"):
         export(str(job_db), fmt="csv")
 
 
