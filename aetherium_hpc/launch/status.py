@@ -33,16 +33,17 @@ def status_commands(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[dict[str, str]], str]:
-    """Rows (job, state, exit, elapsed, nodes; ``note`` when a state was found after the fact) of
-    every task, and where they came from: ``sacct``, ``squeue`` or ``databases``. Every query is
-    bounded by ``timeout``. A task whose database says ``running`` after its job ended shows
-    Slurm's state, ``LOST`` or ``UNKNOWN``, never ``RUNNING``."""
+    """Rows (job, state, exit, elapsed, nodes; ``note`` when a state was found after the fact, a
+    task was requeued or a job cancelled by someone) of every task, and where they came from:
+    ``sacct``, ``squeue`` or ``databases``. Every query is bounded by ``timeout``. A task whose
+    database says ``running`` after its job ended shows Slurm's state, ``LOST`` or ``UNKNOWN``,
+    never ``RUNNING``. :class:`LaunchError` for a folder with neither ``db/`` nor ``jobs.json``."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
-    if not RunLayout.is_run_dir(run_dir):
+    if not layout.db_dir.is_dir() and not layout.jobs_path.is_file():  # (a job script's run has db/ alone)
         raise LaunchError(
-            f"{run_dir}: a folder but not a run directory (no db/ beside config.yaml or jobs.json); "
+            f"{run_dir}: a folder but not a run directory (no db/ or jobs.json in it); "
             "give a folder printed by `aetherium-hpc submit`"
         )
     record = layout.record() or {}

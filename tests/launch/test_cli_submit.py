@@ -113,7 +113,7 @@ def test_status_of_a_folder_that_is_no_run_directory_is_one_line_exit_2(tmp_path
     proc = _cli(["status", "results"], tmp_path)
     assert proc.returncode == 2 and proc.stdout == "", proc.stdout
     assert proc.stderr == (
-        "aetherium-hpc: error: results: a folder but not a run directory (no db/ beside config.yaml or jobs.json); "
+        "aetherium-hpc: error: results: a folder but not a run directory (no db/ or jobs.json in it); "
         "give a folder printed by `aetherium-hpc submit`\n"
     )
 
