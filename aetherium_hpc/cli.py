@@ -325,16 +325,11 @@ def _add_run(sub: SubParsers) -> None:
 # -- status ------------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     """State of every task of a run: sacct, else squeue, else the databases' jobs rows."""
-    from .launch import run_status
+    from .launch.status import run_status, status_table
 
     rows, source = run_status(Path(args.run_dir))
     print(f"# {args.run_dir} (from {source})")
-    print(f"{'JOB':<16} {'STATE':<12} {'EXIT':<6} {'ELAPSED':<12} NODES")
-    for row in rows:
-        print(f"{row['job']:<16} {row['state']:<12} {row['exit']:<6} {row['elapsed']:<12} {row['nodes']}")
-    for row in rows:
-        if row.get("note"):  # how the state of a task whose database said running was found; requeues
-            print(f"# {row['job']} on {row['nodes']}: {row['state']}: {row['note']}")
+    print("\n".join(status_table(rows)))
     return 0
 
 

@@ -482,5 +482,5 @@ examples:
                    help="table or view to export (repeatable; csv, json, parquet); default: all contract views, "
                    "jobs and sources")  # fmt: skip
     e.add_argument("-o", "--output", metavar="FILE|DIR",
-                   help="csv/json: file to write (a folder for CSV of several tables), default stdout; "
+                   help="csv/json: file to write (a folder for CSV of several tables, created if missing), default stdout; "
                    "parquet/tensorboard: the folder to write into, created if missing")  # fmt: skip

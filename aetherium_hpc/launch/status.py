@@ -2,11 +2,17 @@
 
 Slurm is read through :mod:`aetherium_hpc.scheduler`, the databases through the store's
 read-only opener; a row that still says ``running`` is checked by :mod:`.analysis.final_status`.
+A running job's ELAPSED and NODES come from Slurm, else from its database (its start time and
+node), else, for a local job whose database is not copied back yet, from its process (its start
+time; this host). :func:`status_table` writes the rows as aligned columns, each as wide as its
+longest cell; who cancelled a job (sacct's ``CANCELLED by 1001``) is a note below the table.
 Imports nothing of submitit: a status needs no executor.
 """
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +23,8 @@ from ..paths import RunLayout
 
 STATUS_TIMEOUT_S = scheduler.SLURM_TIMEOUT_S
 _FIELDS = ("job", "state", "exit", "elapsed", "nodes")
+#: The header of :func:`status_table`, one per field of a row.
+HEADER = ("JOB", "STATE", "EXIT", "ELAPSED", "NODES")
 
 
 def status_commands(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -25,13 +33,19 @@ def status_commands(job_ids: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[dict[str, str]], str]:
-    """Rows (job, state, exit, elapsed, nodes; ``note`` when a state was found after the fact) of
-    every task, and where they came from: ``sacct``, ``squeue`` or ``databases``. Every query is
-    bounded by ``timeout``. A task whose database says ``running`` after its job ended shows
-    Slurm's state, ``LOST`` or ``UNKNOWN``, never ``RUNNING``."""
+    """Rows (job, state, exit, elapsed, nodes; ``note`` when a state was found after the fact, a
+    task was requeued or a job cancelled by someone) of every task, and where they came from:
+    ``sacct``, ``squeue`` or ``databases``. Every query is bounded by ``timeout``. A task whose
+    database says ``running`` after its job ended shows Slurm's state, ``LOST`` or ``UNKNOWN``,
+    never ``RUNNING``. :class:`LaunchError` for a folder with neither ``db/`` nor ``jobs.json``."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
+    if not layout.db_dir.is_dir() and not layout.jobs_path.is_file():  # (a job script's run has db/ alone)
+        raise LaunchError(
+            f"{run_dir}: a folder but not a run directory (no db/ or jobs.json in it); "
+            "give a folder printed by `aetherium-hpc submit`"
+        )
     record = layout.record() or {}
     sacct_seen: dict[str, Any] | None = None
     squeue_seen: dict[str, Any] | None = None
@@ -47,8 +61,10 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
             rows = [{"job": r["job"], "state": r.get("state", ""), "exit": r.get("exit_code", ""),
                      "elapsed": r.get("elapsed", ""), "nodes": r.get("nodes", "")} for r in accounted]  # fmt: skip
             for row, r in zip(rows, accounted, strict=True):
-                if r.get("requeues"):
-                    row["note"] = _requeued_note(r["requeues"])
+                row["state"], by = _who_ended(row["state"])
+                notes = [_requeued_note(r["requeues"])] if r.get("requeues") else []
+                if notes or by:
+                    row["note"] = "; ".join(notes + ([by] if by else []))
             return rows, "sacct"
         # Asked once: the databases' open rows are checked against these answers, not by asking again.
         why = "sacct gave no answer" if accounted is None else "sacct knows none of these jobs"
@@ -95,8 +111,13 @@ def _rows_from_databases(
             rows.append(_db_row(job))
     open_rows = [(i, job, record, job.get("hostname")) for i, job in jobs.items() if job.get("status") == RUNNING]
     resolved = resolve_rows(open_rows, sacct=sacct, squeue=squeue, timeout=timeout) if open_rows else {}
+    now = time.time()
     for i, res in resolved.items():
-        if res.status == RUNNING or not isinstance(i, int):
+        if not isinstance(i, int):
+            continue
+        if res.status == RUNNING:  # still running: the time since it started
+            start = jobs[i].get("start_time")
+            rows[i]["elapsed"] = "" if start is None else _seconds(now - start)
             continue
         row, start = rows[i], jobs[i].get("start_time")
         row["state"] = res.status.upper()
@@ -106,6 +127,52 @@ def _rows_from_databases(
             row["elapsed"] = f"{res.end_time - start:.0f}s"
         row["note"] = res.detail
     return rows
+
+
+def _seconds(elapsed: float) -> str:
+    return f"{max(0.0, elapsed):.0f}s"
+
+
+def _who_ended(state: str) -> tuple[str, str | None]:
+    """sacct's ``CANCELLED by 1001``: the state, and a note saying who (``cancelled by uid 1001 (alice)``)."""
+    state, by, uid = state.partition(" by ")
+    if not by:
+        return state, None
+    try:
+        import pwd
+
+        name = f" ({pwd.getpwuid(int(uid)).pw_name})"
+    except (ImportError, KeyError, ValueError):
+        name = ""
+    return state, f"{state.lower()} by uid {uid}{name}"
+
+
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` of this host started (None when gone or unknown)."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
+
+
+def _running_local(pid: int) -> dict[str, str]:
+    """ELAPSED and NODES of a local job still running as process ``pid`` (this host)."""
+    started = _process_started(pid)
+    return {"elapsed": "" if started is None else _seconds(time.time() - started), "nodes": socket.gethostname()}
+
+
+def status_table(rows: list[dict[str, str]]) -> list[str]:
+    """The lines ``aetherium-hpc status`` prints for ``rows``: :data:`HEADER` and one line per row,
+    each column as wide as its longest cell; then a ``# JOB on NODES: STATE: NOTE`` line per note
+    (how a state was found after the fact, requeues, who cancelled)."""
+    cells = [list(HEADER)] + [[str(row.get(f, "")) for f in _FIELDS] for row in rows]
+    widths = [max(len(line[c]) for line in cells) for c in range(len(HEADER) - 1)]
+    out = ["  ".join([*(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)), line[-1]]).rstrip()
+           for line in cells]  # fmt: skip
+    out += [f"# {row['job']} on {row['nodes']}: {row['state']}: {row['note']}" for row in rows if row.get("note")]
+    return out
 
 
 def _last_attempts(found: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -144,11 +211,13 @@ def _local_report_row(layout: RunLayout, record: dict[str, Any]) -> list[dict[st
     pid = str(record.get("report_job_id") or "")
     if not pid.isdigit():
         return []
+    row = {"job": pid, "state": "RUNNING", "exit": "", "elapsed": "", "nodes": "(merge + report)"}
     if process_alive(int(pid)):
-        state = "RUNNING"
+        started = _process_started(int(pid))
+        row["elapsed"] = "" if started is None else _seconds(time.time() - started)
     else:
-        state = "COMPLETED" if (layout.root / REPORT_HTML).is_file() else "FAILED"
-    return [{"job": pid, "state": state, "exit": "", "elapsed": "", "nodes": "(merge + report)"}]
+        row["state"] = "COMPLETED" if (layout.root / REPORT_HTML).is_file() else "FAILED"
+    return [row]
 
 
 def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -168,11 +237,10 @@ def _local_jobs_without_rows(record: dict[str, Any], rows: list[dict[str, str]])
         name = f"{arrays[0]}_{index}" if is_array else pid
         if (name in seen if is_array else pid in seen_bases) or not pid.isdigit():
             continue
+        row = {"job": name, "state": "LOST", "exit": "", "elapsed": "", "nodes": ""}
         if process_alive(int(pid)):
-            state = "RUNNING"
+            row.update(state="RUNNING", **_running_local(int(pid)))
         elif is_array:
             continue
-        else:
-            state = "LOST"
-        out.append({"job": name, "state": state, "exit": "", "elapsed": "", "nodes": ""})
+        out.append(row)
     return out

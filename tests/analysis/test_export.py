@@ -3,6 +3,7 @@ pyarrow, the missing-package lines in a child whose import of the package fails,
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 import sqlite3
@@ -193,17 +194,22 @@ def test_parquet_round_trip_typed_columns_in_batches(
         want = cur.fetchall()
         assert table.column_names == [d[0] for d in cur.description]
         conn.close()
-        got = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
+        got = list(zip(*(_seconds(table.column(c)) for c in table.column_names), strict=True))
         assert len(got) == len(want), name
-        for g, w in zip(got, want, strict=True):
-            assert g == pytest.approx(w) if all(isinstance(x, (int, float, type(None))) for x in w) else g == w
+        for g, w in zip(got, want, strict=True):  # a time to the microsecond, another number as it was
+            assert list(g) == [pytest.approx(x, abs=1e-6) if isinstance(x, float) else x for x in w]
     res = pq.ParquetFile(out / "resource_metrics.parquet")
     assert res.metadata.num_rows >= 3 * 40 * 4 and res.metadata.num_row_groups > 1
     schema = res.schema_arrow
-    assert schema.field("timestamp").type == pa.float64() and schema.field("value").type == pa.float64()
+    utc_us = pa.timestamp("us", tz="UTC")
+    assert schema.field("timestamp").type == utc_us and schema.field("value").type == pa.float64()
+    assert schema.field("chunk_t0").type == schema.field("chunk_t1").type == utc_us
     assert schema.field("metric_name").type == pa.string() and schema.field("array_task_id").type == pa.int64()
     training = pq.read_table(out / "training_metrics.parquet")
+    assert training.schema.field("timestamp").type == utc_us
     assert training.schema.field("epoch_number").type == pa.int64()
+    jobs_schema = pq.read_schema(out / "jobs.parquet")
+    assert jobs_schema.field("start_time").type == jobs_schema.field("end_time").type == utc_us
     assert training.schema.field("metric_value").type == pa.float64()
     jobs = pq.read_table(out / "jobs.parquet").to_pylist()
     assert [json.loads(j["config"])["task_params"] for j in jobs] == SWEEP
@@ -211,6 +217,48 @@ def test_parquet_round_trip_typed_columns_in_batches(
     only = tmp_path / "only"
     export(str(sweep_db), fmt="parquet", tables=["jobs"], output=str(only))
     assert [p.name for p in only.iterdir()] == ["jobs.parquet"]
+
+
+def _seconds(column: Any) -> list[Any]:
+    """The values of an Arrow column; a timestamp as epoch seconds."""
+    import pyarrow as pa
+
+    if pa.types.is_timestamp(column.type):
+        return [None if v is None else v / 1e6 for v in column.cast(pa.int64()).to_pylist()]
+    return column.to_pylist()
+
+
+def test_parquet_times_are_utc_timestamps_for_pyarrow_and_duckdb(sweep_db: Path, tmp_path: Path) -> None:
+    """Each exported time is the database's epoch seconds to the microsecond, read as a time in UTC."""
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "pq"
+    export(str(sweep_db), fmt="parquet", output=str(out))
+    want = rows(sweep_db, "SELECT timestamp FROM training_metrics")
+    got = pq.read_table(out / "training_metrics.parquet").column("timestamp").to_pylist()
+    assert {(str(g.tzinfo), g.utcoffset()) for g in got} == {("UTC", datetime.timedelta(0))} and len(got) == len(want)
+    assert [g.timestamp() for g in got] == pytest.approx([w for (w,) in want], abs=1e-6)
+    jobs = pq.read_table(out / "jobs.parquet", columns=["start_time", "end_time"]).to_pylist()
+    started = rows(sweep_db, "SELECT start_time, end_time FROM jobs")
+    assert [(j["start_time"].timestamp(), j["end_time"].timestamp()) for j in jobs] == [
+        pytest.approx(s, abs=1e-6) for s in started
+    ]
+    duckdb = pytest.importorskip("duckdb")
+    con = duckdb.connect()
+    try:
+        kind, first, last = con.execute(
+            f"SELECT typeof(timestamp), epoch(min(timestamp)), epoch(max(timestamp))"
+            f" FROM '{out / 'resource_metrics.parquet'}' GROUP BY 1"
+        ).fetchone()
+        span = rows(sweep_db, "SELECT min(timestamp), max(timestamp) FROM resource_metrics")[0]
+        assert kind == "TIMESTAMP WITH TIME ZONE"
+        assert (first, last) == pytest.approx(span, abs=1e-6)
+        (hours,) = con.execute(
+            f"SELECT max(end_time - start_time) < INTERVAL 1 HOUR FROM '{out / 'jobs.parquet'}'"
+        ).fetchone()
+        assert hours is True
+    finally:
+        con.close()
 
 
 def test_parquet_value_of_another_type_is_one_line(tmp_path: Path) -> None:
@@ -278,6 +326,36 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert "a folder; name a file" in err
     assert not (tmp_path / "out").exists()
     assert math.isfinite(sweep_db.stat().st_size)
+
+
+def test_csv_of_several_tables_creates_its_folder_and_replaces_a_planted_link(
+    sweep_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`export DB --format csv -o out_dir/` as in --help: the folder is made; a link planted at a
+    NAME.csv is replaced by the file, the file it pointed to is left alone; a link planted as the
+    folder itself, pointing nowhere, is refused, not followed."""
+    out = tmp_path / "new" / "out_dir"
+    assert main(["export", str(sweep_db), "--format", "csv", "-o", f"{out}/"]) == 0
+    names = ("sources", "jobs", "resource_metrics", "generation_metrics", "training_metrics")
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.csv" for n in names)
+    assert out.joinpath("jobs.csv").read_text().splitlines()[0].startswith("source_id,job_id,")
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (out / "jobs.csv").unlink()
+    (out / "jobs.csv").symlink_to(victim)
+    export(str(sweep_db), fmt="csv", output=str(out))
+    assert not (out / "jobs.csv").is_symlink() and victim.read_text() == "keep me\n"
+    assert len((out / "jobs.csv").read_text().splitlines()) == 1 + len(SWEEP)
+    capsys.readouterr()
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "elsewhere")
+    err = _one_line_error(capsys, ["export", str(sweep_db), "--format", "csv", "-o", str(dangling)])
+    assert f"-o {dangling}: cannot create the folder" in err
+    assert not (tmp_path / "elsewhere").exists()
+    err = _one_line_error(capsys, ["export", str(sweep_db), "--table", "jobs", "-o", f"{tmp_path}/none/"])
+    assert "a folder; name a file" in err and not (tmp_path / "none").exists()
+    err = _one_line_error(capsys, ["export", str(sweep_db), "--format", "csv"])
+    assert "add -o OUT_DIR (created if missing), or name one --table" in err
 
 
 def test_tensorboard_run_names_are_folder_names_and_unique(tmp_path: Path) -> None:

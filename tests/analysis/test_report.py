@@ -252,7 +252,7 @@ def test_export_csv_and_json(job_db: Path, tmp_path: Path) -> None:
     assert len(export(str(job_db), fmt="csv", output=str(folder))) == 5
     with pytest.raises(AetheriumError, match="unknown table"):
         export(str(job_db), fmt="csv", tables=["nope; DROP TABLE jobs"], output=str(out))
-    with pytest.raises(AetheriumError, match="existing folder"):
+    with pytest.raises(AetheriumError, match="writes a folder .*add -o OUT_DIR"):
         export(str(job_db), fmt="csv")
 
 
@@ -342,3 +342,73 @@ def test_a_requeued_job_is_reported_from_its_last_attempt(tmp_path: Path, first_
     assert "requeued once (attempt 2 completed)" in rep.to_html()
     # every attempt's resources are kept, each its own series (no line drawn across the gap)
     assert sorted(r["source"] for r in d["resources"]) == ["950/n1#1", "950/n1#2"]
+
+
+@pytest.mark.parametrize(("layout", "run_line", "spread"), [
+    ({0: ["n1", "n2"]}, "1 task on 2 nodes (2 databases)", "the 2 nodes of 1 task"),
+    ({0: ["n1", "n2"], 1: ["n1", "n2"]}, "2 tasks on 2 nodes (4 databases)", "4 task-nodes of 2 tasks on 2 nodes"),
+    ({0: ["n1"], 1: ["n2"], 2: ["n1"]}, "3 tasks on 2 nodes", "3 tasks"),
+])  # fmt: skip
+def test_tasks_on_several_nodes_are_counted_as_tasks_on_nodes(
+    tmp_path: Path, layout: dict[int, list[str]], run_line: str, spread: str
+) -> None:
+    """A task on two nodes is one task (a database per node): the run line, the spread and the advice say so."""
+    from task_dbs import write_task_db
+
+    for task, nodes in layout.items():
+        for node in nodes:
+            write_task_db(tmp_path / "run" / "db" / f"77_{task}" / f"{node}.db", task, job="77", node=node)
+    merged = tmp_path / "merged.db"
+    assert merge([tmp_path / "run"], merged).exit_code == 0
+    rep = build_report(merged)
+    assert rep.data["array"]["over"] == spread
+    run = rep.text.splitlines()[1]
+    assert run.startswith("run: ") and run.endswith(f" UTC, {rep.data['run']['duration_s']:.1f} s; {run_line}"), run
+    assert f"\nacross {spread} (p50 / p95 / max):\n" in rep.text
+    assert "job(s)" not in rep.text and "source(s)" not in rep.text
+    page = rep.to_html()
+    assert f"<li>{run_line}</li>" in page and f"<h2>Across {spread}</h2>" in page
+    from aetherium_hpc.analysis.report.compute import efficiency
+
+    rows = [{**t, "requested": {"mem_gb": 1, "timeout_min": 60}} for t in rep.data["tasks"]]
+    advice = efficiency(rows, rep.loaded.jobs)["advice"]
+    assert advice[0].startswith("memory: peak ") and f" MB (max over {spread}) is 10% of the 1 GB" in advice[0], advice
+    assert advice[1].startswith(f"time: longest task ran 12.0 s (max over {spread}), <1% of the 60 min"), advice
+
+
+def test_report_plot_of_names_with_any_character_writes_no_glyph_warning(tmp_path: Path) -> None:
+    """Names from the data with control characters, CJK, emoji and mathtext: the plots are drawn,
+    stderr has no matplotlib warning (every symbol the report itself writes is in DejaVu Sans:
+    tests/analysis/test_report_many.py checks that)."""
+    odd = "tab\there esc\x1b[31m 日本 🚀 $\\nocommand$ cost=$5"
+    for task in range(2):
+        db = tmp_path / "run" / "db" / f"31_{task}" / "n1.db"
+        db.parent.mkdir(parents=True)
+        src = SourceInfo(job_id=f"31_{task}", array_job_id="31", array_task_id=task, node=f"n{odd}", hostname="n1")
+        aetherium_hpc.init_db(db, source=src, listen=False)
+        t0 = time.time() - 20
+        for k in range(5):
+            aetherium_hpc.log_resource_samples([("cpu", "process_tree", 50.0 + k, "%", ""),
+                                                ("gpu", "utilization", 10.0 * k, "%", odd)], timestamp=t0 + k)  # fmt: skip
+        for epoch in range(3):
+            aetherium_hpc.log_training_epoch_metric("loss", 1.0 / (1 + epoch + task), round_number=0,
+                                                    epoch_number=epoch, phase=odd)  # fmt: skip
+        aetherium_hpc.log_job(status="completed", exit_code=0, start_time=t0, end_time=t0 + 5,
+                              config={"name": odd, "task_params": {odd: task, "lr": f"{odd}{task}"}})  # fmt: skip
+        aetherium_hpc.shutdown_db()
+    assert merge([tmp_path / "run"], tmp_path / "merged.db").exit_code == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "MPLCONFIGDIR": str(tmp_path / "mpl"),
+    }  # a first run: a new font cache
+    proc = subprocess.run([sys.executable, "-m", "aetherium_hpc", "report", str(tmp_path / "merged.db"), "--plot",
+                           str(out / "all.png"), "--plot-dir", str(out / "plots"), "--html", str(out / "r.html")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Glyph" not in proc.stderr and "missing from font" not in proc.stderr, proc.stderr
+    assert "Warning" not in proc.stderr and "fontManager" not in proc.stderr, proc.stderr
+    assert (out / "all.png").read_bytes().startswith(PNG_MAGIC)
+    assert {p.name for p in (out / "plots").iterdir()} >= {"cpu.png", "gpu_utilization.png", "training_loss.png"}

@@ -95,7 +95,9 @@ def _axes(rep: Report, name: str) -> object:
 def test_plots_one_colour_per_task_and_style_per_phase(sweep_db: Path) -> None:
     rep = build_report(sweep_db)
     ax = _axes(rep, "training_loss")
-    lines = ax.get_lines()  # type: ignore[attr-defined]
+    drawn = ax.get_lines()  # type: ignore[attr-defined]
+    lines = [line for line in drawn if line.get_marker() != "*"]  # (the star: the winner's final val/loss)
+    assert len(drawn) - len(lines) == 1
     # Per task, never a median: 4 tasks with loss x (train, val) x 1 round.
     assert len(lines) == 8
     by_colour: dict[object, set[str]] = {}
@@ -143,3 +145,57 @@ def test_html_requested_as_columns_and_unique_headers(sweep_db: Path, tmp_path: 
     from aetherium_hpc.analysis.report.plots import dashboard_title
 
     assert dashboard_title(rep.data).startswith("sweep: job 77, 5 tasks, ")
+
+
+def _sweep_of(root: Path, n: int) -> Path:
+    """A merged sweep of ``n`` tasks (learning rate x seed); task 9 ends with the lowest val/loss."""
+    import time
+
+    import aetherium_hpc
+    from aetherium_hpc.store import SourceInfo
+
+    for task in range(n):
+        path = root / "run" / "db" / f"66_{task}" / "n1.db"
+        path.parent.mkdir(parents=True)
+        src = SourceInfo(job_id=f"66_{task}", array_job_id="66", array_task_id=task, node="n1", hostname="n1")
+        aetherium_hpc.init_db(path, source=src, listen=False)
+        t0 = time.time() - 60
+        for k in range(10):
+            aetherium_hpc.log_resource_samples([("ram", "process_tree_rss", 100.0 + 10 * task + k, "MB", "")],
+                                               timestamp=t0 + k)  # fmt: skip
+        for epoch in range(4):
+            loss = (1.0 + 0.1 * abs(task - 9)) / (1 + epoch)
+            aetherium_hpc.log_training_epoch_metric("loss", loss, round_number=0, epoch_number=epoch, phase="val")
+        aetherium_hpc.log_job(status="completed", exit_code=0, start_time=t0, end_time=t0 + 10,
+                              config={"name": "sweep", "task_params": {"lr": [0.01, 0.1][task % 2], "seed": task}})  # fmt: skip
+        aetherium_hpc.shutdown_db()
+    out = root / "merged.db"
+    assert merge([root / "run"], out).exit_code == 0
+    return out
+
+
+@pytest.mark.parametrize("n", [16, 30], ids=["lines-without-legend", "bands"])
+def test_the_winner_is_marked_and_labelled_in_a_sweep_too_large_for_a_legend(tmp_path: Path, n: int) -> None:
+    """Above 12 tasks no legend names every task: the winner's lines are drawn over the others
+    (thicker, outlined), the legend names it, a star marks its final val/loss."""
+    rep = build_report(_sweep_of(tmp_path, n))
+    assert rep.data["sweep"]["winner"] == "66_9" and rep.data["array"]["summarised"] is (n > 20)
+    label = "winner: 66_9 lr=0.1, seed=9"
+    for name in ("memory", "training_loss"):
+        ax = _axes(rep, name)
+        entries = [t.get_text() for t in ax.get_legend().get_texts()]  # type: ignore[attr-defined]
+        assert entries.count(label) == 1 and not any("66_" in e for e in entries if e != label), (name, entries)
+        lines = ax.get_lines()  # type: ignore[attr-defined]
+        won = [line for line in lines if line.get_path_effects()]
+        assert won and {line.get_zorder() for line in won} == {5}, name
+        assert min(line.get_linewidth() for line in won) > max(line.get_linewidth() for line in lines
+                                                                if line not in won and line.get_marker() != "*")  # fmt: skip
+    (star,) = [line for line in _axes(rep, "training_loss").get_lines() if line.get_marker() == "*"]  # type: ignore[attr-defined]
+    final = rep.data["sweep"]["tasks"][0]
+    assert final["task"] == "66_9"
+    assert (list(star.get_xdata()), list(star.get_ydata())) == ([3], [pytest.approx(final["objective_value"])])
+    if n > 20:  # the histogram of the objective marks the winner's value
+        hist = _axes(rep, "histogram_objective_value")
+        entries = [t.get_text() for t in hist.get_legend().get_texts()]  # type: ignore[attr-defined]
+        assert f"{label}: {final['objective_value']:.4g}" in entries
+    assert rep.dashboard_png().startswith(b"\x89PNG")

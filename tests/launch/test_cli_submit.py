@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from launch_helpers import TABLES, counts, job_rows
 from testenv import ROOT
@@ -71,6 +73,7 @@ def test_dry_run_prints_config_and_script_and_submits_nothing(tmp_path: Path) ->
         ["submit", str(ROOT / "configs" / "train.yaml"), "--set", "resources.nodez=2"],
         ["submit", str(ROOT / "configs" / "train.yaml"), "--set", "backend=lokal"],
         ["status", "no-such-run"],
+        ["status", "."],  # a folder, but no run directory
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str]) -> None:
@@ -208,3 +211,47 @@ def test_a_command_workload_gets_its_task_params_as_json(tmp_path: Path) -> None
     (run,) = (tmp_path / "runs").glob("cmd-*")
     assert json.loads((run / "p0").read_text()) == {"seed": 0, "lr": 0.5}
     assert json.loads((run / "p1").read_text()) == {"seed": 1, "lr": 0.25}
+
+    # ELAPSED since its process started, NODES this host (no database copied back yet)
+    started = psutil.Process().create_time()
+    assert rows[0]["nodes"] == socket.gethostname() and rows[0]["elapsed"].endswith("s")
+    assert abs(int(rows[0]["elapsed"][:-1]) - (time.time() - started)) <= 2, rows[0]
+
+
+def test_status_of_a_folder_that_is_no_run_directory_is_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "notes.txt").write_text("x\n")
+    proc = _cli(["status", "results"], tmp_path)
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+    assert proc.stderr == (
+        "aetherium-hpc: error: results: a folder but not a run directory (no db/ or jobs.json in it); "
+        "give a folder printed by `aetherium-hpc submit`\n"
+    )
+
+
+def test_status_of_a_running_job_from_its_database_shows_elapsed_and_node(tmp_path: Path) -> None:
+    """A local job whose database (copied back) still says running, its process alive: RUNNING,
+    ELAPSED since its start time, NODES its node."""
+    import json
+
+    import aetherium_hpc
+    from aetherium_hpc.launch.status import run_status, status_table
+    from aetherium_hpc.paths import RunLayout
+    from aetherium_hpc.store import SourceInfo
+
+    layout = RunLayout.new(tmp_path, "x")
+    pid, host = str(os.getpid()), socket.gethostname()
+    layout.jobs_path.write_text(json.dumps({"cluster": "local", "job_ids": [pid]}))
+    db = layout.db_dir / f"{pid}_0" / f"{host}.db"
+    db.parent.mkdir(parents=True)
+    aetherium_hpc.init_db(db, source=SourceInfo(job_id=pid, node=host, hostname=host), listen=False)
+    # started 3 s ago (its process, this test's, started before: the process is the job)
+    aetherium_hpc.log_job(status="running", start_time=time.time() - 3, config={"backend": "local"})
+    aetherium_hpc.shutdown_db()
+    rows, source = run_status(layout.root)
+    assert source == "databases" and len(rows) == 1, rows
+    assert (rows[0]["state"], rows[0]["nodes"]) == ("RUNNING", host)
+    assert 3 <= int(rows[0]["elapsed"][:-1]) <= 60, rows[0]
+    header, line = status_table(rows)
+    assert line.split() == [pid, "RUNNING", rows[0]["elapsed"], host]
+    assert header.index("ELAPSED") == line.index(rows[0]["elapsed"]) and header.index("NODES") == line.index(host)

@@ -20,6 +20,7 @@ from aetherium_hpc import launch
 from aetherium_hpc.config import load_config
 from aetherium_hpc.errors import LaunchError
 from aetherium_hpc.launch import sbatch
+from aetherium_hpc.launch.status import status_table
 from aetherium_hpc.paths import RunLayout
 from aetherium_hpc.runtime.entrypoint import JobRunner
 
@@ -211,6 +212,24 @@ def test_status_uses_sacct_then_squeue_and_never_hangs(tmp_path: Path, monkeypat
     rows, source = launch.run_status(layout.root)
     assert source == "sacct" and [r["state"] for r in rows] == ["COMPLETED", "RUNNING"]
     assert args.read_text().split() == launch.status_commands(["5"])[0][1:]
+
+    # sacct's "CANCELLED by UID": the state in its column, who in a note, every column aligned
+    _fake(
+        bin_dir,
+        "sacct",
+        'printf "5_0|CANCELLED by 0|0:0|00:00:03||||||n1\\n5_1|RUNNING|0:0|01:02:03||||||n10,n11\\n"\n',
+    )
+    rows, source = launch.run_status(layout.root)
+    assert source == "sacct" and [(r["state"], r.get("note")) for r in rows] == [
+        ("CANCELLED", "cancelled by uid 0 (root)"), ("RUNNING", None)
+    ]  # fmt: skip
+    table = status_table(rows)
+    assert table == [
+        "JOB  STATE      EXIT  ELAPSED   NODES",
+        "5_0  CANCELLED  0:0   00:00:03  n1",
+        "5_1  RUNNING    0:0   01:02:03  n10,n11",
+        "# 5_0 on n1: CANCELLED: cancelled by uid 0 (root)",
+    ]
 
     _fake(bin_dir, "sacct", "sleep 30\n")
     _fake(bin_dir, "squeue", 'printf "5_1|RUNNING|0:05|n2\\n"\n')

@@ -58,7 +58,9 @@ def test_status_shows_the_local_report_job(tmp_path: Path) -> None:
         layout.jobs_path.write_text(json.dumps({"cluster": "local", "job_ids": [], "array_job_ids": [],
                                                 "report_job_id": str(proc.pid)}))  # fmt: skip
         rows, _ = launch.run_status(layout.root)
-        assert rows[-1] == {"job": str(proc.pid), "state": "RUNNING", "exit": "", "elapsed": "",
+        elapsed = rows[-1]["elapsed"]  # the time since its process started
+        assert elapsed.endswith("s") and 0 <= int(elapsed[:-1]) < 300, elapsed
+        assert rows[-1] == {"job": str(proc.pid), "state": "RUNNING", "exit": "", "elapsed": elapsed,
                             "nodes": "(merge + report)"}  # fmt: skip
     finally:
         proc.kill()

@@ -141,13 +141,40 @@ def _final_row(run: Path, statuses: set[str], timeout: float = 60.0) -> tuple[Pa
     raise AssertionError(f"no copied-back database with a status in {statuses}")
 
 
+def _status_table(run: Path, tmp_path: Path) -> tuple[list[str], list[list[str]], list[str]]:
+    """``aetherium-hpc status RUN``: its header, its rows cut at the header's column starts, its notes."""
+    status = cli(["status", str(run)], tmp_path)
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    header = lines[1]
+    starts = [header.index(name) for name in ("JOB", "STATE", "EXIT", "ELAPSED", "NODES")]
+    table = [line for line in lines[2:] if not line.startswith("#")]
+    rows = [[line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)] for line in table]
+    return lines, rows, [line for line in lines[2:] if line.startswith("#")]
+
+
+def _status_once(run: Path, tmp_path: Path, state: str) -> tuple[list[str], list[list[str]], list[str]]:
+    """:func:`_status_table` once its first row says ``state`` (accounting follows the job with a lag)."""
+    deadline = time.monotonic() + 60
+    while (found := _status_table(run, tmp_path))[1][0][1] != state:
+        assert time.monotonic() < deadline, found[0]
+        time.sleep(1)
+    return found
+
+
 def test_scancel_records_cancelled_and_keeps_the_data(tmp_path: Path) -> None:
     run, job_id, _ = _start_waiting_job(tmp_path, timeout_min=5)
+    lines, rows, _ = _status_once(run, tmp_path, "RUNNING")  # how long so far, and where
+    assert [r[:2] for r in rows] == [[job_id, "RUNNING"]], lines
+    assert re.fullmatch(r"\d\d:\d\d:\d\d", rows[0][3]) and rows[0][4] in {"n1", "n2"}, lines
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     db, row = _final_row(run, {"cancelled"})
     assert row["detail"] == "signal SIGTERM"
     got = counts(db)
     assert got["training_metrics"] == 50 and got["generation_metrics"] == 4 and got["resource_metrics"] > 0
+    lines, rows, notes = _status_once(run, tmp_path, "CANCELLED")  # sacct's "CANCELLED by 0", in its column
+    assert rows[0][0] == job_id and rows[0][4] in {"n1", "n2"}, lines
+    assert notes == [f"# {job_id} on {rows[0][4]}: CANCELLED: cancelled by uid 0 (root)"], lines
 
 
 def test_usr2_near_the_time_limit_records_timeout(tmp_path: Path) -> None:

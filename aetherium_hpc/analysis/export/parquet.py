@@ -4,8 +4,10 @@ A column's Arrow type comes from the type SQLite declares for it (``INTEGER`` �
 → float64, ``TEXT`` → string, ``BLOB`` → binary, by SQLite's affinity rules). A column without a
 declared type (a view's computed column: ``resource_metrics.timestamp`` and ``value``) takes the
 type of its first value, numbers as float64 (SQLite hands a JSON ``40`` back as an integer and
-``40.5`` as a real in the same column). A file is written under a temporary name and renamed
-when complete, so a failed export leaves no half-written ``NAME.parquet``.
+``40.5`` as a real in the same column). The columns of :data:`TIME_COLUMNS` (epoch seconds in
+SQLite) are Parquet timestamps, microseconds in UTC (``timestamp[us, tz=UTC]``), so DuckDB,
+Spark, pandas and Grafana read them as times. A file is written under a temporary name and
+renamed when complete, so a failed export leaves no half-written ``NAME.parquet``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from .output import ExportError, missing_extra, quote, replaced_atomically
 
 #: Rows per record batch (and per Parquet row group at most).
 BATCH_ROWS = 65_536
+#: The columns that hold a time as seconds since the epoch (UTC) in an aetherium-hpc database.
+TIME_COLUMNS = frozenset({"timestamp", "start_time", "end_time", "chunk_t0", "chunk_t1", "t0", "t1"})
 
 
 def require() -> None:
@@ -33,6 +37,8 @@ def require() -> None:
 def _arrow_type(conn: sqlite3.Connection, table: str, column: str, declared: str) -> Any:
     import pyarrow as pa
 
+    if column in TIME_COLUMNS:
+        return pa.timestamp("us", tz="UTC")
     decl = declared.upper()
     if "INT" in decl:
         return pa.int64()
@@ -49,6 +55,17 @@ def _arrow_type(conn: sqlite3.Connection, table: str, column: str, declared: str
     return {"integer": pa.float64(), "real": pa.float64(), "text": pa.string(), "blob": pa.binary()}.get(
         kind, pa.string()
     )
+
+
+def _array(values: Sequence[Any], type_: Any) -> Any:
+    """``values`` as an Arrow array of ``type_``; a timestamp from epoch seconds."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if not pa.types.is_timestamp(type_):
+        return pa.array(values, type=type_)
+    seconds = pa.array(values, type=pa.float64())
+    return pc.round(pc.multiply(seconds, 1e6)).cast(pa.int64()).cast(type_)
 
 
 def _write_one(conn: sqlite3.Connection, table: str, path: str) -> int:
@@ -68,7 +85,7 @@ def _write_one(conn: sqlite3.Connection, table: str, path: str) -> int:
                 arrays = []
                 for name, field, values in zip(names, schema, columns, strict=True):
                     try:
-                        arrays.append(pa.array(values, type=field.type))
+                        arrays.append(_array(values, field.type))
                     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as exc:
                         raise ExportError(
                             f"{table}.{name}: a value does not fit the column's type {field.type} ({exc}); "

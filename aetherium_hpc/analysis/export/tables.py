@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from .output import ExportError, quote, replaced_atomically
+from .output import ExportError, output_folder, quote, replaced_atomically
 
 
 def _json_value(v: Any) -> Any:
@@ -28,11 +28,11 @@ def _target(path: str | None) -> Iterator[IO[str]]:
     if path is None:
         yield sys.stdout
         return
+    if os.path.isdir(path) or path.endswith(os.sep):
+        raise ExportError(f"-o {path}: a folder; name a file to write, or leave -o out for stdout")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ExportError(f"{path}: folder {folder} does not exist; create it or choose another -o path")
-    if os.path.isdir(path):
-        raise ExportError(f"-o {path}: a folder; name a file to write, or leave -o out for stdout")
     with replaced_atomically(path) as part, open(part, "w", encoding="utf-8", newline="") as fh:
         yield fh
 
@@ -67,19 +67,20 @@ def _write_json_rows(conn: sqlite3.Connection, table: str, out: IO[str]) -> int:
 def write_tables(conn: sqlite3.Connection, fmt: str, tables: Sequence[str], output: str | None) -> list[str]:
     """CSV or JSON of ``tables``; returns the files written.
 
-    CSV of one table goes to ``output`` (a file) or stdout; CSV of several tables needs
-    ``output`` to be a folder (one ``NAME.csv`` each). JSON of one table is a list of row
-    objects; of several tables an object ``{name: [rows]}``.
+    CSV of one table goes to ``output`` (a file) or stdout; CSV of several tables goes to the
+    folder ``output`` (created if missing), one ``NAME.csv`` each. JSON of one table is a list of
+    row objects; of several tables an object ``{name: [rows]}``.
     """
     written: list[str] = []
     if fmt == "csv" and len(tables) > 1:
-        if output is None or not os.path.isdir(output):
+        if output is None:
             raise ExportError(
-                f"CSV of {len(tables)} tables needs -o to be an existing folder (one NAME.csv each), "
-                "or name one --table"
+                f"CSV of {len(tables)} tables writes a folder (one NAME.csv each): add -o OUT_DIR "
+                "(created if missing), or name one --table"
             )
+        folder = output_folder(output, fmt)
         for t in tables:
-            path = os.path.join(output, f"{t}.csv")
+            path = os.path.join(folder, f"{t}.csv")
             with _target(path) as fh:
                 _write_csv(conn, t, fh)
             written.append(path)

@@ -127,6 +127,7 @@ def _figures(loaded: Loaded) -> dict[str, Any]:
     data["tasks"] = tasks
     data["array"] = {
         "tasks": len(tasks),
+        "over": spread_of(tasks, jobs),  # what "tasks" counts, in words: 4 tasks | the 2 nodes of 1 task | ...
         "peak_memory_mb": _dist([t["peak_memory_mb"] for t in tasks if t["peak_memory_mb"] is not None]),
         "runtime_s": _dist([t["runtime_s"] for t in tasks if t["runtime_s"] is not None]),
         "gpu_utilization_pct": _dist([t["gpu_util_pct"] for t in tasks if t["gpu_util_pct"] is not None]),
@@ -292,6 +293,32 @@ def _per_task(
     return out
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def tasks_on_nodes(n_tasks: int, n_nodes: int) -> str:
+    """``1 task on 2 nodes``, ``16 tasks on 1 node`` (the tasks alone when no node is known)."""
+    return _plural(n_tasks, "task") + (f" on {_plural(n_nodes, 'node')}" if n_nodes else "")
+
+
+def spread_over(n_sources: int, n_tasks: int, n_nodes: int) -> str:
+    """What a figure over ``n_sources`` per-node rows is taken over: ``4 tasks``; a task on
+    several nodes counts once per node: ``the 2 nodes of 1 task``, ``8 task-nodes of 4 tasks on 2 nodes``."""
+    if n_sources == n_tasks:
+        return _plural(n_tasks, "task")
+    if n_tasks == 1:
+        return f"the {n_sources} nodes of 1 task"
+    return f"{n_sources} task-nodes of {tasks_on_nodes(n_tasks, n_nodes)}"
+
+
+def spread_of(rows: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> str:
+    """:func:`spread_over` of per-source ``rows``, their tasks and nodes found in the ``jobs`` rows."""
+    where = {j.get("source_id"): ((j.get("job_id"), j.get("array_task_id")), j.get("node")) for j in jobs}
+    found = [where.get(r.get("source_id"), ((i, None), None)) for i, r in enumerate(rows)]  # unknown: its own task
+    return spread_over(len(rows), len({task for task, _ in found}), len({node for _, node in found if node}))
+
+
 def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any]:
     """Use against what was requested, and concrete --mem / --time / --cpus-per-task advice.
 
@@ -305,7 +332,8 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
                       "inside a Slurm job (srun aetherium-hpc run -- ...) to get advice")  # fmt: skip
         return out
     n = len(req_tasks)
-    over = f" (max over {n} tasks)" if n > 1 else ""
+    spread = spread_of(req_tasks, jobs)
+    over = f" (max over {spread})" if n > 1 else ""
     mem_eff = [t["peak_memory_mb"] / 1024.0 / t["requested"]["mem_gb"] for t in req_tasks
                if t["peak_memory_mb"] is not None and t["requested"].get("mem_gb")]  # fmt: skip
     peaks = [t["peak_memory_mb"] for t in req_tasks if t["peak_memory_mb"] is not None]
@@ -351,7 +379,7 @@ def efficiency(tasks: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[
             "efficiency": _dist([c / req_cpus for c in cores]),
         }
         if used < 0.5 * req_cpus and req_cpus > 1:
-            which = "p95 over tasks" if n > 1 else "average over the run"
+            which = f"p95 over {spread}" if n > 1 else "average over the run"
             advice.append(f"cpu: {_num(used, 2)} of {req_cpus} cores busy ({which}); "
                           f"--cpus-per-task={max(1, math.ceil(used * HEADROOM))} would do")  # fmt: skip
     gutil = [t["gpu_util_pct"] for t in req_tasks if t["gpu_util_pct"] is not None]

@@ -32,6 +32,7 @@ from .text import (
     summary_lines,
     sweep_rows,
     training_rows,
+    who,
 )
 
 #: Rows of the ranking and sacct tables of a large array (every row in JSON), and of its tasks
@@ -77,7 +78,6 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
     """The page of the report data ``d``; ``plots`` draws its PNGs by name (a failure is noted on the page)."""
     run, smp = d["run"], d["samples"]
     run_line = f"run: {run['start_utc']} → {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}"
-    who_line = f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)"
     samples_line = (
         f"{smp['resource']} resource samples in {smp['series']} series, "
         f"{smp['generation']} generation rows, {smp['training']} training rows"
@@ -90,7 +90,7 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         f"<p>{_h(d['database'])}<br>{_h('generated ' + d['generated_at'])}</p>",
         "<h2>Summary</h2><ul>",
         f"<li>{_h(run_line)}</li>",
-        f"<li>{_h(who_line)}</li>",
+        f"<li>{_h(who(run))}</li>",
         f"<li>{_h(samples_line)}</li>",
         *(f"<li><b>{_h(line)}</b></li>" for line in summary_lines(d)),
         "</ul>",
@@ -109,7 +109,7 @@ def render(d: dict[str, Any], plots: Callable[[], dict[str, bytes]]) -> str:
         rows = [
             [label, fmt(arr[k]["p50"]), fmt(arr[k]["p95"]), fmt(arr[k]["max"])] for label, k, fmt in ACROSS if arr[k]
         ]
-        across = "Across {} tasks".format(arr["tasks"])
+        across = "Across {}".format(arr["over"])
         parts.append(f"<h2>{_h(across)}</h2>")
         parts.append(_html_table(["", "p50", "p95", "max"], rows, numeric=(1, 2, 3)))
     sweep = d.get("sweep") or {}

@@ -2,20 +2,30 @@
 
 The only module of the package that imports matplotlib, and only when a plot is drawn
 (inside the functions), so a text or JSON report never loads it. One colour per task
-in every panel; statistics use every sample, a timeline is thinned for drawing.
+in every panel; statistics use every sample, a timeline is thinned for drawing. A sweep's
+winner is drawn over the other tasks (thicker, outlined), a star on its final objective value,
+and named in the legend (the only task named above :data:`_LEGEND_MAX_TASKS` tasks).
+
+Every symbol the plots write is in DejaVu Sans (matplotlib's font). Names from the data are
+drawn as written (no mathtext, control characters written out); for a character the font
+lacks (CJK, emoji) matplotlib's "Glyph ... missing" warning is not shown.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import math
+import re
+import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..formatting import duration as fmt_duration
 from ..formatting import num as _num
-from ..sweep import is_schedule, params_text, task_key, task_label
+from ..sweep import is_schedule, metric_key, params_text, task_key, task_label
 from . import across
 from .across import FORMAT
 from .load import Arr, EmptyDatabaseError, Loaded, Series
@@ -24,6 +34,10 @@ Panel = tuple[str, Callable[[Any], None]]  # (title, draw(ax))
 
 #: Points per line above which a timeline is thinned for plotting (statistics use every sample).
 _MAX_PLOT_POINTS = 4000
+#: Control characters but the line feed: no font draws them; written out (``\\x1b``).
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+#: matplotlib's warning for a character its font lacks (a CJK or emoji name from the data).
+_MISSING_GLYPH = r"Glyph \d+ .* missing from font"
 
 
 def _thin(t: Arr, v: Arr) -> tuple[Arr, Arr]:
@@ -46,6 +60,60 @@ def _time_unit(span_s: float) -> tuple[str, float]:
 _MARKERS_BELOW = 60
 #: Tasks above which the plots draw no legend (the colour follows the task index, noted on the axes).
 _LEGEND_MAX_TASKS = 12
+
+
+@dataclass(frozen=True)
+class _Winner:
+    """The sweep's winning task as the plots mark it."""
+
+    sids: frozenset[int]  # its sources (its nodes, its attempts)
+    name: str  # ``900_9 learning_rate=0.003, seed=2``
+    objective: str  # the metric key it won by (``val/loss``)
+
+
+def _winner(d: dict[str, Any], task_of: dict[int, tuple[str, int]], name: Callable[[Any], str]) -> _Winner | None:
+    """The winner of a sweep of several tasks (none in the lab view, where the jobs are unrelated)."""
+    sweep = d.get("sweep") or {}
+    obj, won = sweep.get("objective"), sweep.get("winner")
+    if len(sweep.get("tasks") or []) < 2 or not obj or not won or d.get("lab"):
+        return None
+    sids = frozenset(sid for sid, key in task_of.items() if task_label(key) == won)
+    return _Winner(sids, name(task_of[min(sids)]), obj["metric"]) if sids else None
+
+
+def _winner_style(lw: float, edge: str = "black") -> dict[str, Any]:
+    """Plot keywords of the winner's line: twice as thick, outlined in ``edge``, over the other lines."""
+    from matplotlib import patheffects
+
+    outline = patheffects.withStroke(linewidth=2 * lw + 2.5, foreground=edge)
+    return {"lw": 2 * lw, "zorder": 5, "path_effects": [outline]}
+
+
+def _line_style(names: list[str], name: str, phase: str) -> str:
+    """One metric: solid train, dashed val; several: a style per metric."""
+    return ("--" if phase == "val" else "-") if len(names) == 1 else ["-", "--", ":", "-."][names.index(name) % 4]
+
+
+def _star_final(ax: Any, rows: list[dict[str, Any]], winner: _Winner, colour: Any) -> None:
+    """A star on the winner's final objective value among the training ``rows`` (its last in
+    (round, epoch, time) order), at its epoch."""
+    mine = [
+        r
+        for r in rows
+        if r["source_id"] in winner.sids and metric_key(r["metric_name"], r["phase"]) == winner.objective
+    ]
+    if mine:
+        last = max(mine, key=lambda r: (r["round_number"] or 0, r["epoch_number"] or 0, r["timestamp"]))
+        x = -1 if last["epoch_number"] is None else last["epoch_number"]
+        ax.plot([x], [last["metric_value"]], "*", ms=16, color=colour, mec="black", mew=1.2, zorder=6)
+
+
+def _quiet_matplotlib() -> None:
+    """matplotlib's log at WARNING (unless set otherwise): not its first run's "generated new
+    fontManager" at the command's INFO level."""
+    log = logging.getLogger("matplotlib")
+    if log.level == logging.NOTSET:
+        log.setLevel(logging.WARNING)
 
 
 def _task_colours(keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], Any]:
@@ -86,6 +154,7 @@ def _integer_x(ax: Any) -> None:
 
 def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
     """The plots that have data, by name: CPU, memory, GPU timelines, data generation, training."""
+    _quiet_matplotlib()
     t_start = d["run"]["start"] or 0.0
     unit, scale = _time_unit(d["run"]["duration_s"] or 0.0)
     sources = loaded.sources
@@ -107,6 +176,17 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
         name = task_label(key)
         p = params.get(name)
         return f"{name} {params_text(p)}"[:48] if p else name
+
+    winner = _winner(d, task_of, task_name)
+
+    def line_kw(sid: int, label: str | None, lw: float) -> dict[str, Any]:
+        """A task's line: labelled where the legend names every task; the winner's drawn over the
+        others and always labelled."""
+        if winner is None or sid not in winner.sids:
+            return {"lw": lw, "label": label if legend else None}
+        if label is not None:
+            label = f"{label} (winner)" if legend else f"winner: {label}"
+        return {**_winner_style(lw), "label": label}
 
     def source_name(sid: int, device: str = "") -> str:
         key = task_of.get(sid)
@@ -138,18 +218,18 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                     dev_rank = devs.index(s.device)
                 few = t.size < _MARKERS_BELOW
                 ax.plot((t - t_start) / scale, v, styles[dev_rank % 4], color=colour(s.sid),
-                        lw=0.8 if n_tasks > 20 else 1.2, alpha=0.7 if n_tasks > 20 else 0.95,
-                        marker="o" if few else None, ms=3.5, label=label if legend else None)  # fmt: skip
+                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5,
+                        **line_kw(s.sid, label, 0.8 if n_tasks > 20 else 1.2))  # fmt: skip
             ax.set_xlabel(f"time since the run started, {unit}")
             ax.set_ylabel(ylabel)
-            if legend and picks:
+            if ax.get_legend_handles_labels()[1]:
                 ax.legend(fontsize=9, loc="best")
             note_many(ax)
 
         return (title, draw)
 
     # A large array: the spread across tasks instead of a line per task.
-    timeline = _band_timeline(n_tasks) if many else lines_timeline
+    timeline = _band_timeline(n_tasks, winner) if many else lines_timeline
 
     by_sid: dict[int, list[Series]] = defaultdict(list)
     for ser in loaded.series:
@@ -208,14 +288,15 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                 x = [g["chunk_number"] if g["chunk_number"] is not None else i for i, g in enumerate(rows)]
                 lab_key = task_of.get(sid) if n_tasks > 1 else rnd
                 label = None
-                if legend and lab_key not in labelled:
+                if lab_key not in labelled:
                     label = source_name(sid) if n_tasks > 1 else f"round {_num(rnd)}"
                     labelled.add(lab_key)
-                ax.plot(x, [g[field] for g in rows], marker, ms=4, alpha=0.8, color=line_colour(sid, rnd), label=label)
+                ax.plot(x, [g[field] for g in rows], marker, ms=4, alpha=0.8, color=line_colour(sid, rnd),
+                        **line_kw(sid, label, 1.5))  # fmt: skip
             ax.set_xlabel("chunk number")
             ax.set_ylabel(ylabel)
             _integer_x(ax)
-            if legend and labelled and len(labelled) <= 16:
+            if 0 < len(ax.get_legend_handles_labels()[1]) <= 16:
                 ax.legend(fontsize=9)
             note_many(ax)
 
@@ -250,11 +331,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
             for (sid, name, phase, rnd), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
                                                                                         kv[0][3] or 0)):  # fmt: skip
                 rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
-                style = (
-                    ("--" if phase == "val" else "-")
-                    if len(names) == 1
-                    else ["-", "--", ":", "-."][names.index(name) % 4]
-                )
+                style = _line_style(names, name, phase)
                 xs = [-1 if r["epoch_number"] is None else r["epoch_number"] for r in rs]
                 few = len(rs) < _MARKERS_BELOW // 2
                 label = None
@@ -266,24 +343,28 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
                 else:
                     lab_key = (rnd, what)
                     text = f"round {_num(rnd)} {what}".strip()
-                if legend and lab_key not in labelled:
+                if lab_key not in labelled:
                     label = text
                     labelled.add(lab_key)
-                ax.plot(xs, [r["metric_value"] for r in rs], style, color=line_colour(sid, rnd), lw=1.3,
-                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5, label=label)  # fmt: skip
+                ax.plot(xs, [r["metric_value"] for r in rs], style, color=line_colour(sid, rnd),
+                        alpha=0.7 if n_tasks > 20 else 0.95, marker="o" if few else None, ms=3.5,
+                        **line_kw(sid, label, 1.3))  # fmt: skip
+            if winner is not None:
+                _star_final(ax, rows, winner, colour(min(winner.sids)))
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             _integer_x(ax)
             values = [r["metric_value"] for r in rows if math.isfinite(r["metric_value"])]
             if logy and values and min(values) > 0 and max(values) / min(values) > 10:  # log only over a decade
                 plain_log_axis(ax, math.log10(max(values) / min(values)))
-            if legend and labelled and len(labelled) <= 24:
-                ax.legend(fontsize=9, ncols=2 if len(labelled) > 8 else 1)
+            shown = len(ax.get_legend_handles_labels()[1])
+            if 0 < shown <= 24:
+                ax.legend(fontsize=9, ncols=2 if shown > 8 else 1)
             note_many(ax)
 
         return (title, draw)
 
-    training_panel = _band_training(loaded, round_colours) if many else lines_training
+    training_panel = _band_training(loaded, round_colours, winner) if many else lines_training
     line_note = "solid: train, dashed: val"
     colour_note = "median and p5–p95 across tasks; colour: round" if many else "colour: task" if n_tasks > 1 \
         else "colour: round"  # fmt: skip
@@ -297,7 +378,7 @@ def panels(d: dict[str, Any], loaded: Loaded) -> dict[str, Panel]:
     if p:
         found["learning_rate"] = p
     if many:
-        found.update(_histograms(d))
+        found.update(_histograms(d, winner))
     return found
 
 
@@ -318,7 +399,7 @@ def _draw_band(ax: Any, x: Any, b: dict[str, Arr], colour: Any = "tab:blue", sty
     ax.plot(x, b["p50"], style, color=colour, lw=1.5, label="median" if labels else None)
 
 
-def _band_timeline(n_tasks: int) -> Callable[[str, list[tuple[Series, str]], str], Panel]:
+def _band_timeline(n_tasks: int, winner: _Winner | None) -> Callable[[str, list[tuple[Series, str]], str], Panel]:
     def timeline(title: str, picks: list[tuple[Series, str]], ylabel: str) -> Panel:
         series = [s for s, _ in picks]
 
@@ -328,6 +409,11 @@ def _band_timeline(n_tasks: int) -> Callable[[str, list[tuple[Series, str]], str
                 return
             unit, scale = _time_unit(float(b["x"][-1]) if b["x"].size else 0.0)
             _draw_band(ax, b["x"] / scale, b)
+            won = [s for s in series if winner is not None and s.sid in winner.sids and s.t.size]
+            for i, s in enumerate(won):  # against the time since its own first sample, as the bands
+                t, v = _thin(s.t - s.t[0], s.v)
+                ax.plot(t / scale, v, color="black", label=f"winner: {winner.name}" if winner and not i else None,
+                        **_winner_style(1.0, "white"))  # fmt: skip
             ax.set_xlabel(f"time since the task started, {unit}")
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=9, loc="best")
@@ -353,7 +439,9 @@ def _band_per_chunk(rows_all: list[dict[str, Any]], field: str, marker: str, yla
     return draw
 
 
-def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) -> Callable[..., Panel | None]:
+def _band_training(
+    loaded: Loaded, round_colours: dict[tuple[str, int], Any], winner: _Winner | None
+) -> Callable[..., Panel | None]:
     def training_panel(title: str, pred: Callable[[str], bool], ylabel: str, logy: bool) -> Panel | None:
         rows = _training_rows(loaded, pred)
         if not rows:
@@ -371,16 +459,24 @@ def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) ->
                 b = across.band_of_rows(pairs)
                 if b is None:
                     continue
-                style = (
-                    ("--" if phase == "val" else "-")
-                    if len(names) == 1
-                    else ["-", "--", ":", "-."][names.index(name) % 4]
-                )
+                style = _line_style(names, name, phase)
                 colour = round_colours.get(("r", rnd)) if rnd is not None else "tab:blue"
                 first = phase != "val" or not any(k[2] == rnd and k[1] != "val" for k in groups)
                 ax.fill_between(b["x"], b["p5"], b["p95"], color=colour, alpha=0.15, lw=0)
                 label = f"round {_num(rnd)}" if len(rounds) > 1 and first and len(rounds) <= 12 else None
                 ax.plot(b["x"], b["p50"], style, color=colour, lw=1.3, label=label)
+            if winner is not None:  # the winner's own lines over the bands
+                won: dict[tuple[str, str, Any], list[dict[str, Any]]] = defaultdict(list)
+                for r in rows:
+                    if r["source_id"] in winner.sids:
+                        won[(r["metric_name"], r["phase"] or "", r["round_number"])].append(r)
+                for i, ((name, phase, _rnd), rs) in enumerate(sorted(won.items(), key=lambda kv: str(kv[0]))):
+                    rs.sort(key=lambda r: (r["epoch_number"] or 0, r["timestamp"]))
+                    style = _line_style(names, name, phase)
+                    ax.plot([-1 if r["epoch_number"] is None else r["epoch_number"] for r in rs],
+                            [r["metric_value"] for r in rs], style, color="black",
+                            label=None if i else f"winner: {winner.name}", **_winner_style(1.0, "white"))  # fmt: skip
+                _star_final(ax, rows, winner, "gold")
             ax.set_xlabel("epoch")
             ax.set_ylabel(ylabel)
             _integer_x(ax)
@@ -395,9 +491,12 @@ def _band_training(loaded: Loaded, round_colours: dict[tuple[str, int], Any]) ->
     return training_panel
 
 
-def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
-    """One histogram across tasks per measure of ``data["across"]``, its median marked."""
+def _histograms(d: dict[str, Any], winner: _Winner | None) -> dict[str, Panel]:
+    """One histogram across tasks per measure of ``data["across"]``, its median marked (and the
+    winner's value on the objective's)."""
     out: dict[str, Panel] = {}
+    sweep = d.get("sweep") or {}
+    won = next((t["objective_value"] for t in sweep.get("tasks") or [] if t["task"] == sweep.get("winner")), None)
     for m in d["across"]["measures"]:
         edges, counts = m["histogram"]["edges"], m["histogram"]["counts"]
         key = m["key"]
@@ -418,6 +517,9 @@ def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
             ax.axvline(m["p50"] / scale, color="black", lw=1.2, ls="--", label=f"median {FORMAT[m['key']](m['p50'])}")
             if m["key"].endswith("efficiency"):
                 ax.axvline(100.0, color="tab:red", lw=1.0, label="all of the request")
+            if m["key"] == "objective_value" and winner is not None and won is not None:
+                ax.axvline(won, color="black", label=f"winner: {winner.name}: {FORMAT['objective_value'](won)}",
+                           **_winner_style(1.0, "gold"))  # fmt: skip
             ax.set_xlabel(f"{m['label']}" + (f", {unit}" if unit else ""))
             ax.set_ylabel("tasks")
             ax.legend(fontsize=9, loc="best")
@@ -428,6 +530,18 @@ def _histograms(d: dict[str, Any]) -> dict[str, Panel]:
     return out
 
 
+def _literal_texts(fig: Any) -> None:
+    """Titles, labels, legend entries and notes drawn as written: no mathtext (a ``$`` in a name
+    is a dollar), control characters written out. Tick labels are the formatters' own."""
+    from matplotlib.text import Text
+
+    ticks = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis) for t in axis.findobj(Text)}
+    for text in fig.findobj(Text):
+        if id(text) not in ticks:
+            text.set_parse_math(False)
+            text.set_text(_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text.get_text()))
+
+
 def _render(
     panels: list[Panel],
     columns: int = 1,
@@ -436,6 +550,7 @@ def _render(
     size: tuple[float, float] = (8.0, 4.2),
 ) -> bytes:
     """``panels`` on one figure, ``columns`` wide; ``size``: inches per panel."""
+    _quiet_matplotlib()
     import matplotlib
 
     matplotlib.use("Agg")
@@ -451,8 +566,11 @@ def _render(
         ax.set_title(panel_title, fontsize=10)
         ax.grid(True, alpha=0.3)
         draw(ax)
+    _literal_texts(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_MISSING_GLYPH, category=UserWarning)
+        fig.savefig(buf, format="png")
     return buf.getvalue()
 
 

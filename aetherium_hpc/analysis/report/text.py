@@ -15,6 +15,7 @@ from ..formatting import memory_gb, memory_mb, minutes
 from ..formatting import num as _num
 from ..sweep import OK_STATUSES, is_schedule, params_text
 from .across import FORMAT
+from .compute import tasks_on_nodes
 
 #: Sources above which the text report lists per-node statistics only in JSON / HTML.
 _TEXT_MAX_SOURCES = 16
@@ -44,8 +45,7 @@ def _summary(d: dict[str, Any]) -> str:
     run, smp = d["run"], d["samples"]
     lines = [
         f"aetherium-hpc report: {d['database']}",
-        f"run: {run['start_utc']} -> {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}; "
-        f"{run['jobs']} job(s)/task(s), {run['sources']} source(s) on {len(run['nodes'])} node(s)",
+        f"run: {run['start_utc']} -> {run['end_utc']} UTC, {fmt_duration(run['duration_s'])}; {who(run)}",
         f"samples: {smp['resource']} resource samples in {smp['series']} series, "
         f"{smp['generation']} generation rows, {smp['training']} training rows",
     ]
@@ -76,7 +76,7 @@ def _summary(d: dict[str, Any]) -> str:
     if d.get("across"):
         lines += ["", *across_lines(d)]
     elif arr["tasks"] > 1:
-        lines += ["", f"across {arr['tasks']} tasks (p50 / p95 / max):"]
+        lines += ["", f"across {arr['over']} (p50 / p95 / max):"]
         for label, k, fmt in ACROSS:
             dist = arr[k]
             if dist:
@@ -120,6 +120,12 @@ def _summary(d: dict[str, Any]) -> str:
     if d["efficiency"]["advice"] and not d.get("lab"):  # (the lab view advises each job on its own)
         lines += ["", "against what was requested:"] + [f"  {a}" for a in d["efficiency"]["advice"]]
     return "\n".join(lines) + "\n"
+
+
+def who(run: dict[str, Any]) -> str:
+    """``1 task on 2 nodes``; the databases too when there are more (one per node and attempt of a task)."""
+    dbs = f" ({run['sources']} databases)" if run["sources"] != run["jobs"] else ""
+    return tasks_on_nodes(run["jobs"], len(run["nodes"])) + dbs
 
 
 def pct_cell(x: Any) -> str:
