@@ -230,13 +230,13 @@ class RunLayout:
 
     @staticmethod
     def is_run_dir(path: str | os.PathLike[str]) -> bool:
-        """A folder made by ``submit`` (a ``db/`` folder beside ``config.yaml`` or ``jobs.json``), or
+        """A folder made by ``submit`` (``jobs.json``, or a ``db/`` folder beside ``config.yaml``), or
         by ``aetherium-hpc run`` under ``AETHERIUM_RUN_DIR`` (the sbatch templates'
         ``aetherium-runs/<job id>/``: a ``db/`` folder with ``<job>_<task>/<node>.db`` files)."""
         layout = RunLayout(Path(path))
-        if not layout.db_dir.is_dir():
-            return False
-        return layout.config_path.is_file() or layout.jobs_path.is_file() or bool(layout.databases())
+        if layout.jobs_path.is_file():  # (submitted: its tasks may not have written anything yet)
+            return True
+        return layout.db_dir.is_dir() and (layout.config_path.is_file() or bool(layout.databases()))
 
     @staticmethod
     def run_of(config: Any, source_path: str | None = None) -> str | None:

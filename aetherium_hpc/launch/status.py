@@ -37,13 +37,14 @@ def run_status(run_dir: Path, timeout: float = STATUS_TIMEOUT_S) -> tuple[list[d
     task was requeued or a job cancelled by someone) of every task, and where they came from:
     ``sacct``, ``squeue`` or ``databases``. Every query is bounded by ``timeout``. A task whose
     database says ``running`` after its job ended shows Slurm's state, ``LOST`` or ``UNKNOWN``,
-    never ``RUNNING``. :class:`LaunchError` for a folder with neither ``db/`` nor ``jobs.json``."""
+    never ``RUNNING``. :class:`LaunchError` for a folder that is not a run directory
+    (:meth:`RunLayout.is_run_dir`)."""
     layout = RunLayout(run_dir)
     if not layout.root.is_dir():
         raise LaunchError(f"{run_dir}: no such run directory; give a folder printed by `aetherium-hpc submit`")
-    if not layout.db_dir.is_dir() and not layout.jobs_path.is_file():  # (a job script's run has db/ alone)
+    if not RunLayout.is_run_dir(layout.root):
         raise LaunchError(
-            f"{run_dir}: a folder but not a run directory (no db/ or jobs.json in it); "
+            f"{run_dir}: a folder but not a run directory (no jobs.json, nor databases under db/); "
             "give a folder printed by `aetherium-hpc submit`"
         )
     record = layout.record() or {}
