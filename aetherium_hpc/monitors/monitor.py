@@ -28,7 +28,7 @@ from ..store import (
     remove_close_hook,
     set_recent_source,
 )
-from ..store.client import Recent
+from ..store.reader import Recent
 from .base import Collector, Sample, SampleSink
 from .collectors import default_collectors
 from .window import WINDOW_S, RecentWindow
@@ -106,7 +106,7 @@ class MonitorTelemetry(Collector):
     def queue_state(self) -> tuple[int, int]:
         """(the store's queue depth now, dropped so far); -1: no store."""
         store = self._store
-        if store is None or store._closed:  # (a forked child's copy of the store is closed too)
+        if store is None or store.closed:  # (a forked child's copy of the store is closed too)
             store = self._store = self._store_getter() if self._store_getter is not None else None
             if store is None:
                 return -1, -1

@@ -25,10 +25,8 @@ from typing import TYPE_CHECKING, Any
 from . import address, catalogue, chunks, client, reader, schema
 from .address import StoreAddress
 from .client import (
-    RECENT_WINDOW_S,
     JoinedStore,
     MetricsStore,
-    StoreReader,
     add_close_hook,
     close_store,
     get_db,
@@ -50,6 +48,7 @@ from .client import (
 from .options import StoreOptions
 from .ownership import check_path
 from .provenance import SourceInfo, source_from_environ, source_of
+from .reader import RECENT_WINDOW_S, StoreReader
 
 if TYPE_CHECKING:
     from .backup import CopyBack, copy_database, readable
