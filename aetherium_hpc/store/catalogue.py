@@ -128,4 +128,3 @@ CENTRAL_DROPPED = "central/dropped"  # rows given up on (PostgreSQL refused them
 CENTRAL_ERRORS = "central/errors"  # failed pushes and connection attempts so far
 CENTRAL_LAST_OK = "central/last_ok"  # Unix time of the last push PostgreSQL acknowledged
 CENTRAL_BUSY = "central/busy"  # pushes put off because the server had no connection to give (not errors)
-CENTRAL_STATS = (CENTRAL_SENT_ROWS, CENTRAL_PENDING, CENTRAL_DROPPED, CENTRAL_ERRORS, CENTRAL_LAST_OK, CENTRAL_BUSY)
