@@ -25,12 +25,6 @@ from typing import TYPE_CHECKING, Any
 from . import address, catalogue, chunks, client, reader, schema
 from .address import StoreAddress
 from .client import (
-    JoinedStore,
-    MetricsStore,
-    add_close_hook,
-    close_store,
-    get_db,
-    init_db,
     log_builtin_samples,
     log_data_generation_complete,
     log_data_generation_start,
@@ -38,17 +32,23 @@ from .client import (
     log_resource_metric,
     log_resource_samples,
     log_training_epoch_metric,
-    remove_close_hook,
     send_one_record,
-    set_recent_source,
+)
+from .options import StoreOptions
+from .ownership import check_path
+from .process import (
+    add_close_hook,
+    close_store,
+    get_db,
+    init_db,
+    remove_close_hook,
     shutdown_db,
     worker_args,
     worker_initializer,
 )
-from .options import StoreOptions
-from .ownership import check_path
 from .provenance import SourceInfo, source_from_environ, source_of
 from .reader import RECENT_WINDOW_S, StoreReader
+from .stores import JoinedStore, MetricsStore, set_recent_source
 
 if TYPE_CHECKING:
     from .backup import CopyBack, copy_database, readable

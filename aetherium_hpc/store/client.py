@@ -1,7 +1,8 @@
 """The store API the pipeline calls: init_db, log_*, get_db, shutdown_db.
 
 The log calls are here; opening, joining and closing this process's store is :mod:`.process`'s,
-the store objects :mod:`.stores`'. In the process that called :func:`init_db`, a log call appends
+the store objects :mod:`.stores`' (``init_db``, ``get_db``, ``shutdown_db``, ``close_store``,
+:class:`MetricsStore`, :class:`JoinedStore` and ``set_recent_source`` are offered here too). In the process that called :func:`init_db`, a log call appends
 a tuple to the writer's in-memory queue and returns (no disk, no lock). In any other process --
 a fork or spawn child, another ``srun`` task, a command started by the runtime -- the same call
 appends to a per-process buffer that a :class:`SocketSink` sends to the node socket, found through
@@ -17,41 +18,15 @@ from typing import Any
 
 from . import process, records
 from .address import StoreAddress
-from .process import (
-    add_close_hook,
-    close_store,
-    get_db,
-    init_db,
-    remove_close_hook,
-    shutdown_db,
-    worker_args,
-    worker_initializer,
-)
+from .process import close_store as close_store
+from .process import get_db as get_db
+from .process import init_db as init_db
+from .process import shutdown_db as shutdown_db
 from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
-from .stores import JoinedStore, MetricsStore, set_recent_source
+from .stores import JoinedStore as JoinedStore
+from .stores import MetricsStore as MetricsStore
+from .stores import set_recent_source as set_recent_source
 from .transport import SocketSink
-
-__all__ = [
-    "JoinedStore",
-    "MetricsStore",
-    "add_close_hook",
-    "close_store",
-    "get_db",
-    "init_db",
-    "log_builtin_samples",
-    "log_data_generation_complete",
-    "log_data_generation_start",
-    "log_job",
-    "log_resource_metric",
-    "log_resource_samples",
-    "log_training_epoch_metric",
-    "remove_close_hook",
-    "send_one_record",
-    "set_recent_source",
-    "shutdown_db",
-    "worker_args",
-    "worker_initializer",
-]
 
 _time = time.time
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
