@@ -324,7 +324,6 @@ class SocketSink:
         if os.getpid() != self._pid:
             return
         self._closed = True
-        self._unhook()
         if not self._send_lock.acquire(timeout=10.0):
             return
         try:
@@ -338,6 +337,8 @@ class SocketSink:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+            # Only now: a SIGTERM while this thread sends runs the hook, which waits for the send.
+            self._unhook()
         finally:
             self._send_lock.release()
 
