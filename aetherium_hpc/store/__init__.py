@@ -8,14 +8,17 @@ What the rest of the package may use is named here (``__all__``); the public mod
 * :mod:`.address` -- the node socket's names (:class:`StoreAddress`, where the socket lives);
 * :mod:`.catalogue` -- every metric name and unit the monitors and the store write;
 * :mod:`.chunks` -- the chunk codec; :mod:`.schema` -- tables, views and the version check;
-* :mod:`.reader` -- the one read-only opener;
+* :mod:`.reader` -- the one read-only opener, and :class:`StoreReader`'s queries;
 * :mod:`.backup` -- copying a live database (:class:`CopyBack`, :func:`copy_database`,
   :func:`readable`); loaded on first use, so that ``python -m aetherium_hpc.store.backup``
   runs it as a script.
 
-Internal (used only inside this package): ``writer`` (the writer thread), ``transport`` (the
-socket protocol), ``ownership`` (the one-writer lock) and ``records`` (record tuples and their
-checks). What SIGTERM does to a process that logs is :mod:`aetherium_hpc.signals`' policy.
+Internal (used only inside this package): ``process`` (this process's store and sink),
+``stores`` (the store objects), ``writer`` (the writer thread), ``record_queue`` (its queue),
+``failures`` and ``sqlite_errors`` (failed writes, SQLite's result codes), ``transport`` and
+``server`` (the socket protocol, its client and server ends), ``ownership`` (the one-writer lock)
+and ``records`` (record tuples and their checks). What SIGTERM does to a process that logs is
+:mod:`aetherium_hpc.signals`' policy.
 """
 
 from __future__ import annotations
