@@ -33,17 +33,7 @@ from .failures import RECORD_ERRORS, Reports, retry_cause
 from .options import StoreOptions
 from .provenance import SourceInfo
 from .record_queue import FlushBarrier, RecordQueue
-from .records import (
-    GENERATION,
-    GENERATION_FIELDS,
-    JOB,
-    JOB_COLUMNS,
-    JOB_IDENTITY_COLUMNS,
-    RESOURCE,
-    STATS,
-    TRAINING,
-    TRAINING_FIELDS,
-)
+from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 
 log = logging.getLogger(__name__)
 
@@ -352,9 +342,9 @@ class StoreWriter(threading.Thread):
             if res:
                 self._write_samples(conn, res, new_series)
             if gen:
-                bad += self._insert_rows(conn, "generation_rows", gen, GENERATION_FIELDS)
+                bad += self._insert_rows(conn, "generation_rows", gen, records.GENERATION_FIELDS)
             if trn:
-                bad += self._insert_rows(conn, "training_rows", trn, TRAINING_FIELDS)
+                bad += self._insert_rows(conn, "training_rows", trn, records.TRAINING_FIELDS)
             for job in jobs:
                 bad += self._write_job(conn, job)
             n_ok = len(batch) - bad
@@ -435,8 +425,8 @@ class StoreWriter(threading.Thread):
         (the one place a job's identity is stored), the others into its ``job_rows`` row (created,
         status ``running``, at the first record, with :attr:`user_name` unless the record names the
         user). A record SQLite refuses is skipped. Returns rows refused."""
-        who = [c for c in JOB_IDENTITY_COLUMNS if c in job]
-        cols = [c for c in JOB_COLUMNS if c in job and c not in who]
+        who = [c for c in records.JOB_IDENTITY_COLUMNS if c in job]
+        cols = [c for c in records.JOB_COLUMNS if c in job and c not in who]
         if not who and not cols:
             return 0
         upsert = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}" if cols else "DO NOTHING"
@@ -480,7 +470,7 @@ class StoreWriter(threading.Thread):
         except RECORD_ERRORS:
             conn.execute("ROLLBACK TO rows")
             conn.execute("RELEASE rows")
-        kind = (GENERATION,) if fields is GENERATION_FIELDS else (TRAINING,)
+        kind = (GENERATION,) if fields is records.GENERATION_FIELDS else (TRAINING,)
         refused = 0
         for row in rows:
             try:
