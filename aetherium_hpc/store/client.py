@@ -2,11 +2,13 @@
 
 The log calls are here; opening, joining and closing this process's store is :mod:`.process`'s,
 the store objects :mod:`.stores`' (``init_db``, ``get_db``, ``shutdown_db``, ``close_store``,
-:class:`MetricsStore`, :class:`JoinedStore` and ``set_recent_source`` are offered here too). In the process that called :func:`init_db`, a log call appends
-a tuple to the writer's in-memory queue and returns (no disk, no lock). In any other process --
-a fork or spawn child, another ``srun`` task, a command started by the runtime -- the same call
-appends to a per-process buffer that a :class:`SocketSink` sends to the node socket, found through
-``AETHERIUM_METRICS_ADDR`` / ``AETHERIUM_METRICS_KEY``.
+:class:`MetricsStore`, :class:`JoinedStore` and ``set_recent_source`` are offered here too).
+
+In the process that called :func:`init_db`, a log call appends a tuple to the writer's in-memory
+queue and returns (no disk, no lock). In any other process -- a fork or spawn child, another
+``srun`` task, a command started by the runtime -- the same call appends to a per-process buffer
+that a :class:`SocketSink` sends to the node socket, found through ``AETHERIUM_METRICS_ADDR`` /
+``AETHERIUM_METRICS_KEY``.
 """
 
 from __future__ import annotations
