@@ -59,6 +59,7 @@ __all__ = [
     "childless",
     "die_of",
     "flush_on_sigterm",
+    "forget_sigterm_hook",
     "is_watcher_handler",
     "own_handler",
     "reset_in_fork_child",
@@ -257,6 +258,13 @@ def flush_on_sigterm(hook: Callable[[], object]) -> bool:
         _watch = watch
         watch.thread.start()
         return True
+
+
+def forget_sigterm_hook(hook: Callable[[], object]) -> None:
+    """Take back a ``hook`` given to :func:`flush_on_sigterm` in this process (nothing if it is not there)."""
+    with _lock:
+        if _watch is not None and _watch.pid == os.getpid() and hook in _watch.hooks:
+            _watch.hooks.remove(hook)
 
 
 def caught_outside_python(signum: int) -> bool:

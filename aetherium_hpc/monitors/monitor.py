@@ -28,7 +28,7 @@ from ..store import (
     remove_close_hook,
     set_recent_source,
 )
-from ..store.client import Recent
+from ..store.reader import Recent
 from .base import Collector, Sample, SampleSink
 from .gpu import GpuCollector
 from .host import HostCollector, ProcessTreeCollector

@@ -58,7 +58,7 @@ class MonitorTelemetry(Collector):
         """(the store's queue depth now, dropped so far); -1: no store."""
         self._reads += 1
         store = self._store
-        if store is None or store._closed:  # (a forked child's copy of the store is closed too)
+        if store is None or store.closed:  # (a forked child's copy of the store is closed too)
             store = self._store = self._store_getter() if self._store_getter is not None else None
             if store is None:
                 return -1, -1

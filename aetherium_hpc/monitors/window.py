@@ -20,7 +20,7 @@ from array import array
 from collections.abc import Sequence
 
 from ..store import RECENT_WINDOW_S, catalogue
-from ..store.client import Recent
+from ..store.reader import Recent
 from .base import Sample
 
 #: How far back the window reaches, and the width of one bucket (seconds).

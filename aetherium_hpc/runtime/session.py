@@ -161,7 +161,7 @@ class NodeSession:
         """Commit what was logged so far and bring the run-directory copy up to date."""
         with self._copy_lock:
             store = self.store
-            if self._finishing or store is None or store._closed:  # (closed at exit, without finish)
+            if self._finishing or store is None or store.closed:  # (closed at exit, without finish)
                 return
             store.flush(timeout=30.0)
             self._copier.copy()

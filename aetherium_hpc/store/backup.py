@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StoreError
-from . import chunks, reader, schema
+from . import chunks, reader, schema, sqlite_errors
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,9 @@ TOKEN_KEY = "copy_token"
 #: a full shared file system is not filled up again every checkpoint; the final copy always tries.
 FULL_RETRY_S = 60.0
 FULL_RETRY_MAX_S = 960.0
-#: SQLite's primary result codes of a full or failing disk (the copy is kept, retried later).
-_DISK_CODES = {5, 6, 8, 10, 13, 14}  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
-_BROKEN_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB: the file at dest is replaced by a full copy
+#: Failures of the file system (the copy is kept, retried later): SQLite's
+#: :data:`~.sqlite_errors.FILE_FAILURES` -- not out of memory, which the writer retries: any other
+#: failure, that one included, makes the next copy a full one -- and these errnos.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
@@ -234,7 +234,7 @@ class CopyBack:
                 self._state = None
                 self._full_reason = str(exc)
             except sqlite3.DatabaseError as exc:
-                if _primary_code(exc) not in _BROKEN_CODES:
+                if sqlite_errors.primary_code(exc) not in sqlite_errors.BROKEN_FILE:  # else: replaced by a full copy
                     if not _is_disk_error(exc):
                         self._state = None
                         self._full_reason = f"the last incremental copy failed ({exc})"
@@ -315,27 +315,11 @@ class CopyBack:
         return CopyResult("incremental", samples=samples, rows=rows)
 
 
-def _primary_code(exc: sqlite3.Error) -> int | None:
-    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
-    if code is not None:
-        return int(code) & 0xFF
-    text = str(exc).lower()
-    if "not a database" in text:
-        return 26
-    if "malformed" in text:
-        return 11
-    return None
-
-
 def _is_disk_error(exc: BaseException) -> bool:
     """A failure of the file system (full, read-only, busy): the copy is unchanged, retry later."""
-    if isinstance(exc, sqlite3.Error):
-        code = _primary_code(exc)
-        if code is not None and code in _DISK_CODES:
-            return True
-        text = str(exc).lower()
-        return any(w in text for w in ("disk", "full", "i/o", "unable to open", "locked", "readonly", "busy"))
-    return isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS
+    if isinstance(exc, OSError):
+        return exc.errno in _DISK_ERRNOS
+    return sqlite_errors.primary_code(exc) in sqlite_errors.FILE_FAILURES
 
 
 def _check_same(conn: sqlite3.Connection, state: _State) -> None:

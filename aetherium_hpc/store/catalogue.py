@@ -18,6 +18,11 @@ BYTES = "B"
 
 BYTES_PER_MB = float(2**20)
 
+# What the device column holds: a GPU's UUID; a GPU's or a MIG device's; a process of the tree.
+GPU_UUID = "GPU UUID"
+GPU_OR_MIG_UUID = "GPU / MIG UUID"
+PID_NAME = "<pid>:<name>"
+
 
 @dataclass(frozen=True)
 class MetricSpec:
@@ -57,26 +62,24 @@ RAM_PROCESS_TREE_RSS = _metric(
     "ram", "process_tree_rss", MB, "",
     "Sum of the resident set sizes of the process tree (pages shared between forked workers count once per process)",
 )  # fmt: skip
-PROCESS_CPU = _metric(
-    "process", "cpu_percent", PERCENT, "<pid>:<name>", "CPU use of one process of the tree, % of one core"
-)
-PROCESS_RSS = _metric("process", "rss_mb", MB, "<pid>:<name>", "Resident set size of one process of the tree")
+PROCESS_CPU = _metric("process", "cpu_percent", PERCENT, PID_NAME, "CPU use of one process of the tree, % of one core")
+PROCESS_RSS = _metric("process", "rss_mb", MB, PID_NAME, "Resident set size of one process of the tree")
 
 # gpu.py ------------------------------------------------------------------------------------
 GPU_UTILIZATION = _metric(
-    "gpu", "utilization", PERCENT, "GPU UUID",
+    "gpu", "utilization", PERCENT, GPU_UUID,
     "Time a kernel was running over NVML's last sample period (1/6 s to 1 s by product); none per MIG device",
 )  # fmt: skip
 GPU_MEMORY_USED = _metric(
-    "gpu", "memory_used", MB, "GPU / MIG UUID", "Device memory in use, all processes, reserved memory included"
+    "gpu", "memory_used", MB, GPU_OR_MIG_UUID, "Device memory in use, all processes, reserved memory included"
 )
-GPU_MEMORY_TOTAL = _metric("gpu", "memory_total", MB, "GPU / MIG UUID", "Device memory size")
+GPU_MEMORY_TOTAL = _metric("gpu", "memory_total", MB, GPU_OR_MIG_UUID, "Device memory size")
 GPU_POWER = _metric(
-    "gpu", "power", WATT, "GPU UUID", "Board power draw (a 1-s average on recent GPUs); MIG: on the parent's UUID"
+    "gpu", "power", WATT, GPU_UUID, "Board power draw (a 1-s average on recent GPUs); MIG: on the parent's UUID"
 )
-GPU_TEMPERATURE = _metric("gpu", "temperature", CELSIUS, "GPU UUID", "GPU core temperature; MIG: on the parent's UUID")
+GPU_TEMPERATURE = _metric("gpu", "temperature", CELSIUS, GPU_UUID, "GPU core temperature; MIG: on the parent's UUID")
 GPU_PROCESS_TREE_MEMORY = _metric(
-    "gpu", "process_tree_memory_used", MB, "GPU / MIG UUID",
+    "gpu", "process_tree_memory_used", MB, GPU_OR_MIG_UUID,
     "Device memory used by the job's processes (NVML compute, graphics and MPS processes, once per pid, "
     "whose pid is in the process tree or, inside Slurm, the job's cgroup); no row when NVML cannot tell",
 )  # fmt: skip
@@ -128,4 +131,3 @@ CENTRAL_DROPPED = "central/dropped"  # rows given up on (PostgreSQL refused them
 CENTRAL_ERRORS = "central/errors"  # failed pushes and connection attempts so far
 CENTRAL_LAST_OK = "central/last_ok"  # Unix time of the last push PostgreSQL acknowledged
 CENTRAL_BUSY = "central/busy"  # pushes put off because the server had no connection to give (not errors)
-CENTRAL_STATS = (CENTRAL_SENT_ROWS, CENTRAL_PENDING, CENTRAL_DROPPED, CENTRAL_ERRORS, CENTRAL_LAST_OK, CENTRAL_BUSY)

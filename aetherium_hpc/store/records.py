@@ -12,22 +12,25 @@ import numbers
 from collections.abc import Callable
 from typing import Any
 
+from .schema import COLUMNS
+
 RESOURCE = 0  # (RESOURCE, ts, metric_type, metric_name, value, unit, device)
 GENERATION = 1  # (GENERATION, ts, operation, round, chunk, duration_s, samples, memory_mb, pid)
 TRAINING = 2  # (TRAINING, ts, metric_name, value, round, epoch, phase)
 JOB = 3  # (JOB, ts, {column: value})
 STATS = 4  # (STATS, ts, {counter: increment}) -- counters sent by other processes
 
-KINDS = (RESOURCE, GENERATION, TRAINING, JOB, STATS)
 KIND_NAMES = {RESOURCE: "resource", GENERATION: "generation", TRAINING: "training", JOB: "job", STATS: "stats"}
 
-#: The columns of the ``jobs`` row a JOB record may set (:func:`job_fields`).
-JOB_COLUMNS = (
-    "job_id", "array_job_id", "array_task_id", "node", "start_time", "end_time",
-    "status", "exit_code", "config", "requested", "detail", "user_name",
-)  # fmt: skip
-#: Those of them that name the job: the writer stores them in its ``sources`` row, the others in ``job_rows``.
-JOB_IDENTITY_COLUMNS = JOB_COLUMNS[:4]
+#: The columns of the ``jobs`` view that name the job: a JOB record may set them, and the writer
+#: stores them in its ``sources`` row.
+JOB_IDENTITY_COLUMNS = ("job_id", "array_job_id", "array_task_id", "node")
+#: The columns of the ``jobs`` row a JOB record may set (:func:`job_fields`): those, then ``job_rows``'.
+JOB_COLUMNS = (*JOB_IDENTITY_COLUMNS, *COLUMNS["job_rows"][1:])
+#: The logged fields of a GENERATION and a TRAINING record (after the kind), as their tables name
+#: them: the columns after ``id`` and ``source_id``.
+GENERATION_FIELDS = COLUMNS["generation_rows"][2:]
+TRAINING_FIELDS = COLUMNS["training_rows"][2:]
 
 #: Longest accepted name (metric names, operations, phases, units, devices).
 MAX_NAME = 256
@@ -192,3 +195,17 @@ def job_fields(fields: Any) -> dict[str, Any]:
             raise TypeError(f"unknown jobs column {column!r:.60}: use one of {', '.join(JOB_COLUMNS)}")
         out[column] = check(value, column)
     return out
+
+
+_SQL_TYPES = (type(None), int, float, str)
+
+
+def sql_row(row: tuple[Any, ...], fields: tuple[str, ...]) -> tuple[Any, ...]:
+    """Check a record's ``fields`` (from another process: never checked at a call) before SQLite binds
+    them; the error names the field."""
+    if len(row) != len(fields):
+        raise TypeError(f"{len(row)} fields instead of {len(fields)} ({', '.join(fields)})")
+    for name, x in zip(fields, row, strict=True):
+        if type(x) not in _SQL_TYPES or type(x) is int and not -(2**63) <= x < 2**63:
+            raise TypeError(f"{name} is {type(x).__name__} {x!r:.60}, not a str, number or None")
+    return row

@@ -22,6 +22,7 @@ from __future__ import annotations
 import sqlite3
 
 from ..errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, SchemaError
+from . import sqlite_errors
 from .chunks import COLUMNS as CHUNK_COLUMNS
 from .chunks import TIMESTAMP_SQL
 
@@ -216,7 +217,7 @@ def check_version(conn: sqlite3.Connection, path: str, db: str = "main") -> bool
         version = conn.execute(f"PRAGMA {db}.user_version").fetchone()[0]
         n_tables = conn.execute(f"SELECT count(*) FROM {db}.sqlite_master").fetchone()[0]
     except sqlite3.DatabaseError as exc:
-        if "locked" in str(exc):
+        if sqlite_errors.primary_code(exc) in (sqlite_errors.BUSY, sqlite_errors.LOCKED):
             raise SchemaError(
                 f"{path}: locked by another process ({exc}); wait until it ends, or work on a copy"
             ) from exc

@@ -1,4 +1,4 @@
-"""The node socket: how processes that do not own the writer reach it.
+"""The node socket's protocol, and its client end: how processes that do not own the writer reach it.
 
 The writer's process listens on an AF_UNIX socket in a private (0700) folder on
 node-local storage. A client authenticates with the HMAC handshake of
@@ -17,6 +17,8 @@ a client that reads the database asks the writer to commit what it sent
 (``("commit", n)`` -> ``("committed", n, ok)``), and a client asks for the resource monitor's
 window of the last seconds (``("recent", n, seconds)`` -> ``("recent_is", n, answer)``: a dict,
 None when no monitor runs in the store's process, or the text of an error).
+
+The server end, in the writer's process, is :class:`.server.SocketServer`.
 """
 
 from __future__ import annotations
@@ -27,20 +29,18 @@ import logging
 import marshal
 import multiprocessing.util
 import os
-import select
 import socket
 import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
 from .. import signals
 from ..errors import StoreNotReachableError
-from ..signals import block_job_signals, childless
+from ..signals import block_job_signals
 from .address import StoreAddress
 from .records import STATS
 
@@ -67,278 +67,7 @@ MAX_HELD = 200_000
 FLUSH, ACK, COMMIT, COMMITTED, RECENT, RECENT_IS = "flush", "ack", "commit", "committed", "recent", "recent_is"
 
 
-class SocketServer:
-    """Accepts clients on the node socket and hands each decoded batch to ``deliver``.
-
-    The acceptor only accepts; the HMAC handshake and the reads happen in one
-    thread per client, so a slow or hostile client never blocks the others.
-    """
-
-    def __init__(
-        self,
-        address: StoreAddress,
-        deliver: Callable[[list[Any]], object],
-        commit: Callable[[], bool] | None = None,
-        recent: Callable[[float], Any] | None = None,
-    ) -> None:
-        self.address = address
-        self._deliver = deliver
-        self._commit = commit
-        self._recent = recent
-        self._tokens = itertools.count(1)
-        self._waiting: dict[int, set[Connection]] = {}  # flush request -> clients yet to answer
-        self._answered = threading.Condition()
-        self._send_locks: dict[Connection, threading.Lock] = {}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(address.path)
-        os.chmod(address.path, 0o600)
-        self._sock.listen(128)
-        self._closing = False
-        self._conns: set[Connection] = set()
-        self._lock = threading.Lock()
-        self._readers: list[threading.Thread] = []
-        self._open_fds: set[int] = set()  # the clients' sockets until their reader closes them
-        self._busy = 0  # clients in their handshake, or batches being decoded and queued
-        self._handshaking = 0
-        self.batches = 0
-        self.bad_batches = 0
-        self.refused = 0
-        self._acceptor = threading.Thread(
-            target=childless(self._accept_loop), name="aetherium-store-accept", daemon=True
-        )
-        self._acceptor.start()
-
-    def _accept_loop(self) -> None:
-        block_job_signals()
-        while not self._closing:
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                if self._closing:
-                    return
-                continue
-            if self._closing:
-                raw.close()
-                return
-            if self._handshaking >= MAX_HANDSHAKING:  # (read without the lock: a bound, not a count)
-                self.refused += 1
-                raw.close()
-                continue
-            with self._lock:
-                self._busy += 1
-                self._handshaking += 1
-                self._open_fds.add(raw.fileno())
-            reader = threading.Thread(
-                target=childless(self._read_loop), args=(raw,), name="aetherium-store-reader", daemon=True
-            )
-            self._readers.append(reader)
-            reader.start()
-
-    def _add_busy(self, n: int) -> None:
-        with self._lock:
-            self._busy += n
-
-    def _read_loop(self, raw: socket.socket) -> None:
-        block_job_signals()
-        fd = raw.fileno()
-        _io_timeout(raw, HANDSHAKE_TIMEOUT_S)  # a peer that never answers is dropped (EAGAIN)
-        conn = Connection(raw.detach())
-        try:
-            deliver_challenge(conn, self.address.key)
-            answer_challenge(conn, self.address.key)
-            _io_timeout(socket.socket(fileno=os.dup(fd)), 0.0, close=True)  # then reads wait as long as it takes
-        except (AuthenticationError, OSError, EOFError) as exc:
-            self.refused += 1
-            if isinstance(exc, AuthenticationError):  # (a peer that died mid-handshake is no news)
-                log.warning("aetherium-hpc: refused a client on %s: %s", self.address.path, exc)
-            with self._lock:
-                self._busy -= 1
-                self._handshaking -= 1
-                self._open_fds.discard(fd)
-            conn.close()
-            return
-        with self._lock:
-            self._conns.add(conn)
-            self._send_locks[conn] = threading.Lock()
-            self._busy -= 1
-            self._handshaking -= 1
-        try:
-            while True:
-                # Busy from the moment bytes are waiting until the batch is queued: a reader
-                # between a message's header and its body leaves the socket momentarily empty,
-                # and settle() must not take that for "everything read".
-                try:
-                    conn.poll(None)
-                except (EOFError, OSError):
-                    return
-                self._add_busy(1)
-                try:
-                    data = conn.recv_bytes(MAX_MESSAGE_BYTES)
-                except (EOFError, OSError) as exc:
-                    self._add_busy(-1)
-                    if "bad message length" in str(exc):  # a length prefix beyond the bound: nothing read
-                        self.bad_batches += 1
-                        log.warning("aetherium-hpc: a client of %s announced a message over %d bytes; disconnected",
-                                    self.address.path, MAX_MESSAGE_BYTES)  # fmt: skip
-                    return
-                try:
-                    batch = marshal.loads(data)
-                    if type(batch) is tuple:
-                        self._control(conn, batch)
-                        continue
-                    if type(batch) is not list:
-                        raise TypeError("batch is not a list")
-                except (ValueError, EOFError, TypeError, IndexError):
-                    self.bad_batches += 1
-                else:
-                    self.batches += 1
-                    self._deliver(batch)
-                finally:
-                    self._add_busy(-1)
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-                self._send_locks.pop(conn, None)
-                self._open_fds.discard(fd)  # (before the close: close() shuts down only open ones)
-            with self._answered:
-                for waiting in self._waiting.values():
-                    waiting.discard(conn)
-                self._answered.notify_all()
-            conn.close()
-
-    def _control(self, conn: Connection, msg: tuple[Any, ...]) -> None:
-        kind, token = msg[0], msg[1]
-        if kind == ACK:  # every batch this client sent before it is queued by now
-            with self._answered:
-                waiting = self._waiting.get(token)
-                if waiting is not None:
-                    waiting.discard(conn)
-                    self._answered.notify_all()
-        elif kind == COMMIT:
-            ok = self._commit() if self._commit is not None else False
-            self._send(conn, (COMMITTED, token, bool(ok)))
-        elif kind == RECENT:
-            try:
-                answer = self._recent(float(msg[2])) if self._recent is not None else None
-            except Exception as exc:  # (the client gets the error's text, the reader goes on)
-                answer = f"{type(exc).__name__}: {exc}"
-            self._send(conn, (RECENT_IS, token, answer))
-        else:
-            raise TypeError(f"unknown control message {kind!r:.40}")
-
-    def _send(self, conn: Connection, msg: tuple[Any, ...]) -> bool:
-        lock = self._send_locks.get(conn)
-        if lock is None:
-            return False
-        with lock:
-            return _send_message(conn, msg)
-
-    def collect(self, timeout: float = CLIENT_FLUSH_TIMEOUT_S) -> tuple[int, int]:
-        """Ask every connected client to send what it holds; wait (up to ``timeout``) until each
-        has answered or gone. Returns (clients answered, clients asked)."""
-        token = next(self._tokens)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # a client still in its handshake is asked too
-            with self._lock:
-                if not self._handshaking:
-                    break
-            time.sleep(0.005)
-        with self._lock:
-            conns = list(self._conns)
-        waiting = set(conns)
-        with self._answered:
-            self._waiting[token] = waiting
-        for conn in conns:
-            if not self._send(conn, (FLUSH, token)):
-                with self._answered:
-                    waiting.discard(conn)
-        with self._answered:
-            while waiting:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._answered.wait(left)
-            missing = len(waiting)
-            del self._waiting[token]
-        if missing:
-            log.warning(
-                "aetherium-hpc: %d of %d processes connected to %s did not answer within %.0f s; "
-                "records they still hold are not in the database",
-                missing, len(conns), self.address.path, timeout,
-            )  # fmt: skip
-        return len(conns) - missing, len(conns)
-
-    def settle(self, timeout: float = 5.0) -> bool:
-        """Wait until every byte clients have sent so far has been read and queued."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                conns = list(self._conns)
-                pending = self._busy > 0
-            if not pending:
-                pending = bool(select.select([self._sock], [], [], 0)[0])
-            for conn in conns:
-                if pending:
-                    break
-                try:
-                    pending = conn.poll(0)
-                except (OSError, EOFError, ValueError):
-                    continue
-            if not pending:
-                return True
-            time.sleep(0.001)
-        return False
-
-    def wait_for_disconnect(self, timeout: float) -> bool:
-        """Wait until no client is connected (other tasks of the node have sent all and left)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self._lock:
-                idle = not self._conns and self._busy == 0
-            if idle:
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self, timeout: float = 5.0, collect_timeout: float = CLIENT_FLUSH_TIMEOUT_S) -> None:
-        """Collect what connected clients hold (see :meth:`collect`), read what they sent, stop
-        accepting and remove the socket."""
-        if self._closing:
-            return
-        if collect_timeout > 0:
-            self.collect(collect_timeout)
-        self.settle(timeout)
-        self._closing = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-        self._acceptor.join(timeout)
-        # Wake every reader at once (a shutdown ends its poll() with EOF; closing the descriptor
-        # under it would not), and let each close its own connection.
-        with self._lock:
-            for fd in self._open_fds:
-                _shutdown_fd(fd)
-        deadline = time.monotonic() + READERS_JOIN_S
-        for reader in list(self._readers):
-            reader.join(max(0.0, deadline - time.monotonic()))
-        for path in (self.address.path, self.address.key_path):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-
-    def forget_in_fork_child(self) -> None:
-        """In a fork child: close the inherited descriptors (only the parent serves this socket)."""
-        self._closing = True
-        self._sock.close()
-        conns, self._conns = list(self._conns), set()  # no lock: a parent thread may have held it
-        for conn in conns:
-            conn.close()
-
-
-def _io_timeout(sock: socket.socket, seconds: float, close: bool = False) -> None:
+def io_timeout(sock: socket.socket, seconds: float, close: bool = False) -> None:
     """Make blocking reads and writes on ``sock``'s descriptor fail (EAGAIN) after ``seconds`` (0: never)."""
     try:
         whole = int(seconds)
@@ -359,20 +88,6 @@ def _encoded(batch: list[Any]) -> list[bytes]:
         return [data]
     mid = len(batch) // 2
     return _encoded(batch[:mid]) + _encoded(batch[mid:])
-
-
-def _shutdown_fd(fd: int) -> None:
-    """shutdown(2) the socket behind ``fd`` (through a duplicate: the descriptor stays its owner's)."""
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
 
 
 class SocketSink:
@@ -408,10 +123,13 @@ class SocketSink:
             self._send([])
         self._thread = threading.Thread(target=self._flush_loop, name="aetherium-store-client", daemon=True)
         self._thread.start()
-        atexit.register(self.close)
+        # The exit hooks hold one bound method, kept here too: close() takes them back while one of
+        # them may be running it.
+        self._on_exit = self.close
+        atexit.register(self._on_exit)
         # Pool workers leave through os._exit: multiprocessing's own finalizers still run.
-        multiprocessing.util.Finalize(None, self.close, exitpriority=100)
-        signals.flush_on_sigterm(self.close)
+        self._finalizer = multiprocessing.util.Finalize(None, self._on_exit, exitpriority=100)
+        signals.flush_on_sigterm(self._on_exit)
 
     def put(self, rec: Any) -> bool:
         dq = self._dq
@@ -522,7 +240,7 @@ class SocketSink:
 
     def _send_control(self, msg: tuple[Any, ...]) -> bool:
         conn = self._conn
-        return conn is not None and _send_message(conn, msg)
+        return conn is not None and send_message(conn, msg)
 
     def _send(self, batch: list[Any]) -> bool:
         """Send ``batch`` (connecting first if need be), with the count of records this process
@@ -601,7 +319,8 @@ class SocketSink:
                 answer[0].set()
 
     def close(self) -> None:
-        """Send what is buffered and close the connection. Safe to call twice, from any thread."""
+        """Send what is buffered, close the connection, and take back the exit hooks (a closed sink
+        has nothing left to send). Safe to call twice, from any thread."""
         if os.getpid() != self._pid:
             return
         self._closed = True
@@ -618,18 +337,39 @@ class SocketSink:
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
+            # Only now: a SIGTERM while this thread sends runs the hook, which waits for the send.
+            self._unhook()
         finally:
             self._send_lock.release()
 
     def abandon(self) -> None:
-        """Close the connection without sending (in a fork child: the parent owns it)."""
+        """Close the connection without sending (in a fork child: the parent owns it), and take back
+        the exit hooks."""
         self._closed = True
+        self._unhook()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
 
+    def hand_over(self) -> list[Any]:
+        """:meth:`abandon`, returning what this sink holds for another store to take (the one it was
+        made for does not answer): its records, and the count of those it dropped as a STATS record."""
+        with self._send_lock:
+            held = list(self._dq)
+            self._dq.clear()
+            if self.dropped:
+                held.append((STATS, time.time(), {"dropped_client": self.dropped}))
+                self.dropped = 0
+            self.abandon()
+        return held
 
-def _send_message(conn: Connection, msg: tuple[Any, ...]) -> bool:
+    def _unhook(self) -> None:
+        atexit.unregister(self._on_exit)
+        self._finalizer.cancel()
+        signals.forget_sigterm_hook(self._on_exit)
+
+
+def send_message(conn: Connection, msg: tuple[Any, ...]) -> bool:
     """Send one control message; False if the other end is gone."""
     try:
         conn.send_bytes(marshal.dumps(msg))
@@ -643,7 +383,7 @@ def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Con
     ``timeout``: a log call never hangs on a store that stopped answering."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        _io_timeout(sock, timeout)
+        io_timeout(sock, timeout)
         sock.connect(address.path)
     except BaseException:
         sock.close()
@@ -653,7 +393,7 @@ def _connect(address: StoreAddress, timeout: float = HANDSHAKE_TIMEOUT_S) -> Con
         answer_challenge(conn, address.key)
         deliver_challenge(conn, address.key)
         # from now on sends wait for the store (back-pressure) and reads wait for its requests
-        _io_timeout(socket.socket(fileno=os.dup(conn.fileno())), 0.0, close=True)
+        io_timeout(socket.socket(fileno=os.dup(conn.fileno())), 0.0, close=True)
     except BaseException:
         conn.close()
         raise

@@ -9,7 +9,7 @@ One bad record never stops it: a record SQLite cannot store (from any process) i
 refused alone -- counted in ``store_stats.bad_records``, logged once per cause, never
 retried -- and the rest of its batch is stored. Only failures that can pass on a later
 try (disk full, I/O error, a lock, read-only, cannot open, out of memory) keep the batch
-in memory for a retry; see :func:`retry_cause`.
+in memory for a retry; see :mod:`.failures`.
 """
 
 from __future__ import annotations
@@ -18,177 +18,27 @@ import logging
 import math
 import operator
 import os
-import re
 import sqlite3
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
 from ..jobenv import submitting_user
 from ..signals import block_job_signals, childless
 from . import catalogue, chunks, records, schema
+from .failures import RECORD_ERRORS, Reports, retry_cause
 from .options import StoreOptions
 from .provenance import SourceInfo
+from .record_queue import FlushBarrier, RecordQueue
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 
 log = logging.getLogger(__name__)
 
-_JOB_COLUMNS = records.JOB_COLUMNS
-_JOB_IDENTITY_COLUMNS = records.JOB_IDENTITY_COLUMNS
-
-#: Failures that can pass on a later try, by SQLite primary result code: (cause, advice).
-#: Anything else is a record SQLite cannot store: it is refused and counted, never retried.
-_RETRYABLE = {
-    5: "locked",  # SQLITE_BUSY
-    6: "locked",  # SQLITE_LOCKED
-    7: "memory",  # SQLITE_NOMEM
-    8: "readonly",  # SQLITE_READONLY
-    10: "io",  # SQLITE_IOERR
-    13: "full",  # SQLITE_FULL
-    14: "cantopen",  # SQLITE_CANTOPEN
-}
-#: The same, by message (Python < 3.11 has no ``sqlite_errorcode``).
-_RETRYABLE_TEXT = (
-    ("database or disk is full", "full"),
-    ("disk i/o error", "io"),
-    ("database is locked", "locked"),
-    ("database table is locked", "locked"),
-    ("readonly database", "readonly"),
-    ("unable to open database", "cantopen"),
-    ("out of memory", "memory"),
-)
-_CAUSES = {
-    "full": ("the disk is full", "free disk space on the file system of {folder}"),
-    "io": (
-        "an I/O error",
-        "check the file system of {folder} (a failing or unmounted disk, a quota; "
-        "keep the live database on node-local storage, not NFS/Lustre/GPFS)",
-    ),
-    "locked": (
-        "the database is locked",
-        "another process holds a write lock on {path} (a second writer, or a sqlite3 shell with a "
-        "transaction open): end that transaction or process",
-    ),
-    "readonly": (
-        "the database is read-only",
-        "check the permissions of {path} and of its folder, and that the file system is mounted read-write",
-    ),
-    "cantopen": ("the file cannot be opened", "check that {folder} still exists and is writable"),
-    "memory": ("SQLite is out of memory", "give the job more memory, or lower max_queue"),
-}
-#: Errors that mean "SQLite cannot bind or store this row" (not the file's fault).
-_RECORD_ERRORS = (
-    sqlite3.ProgrammingError, sqlite3.InterfaceError, sqlite3.DataError, sqlite3.IntegrityError,
-    OverflowError, TypeError, ValueError,
-)  # fmt: skip
 #: Seconds the writer keeps retrying a failed write when it stops (then what is left is counted as lost).
 FINAL_RETRY_S = 2.0
-#: At most this many distinct bad-record causes are logged; later ones are only counted.
-_MAX_BAD_MESSAGES = 20
-_VALUE_IN_MESSAGE = re.compile(r"""['"{\[(<]|\d""")
-
-
-def retry_cause(exc: BaseException) -> str | None:
-    """The cause (a key of ``_CAUSES``) when a failed write can pass on a later try, else None."""
-    if isinstance(exc, MemoryError):
-        return "memory"
-    if not isinstance(exc, sqlite3.Error) or isinstance(exc, _RECORD_ERRORS):
-        return None
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int):
-        return _RETRYABLE.get(code & 0xFF)
-    text = str(exc).lower()
-    for needle, cause in _RETRYABLE_TEXT:
-        if needle in text:
-            return cause
-    return None
-
-
-class FlushBarrier:
-    """A marker put in the queue; set once every record queued before it is committed."""
-
-    __slots__ = ("done", "ok")
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.ok = False
-
-
-class RecordQueue:
-    """A bounded, thread-safe FIFO of records, cheap on the producer side.
-
-    ``put`` is a ``deque.append`` plus a length check (atomic under the GIL); the
-    writer is woken once ``wake_at`` records are waiting. When ``maxsize`` records
-    are waiting, ``on_full='block'`` makes the producer wait for room (nothing it
-    was told was accepted is ever lost); ``on_full='drop'`` drops the new record
-    and counts it in ``dropped`` (and in the database's ``store_stats``).
-    """
-
-    def __init__(self, maxsize: int, wake_at: int, on_full: str) -> None:
-        self.maxsize = maxsize
-        self.wake_at = wake_at
-        self.on_full = on_full
-        self.dropped = 0
-        self.wake = threading.Event()
-        self._dq: deque[Any] = deque()
-        self._room = threading.Condition(threading.Lock())
-        self._closed = False
-        self.writer_ident: int | None = None  # the thread that drains: it never waits for room
-
-    def __len__(self) -> int:
-        return len(self._dq)
-
-    def put(self, rec: Any) -> bool:
-        dq = self._dq
-        if len(dq) >= self.maxsize:
-            return self._put_when_full([rec])
-        dq.append(rec)
-        if len(dq) >= self.wake_at and not self.wake.is_set():
-            self.wake.set()
-        return True
-
-    def put_many(self, recs: list[Any]) -> bool:
-        dq = self._dq
-        if len(dq) + len(recs) > self.maxsize:
-            return self._put_when_full(recs)
-        dq.extend(recs)
-        if len(dq) >= self.wake_at and not self.wake.is_set():
-            self.wake.set()
-        return True
-
-    def _put_when_full(self, recs: list[Any]) -> bool:
-        if threading.get_ident() == self.writer_ident:  # (a flush hook): drained right after
-            self._dq.extend(recs)
-            return True
-        if self.on_full == "drop" or self._closed:
-            self.dropped += len(recs)
-            return False
-        self.wake.set()
-        with self._room:
-            while len(self._dq) + len(recs) > self.maxsize and not self._closed:
-                self._room.wait(0.5)
-        if self._closed:
-            self.dropped += len(recs)
-            return False
-        self._dq.extend(recs)
-        return True
-
-    def drain(self) -> list[Any]:
-        dq = self._dq
-        n = len(dq)
-        out = [dq.popleft() for _ in range(n)]
-        if n:
-            with self._room:
-                self._room.notify_all()
-        return out
-
-    def close(self) -> None:
-        self._closed = True
-        with self._room:
-            self._room.notify_all()
 
 
 @dataclass
@@ -205,7 +55,6 @@ class WriterStats:
     unwritten: int = 0
     batches: int = 0
     last_batch_ms: float = 0.0
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class StoreWriter(threading.Thread):
@@ -242,8 +91,7 @@ class StoreWriter(threading.Thread):
         self._series: dict[tuple[str, str, str, str], int] = {}
         self._open: dict[int, chunks.OpenChunk] = {}
         self._retry: list[Any] = []
-        self._errors_seen: set[str] = set()  # causes of failed writes already logged
-        self._bad_seen: set[tuple[str, str, str]] = set()  # causes of refused records already logged
+        self.reports = Reports(path)
         self._bad_pending = 0  # records refused one by one, not yet counted in store_stats
         self._last_telemetry = 0.0
 
@@ -348,8 +196,7 @@ class StoreWriter(threading.Thread):
         if row is not None:
             return int(row[0])
         cur = conn.execute(
-            "INSERT INTO sources(job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO sources({schema.columns('sources', without=('source_id',))}) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (*who[:4], src.hostname, os.path.abspath(self.path), src.attempt),
         )
         return int(cur.lastrowid or 0)
@@ -424,7 +271,7 @@ class StoreWriter(threading.Thread):
                     self._keep(part + [rec for rest, _ in parts for rec in rest], err)
                     return False
             if len(part) == 1:
-                self._note_bad(part[0], err)
+                self.reports.refused(part[0], err)
                 self.stats.bad_records += 1
                 self._bad_pending += 1
                 continue
@@ -436,8 +283,7 @@ class StoreWriter(threading.Thread):
         return True
 
     def _keep(self, batch: list[Any], exc: BaseException) -> None:
-        self.last_error = f"{_CAUSES.get(retry_cause(exc) or 'other', ('an error',))[0]}: {exc}"
-        self._report_error(exc)
+        self.last_error = self.reports.write_failed(exc)
         self.stats.write_errors += 1
         self._keep_for_retry(batch)
 
@@ -483,7 +329,7 @@ class StoreWriter(threading.Thread):
                     raise ValueError(f"unknown record kind {kind!r:.40}")
             except Exception as exc:  # one malformed record never stops the writer
                 bad += 1
-                self._note_bad(rec, exc)
+                self.reports.refused(rec, exc)
         # What a rollback restores: the open chunks this batch touches.
         touched = [self._series[k] for k in res if k in self._series]
         snapshot = {sid: (c, c.state()) for sid in touched if (c := self._open.get(sid)) is not None}
@@ -496,21 +342,9 @@ class StoreWriter(threading.Thread):
             if res:
                 self._write_samples(conn, res, new_series)
             if gen:
-                bad += self._insert_rows(
-                    conn,
-                    "INSERT INTO generation_rows(timestamp, operation, round_number, chunk_number,"
-                    f" duration_seconds, samples_generated, memory_used_mb, pid, source_id) VALUES (?,?,?,?,?,?,?,?,{self.source_id:d})",
-                    gen,
-                    _GENERATION_FIELDS,
-                )
+                bad += self._insert_rows(conn, "generation_rows", gen, records.GENERATION_FIELDS)
             if trn:
-                bad += self._insert_rows(
-                    conn,
-                    "INSERT INTO training_rows(timestamp, metric_name, metric_value, round_number,"
-                    f" epoch_number, phase, source_id) VALUES (?,?,?,?,?,?,{self.source_id:d})",
-                    trn,
-                    _TRAINING_FIELDS,
-                )
+                bad += self._insert_rows(conn, "training_rows", trn, records.TRAINING_FIELDS)
             for job in jobs:
                 bad += self._write_job(conn, job)
             n_ok = len(batch) - bad
@@ -521,7 +355,7 @@ class StoreWriter(threading.Thread):
             if dropped:
                 counters["dropped_queue_full"] = counters.get("dropped_queue_full", 0.0) + dropped
             conn.executemany(
-                "INSERT INTO store_stats(source_id, name, value) VALUES (?, ?, ?)"
+                f"INSERT INTO store_stats({schema.columns('store_stats')}) VALUES (?, ?, ?)"
                 " ON CONFLICT(source_id, name) DO UPDATE SET value = value + excluded.value",
                 [(self.source_id, k, v) for k, v in counters.items()],
             )
@@ -531,7 +365,7 @@ class StoreWriter(threading.Thread):
             return exc
         # Counted in the file only now: a failed commit keeps them for the next one.
         if dropped:
-            self.queue.dropped -= dropped
+            self.queue.count_dropped(-dropped)
         self._bad_pending -= pending_bad
         stats = self.stats
         stats.lost += int(dropped + counters.get("dropped_client", 0.0))
@@ -554,8 +388,7 @@ class StoreWriter(threading.Thread):
             sid = self._series.get(key)
             if sid is None:
                 cur = conn.execute(
-                    "INSERT INTO series(source_id, metric_type, metric_name, unit, node, device)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO series({schema.columns('series', without=('series_id',))}) VALUES (?, ?, ?, ?, ?, ?)",
                     (self.source_id, key[0], key[1], key[2], self.source.node, key[3]),
                 )
                 sid = int(cur.lastrowid or 0)
@@ -592,8 +425,8 @@ class StoreWriter(threading.Thread):
         (the one place a job's identity is stored), the others into its ``job_rows`` row (created,
         status ``running``, at the first record, with :attr:`user_name` unless the record names the
         user). A record SQLite refuses is skipped. Returns rows refused."""
-        who = [c for c in _JOB_IDENTITY_COLUMNS if c in job]
-        cols = [c for c in _JOB_COLUMNS if c in job and c not in who]
+        who = [c for c in records.JOB_IDENTITY_COLUMNS if c in job]
+        cols = [c for c in records.JOB_COLUMNS if c in job and c not in who]
         if not who and not cols:
             return 0
         upsert = f"DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in cols)}" if cols else "DO NOTHING"
@@ -612,35 +445,40 @@ class StoreWriter(threading.Thread):
                 f" ON CONFLICT(source_id) {upsert}",
                 [self.source_id, *values],
             )
-        except _RECORD_ERRORS as exc:
+        except RECORD_ERRORS as exc:
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
-            self._note_bad((JOB,), exc)
+            self.reports.refused((JOB,), exc)
             return 1
         conn.execute("RELEASE job")
         return 0
 
     def _insert_rows(
-        self, conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]], fields: tuple[str, ...]
+        self, conn: sqlite3.Connection, table: str, rows: list[tuple[Any, ...]], fields: tuple[str, ...]
     ) -> int:
-        """executemany, fast path; if a row cannot be stored, insert the others one by one. Returns rows refused."""
+        """Insert the ``fields`` of GENERATION or TRAINING records into ``table``: executemany, fast
+        path; if a row cannot be stored, the others one by one. Returns rows refused."""
+        sql = (
+            f"INSERT INTO {table}({schema.columns(table, without=('id',))})"
+            f" VALUES ({self.source_id:d}{', ?' * len(fields)})"
+        )
         conn.execute("SAVEPOINT rows")
         try:
             conn.executemany(sql, rows)
             conn.execute("RELEASE rows")
             return 0
-        except _RECORD_ERRORS:
+        except RECORD_ERRORS:
             conn.execute("ROLLBACK TO rows")
             conn.execute("RELEASE rows")
-        kind = (GENERATION,) if fields is _GENERATION_FIELDS else (TRAINING,)
+        kind = (GENERATION,) if fields is records.GENERATION_FIELDS else (TRAINING,)
         refused = 0
         for row in rows:
             try:
                 # A refused statement changes nothing (SQLite aborts only that statement).
-                conn.execute(sql, _sql_row(row, fields))
-            except _RECORD_ERRORS as exc:
+                conn.execute(sql, records.sql_row(row, fields))
+            except RECORD_ERRORS as exc:
                 refused += 1
-                self._note_bad(kind, exc)
+                self.reports.refused(kind, exc)
         return refused
 
     def _rollback(
@@ -675,67 +513,9 @@ class StoreWriter(threading.Thread):
         if len(batch) > room:
             lost = len(batch) - max(room, 0)
             self.stats.dropped_on_error += lost
-            self.queue.dropped += lost
+            self.queue.count_dropped(lost)
             batch = batch[lost:]
         self._retry = batch
-
-    def _report_error(self, exc: BaseException) -> None:
-        """Log a failed write that will be retried: once per cause, with what to do about it."""
-        cause = retry_cause(exc) or "other"
-        if cause in self._errors_seen:
-            return
-        self._errors_seen.add(cause)
-        what, advice = _CAUSES.get(cause, ("an error", "see the message"))
-        folder = os.path.dirname(os.path.abspath(self.path))
-        log.error(
-            "aetherium-hpc: writing %s failed: %s (%s: %s) -- the records are kept in memory (up to max_queue) "
-            "and retried; %s",
-            self.path, what, type(exc).__name__, exc, advice.format(path=self.path, folder=folder),
-        )  # fmt: skip
-
-    def _note_bad(self, rec: Any, exc: BaseException) -> None:
-        """Log a refused record: once per (kind, cause), at most ``_MAX_BAD_MESSAGES`` causes."""
-        try:
-            kind = records.KIND_NAMES.get(rec[0], "unknown kind") if type(rec) is tuple and rec else "not a tuple"
-        except TypeError:  # an unhashable kind
-            kind = "unknown kind"
-        text = str(exc)
-        key = (kind, type(exc).__name__, _VALUE_IN_MESSAGE.split(text, 1)[0][:80])
-        seen = self._bad_seen
-        if key in seen or len(seen) > _MAX_BAD_MESSAGES:
-            return
-        seen.add(key)
-        if len(seen) > _MAX_BAD_MESSAGES:
-            log.warning(
-                "aetherium-hpc: more than %d kinds of bad records for %s: further ones are only counted "
-                "(store_stats.bad_records)",
-                _MAX_BAD_MESSAGES, self.path,
-            )  # fmt: skip
-            return
-        log.warning(
-            "aetherium-hpc: skipped a bad record (%s) for %s: %s: %.300s -- it is not stored and not retried, "
-            "only counted in store_stats.bad_records; the other records are stored (further %s records "
-            "with this problem are only counted)",
-            kind, self.path, type(exc).__name__, text, kind,
-        )  # fmt: skip
-
-
-_SQL_TYPES = (type(None), int, float, str)
-_GENERATION_FIELDS = (
-    "timestamp", "operation", "round_number", "chunk_number",
-    "duration_seconds", "samples_generated", "memory_used_mb", "pid",
-)  # fmt: skip
-_TRAINING_FIELDS = ("timestamp", "metric_name", "metric_value", "round_number", "epoch_number", "phase")
-
-
-def _sql_row(row: tuple[Any, ...], fields: tuple[str, ...]) -> tuple[Any, ...]:
-    """Check a record from another process before SQLite binds it; the error names the field."""
-    if len(row) != len(fields):
-        raise TypeError(f"{len(row)} fields instead of {len(fields)} ({', '.join(fields)})")
-    for name, x in zip(fields, row, strict=True):
-        if type(x) not in _SQL_TYPES or type(x) is int and not -(2**63) <= x < 2**63:
-            raise TypeError(f"{name} is {type(x).__name__} {x!r:.60}, not a str, number or None")
-    return row
 
 
 _FIRST = operator.itemgetter(0)

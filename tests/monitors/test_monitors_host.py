@@ -25,7 +25,7 @@ from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import NvmlUnavailable, _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
 from aetherium_hpc.store import catalogue as units
-from aetherium_hpc.store import client
+from aetherium_hpc.store import process
 from aetherium_hpc.store.client import MetricsStore
 
 NCPU = psutil.cpu_count() or 1
@@ -251,7 +251,7 @@ def test_one_monitor_per_process(store: MetricsStore) -> None:
 
 def test_without_a_store_the_monitor_warns_once_and_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     shutdown_db()
-    monkeypatch.setattr(client, "_warned_uninitialized", False)  # an earlier test may have had the warning
+    monkeypatch.setattr(process, "_warned_uninitialized", False)  # an earlier test may have had the warning
     with pytest.warns(RuntimeWarning, match="Metrics database not initialized"):
         with ResourceMonitor(0.05, gpu=False) as monitor:
             wait_ticks(monitor, 3)

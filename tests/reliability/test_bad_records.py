@@ -24,8 +24,8 @@ from rel_helpers import ROOT, integrity, read
 
 import aetherium_hpc as ah
 from aetherium_hpc.store.client import MetricsStore, log_resource_samples
+from aetherium_hpc.store.failures import retry_cause
 from aetherium_hpc.store.records import GENERATION, JOB, RESOURCE, STATS, TRAINING
-from aetherium_hpc.store.writer import retry_cause
 
 NAN = float("nan")
 

@@ -13,7 +13,7 @@ from procs import read
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, StoreError
-from aetherium_hpc.store import SourceInfo, chunks, client, records, schema
+from aetherium_hpc.store import SourceInfo, chunks, process, records, schema
 
 
 def test_whole_api_round_trip(db_path: Path) -> None:
@@ -72,9 +72,9 @@ def test_aliases_are_the_same_functions() -> None:
 
 
 def test_log_before_init_warns_once_and_goes_on(recwarn: pytest.WarningsRecorder) -> None:
-    from aetherium_hpc.store import client
+    from aetherium_hpc.store import process
 
-    client._warned_uninitialized = False
+    process._warned_uninitialized = False
     ah.log_training_epoch_metric("loss", 1.0, 0, 0)
     ah.log_training_epoch_metric("loss", 1.0, 0, 1)
     messages = [str(w.message) for w in recwarn if "Metrics database not initialized" in str(w.message)]
@@ -286,7 +286,7 @@ def test_records_a_worker_could_not_deliver_are_counted_by_the_next_store_and_sa
         code = 1
         try:
             ah.log_training_epoch_metric("w", 0.0)  # connects
-            sink = client._sink
+            sink = process.sink
             assert sink is not None and sink.flush()
             while os.path.exists(str(tmp_path / "go")) is False:
                 time.sleep(0.01)
@@ -384,4 +384,75 @@ def test_job_row(db_path: Path) -> None:
     ah.shutdown_db()
     assert read(db_path, "SELECT job_id, array_task_id, status, exit_code, config FROM jobs") == [
         ("123", 4, "completed", 0, '{"a": 1}')
+    ]
+
+
+def test_log_resource_metric_checks_its_timestamp_as_log_resource_samples_does(db_path: Path) -> None:
+    ah.init_db(str(db_path))
+    for bad, error in ((1.7e12, ValueError), (math.nan, ValueError), ("now", TypeError)):
+        with pytest.raises(error, match="timestamp"):
+            ah.log_resource_metric("cpu", "x", 1.0, timestamp=bad)  # type: ignore[arg-type]
+        with pytest.raises(error, match="timestamp"):
+            ah.log_resource_samples([("cpu", "x", 1.0, "", "")], timestamp=bad)  # type: ignore[arg-type]
+    ah.log_resource_metric("cpu", "x", 1.0, timestamp=1000.0)
+    ah.shutdown_db()
+    assert read(db_path, "SELECT timestamp, value FROM resource_metrics WHERE metric_type = 'cpu'") == [(1000.0, 1.0)]
+    assert read(db_path, "SELECT count(*) FROM store_stats WHERE name = 'bad_records'") == [(0,)]
+
+
+def test_the_queue_counts_drops_of_many_threads_under_its_lock(db_path: Path) -> None:
+    import threading
+
+    db = ah.init_db(str(db_path), buffer_size=10, max_queue=10, on_full="drop")
+    assert isinstance(db, ah.MetricsStore)
+    with pytest.raises(AttributeError):
+        db.queue.dropped = 0  # type: ignore[misc]  # read-only: changed only through count_dropped, under a lock
+
+    def drop(n: int) -> None:
+        for i in range(n):
+            ah.log_training_epoch_metric("drop", float(i))
+
+    threads = [threading.Thread(target=drop, args=(5000,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ah.shutdown_db()
+    # every record is stored or counted, while the writer thread took counts as the producers added them
+    ((stored,),) = read(db_path, "SELECT count(*) FROM training_rows")
+    dropped = read(db_path, "SELECT value FROM store_stats WHERE name = 'dropped_queue_full'")
+    assert stored + (dropped[0][0] if dropped else 0) == 8 * 5000
+    assert db.queue.dropped == 0  # all counted in the file
+
+
+def test_a_node_store_that_does_not_answer_is_replaced_by_the_file_opened_with_what_was_logged(
+    tmp_path: Path,
+) -> None:
+    """What a process logged for the node store its environment names, which does not answer, goes
+    into the database init_db opens instead; one line says so, and no line says records were lost."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "own.db"
+    code = (
+        "import aetherium_hpc as ah\n"
+        "ah.log_training_epoch_metric('before', 1.0)\n"
+        f"ah.init_db({str(db)!r})\n"
+        "ah.log_training_epoch_metric('after', 2.0)\n"
+        "ah.shutdown_db()\n"
+    )
+    env = {
+        **os.environ,
+        "AETHERIUM_METRICS_ADDR": str(tmp_path / "gone.sock"),
+        "AETHERIUM_METRICS_KEY": "00" * 32,
+        "AETHERIUM_METRICS_DB": str(tmp_path / "node.db"),
+        "PYTHONPATH": str(Path(__file__).parent.parent),
+    }
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert read(db, "SELECT metric_name FROM training_rows ORDER BY id") == [("before",), ("after",)]
+    said = [line for line in proc.stderr.splitlines() if "aetherium-hpc" in line]
+    assert said == [
+        f"aetherium-hpc: the node store named by AETHERIUM_METRICS_ADDR ({tmp_path / 'gone.sock'}) does not answer; "
+        f"records go to {db} instead (the 1 this process logged before too)"
     ]

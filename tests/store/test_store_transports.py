@@ -196,3 +196,52 @@ def test_stuck_handshakes_and_a_huge_length_prefix_neither_lose_records_nor_hold
     for s in stuck:
         s.close()  # type: ignore[attr-defined]
     huge.close()
+
+
+def test_a_garbled_batch_is_counted_in_store_stats(db_path: Path) -> None:
+    import marshal
+    import socket
+    import time
+    from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+
+    from aetherium_hpc.store.records import TRAINING
+
+    store = ah.init_db(str(db_path))
+    address = store.address
+    assert address is not None
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(address.path)
+    peer = Connection(raw.detach())
+    answer_challenge(peer, address.key)
+    deliver_challenge(peer, address.key)
+    peer.send_bytes(b"\x00 not marshal data")
+    peer.send_bytes(marshal.dumps({"not": "a batch"}))
+    peer.send_bytes(marshal.dumps([(TRAINING, time.time(), "after", 1.0, None, None, "train")]))
+    assert store.flush()
+    peer.close()
+    ah.shutdown_db()
+    assert read(db_path, "SELECT value FROM store_stats WHERE name = 'bad_batches'") == [(2,)]
+    assert read(db_path, "SELECT count(*) FROM training_rows WHERE metric_name = 'after'") == [(1,)]
+
+
+def test_a_closed_sink_is_not_held_by_its_exit_hooks(db_path: Path) -> None:
+    """close() takes back the atexit, multiprocessing and SIGTERM hooks the sink registered."""
+    import gc
+    import time
+    import weakref
+
+    from aetherium_hpc.store.records import TRAINING
+    from aetherium_hpc.store.transport import SocketSink
+
+    store = ah.init_db(str(db_path))
+    assert store.address is not None
+    sink = SocketSink(store.address)
+    sink.put((TRAINING, time.time(), "sink", 1.0, None, None, "train"))
+    sink.close()
+    sink._thread.join(10)
+    closed = weakref.ref(sink)
+    del sink
+    gc.collect()
+    assert closed() is None
+    ah.shutdown_db()
+    assert read(db_path, "SELECT count(*) FROM training_rows WHERE metric_name = 'sink'") == [(1,)]

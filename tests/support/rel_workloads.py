@@ -11,7 +11,7 @@ from pathlib import Path
 from procs import log_range  # noqa: F401 -- the tests reach it as rel_workloads.log_range
 
 import aetherium_hpc as ah
-from aetherium_hpc.store import client
+from aetherium_hpc.store import process
 
 VICTIM_ROUND = 99
 
@@ -20,7 +20,7 @@ def _victim(count_file: str, n: int) -> None:
     """Log n rows, flush them explicitly through this process's sink, say how many, then hang."""
     for i in range(n):
         ah.log_training_epoch_metric("victim", float(i), VICTIM_ROUND, i, "train")
-    sink = client._sink
+    sink = process.sink
     assert sink is not None and sink.flush(), "the worker's socket sink did not flush"
     tmp = count_file + ".tmp"
     Path(tmp).write_text(f"{os.getpid()} {n}")

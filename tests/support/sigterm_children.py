@@ -14,7 +14,7 @@ import threading
 import time
 
 import aetherium_hpc as ah
-from aetherium_hpc.store import client
+from aetherium_hpc.store import process
 
 
 def _log(n: int) -> None:
@@ -38,7 +38,7 @@ def stuck_in_lock(n: int) -> None:
 def exit_flush_off_main(n: int) -> None:
     """SIGTERM arrives while a non-main thread runs the exit flush (shutdown_db)."""
     _log(n)
-    sink = client._sink
+    sink = process.sink
     assert sink is not None
     real = sink._send_buffered
 

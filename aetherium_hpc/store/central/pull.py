@@ -45,6 +45,7 @@ from typing import Any
 from ...errors import CentralStoreError
 from ...paths import RunLayout, safe_component
 from .. import chunks, schema
+from ..schema import COLUMNS, columns
 from . import schema as pg_schema
 from .url import connect, mask, psycopg_module, scrub
 
@@ -204,27 +205,28 @@ class Puller:
         out = Pulled(sources=len(ids))
         lite.execute("BEGIN IMMEDIATE")
         lite.executemany(
-            "INSERT OR REPLACE INTO sources(source_id, job_id, array_job_id, array_task_id, node, hostname,"
-            " source_path, attempt) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT OR REPLACE INTO sources({columns('sources')}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(local[r[0]], *r[1:8]) for r in sources],
         )
         self._pull_series(cur, lite, ids, out)
         self._pull_chunks(cur, lite, ids, out)
         self._pull_rows(cur, lite, ids, out)
-        job_cols = "source_id, start_time, end_time, status, exit_code, config, requested, detail, user_name"
-        rows = _stream(cur, "SELECT source_id, start_time, end_time, status, exit_code, config::text, requested::text,"
-                            " detail, user_name FROM job_rows WHERE source_id = ANY(%s)", (ids,),
+        job_cols = COLUMNS["job_rows"]
+        as_text = ", ".join(f"{c}::text" if c in _JSONB else c for c in job_cols)  # (SQLite holds JSON as text)
+        rows = _stream(cur, f"SELECT {as_text} FROM job_rows WHERE source_id = ANY(%s)", (ids,),
                        ["int8", "float8", "float8", "text", "int8", "text", "text", "text", "text"])  # fmt: skip
         for batch in _batches(rows):
             lite.executemany(
-                f"INSERT OR REPLACE INTO job_rows({job_cols}) VALUES (?{', ?' * 8})", self._local(batch, 0)
+                f"INSERT OR REPLACE INTO job_rows({columns('job_rows')}) VALUES (?{', ?' * (len(job_cols) - 1)})",
+                self._local(batch, 0),
             )
             out.job_rows += len(batch)
-        stats = _stream(cur, "SELECT source_id, name, value FROM store_stats WHERE source_id = ANY(%s)", (ids,),
+        stats = _stream(cur, f"SELECT {columns('store_stats')} FROM store_stats WHERE source_id = ANY(%s)", (ids,),
                         ["int8", "text", "float8"])  # fmt: skip
         for batch in _batches(stats):
             lite.executemany(
-                "INSERT OR REPLACE INTO store_stats(source_id, name, value) VALUES (?, ?, ?)", self._local(batch, 0)
+                f"INSERT OR REPLACE INTO store_stats({columns('store_stats')}) VALUES (?, ?, ?)",
+                self._local(batch, 0),
             )
         lite.execute("COMMIT")
         return out
@@ -261,8 +263,7 @@ class Puller:
             where.append("j.user_name = %s")
             params.append(sel.user)
         rows: list[tuple[Any, ...]] = cur.execute(
-            "SELECT s.source_id, s.job_id, s.array_job_id, s.array_task_id, s.node, s.hostname, s.source_path,"
-            " s.attempt, j.config::text FROM sources s LEFT JOIN job_rows j USING (source_id)"
+            f"SELECT {columns('sources', prefix='s.')}, j.config::text FROM sources s LEFT JOIN job_rows j USING (source_id)"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY s.source_id",
             params,
@@ -318,11 +319,13 @@ class Puller:
 
     def _pull_series(self, cur: Any, lite: sqlite3.Connection, ids: list[int], out: Pulled) -> None:
         held = self._held.series
-        rows = _stream(cur, "SELECT series_id, source_id, metric_type, metric_name, unit, node, device FROM series"
+        rows = _stream(cur, f"SELECT {columns('series')} FROM series"
                             " WHERE source_id = ANY(%s) AND NOT series_id = ANY(%s)", (ids, sorted(held)),
                        ["int8", "int8", "text", "text", "text", "text", "text"])  # fmt: skip
         for batch in _batches(rows):
-            lite.executemany("INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?, ?, ?, ?)", self._local(batch, 1))
+            lite.executemany(
+                f"INSERT OR IGNORE INTO series({columns('series')}) VALUES (?, ?, ?, ?, ?, ?, ?)", self._local(batch, 1)
+            )
             held.update(r[0] for r in batch)
             out.series += len(batch)
 
@@ -341,7 +344,7 @@ class Puller:
         elif self.since is not None:
             window = " AND c.t1 >= %s::float8 - %s::float8"
             bounds = [self.since, chunks.T1_SLACK_S]
-        cols = "c.series_id, c.k0, c.t0, c.t1, c.n, c.dt_ms, c.jit, c.vals"
+        cols = ", ".join(f"c.{c}" for c in pg_schema.COLUMNS["sample_chunks"])
         rows = _stream(
             cur,
             # Per series (a LATERAL subquery kept apart by OFFSET 0: one index range scan each, whatever the
@@ -376,15 +379,15 @@ class Puller:
                 out.samples += n
 
     def _pull_rows(self, cur: Any, lite: sqlite3.Connection, ids: list[int], out: Pulled) -> None:
-        for table, cols, types in (
-            ("generation_rows", _GEN_COLS, ["float8", "text", "int8", "int8", "float8", "int8", "float8", "int8"]),
-            ("training_rows", _TRN_COLS, ["float8", "text", "float8", "int8", "int8", "text"]),
+        for table, types in (
+            ("generation_rows", ["float8", "text", "int8", "int8", "float8", "int8", "float8", "int8"]),
+            ("training_rows", ["float8", "text", "float8", "int8", "int8", "text"]),
         ):
             last = self._held.last_row[table]
             known = sorted(last)
             rows = _stream(
                 cur,
-                f"SELECT r.id, r.source_id, {', '.join('r.' + c for c in cols.split(', '))} FROM {table} r"
+                f"SELECT {columns(table, prefix='r.')} FROM {table} r"
                 " LEFT JOIN unnest(%s::bigint[], %s::bigint[]) AS m(source_id, id) ON m.source_id = r.source_id"
                 " WHERE r.source_id = ANY(%s) AND r.id > coalesce(m.id, 0) ORDER BY r.id",
                 (known, [last[s] for s in known], ids),
@@ -393,7 +396,7 @@ class Puller:
             marks = ", ".join("?" * (len(types) + 2))
             for batch in _batches(rows):
                 lite.executemany(
-                    f"INSERT OR IGNORE INTO {table}(id, source_id, {cols}) VALUES ({marks})", self._local(batch, 1)
+                    f"INSERT OR IGNORE INTO {table}({columns(table)}) VALUES ({marks})", self._local(batch, 1)
                 )
                 for r in batch:
                     last[r[1]] = max(last.get(r[1], 0), r[0])
@@ -419,8 +422,8 @@ def pulled(url: str, selection: Selection) -> Iterator[str]:
 
 #: A source's job: its array job, else its job id, else (a store outside any job) its host.
 _JOB = "coalesce(s.array_job_id, s.job_id, 'host ' || coalesce(s.hostname, s.node, '?'))"
-_GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
-_TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+#: The columns PostgreSQL holds as ``jsonb`` (SQLite: JSON text).
+_JSONB = ("config", "requested")
 
 
 def _stream(cur: Any, sql: str, params: Sequence[Any], types: list[str]) -> Iterator[tuple[Any, ...]]:

@@ -30,10 +30,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import chunks as codec
+from ..schema import COLUMNS, columns
+from .schema import COLUMNS as PG_COLUMNS
 from .url import mask
 
 #: Chunks, and rows of each table, one push reads at most (bounds the sender's memory).
 BATCH_ROWS = 20_000
+#: The SQLite chunk columns PostgreSQL holds (it keys a chunk by ``k0`` instead of its rowid).
+_CHUNK_COLS = ", ".join(c for c in PG_COLUMNS["sample_chunks"] if c != "k0")
 
 
 @dataclass(frozen=True)
@@ -131,15 +135,11 @@ class _Snapshot:
 def _read(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
     """Everything :func:`push` needs, from one read transaction (a consistent snapshot)."""
     q = conn.execute
-    sources = q(
-        "SELECT source_id, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt FROM sources"
-    ).fetchall()
+    sources = q(f"SELECT {columns('sources')} FROM sources").fetchall()
     series = q(
-        "SELECT series_id, source_id, metric_type, metric_name, unit, node, device FROM series"
-        " WHERE series_id > ? ORDER BY series_id",
-        (mark.max_series,),
+        f"SELECT {columns('series')} FROM series WHERE series_id > ? ORDER BY series_id", (mark.max_series,)
     ).fetchall()
-    chunk_cols = "rowid, series_id, t0, t1, n, dt_ms, jit, vals"
+    chunk_cols = f"rowid, {_CHUNK_COLS}"
     regrown: list[tuple[Any, ...]] = []
     growing = {s.last_rowid: s.last_n for s in mark.series.values() if s.last_rowid is not None}
     if growing:
@@ -162,19 +162,15 @@ def _read(conn: sqlite3.Connection, mark: Mark) -> _Snapshot:
         f"SELECT {chunk_cols} FROM sample_chunks WHERE rowid > ? ORDER BY rowid LIMIT ?", (mark.max_chunk, limit)
     ).fetchall()
     generation = q(
-        "SELECT id, source_id, timestamp, operation, round_number, chunk_number, duration_seconds,"
-        " samples_generated, memory_used_mb, pid FROM generation_rows WHERE id > ? ORDER BY id LIMIT ?",
+        f"SELECT {columns('generation_rows')} FROM generation_rows WHERE id > ? ORDER BY id LIMIT ?",
         (mark.max_generation, limit),
     ).fetchall()
     training = q(
-        "SELECT id, source_id, timestamp, metric_name, metric_value, round_number, epoch_number, phase"
-        " FROM training_rows WHERE id > ? ORDER BY id LIMIT ?",
+        f"SELECT {columns('training_rows')} FROM training_rows WHERE id > ? ORDER BY id LIMIT ?",
         (mark.max_training, limit),
     ).fetchall()
-    jobs = q(
-        "SELECT source_id, start_time, end_time, status, exit_code, config, requested, detail, user_name FROM job_rows"
-    ).fetchall()
-    stats = q("SELECT source_id, name, value FROM store_stats").fetchall()
+    jobs = q(f"SELECT {columns('job_rows')} FROM job_rows").fetchall()
+    stats = q(f"SELECT {columns('store_stats')} FROM store_stats").fetchall()
     more = False
     for rows in (new_chunks, generation, training):
         if len(rows) > BATCH_ROWS:
@@ -230,7 +226,7 @@ def _push_sources(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         if new.source_rows.get(sid) == tuple(row):
             continue
         cur.execute(
-            "INSERT INTO sources(source_key, job_id, array_job_id, array_task_id, node, hostname, source_path, attempt)"
+            f"INSERT INTO sources({', '.join(PG_COLUMNS['sources'][1:])})"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (source_key) DO UPDATE"
             " SET source_path = excluded.source_path RETURNING source_id, xmax = 0",
             (source_key(job, ajob, task, node, host, attempt), job, ajob, task, node, host, path, attempt),
@@ -255,12 +251,12 @@ def _push_series(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         return
     cols = [list(c) for c in zip(*keys, strict=True)]
     # DO UPDATE (a no-op) so that RETURNING names the series that existed already too.
+    natural = columns("series", without=("series_id",))
     cur.execute(
-        "INSERT INTO series(source_id, metric_type, metric_name, unit, node, device)"
+        f"INSERT INTO series({natural})"
         " SELECT * FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
-        " ON CONFLICT (source_id, metric_type, metric_name, unit, node, device)"
-        " DO UPDATE SET metric_type = excluded.metric_type"
-        " RETURNING series_id, source_id, metric_type, metric_name, unit, node, device, xmax = 0",
+        f" ON CONFLICT ({natural}) DO UPDATE SET metric_type = excluded.metric_type"
+        f" RETURNING {columns('series')}, xmax = 0",
         cols,
     )
     returned = cur.fetchall()
@@ -320,33 +316,28 @@ def _push_chunks(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
     cols[6] = [_array_text(jit) for jit in cols[6]]
     cols[7] = [_array_text(vals) for vals in cols[7]]
     cur.execute(
-        "INSERT INTO sample_chunks SELECT s, k, t0, t1, n, dt, jit::integer[], vals::double precision[]"
+        f"INSERT INTO sample_chunks({', '.join(PG_COLUMNS['sample_chunks'])})"
+        " SELECT s, k, t0, t1, n, dt, jit::integer[], vals::double precision[]"
         " FROM unnest(%s::bigint[], %s::bigint[], %s::float8[], %s::float8[], %s::integer[], %s::integer[],"
         " %s::text[], %s::text[]) AS u(s, k, t0, t1, n, dt, jit, vals)"
-        " ON CONFLICT (series_id, k0) DO UPDATE"
-        " SET t0 = excluded.t0, t1 = excluded.t1, n = excluded.n, dt_ms = excluded.dt_ms, jit = excluded.jit,"
-        " vals = excluded.vals WHERE excluded.n > sample_chunks.n",
+        f" ON CONFLICT (series_id, k0) DO UPDATE SET {_set_excluded(PG_COLUMNS['sample_chunks'][2:])}"
+        " WHERE excluded.n > sample_chunks.n",
         cols,
     )
     out.chunks += max(cur.rowcount, 0)
     out.samples += sum(r[4] for r in pending.values())
 
 
-_GEN_COLS = "timestamp, operation, round_number, chunk_number, duration_seconds, samples_generated, memory_used_mb, pid"
-_TRN_COLS = "timestamp, metric_name, metric_value, round_number, epoch_number, phase"
-_JOB_COLS = "start_time, end_time, status, exit_code, config, requested, detail, user_name"
-
-
-def _cols(table: str, cols: str) -> str:
-    return ", ".join(f"{table}.{c}" for c in cols.split(", "))
+def _set_excluded(cols: tuple[str, ...]) -> str:
+    """The SET list of an upsert that takes ``cols`` from the row offered."""
+    return ", ".join(f"{c} = excluded.{c}" for c in cols)
 
 
 def _push_rows(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
-    for table, cols, types, rows, attr in (
-        ("generation_rows", _GEN_COLS, ["float8", "text", "int8", "int8", "float8", "int8", "float8", "int8"],
+    for table, types, rows, attr in (
+        ("generation_rows", ["float8", "text", "int8", "int8", "float8", "int8", "float8", "int8"],
          snap.generation, "max_generation"),
-        ("training_rows", _TRN_COLS, ["float8", "text", "float8", "int8", "int8", "text"],
-         snap.training, "max_training"),
+        ("training_rows", ["float8", "text", "float8", "int8", "int8", "text"], snap.training, "max_training"),
     ):  # fmt: skip
         if not rows:
             continue
@@ -354,7 +345,8 @@ def _push_rows(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> None:
         if mapped:
             arrays = ", ".join(f"%s::{t}[]" for t in ["int8", *types])
             cur.execute(
-                f"INSERT INTO {table}(source_id, {cols}) SELECT * FROM unnest({arrays}) ON CONFLICT DO NOTHING",
+                f"INSERT INTO {table}({columns(table, without=('id',))}) SELECT * FROM unnest({arrays})"
+                " ON CONFLICT DO NOTHING",
                 [list(c) for c in zip(*mapped, strict=True)],
             )
             setattr(out, table, getattr(out, table) + max(cur.rowcount, 0))
@@ -373,10 +365,12 @@ def _push_jobs_and_stats(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> N
             )  # fmt: skip
             new.jobs[sid] = tuple(row)
     if jobs:
+        fields = COLUMNS["job_rows"][1:]
         cur.executemany(
-            f"INSERT INTO job_rows(source_id, {_JOB_COLS}) VALUES (%s{', %s' * len(_JOB_COLS.split(', '))})"
-            f" ON CONFLICT (source_id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in _JOB_COLS.split(', '))}"
-            f" WHERE ({_cols('job_rows', _JOB_COLS)}) IS DISTINCT FROM ({_cols('excluded', _JOB_COLS)})",
+            f"INSERT INTO job_rows({columns('job_rows')}) VALUES (%s{', %s' * len(fields)})"
+            f" ON CONFLICT (source_id) DO UPDATE SET {_set_excluded(fields)}"
+            f" WHERE ({columns('job_rows', without=('source_id',), prefix='job_rows.')})"
+            f" IS DISTINCT FROM ({columns('job_rows', without=('source_id',), prefix='excluded.')})",
             list(jobs.values()),
         )
         out.job_rows += max(cur.rowcount, 0)
@@ -387,7 +381,7 @@ def _push_jobs_and_stats(cur: Any, snap: _Snapshot, new: Mark, out: Pushed) -> N
             new.stats[(sid, name)] = value
     if stats:
         cur.executemany(
-            "INSERT INTO store_stats(source_id, name, value) VALUES (%s, %s, %s)"
+            f"INSERT INTO store_stats({columns('store_stats')}) VALUES (%s, %s, %s)"
             " ON CONFLICT (source_id, name) DO UPDATE SET value = excluded.value"
             " WHERE store_stats.value IS DISTINCT FROM excluded.value",
             [(s, n, v) for (s, n), v in stats.items()],

@@ -165,9 +165,6 @@ ALTER TABLE job_rows ADD COLUMN IF NOT EXISTS user_name text;
 #: The statements that bring a database of an older version to this one, by that version.
 UPGRADES = {1: UPGRADE_1_TO_2}
 
-#: The tables, in the order a load fills them.
-TABLES = ("sources", "series", "sample_chunks", "generation_rows", "training_rows", "job_rows", "store_stats")
-
 
 def ensure(conn: Any, where: str) -> None:
     """Create the schema if it is missing, upgrade an older one, check its version; commits.
