@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeAlias
 
-from . import __version__, env
+from . import __version__, envvars
 from .errors import AetheriumError, StoreNotReachableError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -76,7 +76,7 @@ def cmd_log(args: argparse.Namespace) -> int:
     address = StoreAddress.from_environ()
     if address is None:
         raise StoreNotReachableError(
-            f"no metrics store to log to: {env.METRICS_ADDR} is not set; run this inside "
+            f"no metrics store to log to: {envvars.METRICS_ADDR} is not set; run this inside "
             "`aetherium-hpc run -- ...` or a job submitted by aetherium-hpc"
         )
     sent = send_one_record(address, args.kind, vars(args))
@@ -88,7 +88,7 @@ def cmd_log(args: argparse.Namespace) -> int:
 
 
 _LOG_EXIT_CODES = f"""\
-exit codes: 0 the store took the record; 2 no store to log to ({env.METRICS_ADDR} is not set:
+exit codes: 0 the store took the record; 2 no store to log to ({envvars.METRICS_ADDR} is not set:
 not inside a job or `aetherium-hpc run`), the store did not take it (the job has ended), or an
 invalid value.
 """
@@ -100,7 +100,7 @@ _LOG_GENERATION = "aetherium-hpc log generation signal_injection --duration 12.5
 _LOG = CommandText(
     help="send one metric from a shell script to the job's metrics store",
     description="Send one record to the metrics store of the node, from any process of the job "
-    f"(found through {env.METRICS_ADDR}, set by `aetherium-hpc run` and submitted jobs).",
+    f"(found through {envvars.METRICS_ADDR}, set by `aetherium-hpc run` and submitted jobs).",
     epilog=f"{_LOG_EXIT_CODES}examples:\n  {_LOG_TRAINING}\n  {_LOG_RESOURCE}\n  {_LOG_GENERATION}\n",
 )
 
@@ -223,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .config import Monitoring, load_config
     from .errors import LaunchError
     from .paths import RunLayout
-    from .runtime import JobContext
+    from .runtime import detect_job
     from .runtime.requested import requested_from_slurm
     from .runtime.session import NodeSession, run_command, run_task
 
@@ -238,15 +238,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     textfile, origin = monitoring.prometheus_textfile, args.config
     if args.prometheus_textfile is not None:
         textfile, origin = args.prometheus_textfile, "--prometheus-textfile"
-    elif os.environ.get(env.PROMETHEUS_TEXTFILE):
-        textfile, origin = os.environ[env.PROMETHEUS_TEXTFILE], f"${env.PROMETHEUS_TEXTFILE}"
+    elif os.environ.get(envvars.PROMETHEUS_TEXTFILE):
+        textfile, origin = os.environ[envvars.PROMETHEUS_TEXTFILE], f"${envvars.PROMETHEUS_TEXTFILE}"
     if textfile and monitoring.enabled:
         from .monitors.prometheus import require_textfile_folder
 
         require_textfile_folder(textfile, origin)  # before anything starts: one line, exit code 2
         monitoring = dataclasses.replace(monitoring, prometheus_textfile=textfile)
-    ctx = JobContext.detect()
-    dest = RunLayout.command_db_path(ctx, db_dir=args.db_dir, run_dir=os.environ.get(env.RUN_DIR))
+    ctx = detect_job()
+    dest = RunLayout.command_db_path(ctx, db_dir=args.db_dir, run_dir=os.environ.get(envvars.RUN_DIR))
     sessions: list[NodeSession] = []
 
     def workload(session: NodeSession | None) -> int:
@@ -262,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         workload,
         dest.absolute(),
         monitoring,
-        config=command_snapshot(command, os.environ.get(env.RUN_DIR)),
+        config=command_snapshot(command, os.environ.get(envvars.RUN_DIR)),
         requested=requested or None,
         exit_code_of=lambda result: int(result),
     )
@@ -313,11 +313,11 @@ def _add_run(sub: SubParsers) -> None:
         "--prometheus-textfile",
         metavar="PATH",
         help="write the node's latest values for node_exporter's textfile collector into this folder "
-        f"(as aetherium_<job>_<node>.prom; or a *.prom file), removed at the end [${env.PROMETHEUS_TEXTFILE}]",
+        f"(as aetherium_<job>_<node>.prom; or a *.prom file), removed at the end [${envvars.PROMETHEUS_TEXTFILE}]",
     )
     p.add_argument(
         "--db-dir",
-        help=f"where the database goes as <node>.db [${env.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
+        help=f"where the database goes as <node>.db [${envvars.RUN_DIR}/db/<job>_<task>/, else ./aetherium-runs/<jobid>/]",
     )
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARG ...]")
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .jobenv import JobIdentity
+from .identity import JobIdentity
 
 __all__ = ["LOCAL_DB_NAME", "NodeFolder", "RunLayout", "db_key", "safe_component", "textfile_path", "textfile_problem"]
 

@@ -145,11 +145,11 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
     folder's parent (its file system decides the cost of the write and rename)."""
     from aetherium_hpc.monitors import PrometheusTextfile
     from aetherium_hpc.monitors.gpu import GpuCollector
-    from aetherium_hpc.runtime import JobContext
+    from aetherium_hpc.runtime import JobIdentity
 
     with installed_nvml(fake_gpus(gpus, [os.getpid()]) if gpus else None):
         with tempfile.TemporaryDirectory(dir=where) as folder:
-            job = JobContext(job_id="1200_7", array_job_id="1200", array_task_id=7, node="n1")
+            job = JobIdentity(job_id="1200_7", array_job_id="1200", array_task_id=7, node="n1")
             textfile = PrometheusTextfile.for_job(folder, job)
             monitors = []
             for exporter in (None, textfile):

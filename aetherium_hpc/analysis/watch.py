@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import env
+from .. import envvars
 from ..errors import AetheriumError
 from ..paths import NodeFolder, RunLayout
 from ..store import chunks, reader
@@ -185,7 +185,7 @@ def find_databases(target: str) -> tuple[list[tuple[str, bool]], int | None]:
     layout = RunLayout(Path(target))
     record = layout.record() or {}
     expected = len(record.get("job_ids") or []) or None
-    scratch = env.local_scratch_dir()
+    scratch = envvars.local_scratch_dir()
     try:
         import yaml
 

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from .sbatch import check_script_path, render_sbatch
     from .status import run_status, status_commands
     from .submission import (
-        DEFAULT_MAX_ARRAY_SIZE,
         Submission,
         check_submission,
         max_array_size,
@@ -37,7 +36,6 @@ _HOMES = {
     "render_sbatch": "sbatch",
     "run_status": "status",
     "status_commands": "status",
-    "DEFAULT_MAX_ARRAY_SIZE": "submission",
     "Submission": "submission",
     "check_submission": "submission",
     "max_array_size": "submission",
@@ -46,7 +44,6 @@ _HOMES = {
     "wait": "submission",
 }
 __all__ = [
-    "DEFAULT_MAX_ARRAY_SIZE",
     "Submission",
     "check_script_path",
     "check_submission",

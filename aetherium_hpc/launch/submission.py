@@ -41,8 +41,6 @@ from ..runtime.entrypoint import JobRunner
 from .parameters import executor_parameters
 from .sbatch import check_script_path
 
-#: Slurm's default MaxArraySize, used when ``scontrol show config`` does not answer.
-DEFAULT_MAX_ARRAY_SIZE = scheduler.DEFAULT_MAX_ARRAY_SIZE
 log = logging.getLogger(__name__)
 
 

@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 
-from .. import env
+from .. import envvars
 from .base import Collector, Sample
 from .monitor import ResourceMonitor, default_collectors
 from .prometheus import PrometheusTextfile
@@ -54,20 +54,20 @@ def log_system_resources(
             log.warning(
                 "aetherium-hpc: log_system_resources(%s): the node's monitor (pid %d) already samples this "
                 "node into %s; not starting a second one", output_path or "", elsewhere,
-                os.environ.get(env.METRICS_DB, "the node store"),
+                os.environ.get(envvars.METRICS_DB, "the node store"),
             )  # fmt: skip
             return ResourceMonitor(interval, collectors=[], store_getter=None)  # never started: stop() is a no-op
         _active = ResourceMonitor(
             interval, gpu=gpu, root_pid=root_pid, output_path=output_path, textfile=textfile
         ).start()
-        os.environ[env.NODE_MONITOR] = str(os.getpid())
+        os.environ[envvars.NODE_MONITOR] = str(os.getpid())
         return _active
 
 
 def _node_monitor_elsewhere() -> int | None:
     """Pid of a live resource monitor of this node's store in another process, if any."""
-    value = os.environ.get(env.NODE_MONITOR, "")
-    if not value.isdigit() or int(value) == os.getpid() or not os.environ.get(env.METRICS_ADDR):
+    value = os.environ.get(envvars.NODE_MONITOR, "")
+    if not value.isdigit() or int(value) == os.getpid() or not os.environ.get(envvars.METRICS_ADDR):
         return None
     try:
         os.kill(int(value), 0)

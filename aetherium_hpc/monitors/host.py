@@ -27,7 +27,7 @@ from collections.abc import KeysView
 
 import psutil
 
-from ..signals import CHILDLESS_THREADS
+from ..signal_policy import CHILDLESS_THREADS
 from ..store import catalogue
 from .base import Collector, Sample
 

@@ -17,8 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..env import NODE_MONITOR
-from ..signals import block_job_signals, childless
+from ..envvars import NODE_MONITOR
+from ..signal_policy import block_job_signals, childless
 from ..store import (
     StoreOptions,
     add_close_hook,

@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..jobenv import JobIdentity
+from ..identity import JobIdentity
 from ..paths import textfile_path, textfile_problem
 from ..store import catalogue
 from ..store.catalogue import MetricSpec

@@ -2,7 +2,7 @@
 
 Flow (local rank 0 of each node)::
 
-    JobRunner(config, run_dir)(task) -> JobContext.detect()
+    JobRunner(config, run_dir)(task) -> detect_job() (an identity.JobIdentity)
         -> NodeSession.start(): init_db (node-local), jobs row 'running', monitor, checkpoints
            (every checkpoint_interval_s: what is new since the last copy, store.backup.CopyBack)
         -> workload (callable or command); signals -> status, copy-back, then submitit's handler
@@ -14,9 +14,8 @@ Other local ranks connect to the node socket and just run the workload.
 
 from __future__ import annotations
 
-from .context import JobContext
-from .entrypoint import JobRunner
+from .entrypoint import JobRunner, detect_job
 from .session import NodeSession, run_task
-from .signals import JobInterrupted, SignalGuard
+from .signal_guard import JobInterrupted, SignalGuard
 
-__all__ = ["JobContext", "JobInterrupted", "JobRunner", "NodeSession", "SignalGuard", "run_task"]
+__all__ = ["JobInterrupted", "JobRunner", "NodeSession", "SignalGuard", "detect_job", "run_task"]

@@ -8,16 +8,44 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .. import env
+from .. import envvars
 from ..config import Config
+from ..identity import JobIdentity, int_or_none
 from ..paths import SNAPSHOT_RUN_KEY, RunLayout
-from .context import JobContext
 from .session import NodeSession, run_command, run_task
 
-__all__ = ["TASK_PARAMS", "JobRunner", "requested_resources"]
+__all__ = ["TASK_PARAMS", "JobRunner", "detect_job", "requested_resources"]
 
 #: JSON of this array task's parameters, for command workloads (callables get them as kwargs).
-TASK_PARAMS = env.TASK_PARAMS
+TASK_PARAMS = envvars.TASK_PARAMS
+
+
+def detect_job() -> JobIdentity:
+    """This process's job: from submitit's JobEnvironment inside a submitit job (never re-read by
+    hand), else the SLURM_* variables (a hand-written sbatch script), else a local run of its own."""
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        import submitit
+
+        try:
+            job_env = submitit.JobEnvironment()
+        except RuntimeError:
+            pass
+        else:
+            node, hostname = JobIdentity.node_and_host()
+            return JobIdentity(
+                job_id=str(job_env.job_id),
+                array_job_id=job_env.array_job_id,
+                array_task_id=int_or_none(job_env.array_task_id),
+                node=node,
+                hostname=hostname,
+                global_rank=job_env.global_rank,
+                local_rank=job_env.local_rank,
+                num_tasks=job_env.num_tasks,
+                num_nodes=job_env.num_nodes,
+                cluster=job_env.cluster,
+                attempt=JobIdentity.restart_count(),  # submitit does not say; Slurm's variable does
+            )
+    return JobIdentity.from_environ()
 
 
 def requested_resources(config: Config) -> dict[str, Any]:
@@ -61,12 +89,12 @@ class JobRunner:
             task_index, params = task[0], dict(task[1])
         elif task is not None:
             task_index = task  # an index without parameters (the runner holds no array)
-        ctx = JobContext.detect()
+        ctx = detect_job()
         if ctx.array_task_id is None and task_index is not None:
             ctx = ctx.with_array(self.local_array_id, task_index)
         workload = config.workload
         os.environ.update(workload.env)
-        os.environ[env.RUN_DIR] = self.run_dir
+        os.environ[envvars.RUN_DIR] = self.run_dir
         if workload.workdir:
             os.chdir(workload.workdir)
         # The jobs table's config snapshot: every key but the array (this task's part is task_params).

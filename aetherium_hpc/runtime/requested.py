@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .. import scheduler
-from .context import JobContext
+from ..identity import JobIdentity
 
 __all__ = ["parse_time_limit", "requested_from_slurm"]
 
@@ -91,7 +91,7 @@ def requested_from_slurm(environ: Mapping[str, str] | None = None, *, ask_scontr
     missing = [k for k in ("cpus", "mem_gb", "timeout_min") if out.get(k) is None]
     if missing and ask_scontrol:
         fields = scheduler.job_fields(
-            JobContext.detect(dict(e)).job_id, SCONTROL_TIMEOUT_S
+            JobIdentity.from_environ(dict(e)).job_id, SCONTROL_TIMEOUT_S
         )  # an array task as scontrol names it
         if fields:
             out["from"] = "slurm environment and scontrol"

@@ -28,14 +28,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .. import env
+from .. import envvars
 from ..config import Monitoring
 from ..errors import UnsafeFolderError
+from ..identity import JobIdentity
 from ..paths import RunLayout, private_folder
-from ..signals import block_job_signals, shielded
+from ..signal_policy import block_job_signals, shielded
 from ..store import CopyBack, address, client, copy_database, source_of
-from .context import JobContext
-from .signals import JobInterrupted, SignalGuard
+from .signal_guard import JobInterrupted, SignalGuard
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class NodeSession:
 
     def __init__(
         self,
-        ctx: JobContext,
+        ctx: JobIdentity,
         dest: str | os.PathLike[str],
         monitoring: Monitoring | None = None,
         *,
@@ -65,7 +65,7 @@ class NodeSession:
         self.monitoring = monitoring or Monitoring()
         self.config = config
         self.requested = requested
-        folder = self._folder = RunLayout.node_folder(self.monitoring.local_dir or env.local_scratch_dir(), ctx)
+        folder = self._folder = RunLayout.node_folder(self.monitoring.local_dir or envvars.local_scratch_dir(), ctx)
         self.local_dir = folder.path
         self.local_db = folder.database
         self.socket_dir = address.socket_dir_for(self.local_dir)
@@ -284,11 +284,11 @@ class NodeSession:
 
 
 def connect_to_node_store(
-    ctx: JobContext, monitoring: Monitoring | None = None, wait_s: float = SIBLING_WAIT_S
+    ctx: JobIdentity, monitoring: Monitoring | None = None, wait_s: float = SIBLING_WAIT_S
 ) -> bool:
     """Non-leader task: point the log calls at the leader's socket (waits for it to appear)."""
     mon = monitoring or Monitoring()
-    local = RunLayout.node_folder(mon.local_dir or env.local_scratch_dir(), ctx)
+    local = RunLayout.node_folder(mon.local_dir or envvars.local_scratch_dir(), ctx)
     folder = address.socket_dir_for(local.path)
     deadline = time.monotonic() + wait_s
     while True:
@@ -384,7 +384,7 @@ def run_command(argv: Sequence[str], session: NodeSession | None, cwd: str | Non
 
 
 def run_task(
-    ctx: JobContext,
+    ctx: JobIdentity,
     workload: Callable[[NodeSession | None], Any],
     dest: str | os.PathLike[str],
     monitoring: Monitoring | None = None,

@@ -19,20 +19,20 @@ Internal (used only inside this package): ``process`` (this process's store and 
 ``failures`` and ``sqlite_errors`` (failed writes, SQLite's result codes), ``transport`` and
 ``server`` (the socket protocol, its client and server ends), ``ownership`` (the lock files; its
 :class:`FileLock`, the package's one file lock, is exported here) and ``records`` (record tuples
-and their checks). What SIGTERM does to a process that logs is :mod:`aetherium_hpc.signals`' policy.
+and their checks). What SIGTERM does to a process that logs is :mod:`aetherium_hpc.signal_policy`' policy.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..identity import SourceInfo, source_from_environ, source_of
 from . import address, catalogue, chunks, client, reader, schema
 from .address import StoreAddress
 from .client import log_builtin_samples, log_resource_samples, send_one_record
 from .options import StoreOptions
 from .ownership import FileLock, check_path
 from .process import add_close_hook, close_store, get_db, remove_close_hook
-from .provenance import SourceInfo, source_from_environ, source_of
 from .reader import RECENT_WINDOW_S, StoreReader
 from .stores import JoinedStore, set_recent_source
 

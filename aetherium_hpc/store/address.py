@@ -18,7 +18,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from .. import env
+from .. import envvars
 from ..errors import UnsafeFolderError
 from ..paths import not_private, private_folder, user_scratch
 
@@ -49,10 +49,10 @@ class StoreAddress:
         """The address the environment names (key from ``AETHERIUM_METRICS_KEY`` or the key
         file); None when none is named or the key cannot be read."""
         values = os.environ if environ is None else environ
-        path = values.get(env.METRICS_ADDR)
+        path = values.get(envvars.METRICS_ADDR)
         if not path:
             return None
-        key_hex = values.get(env.METRICS_KEY)
+        key_hex = values.get(envvars.METRICS_KEY)
         if key_hex is None:
             try:
                 with open(path + KEY_SUFFIX, encoding="ascii") as fh:
@@ -66,14 +66,14 @@ class StoreAddress:
         return cls(path, key)
 
     def to_environ(self) -> dict[str, str]:
-        return {env.METRICS_ADDR: self.path, env.METRICS_KEY: self.key.hex()}
+        return {envvars.METRICS_ADDR: self.path, envvars.METRICS_KEY: self.key.hex()}
 
 
 def new_socket_folder(socket_dir: str | None) -> str:
     """A fresh private (0700, unpredictable) folder for one store's socket, in ``socket_dir`` (default:
     this user's folder under node-local scratch, made private and checked)."""
     return tempfile.mkdtemp(
-        prefix=FOLDER_PREFIX, dir=socket_dir or private_folder(user_scratch(env.local_scratch_dir()))
+        prefix=FOLDER_PREFIX, dir=socket_dir or private_folder(user_scratch(envvars.local_scratch_dir()))
     )
 
 
@@ -133,12 +133,12 @@ def publish(address: StoreAddress | str, db_path: str) -> None:
     if isinstance(address, StoreAddress):
         os.environ.update(address.to_environ())
     else:
-        os.environ[env.METRICS_ADDR] = address
-        os.environ.pop(env.METRICS_KEY, None)  # read from <socket>.key beside it
-    os.environ[env.METRICS_DB] = db_path
+        os.environ[envvars.METRICS_ADDR] = address
+        os.environ.pop(envvars.METRICS_KEY, None)  # read from <socket>.key beside it
+    os.environ[envvars.METRICS_DB] = db_path
 
 
 def unpublish() -> None:
     """Remove the node store's names from this process's environment."""
-    for name in (env.METRICS_ADDR, env.METRICS_KEY, env.METRICS_DB):
+    for name in (envvars.METRICS_ADDR, envvars.METRICS_KEY, envvars.METRICS_DB):
         os.environ.pop(name, None)

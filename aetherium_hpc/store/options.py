@@ -7,7 +7,7 @@ import operator
 import os
 from dataclasses import dataclass
 
-from .. import env
+from .. import envvars
 
 #: What a log call does when the in-memory queue is full.
 ON_FULL = ("block", "drop")
@@ -75,5 +75,5 @@ def central_url(options: StoreOptions | None, environ: dict[str, str] | None = N
     ``monitoring.central``) when set, else ``$AETHERIUM_CENTRAL``; None (or empty): none."""
     if options is not None and options.central:
         return options.central
-    value = (os.environ if environ is None else environ).get(env.CENTRAL, "").strip()
+    value = (os.environ if environ is None else environ).get(envvars.CENTRAL, "").strip()
     return value or None

@@ -18,12 +18,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from .. import env, signals
+from .. import envvars, signal_policy
 from ..errors import StoreError
+from ..identity import SourceInfo, source_from_environ
 from .address import StoreAddress, publish, unpublish
 from .options import StoreOptions, central_url
 from .ownership import Holder, WriterLock, check_path
-from .provenance import SourceInfo, source_from_environ
 from .records import STATS
 from .stores import JoinedStore, MetricsStore, set_recent_source
 from .transport import SocketSink
@@ -125,15 +125,15 @@ def init_db(
         if store.address is not None:
             publish(store.address, store.path)
         else:
-            os.environ[env.METRICS_DB] = store.path
-        signals.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
+            os.environ[envvars.METRICS_DB] = store.path
+        signal_policy.flush_on_sigterm(close_store)  # only where SIGTERM had its default action
         return store
 
 
 def _join_node_store(path: str, address: StoreAddress) -> JoinedStore | None:
     """Join the node store at ``address`` (the environment names it: the job's runtime set it);
     None when it does not answer (its address is then no longer published)."""
-    node_db = os.environ.get(env.METRICS_DB) or path
+    node_db = os.environ.get(envvars.METRICS_DB) or path
     joined = _join(node_db, address)
     if joined is None:
         unpublish()
@@ -151,7 +151,7 @@ def _replace_node_store(address: StoreAddress, store: MetricsStore) -> None:
     logged = sum(1 for rec in held if rec[0] != STATS)
     log.warning(
         "aetherium-hpc: the node store named by %s (%s) does not answer; records go to %s instead%s",
-        env.METRICS_ADDR, address.path, store.path,
+        envvars.METRICS_ADDR, address.path, store.path,
         f" (the {logged} this process logged before too)" if logged else "",
     )  # fmt: skip
 
@@ -193,7 +193,7 @@ def get_db(*, wait: bool = True) -> MetricsStore | JoinedStore | None:
         return None
     try:
         if _store is None or not _open_here(_store):
-            path = os.environ.get(env.METRICS_DB)
+            path = os.environ.get(envvars.METRICS_DB)
             found = resolve_sink(warn=False)
             if path and isinstance(found, SocketSink) and found.connected:
                 _store = JoinedStore(path, found)
@@ -254,7 +254,7 @@ def close_store() -> None:
         old_sink, sink = sink, None
         if isinstance(store, MetricsStore) and store.owner_pid == os.getpid():
             store.close()
-            if store.address is not None and os.environ.get(env.METRICS_ADDR) == store.address.path:
+            if store.address is not None and os.environ.get(envvars.METRICS_ADDR) == store.address.path:
                 unpublish()
         elif isinstance(old_sink, SocketSink):
             old_sink.close()
@@ -306,7 +306,7 @@ def worker_args() -> tuple[str, str, str]:
     address = store.address if store is not None else StoreAddress.from_environ()
     if address is None:
         raise StoreError("worker_args(): no metrics store is open in this process; call init_db(path) first")
-    path = store.path if store is not None else os.environ.get(env.METRICS_DB, "")
+    path = store.path if store is not None else os.environ.get(envvars.METRICS_DB, "")
     return address.path, address.key.hex(), path
 
 
@@ -319,7 +319,7 @@ def worker_initializer(path: str, key_hex: str, db_path: str | None = None) -> N
     address = StoreAddress(path, bytes.fromhex(key_hex))
     os.environ.update(address.to_environ())
     if db_path:
-        os.environ[env.METRICS_DB] = db_path
+        os.environ[envvars.METRICS_DB] = db_path
     with _lock:
         if isinstance(sink, SocketSink):
             sink.close()

@@ -19,7 +19,7 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from ..signals import block_job_signals, childless
+from ..signal_policy import block_job_signals, childless
 from . import transport
 from .address import StoreAddress
 from .records import STATS

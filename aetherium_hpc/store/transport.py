@@ -38,9 +38,9 @@ from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 from typing import Any
 
-from .. import signals
+from .. import signal_policy
 from ..errors import StoreNotReachableError
-from ..signals import block_job_signals
+from ..signal_policy import block_job_signals
 from .address import StoreAddress
 from .records import STATS
 
@@ -97,7 +97,7 @@ class SocketSink:
     ``interval`` seconds and answers the store's requests (send what you hold); a full
     buffer (``batch`` records) is sent by the caller. The buffer is also sent at
     interpreter exit, at multiprocessing's worker exit, and on SIGTERM (see
-    :mod:`..signals`: the process then dies of SIGTERM), so ``Pool.terminate()`` loses
+    :mod:`..signal_policy`: the process then dies of SIGTERM), so ``Pool.terminate()`` loses
     nothing that was logged.
     """
 
@@ -129,7 +129,7 @@ class SocketSink:
         atexit.register(self._on_exit)
         # Pool workers leave through os._exit: multiprocessing's own finalizers still run.
         self._finalizer = multiprocessing.util.Finalize(None, self._on_exit, exitpriority=100)
-        signals.flush_on_sigterm(self._on_exit)
+        signal_policy.flush_on_sigterm(self._on_exit)
 
     def put(self, rec: Any) -> bool:
         dq = self._dq
@@ -366,7 +366,7 @@ class SocketSink:
     def _unhook(self) -> None:
         atexit.unregister(self._on_exit)
         self._finalizer.cancel()
-        signals.forget_sigterm_hook(self._on_exit)
+        signal_policy.forget_sigterm_hook(self._on_exit)
 
 
 def send_message(conn: Connection, msg: tuple[Any, ...]) -> bool:

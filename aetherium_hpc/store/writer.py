@@ -26,12 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
-from ..jobenv import submitting_user
-from ..signals import block_job_signals, childless
+from ..identity import SourceInfo, submitting_user
+from ..signal_policy import block_job_signals, childless
 from . import catalogue, chunks, records, schema
 from .failures import RECORD_ERRORS, Reports, retry_cause
 from .options import StoreOptions
-from .provenance import SourceInfo
 from .record_queue import FlushBarrier, RecordQueue
 from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
 

@@ -16,7 +16,7 @@ import testenv
 from launch_helpers import counts, job_rows, make_config
 from testenv import ROOT
 
-from aetherium_hpc import launch
+from aetherium_hpc import launch, scheduler
 from aetherium_hpc.config import load_config
 from aetherium_hpc.errors import LaunchError
 from aetherium_hpc.launch import sbatch
@@ -61,7 +61,7 @@ def test_max_array_size_from_scontrol(tmp_path: Path, monkeypatch: pytest.Monkey
     assert launch.max_array_size(config) == 3
     assert launch.max_array_size(make_config(tmp_path, slurm={"max_array_size": 7})) == 7
     monkeypatch.setenv("PATH", str(tmp_path / "nowhere"))
-    assert launch.max_array_size(config) == launch.DEFAULT_MAX_ARRAY_SIZE
+    assert launch.max_array_size(config) == scheduler.DEFAULT_MAX_ARRAY_SIZE
 
 
 # -- the sbatch script --------------------------------------------------------------------------

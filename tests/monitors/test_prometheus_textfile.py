@@ -27,14 +27,15 @@ from testenv import ROOT, unavailable
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring, parse_config
 from aetherium_hpc.errors import ConfigError
+from aetherium_hpc.identity import JobIdentity
 from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor, default_collectors
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.prometheus import COUNTERS, NAMES, NOT_EXPORTED, TIMESTAMP_METRIC
 from aetherium_hpc.paths import textfile_path
-from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.runtime import run_task
 from aetherium_hpc.store import catalogue
 
-ARRAY_TASK = JobContext(job_id="700_3", array_job_id="700", array_task_id=3, node="n1", hostname="n1.cluster")
+ARRAY_TASK = JobIdentity(job_id="700_3", array_job_id="700", array_task_id=3, node="n1", hostname="n1.cluster")
 LABELS = {"job_id": "700_3", "array_job_id": "700", "array_task_id": "3", "node": "n1"}
 
 
@@ -127,7 +128,7 @@ def test_running_counts_are_counters_named_total(tmp_path: Path) -> None:
 
 
 def test_label_values_are_escaped_as_the_format_asks(tmp_path: Path) -> None:
-    odd = JobContext(job_id='9"x\\y', node="n\n1")
+    odd = JobIdentity(job_id='9"x\\y', node="n\n1")
     textfile = PrometheusTextfile.for_job(str(tmp_path), odd)
     textfile.write([catalogue.CPU_PROCESS_TREE.sample(12.5), catalogue.GPU_POWER.sample(1.0, 'GPU-"a"\\b')], 5.0)
     assert os.path.basename(textfile.path) == "aetherium_9_x_y_n_1.prom"  # a plain file name
@@ -139,7 +140,7 @@ def test_label_values_are_escaped_as_the_format_asks(tmp_path: Path) -> None:
 
 
 def test_infinite_values_are_written_as_the_format_spells_them(tmp_path: Path) -> None:
-    textfile = PrometheusTextfile.for_job(str(tmp_path), JobContext(job_id="5", node="n"))
+    textfile = PrometheusTextfile.for_job(str(tmp_path), JobIdentity(job_id="5", node="n"))
     for value in (1.5, float("inf"), -float("inf"), 2.5):  # the template path and the +Inf one, in turn
         textfile.write([catalogue.GPU_POWER.sample(value, "GPU-a"), catalogue.GPU_POWER.sample(7.0, "GPU-b")], 9.0)
         text = Path(textfile.path).read_text()
@@ -163,7 +164,7 @@ def test_the_catalogue_is_mapped_once_to_valid_unique_names_in_base_units() -> N
 
 
 def test_a_prom_path_with_placeholders_and_labels_of_a_plain_job(tmp_path: Path) -> None:
-    job = JobContext(job_id="41", node="n2")
+    job = JobIdentity(job_id="41", node="n2")
     assert textfile_path(str(tmp_path / "job-{job_id}-{node}.prom"), job) == str(tmp_path / "job-41-n2.prom")
     textfile = PrometheusTextfile.for_job(str(tmp_path / "fixed.prom"), job)
     textfile.write([catalogue.RAM_PROCESS_TREE_RSS.sample(3.0)], 1.0)

@@ -33,9 +33,9 @@ from rel_helpers import chunk_stats, cli, integrity, read, same_stats
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
 from aetherium_hpc.errors import StoreError
-from aetherium_hpc.jobenv import JobIdentity
+from aetherium_hpc.identity import JobIdentity
 from aetherium_hpc.paths import RunLayout
-from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.runtime import run_task
 from aetherium_hpc.store import backup
 from aetherium_hpc.store.backup import CopyBack, copy_database, has_hot_journal, readable_copy, recover
 from aetherium_hpc.store.client import log_resource_samples
@@ -326,7 +326,7 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
         return 0
 
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(tmp_path))
-    ctx = JobContext(job_id="77", node="n1", hostname="h1", attempt=1)  # SLURM_RESTART_COUNT=1
+    ctx = JobIdentity(job_id="77", node="n1", hostname="h1", attempt=1)  # SLURM_RESTART_COUNT=1
     run_task(ctx, workload, dest, Monitoring(enabled=False))
     assert seen == {"page_size": 4096, "index": 1}
     assert integrity(dest) == "ok"

@@ -23,8 +23,8 @@ import pytest
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
 from aetherium_hpc.errors import StoreError, UnsafeFolderError
+from aetherium_hpc.identity import JobIdentity
 from aetherium_hpc.paths import RunLayout, user_scratch
-from aetherium_hpc.runtime import JobContext
 from aetherium_hpc.runtime.session import connect_to_node_store, run_task
 from aetherium_hpc.store.address import socket_dir_for
 
@@ -77,7 +77,7 @@ def _job(dest: Path, scratch: Path) -> None:
         return 0
 
     run_task(
-        JobContext(job_id="77", node="n1", hostname="n1"),
+        JobIdentity(job_id="77", node="n1", hostname="n1"),
         workload,
         dest,
         Monitoring(enabled=False, local_dir=str(scratch)),
@@ -87,7 +87,7 @@ def _job(dest: Path, scratch: Path) -> None:
 def test_a_node_folder_another_user_made_in_advance_is_refused_and_nothing_is_written_through_it(
     probe: tuple[int, int], shared: Path, secret: Path, tmp_path: Path
 ) -> None:
-    node = RunLayout.node_folder(str(shared), JobContext(job_id="77", node="n1")).path
+    node = RunLayout.node_folder(str(shared), JobIdentity(job_id="77", node="n1")).path
     bait = shared / "bait"
     # The folder (and the folders above it, down to the shared one) made by the other user, mode
     # 777, with links where the job opens its lock file and its database.
@@ -124,7 +124,7 @@ def test_a_sibling_task_sends_nothing_to_a_socket_another_user_planted(
     probe: tuple[int, int], shared: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Local rank 1 looks for the leader's socket: in a folder of another user, it refuses to connect."""
-    ctx = JobContext(job_id="77", node="n1", local_rank=1, num_tasks=2)
+    ctx = JobIdentity(job_id="77", node="n1", local_rank=1, num_tasks=2)
     node = RunLayout.node_folder(str(shared), ctx).path
     sockets = socket_dir_for(node)
     as_probe(probe, f"""

@@ -1,4 +1,4 @@
-"""Inside the job: JobContext, copy-back, the node session, signals, `aetherium-hpc run`."""
+"""Inside the job: JobIdentity, copy-back, the node session, signals, `aetherium-hpc run`."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ from testenv import ROOT
 import aetherium_hpc as ah
 from aetherium_hpc import launch
 from aetherium_hpc.config import Monitoring
-from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.identity import JobIdentity
+from aetherium_hpc.runtime import run_task
 from aetherium_hpc.store.backup import copy_database
 
 
@@ -33,9 +34,9 @@ def job_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return scratch
 
 
-# -- JobContext -------------------------------------------------------------------------------
+# -- JobIdentity -------------------------------------------------------------------------------
 def test_context_from_slurm_variables() -> None:
-    ctx = JobContext.detect({
+    ctx = JobIdentity.from_environ({
         "SLURM_JOB_ID": "42", "SLURM_ARRAY_JOB_ID": "40", "SLURM_ARRAY_TASK_ID": "2", "SLURMD_NODENAME": "n2",
         "SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_NTASKS": "4", "SLURM_JOB_NUM_NODES": "2",
     })  # fmt: skip
@@ -46,7 +47,7 @@ def test_context_from_slurm_variables() -> None:
 
 
 def test_context_outside_any_job() -> None:
-    ctx = JobContext.detect({})
+    ctx = JobIdentity.from_environ({})
     assert ctx.cluster == "none" and ctx.is_node_leader and ctx.task == 0 and ctx.node
 
 
@@ -64,7 +65,7 @@ def test_copy_database_of_a_live_store(tmp_path: Path) -> None:
 
 # -- NodeSession through run_task ------------------------------------------------------------
 def test_run_task_writes_status_and_copies_back(tmp_path: Path, job_env: Path) -> None:
-    ctx = JobContext(job_id="7", node="n1", hostname="h")
+    ctx = JobIdentity(job_id="7", node="n1", hostname="h")
     dest = tmp_path / "db" / "7_0" / "n1.db"
 
     def workload(session: object) -> int:
@@ -87,7 +88,7 @@ def test_run_task_failure_is_recorded_and_raised(tmp_path: Path, job_env: Path) 
         raise ValueError("boom")
 
     with pytest.raises(ValueError, match="boom"):
-        run_task(JobContext(job_id="8", node="n1"), workload, dest, Monitoring(enabled=False))
+        run_task(JobIdentity(job_id="8", node="n1"), workload, dest, Monitoring(enabled=False))
     row = job_rows(dest)[0]
     assert row["status"] == "failed" and row["exit_code"] == 1 and "boom" in row["detail"]
     assert counts(dest)["training_metrics"] == 1
@@ -105,7 +106,7 @@ def test_checkpoint_copies_while_running(tmp_path: Path, job_env: Path) -> None:
         seen.append(counts(dest)["training_metrics"])
         return 0
 
-    run_task(JobContext(job_id="9", node="n1"), workload, dest, Monitoring(enabled=False, checkpoint_interval_s=0.2))
+    run_task(JobIdentity(job_id="9", node="n1"), workload, dest, Monitoring(enabled=False, checkpoint_interval_s=0.2))
     assert seen == [1]
     assert job_rows(dest)[0]["status"] == "completed"
 
@@ -258,7 +259,7 @@ def test_a_requeued_task_goes_on_from_the_previous_copy(tmp_path: Path, job_env:
         return 0
 
     for attempt in range(2):  # SLURM_RESTART_COUNT 0, then 1
-        run_task(JobContext(job_id="3", node="n1", attempt=attempt), workload, dest, Monitoring(enabled=False))
+        run_task(JobIdentity(job_id="3", node="n1", attempt=attempt), workload, dest, Monitoring(enabled=False))
     assert counts(dest)["training_metrics"] == 2
     assert [(r["attempt"], r["status"]) for r in job_rows(dest)] == [(0, "completed"), (1, "completed")]
 
@@ -275,7 +276,7 @@ def test_run_passes_hostile_arguments_and_paths_untouched(tmp_path: Path, job_en
 
 def test_leader_waits_for_a_sibling_task_that_is_still_sending(tmp_path: Path, job_env: Path) -> None:
     """Two tasks on one node: the leader's workload ends first; the sibling's records still land."""
-    ctx = JobContext(job_id="9", node="n1", hostname="h", num_tasks=2, num_nodes=1)
+    ctx = JobIdentity(job_id="9", node="n1", hostname="h", num_tasks=2, num_nodes=1)
     dest = tmp_path / "db" / "9_0" / "n1.db"
     sibling_code = (
         "import time, aetherium_hpc as ah\n"

@@ -19,7 +19,7 @@ from testenv import PYTHONPATH
 
 PRELUDE = """
 import os, signal, sys, threading, time
-from aetherium_hpc import signals as policy
+from aetherium_hpc import signal_policy as policy
 """
 
 

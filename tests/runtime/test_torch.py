@@ -25,7 +25,7 @@ else:
 
 from testenv import ROOT, SUPPORT
 
-from aetherium_hpc.signals import caught_outside_python  # noqa: E402
+from aetherium_hpc.signal_policy import caught_outside_python  # noqa: E402
 
 
 def run_script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

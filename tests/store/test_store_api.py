@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from procs import read
+from testenv import ROOT
 
 import aetherium_hpc as ah
 from aetherium_hpc.errors import ForeignDatabaseError, NewerSchemaError, OlderSchemaError, StoreError
@@ -446,7 +447,7 @@ def test_a_node_store_that_does_not_answer_is_replaced_by_the_file_opened_with_w
         "AETHERIUM_METRICS_ADDR": str(tmp_path / "gone.sock"),
         "AETHERIUM_METRICS_KEY": "00" * 32,
         "AETHERIUM_METRICS_DB": str(tmp_path / "node.db"),
-        "PYTHONPATH": str(Path(__file__).parent.parent),
+        "PYTHONPATH": str(ROOT),
     }
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -23,7 +23,8 @@ from typing import Any
 
 import aetherium_hpc as ah
 from aetherium_hpc.config import Monitoring
-from aetherium_hpc.runtime import JobContext, run_task
+from aetherium_hpc.identity import JobIdentity
+from aetherium_hpc.runtime import run_task
 from aetherium_hpc.store.backup import CopyBack
 from aetherium_hpc.store.client import log_resource_samples
 
@@ -53,7 +54,7 @@ def log_until_killed(marker: str, limit_s: float = 120.0, every_s: float = 0.01)
 
 
 def job(args: dict[str, Any]) -> int:
-    ctx = JobContext(job_id=args.get("job_id", "77"), node="n1", hostname="h1")
+    ctx = JobIdentity(job_id=args.get("job_id", "77"), node="n1", hostname="h1")
     mon = Monitoring(
         enabled=True, interval_s=0.05, gpu=False, flush_interval_s=0.1, checkpoint_interval_s=args["interval"]
     )
@@ -120,7 +121,7 @@ def _fill(folder: str) -> None:
 def finish_fail(args: dict[str, Any]) -> int:
     """Log, checkpoint once (unless ``checkpoint`` is false), break the run directory (``how``:
     full / readonly / chmod), log more, end with ``code``: the final copy fails."""
-    ctx = JobContext(job_id="88", node="n1", hostname="h1")
+    ctx = JobIdentity(job_id="88", node="n1", hostname="h1")
     mon = Monitoring(enabled=False, flush_interval_s=0.1, checkpoint_interval_s=3600)
     dest = Path(args["dest"])
 

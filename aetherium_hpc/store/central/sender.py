@@ -43,7 +43,7 @@ from typing import Any
 
 from ...credentials import mask, scrub
 from ...errors import CentralBusyError, CentralStoreError
-from ...signals import block_job_signals
+from ...signal_policy import block_job_signals
 from .. import catalogue, reader
 from . import schema
 from .push import Mark, send, snapshot

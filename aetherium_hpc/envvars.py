@@ -1,4 +1,4 @@
-"""Every AETHERIUM_* environment variable, in one place.
+"""The names of every AETHERIUM_* environment variable, in one place (and the scratch folder they point to).
 
 The runtime sets these inside a job so that any process on the node (worker
 processes, other ``srun`` tasks, shell commands) reaches the node's metrics
@@ -28,19 +28,6 @@ CENTRAL = "AETHERIUM_CENTRAL"
 
 #: node_exporter textfile folder (or *.prom file) for ``aetherium-hpc run`` (monitoring.prometheus_textfile).
 PROMETHEUS_TEXTFILE = "AETHERIUM_PROMETHEUS_TEXTFILE"
-
-ALL = {
-    METRICS_ADDR: "AF_UNIX socket path of the node's metrics store (set by init_db / the runtime)",
-    METRICS_KEY: "hex authentication key for that socket",
-    METRICS_DB: "path of the node's live metrics database",
-    RUN_DIR: "run directory of the current submission",
-    LOCAL_DIR: "node-local folder for live databases and sockets",
-    NODE_MONITOR: "pid of the process whose resource monitor samples this node into the store",
-    TASK_PARAMS: "JSON object of the array task's parameters (command workloads)",
-    PROMETHEUS_TEXTFILE: "folder (or *.prom file) where aetherium-hpc run writes the node's latest values for "
-    "node_exporter's textfile collector (as monitoring.prometheus_textfile)",
-    CENTRAL: "postgresql:// URL of the central store (monitoring.central in the YAML wins; empty: none)",
-}
 
 
 def local_scratch_dir() -> str:

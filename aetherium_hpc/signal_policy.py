@@ -34,7 +34,7 @@ Three rules live here, and only here:
    at-fork hooks are registered when this module is first imported, in this order: the
    childless-thread list, then the SIGTERM watcher's (the store's own hooks come after them).
 
-The job runtime's handlers (:mod:`aetherium_hpc.runtime.signals`) are built on these rules.
+The job runtime's handlers (:mod:`aetherium_hpc.runtime.signal_guard`) are built on these rules.
 """
 
 from __future__ import annotations

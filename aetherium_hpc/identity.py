@@ -1,9 +1,14 @@
-"""Who and where this process is: job id, array task, node, ranks -- as one value.
+"""Who and where this process is: the job, array task, node and ranks -- as one value.
 
 The one reader of the SLURM_* identity variables. A leaf module (standard library only), so
-that both the store (the provenance of a plain ``init_db`` in an sbatch script) and the job
-runtime (:class:`aetherium_hpc.runtime.JobContext`, which asks submitit's JobEnvironment
-first) take the job's identity from here instead of each reading the environment.
+that the store (the provenance of a plain ``init_db`` in an sbatch script), the monitors (the
+labels of the node_exporter textfile) and the job runtime (:func:`aetherium_hpc.runtime.detect_job`,
+which asks submitit's JobEnvironment first) take the identity from here instead of each
+reading the environment.
+
+- :class:`SourceInfo`: who wrote a database (what a writer records in ``sources``);
+- :class:`JobIdentity`: a :class:`SourceInfo` that is a job's task, with its ranks and cluster;
+- :func:`source_of` / :func:`source_from_environ`: the source a store records.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-__all__ = ["JobIdentity", "int_or_none", "submitting_user"]
+__all__ = ["JobIdentity", "SourceInfo", "int_or_none", "source_from_environ", "source_of", "submitting_user"]
 
 _J = TypeVar("_J", bound="JobIdentity")
 
@@ -49,14 +54,24 @@ def submitting_user(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 @dataclass(frozen=True)
-class JobIdentity:
-    """The identity of one task of one job."""
+class SourceInfo:
+    """Who wrote a database: what a writer records in ``sources`` (no job: this host alone)."""
 
-    job_id: str
+    job_id: str | None = None
     array_job_id: str | None = None
     array_task_id: int | None = None
     node: str = ""
     hostname: str = ""
+    #: Which run of the job: 0 the first, n after n requeues (Slurm's SLURM_RESTART_COUNT; each
+    #: attempt is a source of its own).
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class JobIdentity(SourceInfo):
+    """The identity of one task of one job: its source, with the ranks and the cluster it runs on."""
+
+    job_id: str  # (a job always has one)
     global_rank: int = 0
     local_rank: int = 0
     num_tasks: int = 1
@@ -65,8 +80,6 @@ class JobIdentity:
     #: Slurm's own id of this job or array task (SLURM_JOB_ID: 1207 for the task named 1200_7);
     #: None where the identity did not come from the SLURM_* variables.
     slurm_job_id: str | None = None
-    #: Which run of the job this is: 0 the first, 1 after one requeue (Slurm's SLURM_RESTART_COUNT).
-    attempt: int = 0
 
     @property
     def task(self) -> int:
@@ -123,6 +136,11 @@ class JobIdentity:
             attempt=cls.restart_count(env),
         )
 
+    @classmethod
+    def from_environ(cls: type[_J], environ: Mapping[str, str] | None = None) -> _J:
+        """From the SLURM_* variables, else a process that is a local run of its own."""
+        return cls.from_slurm_environ(environ) or cls.local_process(environ)
+
     @staticmethod
     def restart_count(environ: Mapping[str, str] | None = None) -> int:
         """How many times Slurm requeued this job (SLURM_RESTART_COUNT; 0 when unset)."""
@@ -141,3 +159,19 @@ class JobIdentity:
             return self
         job = array_job_id or self.job_id
         return replace(self, array_job_id=job, array_task_id=array_task_id, job_id=f"{job}_{array_task_id}")
+
+
+def source_of(job: JobIdentity | None) -> SourceInfo:
+    """Provenance of a store: the job, array task and node it records (None: no job, this host)."""
+    if job is None:
+        node, host = JobIdentity.node_and_host()
+        return SourceInfo(node=node, hostname=host)
+    return SourceInfo(job_id=job.job_id, array_job_id=job.array_job_id, array_task_id=job.array_task_id,
+                      node=job.node, hostname=job.hostname, attempt=job.attempt)  # fmt: skip
+
+
+def source_from_environ() -> SourceInfo:
+    """Provenance of a store opened outside the runtime: the Slurm job, array task and node, if any.
+    Its job id is Slurm's own id of the task (SLURM_JOB_ID), not the runtime's ``<array>_<task>``."""
+    job = JobIdentity.from_slurm_environ()
+    return source_of(job) if job is None else replace(source_of(job), job_id=job.slurm_job_id)

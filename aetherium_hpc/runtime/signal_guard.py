@@ -12,11 +12,11 @@ Python's KeyboardInterrupt for SIGINT, or the default action (the process dies o
 If the chained handler returns, :class:`JobInterrupted` stops the workload: the store is
 closed by then, so going on would log into nothing.
 
-Fork children (a multiprocessing Pool) get :data:`aetherium_hpc.signals.FORK_CHILD_ACTIONS`
+Fork children (a multiprocessing Pool) get :data:`aetherium_hpc.signal_policy.FORK_CHILD_ACTIONS`
 (SIGTERM's default action, USR2 ignored) while a guard is installed; should one still run the
 handler, it only flushes the child's buffered records to the node socket and then takes the
 default action. The signal policy itself (background threads, SIGTERM flush, fork) is
-:mod:`aetherium_hpc.signals`; this module is the job runtime's part built on it.
+:mod:`aetherium_hpc.signal_policy`; this module is the job runtime's part built on it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from types import FrameType
 from typing import Any
 
 from .. import scheduler
-from ..signals import is_watcher_handler, own_handler, reset_in_fork_child, restore_fork_child_actions, shielded
+from ..signal_policy import is_watcher_handler, own_handler, reset_in_fork_child, restore_fork_child_actions, shielded
 from ..store.client import shutdown_db
 
 log = logging.getLogger(__name__)
