@@ -5,7 +5,6 @@ What the rest of the package may use is named here (``__all__``); the public mod
 * :mod:`.client` -- ``init_db``, the ``log_*`` calls, ``get_db``, ``shutdown_db``: the API of pipeline
   code, which :mod:`aetherium_hpc` exports; here only what the rest of the package calls;
 * :mod:`.options` -- :class:`StoreOptions`, the store's settings as one object;
-* :mod:`.provenance` -- :class:`SourceInfo`, who wrote a database;
 * :mod:`.address` -- the node socket's names (:class:`StoreAddress`, where the socket lives);
 * :mod:`.catalogue` -- every metric name and unit the monitors and the store write;
 * :mod:`.chunks` -- the chunk codec; :mod:`.schema` -- tables, views and the version check;

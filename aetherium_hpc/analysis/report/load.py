@@ -3,7 +3,8 @@
 :func:`read` opens the file read-only (through a rolled-back copy when a copy-back was killed
 mid-write), checks it and returns everything the report is computed from as a :class:`Loaded`.
 :func:`resolve_unfinished` asks Slurm accounting once for the jobs it names and settles the rows
-that still say ``running``: this module is the report's one reader of :mod:`..accounting`.
+that still say ``running`` (through :mod:`aetherium_hpc.analysis.final_status`, which asks
+:mod:`aetherium_hpc.scheduler`).
 """
 
 from __future__ import annotations
