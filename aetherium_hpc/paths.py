@@ -26,6 +26,9 @@ import os
 import re
 import secrets
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,3 +314,23 @@ def textfile_path(path: str, job: JobIdentity) -> str:
     if path.endswith(PROM_SUFFIX):
         return _PLACEHOLDER_RE.sub(lambda m: values[m[1]], path)
     return os.path.join(path, f"aetherium_{values['job_id']}_{values['node']}{PROM_SUFFIX}")
+
+
+# -- writing a file whole ------------------------------------------------------------------------
+@contextmanager
+def replaced_atomically(path: str) -> Iterator[str]:
+    """A fresh file beside ``path`` (an unpredictable name, made with O_EXCL) to write; it becomes
+    ``path`` (one rename) when the block ends, and is removed when the block fails: an export that
+    fails leaves no partial file. The file gets the mode a new file gets (the umask's)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, part = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
+    os.close(fd)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(part, 0o666 & ~umask)
+        yield part
+        os.replace(part, path)
+    finally:
+        if os.path.exists(part):
+            os.unlink(part)

@@ -36,7 +36,7 @@ import aetherium_hpc
 from .. import scheduler
 from ..config import Config, snapshot_yaml
 from ..errors import LaunchError
-from ..paths import RunLayout
+from ..paths import RunLayout, replaced_atomically
 from ..runtime.entrypoint import JobRunner
 from .parameters import executor_parameters
 from .sbatch import check_script_path
@@ -86,11 +86,8 @@ class Submission:
 
     def write_record(self) -> None:
         """Write ``jobs.json`` whole (a new file renamed over the old: a reader never sees half)."""
-        path = self.layout.jobs_path
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".jobs-", suffix=".json", delete=False,
-                                         encoding="utf-8") as fh:  # fmt: skip
+        with replaced_atomically(str(self.layout.jobs_path)) as part, open(part, "w", encoding="utf-8") as fh:
             json.dump(self.record(), fh, indent=2)
-        os.replace(fh.name, path)
 
     @property
     def job_ids(self) -> list[str]:

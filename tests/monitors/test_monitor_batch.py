@@ -5,21 +5,12 @@ Real store, real /proc, the real loop thread."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.monitors import PrometheusTextfile, ResourceMonitor
 from aetherium_hpc.store.client import MetricsStore
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetricsStore]:
-    db = init_db(tmp_path / "m.db", flush_interval=0.2)
-    yield db
-    shutdown_db()
 
 
 def wait_read(monitor: ResourceMonitor, n: int) -> None:

@@ -8,25 +8,15 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
 
-from aetherium_hpc import init_db, shutdown_db
 from aetherium_hpc.monitors import ResourceMonitor
 from aetherium_hpc.store import catalogue
 from aetherium_hpc.store.client import MetricsStore
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetricsStore]:
-    db = init_db(tmp_path / "m.db", flush_interval=0.2)
-    yield db
-    shutdown_db()
 
 
 def devices_since(store: MetricsStore, ts: float) -> set[str]:

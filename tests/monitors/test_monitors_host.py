@@ -10,7 +10,6 @@ import os
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
 from testenv import ROOT
 
-from aetherium_hpc import init_db, shutdown_db
+from aetherium_hpc import shutdown_db
 from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import NvmlUnavailable, _load_nvml
@@ -30,13 +29,6 @@ from aetherium_hpc.store.client import MetricsStore
 
 NCPU = psutil.cpu_count() or 1
 DOCS = ROOT / "docs" / "METRICS.md"
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[MetricsStore]:
-    db = init_db(tmp_path / "m.db", flush_interval=0.2)
-    yield db
-    shutdown_db()
 
 
 def test_host_metrics_names_units_and_ranges(store: MetricsStore, tmp_path: Path) -> None:

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from ...errors import AetheriumError, ForeignDatabaseError, StoreError
 from ...store import reader, schema
@@ -58,25 +55,6 @@ def output_folder(path: str | None, fmt: str) -> str:
     except OSError as exc:
         raise ExportError(f"-o {path}: cannot create the folder ({exc.strerror}); choose another path") from exc
     return path
-
-
-@contextmanager
-def replaced_atomically(path: str) -> Iterator[str]:
-    """A fresh file beside ``path`` (an unpredictable name, made with O_EXCL) to write; it becomes
-    ``path`` (one rename) when the block ends, and is removed when the block fails: an export that
-    fails leaves no partial file. The file gets the mode a new file gets (the umask's)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, part = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")
-    os.close(fd)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(part, 0o666 & ~umask)
-        yield part
-        os.replace(part, path)
-    finally:
-        if os.path.exists(part):
-            os.unlink(part)
 
 
 def quote(name: str) -> str:

@@ -17,7 +17,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-from .output import ExportError, missing_extra, quote, replaced_atomically
+from ...paths import replaced_atomically
+from .output import ExportError, missing_extra, quote
 
 #: Rows per record batch (and per Parquet row group at most).
 BATCH_ROWS = 65_536

@@ -12,7 +12,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
-from .output import ExportError, output_folder, quote, replaced_atomically
+from ...paths import replaced_atomically
+from .output import ExportError, output_folder, quote
 
 
 def _json_value(v: Any) -> Any:
