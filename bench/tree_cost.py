@@ -15,7 +15,8 @@ tree (itself + the children) every ``interval`` seconds:
 
 ``first_ms`` (ours only): the process's CPU from just before ``log_system_resources`` until the
 first tick is committed (``get_db().flush()``): starting the collectors, finding the tree and the
-store's first transaction, which creates the new series.
+store's first transaction, which creates the new series; ``series``: how many processes got
+series of their own (see ``PER_PROCESS_TOP`` in aetherium_hpc/monitors/host.py).
 
     python bench/tree_cost.py [--children 10,100,500] [--repeat 5] [--interval 0.5] [--seconds 5]
 """
@@ -189,8 +190,10 @@ def _child(kind: str, children: int, interval: float, seconds: float, floor_exe:
         if kind == "ours":
             import aetherium_hpc as ah
 
-            w0, c0 = time.perf_counter(), time.process_time()
+            w0 = time.perf_counter()
             store = ah.init_db(os.path.join(folder, "ours.db"))
+            store.flush()
+            c0 = time.process_time()
             monitor = ah.log_system_resources(folder + "/", interval=interval)
             store.flush()
             first_ms = (time.process_time() - c0) * 1000.0
@@ -200,7 +203,10 @@ def _child(kind: str, children: int, interval: float, seconds: float, floor_exe:
             cpu, samples = time.process_time() - c0, monitor.samples_taken - n0
             monitor.stop()
             ah.shutdown_db()
-            return {"cpu_s": cpu, "samples": samples, "first_ms": first_ms}
+            with sqlite3.connect(os.path.join(folder, "ours.db")) as conn:
+                query = "SELECT count(DISTINCT device) FROM resource_metrics WHERE metric_type = 'process'"
+                series = conn.execute(query).fetchone()[0]
+            return {"cpu_s": cpu, "samples": samples, "first_ms": first_ms, "series": series}
         naive = NaiveLoop(os.path.join(folder, "naive.db"), interval)
         naive.start()
         time.sleep(WARMUP_S)
@@ -251,9 +257,11 @@ class NaiveLoop(threading.Thread):
 
 def measure(sizes: Sequence[int], repeat: int, interval: float, seconds: float) -> dict[str, Any]:
     """CPU ms per sample of each side and tree size, ``repeat`` interleaved rounds (ours, naive,
-    floor in turn, each size), and ours's first tick to commit. ``floor_missing``: why no floor."""
+    floor in turn, each size); ours's first tick to commit and its per-process series (the most in
+    a run). ``floor_missing``: why no floor."""
     ms: dict[tuple[str, int], list[float]] = {(k, n): [] for k in KINDS for n in sizes}
     first: dict[int, list[float]] = {n: [] for n in sizes}
+    series: dict[int, int] = {}
     with tempfile.TemporaryDirectory() as folder:
         try:
             exe, why = build_floor(folder), ""
@@ -268,7 +276,8 @@ def measure(sizes: Sequence[int], repeat: int, interval: float, seconds: float) 
                     ms[kind, n].append(r["cpu_s"] / max(1, r["samples"]) * 1000.0)
                     if kind == "ours":
                         first[n].append(r["first_ms"])
-    return {"ms": ms, "first_ms": first, "floor_missing": why}
+                        series[n] = max(series.get(n, 0), r["series"])
+    return {"ms": ms, "first_ms": first, "series": series, "floor_missing": why}
 
 
 def main() -> int:
@@ -282,13 +291,13 @@ def main() -> int:
     m = measure(sizes, args.repeat, args.interval, args.seconds)
     if m["floor_missing"]:
         print(f"floor skipped: {m['floor_missing']}")
-    print(f"{'children':>8} {'ours ms':>9} {'naive ms':>9} {'floor ms':>9} {'ours/floor':>11} {'first ms':>9}")
+    print(f"{'children':>8} {'ours ms':>9} {'naive ms':>9} {'floor ms':>9} {'ours/floor':>11} {'first ms':>9} series")
     for n in sizes:
         o, nv, fl = (m["ms"][k, n] for k in KINDS)
         ratio = statistics.median([a / b for a, b in zip(o, fl, strict=True)]) if fl else float("nan")
         print(f"{n:>8} {statistics.median(o):9.3f} {statistics.median(nv):9.3f} "
               f"{statistics.median(fl) if fl else float('nan'):9.3f} {ratio:10.2f}x "
-              f"{statistics.median(m['first_ms'][n]):9.1f}")  # fmt: skip
+              f"{statistics.median(m['first_ms'][n]):9.1f} {m['series'][n]:6d}")  # fmt: skip
     return 0
 
 
