@@ -168,7 +168,8 @@ def test_a_grandchild_of_a_single_threaded_process_is_found_on_its_kept_children
         for _ in range(2):  # read, then walked with what the reading said
             _tick(tree)
         tracked = tree._procs[shell.pid]
-        assert tracked.threaded is False and tracked.children_fd >= 0
+        assert tracked.threads == 1 and tracked.thread_fds is not None
+        assert list(tracked.thread_fds) == [str(shell.pid)], "its one children file, kept open"
         shell.stdin.write(b"go\n")
         shell.stdin.close()
         grandchild = wait_for(lambda: psutil.Process(shell.pid).children(), what="the grandchild")[0].pid
@@ -183,3 +184,48 @@ def test_parse_stat_takes_the_fields_used() -> None:
     assert procfs.parse_stat(line) == (300 / os.sysconf("SC_CLK_TCK"), 77 * os.sysconf("SC_PAGE_SIZE"), 45, 3)
     assert procfs.parse_stat(line.replace(b") S ", b") Z ")) is None
     assert procfs.parse_stat(line[:40]) is None
+
+
+THREAD_SPAWNS = (  # on a line read: a thread starts a child and stays; on the next, a second one does and ends
+    "import subprocess, sys, threading\n"
+    "def spawn(stay):\n"
+    "    print(subprocess.Popen(['sleep', '60']).pid, flush=True)\n"
+    "    stay and threading.Event().wait()\n"
+    "for stay in (True, False):\n"
+    "    sys.stdin.readline()\n"
+    "    threading.Thread(target=spawn, args=(stay,), daemon=True).start()\n"
+    "threading.Event().wait()\n"
+)
+
+
+def test_a_child_started_by_a_new_thread_is_found_at_the_next_walk(
+    children: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children"):
+        pytest.skip("no /proc children files here: psutil walks the tree")
+    # A process read and walked with one thread; then threads of its start children.
+    worker = subprocess.Popen(python(THREAD_SPAWNS), stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    children.append(worker)
+    assert worker.stdin is not None and worker.stdout is not None
+    tree = ProcessTreeCollector(read_proc=True)
+    tree.start()
+    grandchildren: list[int] = []
+    try:
+        monkeypatch.setattr(tree, "_walk_due", lambda: True)
+        for _ in range(2):
+            _tick(tree)
+        tracked = tree._procs[worker.pid]
+        assert tracked.thread_fds is not None and len(tracked.thread_fds) == 1
+        for _ in range(2):
+            worker.stdin.write(b"go\n")
+            worker.stdin.flush()
+            grandchildren.append(int(worker.stdout.readline()))
+            _tick(tree)
+            assert grandchildren[-1] in tree.pids()
+        # The first: a child of a thread that stays (the thread count moved: its threads listed
+        # again). The second: its thread may have ended, handing it to a thread of the process.
+        assert len(tracked.thread_fds) >= 2
+    finally:
+        for pid in grandchildren:
+            os.kill(pid, signal.SIGKILL)
+        tree.close()

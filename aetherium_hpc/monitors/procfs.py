@@ -93,3 +93,8 @@ def open_file_budget() -> int:
     if soft == resource.RLIM_INFINITY or soft <= 0:
         return 4096
     return max(64, soft // 4)
+
+
+def threads_of(stat: bytes) -> int:
+    """The thread count of a process from its stat line."""
+    return int(stat[stat.rfind(b")") + 2 :].split(None, 18)[17])
