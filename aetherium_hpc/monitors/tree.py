@@ -58,7 +58,7 @@ _TREE_CPU, _TREE_RSS, _PROC_CPU, _PROC_RSS = (
 WALK_EVERY_TICKS = 10
 #: Per-process rows of a tree of more than twice this many processes: at each tick, this many
 #: processes with the largest RSS and this many that used the most CPU since the last tick.
-PER_PROCESS_TOP = 8
+PER_PROCESS_TOP = 4
 
 
 class _Tracked:
@@ -196,27 +196,34 @@ class ProcessTreeCollector(Collector):
         self._unwalked = 0
         return True
 
-    def _descendants(self, raws: list[Any]) -> list[int]:
-        """The pids below the root; ``raws``: this tick's readings of the processes known (by slot)."""
+    def _descendants(self, raws: list[Any], new: dict[int, tuple[_Tracked, Any]], baseline: float | None) -> list[int]:
+        """The pids of the tree, the root's first. ``raws``: this tick's readings of the processes
+        known (by slot); a process found that is not known yet is read now (its stat file opened)
+        and put in ``new`` with its reading."""
+        root = self.root_pid
         if not self._proc_children:
             assert self._root is not None
-            return [p.pid for p in self._root.children(recursive=True)]
-        procs = self._procs
+            return [root, *(p.pid for p in self._root.children(recursive=True))]
+        procs, ended = self._procs, self._ended
         found: list[int] = []
-        seen = {self.root_pid}
-        stack = [self.root_pid]
+        seen = {root}
+        stack = [root]
         while stack:
             pid = stack.pop()
+            found.append(pid)
             tracked = procs.get(pid)
-            if tracked is None or not 0 <= tracked.slot < len(raws):
-                children = procfs.thread_children(pid)  # (found by this walk: not read yet)
+            if tracked is not None and 0 <= tracked.slot < len(raws):
+                raw = raws[tracked.slot]
+            elif pid in ended:  # (a zombie: its children have been handed on)
+                continue
             else:
-                children = self._children(tracked, raws[tracked.slot])
-            for child in children.split():
+                tracked = _Tracked(pid, baseline)
+                raw = self._read(tracked)
+                new[pid] = tracked, raw
+            for child in self._children(tracked, raw).split():
                 cpid = int(child)
                 if cpid not in seen:
                     seen.add(cpid)
-                    found.append(cpid)
                     stack.append(cpid)
         return found
 
@@ -229,8 +236,11 @@ class ProcessTreeCollector(Collector):
         if raw is None:  # ended
             return b""
         if raw is not tracked.walk_raw:
+            try:
+                tracked.threads = procfs.threads_of(raw) if isinstance(raw, bytes) else raw[3]
+            except (ValueError, IndexError):  # (a line cut short)
+                return procfs.thread_children(tracked.pid)
             tracked.walk_raw = raw
-            tracked.threads = procfs.threads_of(raw) if isinstance(raw, bytes) else raw[3]
         threads = tracked.threads
         fds = tracked.thread_fds
         if (
@@ -256,10 +266,11 @@ class ProcessTreeCollector(Collector):
         pid = tracked.pid
         if tracked.fd < 0:  # (the stat files are kept open first)
             return None
-        try:
-            tids = [tid for tid in os.listdir(f"/proc/{pid}/task") if tid not in CHILDLESS_THREADS]
+        try:  # one thread: the process's own (its tid is its pid)
+            tids = [str(pid)] if tracked.threads == 1 else os.listdir(f"/proc/{pid}/task")
         except OSError:
             return None
+        tids = [tid for tid in tids if tid not in CHILDLESS_THREADS]
         if self._open_fds + len(tids) > self._max_open_fds:
             return None
         fds: dict[str, int] = {}
@@ -272,22 +283,25 @@ class ProcessTreeCollector(Collector):
             self._open_fds += 1
         return fds
 
-    def _update_tree(self, baseline: float | None, raws: list[Any]) -> list[_Tracked]:
+    def _update_tree(self, baseline: float | None, raws: list[Any]) -> list[tuple[_Tracked, Any]]:
         """Add processes that appeared since the last walk, forget those that are gone; the
-        processes added. ``raws``: this tick's readings of the processes known (by slot).
+        processes added, each with its reading. ``raws``: this tick's readings of the processes
+        known (by slot).
 
         A pid absent from the previous walk can only be a process born since (a process
         cannot join a tree later), so ``baseline=0.0`` charges it all of its CPU time.
         """
         if self._root_gone:
             return []
+        new: dict[int, tuple[_Tracked, Any]] = {}
         try:
-            found = self._descendants(raws)
+            found = self._descendants(raws, new, baseline)
         except (psutil.Error, OSError):
+            for tracked, _ in new.values():
+                self._forget(tracked)
             return []  # keep the tree as it was; the next tick tries again
-        found.append(self.root_pid)
         procs = self._procs
-        if len(found) == len(procs) and all(pid in procs for pid in found):
+        if not new and len(found) == len(procs) and all(pid in procs for pid in found):
             return []  # the same tree
         alive = set(found)
         for pid in [pid for pid in procs if pid not in alive]:
@@ -295,11 +309,14 @@ class ProcessTreeCollector(Collector):
         ended = self._ended
         if ended:
             ended.intersection_update(alive)  # zombies still listed by their parent
-        added = [_Tracked(pid, baseline) for pid in found if pid not in procs and pid not in ended]
-        for tracked in added:
+        for pid in found:  # (found by psutil: not read yet)
+            if pid not in procs and pid not in ended and pid not in new:
+                tracked = _Tracked(pid, baseline)
+                new[pid] = tracked, self._read(tracked)
+        added = list(new.values())
+        for tracked, _ in added:
             procs[tracked.pid] = tracked
-        if added:
-            self._members = None
+        self._members = None
         return added
 
     # -- reading ----------------------------------------------------------------------------
@@ -361,8 +378,8 @@ class ProcessTreeCollector(Collector):
         if self._walk_due():
             added = self._update_tree(0.0, raws)
             if added:
-                members = (*members, *added)
-                raws += [self._read(tracked) for tracked in added]
+                members = (*members, *(tracked for tracked, _ in added))
+                raws += [raw for _, raw in added]
         return elapsed, members, raws
 
     # -- samples ----------------------------------------------------------------------------
