@@ -122,6 +122,8 @@ class ProcessTreeCollector(Collector):
         self._procs: dict[int, _Tracked] = {}
         self._members: tuple[_Tracked, ...] | None = None  # _procs' values, until the tree changes
         self._fds: tuple[int, ...] = ()  # their stat descriptors, when every one is open
+        # The walk's processes of one thread with its children file open: (pids, descriptors), and the others.
+        self._kept: tuple[tuple[int, ...], tuple[int, ...], tuple[_Tracked, ...]] | None = None
         self._root: psutil.Process | None = None
         self._last_mono = 0.0
         self._proc_children = os.path.exists(f"/proc/{self.root_pid}/task/{self.root_pid}/children")
@@ -169,7 +171,7 @@ class ProcessTreeCollector(Collector):
             except OSError:
                 pass
             self._walk_due()  # the pid counter before the first walk
-        self._update_tree(None, [])  # (the first tick reads the CPU baselines of these: no CPU figure then)
+        self._update_tree(None)  # (the first tick reads the CPU baselines of these: no CPU figure then)
 
     # -- finding the tree -------------------------------------------------------------------
     def _walk_due(self) -> bool:
@@ -196,36 +198,80 @@ class ProcessTreeCollector(Collector):
         self._unwalked = 0
         return True
 
-    def _descendants(self, raws: list[Any], new: dict[int, tuple[_Tracked, Any]], baseline: float | None) -> list[int]:
-        """The pids of the tree, the root's first. ``raws``: this tick's readings of the processes
-        known (by slot); a process found that is not known yet is read now (its stat file opened)
-        and put in ``new`` with its reading."""
+    def _descendants(
+        self, members: Sequence[_Tracked], raws: list[Any], new: dict[int, tuple[_Tracked, Any]], baseline: float | None
+    ) -> list[int]:
+        """The pids of the tree, the root's first. ``members``, ``raws``: the processes known and
+        this tick's reading of each; a process found that is not known yet is read now (its stat
+        file opened) and put in ``new`` with its reading."""
         root = self.root_pid
         if not self._proc_children:
             assert self._root is not None
             return [root, *(p.pid for p in self._root.children(recursive=True))]
         procs, ended = self._procs, self._ended
+        children = self._known_children(members, raws)
         found: list[int] = []
         seen = {root}
         stack = [root]
         while stack:
             pid = stack.pop()
             found.append(pid)
-            tracked = procs.get(pid)
-            if tracked is not None and 0 <= tracked.slot < len(raws):
-                raw = raws[tracked.slot]
-            elif pid in ended:  # (a zombie: its children have been handed on)
-                continue
-            else:
+            data = children.get(pid)
+            if data is None:
+                if pid in procs or pid in ended:  # (no children; a zombie's have been handed on)
+                    continue
                 tracked = _Tracked(pid, baseline)
                 raw = self._read(tracked)
                 new[pid] = tracked, raw
-            for child in self._children(tracked, raw).split():
+                data = self._children(tracked, raw)
+            for child in data.split():
                 cpid = int(child)
                 if cpid not in seen:
                     seen.add(cpid)
                     stack.append(cpid)
         return found
+
+    def _known_children(self, members: Sequence[_Tracked], raws: list[Any]) -> dict[int, bytes]:
+        """{pid: its children} of the processes known that have any. A process of one thread
+        whose children file is open costs a ``pread`` in one list (the thread counts come from
+        this tick's readings: only the lines that moved since the last walk are parsed); the
+        others go through :meth:`_children`."""
+        for tracked, raw in [(t, raw) for t, raw in zip(members, raws, strict=True) if raw != t.walk_raw]:
+            single = tracked.threads == 1
+            if raw is None or not self._count_threads(tracked, raw) or single != (tracked.threads == 1):
+                self._kept = None
+        if self._kept is None:
+            one = [t for t in members if t.threads == 1 == t.listed and t.thread_fds and len(t.thread_fds) == 1]
+            kept = set(one)
+            self._kept = (
+                tuple(t.pid for t in one),
+                tuple(fd for t in one for fd in (t.thread_fds or {}).values()),
+                tuple(t for t in members if t not in kept),
+            )
+        pids, fds, others = self._kept
+        out: dict[int, bytes] = {}
+        try:
+            pread = os.pread
+            out = {pid: data for pid, data in zip(pids, [pread(fd, 65536, 0) for fd in fds], strict=True) if data}
+        except OSError:  # one has ended: one by one
+            others = tuple(members)
+        for pid, data in out.items():
+            if len(data) >= 65536:  # (more than a pread's worth of children)
+                out[pid] = procfs.pread_all(fds[pids.index(pid)])
+        for tracked in others:
+            data = self._children(tracked, raws[tracked.slot])
+            if data:
+                out[tracked.pid] = data
+        return out
+
+    def _count_threads(self, tracked: _Tracked, raw: bytes | tuple[float, float, int, int]) -> bool:
+        """Take a process's thread count from a reading; False if the line is cut short."""
+        try:
+            tracked.threads = procfs.threads_of(raw) if isinstance(raw, bytes) else raw[3]
+        except (ValueError, IndexError):
+            return False
+        tracked.walk_raw = raw
+        return True
 
     def _children(self, tracked: _Tracked, raw: bytes | tuple[float, float, int, int] | None) -> bytes:
         """A process's children, from the ``/proc/<pid>/task/<tid>/children`` files of its threads
@@ -235,12 +281,8 @@ class ProcessTreeCollector(Collector):
         and one that started since leave the count as it was)."""
         if raw is None:  # ended
             return b""
-        if raw is not tracked.walk_raw:
-            try:
-                tracked.threads = procfs.threads_of(raw) if isinstance(raw, bytes) else raw[3]
-            except (ValueError, IndexError):  # (a line cut short)
-                return procfs.thread_children(tracked.pid)
-            tracked.walk_raw = raw
+        if raw != tracked.walk_raw and not self._count_threads(tracked, raw):
+            return procfs.thread_children(tracked.pid)
         threads = tracked.threads
         fds = tracked.thread_fds
         if (
@@ -252,9 +294,6 @@ class ProcessTreeCollector(Collector):
             if fds is None:
                 return procfs.thread_children(tracked.pid)
         try:
-            if len(fds) == 1:
-                for fd in fds.values():
-                    return procfs.pread_all(fd)
             return b" ".join([procfs.pread_all(fd) for fd in fds.values()])
         except OSError:  # the process has ended
             return b""
@@ -275,6 +314,7 @@ class ProcessTreeCollector(Collector):
             return None
         fds: dict[str, int] = {}
         tracked.thread_fds, tracked.listed, tracked.listed_at = fds, tracked.threads, self._reads
+        self._kept = None
         for tid in tids:
             try:
                 fds[tid] = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY)
@@ -283,19 +323,22 @@ class ProcessTreeCollector(Collector):
             self._open_fds += 1
         return fds
 
-    def _update_tree(self, baseline: float | None, raws: list[Any]) -> list[tuple[_Tracked, Any]]:
+    def _update_tree(
+        self, baseline: float | None, members: Sequence[_Tracked] = (), raws: list[Any] | None = None
+    ) -> list[tuple[_Tracked, Any]]:
         """Add processes that appeared since the last walk, forget those that are gone; the
-        processes added, each with its reading. ``raws``: this tick's readings of the processes
-        known (by slot).
+        processes added, each with its reading. ``members``, ``raws``: the processes known and
+        this tick's reading of each.
 
         A pid absent from the previous walk can only be a process born since (a process
         cannot join a tree later), so ``baseline=0.0`` charges it all of its CPU time.
         """
         if self._root_gone:
             return []
+        raws = [] if raws is None else raws
         new: dict[int, tuple[_Tracked, Any]] = {}
         try:
-            found = self._descendants(raws, new, baseline)
+            found = self._descendants(members, raws, new, baseline)
         except (psutil.Error, OSError):
             for tracked, _ in new.values():
                 self._forget(tracked)
@@ -363,6 +406,7 @@ class ProcessTreeCollector(Collector):
         raws: list[Any] | None = None
         if members is None:
             members = self._members = tuple(self._procs.values())
+            self._kept = None
             for slot, tracked in enumerate(members):
                 tracked.slot = slot
             fds = tuple(t.fd for t in members)
@@ -376,7 +420,7 @@ class ProcessTreeCollector(Collector):
         if raws is None:
             raws = [self._read(tracked) for tracked in members]
         if self._walk_due():
-            added = self._update_tree(0.0, raws)
+            added = self._update_tree(0.0, members, raws)
             if added:
                 members = (*members, *(tracked for tracked, _ in added))
                 raws += [raw for _, raw in added]
