@@ -73,7 +73,7 @@ QUICK: dict[str, Any] = {
     "records": 50_000, "workers": 4, "latency_calls": 50_000,
     "single": 50_000, "tbx": 10_000, "mlflow_metric": 50, "mlflow_batch": 5_000,
     "monitor_samples": 40, "children": 8, "live_interval": 0.5, "live_seconds": 3.0,
-    "tree_children": (10, 100, 500), "tree_interval": 0.5, "tree_seconds": 2.5,
+    "tree_children": (10, 100), "tree_interval": 0.5, "tree_seconds": 5.0,
     "window_ticks": 1000,
     "hours": 2.0, "query_repeat": 5,
     "copy_hours": 2.0,
@@ -393,7 +393,7 @@ TREE_FIRST_TARGET = 2.0  # the first flush at the largest tree, against the smal
 def run_tree(res: Results, s: dict[str, Any]) -> None:
     """CPU per sample as the tree grows: ours vs the C floor vs a naive psutil + SQLite loop."""
     sizes, interval, seconds = s["tree_children"], s["tree_interval"], s["tree_seconds"]
-    runs = max(res.repeat, 5)  # each ratio: the median of at least 5 interleaved pairs
+    runs = res.repeat if res.quick else max(res.repeat, 5)  # each ratio: the median of at least 5 interleaved pairs
     m = tree_cost.measure(sizes, runs, interval, seconds)
     cmd = "`python bench/tree_cost.py`"
     for n in sizes:
@@ -797,7 +797,7 @@ def versions() -> str:
 
     parts = [f"Python {platform.python_version()}", f"SQLite {sqlite3.sqlite_version}",
              f"aetherium-hpc {peers.version('aetherium-hpc')}", f"psutil {psutil.__version__}"]  # fmt: skip
-    for dist in ("submitit", "tensorboardX", "protobuf", "mlflow", "mlflow-skinny", "SQLAlchemy", "alembic"):
+    for dist in ("submitit", "tensorboardX", "protobuf", "mlflow", "mlflow-skinny", "SQLAlchemy", "alembic", "wandb"):
         v = peers.version(dist)
         parts.append(f"{dist} {v}" if v else f"{dist} not installed")
     parts.append(slurm_version() or "Slurm not found")
