@@ -824,9 +824,11 @@ WHY_MISSED = {
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
     "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
     "oneshot() once per process per sample reaches it.",
-    "live": "the whole process costs about 0.35 ms a sample on this host: the Python thread's wake and reads of /proc "
-    "on cold caches each tick, then turning 10 ticks into samples and committing them every 5 s. A machine busier "
-    "than this one misses it.",
+    "live": "the row monitors a job-like tree of 10 processes, as a job has: our monitor reads each process's stat "
+    "file every tick and writes per-process rows (about 0.5 ms a sample here: the Python thread's wake, the "
+    "/proc reads on cold caches, 10 ticks turned into samples and committed every 5 s), where MLflow's "
+    "`SystemMetricsMonitor` samples the node (CPU, memory, disk, network) whatever the job's tree. Over a process "
+    "with no children (the figure before this row had a tree) it was 32-44x.",
     "tree_10": "with few processes the fixed part of a tick dominates, where the floor has none: the Python thread's "
     "wake, the batch of ticks turned into samples (store, window, summary) and the store's transaction every 5 s "
     "cost about as much as all of the floor's reads (`python -m bench --only monitor` has the sampling thread "
