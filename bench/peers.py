@@ -3,15 +3,18 @@
 * ingest of training scalars, one process: aetherium ``log_training_epoch_metric`` (until committed)
   vs tensorboardX ``SummaryWriter.add_scalar`` (until flushed and closed) vs MLflow ``log_metric`` /
   ``MlflowClient.log_batch`` into a local SQLite backend (``sqlite:///...``);
-* CPU per sample of a live monitor at the same interval: aetherium ``ResourceMonitor`` (into a real
-  store) vs MLflow's ``SystemMetricsMonitor`` (into a run of the SQLite backend), each in a fresh
-  interpreter, process CPU time over the run minus that of an idle interpreter over as long;
+* CPU per sample of a live monitor at the same interval, beside a job-like tree of 10 processes (the
+  interpreter and :data:`JOB_CHILDREN` Python children, half asleep, half lightly busy): aetherium
+  (``init_db`` + ``log_system_resources``, into a real store) vs MLflow's ``SystemMetricsMonitor``
+  (into a run of the SQLite backend) vs W&B offline (its system monitor over the process tree,
+  counting its ``wandb-core`` and ``wandb-symon`` processes, where it samples), each in a fresh
+  interpreter, CPU time over the run minus that of an idle interpreter over as long;
 * submit time of a 1,000-task array on Slurm: ``launch.submit`` of a config vs submitit
   ``AutoExecutor.map_array`` of a trivial function (everything submitted is cancelled at once).
 
 Each function returns numbers, or raises :class:`Missing` when the peer is not importable.
 
-    python bench/peers.py live {ours,mlflow,idle} INTERVAL SECONDS [FLUSH_S]    # used by the suite
+    python bench/peers.py live {ours,mlflow,wandb,idle} INTERVAL SECONDS [FLUSH_S]    # used by the suite
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import aetherium_hpc as ah  # noqa: E402
 
 SLURM_CONF = "/tmp/aetherium-slurm/etc/slurm.conf"
 WARMUP_S = 1.5  # live runs: seconds before the CPU clock starts
+JOB_CHILDREN = 9  # live runs: the job-like tree is the interpreter and this many children
 
 
 class Missing(Exception):
@@ -156,13 +160,15 @@ def live_cpu(
 def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) -> int:
     import psutil
 
-    with tempfile.TemporaryDirectory() as d:
-        samples = 0.0
-        if kind == "ours":
-            from aetherium_hpc.monitors import ResourceMonitor
+    from bench.monitor_overhead import process_tree
 
+    # Every kind runs beside the same job-like tree: this process and JOB_CHILDREN children.
+    with tempfile.TemporaryDirectory() as d, process_tree(JOB_CHILDREN):
+        samples = 0.0
+        extra: dict[str, Any] = {}
+        if kind == "ours":
             ah.init_db(os.path.join(d, "ours.db"), flush_interval=flush)
-            monitor = ResourceMonitor(interval, gpu=True).start()
+            monitor = ah.log_system_resources(d + "/", interval=interval)
             time.sleep(WARMUP_S)  # steady state: collectors started, first samples taken
             n0, c0 = monitor.samples_taken, time.process_time()
             time.sleep(seconds)
@@ -197,13 +203,110 @@ def _live_child(kind: str, interval: float, seconds: float, flush: float = 1.0) 
             ).fetchone()
             conn.close()
             samples = float(row[0] or 0) or seconds / interval
+        elif kind == "wandb":
+            return _live_wandb(d, interval, seconds)
         else:  # idle: same interpreter, nothing running
             time.sleep(WARMUP_S)
             c0 = time.process_time()
             time.sleep(seconds)
             cpu = time.process_time() - c0
-        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads()}))
+        print(json.dumps({"cpu_s": cpu, "samples": samples, "threads": psutil.Process().num_threads(), **extra}))
     return 0
+
+
+WANDB_HELPERS = ("wandb-core", "wandb-symon")
+
+
+def _live_wandb(folder: str, interval: float, seconds: float) -> int:
+    """W&B offline, its system monitor at ``interval`` over the process tree: this process's CPU
+    plus that of its ``wandb-core`` and ``wandb-symon`` processes, where W&B samples."""
+    try:
+        import wandb
+    except ImportError as exc:
+        print(f"wandb not importable ({exc}); pip install -e '.[bench]'")
+        return 3
+    os.environ["WANDB_SILENT"] = "true"
+    settings = wandb.Settings(x_stats_sampling_interval=interval, x_stats_track_process_tree=True, console="off")
+    try:
+        run = wandb.init(mode="offline", dir=folder, project="bench", settings=settings)
+    except Exception as exc:  # (W&B's own errors have no common base class)
+        print(f"wandb cannot run offline here: {type(exc).__name__}: {exc}")
+        return 3
+    time.sleep(WARMUP_S)
+    before = _helper_cpu()
+    w0, c0 = time.time(), time.process_time()
+    time.sleep(seconds)
+    cpu = time.process_time() - c0
+    w1 = time.time()
+    after = _helper_cpu()
+    helpers = sum(v - before.get(pid, (name, 0.0))[1] for pid, (name, v) in after.items())
+    run.finish()
+    found = sorted({name for name, _ in after.values()})
+    if not found:
+        print(f"wandb started none of {', '.join(WANDB_HELPERS)}: its sampling was not measured")
+        return 3
+    samples = _wandb_stats_between(folder, w0, w1) or seconds / interval
+    print(json.dumps({"cpu_s": cpu + helpers, "samples": samples, "helpers_cpu_s": helpers, "helpers": found}))
+    return 0
+
+
+def _helper_cpu() -> dict[int, tuple[str, float]]:
+    """{pid: (name, CPU seconds)} of this process's wandb-core and wandb-symon descendants, from
+    each thread's ``schedstat`` (nanoseconds; ``cpu_times`` counts 10-ms ticks)."""
+    import psutil
+
+    out: dict[int, tuple[str, float]] = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            name = proc.name()
+            if name not in WANDB_HELPERS:
+                continue
+            total = 0
+            for tid in os.listdir(f"/proc/{proc.pid}/task"):
+                with open(f"/proc/{proc.pid}/task/{tid}/schedstat", encoding="ascii") as fh:
+                    total += int(fh.read().split()[0])
+            out[proc.pid] = (name, total / 1e9)
+        except (psutil.Error, OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+def _wandb_stats_between(folder: str, t0: float, t1: float) -> int:
+    """How many system-metrics records (``stats``) of the offline run's ``.wandb`` file were taken
+    between ``t0`` and ``t1``: the file is a LevelDB-style log (32-KiB blocks of records with a
+    7-byte header: CRC, length, type) of ``wandb_internal_pb2.Record`` protobufs. 0 if unreadable."""
+    import glob
+    import struct
+
+    try:
+        from wandb.proto import wandb_internal_pb2 as pb
+
+        path = glob.glob(os.path.join(folder, "wandb", "offline-run-*", "run-*.wandb"))[0]
+        data = open(path, "rb").read()
+    except (ImportError, IndexError, OSError):
+        return 0
+    pos, block, whole, part, count = 7, 32768, [], b"", 0  # (after the file's 7-byte header)
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # a block's tail too short for a header is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # a whole record; 2, 3, 4: its first, middle and last pieces
+            whole.append(chunk)
+        elif kind in (2, 3):
+            part = chunk if kind == 2 else part + chunk
+        elif kind == 4:
+            whole.append(part + chunk)
+    for raw in whole:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        if rec.WhichOneof("record_type") == "stats":
+            ts = rec.stats.timestamp.seconds + rec.stats.timestamp.nanos / 1e9
+            count += t0 <= ts < t1
+    return count
 
 
 # -- Slurm array submit -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from monitor_helpers import parent_with_grandchild, python, wait_for, wait_ticks
 from testenv import ROOT
 
 from aetherium_hpc import shutdown_db
-from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources
+from aetherium_hpc.monitors import Collector, ResourceMonitor, host, log_system_resources, procfs
 from aetherium_hpc.monitors.base import Sample
 from aetherium_hpc.monitors.gpu import NvmlUnavailable, _load_nvml
 from aetherium_hpc.monitors.host import HostCollector, ProcessTreeCollector
@@ -348,13 +348,16 @@ def test_proc_stat_reading_agrees_with_psutil() -> None:
     for collector in (fast, slow):
         collector.start()
     me = fast._procs[os.getpid()], slow._procs[os.getpid()]
-    (cpu_fast, rss_fast, ppid_fast), (cpu_slow, rss_slow, ppid_slow) = (
-        fast._read(me[0]) or (0, 0, 0),
-        slow._read(me[1]) or (0, 0, 0),
+    stat_line = fast._read(me[0])
+    assert isinstance(stat_line, bytes)
+    (cpu_fast, rss_fast, ppid_fast, threads_fast), (cpu_slow, rss_slow, ppid_slow, threads_slow) = (
+        procfs.parse_stat(stat_line) or (0, 0, 0, 0),
+        slow._read(me[1]) or (0, 0, 0, 0),
     )
     assert cpu_fast == pytest.approx(cpu_slow, abs=0.05)
     assert rss_fast == pytest.approx(rss_slow, rel=0.1)
     assert ppid_fast == ppid_slow == os.getppid()
+    assert threads_fast == threads_slow >= 1
 
 
 def test_docs_table_lists_every_metric() -> None:
