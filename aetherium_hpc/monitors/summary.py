@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..paths import replaced_atomically
 from .base import Sample
 
 log = logging.getLogger(__name__)
@@ -82,20 +83,15 @@ def summary_path(output_path: str | os.PathLike[str]) -> str:
 
 
 def write_summary(output_path: str, summary: dict[str, Any]) -> None:
-    """Write ``summary`` as JSON to :func:`summary_path` of ``output_path``, atomically; a failure is
-    a warning (the run goes on)."""
+    """Write ``summary`` as JSON to :func:`summary_path` of ``output_path``, atomically, through a
+    fresh file of an unpredictable name (a link planted beside it in a shared folder is never
+    followed); a failure is a warning (the run goes on)."""
     path = summary_path(output_path)
-    tmp = f"{path}.tmp{os.getpid()}"
     try:
         if path != output_path:  # a folder: create it if it is a path ending in "/"
             os.makedirs(output_path, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(summary, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
+        text = json.dumps(summary, indent=2, allow_nan=False) + "\n"
+        with replaced_atomically(path) as part, open(part, "w", encoding="utf-8") as fh:
+            fh.write(text)
     except (OSError, ValueError) as exc:
         log.warning("aetherium-hpc: could not write the monitor summary to %s: %s", path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass

@@ -394,6 +394,27 @@ def test_an_output_folder_gets_the_summary_inside_it(
     assert SUMMARY_FILE_NAME in DOCS.read_text(encoding="utf-8")
 
 
+def test_the_summary_never_writes_through_a_link_planted_in_its_folder(tmp_path: Path) -> None:
+    # A shared output folder: someone plants links at the summary's name and at the old
+    # predictable temporary name (<path>.tmp<pid>); neither target may change.
+    from aetherium_hpc.monitors.summary import SUMMARY_FILE_NAME, write_summary
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    victims = [tmp_path / "victim1", tmp_path / "victim2"]
+    for victim in victims:
+        victim.write_text("keep me\n")
+    (folder / SUMMARY_FILE_NAME).symlink_to(victims[0])
+    (folder / f"{SUMMARY_FILE_NAME}.tmp{os.getpid()}").symlink_to(victims[1])
+    write_summary(str(folder), {"samples": 3, "metrics": {}})
+    assert [v.read_text() for v in victims] == ["keep me\n", "keep me\n"]
+    written = folder / SUMMARY_FILE_NAME
+    assert not written.is_symlink() and json.loads(written.read_text()) == {"samples": 3, "metrics": {}}
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [SUMMARY_FILE_NAME, f"{SUMMARY_FILE_NAME}.tmp{os.getpid()}"]
+    )
+
+
 def test_a_file_output_path_is_written_as_given_and_an_unwritable_one_leaves_nothing(
     store: MetricsStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
