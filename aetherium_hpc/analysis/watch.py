@@ -39,12 +39,21 @@ HISTORY = 12
 #: The sparklines draw at most this many seconds before a series' newest sample: the chunks read
 #: (and, from a central store, pulled) are those that end in it (docs/CENTRAL.md, "Time-range questions").
 WINDOW_S = 600.0
-#: A series' newest chunks that end in :data:`WINDOW_S` (index ``sample_chunks_by_end``, twice:
-#: its newest end, then the chunks from there back; no other chunk of the series is read).
+#: The index the newest chunks of a series are read over (the node database and a merged one have
+#: it; the run-directory copy has not: store/backup.py).
+_END_INDEX = "sample_chunks_by_end"
+#: A series' chunks that end in :data:`WINDOW_S` of its newest end, newest first (index
+#: ``sample_chunks_by_end``, twice: its newest end, then the chunks from there back); read until
+#: they hold :data:`HISTORY` samples, so no other chunk of the series is read.
 _RECENT_CHUNKS_SQL = (
-    "SELECT t1, vals FROM sample_chunks WHERE series_id = ?"
-    " AND t1 >= (SELECT max(t1) FROM sample_chunks WHERE series_id = ?) - ? ORDER BY t1 DESC LIMIT 2"
+    "SELECT t1, n, vals FROM sample_chunks WHERE series_id = ?"
+    " AND t1 >= (SELECT max(t1) FROM sample_chunks WHERE series_id = ?) - ? ORDER BY t1 DESC"
 )
+#: The same without that index (the run-directory copy, where ``series_id = ?`` would scan the
+#: whole table for each series): chunks are appended in time order, so a series' newest chunks are
+#: its newest rows. The table is read backwards by rowid (no index, no sort) until every series of
+#: ``{ids}`` has its samples: a few rows per series and checkpoint of the copy.
+_NEWEST_ROWS_SQL = "SELECT series_id, t1, n, vals FROM sample_chunks WHERE series_id IN ({ids}) ORDER BY rowid DESC"
 _BLOCKS = "▁▂▃▄▅▆▇█"
 #: Statuses of a task that has not ended.
 _LIVE = ("running", None)
@@ -87,9 +96,54 @@ def sparkline(values: list[float], width: int = HISTORY) -> str:
                    for v in vals)  # fmt: skip
 
 
-def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], source: int) -> list[float]:
+def _has_index(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?", (name,)).fetchone() is not None
+
+
+def _recent_chunks(conn: sqlite3.Connection, ids: list[int], indexed: bool) -> dict[int, list[tuple[float, str]]]:
+    """Per series of ``ids``: (t1, values) of its newest chunks, newest first, that end within
+    :data:`WINDOW_S` of its newest end, as many as hold its last :data:`HISTORY` samples.
+    ``indexed``: the database has :data:`_END_INDEX` (else it is read backwards by rowid)."""
+    got: dict[int, list[tuple[float, str]]] = {sid: [] for sid in ids}
+    held = dict.fromkeys(ids, 0)
+    if indexed:
+        for sid in ids:
+            cur = conn.execute(_RECENT_CHUNKS_SQL, (sid, sid, WINDOW_S))
+            try:
+                for t1, n, text in cur:
+                    got[sid].append((t1, text))
+                    held[sid] += n
+                    if held[sid] >= HISTORY:
+                        break
+            finally:
+                cur.close()
+        return got
+    newest: dict[int, float] = {}
+    wanted = set(ids)
+    cur = conn.execute(_NEWEST_ROWS_SQL.format(ids=",".join("?" * len(ids))), ids)
+    try:
+        for sid, t1, n, text in cur:
+            if sid not in wanted:
+                continue
+            if t1 < newest.setdefault(sid, t1) - WINDOW_S:
+                wanted.discard(sid)  # older than the window: the series is done
+            else:
+                got[sid].append((t1, text))
+                held[sid] += n
+                if held[sid] >= HISTORY:
+                    wanted.discard(sid)
+            if not wanted:
+                break
+    finally:
+        cur.close()
+    return got
+
+
+def _last_samples(
+    conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], source: int, indexed: bool = True
+) -> list[float]:
     """The last samples (within :data:`WINDOW_S`) of the first of ``names`` the source has (averaged over
-    devices by time)."""
+    devices by time). ``indexed``: see :func:`_recent_chunks`."""
     for name in names:
         ids = [r[0] for r in conn.execute(
             "SELECT series_id FROM series WHERE metric_type = ? AND metric_name = ? AND source_id = ?",
@@ -97,8 +151,7 @@ def _last_samples(conn: sqlite3.Connection, mtype: str, names: tuple[str, ...], 
         if not ids:
             continue
         per_series: list[list[float]] = []
-        for sid in ids:
-            rows: list[tuple[float, str]] = conn.execute(_RECENT_CHUNKS_SQL, (sid, sid, WINDOW_S)).fetchall()
+        for rows in _recent_chunks(conn, ids, indexed).values():
             vals: list[float] = []
             for _, text in sorted(rows):
                 vals += chunks.decode_values(text)
@@ -134,9 +187,10 @@ def read_task(path: str, live: bool = False, source: int | None = None, origin: 
         job = conn.execute("SELECT status, start_time, end_time FROM job_rows WHERE source_id = ?", (sid,)).fetchone()
         if job:
             view.status, view.start, view.end = job
-        view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"), sid)
-        view.mem = _last_samples(conn, "ram", ("process_tree_rss", "system_used"), sid)
-        view.gpu = _last_samples(conn, "gpu", ("utilization",), sid)
+        indexed = _has_index(conn, _END_INDEX)
+        view.cpu = _last_samples(conn, "cpu", ("process_tree", "system_total"), sid, indexed)
+        view.mem = _last_samples(conn, "ram", ("process_tree_rss", "system_used"), sid, indexed)
+        view.gpu = _last_samples(conn, "gpu", ("utilization",), sid, indexed)
         n, first, last = conn.execute(
             "SELECT count(*), min(timestamp), max(timestamp) FROM generation_rows WHERE source_id = ?", (sid,)
         ).fetchone()

@@ -294,7 +294,7 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Attempt 1 SIGKILLed after checkpoints; attempt 2 (same job, task, node; its node-local files
-    gone, as on another node) starts from the run-directory copy: 4 KiB pages and the chunk index
+    gone, as on another node) starts from the run-directory copy: 4 KiB pages and both chunk indexes
     again on node-local disk, attempt 1's rows kept, its own rows added, the final copy complete."""
     dest = tmp_path / "run" / "db" / "77_0" / "n1.db"
     marker = tmp_path / "started"
@@ -316,9 +316,7 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
         conn = sqlite3.connect(f"file:{session.local_db}?mode=ro", uri=True)
         try:
             seen["page_size"] = conn.execute("PRAGMA page_size").fetchone()[0]
-            seen["index"] = conn.execute(
-                "SELECT count(*) FROM sqlite_master WHERE name = 'sample_chunks_by_series'"
-            ).fetchone()[0]
+            seen["index"] = sorted(r[1] for r in conn.execute("PRAGMA index_list(sample_chunks)"))
         finally:
             conn.close()
         for i in range(100):
@@ -328,7 +326,7 @@ def test_a_requeued_task_continues_from_the_copy_of_a_killed_attempt(
     monkeypatch.setenv("AETHERIUM_LOCAL_DIR", str(tmp_path))
     ctx = JobIdentity(job_id="77", node="n1", hostname="h1", attempt=1)  # SLURM_RESTART_COUNT=1
     run_task(ctx, workload, dest, Monitoring(enabled=False))
-    assert seen == {"page_size": 4096, "index": 1}
+    assert seen == {"page_size": 4096, "index": ["sample_chunks_by_end", "sample_chunks_by_series"]}
     assert integrity(dest) == "ok"
     assert _count_or_zero(dest) == kept
     assert read(dest, "SELECT count(*) FROM training_rows WHERE metric_name = 'again'") == [(100,)]
