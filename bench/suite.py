@@ -704,7 +704,8 @@ def run_central(res: Results, s: dict[str, Any]) -> None:
     ))  # fmt: skip
     r = pairwise(job["sample_on"], job["sample_off"])
     res.add(Row(
-        "monitor CPU per sample (its own `monitor/sample_cpu_ms`) with the central sender pushing every 1 s",
+        "monitor CPU per sample (its own `monitor/sample_cpu_ms`) with the central sender (1-s interval) streaming "
+        f"the training loop's {med(job['rows_per_s_on']):,.0f} rows/s (it never sleeps at that rate)",
         f"**{spread(job['sample_on'], ms)}**", f"no sender, interleaved: {spread(job['sample_off'], ms)}",
         f"**{times(med(r))}** ({', '.join(times(x) for x in r)})", "≤ 1.1×", med(r) <= 1.1, cmd, "central_monitor",
     ))  # fmt: skip
@@ -712,8 +713,8 @@ def run_central(res: Results, s: dict[str, Any]) -> None:
     r = pairwise(rates["push"], rates["copy"])
     e = pairwise(rates["executemany"], rates["copy"])
     res.add(Row(
-        f"{s['central_rows']:,} training rows into PostgreSQL by the push (`merge --into`: COPY into a temp table, "
-        "INSERT ... ON CONFLICT DO NOTHING on the unique key)",
+        f"{s['central_rows']:,} training rows into PostgreSQL by the push (`merge --into`: INSERT ... SELECT FROM "
+        "unnest(one array parameter per column) ON CONFLICT DO NOTHING on the unique key)",
         f"**{spread(rates['push'], rate)}**",
         f"bare binary `COPY` into an unindexed table: {spread(rates['copy'], rate)}; executemany (pipelined) "
         f"+ ON CONFLICT: {spread(rates['executemany'], rate)} ({pct(med(e))} of COPY)",

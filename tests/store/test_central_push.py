@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -220,3 +222,92 @@ def test_a_version_1_database_is_upgraded_by_the_next_push(central: str, two_nod
     assert pg_rows(central, "SELECT value FROM meta WHERE key = 'schema_version'") == [("2",)]
     assert pg_rows(central, "SELECT count(*), count(DISTINCT config->'monitoring') FROM jobs") == [(2, 1)]
     assert pg_rows(central, "SELECT count(*) FROM resource_metrics")[0][0] == sqlite_counts(two_nodes[0])["samples"] * 2
+
+
+class _Recorder:
+    """A psycopg connection whose cursors record each statement and its parameters."""
+
+    def __init__(self, pg: psycopg.Connection) -> None:
+        self.pg = pg
+        self.calls: list[tuple[str, Any]] = []
+
+    def cursor(self) -> _RecordingCursor:
+        return _RecordingCursor(self.pg.cursor(), self.calls)
+
+    def commit(self) -> None:
+        self.pg.commit()
+
+    def rollback(self) -> None:
+        self.pg.rollback()
+
+    def training_params(self) -> list[str]:
+        """How each parameter of the one INSERT of training rows since the last call travelled."""
+        (params,) = [p for sql, p in self.calls if sql.startswith("INSERT INTO training_rows")]
+        self.calls.clear()
+        return [
+            "binary" if isinstance(p, bytes) else "text" if isinstance(p, str) else type(p).__name__ for p in params
+        ]
+
+
+class _RecordingCursor:
+    def __init__(self, cur: psycopg.Cursor[Any], calls: list[tuple[str, Any]]) -> None:
+        self.cur, self.calls = cur, calls
+
+    def __enter__(self) -> _RecordingCursor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cur.close()
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        self.calls.append((sql, params))
+        return self.cur.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cur, name)
+
+
+def test_a_push_sends_a_column_as_one_parameter_and_every_value_exactly(central: str, tmp_path: Path) -> None:
+    """Each column of a table's new rows is one parameter of one statement: a float column without
+    NULL in binary (bytes), any other as one array literal (str) -- never a list psycopg adapts element
+    by element in Python, which held the GIL ~5 µs per training row and made a monitor thread wait
+    for it at every tick (docs/PERFORMANCE.md, the central rows). Every value arrives as it was stored:
+    extreme and negative-zero floats, infinities, NaN (NULL), text with quotes, backslashes, commas,
+    braces, 'NULL', accents, empty."""
+    path = tmp_path / "n.db"
+    client.init_db(str(path), buffer_size=10_000, flush_interval=60, listen=False)
+    store = client.get_db()
+    assert store is not None
+    floats = [0.1, 1 / 3, 5e-324, -0.0, 1.7976931348623157e308, -2.5e-308, math.inf, -math.inf, 2.0**53 + 2]
+    names = ["loss", 'a"b', "back\\slash", "c,d", "{e}", "NULL", "é ü", " sp ", 'x\\"y']
+    phases = ["train", "", 'p"q', "NULL"]
+    ints = [0, -1, 2**62, -(2**63), None]
+
+    def log(k: int, value: float) -> None:
+        client.log_training_epoch_metric(names[k % len(names)], value, ints[k % len(ints)],
+                                         ints[(k + 2) % len(ints)], phases[k % len(phases)])  # fmt: skip
+
+    for k in range(60):
+        log(k, floats[k % len(floats)])
+    store.flush()
+    pg = _Recorder(connect(central))
+    pg_schema.ensure(pg.pg, "test")
+    sconn = reader.open_readonly(path)
+    sconn.isolation_level = None
+    mark, _ = push(sconn, pg, None)
+    # (source_id, timestamp, metric_name, metric_value, round_number, epoch_number, phase)
+    assert pg.training_params() == ["text", "binary", "text", "binary", "text", "text", "text"]
+    for k in range(60, 80):
+        log(k, math.nan if k % 3 == 0 else floats[k % len(floats)])  # NULLs in metric_value: text
+    store.flush()
+    mark, _ = push(sconn, pg, mark)
+    assert pg.training_params() == ["text", "binary", "text", "text", "text", "text", "text"]
+    client.shutdown_db()
+    lite = sconn.execute("SELECT timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+                         " FROM training_rows").fetchall()  # fmt: skip
+    sconn.close()
+    pg.pg.close()
+    got = pg_rows(central, "SELECT timestamp, metric_name, metric_value, round_number, epoch_number, phase"
+                  " FROM training_rows")  # fmt: skip
+    exact = sorted(tuple(repr(x) for x in r) for r in lite)
+    assert len(exact) == 80 and sorted(tuple(repr(x) for x in r) for r in got) == exact
