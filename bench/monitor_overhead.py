@@ -145,7 +145,7 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
     folder's parent (its file system decides the cost of the write and rename)."""
     from aetherium_hpc.monitors import PrometheusTextfile
     from aetherium_hpc.monitors.gpu import GpuCollector
-    from aetherium_hpc.runtime import JobIdentity
+    from aetherium_hpc.identity import JobIdentity
 
     with installed_nvml(fake_gpus(gpus, [os.getpid()]) if gpus else None):
         with tempfile.TemporaryDirectory(dir=where) as folder:
