@@ -143,9 +143,9 @@ def textfile_costs(samples: int, spacing: float, gpus: int = 0, where: str | Non
     """CPU ms per sample of the same monitor without and with a Prometheus textfile, interleaved
     (host + this process's tree, and ``gpus`` fake GPUs), and the file's size. ``where``: the
     folder's parent (its file system decides the cost of the write and rename)."""
+    from aetherium_hpc.identity import JobIdentity
     from aetherium_hpc.monitors import PrometheusTextfile
     from aetherium_hpc.monitors.gpu import GpuCollector
-    from aetherium_hpc.identity import JobIdentity
 
     with installed_nvml(fake_gpus(gpus, [os.getpid()]) if gpus else None):
         with tempfile.TemporaryDirectory(dir=where) as folder:
