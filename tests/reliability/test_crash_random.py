@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import committed_per_producer
+from procs import assert_committed_kept, committed_per_producer
 from rel_helpers import integrity
 
 import aetherium_hpc as ah
@@ -79,18 +79,7 @@ def test_sigkill_at_a_random_moment_keeps_every_committed_batch(tmp_path: Path, 
     assert integrity(db) == "ok"
     conn = sqlite3.connect(db)
     try:
-        after = dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
-        for producer, count in seen.items():
-            assert after.get(producer, 0) >= count, (
-                f"producer {producer}: {count} committed, {after.get(producer)} left"
-            )
-        for producer, count in after.items():  # batches commit in order: a gap-free prefix per producer
-            lo, hi, distinct = conn.execute(
-                "SELECT min(epoch_number), max(epoch_number), count(DISTINCT epoch_number) FROM training_rows"
-                " WHERE round_number = ?",
-                (producer,),
-            ).fetchone()
-            assert (lo, hi, distinct) == (0, count - 1, count)
+        after = assert_committed_kept(conn, seen)  # batches commit in order: a gap-free prefix per producer
         conn.execute("SELECT count(*), avg(value) FROM resource_metrics").fetchone()
         conn.execute("SELECT count(*) FROM generation_metrics").fetchone()
     finally:

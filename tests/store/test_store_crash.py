@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from procs import committed_per_producer
+from procs import assert_committed_kept, committed_per_producer
 
 PRODUCER = r"""
 import sys, threading, multiprocessing as mp
@@ -63,19 +63,7 @@ def test_sigkill_of_the_writer_keeps_every_committed_batch(tmp_path: Path, delay
     conn = sqlite3.connect(db)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        after = dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
-        for producer, count in seen.items():
-            assert after.get(producer, 0) >= count, (
-                f"producer {producer}: {count} committed, {after.get(producer)} left"
-            )
-        # Each producer's batches commit in order: what survived is a gap-free prefix 0..n-1.
-        for producer, count in after.items():
-            lo, hi, distinct = conn.execute(
-                "SELECT min(epoch_number), max(epoch_number), count(DISTINCT epoch_number) FROM training_rows"
-                " WHERE round_number = ?",
-                (producer,),
-            ).fetchone()
-            assert (lo, hi, distinct) == (0, count - 1, count)
+        after = assert_committed_kept(conn, seen)  # batches commit in order: a gap-free prefix per producer
         assert sum(after.values()) > 0
         # The resource view still unpacks every chunk that survived.
         conn.execute("SELECT count(*), avg(value) FROM resource_metrics").fetchone()

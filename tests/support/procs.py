@@ -47,3 +47,20 @@ def committed_per_producer(path: Path | str) -> dict[int, int]:
         return {}
     finally:
         conn.close()
+
+
+def assert_committed_kept(conn: sqlite3.Connection, seen: dict[int, int]) -> dict[int, int]:
+    """After a crash: every row a reader saw committed (``seen``, from :func:`committed_per_producer`)
+    is still there, and each producer's rows are a gap-free prefix 0..n-1 of its epochs (its
+    batches commit in order). Returns round_number -> rows left."""
+    after = dict(conn.execute("SELECT round_number, count(*) FROM training_rows GROUP BY round_number").fetchall())
+    for producer, count in seen.items():
+        assert after.get(producer, 0) >= count, f"producer {producer}: {count} committed, {after.get(producer)} left"
+    for producer, count in after.items():
+        lo, hi, distinct = conn.execute(
+            "SELECT min(epoch_number), max(epoch_number), count(DISTINCT epoch_number) FROM training_rows"
+            " WHERE round_number = ?",
+            (producer,),
+        ).fetchone()
+        assert (lo, hi, distinct) == (0, count - 1, count)
+    return after
