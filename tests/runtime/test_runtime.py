@@ -298,25 +298,44 @@ def test_leader_waits_for_a_sibling_task_that_is_still_sending(tmp_path: Path, j
     conn.close()
 
 
-@pytest.mark.parametrize("order", ["workers-first", "together"])
+@pytest.mark.parametrize("order", ["workers-first", "together", "sigchld-storm"])
 def test_workers_killed_by_the_same_scancel_neither_abort_the_copy_back_nor_change_the_status(
     tmp_path: Path, job_env: Path, order: str
 ) -> None:
     """scancel signals every process of the step; workers that die first make a handler like
     PyTorch's SIGCHLD one raise RuntimeError in the main thread: before the job's own SIGTERM is
-    handled ("workers-first"), or while it saves the metrics ("together"). Either way the status is
-    what was done to the job (cancelled, 128+15), and every committed row is copied back."""
+    handled ("workers-first"), or while it saves the metrics ("together"), or at every bytecode
+    from the workers' death to the job's end ("sigchld-storm": SIGCHLD sent without pause, as
+    many dying workers of a big DataLoader can). Either way the status is what was done to the
+    job (cancelled, 128+15), and every committed row is copied back."""
     sub, announced = _submit_and_wait_for_marker(tmp_path, "runtime_workloads:torch_like_workers", n=20)
     main, *workers = (int(p) for p in announced.split())
-    if order == "workers-first":
-        for pid in workers:
-            os.kill(pid, signal.SIGTERM)
-        time.sleep(0.3)  # the RuntimeError is raised in the main thread and the workload fails
-        os.kill(main, signal.SIGTERM)
-    else:
-        for pid in [*workers, main]:
-            os.kill(pid, signal.SIGTERM)
-    _wait_done(sub.jobs[0])
+    storm: subprocess.Popen[bytes] | None = None
+    if order == "sigchld-storm":
+        storm_code = f"import os, signal\nwhile True: os.kill({main}, signal.SIGCHLD)"
+        storm = subprocess.Popen([sys.executable, "-c", storm_code])
+    try:
+        if order == "together":
+            for pid in [*workers, main]:
+                os.kill(pid, signal.SIGTERM)
+        else:
+            for pid in workers:
+                os.kill(pid, signal.SIGTERM)
+            # The RuntimeError is raised in the main thread and the workload fails; its end waits
+            # SIGNAL_GRACE_S for the job's own signal. (A fixed sleep here raced that wait on a busy
+            # machine: the job recorded ``failed`` and was gone before the test's SIGTERM.)
+            _wait_for(tmp_path / "ready.raised")
+            try:
+                os.kill(main, signal.SIGTERM)
+            except ProcessLookupError:
+                _wait_done(sub.jobs[0])
+                rows = [job_rows(db) for db in sub.layout.databases()]
+                pytest.fail(f"the job ended before its SIGTERM, within SIGNAL_GRACE_S of its failure: {rows}")
+        _wait_done(sub.jobs[0])
+    finally:
+        if storm is not None:
+            storm.kill()
+            storm.wait()
     (db,) = sub.layout.databases()
     row = job_rows(db)[0]
     assert (row["status"], row["exit_code"]) == ("cancelled", 128 + signal.SIGTERM), row

@@ -70,7 +70,8 @@ def torch_like_workers(marker: str, n: int = 20) -> int:
     a signal, exactly as PyTorch's DataLoader does (torch/utils/data/_utils/signal_handling.py:
     ``waitid(WNOHANG | WNOWAIT)`` on each worker, then ``RuntimeError("DataLoader worker (pid(s)
     ...) exited unexpectedly")``). Announces ``"<main pid> <worker pid> <worker pid>"`` in
-    ``marker`` once every row is committed, then trains (sleeps) until a signal ends it."""
+    ``marker`` once every row is committed, then trains (sleeps) until a signal ends it; creates
+    ``marker + ".raised"`` each time the handler raises."""
     import signal
 
     for i in range(n):
@@ -90,6 +91,7 @@ def torch_like_workers(marker: str, n: int = 20) -> int:
             except ChildProcessError:
                 continue
             if info is not None and info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+                Path(marker + ".raised").touch()  # the test's cue: the workload is failing now
                 raise RuntimeError(
                     f"DataLoader worker (pid(s) {pid}) exited unexpectedly: killed by signal {info.si_status}"
                 )
