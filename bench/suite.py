@@ -59,7 +59,7 @@ FULL: dict[str, Any] = {
     "records": 200_000, "workers": 4, "latency_calls": 200_000,
     "single": 200_000, "tbx": 50_000, "mlflow_metric": 300, "mlflow_batch": 20_000,
     "monitor_samples": 150, "children": 8, "live_interval": 0.5, "live_seconds": 10.0,
-    "tree_children": (10, 100, 500), "tree_interval": 0.5, "tree_seconds": 5.0,
+    "tree_children": (10, 100, 500), "tree_interval": 0.5,
     "window_ticks": 3000,
     "hours": 24.0, "query_repeat": 7,
     "copy_hours": 24.0,
@@ -73,7 +73,7 @@ QUICK: dict[str, Any] = {
     "records": 50_000, "workers": 4, "latency_calls": 50_000,
     "single": 50_000, "tbx": 10_000, "mlflow_metric": 50, "mlflow_batch": 5_000,
     "monitor_samples": 40, "children": 8, "live_interval": 0.5, "live_seconds": 3.0,
-    "tree_children": (10, 100), "tree_interval": 0.5, "tree_seconds": 5.0,
+    "tree_children": (10, 100), "tree_interval": 0.5,
     "window_ticks": 1000,
     "hours": 2.0, "query_repeat": 5,
     "copy_hours": 2.0,
@@ -392,14 +392,14 @@ TREE_FIRST_TARGET = 2.0  # the first flush at the largest tree, against the smal
 
 def run_tree(res: Results, s: dict[str, Any]) -> None:
     """CPU per sample as the tree grows: ours vs the C floor vs a naive psutil + SQLite loop."""
-    sizes, interval, seconds = s["tree_children"], s["tree_interval"], s["tree_seconds"]
+    sizes, interval = s["tree_children"], s["tree_interval"]
     runs = res.repeat if res.quick else max(res.repeat, 5)  # each ratio: the median of at least 5 interleaved pairs
-    m = tree_cost.measure(sizes, runs, interval, seconds)
+    m = tree_cost.measure(sizes, runs, interval)  # (the window: tree_cost.window_s, 20 s at 10 children)
     cmd = "`python bench/tree_cost.py`"
     for n in sizes:
         ours, naive, floor = (m["ms"][kind, n] for kind in tree_cost.KINDS)
         what = (f"monitor CPU per sample, a tree of {n} `sleep` children + the interpreter: `init_db` + "
-                f"`log_system_resources` in a fresh interpreter, process CPU over {seconds:g} s at {interval:g} s "
+                f"`log_system_resources` in a fresh interpreter, process CPU over {m['seconds'][n]:g} s at {interval:g} s "
                 f"({runs} runs, interleaved with the others'); {m['series'][n]} per-process series")  # fmt: skip
         rn = pairwise(naive, ours)
         target = TREE_TARGETS.get(n)

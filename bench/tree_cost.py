@@ -19,7 +19,12 @@ store's first transaction, which creates the new series; ``first_write_ms``: the
 that transaction (the store's ``batch_write_ms``); ``series``: how many processes got series of
 their own (see ``PER_PROCESS_TOP`` in aetherium_hpc/monitors/tree.py).
 
-    python bench/tree_cost.py [--children 10,100,500] [--repeat 5] [--interval 0.5] [--seconds 5]
+The window is longer for small trees (:func:`window_s`): at 10 children one of the store's
+transactions (one every ``flush_interval_s``, 5 s, about 1 ms of the writer's CPU) is a fifth of
+what a window of 5 s measures, and whether one or two fall in it depends on their phase; 20 s,
+the window the issue measured with, averages over four.
+
+    python bench/tree_cost.py [--children 10,100,500] [--repeat 5] [--interval 0.5] [--seconds 20,5,5]
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 WARMUP_S = 1.5  # seconds before the CPU clock starts: collectors started, first samples taken
+#: The window measured at each tree size (children: seconds): see the module's docstring.
+WINDOW_S = {10: 20.0, 100: 5.0, 500: 5.0}
 KINDS = ("ours", "naive", "floor")
 
 FLOOR_C = r"""
@@ -258,10 +265,20 @@ class NaiveLoop(threading.Thread):
         conn.close()
 
 
-def measure(sizes: Sequence[int], repeat: int, interval: float, seconds: float) -> dict[str, Any]:
+def window_s(children: int) -> float:
+    """The steady-state seconds measured at a tree size: :data:`WINDOW_S`'s (20 s at up to 10
+    children, 5 s above), at least 5 s."""
+    return max([5.0, *(s for n, s in WINDOW_S.items() if children <= n)])
+
+
+def measure(
+    sizes: Sequence[int], repeat: int, interval: float, seconds: Sequence[float] | None = None
+) -> dict[str, Any]:
     """CPU ms per sample of each side and tree size, ``repeat`` interleaved rounds (ours, naive,
     floor in turn, each size); ours's first tick to commit and its per-process series (the most in
-    a run). ``floor_missing``: why no floor."""
+    a run). ``seconds``: the window at each size (default :func:`window_s`); ``floor_missing``: why
+    no floor."""
+    windows = [window_s(n) for n in sizes] if seconds is None else list(seconds)
     ms: dict[tuple[str, int], list[float]] = {(k, n): [] for k in KINDS for n in sizes}
     first: dict[int, list[float]] = {n: [] for n in sizes}
     first_write: dict[int, list[float]] = {n: [] for n in sizes}
@@ -272,17 +289,18 @@ def measure(sizes: Sequence[int], repeat: int, interval: float, seconds: float) 
         except Missing as exc:
             exe, why = "", str(exc)
         for _ in range(repeat):
-            for n in sizes:
+            for n, window in zip(sizes, windows, strict=True):
                 for kind in KINDS:
                     if kind == "floor" and not exe:
                         continue
-                    r = run(kind, n, interval, seconds, exe)
+                    r = run(kind, n, interval, window, exe)
                     ms[kind, n].append(r["cpu_s"] / max(1, r["samples"]) * 1000.0)
                     if kind == "ours":
                         first[n].append(r["first_ms"])
                         first_write[n].append(r["first_write_ms"])
                         series[n] = max(series.get(n, 0), r["series"])
-    return {"ms": ms, "first_ms": first, "first_write_ms": first_write, "series": series, "floor_missing": why}
+    return {"ms": ms, "first_ms": first, "first_write_ms": first_write, "series": series, "floor_missing": why,
+            "seconds": dict(zip(sizes, windows, strict=True))}  # fmt: skip
 
 
 def main() -> int:
@@ -290,18 +308,27 @@ def main() -> int:
     ap.add_argument("--children", default="10,100,500", help="tree sizes, comma-separated [10,100,500]")
     ap.add_argument("--repeat", type=int, default=5, help="interleaved rounds [5]")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between samples [0.5]")
-    ap.add_argument("--seconds", type=float, default=5.0, help="steady-state seconds measured per run [5]")
+    ap.add_argument("--seconds", help="steady-state seconds measured per run: one for every size, or one per "
+                    "size [20 up to 10 children, else 5]")  # fmt: skip
     args = ap.parse_args()
-    sizes = [int(x) for x in args.children.split(",")]
-    m = measure(sizes, args.repeat, args.interval, args.seconds)
+    try:
+        sizes = [int(x) for x in args.children.split(",")]
+        windows = None if args.seconds is None else [float(x) for x in args.seconds.split(",")]
+    except ValueError as exc:
+        ap.error(f"--children {args.children!r} / --seconds {args.seconds!r}: comma-separated numbers ({exc})")
+    if windows is not None and len(windows) == 1:
+        windows = windows * len(sizes)
+    if windows is not None and len(windows) != len(sizes):
+        ap.error(f"--seconds {args.seconds!r}: one number, or one per size of --children {args.children!r}")
+    m = measure(sizes, args.repeat, args.interval, windows)
     if m["floor_missing"]:
         print(f"floor skipped: {m['floor_missing']}")
-    print(f"{'children':>8} {'ours ms':>9} {'naive ms':>9} {'floor ms':>9} {'ours/floor':>11} {'first ms':>9} "
+    print(f"{'children':>8} {'seconds':>7} {'ours ms':>9} {'naive ms':>9} {'floor ms':>9} {'ours/floor':>11} {'first ms':>9} "
           f"{'write ms':>9} series")  # fmt: skip
     for n in sizes:
         o, nv, fl = (m["ms"][k, n] for k in KINDS)
         ratio = statistics.median([a / b for a, b in zip(o, fl, strict=True)]) if fl else float("nan")
-        print(f"{n:>8} {statistics.median(o):9.3f} {statistics.median(nv):9.3f} "
+        print(f"{n:>8} {m['seconds'][n]:7g} {statistics.median(o):9.3f} {statistics.median(nv):9.3f} "
               f"{statistics.median(fl) if fl else float('nan'):9.3f} {ratio:10.2f}x "
               f"{statistics.median(m['first_ms'][n]):9.1f} {statistics.median(m['first_write_ms'][n]):9.1f} "
               f"{m['series'][n]:6d}")  # fmt: skip
