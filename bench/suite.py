@@ -815,6 +815,7 @@ SHORT = {
     "tree_500": "Monitor over 500 sleep children", "tree_first": "First flush", "live_wandb": "Live monitor vs W&B",
     "startup": "Start-up, locally", "sigterm": "SIGTERM to disk, locally",
     "startup_slurm": "Start-up on Slurm", "sigterm_slurm": "SIGTERM to disk on Slurm",
+    "central_call": "Log call beside the central sender", "central_monitor": "Monitor sample beside the central sender",
 }  # fmt: skip
 WHY_MISSED = {
     "ingest": "the store's writer shares the cores with the producers; on 2 cores the 5 producer processes and "
@@ -830,16 +831,26 @@ WHY_MISSED = {
     "/proc reads on cold caches, 10 ticks turned into samples and committed every 5 s), where MLflow's "
     "`SystemMetricsMonitor` samples the node (CPU, memory, disk, network) whatever the job's tree. Over a process "
     "with no children (the figure before this row had a tree) it was 32-44x.",
-    "tree_10": "with few processes the fixed part of a tick dominates, where the floor has none: the Python thread's "
-    "wake, the batch of ticks turned into samples (store, window, summary) and the store's transaction every 5 s "
-    "cost about as much as all of the floor's reads (`python -m bench --only monitor` has the sampling thread "
-    "alone); and where pids are handed out on the node every tick (a busy shared machine), the tree is walked "
-    "every tick too, a pread of each process's children file.",
+    "tree_10": "with few processes the fixed part of a tick dominates, where the floor's whole tick (wake and "
+    "reads) is about 0.18 ms. Per thread (`time.pthread_getcpuclockid`, 20 s at 10 children), the sampling thread "
+    "takes about 0.4 ms a tick: its timed wait's wake (about 0.09 ms: a Python thread's costs 75-135 µs of CPU "
+    "on this VM, C's `clock_nanosleep` 50 µs), the reads (about 0.2 ms: the floor's files and `/proc/loadavg`) "
+    "and the ticks turned into samples (about 0.08 ms a tick: store, window, summary); the store's writer adds "
+    "about 0.09 ms a tick (one transaction of about 0.5 ms every 5 s, rewriting ~20 open chunks). Dropping the "
+    "chunk indexes of the live database did not move the writer's share beyond the noise. A 5-s window scattered "
+    "this row from 2.3x to 3.5x; the 20-s window (the issue's) from 2.35x to 3.14x.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
     "tree_500": "see the 100-children row.",
     "tree_first": "the first transaction creates the series of the processes that get rows of their own: at most "
     "16, whatever the tree; a figure this small (under a millisecond) moves with the disk and the load.",
+    "central_call": "the sender's snapshot of the new rows (SQLite, in the job's process) holds the GIL about "
+    "1.3 µs a row; at this rate (the loop logs as fast as it can) the sender never sleeps, and a log call that "
+    "lands while it holds the GIL waits for it. At a job's usual rates (hundreds of rows a second) the sender is "
+    "idle between pushes. Noisy: 0.94x and 1.35x in two full runs of the same code.",
+    "central_monitor": "the sender's snapshot of the new rows (SQLite, in the job's process) holds the GIL "
+    "about 1.3 µs a row; streaming tens of thousands of rows a second it never sleeps, and the monitor's thread "
+    "waits for the GIL at its ticks. At a job's usual rates the sender is idle between pushes.",
     "bytes": "the chunks are too short or values too wide; longer chunks (CHUNK_SAMPLES) or fewer significant "
     "digits reach it.",
     "query": "the aggregate decodes every chunk's JSON array; a per-chunk min/max/sum column would answer it "
