@@ -320,7 +320,7 @@ def textfile_path(path: str, job: JobIdentity) -> str:
 @contextmanager
 def replaced_atomically(path: str) -> Iterator[str]:
     """A fresh file beside ``path`` (an unpredictable name, made with O_EXCL) to write; it becomes
-    ``path`` (one rename) when the block ends, and is removed when the block fails: an export that
+    ``path`` (one rename) when the block ends, and is removed when the block fails: a write that
     fails leaves no partial file. The file gets the mode a new file gets (the umask's)."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, part = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".part")

@@ -282,7 +282,8 @@ def _wandb_stats_between(folder: str, t0: float, t1: float) -> int:
         from wandb.proto import wandb_internal_pb2 as pb
 
         path = glob.glob(os.path.join(folder, "wandb", "offline-run-*", "run-*.wandb"))[0]
-        data = open(path, "rb").read()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except (ImportError, IndexError, OSError):
         return 0
     pos, block, whole, part, count = 7, 32768, [], b"", 0  # (after the file's 7-byte header)

@@ -47,8 +47,9 @@ from typing import Any
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 WARMUP_S = 1.5  # seconds before the CPU clock starts: collectors started, first samples taken
-#: The window measured at each tree size (children: seconds): see the module's docstring.
-WINDOW_S = {10: 20.0, 100: 5.0, 500: 5.0}
+#: The window measured (seconds) over a tree of up to SMALL_TREE children, and over a larger one:
+#: see the module's docstring.
+SMALL_TREE, SMALL_TREE_WINDOW_S, WINDOW_S = 10, 20.0, 5.0
 KINDS = ("ours", "naive", "floor")
 
 FLOOR_C = r"""
@@ -266,9 +267,8 @@ class NaiveLoop(threading.Thread):
 
 
 def window_s(children: int) -> float:
-    """The steady-state seconds measured at a tree size: :data:`WINDOW_S`'s (20 s at up to 10
-    children, 5 s above), at least 5 s."""
-    return max([5.0, *(s for n, s in WINDOW_S.items() if children <= n)])
+    """The steady-state seconds measured at a tree size: 20 s at up to 10 children, 5 s above."""
+    return SMALL_TREE_WINDOW_S if children <= SMALL_TREE else WINDOW_S
 
 
 def measure(
