@@ -9,6 +9,7 @@ too (``host.ProcessTreeCollector``).
 
 from __future__ import annotations
 
+import operator
 import os
 
 import psutil
@@ -72,7 +73,7 @@ class HostCollector(Collector):
         line = data.split(b"\n", 1)[0].split()
         if line[0] != b"cpu" or len(line) < 5:
             raise ValueError(f"unexpected /proc/stat: {data[:40]!r}")
-        return [int(x) for x in line[1:9]]  # user .. steal; guest and guest_nice are already in user and nice
+        return list(map(int, line[1:9]))  # user .. steal; guest and guest_nice are already in user and nice
 
     def collect(self, out: list[Sample], timestamp: float) -> None:
         self.samples_from(self.read(timestamp), out, timestamp)
@@ -103,7 +104,9 @@ class HostCollector(Collector):
             self._cpu = now
             cpu: float | None = None
             if before is not None:
-                deltas = [a - b if a > b else 0 for a, b in zip(now, before, strict=False)]  # went back: 0
+                deltas = list(map(operator.sub, now, before))
+                if min(deltas) < 0:  # a counter went back: 0
+                    deltas = [d if d > 0 else 0 for d in deltas]
                 total = sum(deltas)
                 if total > 0:  # (no clock tick of the kernel's since the last reading: no figure)
                     cpu = round((total - deltas[3] - deltas[4]) / total * 100.0, 1)  # less idle, iowait

@@ -127,7 +127,8 @@ class ResourceMonitor:
         builtin = collectors is None
         if collectors is None:
             collectors = default_collectors(gpu=gpu, root_pid=self.root_pid, per_process=per_process)
-        self.window = RecentWindow()
+        self.summary = SampleSummary()
+        self.window = RecentWindow(self.summary)  # (the summary is fed by the window's buckets)
         self.telemetry = MonitorTelemetry(store_getter, self.window)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
         #: Whether the samples go to the process's store (then its closing stops this monitor first).
@@ -135,7 +136,6 @@ class ResourceMonitor:
         if sink is None:  # collectors of the user's: every field checked at the call
             sink = log_builtin_samples if builtin else log_resource_samples
         self._sink: SampleSink = sink
-        self.summary = SampleSummary()
         self.textfile = textfile
         self._taken = 0  # ticks read
         self._missed = 0
@@ -339,7 +339,6 @@ class ResourceMonitor:
             self._sink(out, ts)
         except Exception as exc:
             self._report_failure(None, exc)
-        self.summary.add(out)
         try:
             self.window.add(out, ts)
         except Exception as exc:  # (a collector of the user's that gives something not a number)
@@ -380,5 +379,5 @@ class ResourceMonitor:
             "monitor_cpu_s": round(self.thread_cpu_s, 6),
             "monitor_cpu_percent_of_one_core": round(100.0 * self.thread_cpu_s / duration, 4) if duration else 0.0,
             "root_pid": self.root_pid,
-            "metrics": self.summary.as_dict(),
+            "metrics": self.summary.as_dict(self.window.buckets()),
         }

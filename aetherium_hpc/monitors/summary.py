@@ -6,67 +6,69 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from ..paths import replaced_atomically
-from .base import Sample
 
 log = logging.getLogger(__name__)
 
 #: The summary's file name when ``output_path`` is a folder (an existing one, or a path ending in "/").
 SUMMARY_FILE_NAME = "aetherium_resource_summary.json"
 
+#: One bucket of one series, as the window hands it over: ((metric type, name, device), unit,
+#: count, sum, max) of the samples in it.
+Bucket = tuple[tuple[str, str, str], str, float, float, float]
+
 
 class SampleSummary:
-    """Running count / mean / max per metric, for the JSON summary written at stop.
+    """Count / mean / max per metric over the whole run, for the JSON summary written at stop.
 
-    :meth:`add` keeps the tick's list (not a copy) and folds the kept ticks in every
-    :attr:`FOLD_EVERY` ticks: one pass over several ticks costs the sampling thread less
-    than one pass a tick (each tick runs on caches gone cold since the last)."""
-
-    FOLD_EVERY = 10
+    It is fed by the monitor's :class:`~.window.RecentWindow`, not sample by sample: each
+    five-second bucket of the window is folded in (:meth:`fold`) as it leaves the window, and
+    :meth:`as_dict` adds the buckets still in it. The sampling thread so does no work of its own
+    for the summary at a tick. The window keeps its figures as 32-bit floats (7 significant
+    digits, as the store writes them); the summary gives 6."""
 
     def __init__(self) -> None:
         # (metric_type, metric_name, device) -> [n, sum, max, unit]; the text key is made at the end only.
         self._acc: dict[tuple[str, str, str], list[Any]] = {}
-        self._ticks: list[Sequence[Sample]] = []  # added, not folded in yet
 
     @staticmethod
     def key(metric_type: str, metric_name: str, device: str) -> str:
-        # (add() pools per-process rows: their device is blank here; GPUs stay apart)
+        # (fold() pools per-process rows: their device is blank here; GPUs stay apart)
         return f"{metric_type}/{metric_name}[{device}]" if device else f"{metric_type}/{metric_name}"
 
-    def add(self, samples: Sequence[Sample]) -> None:
-        ticks = self._ticks
-        ticks.append(samples)
-        if len(ticks) >= self.FOLD_EVERY:
-            self._fold()
+    def fold(self, bucket: Bucket) -> None:
+        """Add one bucket of one series: see :data:`Bucket`."""
+        _fold(self._acc, bucket)
 
-    def _fold(self) -> None:
-        ticks, self._ticks = self._ticks, []
-        acc = self._acc
-        for samples in ticks:
-            for mtype, mname, value, unit, device in samples:
-                if value != value:  # NaN
-                    continue
-                key = (mtype, mname, "" if mtype == "process" else device)
-                entry = acc.get(key)
-                if entry is None:
-                    acc[key] = [1, value, value, unit]
-                else:
-                    entry[0] += 1
-                    entry[1] += value
-                    if value > entry[2]:
-                        entry[2] = value
-
-    def as_dict(self) -> dict[str, dict[str, Any]]:
-        self._fold()
-        out = {
-            self.key(*key): {"unit": unit, "n": n, "mean": _round(total / n), "max": _round(peak)}
-            for key, (n, total, peak, unit) in self._acc.items()
-        }
+    def as_dict(self, live: Iterable[Bucket] = ()) -> dict[str, dict[str, Any]]:
+        """{"type/name[device]": {"unit", "n", "mean", "max"}}, sorted by key: what was folded in,
+        and the buckets ``live`` not folded in yet."""
+        acc = {key: list(entry) for key, entry in self._acc.items()}
+        for bucket in live:
+            _fold(acc, bucket)
+        out = {}
+        for key, (n, total, peak, unit) in acc.items():
+            top, mean = _round(peak), _round(total / n)
+            if top is not None and mean is not None:
+                mean = min(mean, top)  # (32-bit sums: a mean is never shown above the peak)
+            out[self.key(*key)] = {"unit": unit, "n": int(n), "mean": mean, "max": top}
         return dict(sorted(out.items()))
+
+
+def _fold(acc: dict[tuple[str, str, str], list[Any]], bucket: Bucket) -> None:
+    (mtype, mname, device), unit, n, total, peak = bucket
+    key = (mtype, mname, "" if mtype == "process" else device)
+    entry = acc.get(key)
+    if entry is None:
+        acc[key] = [n, total, peak, unit]
+    else:
+        entry[0] += n
+        entry[1] += total
+        if peak > entry[2]:
+            entry[2] = peak
 
 
 def _round(value: float) -> float | None:

@@ -15,11 +15,13 @@ from .window import RecentWindow
 class MonitorTelemetry(Collector):
     """The monitor watching itself: CPU per sample, its window's memory, the store's queue depth and drops.
 
-    ``monitor/sample_cpu_ms`` is the sampling thread's CPU time from one batch to the next (its
-    waking, reading and processing) divided by the ticks it read in between: every tick of a
-    batch carries that mean, so the series sums to the thread's CPU time (whichever thread
-    processes the batch: a ``recent()`` query may). The queue's depth is read at the tick, the
-    window's size as the tick goes into it."""
+    Its rows are written once per batch of ticks, at the batch's last tick (every tick with
+    ``batch_ticks=1``): they describe the monitor, which changes per batch, not per tick, and
+    a row per tick would cost more than the figure it repeats. ``monitor/sample_cpu_ms`` is the
+    sampling thread's CPU time from one batch to the next (its waking, reading and processing)
+    divided by the ticks it read in between (whichever thread processes the batch: a
+    ``recent()`` query may); the queue's depth, the drops and the window's size are read as the
+    batch is processed."""
 
     name = "monitor"
 
@@ -30,6 +32,7 @@ class MonitorTelemetry(Collector):
         self._clock = _thread_clock()  # the CPU clock of the thread that samples
         self._cpu0 = time.clock_gettime(self._clock)  # its CPU time when a batch was last charged
         self._reads = 0  # ticks read since then
+        self._ticks = 0  # ticks read in all
         self._per_tick_ms = 0.0
         self._dropped_seen = 0
         self.dropped_total = 0
@@ -42,7 +45,7 @@ class MonitorTelemetry(Collector):
 
     def charge(self) -> None:
         """Before a batch is processed (in the thread processing it): the CPU time per tick read
-        since the last batch, which every tick processed from now on carries."""
+        since the last batch, which the batch's row carries."""
         if not self._reads:
             return
         now = time.clock_gettime(self._clock)
@@ -54,29 +57,30 @@ class MonitorTelemetry(Collector):
         self.charge()
         self.samples_from(self.read(timestamp), out, timestamp)
 
-    def read(self, timestamp: float) -> tuple[int, int]:
-        """(the store's queue depth now, dropped so far); -1: no store."""
+    def read(self, timestamp: float) -> int:
+        """The number of this tick: the batch's rows go with the last tick read."""
         self._reads += 1
+        self._ticks += 1
+        return self._ticks
+
+    def samples_from(self, reading: int, out: list[Sample], timestamp: float) -> None:
+        if reading != self._ticks:  # not the last tick read: its batch's rows come with that one
+            return
+        out.append(catalogue.MONITOR_SAMPLE_CPU.sample(self._per_tick_ms))
+        if self._window is not None:
+            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
         store = self._store
         if store is None or store.closed:  # (a forked child's copy of the store is closed too)
             store = self._store = self._store_getter() if self._store_getter is not None else None
             if store is None:
-                return -1, -1
+                return
         queue = store.queue
         # The writer moves queue.dropped into store_stats and resets it: add what appeared since.
         dropped = queue.dropped
         self.dropped_total += dropped - self._dropped_seen if dropped >= self._dropped_seen else dropped
         self._dropped_seen = dropped
-        return len(queue), self.dropped_total
-
-    def samples_from(self, reading: tuple[int, int], out: list[Sample], timestamp: float) -> None:
-        depth, dropped = reading
-        out.append(catalogue.MONITOR_SAMPLE_CPU.sample(self._per_tick_ms))
-        if self._window is not None:
-            out.append(catalogue.MONITOR_WINDOW_BYTES.sample(float(self._window.nbytes)))
-        if depth >= 0:
-            out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(depth)))
-            out.append(catalogue.STORE_DROPPED.sample(float(dropped)))
+        out.append(catalogue.STORE_QUEUE_DEPTH.sample(float(len(queue))))
+        out.append(catalogue.STORE_DROPPED.sample(float(self.dropped_total)))
 
 
 def _thread_clock() -> int:

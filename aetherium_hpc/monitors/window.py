@@ -7,7 +7,9 @@ interval (the buckets hold sums, not samples), and a series that has had no samp
 (a process that ended) is dropped within the next 65 s. For the default ~24 series that is about 7 KB
 (:attr:`RecentWindow.nbytes`, written as the ``monitor/window_bytes`` self-telemetry metric).
 
-Values are kept as 32-bit floats (about 7 significant digits, what the store keeps too).
+Values are kept as 32-bit floats (about 7 significant digits, what the store keeps too). Each
+bucket goes, as it leaves the window, into the monitor's end-of-run summary
+(:class:`~.summary.SampleSummary`), which so costs a tick nothing of its own.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import threading
 import time
 from array import array
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ..store import RECENT_WINDOW_S, catalogue
 from ..store.reader import Recent
 from .base import Sample
+
+if TYPE_CHECKING:
+    from .summary import Bucket, SampleSummary
 
 #: How far back the window reaches, and the width of one bucket (seconds).
 WINDOW_S = RECENT_WINDOW_S
@@ -43,7 +49,8 @@ class RecentWindow:
     (the node socket's reader answering another process): a lock keeps a tick whole.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, summary: SampleSummary | None = None) -> None:
+        self._run_summary = summary  # where each bucket goes as it leaves the window, if anywhere
         # Every series' figures in one array, _SERIES_LEN floats each (one array header in all).
         self._data = array("f")
         self._offsets: dict[tuple[str, str, str], int] = {}  # series -> its first index in _data
@@ -93,9 +100,13 @@ class RecentWindow:
         prune = bucket // SLOTS != self._bucket // SLOTS
         self._bucket = bucket
         data = self._data
-        for o in self._offsets.values():
+        summary = self._run_summary
+        for key, o in self._offsets.items():
             for at in slots:
-                data[o + at : o + at + 3] = _EMPTY
+                i = o + at
+                if summary is not None and data[i + 2]:  # a bucket leaving the window: into the summary
+                    summary.fold((key, self._unit(key), data[i + 2], data[i], data[i + 1]))
+                data[i : i + 3] = _EMPTY
         if prune:
             alive = [(key, o) for key, o in self._offsets.items() if any(data[o + 2 : o + _LAST : 3])]
             if len(alive) < len(self._offsets):
@@ -148,15 +159,29 @@ class RecentWindow:
                         n += count
                         total += data[o + at]
                 if n:
-                    unit = self._units.get(key[:2])
                     out[key] = {
                         "avg": _digits(total / n),
                         "max": _digits(peak),
                         "last": _digits(data[o + _LAST]),
                         "n": int(n),
-                        "unit": _CATALOGUE_UNITS.get(key[:2], "") if unit is None else unit,
+                        "unit": self._unit(key),
                     }
             return out
+
+    def buckets(self) -> list[Bucket]:
+        """Every bucket of every series in the window that holds samples (see :data:`~.summary.Bucket`)."""
+        with self._lock:
+            data = self._data
+            return [
+                (key, self._unit(key), data[o + at + 2], data[o + at], data[o + at + 1])
+                for key, o in self._offsets.items()
+                for at in range(0, _LAST, 3)
+                if data[o + at + 2]
+            ]
+
+    def _unit(self, key: tuple[str, str, str]) -> str:
+        unit = self._units.get(key[:2])
+        return _CATALOGUE_UNITS.get(key[:2], "") if unit is None else unit
 
     def __len__(self) -> int:
         """Series in the window."""

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING
 
 from ..errors import StoreError
@@ -64,8 +66,15 @@ UPDATE_SQL = f"UPDATE sample_chunks SET {', '.join(c + ' = ?' for c in COLUMNS)}
 Row = tuple[float, float, int, int, str, str, int, float, "float | None"]
 
 
-def finite_stats(vals: Iterable[float | None]) -> tuple[int, float, float | None]:
+def finite_stats(vals: Sequence[float | None]) -> tuple[int, float, float | None]:
     """(count, sum, maximum) of the finite values of ``vals`` (None, NaN and ±inf left out)."""
+    total: float
+    try:
+        total = sum(vals)  # type: ignore[arg-type]
+    except TypeError:  # a None
+        total = math.nan
+    if total - total == 0:  # (0 for a finite sum only): every value finite, summed in C
+        return len(vals), float(total), (float(max(vals)) if vals else None)  # type: ignore[type-var, arg-type]
     fin = [v for v in vals if v is not None and v - v == 0]  # v - v is 0 for finite numbers only
     return len(fin), float(sum(fin)), (float(max(fin)) if fin else None)
 
@@ -149,21 +158,31 @@ class OpenChunk:
         start = self.n_enc
         if start and dt_ms == self.dt_ms:
             if start < n:
-                self.jit += "," + ",".join([str(round((ts[k] - t0) * 1000.0) - k * dt_ms) for k in range(start, n)])
+                self.jit += "," + _jitter(ts, t0, dt_ms, start)
         else:
-            self.jit = ",".join([str(round((t - t0) * 1000.0) - k * dt_ms) for k, t in enumerate(ts)])
+            self.jit = _jitter(ts, t0, dt_ms, 0)
             self.dt_ms = dt_ms
         if start < n:
-            enc = encode_value
-            # finite floats inline (v - v is 0.0 only for them); None, NaN, inf and ints by encode_value
-            new = ",".join(["%.7g" % v if type(v) is float and v - v == 0.0 else enc(v) for v in self.vals[start:]])  # noqa: UP031
+            vals = self.vals[start:]
+            count, total, peak = finite_stats(vals)
+            if count == len(vals):  # every value finite: formatted in C (ints too: "%.7g" is encode_value's)
+                new = ",".join(map("%.7g".__mod__, vals))
+            else:
+                new = ",".join([encode_value(v) for v in vals])
             self.enc = self.enc + "," + new if start else new
-            count, total, peak = finite_stats(self.vals[start:])
             if count:
                 c0, s0, p0 = self.stats
                 self.stats = (c0 + count, s0 + total, peak if p0 is None or peak > p0 else p0)  # type: ignore[operator]
         self.n_enc = n
         return t0, ts[-1], n, dt_ms, "[" + self.jit + "]", "[" + self.enc + "]", *self.stats
+
+
+def _jitter(ts: list[float], t0: float, dt_ms: int, start: int) -> str:
+    """The ``jit`` text of samples ``start:`` (without brackets): ``round((t - t0) * 1000) - k * dt_ms``
+    for the k-th timestamp ``t``, computed in C (``map``), as :func:`encode` does it in a loop."""
+    offsets = map(round, map((1000.0).__mul__, map((-t0).__add__, ts[start:])))  # t + -t0 is t - t0, exactly
+    grid = range(start * dt_ms, len(ts) * dt_ms, dt_ms) if dt_ms else repeat(0)
+    return ",".join(map(str, map(operator.sub, offsets, grid)))
 
 
 def decode(t0: float, n: int, dt_ms: int, jit: str, vals: str) -> tuple[np.ndarray, np.ndarray]:

@@ -217,7 +217,7 @@ class StoreWriter(threading.Thread):
 
     # -- one batch --------------------------------------------------------------------------
     def _write(self, batch: list[Any]) -> None:
-        barriers = [r for r in batch if type(r) is FlushBarrier]
+        barriers = [r for r in batch if type(r) is FlushBarrier] if FlushBarrier in set(map(type, batch)) else []
         if barriers:
             batch = [r for r in batch if type(r) is not FlushBarrier]
         if self._retry:

@@ -57,23 +57,28 @@ def test_a_batch_goes_out_every_batch_ticks(store: MetricsStore) -> None:
         monitor.stop()
 
 
-def test_sample_cpu_is_the_threads_cpu_spread_over_the_ticks_of_each_batch(store: MetricsStore) -> None:
+def test_monitor_rows_come_once_per_batch_at_its_last_tick(store: MetricsStore) -> None:
     monitor = ResourceMonitor(0.02, gpu=False, batch_ticks=5).start()
     try:
         wait_read(monitor, 20)
     finally:
         monitor.stop()
     store.flush()
-    rows = store.query_resource_metrics(metric_type="monitor", metric_name="sample_cpu_ms")
-    values = [r["value"] for r in rows]
-    assert len(values) == monitor.samples_taken
+    ticks = [r["timestamp"] for r in store.query_resource_metrics(metric_type="ram", metric_name="system_used")]
+    n = monitor.samples_taken
+    assert len(ticks) == n
+    # the first tick is processed alone, then whole batches of 5, then what stop() finds (its own tick last)
+    batch_ends = sorted({*range(0, n, 5), n - 1})
+    for mtype, mname in (("monitor", "sample_cpu_ms"), ("monitor", "window_bytes"), ("store", "queue_depth"),
+                         ("store", "dropped")):  # fmt: skip
+        rows = store.query_resource_metrics(metric_type=mtype, metric_name=mname)
+        assert [ticks.index(r["timestamp"]) for r in rows] == batch_ends, (mtype, mname)
+    values = [r["value"] for r in store.query_resource_metrics(metric_type="monitor", metric_name="sample_cpu_ms")]
     assert all(v >= 0.0 for v in values)
-    # one mean per batch: runs of equal values, at most one run per batch (+ the first tick, processed
-    # alone, and the last, partial batch)
-    runs = sum(1 for i, v in enumerate(values) if i == 0 or v != values[i - 1])
-    assert runs <= (monitor.samples_taken - 1) // 5 + 2, values
-    # the series adds up to the loop thread's CPU time (less its start-up and its last batch)
-    assert 0.0 < sum(values) <= monitor.thread_cpu_s * 1000.0 + 1e-6
+    # each row is the thread's CPU per tick over its batch: times the batch's ticks, they add up to the
+    # loop thread's CPU time (less its start-up and its last batch)
+    sizes = [end - start for start, end in zip([-1, *batch_ends], batch_ends, strict=False)]
+    assert 0.0 < sum(v * k for v, k in zip(values, sizes, strict=True)) <= monitor.thread_cpu_s * 1000.0 + 1e-6
 
 
 def test_batch_size_follows_the_interval_and_is_checked(tmp_path: Path) -> None:

@@ -115,6 +115,28 @@ def test_the_window_rolls_over_60_s_its_figures_are_exact_and_its_memory_stays_b
     assert monitor.window.summary(60, now=now + 60 + BUCKET_S) == {}
 
 
+def test_the_run_summary_is_exact_over_buckets_that_left_the_window_and_those_still_in_it() -> None:
+    """The end-of-run summary is fed by the window's buckets as they leave it: ten minutes of
+    ticks, a process that ended after 100 s (its series pruned from the window), NaN never counted."""
+    monitor, ramp = synthetic_monitor()
+    t0 = 1_700_000_000.3  # (off the bucket grid)
+    ramp.processes = ["11:worker", "12:worker"]
+    for k in range(600):
+        if k == 100:
+            ramp.processes = ["12:worker"]
+        monitor.sample_once(t0 + k)
+    metrics = monitor.stop()["metrics"]
+    ticks = range(1, 601)
+    assert metrics["cpu/system_total"] == {"unit": "%", "n": 600, "mean": sum(ticks) / 600, "max": 600.0}
+    assert metrics["custom/double"] == {"unit": "things", "n": 600, "mean": sum(ticks) / 300, "max": 1200.0}
+    assert "custom/gap" not in metrics  # NaN only
+    # per-process rows pooled: 100 ticks of process 11 (pruned from the window long ago), 600 of 12
+    assert metrics["process/rss_mb"] == {"unit": "MB", "n": 700, "mean": 100.0, "max": 100.0}
+    assert len(monitor.window) < 10  # (the ended process's series is gone from the window)
+    # asked again: the same figures (the buckets still in the window are not folded in by asking)
+    assert monitor.summary.as_dict(monitor.window.buckets()) == metrics
+
+
 def test_a_minute_at_a_short_interval_holds_no_more_than_a_minute_at_one_hertz() -> None:
     """The buckets hold sums: memory depends on the series, not on the interval or the run's length."""
     sizes = {}

@@ -45,6 +45,29 @@ def test_incremental_text_is_encode_chunk(seed: int) -> None:
         assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)  # the sum, added in another order
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_incremental_text_is_encode_chunk_for_finite_values_and_a_clock_that_steps_back(seed: int) -> None:
+    """Finite values only (formatted in C, ints among them), and timestamps that go back (NTP
+    stepping the clock: a negative or zero grid interval)."""
+    rng = random.Random(seed)
+    n = rng.randint(1, chunks.CHUNK_SAMPLES)
+    ts = [1.7e9 + k * 0.5 + rng.uniform(0, 0.003) for k in range(n)]
+    if seed % 2:
+        ts = ts[::-1] if seed % 4 == 1 else [1.7e9] * n  # backwards; all at one time
+    vals: list[float | None] = [
+        rng.choice([rng.uniform(-1e6, 1e6), rng.randint(-9, 9), 0.0, -1e-300]) for _ in range(n)
+    ]
+    chunk = OpenChunk()
+    done = 0
+    for upto in _flush_points(rng, n):
+        chunk.ts.extend(ts[done:upto])
+        chunk.vals.extend(vals[done:upto])
+        done = upto
+        got, want = chunk.row(), encode_chunk(ts[:upto], vals[:upto])
+        assert got[:7] == want[:7] and got[8] == want[8]
+        assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(10))
 def test_chunk_statistics_are_those_of_its_finite_values(seed: int) -> None:
     """nfin / vsum / vmax: what numpy makes of the finite values -- logged and decoded from the text."""
