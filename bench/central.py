@@ -9,6 +9,7 @@ Needs a PostgreSQL (``AETHERIUM_TEST_PG``); every measurement runs in a schema o
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import secrets
 import sqlite3
@@ -64,6 +65,28 @@ def schema(url: str) -> Iterator[str]:
 
 
 # -- the job's side -----------------------------------------------------------------------------
+def _per_tick_ms(conn: sqlite3.Connection) -> float:
+    """The monitor's own ``monitor/sample_cpu_ms`` over the run, per tick: each row is the mean
+    over its batch of ticks and comes at the batch's last tick, so a row counts for the ticks
+    (``ram/system_used`` rows, one a tick) since the row before it."""
+    rows = conn.execute(
+        "SELECT timestamp, value FROM resource_metrics"
+        " WHERE metric_type = 'monitor' AND metric_name = 'sample_cpu_ms' ORDER BY timestamp"
+    ).fetchall()
+    ticks = [t for (t,) in conn.execute(
+        "SELECT timestamp FROM resource_metrics"
+        " WHERE metric_type = 'ram' AND metric_name = 'system_used' ORDER BY timestamp"
+    )]  # fmt: skip
+    weighted = total = 0
+    before = 0
+    for ts, value in rows:
+        upto = bisect.bisect_right(ticks, ts)
+        weighted += value * (upto - before)
+        total += upto - before
+        before = upto
+    return weighted / total if total else 0.0
+
+
 def job_costs(url: str | None, seconds: float, folder: str) -> dict[str, float]:
     """A store with its monitor (10 Hz) and a training loop logging for ``seconds``: per-call p50 of
     the log call (µs) and the monitor's mean CPU per sample (ms), with the sender when ``url``."""
@@ -91,9 +114,7 @@ def job_costs(url: str | None, seconds: float, folder: str) -> dict[str, float]:
     os.environ.pop("AETHERIUM_CENTRAL", None)
     conn = sqlite3.connect(path)
     try:
-        (sample_ms,) = conn.execute(
-            "SELECT avg(value) FROM resource_metrics WHERE metric_type = 'monitor' AND metric_name = 'sample_cpu_ms'"
-        ).fetchone()
+        sample_ms = _per_tick_ms(conn)
         sent = conn.execute("SELECT value FROM store_stats WHERE name = 'central/sent_rows'").fetchone()
     finally:
         conn.close()

@@ -224,7 +224,8 @@ def live(seconds: float) -> None:
     print(
         f"\nlive 1 Hz run into a store (flush_interval 5 s), {summary['samples']} samples over {summary['duration_s']:.1f} s:"
     )
-    print(f"  monitor/sample_cpu_ms stored: mean {mean:.3f}, median {median:.3f}, p95 {p95:.3f} ms")
+    print(f"  monitor/sample_cpu_ms stored (a row per batch, the first tick's alone): mean {mean:.3f}, "
+          f"median {median:.3f}, p95 {p95:.3f} ms")  # fmt: skip
     print(f"  process CPU per sample over {seconds:.0f} s of steady state: {cpu / n * 1000:.3f} ms, of which")
     for name, value in sorted(t1.items(), key=lambda kv: kv[1] - t0.get(kv[0], 0.0), reverse=True):
         used = (value - t0.get(name, 0.0)) / n * 1000

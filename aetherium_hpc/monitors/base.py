@@ -2,8 +2,8 @@
 
 Sampling and aggregation are kept apart (as in mlflow's system metrics): a
 :class:`Collector` only reads one resource and appends sample tuples; the
-:class:`~.monitor.ResourceMonitor` stamps them with the tick's time, hands them to the store
-and folds them into a summary for the end-of-run JSON file.
+:class:`~.monitor.ResourceMonitor` stamps them with the tick's time and hands them to the store
+and its window of the last minute, which feeds the summary for the end-of-run JSON file.
 
 A collector may split a tick in two: :meth:`Collector.read` runs at the tick and keeps what
 must be read then (the bytes of a ``/proc`` file), :meth:`Collector.samples_from` turns that

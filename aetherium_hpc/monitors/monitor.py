@@ -1,8 +1,8 @@
 """The sampling loop: a daemon thread that asks each collector for samples once per interval.
 
 The :class:`ResourceMonitor` stamps each tick's samples with its time, hands them to the store
-(through its public API), into its window of the last minute, and folds them into a
-:class:`~.summary.SampleSummary` for the end-of-run JSON file; its last collector is a
+(through its public API) and into its window of the last minute, whose buckets feed a
+:class:`~.summary.SampleSummary` for the end-of-run JSON file as they leave it; its last collector is a
 :class:`~.telemetry.MonitorTelemetry`, the monitor watching itself and the store's queue.
 """
 
