@@ -832,13 +832,13 @@ WHY_MISSED = {
     "`SystemMetricsMonitor` samples the node (CPU, memory, disk, network) whatever the job's tree. Over a process "
     "with no children (the figure before this row had a tree) it was 32-44x.",
     "tree_10": "with few processes the fixed part of a tick dominates, where the floor's whole tick (wake and "
-    "reads) is about 0.18 ms. Per thread (`time.pthread_getcpuclockid`, 20 s at 10 children), the sampling thread "
-    "takes about 0.4 ms a tick: its timed wait's wake (about 0.09 ms: a Python thread's costs 75-135 µs of CPU "
-    "on this VM, C's `clock_nanosleep` 50 µs), the reads (about 0.2 ms: the floor's files and `/proc/loadavg`) "
-    "and the ticks turned into samples (about 0.08 ms a tick: store, window, summary); the store's writer adds "
-    "about 0.09 ms a tick (one transaction of about 0.5 ms every 5 s, rewriting ~20 open chunks). Dropping the "
-    "chunk indexes of the live database did not move the writer's share beyond the noise. A 5-s window scattered "
-    "this row from 2.3x to 3.5x; the 20-s window (the issue's) from 2.35x to 3.14x.",
+    "reads) is about 0.19 ms. Per thread (`/proc/self/task/<tid>/schedstat`, 20 s at 10 children), the sampling "
+    "thread takes about 0.4 ms a tick: its timed wait's wake and loop (about 0.10 ms: C's `clock_nanosleep` "
+    "costs 0.05 ms on this VM), the reads (about 0.23 ms: the floor's 13 files and `/proc/loadavg`, with the walk "
+    "every 10 ticks) and the ticks turned into samples (about 0.06 ms a tick); the store's writer adds about "
+    "0.085 ms a tick (one transaction of about 0.6 ms every 5 s, rewriting ~15 open chunks, and its wake). The "
+    "Python bytecodes of a tick were cut from 8,470 to 4,726 (`threading.settrace` opcode count): the process's "
+    "CPU moved 3-8 %, from 2.76x to 2.52x; what is left is a Python thread's wake and reads on cold caches.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
     "tree_500": "see the 100-children row.",
