@@ -26,6 +26,9 @@ class Collector:
     """Reads one resource. ``start`` runs once in the monitor thread, then ``collect`` each tick."""
 
     name = "collector"
+    #: False once :meth:`start` found nothing to read (a GPU collector on a node without one): the
+    #: monitor then leaves it out of its ticks.
+    active = True
 
     def start(self) -> None:
         """Open handles and take the baselines that rates need (runs in the monitor thread)."""

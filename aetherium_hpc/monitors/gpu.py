@@ -323,6 +323,7 @@ class GpuCollector(Collector):
         """No GPU metrics: NVML released, ``skipped`` set, one line (at debug level when ``quiet``)."""
         self.close()
         self.skipped = why
+        self.active = False
         log.log(logging.DEBUG if quiet else logging.INFO, "aetherium-hpc: GPU metrics skipped: %s", why)
 
     def close(self) -> None:

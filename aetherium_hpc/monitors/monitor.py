@@ -131,6 +131,7 @@ class ResourceMonitor:
         self.window = RecentWindow(self.summary)  # (the summary is fed by the window's buckets)
         self.telemetry = MonitorTelemetry(store_getter, self.window)
         self.collectors: list[Collector] = [*collectors, self.telemetry]
+        self._ticking = tuple(self.collectors)  # those read at a tick: the active ones, once started
         #: Whether the samples go to the process's store (then its closing stops this monitor first).
         self.into_store = sink is None
         if sink is None:  # collectors of the user's: every field checked at the call
@@ -239,6 +240,8 @@ class ResourceMonitor:
         try:
             for collector in self.collectors:
                 self._guard(collector, collector.start)
+            with self._tick_lock:  # (nothing is pending: ticks read so far were processed at once)
+                self._ticking = tuple(c for c in self.collectors if c.active)
             self.telemetry.begin()
             self._tick(process=True)  # the first sample, before start() returns
         except Exception as exc:
@@ -308,7 +311,7 @@ class ResourceMonitor:
 
     def _read(self, ts: float) -> list[Any]:
         readings: list[Any] = []
-        for collector in self.collectors:
+        for collector in self._ticking:
             try:
                 readings.append(collector.read(ts))
             except Exception as exc:  # one failing collector never stops the others
@@ -328,7 +331,7 @@ class ResourceMonitor:
 
     def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
         out: list[Sample] = []
-        for collector, reading in zip(self.collectors, readings, strict=True):
+        for collector, reading in zip(self._ticking, readings, strict=True):
             if reading is _FAILED:
                 continue
             try:

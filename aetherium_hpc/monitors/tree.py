@@ -29,6 +29,7 @@ import operator
 import os
 import time
 from collections.abc import KeysView, Sequence
+from itertools import repeat
 from typing import Any
 
 import psutil
@@ -251,7 +252,9 @@ class ProcessTreeCollector(Collector):
         out: dict[int, bytes] = {}
         try:
             pread = os.pread
-            out = {pid: data for pid, data in zip(pids, [pread(fd, 65536, 0) for fd in fds], strict=True) if data}
+            out = {
+                pid: data for pid, data in zip(pids, list(map(pread, fds, _CHILDREN_SIZE, _ZERO)), strict=True) if data
+            }
         except OSError:  # one has ended: one by one
             others = tuple(members)
         for pid, data in out.items():
@@ -413,7 +416,7 @@ class ProcessTreeCollector(Collector):
         if self._fds:
             pread = os.pread
             try:  # every stat file open: one pread each
-                raws = [pread(fd, 4096, 0) for fd in self._fds]
+                raws = list(map(pread, self._fds, _STAT_SIZE, _ZERO))  # (the loop in C)
             except OSError:  # one has ended (ESRCH): read one by one
                 pass
         if raws is None:
@@ -559,4 +562,6 @@ class ProcessTreeCollector(Collector):
 
 
 _BY_RSS = operator.attrgetter("rss")
+# pread's size and offset arguments, for map(): a stat line, a children file (more: read on)
+_STAT_SIZE, _CHILDREN_SIZE, _ZERO = repeat(4096), repeat(65536), repeat(0)
 _BY_PCT = operator.attrgetter("pct")
