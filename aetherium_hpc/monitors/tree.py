@@ -562,6 +562,6 @@ class ProcessTreeCollector(Collector):
 
 
 _BY_RSS = operator.attrgetter("rss")
+_BY_PCT = operator.attrgetter("pct")
 # pread's size and offset arguments, for map(): a stat line, a children file (more: read on)
 _STAT_SIZE, _CHILDREN_SIZE, _ZERO = repeat(4096), repeat(65536), repeat(0)
-_BY_PCT = operator.attrgetter("pct")

@@ -105,7 +105,7 @@ class RecentWindow:
             for at in slots:
                 i = o + at
                 if summary is not None and data[i + 2]:  # a bucket leaving the window: into the summary
-                    summary.fold((key, self._unit(key), data[i + 2], data[i], data[i + 1]))
+                    summary.fold(self._bucket_of(key, i))
                 data[i : i + 3] = _EMPTY
         if prune:
             alive = [(key, o) for key, o in self._offsets.items() if any(data[o + 2 : o + _LAST : 3])]
@@ -173,11 +173,16 @@ class RecentWindow:
         with self._lock:
             data = self._data
             return [
-                (key, self._unit(key), data[o + at + 2], data[o + at], data[o + at + 1])
+                self._bucket_of(key, o + at)
                 for key, o in self._offsets.items()
                 for at in range(0, _LAST, 3)
                 if data[o + at + 2]
             ]
+
+    def _bucket_of(self, key: tuple[str, str, str], i: int) -> Bucket:
+        """The bucket of series ``key`` whose (sum, max, count) start at index ``i``."""
+        data = self._data
+        return key, self._unit(key), data[i + 2], data[i], data[i + 1]
 
     def _unit(self, key: tuple[str, str, str]) -> str:
         unit = self._units.get(key[:2])

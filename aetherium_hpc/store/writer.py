@@ -217,8 +217,9 @@ class StoreWriter(threading.Thread):
 
     # -- one batch --------------------------------------------------------------------------
     def _write(self, batch: list[Any]) -> None:
-        barriers = [r for r in batch if type(r) is FlushBarrier] if FlushBarrier in set(map(type, batch)) else []
-        if barriers:
+        barriers: list[FlushBarrier] = []
+        if FlushBarrier in set(map(type, batch)):  # (the scan in C: most batches hold none)
+            barriers = [r for r in batch if type(r) is FlushBarrier]
             batch = [r for r in batch if type(r) is not FlushBarrier]
         if self._retry:
             batch = self._retry + batch

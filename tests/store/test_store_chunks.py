@@ -22,6 +22,19 @@ def _flush_points(rng: random.Random, n: int) -> list[int]:
     return [*points, n]
 
 
+def _assert_flushes_encode_as_a_whole(rng: random.Random, ts: list[float], vals: list[float | None]) -> None:
+    """Fill an open chunk with the samples over random flushes: after each, its row is encode_chunk's."""
+    chunk = OpenChunk()
+    done = 0
+    for upto in _flush_points(rng, len(ts)):
+        chunk.ts.extend(ts[done:upto])
+        chunk.vals.extend(vals[done:upto])
+        done = upto
+        got, want = chunk.row(), encode_chunk(ts[:upto], vals[:upto])
+        assert got[:7] == want[:7] and got[8] == want[8]  # text, finite count and maximum: exactly
+        assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)  # the sum, added in another order
+
+
 @pytest.mark.parametrize("seed", range(30))
 def test_incremental_text_is_encode_chunk(seed: int) -> None:
     rng = random.Random(seed)
@@ -34,15 +47,7 @@ def test_incremental_text_is_encode_chunk(seed: int) -> None:
         rng.choice([rng.uniform(0, 100), float(rng.randint(0, 9)), None, float("inf"), float("nan"), -1e-9])
         for _ in range(n)
     ]
-    chunk = OpenChunk()
-    done = 0
-    for upto in _flush_points(rng, n):
-        chunk.ts.extend(ts[done:upto])
-        chunk.vals.extend(vals[done:upto])
-        done = upto
-        got, want = chunk.row(), encode_chunk(ts[:upto], vals[:upto])
-        assert got[:7] == want[:7] and got[8] == want[8]  # text, finite count and maximum: exactly
-        assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)  # the sum, added in another order
+    _assert_flushes_encode_as_a_whole(rng, ts, vals)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -57,15 +62,7 @@ def test_incremental_text_is_encode_chunk_for_finite_values_and_a_clock_that_ste
     vals: list[float | None] = [
         rng.choice([rng.uniform(-1e6, 1e6), rng.randint(-9, 9), 0.0, -1e-300]) for _ in range(n)
     ]
-    chunk = OpenChunk()
-    done = 0
-    for upto in _flush_points(rng, n):
-        chunk.ts.extend(ts[done:upto])
-        chunk.vals.extend(vals[done:upto])
-        done = upto
-        got, want = chunk.row(), encode_chunk(ts[:upto], vals[:upto])
-        assert got[:7] == want[:7] and got[8] == want[8]
-        assert got[7] == pytest.approx(want[7], rel=1e-12, abs=1e-12)
+    _assert_flushes_encode_as_a_whole(rng, ts, vals)
 
 
 @pytest.mark.parametrize("seed", range(10))
