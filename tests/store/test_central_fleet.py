@@ -10,6 +10,7 @@ they stop, every sample and row of every node must be in PostgreSQL.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import threading
 import time
@@ -170,3 +171,27 @@ def test_30_senders_direct_share_the_role_limit_and_others_always_get_in(
     senders, paths, started, _ = _run_fleet(30, sender, probe, tmp_path)
     assert 0 < probe.peak_senders <= 8, probe.peak_senders
     print("\n" + _check(senders, paths, started, probe, owner))
+
+
+def test_a_last_push_refused_at_the_role_limit_backs_off_instead_of_taking_slots(
+    small_server: tuple[str, str], tmp_path: Path
+) -> None:
+    """The mechanism behind the margin above: every attempt refused at the role's limit holds a
+    server slot until its backend exits. At the job's end a busy server is retried after 0.1, 0.2,
+    0.4 ... s (at most 2 s): over a 6 s last push that is at most 10 attempts. It used to retry every
+    0.05-0.5 s (about 22 attempts, never fewer than 12), so an array ending at once kept refused
+    backends alive and took the other clients' slots."""
+    _, sender_url = small_server
+    (path,) = make_nodes(tmp_path, 1, series=2)
+    with contextlib.ExitStack() as held:
+        first = held.enter_context(psycopg.connect(sender_url, autocommit=True))
+        (limit,) = first.execute("SELECT rolconnlimit FROM pg_roles WHERE rolname = session_user").fetchone()  # type: ignore[misc]
+        assert 0 < limit <= 10, f"the sender role's CONNECTION LIMIT is {limit}: {SMALL_HOW}"
+        for _ in range(limit - 1):  # the role at its limit for the whole last push
+            held.enter_context(psycopg.connect(sender_url, autocommit=True))
+        sender = CentralSender(str(path), sender_url, counters=lambda delta: None, interval=3600.0, final_timeout=6.0)
+        sender.start()
+        sender.stop()  # its first attempt is the last push (the first interval's random moment is far off)
+        assert not sender.is_alive()
+    assert (sender.pushes, sender.errors, sender.gave_up) == (0, 0, None)
+    assert 2 <= sender.busy <= 10, f"{sender.busy} attempts refused at the role's limit in 6 s"

@@ -20,10 +20,13 @@ after ``interval`` ±20 %, so an array started together does not push in the sam
 
 **Busy is not an outage.** A server with no connection to give ("too many clients", a role's
 limit, PgBouncer refusing) puts the push off by a random part of a growing wait: no line on
-stderr, counted in ``central/busy``. At the end of the job, a busy server is tried again until the
-last push's time is up. A failed push (the network, the server away) is retried after 1, 2, 4 ...
-up to :data:`BACKOFF_CAP_S` seconds (jittered), from the same mark: nothing is lost and nothing
-stored twice.
+stderr, counted in ``central/busy``. At the end of the job, a busy server is tried again after 0.1,
+0.2, 0.4 ... s (at most 2 s, jittered: :data:`FINAL_BACKOFF_S`) until the last push's time is up: an
+attempt refused at a role's limit holds one of the server's slots until its backend exits, so a
+whole array ending at once must not retry in a tight loop (it took the other clients' slots).
+A failed push (the network, the server away) is retried after 1, 2, 4 ... intervals, up to
+:data:`BACKOFF_CAP_S` seconds (jittered), from the same mark: nothing is lost and nothing stored
+twice.
 
 At start, a URL that cannot work (malformed, unknown host, refused login, no such database) is
 one line on stderr, password masked, and the job goes on with the local store only. At the end
@@ -57,6 +60,8 @@ JITTER = (0.8, 1.2)
 BACKOFF_CAP_S = 60.0
 #: Seconds the last push at the end of the job may take.
 FINAL_TIMEOUT_S = 5.0
+#: First and longest wait between two attempts of that last push while the server is busy.
+FINAL_BACKOFF_S = (0.1, 2.0)
 #: Pushes PostgreSQL refuses for the data itself (not the network) before the sender gives up.
 MAX_DATA_FAILURES = 3
 #: Connection failures no retry can fix (besides a refused password, a missing database or role).
@@ -125,18 +130,19 @@ class CentralSender(threading.Thread):
                 break
             if stopping:
                 if outcome == _BUSY and self._remaining() > 0.05:  # the whole array ends at once
-                    time.sleep(min(self._remaining(), self._rng.uniform(0.05, 0.5)))
+                    time.sleep(min(self._remaining(), self._next_delay(outcome, final=True)))
                     continue
                 break
             delay = self._next_delay(outcome)
         self._report()
         self._close_sqlite()
 
-    def _next_delay(self, outcome: str) -> float:
+    def _next_delay(self, outcome: str, *, final: bool = False) -> float:
         if outcome == _OK:
             return self.interval * self._rng.uniform(*JITTER)
         run = self._busy_run if outcome == _BUSY else self._failures
-        return min(BACKOFF_CAP_S, self.interval * 2 ** (run - 1)) * self._rng.uniform(0.5, 1.0)
+        first, cap = FINAL_BACKOFF_S if final else (self.interval, BACKOFF_CAP_S)
+        return min(cap, first * 2 ** (run - 1)) * self._rng.uniform(0.5, 1.0)
 
     def _attempt(self, *, final: bool) -> str:
         """One round: connect, push what is new, disconnect. Returns what it came to."""
