@@ -155,12 +155,13 @@ def _job_environment(extra: str | None = None) -> Iterator[None]:
             os.environ["PYTHONPATH"] = old
 
 
-def check_submission(config: Config, cluster: str, root: Path) -> None:
+def check_submission(config: Config, cluster: str, root: Path) -> str | None:
     """Every check :func:`submit` makes before it submits, creating nothing: ``submit --dry-run``
-    makes the same ones, so a configuration the dry run accepts is not refused by the submit."""
+    makes the same ones, so a configuration the dry run accepts is not refused by the submit.
+    Returns the folder the job needs on its path (:func:`callable_folder`)."""
     if cluster == "slurm":
         check_script_path(root)
-    callable_folder(config)
+    extra = callable_folder(config)
     if cluster == "local" and config.resources.nodes > 1:
         raise LaunchError(
             f"resources.nodes={config.resources.nodes}: the local backend runs on this machine only; "
@@ -172,9 +173,10 @@ def check_submission(config: Config, cluster: str, root: Path) -> None:
         # The job runs on this machine: its textfile folder must be here (a Slurm node checks its own).
         require_textfile_folder(config.monitoring.prometheus_textfile, config.source)
     if cluster == "slurm" and shutil.which("sbatch") is None:
-        return  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
+        return extra  # rendering a script on a machine without Slurm (a dry run): submitit cannot check it here
     with tempfile.TemporaryDirectory(prefix="aetherium-check-") as folder:
         _make_executor(config, Path(folder), cluster)
+    return extra
 
 
 def _make_executor(config: Config, folder: Path, cluster: str) -> submitit.AutoExecutor:
@@ -200,12 +202,12 @@ def submit(
     ``progress`` gets a line for each (on Slurm the scheduler throttles and this returns at once)."""
     cluster = resolve_cluster(config.backend)
     base = Path(base_dir or config.run_dir).expanduser().absolute()
-    check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
+    extra = check_submission(config, cluster, base / f"{config.name}-YYYYmmdd-HHMMSS-hhhh")
     layout = RunLayout.new(base, config.name)
     try:
         if cluster == "slurm":
             check_script_path(layout.root)
-        return _submit_into(config, layout, cluster, sleep, progress)
+        return _submit_into(config, layout, cluster, extra, sleep, progress)
     except BaseException:
         # A refused submission leaves no run folder behind -- unless a job was submitted into it.
         if not layout.jobs_path.exists() and not any(layout.submitit_dir.rglob("*_submitted.pkl")):
@@ -217,19 +219,21 @@ def _submit_into(
     config: Config,
     layout: RunLayout,
     cluster: str,
+    extra: str | None,
     sleep: Callable[[float], None],
     progress: Callable[[str], None] | None,
 ) -> Submission:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aetherium-scontrol") as pool:
         # Slurm's MaxArraySize is asked (a process, a few ms) while the run folder is written.
         array_size = pool.submit(max_array_size, config) if cluster == "slurm" and config.is_array else None
-        return _submit_with(config, layout, cluster, sleep, array_size, progress)
+        return _submit_with(config, layout, cluster, extra, sleep, array_size, progress)
 
 
 def _submit_with(
     config: Config,
     layout: RunLayout,
     cluster: str,
+    extra: str | None,
     sleep: Callable[[float], None],
     array_size: Future[int] | None,
     progress: Callable[[str], None] | None = None,
@@ -243,7 +247,7 @@ def _submit_with(
     runner = JobRunner(config, str(layout.root), local_array_id=str(os.getpid()))
     sub = Submission(layout, cluster, tasks=len(config.array_params()) if config.is_array else 1)
     try:
-        with _job_environment(callable_folder(config)):
+        with _job_environment(extra):
             if not config.is_array:
                 sub.jobs.append(executor.submit(runner))
             elif cluster == "slurm":
