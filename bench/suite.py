@@ -833,12 +833,13 @@ WHY_MISSED = {
     "with no children (the figure before this row had a tree) it was 32-44x.",
     "tree_10": "with few processes the fixed part of a tick dominates, where the floor's whole tick (wake and "
     "reads) is about 0.19 ms. Per thread (`/proc/self/task/<tid>/schedstat`, 20 s at 10 children), the sampling "
-    "thread takes about 0.4 ms a tick: its timed wait's wake and loop (about 0.10 ms: C's `clock_nanosleep` "
-    "costs 0.05 ms on this VM), the reads (about 0.23 ms: the floor's 13 files and `/proc/loadavg`, with the walk "
-    "every 10 ticks) and the ticks turned into samples (about 0.06 ms a tick); the store's writer adds about "
-    "0.085 ms a tick (one transaction of about 0.6 ms every 5 s, rewriting ~15 open chunks, and its wake). The "
-    "Python bytecodes of a tick were cut from 8,470 to 4,726 (`threading.settrace` opcode count): the process's "
-    "CPU moved 3-8 %, from 2.76x to 2.52x; what is left is a Python thread's wake and reads on cold caches.",
+    "thread takes about 0.42 ms a tick: its timed wait's wake and loop (about 0.10 ms; C's `clock_nanosleep` costs "
+    "0.05 ms on this VM, and so does a bare Python `time.sleep`), the reads (about 0.22 ms, the walk every 10 ticks "
+    "included) and the ticks turned into samples (about 0.1 ms); the store's writer adds about 0.08 ms (one "
+    "transaction of about 0.9 ms every 5 s). A bare Python thread doing only the same timed wait and preads takes "
+    "0.27-0.29 ms a tick, 1.5x the floor, before any sample is made or stored; leaving out every per-process series "
+    "saves about 7 % (interleaved A/B, 4 pairs of 15 s), and cutting the tick's bytecodes from 8,470 to 4,726 moved "
+    "the CPU 3-8 %. The pairs of one run spread over about ±8 %, so the median lands on either side of 2.5x.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
     "tree_500": "see the 100-children row.",
