@@ -833,8 +833,8 @@ WHY_MISSED = {
     "with no children (the figure before this row had a tree) it was 32-44x.",
     "tree_10": "with few processes the fixed part of a tick dominates, where the floor's whole tick (wake and "
     "reads) is about 0.19 ms. Per thread (`/proc/self/task/<tid>/schedstat`, 20 s at 10 children), the sampling "
-    "thread takes about 0.42 ms a tick: its timed wait's wake and loop (about 0.10 ms; C's `clock_nanosleep` costs "
-    "0.05 ms on this VM, and so does a bare Python `time.sleep`), the reads (about 0.22 ms, the walk every 10 ticks "
+    "thread takes about 0.42 ms a tick: its timed wait's wake and loop (about 0.10 ms, as much as a bare Python "
+    "`time.sleep` loop; C's `clock_nanosleep` costs 0.05 ms on this VM), the reads (about 0.22 ms, the walk every 10 ticks "
     "included) and the ticks turned into samples (about 0.1 ms); the store's writer adds about 0.08 ms (one "
     "transaction of about 0.9 ms every 5 s). A bare Python thread doing only the same timed wait and preads takes "
     "0.27-0.29 ms a tick, 1.5x the floor, before any sample is made or stored; leaving out every per-process series "
