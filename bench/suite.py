@@ -849,6 +849,10 @@ WHY_MISSED = {
     "1.3 µs a row; at this rate (the loop logs as fast as it can) the sender never sleeps, and a log call that "
     "lands while it holds the GIL waits for it. At a job's usual rates (hundreds of rows a second) the sender is "
     "idle between pushes. Noisy: 0.94x and 1.35x in two full runs of the same code.",
+    "window_cpu": "on this shared VM the same code measures in one of two modes from one run to the next: 10 runs "
+    "of `python bench/window.py` in a row (at 96fc1d4, pinned to either CPU or not) gave medians of 6.7-7.0 µs or "
+    "8.1-11.7 µs; the row's 3 runs of 2 s fall in one mode together. The window's code is the one that measured "
+    "6.38 µs (6.27-6.72) in the run before.",
     "central_monitor": "the sender's snapshot of the new rows (SQLite, in the job's process) holds the GIL "
     "about 1.3 µs a row; streaming tens of thousands of rows a second it never sleeps, and the monitor's thread "
     "waits for the GIL at its ticks. At a job's usual rates the sender is idle between pushes.",
