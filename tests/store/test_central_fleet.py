@@ -189,8 +189,7 @@ def test_a_last_push_refused_at_the_role_limit_backs_off_instead_of_taking_slots
         assert 0 < limit <= 10, f"the sender role's CONNECTION LIMIT is {limit}: {SMALL_HOW}"
         for _ in range(limit - 1):  # the role at its limit for the whole last push
             held.enter_context(psycopg.connect(sender_url, autocommit=True))
-        sender = CentralSender(str(path), sender_url, counters=lambda delta: None, interval=3600.0, final_timeout=6.0)
-        sender.start()
+        (sender,) = start_senders([path], sender_url, interval=3600.0, final_timeout=6.0)
         sender.stop()  # its first attempt is the last push (the first interval's random moment is far off)
         assert not sender.is_alive()
     assert (sender.pushes, sender.errors, sender.gave_up) == (0, 0, None)
