@@ -89,7 +89,10 @@ class ResourceMonitor:
     summary. Work done once for several ticks runs on warm caches; a tick on its own wakes to
     cold ones and costs several times more. ``batch_ticks`` defaults to the ticks in the store's
     default ``flush_interval`` (at least 1; 1 with a ``textfile``): the samples reach the database
-    no later than they would tick by tick. ``get_db().recent()``, ``stop()`` and
+    no later than they would tick by tick. A batch that spans the store's flush interval asks the
+    store's writer to write it at once (``write_soon``), while it is still in the CPU's caches;
+    the writer's next timed write then comes an interval later, so each batch costs one
+    transaction. ``get_db().recent()``, ``stop()`` and
     ``sample_once()`` process the ticks read so far first, so nothing they see is late. Only
     this monitor's threads and the caller of those methods run monitor code: never a thread of
     the store.
@@ -280,8 +283,13 @@ class ResourceMonitor:
         with self._tick_lock:
             self._pending.append((ts, self._read(ts)))
             self._taken += 1
-            if process or len(self._pending) >= self.batch_ticks:
+            full = len(self._pending) >= self.batch_ticks
+            if process or full:
                 self._process_locked()
+        if full and self.into_store:  # a batch's samples in the store's queue: written while warm
+            store = get_db(wait=False)
+            if store is not None:
+                store.write_soon(self.batch_ticks * self.interval)
 
     def sample_once(self, timestamp: float | None = None) -> list[Sample]:
         """Take one sample from every collector, send it to the store and return it (the ticks
@@ -295,6 +303,7 @@ class ResourceMonitor:
             readings = self._read(ts)
             self.telemetry.charge()
             out = self._samples(ts, readings)
+            self._to_window([(ts, out)])
             self._taken += 1
         return out
 
@@ -325,8 +334,13 @@ class ResourceMonitor:
         out: list[Sample] = []
         if pending:
             self.telemetry.charge()
-            for ts, readings in pending:
-                out = self._samples(ts, readings)
+            # The window takes the batch in one go, but for its last tick: the telemetry's rows (at
+            # that tick) tell the window's size with the ticks before it folded in.
+            *head, (ts, readings) = pending
+            if head:
+                self._to_window([(t, self._samples(t, r)) for t, r in head])
+            out = self._samples(ts, readings)
+            self._to_window([(ts, out)])
         return out
 
     def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
@@ -342,16 +356,18 @@ class ResourceMonitor:
             self._sink(out, ts)
         except Exception as exc:
             self._report_failure(None, exc)
-        try:
-            self.window.add(out, ts)
-        except Exception as exc:  # (a collector of the user's that gives something not a number)
-            self._report_failure(None, exc, "window")
         if self.textfile is not None:
             try:
                 self.textfile.write(out, ts)
             except Exception as exc:  # (its folder removed, the disk full): said once, sampling goes on
                 self._report_failure(None, exc, f"the Prometheus textfile {self.textfile.path}")
         return out
+
+    def _to_window(self, ticks: list[tuple[float, list[Sample]]]) -> None:
+        try:
+            self.window.add_many(ticks)
+        except Exception as exc:  # (a collector of the user's that gives something not a number)
+            self._report_failure(None, exc, "window")
 
     def _guard(self, collector: Collector, step: Callable[[], None]) -> None:
         try:

@@ -1,8 +1,9 @@
 """The last 60 seconds of the node's resource samples, in memory: what ``get_db().recent()`` answers.
 
 The monitor folds each tick into a :class:`RecentWindow`: per series (metric type, name, device)
-one ``array('f')`` of 13 five-second buckets (sum, max, count each) and the last value. A tick
-costs a dict lookup and four array stores per sample; memory does not depend on the sampling
+one ``array('f')`` of 13 five-second buckets (sum, max, count each) and the last value. The
+monitor's batch of ticks costs a dict lookup and four array stores per series, its values summed
+in C (:meth:`RecentWindow.add_many`); memory does not depend on the sampling
 interval (the buckets hold sums, not samples), and a series that has had no sample for 60 s
 (a process that ended) is dropped within the next 65 s. For the default ~24 series that is about 7 KB
 (:attr:`RecentWindow.nbytes`, written as the ``monitor/window_bytes`` self-telemetry metric).
@@ -15,11 +16,12 @@ bucket goes, as it leaves the window, into the monitor's end-of-run summary
 from __future__ import annotations
 
 import math
+import operator
 import sys
 import threading
 import time
 from array import array
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from ..store import RECENT_WINDOW_S, catalogue
@@ -40,6 +42,8 @@ _EMPTY = array("f", [0.0, -math.inf, 0.0])  # an empty bucket: sum, max, count
 _NEW_SERIES = _EMPTY * SLOTS + array("f", [math.nan])
 
 _CATALOGUE_UNITS = {(m.metric_type, m.metric_name): m.unit for m in catalogue.METRICS}
+_SERIES = operator.itemgetter(0, 1, 4)  # a sample's (metric_type, metric_name, device)
+_VALUE = operator.itemgetter(2)
 
 
 class RecentWindow:
@@ -62,26 +66,57 @@ class RecentWindow:
 
     def add(self, samples: Sequence[Sample], timestamp: float) -> None:
         """Fold one tick's samples (taken at ``timestamp``, Unix seconds) into the window."""
-        bucket = int(timestamp // BUCKET_S)
+        self.add_many([(timestamp, samples)])
+
+    def add_many(self, ticks: Iterable[tuple[float, Sequence[Sample]]]) -> None:
+        """Fold ticks (timestamp, samples), in time order, into the window.
+
+        Consecutive ticks of one bucket whose samples name the same series in the same order (a
+        monitor's batch, but for a process that came or went) are folded together: their values
+        taken out and turned into columns in C, each series' column then summed in C, so that a
+        sample costs no Python of its own."""
         with self._lock:
-            if bucket > self._bucket:
-                self._advance(bucket)
-            # (a clock stepped back: the tick goes into the current bucket)
-            at = (self._bucket % SLOTS) * 3
-            offsets = self._offsets
-            data = self._data
-            for mtype, mname, value, unit, device in samples:
-                if value != value:  # NaN: not a measurement
+            keys: list[tuple[str, str, str]] | None = None  # the series of the run of ticks being gathered
+            first: Sequence[Sample] = ()  # (its first tick's samples: the units of new series)
+            rows: list[list[float]] = []  # the values of each tick of the run
+            for timestamp, samples in ticks:
+                bucket = int(timestamp // BUCKET_S)
+                names = list(map(_SERIES, samples))
+                if bucket > self._bucket or names != keys:
+                    if rows:
+                        self._fold(keys or [], first, rows)
+                        rows = []
+                    if bucket > self._bucket:
+                        self._advance(bucket)
+                    # (a clock stepped back: the tick goes into the current bucket)
+                    keys, first = names, samples
+                rows.append(list(map(_VALUE, samples)))
+            if rows:
+                self._fold(keys or [], first, rows)
+
+    def _fold(self, keys: list[tuple[str, str, str]], first: Sequence[Sample], rows: list[list[float]]) -> None:
+        """Add ticks ``rows`` (their values, in the order of ``keys``) to the current bucket."""
+        at = (self._bucket % SLOTS) * 3
+        offsets = self._offsets
+        data = self._data
+        for key, values in zip(keys, zip(*rows, strict=True), strict=True):
+            total = sum(values)
+            if total != total:  # a NaN among them (not a measurement: left out), or +inf and -inf
+                values = tuple(v for v in values if v == v)
+                if not values:
                     continue
-                o = offsets.get((mtype, mname, device))
-                if o is None:
-                    o = self._new_series(mtype, mname, device, unit)
-                data[o + _LAST] = value
-                o += at
-                data[o] += value
-                if value > data[o + 1]:
-                    data[o + 1] = value
-                data[o + 2] += 1.0
+                total = sum(values)
+            o = offsets.get(key)
+            if o is None:
+                o = self._new_series(*key, first[keys.index(key)][3])
+                data = self._data
+            data[o + _LAST] = values[-1]
+            o += at
+            data[o] += total
+            peak = max(values)
+            if peak > data[o + 1]:
+                data[o + 1] = peak
+            data[o + 2] += len(values)
 
     def _new_series(self, mtype: str, mname: str, device: str, unit: str) -> int:
         offset = len(self._data)

@@ -179,10 +179,29 @@ class OpenChunk:
 
 def _jitter(ts: list[float], t0: float, dt_ms: int, start: int) -> str:
     """The ``jit`` text of samples ``start:`` (without brackets): ``round((t - t0) * 1000) - k * dt_ms``
-    for the k-th timestamp ``t``, computed in C (``map``), as :func:`encode` does it in a loop."""
-    offsets = map(round, map((1000.0).__mul__, map((-t0).__add__, ts[start:])))  # t + -t0 is t - t0, exactly
+    for the k-th timestamp ``t``, computed in C (``map``), as :func:`encode` does it in a loop.
+
+    The series of one monitor share their timestamps (a tick's samples carry the tick's time), so a
+    writer's flush asks for the same text once per series: it is kept (:data:`_JITTER_MEMO`) and
+    handed out again while the same timestamps ask for it."""
+    tail = ts[start:]
+    key = (t0, dt_ms, start, len(ts))
+    hit = _JITTER_MEMO.get(key)
+    if hit is not None and hit[0] == tail:
+        return hit[1]
+    offsets = map(round, map((1000.0).__mul__, map((-t0).__add__, tail)))  # t + -t0 is t - t0, exactly
     grid = range(start * dt_ms, len(ts) * dt_ms, dt_ms) if dt_ms else repeat(0)
-    return ",".join(map(str, map(operator.sub, offsets, grid)))
+    text = ",".join(map(str, map(operator.sub, offsets, grid)))
+    if len(_JITTER_MEMO) >= _JITTER_MEMO_SIZE:
+        _JITTER_MEMO.clear()
+    _JITTER_MEMO[key] = (tail, text)
+    return text
+
+
+#: :func:`_jitter`'s texts: (t0, dt_ms, start, samples) -> (the timestamps ``start:``, their text).
+#: A dict's get and set are atomic under the GIL: writers of several stores may share it.
+_JITTER_MEMO: dict[tuple[float, int, int, int], tuple[list[float], str]] = {}
+_JITTER_MEMO_SIZE = 256
 
 
 def decode(t0: float, n: int, dt_ms: int, jit: str, vals: str) -> tuple[np.ndarray, np.ndarray]:

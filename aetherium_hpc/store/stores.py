@@ -127,6 +127,10 @@ class MetricsStore(StoreReader):
             self.server.settle()
         return self.writer.flush(timeout)
 
+    def write_soon(self, span_s: float) -> None:
+        """See :meth:`.writer.StoreWriter.write_soon`."""
+        self.writer.write_soon(span_s)
+
     def close(self) -> None:
         """Collect what connected processes still hold, stop the socket, drain the queue,
         commit, close. Idempotent."""
@@ -217,6 +221,9 @@ class JoinedStore(StoreReader):
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Send what this process holds and wait until the owner has committed it."""
         return self.sink.commit(60.0 if timeout is None else timeout)
+
+    def write_soon(self, span_s: float) -> None:
+        """Nothing: the owner's writer keeps its own clock (this process's records go by socket)."""
 
     def close(self) -> None:
         """Send what this process holds; the owner's store stays open."""

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any
 
 from ..errors import StoreError
@@ -112,6 +113,14 @@ class StoreWriter(threading.Thread):
         self.queue.wake.set()
         return barrier.done.wait(timeout) and barrier.ok
 
+    def write_soon(self, span_s: float) -> None:
+        """Write what is queued now, without waiting for it, when the records just queued span at
+        least the flush interval (``span_s`` seconds: the resource monitor's batch of ticks). They
+        are written while still in the CPU's caches, and the next timed write comes an interval
+        later, so that a monitor batching a flush interval's ticks costs one transaction each."""
+        if span_s >= self.flush_interval:
+            self.queue.wake.set()
+
     def stop(self, timeout: float | None = 60.0) -> None:
         """Drain everything, commit, close the connection. Safe to call twice."""
         self._stop_requested.set()
@@ -141,15 +150,13 @@ class StoreWriter(threading.Thread):
                 if not stopping:
                     q.wake.wait(max(0.0, next_flush - time.monotonic()))
                 q.wake.clear()
+                # The flush interval is up, or woken early (a barrier, a full buffer, write_soon):
+                # write now; the next timed write is an interval after this one.
                 now = time.monotonic()
-                if len(q) >= self.buffer_size or now >= next_flush or self._stop_requested.is_set():
-                    self._write(q.drain())
-                    next_flush = now + self.flush_interval
-                    if self._stop_requested.is_set() and not len(q):
-                        break
-                else:
-                    # Woken early by a barrier: honour it now.
-                    self._write(q.drain())
+                self._write(q.drain())
+                next_flush = now + self.flush_interval
+                if self._stop_requested.is_set() and not len(q):
+                    break
         finally:
             q.close()
             self._write(q.drain())
@@ -292,7 +299,7 @@ class StoreWriter(threading.Thread):
         conn = self._conn
         assert conn is not None
         started = time.perf_counter()
-        res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]] = {}
+        res: dict[tuple[str, str, str, str], tuple[list[float], list[float | None]]] = {}  # per series: times, values
         gen: list[tuple[Any, ...]] = []
         trn: list[tuple[Any, ...]] = []
         jobs: list[dict[str, Any]] = []
@@ -310,8 +317,9 @@ class StoreWriter(threading.Thread):
                     key = (str(mtype), str(mname), str(unit or ""), str(device or ""))
                     series = res.get(key)
                     if series is None:
-                        series = res[key] = []
-                    series.append((ts, None if value is None else float(value)))
+                        series = res[key] = ([], [])
+                    series[1].append(None if value is None else float(value))
+                    series[0].append(ts)
                 elif kind == GENERATION:
                     gen.append(rec[1:9])
                 elif kind == TRAINING:
@@ -378,13 +386,17 @@ class StoreWriter(threading.Thread):
     def _write_samples(
         self,
         conn: sqlite3.Connection,
-        res: dict[tuple[str, str, str, str], list[tuple[float, float | None]]],
+        res: dict[tuple[str, str, str, str], tuple[list[float], list[float | None]]],
         new_series: list[tuple[str, str, str, str]],
     ) -> None:
+        """Append each series' samples (its times, its values) to its open chunk, in time order;
+        a full chunk is written a last time and the next one started."""
         limit = chunks.CHUNK_SAMPLES
         insert = chunks.INSERT_SQL
         updates: list[tuple[Any, ...]] = []
-        for key, samples in res.items():
+        for key, (times, values) in res.items():
+            if not times:  # (its only record was refused)
+                continue
             sid = self._series.get(key)
             if sid is None:
                 cur = conn.execute(
@@ -397,13 +409,20 @@ class StoreWriter(threading.Thread):
             chunk = self._open.get(sid)
             if chunk is None:
                 chunk = self._open[sid] = chunks.OpenChunk()
-            samples.sort(key=_FIRST)
-            for ts, value in samples:
-                if len(chunk.ts) >= limit:  # full: write it one last time, then start the next one
+            n = len(times)
+            if any(map(operator.gt, times, islice(times, 1, None))):  # (in C) not in time order: sort, stably
+                order = sorted(range(n), key=times.__getitem__)
+                times, values = [times[i] for i in order], [values[i] for i in order]
+            done = 0
+            while done < n:
+                room = limit - len(chunk.ts)
+                if room <= 0:  # full: write it one last time, then start the next one
                     self._write_chunk(conn, sid, chunk, insert, updates)
                     chunk = self._open[sid] = chunks.OpenChunk()
-                chunk.ts.append(ts)
-                chunk.vals.append(value)
+                    room = limit
+                chunk.ts += times[done : done + room]
+                chunk.vals += values[done : done + room]
+                done += room
             self._write_chunk(conn, sid, chunk, insert, updates)
         if updates:
             conn.executemany(chunks.UPDATE_SQL, updates)
@@ -516,6 +535,3 @@ class StoreWriter(threading.Thread):
             self.queue.count_dropped(lost)
             batch = batch[lost:]
         self._retry = batch
-
-
-_FIRST = operator.itemgetter(0)
