@@ -289,3 +289,47 @@ def test_a_node_store_that_stops_answering_costs_a_bounded_wait(
         ah.shutdown_db()
         owner.communicate("", timeout=60)
     assert read(tmp_path / "m.db", "SELECT count(*) FROM training_rows") == [(1,)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_a_batch_folded_at_once_is_the_ticks_folded_one_by_one(seed: int) -> None:
+    """add_many (the monitor's batch) gives the window, and the run summary fed by it, what add gives
+    tick by tick: ticks across bucket boundaries, a clock that steps back, series that come and go
+    within a run, a sample named twice in a tick, NaN (never counted), infinities, ints."""
+    import random
+
+    rng = random.Random(seed)
+    names = [("cpu", "system_total", "%", ""), ("ram", "system_used", "MB", ""), ("custom", "odd", "things", "")]
+    names += [("process", "rss_mb", "MB", f"{pid}:worker") for pid in range(3)]
+    ticks: list[tuple[float, list[Sample]]] = []
+    ts = 1_700_000_000.0 + rng.random() * 5
+    for _ in range(rng.randint(1, 120)):
+        ts += rng.choice([0.5, 0.5, 0.5, 1.0, 3.0, -7.0])  # (-7: NTP stepped the clock back)
+        present = [n for n in names if rng.random() < 0.9] if rng.random() < 0.3 else names
+        samples: list[Sample] = []
+        for mtype, mname, unit, device in present:
+            value = rng.choice([rng.uniform(-50, 100), rng.randint(0, 9), math.nan, math.inf, -math.inf, 1e30])
+            samples.append((mtype, mname, value, unit, device))
+        if samples and rng.random() < 0.1:
+            samples.append(samples[0][:2] + (rng.uniform(0, 1),) + samples[0][3:])  # the same series twice
+        ticks.append((ts, samples))
+    one_by_one, batched = RecentWindow(), RecentWindow()
+    for tick in ticks:
+        one_by_one.add(tick[1], tick[0])
+    cut = 0
+    while cut < len(ticks):  # batches of random sizes, as the monitor hands them
+        step = rng.randint(1, 12)
+        batched.add_many(ticks[cut : cut + step])
+        cut += step
+    now = max(t for t, _ in ticks)
+
+    def same(a: float, b: float) -> bool:
+        return (a != a and b != b) or math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-3)
+
+    for seconds in (5, 30, 60):
+        got, want = batched.summary(seconds, now=now), one_by_one.summary(seconds, now=now)
+        assert got.keys() == want.keys()
+        for key, figures in want.items():
+            assert got[key]["n"] == figures["n"] and got[key]["unit"] == figures["unit"], key
+            assert all(same(got[key][f], figures[f]) for f in ("avg", "max", "last")), (key, got[key], figures)
+    assert len(batched) == len(one_by_one) and batched.nbytes == one_by_one.nbytes

@@ -207,3 +207,67 @@ def test_decode_many_is_each_chunk_decoded_and_joined() -> None:
     assert grid_t.tolist() == pytest.approx(grid, abs=1e-6)
     with pytest.raises(StoreError, match="values do not match"):
         chunks.decode_many([(t0, 3, 1000, "[0,0,0]", "[1,2]")])
+
+
+def test_series_that_share_their_timestamps_share_the_jitter_text_and_no_other_does() -> None:
+    """The jitter text is kept for the next series with the same timestamps (a monitor's tick
+    stamps all its samples alike); timestamps that differ in one sample, or a chunk that started
+    elsewhere, get their own text: each chunk's row is encode_chunk's."""
+    base = [1.7e9 + k * 0.5 + 0.001 * (k % 3) for k in range(30)]
+    other = list(base)
+    other[17] += 0.004  # one late tick
+    shifted = [t + 0.25 for t in base]
+    for ts in (base, other, base, shifted, base[5:], other):
+        for vals in ([float(k) for k in range(len(ts))], [None] * len(ts)):
+            chunk = OpenChunk()
+            for upto in (1, 10, 20, len(ts)):
+                chunk.ts.extend(ts[len(chunk.ts) : upto])
+                chunk.vals.extend(vals[len(chunk.vals) : upto])
+                assert chunk.row()[:6] == encode_chunk(ts[:upto], vals[:upto])[:6]
+
+
+def test_a_batch_past_a_chunk_s_size_fills_chunks_in_time_order(tmp_path: Path) -> None:
+    """One flush of 2.5 chunks' worth of one series, its records out of order: full chunks of
+    CHUNK_SAMPLES samples, then the rest, every sample once and in time order; a record refused
+    alone (a value that is no number) leaves no series behind."""
+    path = str(tmp_path / "fill.db")
+    n = chunks.CHUNK_SAMPLES * 5 // 2
+    writer = StoreWriter(path, options=StoreOptions(flush_interval_s=3600), telemetry=False)
+    writer.start_and_wait()
+    try:
+        order = list(range(n))
+        random.Random(1).shuffle(order)
+        writer.queue.put_many([(RESOURCE, 1000.0 + k, "cpu", "system_total", float(k), "%", "") for k in order])
+        writer.queue.put((RESOURCE, 5000.0, "gpu", "util", "not a number", "%", "0"))
+        assert writer.flush()
+    finally:
+        writer.stop()
+    conn = sqlite3.connect(path)
+    rows = conn.execute("SELECT t0, n, dt_ms, jit, vals FROM sample_chunks ORDER BY t0").fetchall()
+    names = conn.execute("SELECT metric_name FROM series").fetchall()
+    conn.close()
+    assert [r[1] for r in rows] == [chunks.CHUNK_SAMPLES, chunks.CHUNK_SAMPLES, n - 2 * chunks.CHUNK_SAMPLES]
+    ts, vals = chunks.decode_many(rows)
+    assert ts.tolist() == [1000.0 + k for k in range(n)] and vals.tolist() == [float(k) for k in range(n)]
+    assert names == [("system_total",)]
+
+
+def test_write_soon_writes_at_once_only_a_flush_interval_s_worth(tmp_path: Path) -> None:
+    """write_soon(span): records spanning less than the flush interval wait for the timer; a
+    flush interval's worth (the monitor's batch) is written at once, with no barrier to wait on."""
+    import time
+
+    writer = StoreWriter(str(tmp_path / "soon.db"), options=StoreOptions(flush_interval_s=3600), telemetry=False)
+    writer.start_and_wait()
+    try:
+        writer.queue.put((RESOURCE, 1000.0, "cpu", "system_total", 1.0, "%", ""))
+        writer.write_soon(60.0)
+        assert not writer.queue.wake.is_set() and writer.stats.batches == 0
+        writer.write_soon(3600.0)
+        deadline = time.monotonic() + 30  # (the timer would write it in an hour)
+        while writer.stats.batches == 0:
+            assert time.monotonic() < deadline, "write_soon(3600) did not write within 30 s"
+            time.sleep(0.01)
+        assert writer.stats.written == 1
+    finally:
+        writer.stop()
