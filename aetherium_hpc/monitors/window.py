@@ -66,7 +66,12 @@ class RecentWindow:
 
     def add(self, samples: Sequence[Sample], timestamp: float) -> None:
         """Fold one tick's samples (taken at ``timestamp``, Unix seconds) into the window."""
-        self.add_many([(timestamp, samples)])
+        bucket = int(timestamp // BUCKET_S)
+        with self._lock:
+            if bucket > self._bucket:
+                self._advance(bucket)
+            # (a clock stepped back: the tick goes into the current bucket)
+            self._fold_tick(samples)
 
     def add_many(self, ticks: Iterable[tuple[float, Sequence[Sample]]]) -> None:
         """Fold ticks (timestamp, samples), in time order, into the window.
@@ -84,7 +89,7 @@ class RecentWindow:
                 names = list(map(_SERIES, samples))
                 if bucket > self._bucket or names != keys:
                     if rows:
-                        self._fold(keys or [], first, rows)
+                        self._fold_run(keys or [], first, rows)
                         rows = []
                     if bucket > self._bucket:
                         self._advance(bucket)
@@ -92,10 +97,34 @@ class RecentWindow:
                     keys, first = names, samples
                 rows.append(list(map(_VALUE, samples)))
             if rows:
-                self._fold(keys or [], first, rows)
+                self._fold_run(keys or [], first, rows)
 
-    def _fold(self, keys: list[tuple[str, str, str]], first: Sequence[Sample], rows: list[list[float]]) -> None:
-        """Add ticks ``rows`` (their values, in the order of ``keys``) to the current bucket."""
+    def _fold_tick(self, samples: Sequence[Sample]) -> None:
+        """Add one tick's samples to the current bucket, sample by sample (fewer steps than
+        :meth:`_fold_run` for one tick)."""
+        at = (self._bucket % SLOTS) * 3
+        offsets = self._offsets
+        data = self._data
+        for mtype, mname, value, unit, device in samples:
+            if value != value:  # NaN: not a measurement
+                continue
+            o = offsets.get((mtype, mname, device))
+            if o is None:
+                o = self._new_series(mtype, mname, device, unit)
+                data = self._data
+            data[o + _LAST] = value
+            o += at
+            data[o] += value
+            if value > data[o + 1]:
+                data[o + 1] = value
+            data[o + 2] += 1.0
+
+    def _fold_run(self, keys: list[tuple[str, str, str]], first: Sequence[Sample], rows: list[list[float]]) -> None:
+        """Add ticks ``rows`` (their values, in the order of ``keys``; ``first``: the first tick's
+        samples) to the current bucket: a column per series, summed in C."""
+        if len(rows) == 1:
+            self._fold_tick(first)
+            return
         at = (self._bucket % SLOTS) * 3
         offsets = self._offsets
         data = self._data
