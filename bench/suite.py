@@ -831,15 +831,17 @@ WHY_MISSED = {
     "/proc reads on cold caches, 10 ticks turned into samples and committed every 5 s), where MLflow's "
     "`SystemMetricsMonitor` samples the node (CPU, memory, disk, network) whatever the job's tree. Over a process "
     "with no children (the figure before this row had a tree) it was 32-44x.",
-    "tree_10": "with few processes the fixed part of a tick dominates, where the floor's whole tick (wake and "
-    "reads) is about 0.19 ms. Per thread (`/proc/self/task/<tid>/schedstat`, 20 s at 10 children), the sampling "
-    "thread takes about 0.42 ms a tick: its timed wait's wake and loop (about 0.10 ms, as much as a bare Python "
-    "`time.sleep` loop; C's `clock_nanosleep` costs 0.05 ms on this VM), the reads (about 0.22 ms, the walk every 10 ticks "
-    "included) and the ticks turned into samples (about 0.1 ms); the store's writer adds about 0.08 ms (one "
-    "transaction of about 0.9 ms every 5 s). A bare Python thread doing only the same timed wait and preads takes "
-    "0.27-0.29 ms a tick, 1.5x the floor, before any sample is made or stored; leaving out every per-process series "
-    "saves about 7 % (interleaved A/B, 4 pairs of 15 s), and cutting the tick's bytecodes from 8,470 to 4,726 moved "
-    "the CPU 3-8 %. The pairs of one run spread over about ±8 %, so the median lands on either side of 2.5x.",
+    "tree_10": "with few processes the fixed part of a tick dominates. Per thread (`/proc/self/task/<tid>/schedstat`, "
+    "20 s at 10 children, at be10b74), the sampling thread takes about 0.53 ms a tick: its timed wait's wake and "
+    "loop 0.11 ms (a bare Python `time.sleep` loop takes 0.12 ms, C's `clock_nanosleep` 0.056 ms on this VM), the "
+    "reads 0.28 ms (`/proc/stat` and `/proc/meminfo` are 0.09 ms of it: about 40 µs a read on the tick's cold "
+    "caches, 11 µs warm) and the ticks turned into samples about 0.09 ms; the store's writer adds 0.11 ms (one "
+    "transaction of about 1.1 ms every 5 s; 0.14-0.15 ms before its jitter text was shared between series and the "
+    "monitor's batch written at once). The Python part is about 2,000 bytecodes a tick; the rest is the kernel's "
+    "reads and cold caches, which the node's other daemons make colder: on the same machine and day the same code "
+    "gave 2.39x with the test set-up's Slurm and PostgreSQL daemons stopped (4 pairs) and 2.69-2.73x with them "
+    "running, as in this run, while the floor's 0.23-0.25 ms barely moved. A bare Python thread doing only the "
+    "timed wait and the preads takes 1.5x the floor. The pairs of one run spread over about ±8 %.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
     "tree_500": "see the 100-children row.",
