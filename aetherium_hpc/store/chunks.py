@@ -201,7 +201,7 @@ def _jitter(ts: list[float], t0: float, dt_ms: int, start: int) -> str:
 #: :func:`_jitter`'s texts: (t0, dt_ms, start, samples) -> (the timestamps ``start:``, their text).
 #: A dict's get and set are atomic under the GIL: writers of several stores may share it.
 _JITTER_MEMO: dict[tuple[float, int, int, int], tuple[list[float], str]] = {}
-_JITTER_MEMO_SIZE = 256
+_JITTER_MEMO_SIZE = 64  # (a flush of a monitor asks for a few: one per tick its series started at)
 
 
 def decode(t0: float, n: int, dt_ms: int, jit: str, vals: str) -> tuple[np.ndarray, np.ndarray]:
