@@ -318,6 +318,7 @@ class StoreWriter(threading.Thread):
                     series = res.get(key)
                     if series is None:
                         series = res[key] = ([], [])
+                    # the value first: one that float() refuses leaves the two lists the same length
                     series[1].append(None if value is None else float(value))
                     series[0].append(ts)
                 elif kind == GENERATION:
