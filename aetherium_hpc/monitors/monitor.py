@@ -23,7 +23,7 @@ from ..store import (
     StoreOptions,
     add_close_hook,
     get_db,
-    log_builtin_samples,
+    log_builtin_ticks,
     log_resource_samples,
     remove_close_hook,
     set_recent_source,
@@ -137,9 +137,10 @@ class ResourceMonitor:
         self._ticking = tuple(self.collectors)  # those read at a tick: the active ones, once started
         #: Whether the samples go to the process's store (then its closing stops this monitor first).
         self.into_store = sink is None
-        if sink is None:  # collectors of the user's: every field checked at the call
-            sink = log_builtin_samples if builtin else log_resource_samples
-        self._sink: SampleSink = sink
+        if sink is None and not builtin:  # collectors of the user's: every field checked at the call
+            sink = log_resource_samples
+        # None: the built-in collectors into the store, a batch as one record (log_builtin_ticks)
+        self._sink: SampleSink | None = sink
         self.textfile = textfile
         self._taken = 0  # ticks read
         self._missed = 0
@@ -304,6 +305,7 @@ class ResourceMonitor:
             self.telemetry.charge()
             out = self._samples(ts, readings)
             self._to_window([(ts, out)])
+            self._send([(ts, out)])
             self._taken += 1
         return out
 
@@ -335,15 +337,20 @@ class ResourceMonitor:
         if pending:
             self.telemetry.charge()
             # The window takes the batch in one go, but for its last tick: the telemetry's rows (at
-            # that tick) tell the window's size with the ticks before it folded in.
+            # that tick) tell the window's size with the ticks before it folded in. Then the store
+            # takes the whole batch (one record of columns for the built-in collectors).
             *head, (ts, readings) = pending
-            if head:
-                self._to_window([(t, self._samples(t, r)) for t, r in head])
+            ticks = [(t, self._samples(t, r)) for t, r in head]
+            if ticks:
+                self._to_window(ticks)
             out = self._samples(ts, readings)
             self._to_window([(ts, out)])
+            ticks.append((ts, out))
+            self._send(ticks)
         return out
 
     def _samples(self, ts: float, readings: list[Any]) -> list[Sample]:
+        """One tick's samples, from its readings."""
         out: list[Sample] = []
         for collector, reading in zip(self._ticking, readings, strict=True):
             if reading is _FAILED:
@@ -352,16 +359,25 @@ class ResourceMonitor:
                 collector.samples_from(reading, out, ts)
             except Exception as exc:
                 self._report_failure(collector, exc)
+        return out
+
+    def _send(self, ticks: list[tuple[float, list[Sample]]]) -> None:
+        """Ticks' samples to the store (the built-in collectors' as one record) and the textfile."""
+        sink = self._sink
         try:
-            self._sink(out, ts)
+            if sink is None:
+                log_builtin_ticks(ticks)
+            else:
+                for ts, out in ticks:
+                    sink(out, ts)
         except Exception as exc:
             self._report_failure(None, exc)
         if self.textfile is not None:
             try:
-                self.textfile.write(out, ts)
+                for ts, out in ticks:
+                    self.textfile.write(out, ts)
             except Exception as exc:  # (its folder removed, the disk full): said once, sampling goes on
                 self._report_failure(None, exc, f"the Prometheus textfile {self.textfile.path}")
-        return out
 
     def _to_window(self, ticks: list[tuple[float, list[Sample]]]) -> None:
         try:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ..identity import SourceInfo, source_from_environ, source_of
 from . import address, catalogue, chunks, client, reader, schema
 from .address import StoreAddress
-from .client import log_builtin_samples, log_resource_samples, send_one_record
+from .client import log_builtin_ticks, log_resource_samples, send_one_record
 from .options import StoreOptions
 from .ownership import FileLock, check_path
 from .process import add_close_hook, close_store, get_db, remove_close_hook
@@ -68,7 +68,7 @@ __all__ = [
     "close_store",
     "copy_database",
     "get_db",
-    "log_builtin_samples",
+    "log_builtin_ticks",
     "log_resource_samples",
     "remove_close_hook",
     "send_one_record",

@@ -16,8 +16,7 @@ from __future__ import annotations
 import operator
 import os
 import time
-from collections.abc import Iterable, Mapping
-from itertools import repeat
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import process, records
@@ -28,7 +27,7 @@ from .process import init_db as init_db
 from .process import shutdown_db as shutdown_db
 from .process import worker_args as worker_args
 from .process import worker_initializer as worker_initializer
-from .records import GENERATION, JOB, MAX_NAME, RESOURCE, TRAINING
+from .records import GENERATION, JOB, MAX_NAME, RESOURCE, SERIES, TRAINING
 from .stores import JoinedStore as JoinedStore
 from .stores import MetricsStore as MetricsStore
 from .stores import set_recent_source as set_recent_source
@@ -149,15 +148,60 @@ def log_resource_samples(samples: Iterable[tuple[str, str, float, str, str]], ti
         sink.put_many(recs)
 
 
-def log_builtin_samples(samples: list[tuple[str, str, float, str, str]], timestamp: float) -> None:
-    """Queue samples of the monitor's built-in collectors, without :func:`log_resource_samples`'s
-    per-field checks: their names and units are the constants of ``store/catalogue.py``, their
-    values numbers, their devices short text (the writer still refuses, alone, a record SQLite
-    cannot store). A monitor with collectors of the user's goes through the checked call."""
+def log_builtin_ticks(ticks: list[tuple[float, list[tuple[str, str, float, str, str]]]]) -> None:
+    """Queue ticks of the monitor's built-in collectors, (timestamp, samples) each, as one SERIES
+    record (:func:`series_record`).
+
+    No per-field checks (:func:`log_resource_samples` has them): the names and units are the
+    constants of ``store/catalogue.py``, the values numbers, the devices short text; the writer
+    still checks each series' types and times, and refuses, alone, a record it cannot store."""
     sink = process.sink or process.resolve_sink()
-    if sink is not None and samples:
-        # (RESOURCE, timestamp) + each sample, joined in C
-        sink.put_many(list(map(operator.add, repeat((RESOURCE, timestamp)), samples)))
+    if sink is not None:
+        rec = series_record(ticks)
+        if rec is not None:
+            sink.put(rec)
+
+
+def series_record(ticks: Iterable[tuple[float, Sequence[tuple[str, str, float, str, str]]]]) -> tuple[Any, ...] | None:
+    """The SERIES record of ticks (timestamp, samples), in time order: per series its times and
+    its values, the columns the writer appends to its chunks; None for no sample.
+
+    Consecutive ticks that name the same series in the same order (a monitor's batch, but for a
+    process that came or went) are turned into columns in C, so a sample costs no Python of its own."""
+    cols: dict[tuple[str, str, str, str], tuple[list[float], list[float]]] = {}
+    keys: list[tuple[str, str, str, str]] = []  # the series of the run of ticks being gathered
+    times: list[float] = []
+    rows: list[list[float]] = []  # the values of each tick of the run, in the order of keys
+    for ts, samples in ticks:
+        names = list(map(_SERIES_KEY, samples))
+        if names != keys:
+            _add_columns(cols, keys, times, rows)
+            keys, times, rows = names, [], []
+        times.append(ts)
+        rows.append(list(map(_VALUE, samples)))
+    _add_columns(cols, keys, times, rows)
+    return (SERIES, [(*key, t, v) for key, (t, v) in cols.items()]) if cols else None
+
+
+_SERIES_KEY = operator.itemgetter(0, 1, 3, 4)  # a sample's series: (metric_type, metric_name, unit, device)
+_VALUE = operator.itemgetter(2)
+
+
+def _add_columns(
+    cols: dict[tuple[str, str, str, str], tuple[list[float], list[float]]],
+    keys: list[tuple[str, str, str, str]],
+    times: list[float],
+    rows: list[list[float]],
+) -> None:
+    """Append a run of ticks (their ``times``, their values ``rows`` in the order of ``keys``) to
+    the columns ``cols``; a series named twice in a tick gets both values at that time."""
+    for key, column in zip(keys, zip(*rows, strict=True), strict=True):
+        series = cols.get(key)
+        if series is None:
+            cols[key] = (times[:], list(column))
+        else:
+            series[0].extend(times)
+            series[1].extend(column)
 
 
 def send_one_record(address: StoreAddress, kind: str, fields: Mapping[str, Any]) -> bool:

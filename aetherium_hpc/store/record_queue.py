@@ -13,6 +13,8 @@ from collections import deque
 from itertools import repeat, starmap
 from typing import Any
 
+from .records import count
+
 
 class FlushBarrier:
     """A marker put in the queue; set once every record queued before it is committed."""
@@ -31,7 +33,8 @@ class RecordQueue:
     writer is woken once ``wake_at`` records are waiting. When ``maxsize`` records
     are waiting, ``on_full='block'`` makes the producer wait for room (nothing it
     was told was accepted is ever lost); ``on_full='drop'`` drops the new record
-    and counts it in :attr:`dropped` (and in the database's ``store_stats``).
+    and counts it in :attr:`dropped` (and in the database's ``store_stats``): a monitor's
+    batch (a SERIES record) counts its samples.
     """
 
     def __init__(self, maxsize: int, wake_at: int, on_full: str) -> None:
@@ -83,14 +86,14 @@ class RecordQueue:
             self._dq.extend(recs)
             return True
         if self.on_full == "drop" or self._closed:
-            self.count_dropped(len(recs))
+            self.count_dropped(count(recs))
             return False
         self.wake.set()
         with self._room:
             while len(self._dq) + len(recs) > self.maxsize and not self._closed:
                 self._room.wait(0.5)
         if self._closed:
-            self.count_dropped(len(recs))
+            self.count_dropped(count(recs))
             return False
         self._dq.extend(recs)
         return True

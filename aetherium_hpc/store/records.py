@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .schema import COLUMNS
@@ -19,8 +19,16 @@ GENERATION = 1  # (GENERATION, ts, operation, round, chunk, duration_s, samples,
 TRAINING = 2  # (TRAINING, ts, metric_name, value, round, epoch, phase)
 JOB = 3  # (JOB, ts, {column: value})
 STATS = 4  # (STATS, ts, {counter: increment}) -- counters sent by other processes
+SERIES = 5  # (SERIES, [(metric_type, metric_name, unit, device, [ts, ...], [value, ...]), ...]) -- a monitor's batch
 
-KIND_NAMES = {RESOURCE: "resource", GENERATION: "generation", TRAINING: "training", JOB: "job", STATS: "stats"}
+KIND_NAMES = {
+    RESOURCE: "resource",
+    GENERATION: "generation",
+    TRAINING: "training",
+    JOB: "job",
+    STATS: "stats",
+    SERIES: "resource series",
+}
 
 #: The columns of the ``jobs`` view that name the job: a JOB record may set them, and the writer
 #: stores them in its ``sources`` row.
@@ -56,6 +64,21 @@ def number(value: Any, what: str) -> float:
 
 #: Timestamps are Unix seconds; beyond ±1e11 s (year 5138) a value is a unit mistake.
 MAX_TIMESTAMP = 1e11
+
+
+def count(recs: Iterable[Any]) -> int:
+    """How many samples and rows ``recs`` hold: one a record, but a SERIES record's values each
+    (what ``store_stats`` counts as written, dropped or lost)."""
+    n = 0
+    for rec in recs:
+        if rec[0] == SERIES:
+            try:
+                n += sum(len(col[5]) for col in rec[1])
+            except (TypeError, IndexError):  # (malformed: the writer refuses it as one)
+                n += 1
+        else:
+            n += 1
+    return n
 
 
 def timestamp(value: Any, what: str) -> float:

@@ -42,7 +42,7 @@ from .. import signal_policy
 from ..errors import StoreNotReachableError
 from ..signal_policy import block_job_signals
 from .address import StoreAddress
-from .records import STATS
+from .records import STATS, count
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,7 @@ class SocketSink:
     def _drop_oldest(self) -> None:
         dq = self._dq
         while len(dq) > MAX_HELD:
-            dq.popleft()
-            self.dropped += 1
+            self.dropped += count((dq.popleft(),))
         if not self._said_dropped:
             self._said_dropped = True
             log.warning(
@@ -328,7 +327,7 @@ class SocketSink:
             return
         try:
             if not self._send_buffered():
-                lost = sum(1 for r in self._dq if r[0] != STATS) + self.dropped
+                lost = count(r for r in self._dq if r[0] != STATS) + self.dropped
                 self._dq.clear()
                 log.warning(
                     "aetherium-hpc: pid %d: %d records could not be delivered: the metrics store at %s is not "

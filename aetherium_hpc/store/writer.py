@@ -33,7 +33,7 @@ from . import catalogue, chunks, records, schema
 from .failures import RECORD_ERRORS, Reports, retry_cause
 from .options import StoreOptions
 from .record_queue import FlushBarrier, RecordQueue
-from .records import GENERATION, JOB, RESOURCE, STATS, TRAINING
+from .records import GENERATION, JOB, RESOURCE, SERIES, STATS, TRAINING
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,7 @@ class StoreWriter(threading.Thread):
         jobs: list[dict[str, Any]] = []
         counters: dict[str, float] = {}
         bad = 0
+        samples = 0  # the samples of SERIES records beyond one each (store_stats counts samples and rows)
         max_ts = records.MAX_TIMESTAMP
         for rec in batch:
             try:
@@ -321,6 +322,8 @@ class StoreWriter(threading.Thread):
                     # the value first: one that float() refuses leaves the two lists the same length
                     series[1].append(None if value is None else float(value))
                     series[0].append(ts)
+                elif kind == SERIES:
+                    samples += _add_series(rec[1], res) - 1
                 elif kind == GENERATION:
                     gen.append(rec[1:9])
                 elif kind == TRAINING:
@@ -356,7 +359,7 @@ class StoreWriter(threading.Thread):
                 bad += self._insert_rows(conn, "training_rows", trn, records.TRAINING_FIELDS)
             for job in jobs:
                 bad += self._write_job(conn, job)
-            n_ok = len(batch) - bad
+            n_ok = len(batch) - bad + samples
             counters["records_written"] = counters.get("records_written", 0.0) + n_ok
             if bad or pending_bad:
                 counters["bad_records"] = counters.get("bad_records", 0.0) + bad + pending_bad
@@ -536,3 +539,34 @@ class StoreWriter(threading.Thread):
             self.queue.count_dropped(lost)
             batch = batch[lost:]
         self._retry = batch
+
+
+def _add_series(cols: Any, res: dict[tuple[str, str, str, str], tuple[list[float], list[float | None]]]) -> int:
+    """Add a SERIES record's columns (:mod:`.records`) to ``res``, per series its times and values;
+    its samples. The record is checked whole before any of it is added: one that is not what
+    :func:`~.client.log_builtin_ticks` sends raises, and is refused as one."""
+    max_ts = records.MAX_TIMESTAMP
+    checked = []
+    for mtype, mname, unit, device, times, values in cols:
+        if not (type(mtype) is type(mname) is type(unit) is type(device) is str and mtype and mname):
+            raise ValueError(f"a series named {mtype!r:.60}/{mname!r:.60} ({unit!r:.20}, {device!r:.60})")
+        times = list(map(float, times))
+        if not times or len(times) != len(values):
+            raise ValueError(f"series {mtype}/{mname}: {len(times)} times for {len(values)} values")
+        if not -max_ts <= min(times) <= max(times) <= max_ts:  # (a NaN time is refused by the chunk's codec)
+            raise ValueError(f"series {mtype}/{mname}: a timestamp is not a Unix time in seconds")
+        try:
+            values = list(map(float, values))
+        except TypeError:  # a None (NaN's text)
+            values = [None if v is None else float(v) for v in values]
+        checked.append(((mtype, mname, unit, device), times, values))
+    n = 0
+    for key, times, values in checked:
+        series = res.get(key)
+        if series is None:
+            res[key] = (times, values)
+        else:
+            series[0].extend(times)
+            series[1].extend(values)
+        n += len(times)
+    return n
