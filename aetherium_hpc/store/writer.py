@@ -164,7 +164,7 @@ class StoreWriter(threading.Thread):
             while self._retry and self._conn is not None and time.monotonic() < deadline:
                 time.sleep(FINAL_RETRY_S / 10)  # the disk may free in a moment
                 self._write([])
-            self.stats.unwritten, self._retry = len(self._retry), []
+            self.stats.unwritten, self._retry = records.count(self._retry), []
             self._close_db()
 
     def _open_db(self) -> sqlite3.Connection:
@@ -534,10 +534,11 @@ class StoreWriter(threading.Thread):
             batch = batch[:-1]  # counted as lost, should it never be written) is what was logged
         room = self.queue.maxsize - len(self.queue)
         if len(batch) > room:
-            lost = len(batch) - max(room, 0)
+            cut = len(batch) - max(room, 0)
+            lost = records.count(batch[:cut])  # (a monitor's batch counts its samples)
             self.stats.dropped_on_error += lost
             self.queue.count_dropped(lost)
-            batch = batch[lost:]
+            batch = batch[cut:]
         self._retry = batch
 
 
