@@ -824,24 +824,24 @@ WHY_MISSED = {
     "holds the GIL for shorter stretches (smaller executemany batches) reaches it.",
     "tbx": "tensorboardX buffers protobuf events in memory and writes them from a thread; our end-to-end figure "
     "includes the SQLite commit. Batching more rows per transaction (buffer_size) would reach it.",
-    "monitor": "the per-process reads of the tree dominate; caching psutil.Process objects and reading "
-    "oneshot() once per process per sample reaches it.",
+    "monitor": "`sample_once` reads and processes a tick on its own (no batch: every step on cold caches) "
+    "and sends it to the store. The same path measured 0.38-0.42 ms in the full runs of 2026-12-07 and 0.53-0.55 "
+    "ms in those of 2026-12-08, when every CPU-bound row of this VM was slower (see the aggregate query's row).",
     "live": "the row monitors a job-like tree of 10 processes, as a job has: our monitor reads each process's stat "
     "file every tick and writes per-process rows (about 0.5 ms a sample here: the Python thread's wake, the "
     "/proc reads on cold caches, 10 ticks turned into samples and committed every 5 s), where MLflow's "
     "`SystemMetricsMonitor` samples the node (CPU, memory, disk, network) whatever the job's tree. Over a process "
     "with no children (the figure before this row had a tree) it was 32-44x.",
-    "tree_10": "with few processes the fixed part of a tick dominates. Per thread (`/proc/self/task/<tid>/schedstat`, "
-    "20 s at 10 children, at be10b74), the sampling thread takes about 0.53 ms a tick: its timed wait's wake and "
-    "loop 0.11 ms (a bare Python `time.sleep` loop takes 0.12 ms, C's `clock_nanosleep` 0.056 ms on this VM), the "
-    "reads 0.28 ms (`/proc/stat` and `/proc/meminfo` are 0.09 ms of it: about 40 µs a read on the tick's cold "
-    "caches, 11 µs warm) and the ticks turned into samples about 0.09 ms; the store's writer adds 0.11 ms (one "
-    "transaction of about 1.1 ms every 5 s; 0.14-0.15 ms before its jitter text was shared between series and the "
-    "monitor's batch written at once). The Python part is about 2,000 bytecodes a tick; the rest is the kernel's "
-    "reads and cold caches, which the node's other daemons make colder: on the same machine and day the same code "
-    "gave 2.39x with the test set-up's Slurm and PostgreSQL daemons stopped (4 pairs) and 2.69-2.73x with them "
-    "running, as in this run, while the floor's 0.23-0.25 ms barely moved. A bare Python thread doing only the "
-    "timed wait and the preads takes 1.5x the floor. The pairs of one run spread over about ±8 %.",
+    "tree_10": "with few processes the fixed part of a tick dominates, and what is left is mostly what any Python "
+    "thread pays. Per thread (`/proc/self/task/<tid>/schedstat`, 20 s at 10 children, at 6599468 on 2026-12-08): "
+    "the timed wait's wake and loop take 0.11 ms a tick (a bare Python `time.sleep` loop 0.12 ms, C's "
+    "`clock_nanosleep` 0.056 ms on this VM), a tick's 14 reads 0.30 ms, the batch turned into samples (window and "
+    "store's record included) about 0.09 ms and the store's writer 0.10 ms (one transaction of about 1 ms every "
+    "5 s). The same process with its tick cut down to the 14 `pread`s in one `map()` (no samples, nothing "
+    "stored) takes 0.40-0.41 ms, 1.6-1.8x the floor: the room left under 2.5x for the samples, the window and "
+    "SQLite is about 0.2 ms, which is what they take. `perf` (cpu-clock): the kernel 41 % of our process's "
+    "time, the interpreter and libc 55 %, SQLite 3 %. The pairs of one run spread over about ±10 %; with the test "
+    "set-up's Slurm and PostgreSQL daemons stopped the same code measured 2.39-2.52x.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
     "tree_500": "see the 100-children row.",
@@ -853,15 +853,18 @@ WHY_MISSED = {
     "idle between pushes. Noisy: 0.94x and 1.35x in two full runs of the same code.",
     "window_cpu": "on this shared VM the same code measures in one of two modes from one run to the next: 10 runs "
     "of `python bench/window.py` in a row (at 96fc1d4, pinned to either CPU or not) gave medians of 6.7-7.0 µs or "
-    "8.1-11.7 µs; the row's 3 runs of 2 s fall in one mode together. The window's code is the one that measured "
-    "6.38 µs (6.27-6.72) in the run before.",
+    "8.1-11.7 µs; the row's 3 runs of 2 s fall in one mode together. On 2026-12-08, when every CPU-bound row of this VM "
+    "was slower, the one-tick path measured 17.3 and 19.1 µs in two full runs, and the older code of c2a7528 "
+    "15-17 µs the same day; it measured 6.4 µs on 2026-12-07.",
     "central_monitor": "the sender's snapshot of the new rows (SQLite, in the job's process) holds the GIL "
     "about 1.3 µs a row; streaming tens of thousands of rows a second it never sleeps, and the monitor's thread "
     "waits for the GIL at its ticks. At a job's usual rates the sender is idle between pushes.",
     "bytes": "the chunks are too short or values too wide; longer chunks (CHUNK_SAMPLES) or fewer significant "
     "digits reach it.",
-    "query": "the aggregate decodes every chunk's JSON array; a per-chunk min/max/sum column would answer it "
-    "without json_each.",
+    "query": "the MIN needs every value, so SQLite decodes each chunk's JSON array (`json_each`); AVG and MAX "
+    "alone could come from the chunks' `nfin`, `vsum` and `vmax`. 21.7-21.9 ms in the full runs of 2026-12-07; "
+    "on 2026-12-08 the same query over the same data took 52-60 ms with this code and with 14302b7's alike "
+    "(`--only storage`, three runs in a row): the VM was slower, not the query.",
     "merge": "besides the copy, merge opens each input once more (schema, truncation and quick_check of the "
     "small tables), fingerprints its sources and writes into the real schema with its indexes "
     "(`sample_chunks_by_series`, `series_by_name`), which the bare copy's `CREATE TABLE … AS` lacks; both "
@@ -887,6 +890,8 @@ WHY_MISSED = {
     "does not do. On the cluster sbatch's round trip is added to both sides (both submit held); the ratio is "
     "noisy under load (sbatch, slurmctld and the file system share the 2 CPUs), and a submit past "
     "MaxJobCount stalls (cancelled arrays keep their task records for MinJobAge), which the bench waits out.",
+    "startup": "noisy on this VM: the three pairs of one run spread 0.30-0.62 s; the four full runs before, "
+    "with the same start-up path, added 0.14-0.40 s.",
     "startup_slurm": "the srun step starts the runtime's interpreter, store, socket and monitor before the "
     "command; compare the local row to tell Slurm's step launch from ours.",
     "sigterm_slurm": "slurmctld and slurmd deliver the signal after scancel returns; the final copy follows the "
