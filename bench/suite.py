@@ -842,7 +842,7 @@ WHY_MISSED = {
     "SQLite is about 0.2 ms, which is what they take. `perf` (cpu-clock): the kernel 41 % of our process's "
     "time, the interpreter and libc 55 %, SQLite 3 %. The pairs of one run spread over about ±10 %; with the test "
     "set-up's Slurm and PostgreSQL daemons stopped the same code measured 2.39-2.52x. A store flushed every 10 s "
-    "(the monitor's batch 20 ticks, one transaction per 10 s) measured 0.91x this (4 pairs, /tmp/prof/ab.py): "
+    "(the monitor's batch 20 ticks, one transaction per 10 s) measured 0.91x this (4 interleaved pairs in fresh interpreters): "
     "a default that would double what a SIGKILL can lose.",
     "tree_100": "see the 10-children row; the per-process part (a pread of each stat file, a comparison with the last "
     "line) is within a few µs of the floor's.",
