@@ -177,10 +177,10 @@ def test_a_last_push_refused_at_the_role_limit_backs_off_instead_of_taking_slots
     small_server: tuple[str, str], tmp_path: Path
 ) -> None:
     """The mechanism behind the margin above: every attempt refused at the role's limit holds a
-    server slot until its backend exits. At the job's end a busy server is retried after 0.1, 0.2,
-    0.4 ... s (at most 2 s): over a 6 s last push that is at most 10 attempts. It used to retry every
-    0.05-0.5 s (about 22 attempts, never fewer than 12), so an array ending at once kept refused
-    backends alive and took the other clients' slots."""
+    server slot until its backend exits. At the job's end a busy server is retried after 0.25, 0.5,
+    1 ... s (at most 2 s, each wait 50-100 % of that): over a 6 s last push that is at most 10 attempts.
+    It used to retry every 0.05-0.5 s (about 22 attempts, never fewer than 12), so an array ending at
+    once kept refused backends alive and took the other clients' slots."""
     _, sender_url = small_server
     (path,) = make_nodes(tmp_path, 1, series=2)
     with contextlib.ExitStack() as held:

@@ -20,10 +20,11 @@ after ``interval`` ±20 %, so an array started together does not push in the sam
 
 **Busy is not an outage.** A server with no connection to give ("too many clients", a role's
 limit, PgBouncer refusing) puts the push off by a random part of a growing wait: no line on
-stderr, counted in ``central/busy``. At the end of the job, a busy server is tried again after 0.1,
-0.2, 0.4 ... s (at most 2 s, jittered: :data:`FINAL_BACKOFF_S`) until the last push's time is up: an
-attempt refused at a role's limit holds one of the server's slots until its backend exits, so a
-whole array ending at once must not retry in a tight loop (it took the other clients' slots).
+stderr, counted in ``central/busy``. At the end of the job, a busy server is tried again after
+0.25, 0.5, 1 ... s (at most 2 s; each wait a random 50-100 % of that: :data:`FINAL_BACKOFF_S`) until
+the last push's time is up: an attempt refused at a role's limit holds one of the server's slots
+until its backend exits, so a whole array ending at once must not retry in a tight loop (it took
+the other clients' slots), and its retries are spread over a quarter second and more.
 A failed push (the network, the server away) is retried after 1, 2, 4 ... intervals, up to
 :data:`BACKOFF_CAP_S` seconds (jittered), from the same mark: nothing is lost and nothing stored
 twice.
@@ -61,7 +62,7 @@ BACKOFF_CAP_S = 60.0
 #: Seconds the last push at the end of the job may take.
 FINAL_TIMEOUT_S = 5.0
 #: First and longest wait between two attempts of that last push while the server is busy.
-FINAL_BACKOFF_S = (0.1, 2.0)
+FINAL_BACKOFF_S = (0.25, 2.0)
 #: Pushes PostgreSQL refuses for the data itself (not the network) before the sender gives up.
 MAX_DATA_FAILURES = 3
 #: Connection failures no retry can fix (besides a refused password, a missing database or role).
